@@ -1,0 +1,37 @@
+# lockstep — the two set-up commands: `make demo` and `make test`.
+BUILD_DIR ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: deps build test test-asan demo bench clean
+
+deps:
+	scripts/install-deps.sh
+
+$(BUILD_DIR)/CMakeCache.txt:
+	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
+
+build: deps $(BUILD_DIR)/CMakeCache.txt
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+test: build
+	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) -LE 'cuda|benchmark'
+	$(MAKE) test-asan
+
+# Bad-input tests (safetensors, config) under AddressSanitizer + UBSan.
+test-asan: deps
+	cmake -S . -B $(BUILD_DIR)-asan -DCMAKE_BUILD_TYPE=Debug -DLOCKSTEP_ASAN=ON \
+	  -DLOCKSTEP_CUDA=OFF -DLOCKSTEP_BUILD_BENCH=OFF $(CMAKE_FLAGS)
+	cmake --build $(BUILD_DIR)-asan -j $(JOBS) --target asan_tests
+	cd $(BUILD_DIR)-asan && ctest --output-on-failure -L asan
+
+demo: build
+	scripts/demo.sh $(BUILD_DIR)
+
+bench: deps
+	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=Release -DLOCKSTEP_BUILD_BENCH=ON $(CMAKE_FLAGS)
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target kernels_bench
+	$(BUILD_DIR)/bench/kernels_bench
+
+clean:
+	rm -rf $(BUILD_DIR) $(BUILD_DIR)-asan
