@@ -1,0 +1,125 @@
+// The shared decoder (Llama/Qwen3 family: RMSNorm, RoPE, GQA, optional
+// QK-norm, SwiGLU, tied or untied embeddings) and its two forwards:
+//  - ForwardFull: full-sequence forward of whole sequences (what the learner
+//    runs); attention through PrefillAttention over contiguous K/V;
+//  - Forward: incremental forward of a flat batch of new tokens from many
+//    sequences against a paged KV cache (what the rollout runs: decode,
+//    prefill and chunked prefill mixed in one step).
+// In KernelMode::kInvariant both run the invariant kernels and give the same
+// bits for a token whatever the batch, chunking, page layout or TP size. In
+// kStandard the matmuls, norms, attention and log-softmax go through ordinary
+// LibTorch ops (and the TP sum through AllReduceSum), which do not.
+//
+// A Model is immutable: weight updates build a new Model (same config) and
+// swap the shared_ptr at a step boundary; a KvCache works with every Model
+// of the same config and TP size.
+#ifndef LOCKSTEP_COMMON_TRANSFORMER_H_
+#define LOCKSTEP_COMMON_TRANSFORMER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/host_tensor.h"
+#include "common/kernel_mode.h"
+#include "common/model_config.h"
+#include "kernels/device.h"
+
+namespace lockstep::common {
+
+struct ModelOptions {
+  KernelMode mode = KernelMode::kInvariant;
+  int tp_size = 1;  // in-process ranks (threads); 1, 2, 4 or 8
+  kernels::Device device = kernels::Device::kCpu;
+};
+
+// Paged KV cache of one model: per TP rank and layer a kernels::PagedKvCache
+// over the same page ids. Page ids are allocated by the caller (the rollout's
+// block manager).
+class KvCache {
+ public:
+  virtual ~KvCache() = default;
+  virtual int64_t num_pages() const = 0;
+  virtual int64_t page_size() const = 0;
+};
+
+// One forward step over a flat batch of T new tokens.
+struct ForwardBatch {
+  std::vector<int32_t> tokens;     // [T] token ids, grouped by sequence
+  std::vector<int32_t> positions;  // [T] absolute position of each token
+  std::vector<int32_t> seq_ids;    // [T] row of block_tables for each token
+  std::vector<int64_t> slots;      // [T] page * page_size + offset receiving
+                                   // the token's K/V
+  std::vector<int32_t> block_tables;  // [num_seqs, max_blocks_per_seq]
+  int64_t num_seqs = 0;
+  int64_t max_blocks_per_seq = 0;
+  std::vector<int32_t> logit_rows;  // rows of T whose logits are wanted
+};
+
+class Model {
+ public:
+  // Builds a model from HF-named tensors (any of f32/bf16; converted to the
+  // config's dtype). INVALID_ARGUMENT when tensors are missing, unknown or
+  // mis-shaped, or when tp_size does not divide the heads/intermediate/vocab.
+  static absl::StatusOr<std::shared_ptr<const Model>> Create(
+      const ModelConfig& config, const TensorMap& tensors,
+      const ModelOptions& options);
+
+  // Loads dir/config.json and dir/model.safetensors.
+  static absl::StatusOr<std::shared_ptr<const Model>> Load(
+      const std::string& dir, const ModelOptions& options);
+
+  virtual ~Model() = default;
+
+  virtual const ModelConfig& config() const = 0;
+  virtual const ModelOptions& options() const = 0;
+
+  // Bytes of KV storage one page of `page_size` tokens takes (all layers and
+  // ranks).
+  virtual int64_t KvBytesPerPage(int64_t page_size) const = 0;
+
+  virtual absl::StatusOr<std::unique_ptr<KvCache>> CreateKvCache(
+      int64_t num_pages, int64_t page_size) const = 0;
+
+  // Incremental forward: writes K/V of every token to its slot, then attends
+  // each token to positions [0, position] of its sequence; returns logits
+  // [logit_rows.size(), vocab] (fp32). INVALID_ARGUMENT on inconsistent
+  // batches (sizes, token ids, slots, positions beyond the block table).
+  virtual absl::StatusOr<std::vector<float>> Forward(
+      const ForwardBatch& batch, KvCache* cache) const = 0;
+
+  // Full-sequence forward of several sequences (one batch): returns, per
+  // sequence, logits [len, vocab] for every position.
+  virtual absl::StatusOr<std::vector<std::vector<float>>> ForwardFull(
+      const std::vector<std::vector<int32_t>>& sequences) const = 0;
+
+  // Log-probability of sequence[i+1] given sequence[0..i], for i in
+  // [prefix_len-1, len-1): the scores of the tokens after the first
+  // prefix_len (full-sequence forward, then the fixed-tree log-softmax).
+  virtual absl::StatusOr<std::vector<std::vector<float>>> ScoreSequences(
+      const std::vector<std::vector<int32_t>>& sequences,
+      const std::vector<int64_t>& prefix_lens) const = 0;
+
+  // The weights as HF-named tensors in the model's storage dtype (what a
+  // weight push sends).
+  virtual const TensorMap& tensors() const = 0;
+};
+
+// Log-probabilities of `targets` under logits [rows, vocab] with the model's
+// kernel mode (the fixed segment tree in invariant mode, at::log_softmax in
+// standard mode). Also returns, when top_n > 0, the top_n (id, logprob) pairs
+// per row in descending order (ties: lower id).
+struct TokenLogprobs {
+  std::vector<float> target;                     // [rows]
+  std::vector<std::vector<std::pair<int32_t, float>>> top;  // [rows][top_n]
+};
+absl::StatusOr<TokenLogprobs> ComputeTokenLogprobs(
+    KernelMode mode, const std::vector<float>& logits, int64_t vocab,
+    const std::vector<int32_t>& targets, int top_n);
+
+}  // namespace lockstep::common
+
+#endif  // LOCKSTEP_COMMON_TRANSFORMER_H_
