@@ -19,8 +19,9 @@ std::array<uint32_t, 4> Philox4x32(std::array<uint32_t, 4> counter,
 
 // Uniform in (0, 1) for vocabulary index `index` at sequence position
 // `position` of a request with `seed`: key = seed (lo, hi words); counter =
-// (position lo, position hi, index / 4, 0); word index % 4; u = (w >> 8 + 0.5)
-// * 2^-24.
+// (position lo, position hi, index / 4, 0); w = word index % 4;
+// u = ((w >> 9) + 0.5) * 2^-23 (23 bits: exact in fp32 and never 0 or 1;
+// with 24 bits, (k + 0.5) * 2^-24 rounds in fp32 and the top bin becomes 1).
 float PhiloxUniform(uint64_t seed, int64_t position, int64_t index);
 
 // Per-row sampling parameters.

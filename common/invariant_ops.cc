@@ -1,0 +1,341 @@
+// InvariantOps: LibTorch adapters over kernels/. Values always come from the
+// invariant kernels. When an input requires grad (training), the matmuls are
+// autograd functions with LibTorch backward; the other ops build the
+// reference graph (reference_ops.h) and overwrite its output values with the
+// kernel's, so the forward bits are the kernel's and the backward is the
+// reference op's derivative.
+#include <string>
+
+#include "common/reference_ops.h"
+#include "common/torch_ops.h"
+#include "kernels/activation.h"
+#include "kernels/attention.h"
+#include "kernels/matmul.h"
+#include "kernels/rms_norm.h"
+#include "kernels/rope.h"
+#include "kernels/softmax.h"
+#include "kernels/tree_reduce.h"
+
+namespace lockstep::common {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+void Check(const absl::Status& st) { TORCH_CHECK(st.ok(), std::string(st.ToString())); }
+
+kernels::ExecContext ContextOf(const torch::Tensor& t) {
+  kernels::ExecContext ctx;
+  // nullptr = the legacy default stream, which is LibTorch's default too.
+  ctx.device = t.is_cuda() ? kernels::Device::kCuda : kernels::Device::kCpu;
+  return ctx;
+}
+
+kernels::DType DTypeOf(const torch::Tensor& t) {
+  if (t.scalar_type() == torch::kFloat) return kernels::DType::kF32;
+  TORCH_CHECK(t.scalar_type() == torch::kBFloat16, "unsupported dtype ", t.scalar_type());
+  return kernels::DType::kBF16;
+}
+
+bool NeedsGrad(std::initializer_list<const torch::Tensor*> ts) {
+  if (!torch::GradMode::is_enabled()) return false;
+  for (auto* t : ts) {
+    if (t->defined() && t->requires_grad()) return true;
+  }
+  return false;
+}
+
+// Replaces the values of `ref` (an autograd graph output whose producing op
+// does not save its own result) by `value`, keeping its graph.
+torch::Tensor OverrideValue(torch::Tensor ref, const torch::Tensor& value) {
+  torch::NoGradGuard no_grad;
+  ref.detach().copy_(value);
+  return ref;
+}
+
+torch::Tensor RawMatmul(const torch::Tensor& x_in, const torch::Tensor& w_in,
+                        const kernels::PackedWeight* packed) {
+  auto x = x_in.detach().contiguous();
+  auto w = w_in.detach().contiguous();
+  auto y = torch::empty({x.size(0), w.size(0)}, x.options().dtype(torch::kFloat));
+  kernels::MatmulArgs a;
+  a.x = x.data_ptr();
+  a.x_dtype = DTypeOf(x);
+  a.ldx = x.size(1);
+  a.w = w.data_ptr();
+  a.w_dtype = DTypeOf(w);
+  a.ldw = w.size(1);
+  a.y = y.data_ptr();
+  a.y_dtype = kernels::DType::kF32;
+  a.ldy = y.size(1);
+  a.m = x.size(0);
+  a.n = w.size(0);
+  a.k = x.size(1);
+  if (packed != nullptr && !x.is_cuda()) {
+    Check(kernels::MatmulPacked(a, *packed));
+  } else {
+    Check(kernels::Matmul(a, ContextOf(x)));
+  }
+  return y;
+}
+
+// A rank's subtree value of a row-parallel layer (fp32 [T, out]).
+torch::Tensor RawTreePartial(const torch::Tensor& x_in, const torch::Tensor& w_in,
+                             int rank, int tp) {
+  auto x = x_in.detach().contiguous();
+  auto w = w_in.detach().contiguous();
+  auto y = torch::empty({x.size(0), w.size(0)}, x.options().dtype(torch::kFloat));
+  kernels::TreeMatmulArgs a;
+  a.base.x = x.data_ptr();
+  a.base.x_dtype = DTypeOf(x);
+  a.base.ldx = x.size(1);
+  a.base.w = w.data_ptr();
+  a.base.w_dtype = DTypeOf(w);
+  a.base.ldw = w.size(1);
+  a.base.y = y.data_ptr();
+  a.base.y_dtype = kernels::DType::kF32;
+  a.base.ldy = y.size(1);
+  a.base.m = x.size(0);
+  a.base.n = w.size(0);
+  a.base.k = x.size(1);
+  a.k_total = x.size(1) * tp;
+  a.leaf_count = kernels::kTreeLeaves / tp;
+  a.leaf_begin = rank * a.leaf_count;
+  Check(kernels::TreeMatmulPartial(a, ContextOf(x)));
+  return y;
+}
+
+// y = x·wᵀ with invariant forward (plain or TP=1 tree order) and the usual
+// matmul gradients.
+struct LinearFn : public torch::autograd::Function<LinearFn> {
+  static torch::Tensor forward(AutogradContext* ctx, torch::Tensor x,
+                               torch::Tensor w, bool tree) {
+    ctx->save_for_backward({x, w});
+    return tree ? RawTreePartial(x, w, 0, 1) : RawMatmul(x, w, nullptr);
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto& x = saved[0];
+    const auto& w = saved[1];
+    auto g = grads[0];
+    auto gx = g.mm(w.to(torch::kFloat));
+    auto gw = g.t().mm(x.to(torch::kFloat)).to(w.scalar_type());
+    return {gx, gw, torch::Tensor()};
+  }
+};
+
+class InvariantOps : public Ops {
+ public:
+  torch::Tensor Linear(const torch::Tensor& x, const LinearWeight& w) override {
+    if (NeedsGrad({&x, &w.w})) return LinearFn::apply(x, w.w, false);
+    return RawMatmul(x, w.w, w.packed.get());
+  }
+
+  torch::Tensor RowParallelLinear(const torch::Tensor& x, const LinearWeight& w,
+                                  Communicator* comm) override {
+    const int tp = comm == nullptr ? 1 : comm->size();
+    if (NeedsGrad({&x, &w.w})) {
+      TORCH_CHECK(tp == 1, "training forward runs at TP=1");
+      return LinearFn::apply(x, w.w, true);
+    }
+    const int rank = comm == nullptr ? 0 : comm->rank();
+    auto partial = RawTreePartial(x, w.w, rank, tp);
+    if (tp == 1) return partial;
+    auto host = partial.cpu().contiguous();
+    auto gathered = torch::empty({tp, host.size(0), host.size(1)}, host.options());
+    Check(comm->AllGather(host.data_ptr(), host.numel() * sizeof(float),
+                          gathered.data_ptr()));
+    auto g = gathered.to(x.device());
+    auto y = torch::empty({host.size(0), host.size(1)}, x.options().dtype(torch::kFloat));
+    kernels::TreeCombineArgs c;
+    c.partials = g.data_ptr<float>();
+    c.t = tp;
+    c.y = y.data_ptr();
+    c.y_dtype = kernels::DType::kF32;
+    c.ldy = y.size(1);
+    c.m = y.size(0);
+    c.n = y.size(1);
+    Check(kernels::TreeCombine(c, ContextOf(y)));
+    return y;
+  }
+
+  torch::Tensor RmsNorm(const torch::Tensor& x_in, const torch::Tensor& w_in,
+                        double eps) override {
+    auto x = x_in.detach().contiguous();
+    auto w = w_in.detach().contiguous();
+    auto y = torch::empty_like(x);
+    kernels::RmsNormArgs a;
+    a.x = x.data_ptr<float>();
+    a.ldx = x.size(1);
+    a.weight = w.data_ptr();
+    a.weight_dtype = DTypeOf(w);
+    a.y = y.data_ptr<float>();
+    a.ldy = y.size(1);
+    a.rows = x.size(0);
+    a.n = x.size(1);
+    a.eps = static_cast<float>(eps);
+    Check(kernels::RmsNorm(a, ContextOf(x)));
+    if (NeedsGrad({&x_in, &w_in})) {
+      return OverrideValue(reference::RmsNorm(x_in, w_in, eps), y);
+    }
+    return y;
+  }
+
+  torch::Tensor Rope(const torch::Tensor& x_in, const torch::Tensor& positions,
+                     int64_t heads, int64_t head_dim, double theta) override {
+    auto y = x_in.detach().contiguous().clone();
+    auto pos = positions.to(torch::kInt).contiguous();
+    kernels::RopeArgs a;
+    a.x = y.data_ptr<float>();
+    a.ldx = y.size(1);
+    a.positions = pos.data_ptr<int32_t>();
+    a.tokens = y.size(0);
+    a.heads = heads;
+    a.head_dim = head_dim;
+    a.rotary_dim = head_dim;
+    a.theta = theta;
+    Check(kernels::ApplyRope(a, ContextOf(y)));
+    if (NeedsGrad({&x_in})) {
+      return OverrideValue(reference::Rope(x_in, positions, heads, head_dim, theta), y);
+    }
+    return y;
+  }
+
+  torch::Tensor SiluMul(const torch::Tensor& gate_in, const torch::Tensor& up_in) override {
+    auto gate = gate_in.detach().contiguous();
+    auto up = up_in.detach().contiguous();
+    auto y = torch::empty_like(gate);
+    kernels::SiluMulArgs a;
+    a.gate = gate.data_ptr<float>();
+    a.up = up.data_ptr<float>();
+    a.ld_in = gate.size(1);
+    a.out = y.data_ptr<float>();
+    a.ld_out = y.size(1);
+    a.rows = gate.size(0);
+    a.n = gate.size(1);
+    Check(kernels::SiluMul(a, ContextOf(y)));
+    if (NeedsGrad({&gate_in, &up_in})) {
+      return OverrideValue(reference::SiluMul(gate_in, up_in), y);
+    }
+    return y;
+  }
+
+  torch::Tensor PrefillAttention(const torch::Tensor& q_in, const torch::Tensor& k_in,
+                                 const torch::Tensor& v_in, int64_t q_heads,
+                                 int64_t kv_heads, int64_t head_dim) override {
+    auto q = q_in.detach().contiguous();
+    auto k = k_in.detach().contiguous();
+    auto v = v_in.detach().contiguous();
+    auto y = torch::empty_like(q);
+    kernels::PrefillAttentionArgs a;
+    a.q = q.data_ptr<float>();
+    a.ldq = q.size(1);
+    a.k = k.data_ptr();
+    a.v = v.data_ptr();
+    a.ldk = k.size(1);
+    a.kv_dtype = kernels::DType::kF32;
+    a.out = y.data_ptr<float>();
+    a.ldo = y.size(1);
+    a.tokens = q.size(0);
+    a.num_q_heads = q_heads;
+    a.num_kv_heads = kv_heads;
+    a.head_dim = head_dim;
+    a.scale = reference::AttentionScale(head_dim);
+    Check(kernels::PrefillAttention(a, ContextOf(q)));
+    if (NeedsGrad({&q_in, &k_in, &v_in})) {
+      auto pos = torch::arange(q.size(0), torch::TensorOptions().dtype(torch::kLong).device(q.device()));
+      return OverrideValue(
+          reference::Attention(q_in, k_in, v_in, pos, q_heads, kv_heads, head_dim), y);
+    }
+    return y;
+  }
+
+  torch::Tensor PagedAttention(const torch::Tensor& q_in, const torch::Tensor& k_in,
+                               const torch::Tensor& v_in, LayerKv& kv,
+                               const PagedAttentionMeta& meta, int64_t q_heads,
+                               int64_t kv_heads, int64_t head_dim) override {
+    auto q = q_in.detach().contiguous();
+    auto k = k_in.detach().contiguous();
+    auto v = v_in.detach().contiguous();
+    kernels::PagedKvCache cache;
+    cache.k = kv.k.data_ptr();
+    cache.v = kv.v.data_ptr();
+    cache.dtype = DTypeOf(kv.k);
+    cache.num_pages = kv.k.size(0);
+    cache.page_size = kv.k.size(1);
+    cache.num_kv_heads = kv_heads;
+    cache.head_dim = head_dim;
+    kernels::KvWriteArgs w;
+    w.cache = cache;
+    w.k = k.data_ptr<float>();
+    w.ldk = k.size(1);
+    w.v = v.data_ptr<float>();
+    w.ldv = v.size(1);
+    w.slots = meta.slots.data_ptr<int64_t>();
+    w.tokens = k.size(0);
+    Check(kernels::WriteKv(w, ContextOf(q)));
+    auto y = torch::empty_like(q);
+    kernels::PagedAttentionArgs a;
+    a.cache = cache;
+    a.q = q.data_ptr<float>();
+    a.ldq = q.size(1);
+    a.out = y.data_ptr<float>();
+    a.ldo = y.size(1);
+    a.tokens = q.size(0);
+    a.num_q_heads = q_heads;
+    a.scale = reference::AttentionScale(head_dim);
+    a.positions = meta.positions.data_ptr<int32_t>();
+    a.seq_ids = meta.seq_ids.data_ptr<int32_t>();
+    a.block_tables = meta.block_tables.data_ptr<int32_t>();
+    a.num_seqs = meta.block_tables.size(0);
+    a.max_blocks_per_seq = meta.block_tables.size(1);
+    Check(kernels::PagedAttention(a, ContextOf(q)));
+    return y;
+  }
+
+  torch::Tensor TargetLogprobs(const torch::Tensor& logits_in,
+                               const torch::Tensor& targets) override {
+    auto logits = logits_in.detach().contiguous();
+    auto t32 = targets.to(torch::kInt).contiguous();
+    auto out = torch::empty({logits.size(0)}, logits.options());
+    kernels::LogSoftmaxArgs a;
+    a.logits = logits.data_ptr<float>();
+    a.ld = logits.size(1);
+    a.rows = logits.size(0);
+    a.vocab = logits.size(1);
+    a.targets = t32.data_ptr<int32_t>();
+    a.target_logprobs = out.data_ptr<float>();
+    Check(kernels::LogSoftmax(a, ContextOf(logits)));
+    if (NeedsGrad({&logits_in})) {
+      return OverrideValue(reference::TargetLogprobs(logits_in, targets.to(torch::kLong)), out);
+    }
+    return out;
+  }
+
+  torch::Tensor LogSoftmax(const torch::Tensor& logits_in) override {
+    auto logits = logits_in.detach().contiguous();
+    auto out = torch::empty_like(logits);
+    kernels::LogSoftmaxArgs a;
+    a.logits = logits.data_ptr<float>();
+    a.ld = logits.size(1);
+    a.rows = logits.size(0);
+    a.vocab = logits.size(1);
+    a.logprobs = out.data_ptr<float>();
+    a.ld_out = out.size(1);
+    Check(kernels::LogSoftmax(a, ContextOf(logits)));
+    return out;
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Ops> CreateOps(KernelMode mode) {
+  if (mode == KernelMode::kStandard) return reference::CreateStandardOps();
+  return std::make_unique<InvariantOps>();
+}
+
+torch::Tensor RoundToBF16(const torch::Tensor& x) {
+  return x.to(torch::kBFloat16).to(torch::kFloat);
+}
+
+}  // namespace lockstep::common

@@ -1,0 +1,531 @@
+#include "common/model_config.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "nlohmann/json.hpp"
+
+namespace lockstep::common {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr const char* kSupportedModelTypes[] = {"llama", "mistral", "qwen2",
+                                                "qwen3"};
+
+bool SupportedModelType(const std::string& t) {
+  return std::find_if(std::begin(kSupportedModelTypes),
+                      std::end(kSupportedModelTypes),
+                      [&](const char* s) { return t == s; }) !=
+         std::end(kSupportedModelTypes);
+}
+
+absl::Status ConfigError(absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat("model config: ", what));
+}
+
+// Null counts as absent: HF writes `"head_dim": null` and the like.
+const json* Find(const json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return nullptr;
+  return &*it;
+}
+
+absl::StatusOr<std::optional<int64_t>> OptionalInt(const json& j,
+                                                   const char* key) {
+  const json* v = Find(j, key);
+  if (v == nullptr) return std::optional<int64_t>();
+  if (v->is_number_unsigned()) {
+    const uint64_t u = v->get<uint64_t>();
+    if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+      return ConfigError(absl::StrCat("\"", key, "\" is out of range"));
+    }
+    return std::optional<int64_t>(static_cast<int64_t>(u));
+  }
+  if (v->is_number_integer()) {
+    return std::optional<int64_t>(v->get<int64_t>());
+  }
+  return ConfigError(absl::StrCat("\"", key, "\" must be an integer, got ",
+                                  v->dump()));
+}
+
+absl::StatusOr<int64_t> RequiredInt(const json& j, const char* key) {
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<int64_t> v, OptionalInt(j, key));
+  if (!v.has_value()) {
+    return ConfigError(absl::StrCat("required key \"", key, "\" is missing"));
+  }
+  return *v;
+}
+
+absl::StatusOr<std::optional<double>> OptionalDouble(const json& j,
+                                                     const char* key) {
+  const json* v = Find(j, key);
+  if (v == nullptr) return std::optional<double>();
+  if (!v->is_number()) {
+    return ConfigError(absl::StrCat("\"", key, "\" must be a number, got ",
+                                    v->dump()));
+  }
+  return std::optional<double>(v->get<double>());
+}
+
+absl::StatusOr<std::optional<bool>> OptionalBool(const json& j,
+                                                 const char* key) {
+  const json* v = Find(j, key);
+  if (v == nullptr) return std::optional<bool>();
+  if (!v->is_boolean()) {
+    return ConfigError(absl::StrCat("\"", key, "\" must be true or false, got ",
+                                    v->dump()));
+  }
+  return std::optional<bool>(v->get<bool>());
+}
+
+absl::StatusOr<std::optional<std::string>> OptionalString(const json& j,
+                                                          const char* key) {
+  const json* v = Find(j, key);
+  if (v == nullptr) return std::optional<std::string>();
+  if (!v->is_string()) {
+    return ConfigError(absl::StrCat("\"", key, "\" must be a string, got ",
+                                    v->dump()));
+  }
+  return std::optional<std::string>(v->get<std::string>());
+}
+
+const char* Architecture(const std::string& model_type) {
+  if (model_type == "qwen3") return "Qwen3ForCausalLM";
+  if (model_type == "qwen2") return "Qwen2ForCausalLM";
+  if (model_type == "mistral") return "MistralForCausalLM";
+  return "LlamaForCausalLM";
+}
+
+// Checks rope_scaling: only absent/null or the "default" rope type.
+absl::Status CheckRopeScaling(const json& j) {
+  const json* rs = Find(j, "rope_scaling");
+  if (rs == nullptr) return absl::OkStatus();
+  if (!rs->is_object()) {
+    return ConfigError(absl::StrCat(
+        "\"rope_scaling\" must be null or an object, got ", rs->dump()));
+  }
+  std::string type;
+  for (const char* key : {"rope_type", "type"}) {
+    auto it = rs->find(key);
+    if (it != rs->end() && it->is_string()) {
+      type = it->get<std::string>();
+      break;
+    }
+  }
+  if (type != "default") {
+    return ConfigError(absl::StrCat(
+        "unsupported rope_scaling type '", type.empty() ? "<none>" : type,
+        "' (only null or \"default\" is supported): ", rs->dump()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<kernels::DType> ParseTorchDType(const json& j) {
+  // transformers >= 4.56 writes "dtype"; older versions "torch_dtype".
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<std::string> s,
+                            OptionalString(j, "torch_dtype"));
+  if (!s.has_value()) {
+    LOCKSTEP_ASSIGN_OR_RETURN(s, OptionalString(j, "dtype"));
+  }
+  if (!s.has_value() || *s == "bfloat16") return kernels::DType::kBF16;
+  if (*s == "float32") return kernels::DType::kF32;
+  return ConfigError(absl::StrCat("unsupported torch_dtype '", *s,
+                                  "' (supported: bfloat16, float32)"));
+}
+
+}  // namespace
+
+absl::StatusOr<ModelConfig> ModelConfig::FromJson(std::string_view text) {
+  json j = json::parse(text.begin(), text.end(), nullptr,
+                       /*allow_exceptions=*/false);
+  if (j.is_discarded()) return ConfigError("not valid JSON");
+  if (!j.is_object()) return ConfigError("not a JSON object");
+
+  ModelConfig c;
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<std::string> model_type,
+                            OptionalString(j, "model_type"));
+  if (!model_type.has_value()) {
+    return ConfigError(absl::StrCat(
+        "required key \"model_type\" is missing (supported: ",
+        absl::StrJoin(kSupportedModelTypes, ", "), ")"));
+  }
+  c.model_type = *model_type;
+  if (!SupportedModelType(c.model_type)) {
+    return ConfigError(absl::StrCat("unsupported model_type '", c.model_type,
+                                    "' (supported: ",
+                                    absl::StrJoin(kSupportedModelTypes, ", "),
+                                    ")"));
+  }
+  c.qk_norm = c.model_type == "qwen3";
+
+  LOCKSTEP_ASSIGN_OR_RETURN(c.vocab_size, RequiredInt(j, "vocab_size"));
+  LOCKSTEP_ASSIGN_OR_RETURN(c.hidden_size, RequiredInt(j, "hidden_size"));
+  LOCKSTEP_ASSIGN_OR_RETURN(c.intermediate_size,
+                            RequiredInt(j, "intermediate_size"));
+  LOCKSTEP_ASSIGN_OR_RETURN(c.num_hidden_layers,
+                            RequiredInt(j, "num_hidden_layers"));
+  LOCKSTEP_ASSIGN_OR_RETURN(c.num_attention_heads,
+                            RequiredInt(j, "num_attention_heads"));
+  if (c.num_attention_heads <= 0) {
+    return ConfigError(absl::StrCat("\"num_attention_heads\" must be > 0, got ",
+                                    c.num_attention_heads));
+  }
+
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<int64_t> kv,
+                            OptionalInt(j, "num_key_value_heads"));
+  c.num_key_value_heads = kv.value_or(c.num_attention_heads);
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<int64_t> head_dim,
+                            OptionalInt(j, "head_dim"));
+  if (head_dim.has_value()) {
+    c.head_dim = *head_dim;
+  } else {
+    if (c.hidden_size % c.num_attention_heads != 0) {
+      return ConfigError(absl::StrCat(
+          "\"hidden_size\" ", c.hidden_size,
+          " is not divisible by \"num_attention_heads\" ",
+          c.num_attention_heads, " (and no \"head_dim\" is given)"));
+    }
+    c.head_dim = c.hidden_size / c.num_attention_heads;
+  }
+
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<double> eps,
+                            OptionalDouble(j, "rms_norm_eps"));
+  c.rms_norm_eps = eps.value_or(1e-6);
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<double> theta,
+                            OptionalDouble(j, "rope_theta"));
+  c.rope_theta = theta.value_or(10000.0);
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<bool> tie,
+                            OptionalBool(j, "tie_word_embeddings"));
+  c.tie_word_embeddings = tie.value_or(false);
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<int64_t> max_pos,
+                            OptionalInt(j, "max_position_embeddings"));
+  c.max_position_embeddings = max_pos.value_or(2048);
+  LOCKSTEP_ASSIGN_OR_RETURN(c.dtype, ParseTorchDType(j));
+  LOCKSTEP_ASSIGN_OR_RETURN(c.bos_token_id, OptionalInt(j, "bos_token_id"));
+
+  if (const json* eos = Find(j, "eos_token_id"); eos != nullptr) {
+    if (eos->is_array()) {
+      for (const json& e : *eos) {
+        if (!e.is_number_integer()) {
+          return ConfigError(absl::StrCat(
+              "\"eos_token_id\" list must hold integers, got ", eos->dump()));
+        }
+        c.eos_token_ids.push_back(e.get<int64_t>());
+      }
+    } else {
+      LOCKSTEP_ASSIGN_OR_RETURN(std::optional<int64_t> id,
+                                OptionalInt(j, "eos_token_id"));
+      c.eos_token_ids.push_back(*id);
+    }
+  }
+
+  // Features the transformer does not implement: refuse rather than run a
+  // different model than the checkpoint's.
+  LOCKSTEP_RETURN_IF_ERROR(CheckRopeScaling(j));
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<std::string> act,
+                            OptionalString(j, "hidden_act"));
+  if (act.has_value() && *act != "silu") {
+    return ConfigError(absl::StrCat("unsupported hidden_act '", *act,
+                                    "' (only silu is supported)"));
+  }
+  for (const char* key : {"attention_bias", "mlp_bias"}) {
+    LOCKSTEP_ASSIGN_OR_RETURN(std::optional<bool> bias, OptionalBool(j, key));
+    if (bias.value_or(false)) {
+      return ConfigError(
+          absl::StrCat("\"", key, "\": true is unsupported (no biases)"));
+    }
+  }
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<bool> use_sw,
+                            OptionalBool(j, "use_sliding_window"));
+  if (use_sw.value_or(false)) {
+    return ConfigError(
+        "\"use_sliding_window\": true is unsupported (full attention only)");
+  }
+  if (c.model_type == "mistral") {
+    LOCKSTEP_ASSIGN_OR_RETURN(std::optional<int64_t> window,
+                              OptionalInt(j, "sliding_window"));
+    if (window.has_value() && *window < c.max_position_embeddings) {
+      return ConfigError(absl::StrCat(
+          "mistral \"sliding_window\" ", *window,
+          " < max_position_embeddings is unsupported (full attention only)"));
+    }
+  }
+
+  LOCKSTEP_RETURN_IF_ERROR(c.Validate());
+  return c;
+}
+
+absl::StatusOr<ModelConfig> ModelConfig::FromFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    const int err = errno != 0 ? errno : ENOENT;
+    return absl::Status(absl::ErrnoToStatusCode(err),
+                        absl::StrCat("model config '", path,
+                                     "': cannot open: ", std::strerror(err)));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) {
+    return absl::DataLossError(
+        absl::StrCat("model config '", path, "': read error"));
+  }
+  absl::StatusOr<ModelConfig> c = FromJson(text.str());
+  if (!c.ok()) {
+    return absl::Status(c.status().code(),
+                        absl::StrCat(path, ": ", c.status().message()));
+  }
+  return c;
+}
+
+absl::Status ModelConfig::Validate() const {
+  if (!SupportedModelType(model_type)) {
+    return ConfigError(absl::StrCat("unsupported model_type '", model_type,
+                                    "' (supported: ",
+                                    absl::StrJoin(kSupportedModelTypes, ", "),
+                                    ")"));
+  }
+  const std::pair<const char*, int64_t> sizes[] = {
+      {"vocab_size", vocab_size},
+      {"hidden_size", hidden_size},
+      {"intermediate_size", intermediate_size},
+      {"num_hidden_layers", num_hidden_layers},
+      {"num_attention_heads", num_attention_heads},
+      {"num_key_value_heads", num_key_value_heads},
+      {"head_dim", head_dim},
+      {"max_position_embeddings", max_position_embeddings}};
+  for (const auto& [key, value] : sizes) {
+    if (value <= 0) {
+      return ConfigError(
+          absl::StrCat("\"", key, "\" must be > 0, got ", value));
+    }
+    // Keeps every product of two sizes (and NumParameters) far from int64
+    // overflow.
+    if (value > (int64_t{1} << 24)) {
+      return ConfigError(
+          absl::StrCat("\"", key, "\" is implausibly large: ", value));
+    }
+  }
+  if (num_attention_heads % num_key_value_heads != 0) {
+    return ConfigError(absl::StrCat(
+        "\"num_attention_heads\" ", num_attention_heads,
+        " is not a multiple of \"num_key_value_heads\" ", num_key_value_heads));
+  }
+  if (head_dim % 2 != 0) {
+    return ConfigError(absl::StrCat("\"head_dim\" ", head_dim,
+                                    " must be even (RoPE rotates pairs)"));
+  }
+  if (qk_norm != (model_type == "qwen3")) {
+    return ConfigError(absl::StrCat("qk_norm must be ",
+                                    model_type == "qwen3" ? "true" : "false",
+                                    " for model_type '", model_type, "'"));
+  }
+  if (!(rms_norm_eps > 0.0) || !std::isfinite(rms_norm_eps)) {
+    return ConfigError(absl::StrCat("\"rms_norm_eps\" must be > 0, got ",
+                                    rms_norm_eps));
+  }
+  if (!(rope_theta > 0.0) || !std::isfinite(rope_theta)) {
+    return ConfigError(
+        absl::StrCat("\"rope_theta\" must be > 0, got ", rope_theta));
+  }
+  auto check_token = [&](const char* key, int64_t id) -> absl::Status {
+    if (id < 0 || id >= vocab_size) {
+      return ConfigError(absl::StrCat("\"", key, "\" ", id,
+                                      " is outside [0, vocab_size ",
+                                      vocab_size, ")"));
+    }
+    return absl::OkStatus();
+  };
+  if (bos_token_id.has_value()) {
+    LOCKSTEP_RETURN_IF_ERROR(check_token("bos_token_id", *bos_token_id));
+  }
+  for (int64_t id : eos_token_ids) {
+    LOCKSTEP_RETURN_IF_ERROR(check_token("eos_token_id", id));
+  }
+  return absl::OkStatus();
+}
+
+std::string ModelConfig::ToJson() const {
+  json j = json::object();
+  j["architectures"] = {Architecture(model_type)};
+  j["model_type"] = model_type;
+  j["vocab_size"] = vocab_size;
+  j["hidden_size"] = hidden_size;
+  j["intermediate_size"] = intermediate_size;
+  j["num_hidden_layers"] = num_hidden_layers;
+  j["num_attention_heads"] = num_attention_heads;
+  j["num_key_value_heads"] = num_key_value_heads;
+  j["head_dim"] = head_dim;
+  j["rms_norm_eps"] = rms_norm_eps;
+  j["rope_theta"] = rope_theta;
+  j["rope_scaling"] = nullptr;
+  j["tie_word_embeddings"] = tie_word_embeddings;
+  j["max_position_embeddings"] = max_position_embeddings;
+  j["torch_dtype"] = dtype == kernels::DType::kF32 ? "float32" : "bfloat16";
+  j["hidden_act"] = "silu";
+  j["attention_bias"] = false;
+  if (bos_token_id.has_value()) j["bos_token_id"] = *bos_token_id;
+  if (eos_token_ids.size() == 1) {
+    j["eos_token_id"] = eos_token_ids[0];
+  } else if (!eos_token_ids.empty()) {
+    j["eos_token_id"] = eos_token_ids;
+  }
+  return j.dump(2) + "\n";
+}
+
+int64_t ModelConfig::NumParameters() const {
+  int64_t total = 0;
+  for (const auto& [name, shape] : ExpectedTensors(*this)) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    total += n;
+  }
+  return total;
+}
+
+bool operator==(const ModelConfig& a, const ModelConfig& b) {
+  return a.model_type == b.model_type && a.vocab_size == b.vocab_size &&
+         a.hidden_size == b.hidden_size &&
+         a.intermediate_size == b.intermediate_size &&
+         a.num_hidden_layers == b.num_hidden_layers &&
+         a.num_attention_heads == b.num_attention_heads &&
+         a.num_key_value_heads == b.num_key_value_heads &&
+         a.head_dim == b.head_dim && a.rms_norm_eps == b.rms_norm_eps &&
+         a.rope_theta == b.rope_theta &&
+         a.tie_word_embeddings == b.tie_word_embeddings &&
+         a.max_position_embeddings == b.max_position_embeddings &&
+         a.qk_norm == b.qk_norm && a.dtype == b.dtype &&
+         a.bos_token_id == b.bos_token_id &&
+         a.eos_token_ids == b.eos_token_ids;
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
+    const ModelConfig& c) {
+  const int64_t v = c.vocab_size, h = c.hidden_size, i = c.intermediate_size;
+  const int64_t q = c.num_attention_heads * c.head_dim;
+  const int64_t kv = c.num_key_value_heads * c.head_dim;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> out;
+  out.reserve(3 + c.num_hidden_layers * 11);
+  out.push_back({"model.embed_tokens.weight", {v, h}});
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = absl::StrCat("model.layers.", l, ".");
+    out.push_back({p + "input_layernorm.weight", {h}});
+    out.push_back({p + "self_attn.q_proj.weight", {q, h}});
+    out.push_back({p + "self_attn.k_proj.weight", {kv, h}});
+    out.push_back({p + "self_attn.v_proj.weight", {kv, h}});
+    out.push_back({p + "self_attn.o_proj.weight", {h, q}});
+    if (c.qk_norm) {
+      out.push_back({p + "self_attn.q_norm.weight", {c.head_dim}});
+      out.push_back({p + "self_attn.k_norm.weight", {c.head_dim}});
+    }
+    out.push_back({p + "post_attention_layernorm.weight", {h}});
+    out.push_back({p + "mlp.gate_proj.weight", {i, h}});
+    out.push_back({p + "mlp.up_proj.weight", {i, h}});
+    out.push_back({p + "mlp.down_proj.weight", {h, i}});
+  }
+  out.push_back({"model.norm.weight", {h}});
+  if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {v, h}});
+  return out;
+}
+
+namespace {
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+bool EndsWith(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// "a, b, c (and 5 more)" from the first kMaxListed items.
+std::string Listing(const std::vector<std::string>& items) {
+  constexpr size_t kMaxListed = 8;
+  std::vector<std::string> shown(
+      items.begin(), items.begin() + std::min(items.size(), kMaxListed));
+  std::string s = absl::StrJoin(shown, ", ");
+  if (items.size() > kMaxListed) {
+    absl::StrAppend(&s, " (and ", items.size() - kMaxListed, " more)");
+  }
+  return s;
+}
+
+}  // namespace
+
+absl::Status CheckTensorShapes(
+    const ModelConfig& config,
+    const std::map<std::string, std::vector<int64_t>>& name_to_shape) {
+  std::vector<std::string> missing, unexpected, mismatched;
+  std::set<std::string> expected_names;
+  for (const auto& [name, shape] : ExpectedTensors(config)) {
+    expected_names.insert(name);
+    auto it = name_to_shape.find(name);
+    if (it == name_to_shape.end()) {
+      missing.push_back(name);
+    } else if (it->second != shape) {
+      mismatched.push_back(absl::StrCat(name, " (expected ", ShapeString(shape),
+                                        ", found ", ShapeString(it->second),
+                                        ")"));
+    }
+  }
+  for (const auto& [name, shape] : name_to_shape) {
+    if (expected_names.count(name) != 0 ||
+        EndsWith(name, ".rotary_emb.inv_freq")) {
+      continue;
+    }
+    // Some tied checkpoints (Qwen3-1.7B among them) still store the shared
+    // matrix as lm_head.weight; it is harmless when the shape fits.
+    if (config.tie_word_embeddings && name == "lm_head.weight") {
+      const std::vector<int64_t> want = {config.vocab_size, config.hidden_size};
+      if (shape != want) {
+        mismatched.push_back(absl::StrCat(name, " (expected ", ShapeString(want),
+                                          ", found ", ShapeString(shape), ")"));
+      }
+      continue;
+    }
+    unexpected.push_back(name);
+  }
+  if (missing.empty() && unexpected.empty() && mismatched.empty()) {
+    return absl::OkStatus();
+  }
+  std::vector<std::string> parts;
+  if (!missing.empty()) {
+    parts.push_back(absl::StrCat(missing.size(), " missing: ", Listing(missing)));
+  }
+  if (!unexpected.empty()) {
+    parts.push_back(absl::StrCat(unexpected.size(),
+                                 " unexpected: ", Listing(unexpected)));
+  }
+  if (!mismatched.empty()) {
+    parts.push_back(absl::StrCat(mismatched.size(), " with wrong shape: ",
+                                 Listing(mismatched)));
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "weights do not match the ", config.model_type, " config: ",
+      absl::StrJoin(parts, "; ")));
+}
+
+absl::Status CheckTensorShapes(const ModelConfig& config,
+                               const SafetensorsFile& file) {
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (const TensorInfo& t : file.tensors()) shapes[t.name] = t.shape;
+  absl::Status s = CheckTensorShapes(config, shapes);
+  if (!s.ok()) {
+    return absl::Status(s.code(),
+                        absl::StrCat("safetensors file '", file.path(),
+                                     "': ", s.message()));
+  }
+  return s;
+}
+
+}  // namespace lockstep::common

@@ -1,0 +1,143 @@
+#include "common/torch_model.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "common/transformer_forward.h"
+
+namespace lockstep::common {
+namespace {
+
+absl::StatusOr<torch::Tensor> Get(const TorchWeights& w, const std::string& name) {
+  auto it = w.find(name);
+  if (it == w.end()) return absl::InvalidArgumentError("missing weight " + name);
+  return it->second;
+}
+
+absl::StatusOr<RankWeights> SingleRank(const ModelConfig& c, const TorchWeights& w) {
+  RankWeights rw;
+  rw.q_heads = c.num_attention_heads;
+  rw.kv_heads = c.num_key_value_heads;
+  LOCKSTEP_ASSIGN_OR_RETURN(rw.embed, Get(w, "model.embed_tokens.weight"));
+  LOCKSTEP_ASSIGN_OR_RETURN(rw.final_norm, Get(w, "model.norm.weight"));
+  LOCKSTEP_ASSIGN_OR_RETURN(
+      rw.lm_head.w, Get(w, c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"));
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = absl::StrCat("model.layers.", l, ".");
+    LayerWeights lw;
+    LOCKSTEP_ASSIGN_OR_RETURN(lw.input_norm, Get(w, p + "input_layernorm.weight"));
+    LOCKSTEP_ASSIGN_OR_RETURN(lw.post_norm, Get(w, p + "post_attention_layernorm.weight"));
+    LOCKSTEP_ASSIGN_OR_RETURN(lw.q.w, Get(w, p + "self_attn.q_proj.weight"));
+    LOCKSTEP_ASSIGN_OR_RETURN(lw.k.w, Get(w, p + "self_attn.k_proj.weight"));
+    LOCKSTEP_ASSIGN_OR_RETURN(lw.v.w, Get(w, p + "self_attn.v_proj.weight"));
+    LOCKSTEP_ASSIGN_OR_RETURN(lw.o.w, Get(w, p + "self_attn.o_proj.weight"));
+    if (c.qk_norm) {
+      LOCKSTEP_ASSIGN_OR_RETURN(lw.q_norm, Get(w, p + "self_attn.q_norm.weight"));
+      LOCKSTEP_ASSIGN_OR_RETURN(lw.k_norm, Get(w, p + "self_attn.k_norm.weight"));
+    }
+    LOCKSTEP_ASSIGN_OR_RETURN(lw.gate.w, Get(w, p + "mlp.gate_proj.weight"));
+    LOCKSTEP_ASSIGN_OR_RETURN(lw.up.w, Get(w, p + "mlp.up_proj.weight"));
+    LOCKSTEP_ASSIGN_OR_RETURN(lw.down.w, Get(w, p + "mlp.down_proj.weight"));
+    rw.layers.push_back(std::move(lw));
+  }
+  return rw;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<torch::Tensor>> SequenceLogprobs(
+    const ModelConfig& config, const TorchWeights& weights, KernelMode mode,
+    const std::vector<std::vector<int32_t>>& sequences,
+    const std::vector<int64_t>& prefix_lens) {
+  if (sequences.empty()) return absl::InvalidArgumentError("no sequences");
+  if (prefix_lens.size() != sequences.size()) {
+    return absl::InvalidArgumentError("prefix_lens and sequences differ in count");
+  }
+  LOCKSTEP_ASSIGN_OR_RETURN(RankWeights rw, SingleRank(config, weights));
+  const torch::Device dev = rw.embed.device();
+  std::vector<int64_t> tokens, lens, rows, targets;
+  std::vector<int32_t> positions;
+  int64_t start = 0;
+  for (size_t s = 0; s < sequences.size(); ++s) {
+    const auto& seq = sequences[s];
+    const int64_t len = seq.size();
+    if (len == 0) return absl::InvalidArgumentError("empty sequence");
+    if (len > config.max_position_embeddings) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence of ", len,
+                                                     " tokens exceeds the context length"));
+    }
+    if (prefix_lens[s] < 1 || prefix_lens[s] > len) {
+      return absl::InvalidArgumentError(absl::StrCat("prefix length ", prefix_lens[s],
+                                                     " outside [1, ", len, "]"));
+    }
+    for (int64_t i = 0; i < len; ++i) {
+      if (seq[i] < 0 || seq[i] >= config.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("token id ", seq[i], " outside [0, ",
+                                                       config.vocab_size, ")"));
+      }
+      tokens.push_back(seq[i]);
+      positions.push_back(static_cast<int32_t>(i));
+    }
+    for (int64_t i = prefix_lens[s] - 1; i < len - 1; ++i) {
+      rows.push_back(start + i);
+      targets.push_back(seq[i + 1]);
+    }
+    lens.push_back(len);
+    start += len;
+  }
+  std::vector<torch::Tensor> out;
+  try {
+    auto ops = CreateOps(mode);
+    torch::Tensor lp;
+    if (!rows.empty()) {
+      ForwardInput in;
+      in.tokens = torch::tensor(tokens, torch::kLong).to(dev);
+      in.positions = torch::tensor(positions, torch::kInt).to(dev);
+      in.seq_lens = lens;
+      in.logit_rows = torch::tensor(rows, torch::kLong).to(dev);
+      auto logits = RankForward(config, rw, *ops, in, nullptr);
+      lp = ops->TargetLogprobs(logits, torch::tensor(targets, torch::kLong).to(dev));
+    }
+    int64_t k = 0;
+    for (size_t s = 0; s < sequences.size(); ++s) {
+      const int64_t n = static_cast<int64_t>(sequences[s].size()) - prefix_lens[s];
+      out.push_back(n > 0 ? lp.narrow(0, k, n)
+                          : torch::empty({0}, torch::TensorOptions().dtype(torch::kFloat).device(dev)));
+      k += std::max<int64_t>(n, 0);
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("training forward failed: ", e.what()));
+  }
+  return out;
+}
+
+TorchWeights ToTorch(const TensorMap& tensors) {
+  TorchWeights out;
+  for (const auto& [name, t] : tensors) {
+    auto dtype = t.dtype == kernels::DType::kF32 ? torch::kFloat : torch::kBFloat16;
+    auto tensor = torch::empty(t.shape, torch::TensorOptions().dtype(dtype));
+    std::memcpy(tensor.data_ptr(), t.data.data(), t.data.size());
+    out.emplace(name, tensor);
+  }
+  return out;
+}
+
+TensorMap FromTorch(const TorchWeights& weights) {
+  TensorMap out;
+  for (const auto& [name, t] : weights) {
+    auto c = t.detach().cpu().contiguous();
+    HostTensor h;
+    h.dtype = c.scalar_type() == torch::kBFloat16 ? kernels::DType::kBF16 : kernels::DType::kF32;
+    if (c.scalar_type() != torch::kBFloat16 && c.scalar_type() != torch::kFloat) {
+      c = c.to(torch::kFloat);
+    }
+    h.shape = c.sizes().vec();
+    const auto* p = static_cast<const uint8_t*>(c.data_ptr());
+    h.data.assign(p, p + c.numel() * c.element_size());
+    out.emplace(name, std::move(h));
+  }
+  return out;
+}
+
+}  // namespace lockstep::common

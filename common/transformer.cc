@@ -1,0 +1,520 @@
+// Model: weights sharded over in-process TP ranks (threads), the paged KV
+// cache, and the validation of forward batches. The arithmetic lives in
+// transformer_forward.cc over the ops of torch_ops.h.
+#include "common/transformer.h"
+
+#include <algorithm>
+#include <thread>
+
+#include <torch/torch.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/safetensors.h"
+#include "common/status_macros.h"
+#include "common/torch_ops.h"
+#include "common/transformer_forward.h"
+#include "kernels/tree_reduce.h"
+
+namespace lockstep::common {
+namespace {
+
+torch::ScalarType TorchType(kernels::DType d) {
+  return d == kernels::DType::kF32 ? torch::kFloat : torch::kBFloat16;
+}
+
+torch::Device TorchDevice(kernels::Device d) {
+  return d == kernels::Device::kCuda ? torch::Device(torch::kCUDA, 0)
+                                     : torch::Device(torch::kCPU);
+}
+
+// A host tensor converted to `dtype` (f32 <-> bf16 round to nearest even).
+HostTensor ConvertTensor(const HostTensor& in, kernels::DType dtype) {
+  if (in.dtype == dtype) return in;
+  HostTensor out;
+  out.dtype = dtype;
+  out.shape = in.shape;
+  const int64_t n = in.numel();
+  out.data.resize(n * kernels::DTypeSize(dtype));
+  for (int64_t i = 0; i < n; ++i) {
+    kernels::StoreFromF32(out.data.data(), dtype, i,
+                          kernels::LoadAsF32(in.data.data(), in.dtype, i));
+  }
+  return out;
+}
+
+torch::Tensor HostToTorch(const HostTensor& t) {
+  auto out = torch::empty(t.shape, torch::TensorOptions().dtype(TorchType(t.dtype)));
+  std::memcpy(out.data_ptr(), t.data.data(), t.data.size());
+  return out;
+}
+
+class KvCacheImpl : public KvCache {
+ public:
+  int64_t num_pages() const override { return num_pages_; }
+  int64_t page_size() const override { return page_size_; }
+
+  int64_t num_pages_ = 0;
+  int64_t page_size_ = 0;
+  std::vector<std::vector<LayerKv>> ranks_;  // [tp][layers]
+};
+
+class ModelImpl : public Model {
+ public:
+  ModelImpl(ModelConfig config, ModelOptions options)
+      : config_(std::move(config)), options_(options) {}
+
+  absl::Status Init(const TensorMap& tensors);
+
+  const ModelConfig& config() const override { return config_; }
+  const ModelOptions& options() const override { return options_; }
+  const TensorMap& tensors() const override { return tensors_; }
+
+  int64_t KvBytesPerPage(int64_t page_size) const override {
+    return 2 * config_.num_hidden_layers * page_size * KvHeadsPerRank() *
+           options_.tp_size * config_.head_dim * kernels::DTypeSize(config_.dtype);
+  }
+
+  absl::StatusOr<std::unique_ptr<KvCache>> CreateKvCache(int64_t num_pages,
+                                                         int64_t page_size) const override;
+  absl::StatusOr<std::vector<float>> Forward(const ForwardBatch& batch,
+                                             KvCache* cache) const override;
+  absl::StatusOr<std::vector<std::vector<float>>> ForwardFull(
+      const std::vector<std::vector<int32_t>>& sequences) const override;
+  absl::StatusOr<std::vector<std::vector<float>>> ScoreSequences(
+      const std::vector<std::vector<int32_t>>& sequences,
+      const std::vector<int64_t>& prefix_lens) const override;
+
+ private:
+  int64_t KvHeadsPerRank() const {
+    const int64_t t = options_.tp_size, kv = config_.num_key_value_heads;
+    return kv >= t ? kv / t : 1;
+  }
+
+  // Runs fn(rank) on every rank (threads when tp > 1) and returns rank 0's
+  // logits; c10 errors become INTERNAL.
+  absl::StatusOr<torch::Tensor> RunRanks(
+      const std::function<torch::Tensor(int, Communicator*)>& fn) const;
+
+  absl::StatusOr<torch::Tensor> FullLogits(const std::vector<std::vector<int32_t>>& seqs,
+                                           const std::vector<int64_t>& rows) const;
+
+  ModelConfig config_;
+  ModelOptions options_;
+  TensorMap tensors_;
+  std::vector<RankWeights> ranks_;
+};
+
+absl::Status ModelImpl::Init(const TensorMap& tensors) {
+  const ModelConfig& c = config_;
+  const int t = options_.tp_size;
+  if (!kernels::IsValidTreeSplit(t)) {
+    return absl::InvalidArgumentError(absl::StrCat("tp_size must be 1, 2, 4 or 8, got ", t));
+  }
+  if (c.num_attention_heads % t != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tp_size ", t, " does not divide num_attention_heads ", c.num_attention_heads));
+  }
+  if (c.num_key_value_heads % t != 0 && t % c.num_key_value_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tp_size ", t, " and num_key_value_heads ", c.num_key_value_heads,
+        " must divide one another"));
+  }
+  if (c.intermediate_size % (kernels::kTreeLeaves * t) != 0 ||
+      (c.num_attention_heads * c.head_dim) % kernels::kTreeLeaves != 0) {
+    return absl::InvalidArgumentError(
+        "intermediate_size and num_attention_heads*head_dim must be multiples of 8 "
+        "(and intermediate_size of 8*tp_size) for the TP-invariant reduction tree");
+  }
+  if (c.vocab_size % t != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tp_size ", t, " does not divide vocab_size ", c.vocab_size));
+  }
+  if (options_.device == kernels::Device::kCuda && !torch::cuda::is_available()) {
+    return absl::FailedPreconditionError("--device=cuda but no CUDA device is available");
+  }
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (const auto& [name, tensor] : tensors) {
+    if (static_cast<int64_t>(tensor.data.size()) !=
+        tensor.numel() * kernels::DTypeSize(tensor.dtype)) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " has ",
+                                                     tensor.data.size(), " bytes for its shape"));
+    }
+    shapes[name] = tensor.shape;
+  }
+  LOCKSTEP_RETURN_IF_ERROR(CheckTensorShapes(c, shapes));
+  for (const auto& [name, tensor] : tensors) {
+    if (name.find("rotary_emb.inv_freq") != std::string::npos) continue;
+    tensors_[name] = ConvertTensor(tensor, c.dtype);
+  }
+
+  const torch::Device dev = TorchDevice(options_.device);
+  // Standard mode multiplies in fp32 through LibTorch: keep fp32 copies of the
+  // (bf16-valued) matrices so no per-call conversion happens.
+  const bool standard = options_.mode == KernelMode::kStandard;
+  auto full = [&](const std::string& name) { return HostToTorch(tensors_.at(name)); };
+  const int64_t D = c.head_dim, Hq = c.num_attention_heads, Hkv = c.num_key_value_heads;
+  const int64_t q_local = Hq / t, kv_local = KvHeadsPerRank();
+  const int64_t inter_local = c.intermediate_size / t, vocab_local = c.vocab_size / t;
+  auto linear = [&](torch::Tensor w) -> absl::StatusOr<LinearWeight> {
+    LinearWeight lw;
+    w = w.contiguous();
+    if (standard) w = w.to(torch::kFloat);
+    lw.w = w.to(dev);
+    if (!standard && options_.device == kernels::Device::kCpu) {
+      LOCKSTEP_ASSIGN_OR_RETURN(
+          lw.packed, kernels::PackedWeight::Pack(w.data_ptr(), w.scalar_type() == torch::kFloat
+                                                                   ? kernels::DType::kF32
+                                                                   : kernels::DType::kBF16,
+                                                 w.size(1), w.size(0), w.size(1)));
+    }
+    return lw;
+  };
+  auto vec = [&](const std::string& name) { return full(name).to(dev); };
+  for (int r = 0; r < t; ++r) {
+    RankWeights rw;
+    rw.q_heads = q_local;
+    rw.kv_heads = kv_local;
+    rw.embed = vec("model.embed_tokens.weight");
+    rw.final_norm = vec("model.norm.weight");
+    const std::string head_name =
+        c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+    LOCKSTEP_ASSIGN_OR_RETURN(rw.lm_head,
+                              linear(full(head_name).narrow(0, r * vocab_local, vocab_local)));
+    // KV heads of this rank: its own slice, or the one head its query heads
+    // map to when ranks outnumber KV heads.
+    const int64_t kv_begin = Hkv >= t ? r * kv_local : (r * q_local) / (Hq / Hkv);
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      const std::string p = absl::StrCat("model.layers.", l, ".");
+      LayerWeights lw;
+      lw.input_norm = vec(p + "input_layernorm.weight");
+      lw.post_norm = vec(p + "post_attention_layernorm.weight");
+      LOCKSTEP_ASSIGN_OR_RETURN(
+          lw.q, linear(full(p + "self_attn.q_proj.weight").narrow(0, r * q_local * D, q_local * D)));
+      LOCKSTEP_ASSIGN_OR_RETURN(
+          lw.k, linear(full(p + "self_attn.k_proj.weight").narrow(0, kv_begin * D, kv_local * D)));
+      LOCKSTEP_ASSIGN_OR_RETURN(
+          lw.v, linear(full(p + "self_attn.v_proj.weight").narrow(0, kv_begin * D, kv_local * D)));
+      LOCKSTEP_ASSIGN_OR_RETURN(
+          lw.o, linear(full(p + "self_attn.o_proj.weight").narrow(1, r * q_local * D, q_local * D)));
+      if (c.qk_norm) {
+        lw.q_norm = vec(p + "self_attn.q_norm.weight");
+        lw.k_norm = vec(p + "self_attn.k_norm.weight");
+      }
+      LOCKSTEP_ASSIGN_OR_RETURN(
+          lw.gate, linear(full(p + "mlp.gate_proj.weight").narrow(0, r * inter_local, inter_local)));
+      LOCKSTEP_ASSIGN_OR_RETURN(
+          lw.up, linear(full(p + "mlp.up_proj.weight").narrow(0, r * inter_local, inter_local)));
+      LOCKSTEP_ASSIGN_OR_RETURN(
+          lw.down, linear(full(p + "mlp.down_proj.weight").narrow(1, r * inter_local, inter_local)));
+      rw.layers.push_back(std::move(lw));
+    }
+    ranks_.push_back(std::move(rw));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<KvCache>> ModelImpl::CreateKvCache(int64_t num_pages,
+                                                                  int64_t page_size) const {
+  if (num_pages <= 0 || page_size <= 0) {
+    return absl::InvalidArgumentError("KV cache needs num_pages > 0 and page_size > 0");
+  }
+  auto cache = std::make_unique<KvCacheImpl>();
+  cache->num_pages_ = num_pages;
+  cache->page_size_ = page_size;
+  auto opts = torch::TensorOptions().dtype(TorchType(config_.dtype)).device(
+      TorchDevice(options_.device));
+  try {
+    for (int r = 0; r < options_.tp_size; ++r) {
+      std::vector<LayerKv> layers;
+      for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
+        layers.push_back({torch::zeros({num_pages, page_size, KvHeadsPerRank(), config_.head_dim}, opts),
+                          torch::zeros({num_pages, page_size, KvHeadsPerRank(), config_.head_dim}, opts)});
+      }
+      cache->ranks_.push_back(std::move(layers));
+    }
+  } catch (const c10::Error& e) {
+    return absl::ResourceExhaustedError(absl::StrCat("KV cache allocation failed: ", e.what()));
+  }
+  return cache;
+}
+
+absl::StatusOr<torch::Tensor> ModelImpl::RunRanks(
+    const std::function<torch::Tensor(int, Communicator*)>& fn) const {
+  const int t = options_.tp_size;
+  std::vector<torch::Tensor> results(t);
+  std::vector<std::string> errors(t);
+  auto run = [&](int r, Communicator* comm) {
+    try {
+      c10::InferenceMode guard;
+      results[r] = fn(r, comm);
+    } catch (const std::exception& e) {
+      errors[r] = e.what();
+    }
+  };
+  if (t == 1) {
+    run(0, nullptr);
+  } else {
+    auto comms = CreateInProcessGroup(t);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < t; ++r) threads.emplace_back(run, r, comms[r].get());
+    for (auto& th : threads) th.join();
+  }
+  for (const auto& e : errors) {
+    if (!e.empty()) return absl::InternalError(absl::StrCat("forward failed: ", e));
+  }
+  return results[0];
+}
+
+absl::StatusOr<std::vector<float>> ModelImpl::Forward(const ForwardBatch& b,
+                                                      KvCache* cache_base) const {
+  auto* cache = dynamic_cast<KvCacheImpl*>(cache_base);
+  if (cache == nullptr || static_cast<int>(cache->ranks_.size()) != options_.tp_size) {
+    return absl::InvalidArgumentError("KV cache was not created by a model of this shape");
+  }
+  const int64_t T = b.tokens.size();
+  if (T == 0) return absl::InvalidArgumentError("empty forward batch");
+  if (b.positions.size() != static_cast<size_t>(T) || b.seq_ids.size() != static_cast<size_t>(T) ||
+      b.slots.size() != static_cast<size_t>(T)) {
+    return absl::InvalidArgumentError("tokens, positions, seq_ids and slots differ in length");
+  }
+  if (b.num_seqs <= 0 || b.max_blocks_per_seq <= 0 ||
+      b.block_tables.size() != static_cast<size_t>(b.num_seqs * b.max_blocks_per_seq)) {
+    return absl::InvalidArgumentError("block_tables is not [num_seqs, max_blocks_per_seq]");
+  }
+  const int64_t ps = cache->page_size_;
+  for (int64_t i = 0; i < T; ++i) {
+    if (b.tokens[i] < 0 || b.tokens[i] >= config_.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", b.tokens[i], " outside [0, ",
+                                                     config_.vocab_size, ")"));
+    }
+    const int64_t p = b.positions[i];
+    if (p < 0 || p >= config_.max_position_embeddings) {
+      return absl::InvalidArgumentError(absl::StrCat("position ", p, " outside [0, ",
+                                                     config_.max_position_embeddings, ")"));
+    }
+    if (b.seq_ids[i] < 0 || b.seq_ids[i] >= b.num_seqs) {
+      return absl::InvalidArgumentError(absl::StrCat("seq id ", b.seq_ids[i], " out of range"));
+    }
+    if (p / ps >= b.max_blocks_per_seq) {
+      return absl::InvalidArgumentError(absl::StrCat("position ", p, " beyond the block table"));
+    }
+    for (int64_t blk = 0; blk <= p / ps; ++blk) {
+      const int32_t page = b.block_tables[b.seq_ids[i] * b.max_blocks_per_seq + blk];
+      if (page < 0 || page >= cache->num_pages_) {
+        return absl::InvalidArgumentError(absl::StrCat("page id ", page, " out of range"));
+      }
+    }
+    const int64_t expect =
+        int64_t{b.block_tables[b.seq_ids[i] * b.max_blocks_per_seq + p / ps]} * ps + p % ps;
+    if (b.slots[i] != expect) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "slot of token ", i, " (", b.slots[i], ") is not its position's page slot (", expect, ")"));
+    }
+  }
+  for (int32_t row : b.logit_rows) {
+    if (row < 0 || row >= T) return absl::InvalidArgumentError("logit row out of range");
+  }
+  if (b.logit_rows.empty()) return std::vector<float>();
+  const torch::Device dev = TorchDevice(options_.device);
+  auto i32 = torch::TensorOptions().dtype(torch::kInt);
+  auto i64 = torch::TensorOptions().dtype(torch::kLong);
+  PagedAttentionMeta meta;
+  meta.positions = torch::from_blob(const_cast<int32_t*>(b.positions.data()), {T}, i32).to(dev, false, true);
+  meta.seq_ids = torch::from_blob(const_cast<int32_t*>(b.seq_ids.data()), {T}, i32).to(dev, false, true);
+  meta.slots = torch::from_blob(const_cast<int64_t*>(b.slots.data()), {T}, i64).to(dev, false, true);
+  meta.block_tables = torch::from_blob(const_cast<int32_t*>(b.block_tables.data()),
+                                       {b.num_seqs, b.max_blocks_per_seq}, i32)
+                          .to(dev, false, true);
+  auto tokens = torch::from_blob(const_cast<int32_t*>(b.tokens.data()), {T}, i32).to(torch::kLong).to(dev);
+  auto rows = torch::from_blob(const_cast<int32_t*>(b.logit_rows.data()),
+                               {static_cast<int64_t>(b.logit_rows.size())}, i32)
+                  .to(torch::kLong).to(dev);
+  LOCKSTEP_ASSIGN_OR_RETURN(auto logits, RunRanks([&](int r, Communicator* comm) {
+    ForwardInput in;
+    in.tokens = tokens;
+    in.positions = meta.positions;
+    in.paged = &meta;
+    in.kv = &cache->ranks_[r];
+    in.logit_rows = rows;
+    auto ops = CreateOps(options_.mode);
+    return RankForward(config_, ranks_[r], *ops, in, comm);
+  }));
+  auto host = logits.cpu().contiguous();
+  return std::vector<float>(host.data_ptr<float>(), host.data_ptr<float>() + host.numel());
+}
+
+absl::StatusOr<torch::Tensor> ModelImpl::FullLogits(const std::vector<std::vector<int32_t>>& seqs,
+                                                    const std::vector<int64_t>& rows) const {
+  std::vector<int64_t> tokens, lens;
+  std::vector<int32_t> positions;
+  for (const auto& s : seqs) {
+    if (s.empty()) return absl::InvalidArgumentError("empty sequence");
+    if (static_cast<int64_t>(s.size()) > config_.max_position_embeddings) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence of ", s.size(),
+                                                     " tokens exceeds the context length ",
+                                                     config_.max_position_embeddings));
+    }
+    for (size_t i = 0; i < s.size(); ++i) {
+      if (s[i] < 0 || s[i] >= config_.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("token id ", s[i], " outside [0, ",
+                                                       config_.vocab_size, ")"));
+      }
+      tokens.push_back(s[i]);
+      positions.push_back(static_cast<int32_t>(i));
+    }
+    lens.push_back(s.size());
+  }
+  if (tokens.empty()) return absl::InvalidArgumentError("no sequences");
+  const torch::Device dev = TorchDevice(options_.device);
+  auto tok = torch::tensor(tokens, torch::kLong).to(dev);
+  auto pos = torch::tensor(positions, torch::kInt).to(dev);
+  auto row_t = torch::tensor(rows, torch::kLong).to(dev);
+  return RunRanks([&](int r, Communicator* comm) {
+    ForwardInput in;
+    in.tokens = tok;
+    in.positions = pos;
+    in.seq_lens = lens;
+    in.logit_rows = row_t;
+    auto ops = CreateOps(options_.mode);
+    return RankForward(config_, ranks_[r], *ops, in, comm);
+  });
+}
+
+absl::StatusOr<std::vector<std::vector<float>>> ModelImpl::ForwardFull(
+    const std::vector<std::vector<int32_t>>& seqs) const {
+  std::vector<int64_t> rows;
+  int64_t total = 0;
+  for (const auto& s : seqs) total += s.size();
+  for (int64_t i = 0; i < total; ++i) rows.push_back(i);
+  LOCKSTEP_ASSIGN_OR_RETURN(auto logits, FullLogits(seqs, rows));
+  auto host = logits.cpu().contiguous();
+  std::vector<std::vector<float>> out;
+  const int64_t V = config_.vocab_size;
+  int64_t start = 0;
+  for (const auto& s : seqs) {
+    const float* p = host.data_ptr<float>() + start * V;
+    out.emplace_back(p, p + s.size() * V);
+    start += s.size();
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<std::vector<float>>> ModelImpl::ScoreSequences(
+    const std::vector<std::vector<int32_t>>& seqs, const std::vector<int64_t>& prefix_lens) const {
+  if (prefix_lens.size() != seqs.size()) {
+    return absl::InvalidArgumentError("prefix_lens and sequences differ in count");
+  }
+  std::vector<int64_t> rows;
+  std::vector<int32_t> targets;
+  int64_t start = 0;
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    const int64_t len = seqs[s].size();
+    if (prefix_lens[s] < 1 || prefix_lens[s] > len) {
+      return absl::InvalidArgumentError(absl::StrCat("prefix length ", prefix_lens[s],
+                                                     " outside [1, ", len, "]"));
+    }
+    for (int64_t i = prefix_lens[s] - 1; i < len - 1; ++i) {
+      rows.push_back(start + i);
+      targets.push_back(seqs[s][i + 1]);
+    }
+    start += len;
+  }
+  std::vector<std::vector<float>> out(seqs.size());
+  if (rows.empty()) {
+    for (const auto& s : seqs) {
+      if (s.empty()) return absl::InvalidArgumentError("empty sequence");
+    }
+    return out;
+  }
+  LOCKSTEP_ASSIGN_OR_RETURN(auto logits, FullLogits(seqs, rows));
+  auto host = logits.cpu().contiguous();
+  std::vector<float> flat(host.data_ptr<float>(), host.data_ptr<float>() + host.numel());
+  LOCKSTEP_ASSIGN_OR_RETURN(auto lp, ComputeTokenLogprobs(options_.mode, flat,
+                                                          config_.vocab_size, targets, 0));
+  size_t k = 0;
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    for (int64_t i = prefix_lens[s] - 1; i < static_cast<int64_t>(seqs[s].size()) - 1; ++i) {
+      out[s].push_back(lp.target[k++]);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<const Model>> Model::Create(const ModelConfig& config,
+                                                           const TensorMap& tensors,
+                                                           const ModelOptions& options) {
+  auto model = std::make_shared<ModelImpl>(config, options);
+  try {
+    LOCKSTEP_RETURN_IF_ERROR(model->Init(tensors));
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("building the model failed: ", e.what()));
+  }
+  return std::shared_ptr<const Model>(std::move(model));
+}
+
+absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const std::string& dir,
+                                                         const ModelOptions& options) {
+  LOCKSTEP_ASSIGN_OR_RETURN(auto config, ModelConfig::FromFile(dir + "/config.json"));
+  LOCKSTEP_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(dir + "/model.safetensors"));
+  LOCKSTEP_RETURN_IF_ERROR(CheckTensorShapes(config, *file));
+  TensorMap tensors;
+  for (const TensorInfo& info : file->tensors()) {
+    HostTensor t;
+    t.dtype = info.dtype;
+    t.shape = info.shape;
+    t.data.assign(info.data, info.data + info.nbytes);
+    tensors.emplace(info.name, std::move(t));
+  }
+  return Create(config, tensors, options);
+}
+
+absl::StatusOr<TokenLogprobs> ComputeTokenLogprobs(KernelMode mode,
+                                                   const std::vector<float>& logits,
+                                                   int64_t vocab,
+                                                   const std::vector<int32_t>& targets,
+                                                   int top_n) {
+  const int64_t rows = targets.size();
+  if (vocab <= 0 || static_cast<int64_t>(logits.size()) != rows * vocab) {
+    return absl::InvalidArgumentError("logits are not [targets, vocab]");
+  }
+  for (int32_t t : targets) {
+    if (t < 0 || t >= vocab) {
+      return absl::InvalidArgumentError(absl::StrCat("target id ", t, " outside [0, ", vocab, ")"));
+    }
+  }
+  if (top_n < 0 || top_n > vocab) {
+    return absl::InvalidArgumentError(absl::StrCat("top_n ", top_n, " outside [0, ", vocab, "]"));
+  }
+  TokenLogprobs out;
+  if (rows == 0) return out;
+  try {
+    c10::InferenceMode guard;
+    auto ops = CreateOps(mode);
+    auto lt = torch::from_blob(const_cast<float*>(logits.data()), {rows, vocab});
+    auto tt = torch::from_blob(const_cast<int32_t*>(targets.data()), {rows}, torch::kInt)
+                  .to(torch::kLong);
+    auto lp = ops->TargetLogprobs(lt, tt).contiguous();
+    out.target.assign(lp.data_ptr<float>(), lp.data_ptr<float>() + rows);
+    if (top_n > 0) {
+      auto full = ops->LogSoftmax(lt).contiguous();
+      const float* base = full.data_ptr<float>();
+      out.top.resize(rows);
+      std::vector<int32_t> idx(vocab);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* row = base + r * vocab;
+        for (int32_t j = 0; j < vocab; ++j) idx[j] = j;
+        std::partial_sort(idx.begin(), idx.begin() + top_n, idx.end(), [&](int32_t a, int32_t b) {
+          return row[a] > row[b] || (row[a] == row[b] && a < b);
+        });
+        for (int i = 0; i < top_n; ++i) out.top[r].emplace_back(idx[i], row[idx[i]]);
+      }
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("log-softmax failed: ", e.what()));
+  }
+  return out;
+}
+
+}  // namespace lockstep::common

@@ -1,0 +1,56 @@
+// The functional decoder forward of one TP rank, written once against Ops
+// (torch_ops.h) and shared by the inference Model (incremental, paged) and
+// the learner (full sequences, differentiable).
+#ifndef LOCKSTEP_COMMON_TRANSFORMER_FORWARD_H_
+#define LOCKSTEP_COMMON_TRANSFORMER_FORWARD_H_
+
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "common/communicator.h"
+#include "common/model_config.h"
+#include "common/torch_ops.h"
+
+namespace lockstep::common {
+
+// One decoder layer's weights as held by one rank. Column-parallel layers
+// (q, k, v, gate, up) hold this rank's output rows; row-parallel ones (o,
+// down) this rank's input columns.
+struct LayerWeights {
+  torch::Tensor input_norm;  // [H]
+  LinearWeight q, k, v, o;
+  torch::Tensor q_norm, k_norm;  // [D], undefined without QK-norm
+  torch::Tensor post_norm;       // [H]
+  LinearWeight gate, up, down;
+};
+
+// One rank's weights and its share of the heads and the vocabulary.
+struct RankWeights {
+  torch::Tensor embed;  // [V, H], replicated
+  std::vector<LayerWeights> layers;
+  torch::Tensor final_norm;  // [H]
+  LinearWeight lm_head;      // [V/t, H]: this rank's vocabulary rows
+  int64_t q_heads = 0;       // local query heads
+  int64_t kv_heads = 0;      // local KV heads
+};
+
+// Attention source of a forward: either whole sequences laid end to end
+// (seq_lens, full-sequence prefill), or a paged step (meta + per-layer KV).
+struct ForwardInput {
+  torch::Tensor tokens;     // int64 [T]
+  torch::Tensor positions;  // int32 [T]
+  std::vector<int64_t> seq_lens;           // full mode: lengths summing to T
+  const PagedAttentionMeta* paged = nullptr;  // paged mode
+  std::vector<LayerKv>* kv = nullptr;         // paged mode: [layers]
+  torch::Tensor logit_rows;  // int64 [R]: rows whose logits are computed
+};
+
+// Runs the decoder on one rank and returns logits [R, V] (float32, full
+// vocabulary on every rank: the vocabulary shards are all-gathered).
+torch::Tensor RankForward(const ModelConfig& config, const RankWeights& weights,
+                          Ops& ops, const ForwardInput& input, Communicator* comm);
+
+}  // namespace lockstep::common
+
+#endif  // LOCKSTEP_COMMON_TRANSFORMER_FORWARD_H_

@@ -1,0 +1,53 @@
+#include "kernels/cpu/rope.h"
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/threading.h"
+
+namespace lockstep::kernels::cpu {
+
+absl::Status ApplyRope(const RopeArgs& args) {
+  for (int64_t t = 0; t < args.tokens; ++t) {
+    if (args.positions[t] < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ApplyRope: positions[", t, "] = ", args.positions[t], " < 0"));
+    }
+  }
+  if (args.tokens == 0 || args.heads == 0) return absl::OkStatus();
+  const int64_t rot = args.rotary_dim == 0 ? args.head_dim : args.rotary_dim;
+  const int64_t half = rot / 2;
+  // Frequencies and angles in double, rounded once to fp32 per (position, i):
+  // the result depends on nothing but the token's position.
+  std::vector<double> inv_freq(half);
+  for (int64_t i = 0; i < half; ++i) {
+    inv_freq[i] = std::pow(args.theta, -2.0 * static_cast<double>(i) /
+                                           static_cast<double>(rot));
+  }
+  ParallelFor(args.tokens, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> cos_v(half), sin_v(half);
+    for (int64_t t = begin; t < end; ++t) {
+      const double p = static_cast<double>(args.positions[t]);
+      for (int64_t i = 0; i < half; ++i) {
+        const double angle = p * inv_freq[i];
+        cos_v[i] = static_cast<float>(std::cos(angle));
+        sin_v[i] = static_cast<float>(std::sin(angle));
+      }
+      float* row = args.x + t * args.ldx;
+      for (int64_t h = 0; h < args.heads; ++h) {
+        float* xh = row + h * args.head_dim;
+        for (int64_t i = 0; i < half; ++i) {
+          const float a = xh[i];
+          const float b = xh[i + half];
+          xh[i] = a * cos_v[i] - b * sin_v[i];
+          xh[i + half] = b * cos_v[i] + a * sin_v[i];
+        }
+      }
+    }
+  });
+  return absl::OkStatus();
+}
+
+}  // namespace lockstep::kernels::cpu

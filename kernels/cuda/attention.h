@@ -1,0 +1,26 @@
+// CUDA implementations of the public entries of kernels/attention.h
+// (kernels/cuda/attention.cu), referenced by the dispatcher in CUDA builds
+// only.
+// Arguments arrive with shapes, strides and pointers already validated by the
+// public entry; values that live in device memory (ids, slots, positions,
+// block tables, per-row parameters) are this implementation's to check.
+// Every pointer is a device pointer; `stream` is the cudaStream_t to queue on.
+#ifndef LOCKSTEP_KERNELS_CUDA_ATTENTION_H_
+#define LOCKSTEP_KERNELS_CUDA_ATTENTION_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "kernels/attention.h"
+
+namespace lockstep::kernels::cuda {
+
+absl::Status WriteKv(const KvWriteArgs& args, void* stream);
+
+absl::Status PagedAttention(const PagedAttentionArgs& args, void* stream);
+
+absl::Status PrefillAttention(const PrefillAttentionArgs& args, void* stream);
+
+}  // namespace lockstep::kernels::cuda
+
+#endif  // LOCKSTEP_KERNELS_CUDA_ATTENTION_H_

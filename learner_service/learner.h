@@ -1,0 +1,203 @@
+// The learner core: a trainer, a buffer of submitted trajectories, the
+// registered rollouts and the weight push after every step, checkpoints and
+// metrics. Both the gRPC adapter (client-driven loop) and the built-in driver
+// (`--drive`) call it; it knows nothing of the server side of gRPC.
+#ifndef LOCKSTEP_LEARNER_SERVICE_LEARNER_H_
+#define LOCKSTEP_LEARNER_SERVICE_LEARNER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/host_tensor.h"
+#include "learner_service/learner_metrics.h"
+#include "learner_service/mismatch.h"
+#include "learner_service/rollout_client.h"
+#include "learner_service/trainer.h"
+
+namespace prometheus {
+class Registry;
+}  // namespace prometheus
+
+namespace lockstep::learner {
+
+struct LearnerOptions {
+  TrainerOptions trainer;
+  // Root of Save/LoadCheckpoint names; empty disables them
+  // (FAILED_PRECONDITION).
+  std::string checkpoint_dir;
+  // Trajectories the buffer may hold (RESOURCE_EXHAUSTED past it).
+  int64_t max_buffered_trajectories = 65536;
+  PushOptions push;
+  // Deadline of the GetModelInfo call that registering a rollout makes (it
+  // waits for the endpoint to come up within this time).
+  absl::Duration register_timeout = absl::Seconds(10);
+};
+
+struct SubmitResult {
+  int64_t accepted = 0;
+  int64_t buffered_trajectories = 0;
+  int64_t buffered_groups = 0;
+  int64_t buffered_tokens = 0;
+};
+
+struct TrainStepOptions {
+  // Groups to train on; empty: the whole buffer.
+  std::vector<std::string> group_ids;
+  // FAILED_PRECONDITION unless the learner is at this version.
+  std::optional<int64_t> expected_version;
+  bool skip_push = false;
+};
+
+struct StepReport {
+  StepResult step;
+  std::vector<PushResult> pushes;  // one per registered rollout
+  double push_seconds = 0.0;       // wall time of the parallel push
+};
+
+// A registered rollout.
+struct RolloutInfo {
+  std::string endpoint;
+  int64_t weight_version = 0;  // last version known to be served
+  common::KernelMode mode = common::KernelMode::kInvariant;
+  int64_t pushes_ok = 0;
+  int64_t pushes_failed = 0;
+  std::optional<PushResult> last_push;
+};
+
+struct CheckpointInfo {
+  std::string path;
+  int64_t step = 0;
+  int64_t weight_version = 0;
+  int64_t dropped_trajectories = 0;  // LoadCheckpoint only
+};
+
+struct LearnerStatus {
+  int64_t step = 0;
+  int64_t weight_version = 0;
+  int64_t buffered_trajectories = 0;
+  int64_t buffered_groups = 0;
+  int64_t buffered_tokens = 0;
+  int64_t max_buffered_trajectories = 0;
+  MismatchStats mismatch_total;  // all steps since start
+  std::optional<StepReport> last_step;
+  std::vector<RolloutInfo> rollouts;
+  double learning_rate = 0.0;
+};
+
+// Extra state saved with every checkpoint and handed back on load (the
+// driver stores its prompt RNG here).
+struct CheckpointHooks {
+  std::function<std::map<std::string, std::string>()> save;
+  std::function<absl::Status(const std::map<std::string, std::string>&)> load;
+};
+
+// Thread-safe. Steps, checkpoint operations and pushes are serialised; a
+// step's push finishes before the next step starts, so rollouts receive
+// versions in order. Submissions and reads run concurrently with a step.
+class Learner {
+ public:
+  // `registry` may be null (no metrics).
+  static absl::StatusOr<std::unique_ptr<Learner>> Create(
+      const LearnerOptions& options, prometheus::Registry* registry,
+      const common::BuildInfo& build_info);
+
+  // Validates every trajectory (Trainer::ValidateTrajectory); all or none are
+  // buffered. INVALID_ARGUMENT (naming the index) / RESOURCE_EXHAUSTED.
+  absl::StatusOr<SubmitResult> Submit(std::vector<Trajectory> trajectories);
+
+  // One optimizer step over the selected buffered trajectories, then the
+  // push. FAILED_PRECONDITION (empty buffer, expected_version mismatch),
+  // NOT_FOUND (unknown group id), and the trainer's errors; on error the
+  // buffer and the weights are unchanged.
+  absl::StatusOr<StepReport> TrainStep(const TrainStepOptions& options);
+
+  absl::StatusOr<std::vector<std::vector<float>>> ComputeLogprobs(
+      const std::vector<std::vector<int32_t>>& sequences,
+      const std::vector<int64_t>& prefix_lens);
+
+  // Contacts each endpoint (GetModelInfo), checks that it serves the
+  // learner's model config and compute dtype, and registers them all (or
+  // none, on the first error: INVALID_ARGUMENT for a malformed endpoint,
+  // UNAVAILABLE when unreachable, FAILED_PRECONDITION for another model).
+  // Already registered endpoints are refreshed. With `push_now`, rollouts
+  // behind the learner's version get the current weights.
+  absl::StatusOr<std::vector<PushResult>> RegisterRollouts(
+      const std::vector<std::string>& endpoints, bool push_now);
+
+  // Removes endpoints; returns how many were registered.
+  int UnregisterRollouts(const std::vector<std::string>& endpoints);
+
+  // Pushes the current weights to every registered rollout now.
+  std::vector<PushResult> PushWeights();
+
+  // Current version and its compute-dtype weights.
+  std::pair<int64_t, std::shared_ptr<const common::TensorMap>> Weights() const;
+
+  // `name` as in SaveCheckpointRequest (empty: "step-<step>").
+  absl::StatusOr<CheckpointInfo> SaveCheckpoint(const std::string& name);
+  absl::StatusOr<CheckpointInfo> LoadCheckpoint(const std::string& name);
+
+  LearnerStatus Status() const;
+
+  void SetCheckpointHooks(CheckpointHooks hooks);
+
+  // Clients of the registered rollouts (for the driver's Generate calls).
+  std::vector<std::shared_ptr<RolloutClient>> rollout_clients() const;
+
+  const common::ModelConfig& config() const { return trainer_->config(); }
+  const TrainerOptions& trainer_options() const { return trainer_->options(); }
+  int64_t version() const { return trainer_->version(); }
+
+  // Direct access for tests and benchmarks (not thread-safe against steps).
+  Trainer& trainer() { return *trainer_; }
+
+ private:
+  struct Buffered {
+    uint64_t id;
+    Trajectory trajectory;
+  };
+  struct Rollout {
+    std::shared_ptr<RolloutClient> client;
+    RolloutInfo info;
+  };
+
+  Learner(LearnerOptions options, std::unique_ptr<Trainer> trainer,
+          std::unique_ptr<LearnerMetrics> metrics);
+
+  // Pushes to the given endpoints' rollouts (all when empty); caller holds
+  // step_mu_.
+  std::vector<PushResult> PushLocked(const std::vector<std::string>& only,
+                                     double* seconds);
+  absl::StatusOr<std::string> CheckpointPath(const std::string& name) const;
+  void BufferCounts(SubmitResult* out) const;  // caller holds buffer_mu_
+
+  const LearnerOptions options_;
+  std::unique_ptr<Trainer> trainer_;
+  std::unique_ptr<LearnerMetrics> metrics_;
+
+  mutable std::mutex step_mu_;  // trainer mutations, pushes, checkpoints
+  CheckpointHooks hooks_;       // guarded by step_mu_
+
+  mutable std::mutex buffer_mu_;
+  std::vector<Buffered> buffer_;
+  uint64_t next_id_ = 0;
+
+  mutable std::mutex state_mu_;
+  std::vector<Rollout> rollouts_;
+  MismatchStats mismatch_total_;
+  std::optional<StepReport> last_step_;
+};
+
+}  // namespace lockstep::learner
+
+#endif  // LOCKSTEP_LEARNER_SERVICE_LEARNER_H_

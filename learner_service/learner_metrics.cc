@@ -1,0 +1,107 @@
+#include "learner_service/learner_metrics.h"
+
+#include <cmath>
+#include <vector>
+
+namespace lockstep::learner {
+namespace {
+
+prometheus::Histogram::BucketBoundaries AbsDiffBounds() {
+  return prometheus::Histogram::BucketBoundaries(kAbsDiffBucketBounds.begin(),
+                                                 kAbsDiffBucketBounds.end());
+}
+
+prometheus::Counter& MakeCounter(prometheus::Registry& r, const char* name,
+                                 const char* help) {
+  return prometheus::BuildCounter().Name(name).Help(help).Register(r).Add({});
+}
+
+prometheus::Gauge& MakeGauge(prometheus::Registry& r, const char* name,
+                             const char* help) {
+  return prometheus::BuildGauge().Name(name).Help(help).Register(r).Add({});
+}
+
+prometheus::Histogram& MakeHistogram(
+    prometheus::Registry& r, const char* name, const char* help,
+    const prometheus::Histogram::BucketBoundaries& bounds) {
+  return prometheus::BuildHistogram().Name(name).Help(help).Register(r).Add(
+      {}, bounds);
+}
+
+}  // namespace
+
+LearnerMetrics::LearnerMetrics(prometheus::Registry& registry,
+                               const common::BuildInfo& info)
+    : abs_diff_(MakeHistogram(
+          registry, "lockstep_logprob_abs_diff",
+          "Absolute difference between the learner's and the rollout's "
+          "logprob of each compared token (le=\"0\": bit-identical)",
+          AbsDiffBounds())),
+      compared_(MakeCounter(
+          registry, "lockstep_tokens_compared_total",
+          "Trained tokens whose rollout weight version equals the learner's "
+          "(their logprobs are compared)")),
+      mismatched_(MakeCounter(
+          registry, "lockstep_tokens_mismatched_total",
+          "Compared tokens whose learner and rollout logprobs differ")),
+      stale_(MakeCounter(registry, "lockstep_tokens_stale_total",
+                         "Trained tokens generated with an older weight "
+                         "version (policy lag; not compared)")),
+      abs_diff_max_(MakeGauge(
+          registry, "lockstep_logprob_abs_diff_max",
+          "Largest |learner - rollout| logprob difference of the last step")),
+      kl_k3_(MakeGauge(registry, "lockstep_mismatch_kl_k3",
+                       "Mean k3 estimate of KL(rollout || learner) over the "
+                       "compared tokens of the last step")),
+      step_duration_(MakeHistogram(
+          registry, "lockstep_learner_step_duration_seconds",
+          "Wall time of one training step (forward, backward, optimizer)",
+          common::LatencyBuckets())),
+      loss_(MakeGauge(registry, "lockstep_learner_loss",
+                      "Loss of the last training step")),
+      reward_mean_(MakeGauge(registry, "lockstep_learner_reward_mean",
+                             "Mean reward of the last step's trajectories")),
+      push_duration_(MakeHistogram(
+          registry, "lockstep_weight_push_duration_seconds",
+          "Wall time of one weight push to one rollout (retries included)",
+          common::LatencyBuckets())),
+      push_bytes_(MakeCounter(registry, "lockstep_weight_push_bytes_total",
+                              "Tensor bytes of successful weight pushes")),
+      push_failures_(MakeCounter(
+          registry, "lockstep_weight_push_failures_total",
+          "Weight pushes that failed after their retries")),
+      weight_version_(common::RegisterWeightVersion(registry, "learner")) {
+  common::RegisterBuildInfo(registry, info);
+}
+
+void LearnerMetrics::RecordStep(const StepResult& step) {
+  const MismatchStats& m = step.mismatch;
+  std::vector<double> buckets(m.bucket_counts.begin(), m.bucket_counts.end());
+  buckets.push_back(static_cast<double>(m.overflow));
+  // sum_abs_diff excludes NaN diffs; the count still includes them (+Inf).
+  abs_diff_.ObserveMultiple(buckets, m.sum_abs_diff);
+  compared_.Increment(static_cast<double>(m.tokens_compared));
+  mismatched_.Increment(static_cast<double>(m.tokens_mismatched));
+  stale_.Increment(static_cast<double>(m.tokens_stale));
+  abs_diff_max_.Set(m.max_abs_diff);
+  kl_k3_.Set(m.kl_k3());
+  step_duration_.Observe(step.seconds);
+  loss_.Set(step.loss);
+  reward_mean_.Set(step.reward.mean);
+  weight_version_.Set(static_cast<double>(step.weight_version));
+}
+
+void LearnerMetrics::RecordPush(const PushResult& push) {
+  push_duration_.Observe(push.seconds);
+  if (push.status.ok()) {
+    push_bytes_.Increment(static_cast<double>(push.bytes));
+  } else {
+    push_failures_.Increment();
+  }
+}
+
+void LearnerMetrics::SetWeightVersion(int64_t version) {
+  weight_version_.Set(static_cast<double>(version));
+}
+
+}  // namespace lockstep::learner

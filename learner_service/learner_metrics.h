@@ -1,0 +1,63 @@
+// The learner's Prometheus metrics (DESIGN.md §5): logprob mismatch against
+// the rollouts, step and push timing, loss and reward.
+#ifndef LOCKSTEP_LEARNER_SERVICE_LEARNER_METRICS_H_
+#define LOCKSTEP_LEARNER_SERVICE_LEARNER_METRICS_H_
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include "common/metrics.h"
+#include "learner_service/mismatch.h"
+#include "learner_service/rollout_client.h"
+#include "learner_service/trainer.h"
+
+namespace lockstep::learner {
+
+// Registers, on construction, in `registry`:
+//   lockstep_logprob_abs_diff            histogram of |lp_learner - lp_rollout|
+//                                        per compared token; le="0" counts
+//                                        the bit-identical tokens, then
+//                                        1e-7 .. 1 by decades
+//   lockstep_tokens_compared_total       counter
+//   lockstep_tokens_mismatched_total     counter
+//   lockstep_tokens_stale_total          counter (older weight version)
+//   lockstep_logprob_abs_diff_max        gauge, max |diff| of the last step
+//   lockstep_mismatch_kl_k3              gauge, mean k3 of the last step
+//   lockstep_learner_step_duration_seconds histogram
+//   lockstep_learner_loss                gauge, loss of the last step
+//   lockstep_learner_reward_mean         gauge, mean reward of the last step
+//   lockstep_weight_push_duration_seconds histogram, one per rollout push
+//   lockstep_weight_push_bytes_total     counter, bytes of successful pushes
+//   lockstep_weight_push_failures_total  counter, pushes failed after retries
+//   lockstep_weight_version{role="learner"}
+//   lockstep_build_info{role="learner",version,kernels,device}
+// Thread-safe (prometheus-cpp metrics are).
+class LearnerMetrics {
+ public:
+  LearnerMetrics(prometheus::Registry& registry, const common::BuildInfo& info);
+
+  void RecordStep(const StepResult& step);
+  void RecordPush(const PushResult& push);
+  void SetWeightVersion(int64_t version);
+
+ private:
+  prometheus::Histogram& abs_diff_;
+  prometheus::Counter& compared_;
+  prometheus::Counter& mismatched_;
+  prometheus::Counter& stale_;
+  prometheus::Gauge& abs_diff_max_;
+  prometheus::Gauge& kl_k3_;
+  prometheus::Histogram& step_duration_;
+  prometheus::Gauge& loss_;
+  prometheus::Gauge& reward_mean_;
+  prometheus::Histogram& push_duration_;
+  prometheus::Counter& push_bytes_;
+  prometheus::Counter& push_failures_;
+  prometheus::Gauge& weight_version_;
+};
+
+}  // namespace lockstep::learner
+
+#endif  // LOCKSTEP_LEARNER_SERVICE_LEARNER_METRICS_H_

@@ -1,0 +1,670 @@
+#include "learner_service/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <utility>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "common/safetensors.h"
+#include "common/status_macros.h"
+#include "common/torch_model.h"
+
+namespace lockstep::learner {
+namespace {
+
+namespace fs = std::filesystem;
+using common::TensorMap;
+using common::TorchWeights;
+
+constexpr char kMasterFile[] = "master.safetensors";
+constexpr char kOptimizerFile[] = "optimizer.pt";
+constexpr char kStateFile[] = "trainer_state.json";
+constexpr int kStateFormat = 1;
+
+torch::Dtype TorchDType(kernels::DType dtype) {
+  return dtype == kernels::DType::kF32 ? torch::kFloat32 : torch::kBFloat16;
+}
+
+absl::Status TorchError(const char* what, const c10::Error& e) {
+  return absl::InternalError(
+      absl::StrCat(what, ": LibTorch error: ", e.what_without_backtrace()));
+}
+
+// A float vector as a CPU tensor (copied).
+torch::Tensor FloatTensor(const std::vector<float>& v) {
+  return torch::from_blob(const_cast<float*>(v.data()),
+                          {static_cast<int64_t>(v.size())}, torch::kFloat32)
+      .clone();
+}
+
+absl::Status WriteTextFile(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  out.close();
+  if (!out) {
+    return absl::InternalError(absl::StrCat("cannot write ", path.string()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ReadTextFile(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(absl::StrCat("cannot read ", path.string()));
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Writes a TensorMap as a safetensors file (names sorted, as in the map).
+absl::Status WriteTensorMap(const fs::path& path, const TensorMap& tensors,
+                            const std::map<std::string, std::string>& meta) {
+  std::vector<common::TensorInfo> infos;
+  infos.reserve(tensors.size());
+  for (const auto& [name, t] : tensors) {
+    common::TensorInfo info;
+    info.name = name;
+    info.dtype = t.dtype;
+    info.shape = t.shape;
+    info.data = t.data.data();
+    info.nbytes = t.data.size();
+    infos.push_back(std::move(info));
+  }
+  return common::WriteSafetensors(path.string(), infos, meta);
+}
+
+absl::StatusOr<TensorMap> ReadTensorMap(const fs::path& path) {
+  LOCKSTEP_ASSIGN_OR_RETURN(auto file,
+                            common::SafetensorsFile::Open(path.string()));
+  TensorMap out;
+  for (const common::TensorInfo& info : file->tensors()) {
+    common::HostTensor t;
+    t.dtype = info.dtype;
+    t.shape = info.shape;
+    t.data.assign(info.data, info.data + info.nbytes);
+    out.emplace(info.name, std::move(t));
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::pair<common::ModelConfig, TensorMap>> LoadModelDir(
+    const std::string& dir) {
+  LOCKSTEP_ASSIGN_OR_RETURN(
+      common::ModelConfig config,
+      common::ModelConfig::FromFile((fs::path(dir) / "config.json").string()));
+  const fs::path weights = fs::path(dir) / "model.safetensors";
+  LOCKSTEP_ASSIGN_OR_RETURN(auto file,
+                            common::SafetensorsFile::Open(weights.string()));
+  LOCKSTEP_RETURN_IF_ERROR(common::CheckTensorShapes(config, *file));
+  TensorMap tensors;
+  for (const common::TensorInfo& info : file->tensors()) {
+    if (info.name.size() >= 20 &&
+        info.name.compare(info.name.size() - 20, 20, ".rotary_emb.inv_freq") ==
+            0) {
+      continue;
+    }
+    common::HostTensor t;
+    t.dtype = info.dtype;
+    t.shape = info.shape;
+    t.data.assign(info.data, info.data + info.nbytes);
+    tensors.emplace(info.name, std::move(t));
+  }
+  return std::make_pair(std::move(config), std::move(tensors));
+}
+
+struct Trainer::Impl {
+  TrainerOptions options;
+  common::ModelConfig config;  // dtype = compute dtype
+  torch::Device device = torch::kCPU;
+  std::vector<std::string> names;     // parameter order (sorted HF names)
+  std::vector<torch::Tensor> master;  // fp32, requires grad, per name
+  std::unique_ptr<torch::optim::AdamW> optimizer;
+  TorchWeights reference;  // compute copy of version 0 (kl_coef > 0 only)
+  std::shared_ptr<const TensorMap> snapshot;
+  int64_t step = 0;
+  int64_t version = 0;
+
+  // The compute copy as autograd sees it: master itself for f32, a
+  // differentiable cast for bf16.
+  TorchWeights ComputeCopy(bool detached) const {
+    TorchWeights w;
+    const torch::Dtype dt = TorchDType(config.dtype);
+    for (size_t i = 0; i < names.size(); ++i) {
+      torch::Tensor t = detached ? master[i].detach() : master[i];
+      w.emplace(names[i], t.dtype() == dt ? t : t.to(dt));
+    }
+    return w;
+  }
+
+  // Host copy of the detached compute weights: what a push sends.
+  absl::Status RefreshSnapshot() {
+    try {
+      torch::NoGradGuard no_grad;
+      TorchWeights w = ComputeCopy(/*detached=*/true);
+      for (auto& [name, t] : w) t = t.to(torch::kCPU).contiguous().clone();
+      snapshot = std::make_shared<const TensorMap>(common::FromTorch(w));
+    } catch (const c10::Error& e) {
+      return TorchError("snapshot of the compute weights", e);
+    }
+    return absl::OkStatus();
+  }
+
+  std::unique_ptr<torch::optim::AdamW> MakeOptimizer(
+      const std::vector<torch::Tensor>& params) const {
+    auto opts = torch::optim::AdamWOptions(options.learning_rate)
+                    .betas({options.adam_beta1, options.adam_beta2})
+                    .eps(options.adam_eps)
+                    .weight_decay(options.weight_decay);
+    return std::make_unique<torch::optim::AdamW>(params, opts);
+  }
+};
+
+Trainer::Trainer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Trainer::~Trainer() = default;
+
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
+    const TrainerOptions& options) {
+  if (options.learning_rate <= 0 || !std::isfinite(options.learning_rate)) {
+    return absl::InvalidArgumentError("learning rate must be > 0");
+  }
+  if (options.micro_batch_size <= 0) {
+    return absl::InvalidArgumentError("micro_batch_size must be > 0");
+  }
+  if (options.clip_ratio_low < 0 || options.clip_ratio_low >= 1 ||
+      options.clip_ratio_high < 0) {
+    return absl::InvalidArgumentError(
+        "clip ratios must satisfy 0 <= low < 1 and high >= 0");
+  }
+  if (options.kl_coef < 0 || !std::isfinite(options.kl_coef)) {
+    return absl::InvalidArgumentError("kl_coef must be >= 0");
+  }
+  LOCKSTEP_ASSIGN_OR_RETURN(auto loaded, LoadModelDir(options.model_dir));
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->config = std::move(loaded.first);
+  if (options.compute_dtype.has_value()) {
+    impl->config.dtype = *options.compute_dtype;
+  }
+  if (options.device == kernels::Device::kCuda) {
+    // cuBLAS is only deterministic with a fixed workspace configuration;
+    // it must be set before the first cuBLAS handle exists.
+    setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8", /*overwrite=*/0);
+    impl->device = torch::Device(torch::kCUDA, 0);
+  }
+  try {
+    at::globalContext().setDeterministicAlgorithms(true, /*warn_only=*/false);
+    TorchWeights host = common::ToTorch(loaded.second);
+    for (auto& [name, t] : host) {
+      impl->names.push_back(name);
+      impl->master.push_back(t.to(impl->device, torch::kFloat32)
+                                 .contiguous()
+                                 .clone()
+                                 .set_requires_grad(true));
+    }
+    impl->optimizer = impl->MakeOptimizer(impl->master);
+    if (options.kl_coef > 0) {
+      for (auto& [name, t] : impl->ComputeCopy(/*detached=*/true)) {
+        impl->reference.emplace(name, t.clone());
+      }
+    }
+  } catch (const c10::Error& e) {
+    return TorchError("building the master weights", e);
+  }
+  LOCKSTEP_RETURN_IF_ERROR(impl->RefreshSnapshot());
+  return std::unique_ptr<Trainer>(new Trainer(std::move(impl)));
+}
+
+absl::Status Trainer::ValidateTrajectory(const Trajectory& t) const {
+  const int64_t vocab = impl_->config.vocab_size;
+  if (t.prompt_tokens.empty()) {
+    return absl::InvalidArgumentError("empty prompt");
+  }
+  if (t.completion_tokens.empty()) {
+    return absl::InvalidArgumentError("empty completion");
+  }
+  const int64_t len = static_cast<int64_t>(t.prompt_tokens.size() +
+                                           t.completion_tokens.size());
+  if (len > impl_->config.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt + completion is ", len, " tokens, more than the model's ",
+        impl_->config.max_position_embeddings, " positions"));
+  }
+  for (const auto* seq : {&t.prompt_tokens, &t.completion_tokens}) {
+    for (int32_t id : *seq) {
+      if (id < 0 || id >= vocab) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "token id ", id, " outside the vocabulary [0, ", vocab, ")"));
+      }
+    }
+  }
+  if (t.rollout_logprobs.size() != t.completion_tokens.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "rollout_logprobs has ", t.rollout_logprobs.size(),
+        " entries but the completion has ", t.completion_tokens.size(),
+        " tokens"));
+  }
+  for (float lp : t.rollout_logprobs) {
+    if (!std::isfinite(lp) || lp > 0.0f) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("rollout logprob ", lp, " is not a finite value <= 0"));
+    }
+  }
+  if (!std::isfinite(t.reward)) {
+    return absl::InvalidArgumentError("reward is not finite");
+  }
+  if (t.group_id.empty()) {
+    return absl::InvalidArgumentError("empty group id");
+  }
+  if (t.weight_version < 0 || t.weight_version > impl_->version) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "weight version ", t.weight_version,
+        " is unknown (the learner is at version ", impl_->version, ")"));
+  }
+  if (!t.token_weight_versions.empty()) {
+    if (t.token_weight_versions.size() != t.completion_tokens.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "token_weight_versions has ", t.token_weight_versions.size(),
+          " entries but the completion has ", t.completion_tokens.size(),
+          " tokens"));
+    }
+    for (int64_t v : t.token_weight_versions) {
+      if (v < 0 || v > impl_->version) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "token weight version ", v, " is unknown (the learner is at "
+            "version ", impl_->version, ")"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
+  const auto start = std::chrono::steady_clock::now();
+  if (batch.empty()) return absl::InvalidArgumentError("empty batch");
+  for (size_t i = 0; i < batch.size(); ++i) {
+    absl::Status s = ValidateTrajectory(batch[i]);
+    if (!s.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("trajectory ", i, ": ", s.message()));
+    }
+  }
+  Impl& m = *impl_;
+  const TrainerOptions& o = m.options;
+
+  StepResult result;
+  std::vector<float> rewards;
+  std::vector<std::string> group_ids;
+  rewards.reserve(batch.size());
+  group_ids.reserve(batch.size());
+  int64_t total_tokens = 0;
+  for (const Trajectory& t : batch) {
+    rewards.push_back(t.reward);
+    group_ids.push_back(t.group_id);
+    total_tokens += static_cast<int64_t>(t.completion_tokens.size());
+  }
+  const std::vector<int64_t> groups = GroupIndices(group_ids);
+  const std::vector<float> adv =
+      GroupRelativeAdvantages(rewards, groups, o.advantages);
+  result.num_trajectories = static_cast<int64_t>(batch.size());
+  result.num_groups =
+      groups.empty() ? 0 : *std::max_element(groups.begin(), groups.end()) + 1;
+  result.num_tokens = total_tokens;
+  result.reward = ComputeRewardStats(rewards);
+
+  const double inv_tokens = 1.0 / static_cast<double>(total_tokens);
+  double policy_sum = 0.0;
+  double kl_sum = 0.0;
+  int64_t clipped = 0;
+  try {
+    m.optimizer->zero_grad();
+    for (size_t begin = 0; begin < batch.size();
+         begin += static_cast<size_t>(o.micro_batch_size)) {
+      const size_t end =
+          std::min(batch.size(), begin + static_cast<size_t>(o.micro_batch_size));
+      std::vector<std::vector<int32_t>> seqs;
+      std::vector<int64_t> prefix;
+      std::vector<float> old_lp;
+      std::vector<float> token_adv;
+      for (size_t i = begin; i < end; ++i) {
+        const Trajectory& t = batch[i];
+        std::vector<int32_t> s = t.prompt_tokens;
+        s.insert(s.end(), t.completion_tokens.begin(),
+                 t.completion_tokens.end());
+        seqs.push_back(std::move(s));
+        prefix.push_back(static_cast<int64_t>(t.prompt_tokens.size()));
+        old_lp.insert(old_lp.end(), t.rollout_logprobs.begin(),
+                      t.rollout_logprobs.end());
+        token_adv.insert(token_adv.end(), t.completion_tokens.size(), adv[i]);
+      }
+      TorchWeights weights = m.ComputeCopy(/*detached=*/false);
+      absl::StatusOr<std::vector<torch::Tensor>> lps = common::SequenceLogprobs(
+          m.config, weights, o.mode, seqs, prefix);
+      if (!lps.ok()) {
+        m.optimizer->zero_grad();
+        return lps.status();
+      }
+      // Mismatch accounting from this same forward: no extra pass.
+      for (size_t i = begin; i < end; ++i) {
+        const Trajectory& t = batch[i];
+        const int64_t n = static_cast<int64_t>(t.completion_tokens.size());
+        if (t.token_weight_versions.empty() && t.weight_version != m.version) {
+          result.mismatch.tokens_stale += n;
+          continue;
+        }
+        torch::Tensor lp = (*lps)[i - begin].detach().to(torch::kCPU,
+                                                          torch::kFloat32)
+                               .contiguous();
+        if (lp.numel() != n) {
+          m.optimizer->zero_grad();
+          return absl::InternalError(absl::StrCat(
+              "SequenceLogprobs returned ", lp.numel(), " logprobs for ", n,
+              " completion tokens"));
+        }
+        const float* learner_lp = lp.data_ptr<float>();
+        if (t.token_weight_versions.empty()) {
+          CompareLogprobs(learner_lp, t.rollout_logprobs.data(), n,
+                          &result.mismatch);
+          continue;
+        }
+        for (int64_t k = 0; k < n; ++k) {
+          if (t.token_weight_versions[k] == m.version) {
+            CompareLogprobs(learner_lp + k, t.rollout_logprobs.data() + k, 1,
+                            &result.mismatch);
+          } else {
+            ++result.mismatch.tokens_stale;
+          }
+        }
+      }
+      torch::Tensor lp = torch::cat(*lps).to(torch::kFloat32);
+      torch::Tensor old = FloatTensor(old_lp).to(m.device);
+      torch::Tensor a = FloatTensor(token_adv).to(m.device);
+      // Behaviour policy = the rollout's logprobs: in invariant mode they are
+      // the learner's own bits, so the ratio is exactly 1 on-policy and the
+      // clip only acts on genuinely stale tokens.
+      torch::Tensor log_ratio = torch::clamp(lp - old, -20.0, 20.0);
+      torch::Tensor ratio = torch::exp(log_ratio);
+      torch::Tensor pg1 = -a * ratio;
+      torch::Tensor pg2 =
+          -a * torch::clamp(ratio, 1.0 - o.clip_ratio_low, 1.0 + o.clip_ratio_high);
+      torch::Tensor pg = torch::max(pg1, pg2);
+      torch::Tensor loss = pg.sum() * inv_tokens;
+      policy_sum += pg.detach().sum().item<double>();
+      clipped += (pg2 > pg1).sum().item<int64_t>();
+      if (o.kl_coef > 0) {
+        std::vector<torch::Tensor> ref;
+        {
+          torch::NoGradGuard no_grad;
+          absl::StatusOr<std::vector<torch::Tensor>> r =
+              common::SequenceLogprobs(m.config, m.reference, o.mode, seqs,
+                                       prefix);
+          if (!r.ok()) {
+            m.optimizer->zero_grad();
+            return r.status();
+          }
+          ref = std::move(*r);
+        }
+        torch::Tensor d = torch::cat(ref).to(torch::kFloat32) - lp;
+        d = torch::clamp(d, -20.0, 20.0);
+        torch::Tensor k3 = torch::exp(d) - d - 1.0;
+        kl_sum += k3.detach().sum().item<double>();
+        loss = loss + k3.sum() * (o.kl_coef * inv_tokens);
+      }
+      loss.backward();
+    }
+    std::vector<torch::Tensor> grads_present;
+    for (const torch::Tensor& p : m.master) {
+      if (p.grad().defined()) grads_present.push_back(p);
+    }
+    const double max_norm = o.max_grad_norm > 0
+                                ? o.max_grad_norm
+                                : std::numeric_limits<double>::infinity();
+    const double norm =
+        torch::nn::utils::clip_grad_norm_(grads_present, max_norm);
+    if (!std::isfinite(norm)) {
+      m.optimizer->zero_grad();
+      return absl::InternalError(
+          "non-finite gradient norm; the update was not applied");
+    }
+    result.grad_norm = norm;
+    m.optimizer->step();
+    m.optimizer->zero_grad();
+  } catch (const c10::Error& e) {
+    m.optimizer->zero_grad();
+    return TorchError("training step", e);
+  }
+  // From here on the step is committed; nothing below can fail halfway
+  // (a snapshot failure keeps the previous snapshot and is reported).
+  ++m.step;
+  ++m.version;
+  absl::Status snap = m.RefreshSnapshot();
+  result.step = m.step;
+  result.weight_version = m.version;
+  result.policy_loss = policy_sum * inv_tokens;
+  result.kl = kl_sum * inv_tokens;
+  result.loss = result.policy_loss + o.kl_coef * result.kl;
+  result.clip_fraction =
+      static_cast<double>(clipped) / static_cast<double>(total_tokens);
+  result.seconds = std::chrono::duration<double>(
+                       std::chrono::steady_clock::now() - start)
+                       .count();
+  if (!snap.ok()) return snap;
+  return result;
+}
+
+absl::StatusOr<std::vector<std::vector<float>>> Trainer::ComputeLogprobs(
+    const std::vector<std::vector<int32_t>>& sequences,
+    const std::vector<int64_t>& prefix_lens) {
+  if (sequences.size() != prefix_lens.size()) {
+    return absl::InvalidArgumentError(
+        "sequences and prefix_lens differ in length");
+  }
+  for (size_t s = 0; s < sequences.size(); ++s) {
+    const int64_t len = static_cast<int64_t>(sequences[s].size());
+    if (prefix_lens[s] < 1 || prefix_lens[s] >= len) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sequence ", s, ": prefix length ", prefix_lens[s],
+          " must be in [1, ", len, ")"));
+    }
+    if (len > impl_->config.max_position_embeddings) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence ", s, " is longer than the model's context"));
+    }
+    for (int32_t id : sequences[s]) {
+      if (id < 0 || id >= impl_->config.vocab_size) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("sequence ", s, ": token id ", id,
+                         " outside the vocabulary"));
+      }
+    }
+  }
+  std::vector<std::vector<float>> out;
+  try {
+    torch::NoGradGuard no_grad;
+    TorchWeights w = impl_->ComputeCopy(/*detached=*/true);
+    LOCKSTEP_ASSIGN_OR_RETURN(
+        std::vector<torch::Tensor> lps,
+        common::SequenceLogprobs(impl_->config, w, impl_->options.mode,
+                                 sequences, prefix_lens));
+    for (const torch::Tensor& t : lps) {
+      torch::Tensor c = t.to(torch::kCPU, torch::kFloat32).contiguous();
+      out.emplace_back(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+    }
+  } catch (const c10::Error& e) {
+    return TorchError("ComputeLogprobs", e);
+  }
+  return out;
+}
+
+std::shared_ptr<const TensorMap> Trainer::compute_weights() const {
+  return impl_->snapshot;
+}
+
+TensorMap Trainer::MasterWeights() const {
+  TorchWeights w;
+  for (size_t i = 0; i < impl_->names.size(); ++i) {
+    w.emplace(impl_->names[i],
+              impl_->master[i].detach().to(torch::kCPU).contiguous().clone());
+  }
+  return common::FromTorch(w);
+}
+
+absl::Status Trainer::SaveCheckpoint(
+    const std::string& dir,
+    const std::map<std::string, std::string>& extra) const {
+  const Impl& m = *impl_;
+  const fs::path final_dir(dir);
+  const fs::path tmp = fs::path(dir + ".tmp-" + std::to_string(::getpid()));
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp, ec);
+  if (ec) {
+    return absl::InternalError(
+        absl::StrCat("cannot create ", tmp.string(), ": ", ec.message()));
+  }
+  auto fail = [&](absl::Status s) {
+    std::error_code ignored;
+    fs::remove_all(tmp, ignored);
+    return s;
+  };
+  try {
+    const std::map<std::string, std::string> meta = {
+        {"step", std::to_string(m.step)},
+        {"weight_version", std::to_string(m.version)}};
+    absl::Status s = WriteTensorMap(tmp / kMasterFile, MasterWeights(), meta);
+    if (!s.ok()) return fail(s);
+    s = WriteTensorMap(tmp / "model.safetensors", *m.snapshot, meta);
+    if (!s.ok()) return fail(s);
+    s = WriteTextFile(tmp / "config.json", m.config.ToJson());
+    if (!s.ok()) return fail(s);
+    torch::serialize::OutputArchive archive;
+    m.optimizer->save(archive);
+    archive.save_to((tmp / kOptimizerFile).string());
+  } catch (const c10::Error& e) {
+    return fail(TorchError("saving the optimizer state", e));
+  }
+  nlohmann::json state;
+  state["format"] = kStateFormat;
+  state["step"] = m.step;
+  state["weight_version"] = m.version;
+  state["kernels"] = std::string(common::KernelModeName(m.options.mode));
+  state["compute_dtype"] = std::string(kernels::DTypeName(m.config.dtype));
+  state["learning_rate"] = m.options.learning_rate;
+  state["parameters"] = m.names;
+  state["extra"] = extra;
+  absl::Status s = WriteTextFile(tmp / kStateFile, state.dump(2));
+  if (!s.ok()) return fail(s);
+  // Swap the finished directory into place; an old checkpoint of the same
+  // name is replaced only once the new one is complete.
+  const fs::path old = fs::path(dir + ".old-" + std::to_string(::getpid()));
+  if (fs::exists(final_dir, ec)) {
+    fs::remove_all(old, ec);
+    fs::rename(final_dir, old, ec);
+    if (ec) {
+      return fail(absl::InternalError(absl::StrCat(
+          "cannot move the old checkpoint aside: ", ec.message())));
+    }
+  }
+  fs::rename(tmp, final_dir, ec);
+  if (ec) {
+    return fail(absl::InternalError(
+        absl::StrCat("cannot publish checkpoint ", dir, ": ", ec.message())));
+  }
+  fs::remove_all(old, ec);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::map<std::string, std::string>> Trainer::LoadCheckpoint(
+    const std::string& dir) {
+  Impl& m = *impl_;
+  const fs::path root(dir);
+  LOCKSTEP_ASSIGN_OR_RETURN(std::string text, ReadTextFile(root / kStateFile));
+  nlohmann::json state = nlohmann::json::parse(text, nullptr, false);
+  if (state.is_discarded() || !state.is_object() ||
+      state.value("format", 0) != kStateFormat) {
+    return absl::DataLossError(
+        absl::StrCat(dir, ": trainer_state.json is corrupt or of another "
+                          "format"));
+  }
+  int64_t step = 0;
+  int64_t version = 0;
+  std::vector<std::string> names;
+  std::map<std::string, std::string> extra;
+  try {
+    step = state.at("step").get<int64_t>();
+    version = state.at("weight_version").get<int64_t>();
+    names = state.at("parameters").get<std::vector<std::string>>();
+    extra = state.at("extra").get<std::map<std::string, std::string>>();
+  } catch (const nlohmann::json::exception& e) {
+    return absl::DataLossError(
+        absl::StrCat(dir, ": trainer_state.json: ", e.what()));
+  }
+  if (names != m.names) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir, ": checkpoint of a model with other parameters"));
+  }
+  if (state.value("compute_dtype", "") != kernels::DTypeName(m.config.dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        dir, ": checkpoint compute dtype ", state.value("compute_dtype", ""),
+        " differs from the learner's ", kernels::DTypeName(m.config.dtype)));
+  }
+  LOCKSTEP_ASSIGN_OR_RETURN(TensorMap master, ReadTensorMap(root / kMasterFile));
+  if (master.size() != m.names.size()) {
+    return absl::DataLossError(
+        absl::StrCat(dir, ": master.safetensors has the wrong tensors"));
+  }
+  std::vector<torch::Tensor> params;
+  std::unique_ptr<torch::optim::AdamW> optimizer;
+  try {
+    TorchWeights host = common::ToTorch(master);
+    for (size_t i = 0; i < m.names.size(); ++i) {
+      auto it = host.find(m.names[i]);
+      if (it == host.end() || it->second.scalar_type() != torch::kFloat32 ||
+          !it->second.sizes().equals(m.master[i].sizes())) {
+        return absl::DataLossError(absl::StrCat(
+            dir, ": master tensor ", m.names[i], " missing or mis-shaped"));
+      }
+      params.push_back(
+          it->second.to(m.device).contiguous().clone().set_requires_grad(true));
+    }
+    optimizer = m.MakeOptimizer(params);
+    torch::serialize::InputArchive archive;
+    archive.load_from((root / kOptimizerFile).string());
+    optimizer->load(archive);
+  } catch (const c10::Error& e) {
+    return absl::DataLossError(absl::StrCat(
+        dir, ": cannot restore the optimizer: ", e.what_without_backtrace()));
+  }
+  // Everything loaded: commit.
+  m.master = std::move(params);
+  m.optimizer = std::move(optimizer);
+  m.step = step;
+  m.version = version;
+  LOCKSTEP_RETURN_IF_ERROR(m.RefreshSnapshot());
+  return extra;
+}
+
+int64_t Trainer::step() const { return impl_->step; }
+int64_t Trainer::version() const { return impl_->version; }
+const common::ModelConfig& Trainer::config() const { return impl_->config; }
+const TrainerOptions& Trainer::options() const { return impl_->options; }
+
+void Trainer::set_learning_rate(double lr) {
+  impl_->options.learning_rate = lr;
+  for (auto& group : impl_->optimizer->param_groups()) {
+    static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+  }
+}
+
+}  // namespace lockstep::learner

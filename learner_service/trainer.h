@@ -1,0 +1,178 @@
+// The trainer: fp32 master weights with AdamW, a compute-dtype copy that is
+// exactly what rollouts receive, GRPO advantages with the PPO clipped
+// objective (and an optional k3 KL penalty to the initial policy), micro-
+// batches with gradient accumulation, gradient clipping, mismatch accounting
+// against the rollout's logprobs, and checkpoints that resume bit-identically.
+//
+// No gRPC here; LibTorch stays behind the pimpl so that includers do not pay
+// for <torch/torch.h>.
+#ifndef LOCKSTEP_LEARNER_SERVICE_TRAINER_H_
+#define LOCKSTEP_LEARNER_SERVICE_TRAINER_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/host_tensor.h"
+#include "common/kernel_mode.h"
+#include "common/model_config.h"
+#include "kernels/device.h"
+#include "kernels/dtype.h"
+#include "learner_service/grpo.h"
+#include "learner_service/mismatch.h"
+
+namespace lockstep::learner {
+
+struct TrainerOptions {
+  // Directory with config.json and model.safetensors: the initial weights
+  // (weight version 0).
+  std::string model_dir;
+  // Kernels of the training forward (must match the rollouts' for the
+  // logprobs to agree bitwise).
+  common::KernelMode mode = common::KernelMode::kInvariant;
+  kernels::Device device = kernels::Device::kCpu;
+  // Storage dtype of the compute copy (the pushed weights); unset: the
+  // model config's torch_dtype. Master weights are always fp32.
+  std::optional<kernels::DType> compute_dtype;
+
+  // AdamW (torch::optim::AdamW).
+  double learning_rate = 1e-3;
+  double adam_beta1 = 0.9;
+  double adam_beta2 = 0.999;
+  double adam_eps = 1e-8;
+  double weight_decay = 0.0;
+
+  // PPO clip range: the ratio is clipped to [1 - low, 1 + high].
+  double clip_ratio_low = 0.2;
+  double clip_ratio_high = 0.2;
+  // > 0: adds kl_coef * mean k3(KL(learner || initial policy)) per token.
+  double kl_coef = 0.0;
+  AdvantageOptions advantages;
+  // Global L2 gradient-norm clip; <= 0 disables clipping (the norm is still
+  // reported).
+  double max_grad_norm = 1.0;
+  // Trajectories per forward/backward; gradients accumulate over the
+  // micro-batches of one step, which is a single optimizer update.
+  int64_t micro_batch_size = 16;
+};
+
+// One trajectory as the trainer consumes it.
+struct Trajectory {
+  std::vector<int32_t> prompt_tokens;      // [P] P >= 1
+  std::vector<int32_t> completion_tokens;  // [C] C >= 1
+  // [C] the rollout's raw (temperature-1) log p(completion[i] | prefix).
+  std::vector<float> rollout_logprobs;
+  // Weight version the rollout generated the completion with.
+  int64_t weight_version = 0;
+  // Empty, or [C] the version each token was generated with (a weight update
+  // can land mid-sample); empty means every token has weight_version.
+  std::vector<int64_t> token_weight_versions;
+  float reward = 0.0f;
+  // Trajectories with the same group id (the samples of one prompt) are
+  // normalised together for the GRPO advantage.
+  std::string group_id;
+};
+
+// What one optimizer step did.
+struct StepResult {
+  int64_t step = 0;            // optimizer steps taken so far (after this one)
+  int64_t weight_version = 0;  // version of the new weights
+  double loss = 0.0;           // policy_loss + kl_coef * kl
+  double policy_loss = 0.0;    // clipped surrogate, mean over tokens
+  double kl = 0.0;             // mean k3 KL to the initial policy (kl_coef>0)
+  double grad_norm = 0.0;      // global L2 norm before clipping
+  double clip_fraction = 0.0;  // fraction of tokens where the clip was active
+  int64_t num_trajectories = 0;
+  int64_t num_groups = 0;
+  int64_t num_tokens = 0;  // completion tokens trained on
+  RewardStats reward;
+  // Learner vs rollout logprobs from the training forward itself.
+  MismatchStats mismatch;
+  double seconds = 0.0;  // wall time of the step
+};
+
+class Trainer {
+ public:
+  // Loads the model, builds master weights, optimizer and compute copy.
+  // INVALID_ARGUMENT on bad options; errors of the model loader otherwise.
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(
+      const TrainerOptions& options);
+
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  // OK when `t` could be trained on now: non-empty prompt and completion,
+  // token ids in [0, vocab), prompt + completion within
+  // max_position_embeddings, one finite logprob <= 0 per completion token, a
+  // finite reward, a non-empty group id, 0 <= weight_version <= version(),
+  // and token_weight_versions empty or one per completion token, each in
+  // [0, version()].
+  // INVALID_ARGUMENT naming the problem otherwise.
+  absl::Status ValidateTrajectory(const Trajectory& t) const;
+
+  // One optimizer step over `batch` (all of it; one AdamW update). Every
+  // trajectory is validated first; on any error nothing changes (weights,
+  // optimizer state, step, version). Errors: INVALID_ARGUMENT (empty batch,
+  // bad trajectory), INTERNAL (LibTorch failure or a non-finite gradient;
+  // the update is then not applied).
+  absl::StatusOr<StepResult> Step(const std::vector<Trajectory>& batch);
+
+  // The learner's logprobs of sequences[s][i+1] for i >= prefix_lens[s]-1
+  // with the current compute weights (no grad). INVALID_ARGUMENT on bad
+  // tokens or prefix lengths.
+  absl::StatusOr<std::vector<std::vector<float>>> ComputeLogprobs(
+      const std::vector<std::vector<int32_t>>& sequences,
+      const std::vector<int64_t>& prefix_lens);
+
+  // The compute-dtype weights of version() with HF names: exactly the bytes
+  // a weight push sends. Immutable snapshot, replaced after every step.
+  std::shared_ptr<const common::TensorMap> compute_weights() const;
+
+  // fp32 master weights (copies), for tests and checkpoint comparisons.
+  common::TensorMap MasterWeights() const;
+
+  // Writes a checkpoint directory (replaced atomically: written to
+  // `dir`.tmp-*, then renamed): master.safetensors (fp32 master),
+  // optimizer.pt (AdamW state), trainer_state.json (step, version, options
+  // that affect the math, `extra` — e.g. the driver's prompt RNG), plus
+  // config.json + model.safetensors of the compute copy so that the
+  // directory is itself a model dir a rollout can load.
+  absl::Status SaveCheckpoint(
+      const std::string& dir,
+      const std::map<std::string, std::string>& extra) const;
+
+  // Restores weights, optimizer state, step and version from `dir`; returns
+  // the `extra` map it was saved with. NOT_FOUND / DATA_LOSS /
+  // INVALID_ARGUMENT (another model config) leave the trainer unchanged.
+  absl::StatusOr<std::map<std::string, std::string>> LoadCheckpoint(
+      const std::string& dir);
+
+  int64_t step() const;
+  int64_t version() const;
+  // The model config with dtype = the compute dtype.
+  const common::ModelConfig& config() const;
+  const TrainerOptions& options() const;
+
+  // Changes the AdamW learning rate from the next step on.
+  void set_learning_rate(double lr);
+
+ private:
+  struct Impl;
+  explicit Trainer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Reads dir/config.json and dir/model.safetensors into a config and HF-named
+// host tensors (in the file's dtypes).
+absl::StatusOr<std::pair<common::ModelConfig, common::TensorMap>> LoadModelDir(
+    const std::string& dir);
+
+}  // namespace lockstep::learner
+
+#endif  // LOCKSTEP_LEARNER_SERVICE_TRAINER_H_

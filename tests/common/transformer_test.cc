@@ -1,0 +1,259 @@
+// Whole-model invariance: every position's logprob is bit-identical between
+// the full-sequence forward (learner), incremental decode, chunked prefill of
+// any chunk size, any KV page layout, any batch composition and any TP size,
+// in invariant mode; standard mode (LibTorch ops) is shown to differ.
+#include "common/transformer.h"
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+#include <random>
+
+#include <gtest/gtest.h>
+
+#include "tests/common/model_fixture.h"
+
+namespace lockstep::common {
+namespace {
+
+using testing::RandomTensors;
+using testing::TpConfig;
+using testing::Config100MScaledDown;
+
+std::shared_ptr<const Model> MakeModel(const ModelConfig& config, KernelMode mode, int tp = 1,
+                                       uint64_t seed = 7) {
+  ModelOptions opts;
+  opts.mode = mode;
+  opts.tp_size = tp;
+  auto m = Model::Create(config, RandomTensors(config, seed), opts);
+  EXPECT_TRUE(m.ok()) << m.status();
+  return *m;
+}
+
+std::vector<int32_t> RandomTokens(int n, int vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = static_cast<int32_t>(rng() % vocab);
+  return t;
+}
+
+bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// Runs sequences through the paged incremental forward. Each sequence is fed
+// in chunks of `chunk` tokens (all sequences advance together in one batch
+// per step); pages are assigned by a permutation drawn from `page_seed`.
+// Returns per sequence the logprob of token i+1 for every i.
+std::vector<std::vector<float>> Incremental(const Model& model,
+                                            const std::vector<std::vector<int32_t>>& seqs,
+                                            int chunk, int page_size, uint64_t page_seed) {
+  const int64_t max_len = std::max_element(seqs.begin(), seqs.end(), [](auto& a, auto& b) {
+                            return a.size() < b.size();
+                          })->size();
+  const int64_t blocks = (max_len + page_size - 1) / page_size;
+  const int64_t num_pages = blocks * seqs.size() + 3;
+  auto cache = model.CreateKvCache(num_pages, page_size);
+  EXPECT_TRUE(cache.ok());
+  std::vector<int32_t> perm(num_pages);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), std::mt19937_64(page_seed));
+  std::vector<int32_t> tables(seqs.size() * blocks);
+  for (size_t i = 0; i < tables.size(); ++i) tables[i] = perm[i];
+  std::vector<std::vector<float>> out(seqs.size());
+  const int64_t V = model.config().vocab_size;
+  for (int64_t start = 0; start < max_len; start += chunk) {
+    ForwardBatch b;
+    b.block_tables = tables;
+    b.num_seqs = seqs.size();
+    b.max_blocks_per_seq = blocks;
+    std::vector<int32_t> targets;
+    std::vector<std::pair<int, int64_t>> owners;
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      for (int64_t p = start; p < std::min<int64_t>(start + chunk, seqs[s].size()); ++p) {
+        b.tokens.push_back(seqs[s][p]);
+        b.positions.push_back(p);
+        b.seq_ids.push_back(s);
+        b.slots.push_back(int64_t{tables[s * blocks + p / page_size]} * page_size + p % page_size);
+        if (p + 1 < static_cast<int64_t>(seqs[s].size())) {
+          b.logit_rows.push_back(b.tokens.size() - 1);
+          targets.push_back(seqs[s][p + 1]);
+          owners.emplace_back(s, p);
+        }
+      }
+    }
+    if (b.tokens.empty()) continue;
+    auto logits = model.Forward(b, cache->get());
+    EXPECT_TRUE(logits.ok()) << logits.status();
+    if (targets.empty()) continue;
+    auto lp = ComputeTokenLogprobs(model.options().mode, *logits, V, targets, 0);
+    EXPECT_TRUE(lp.ok());
+    for (size_t i = 0; i < owners.size(); ++i) out[owners[i].first].push_back(lp->target[i]);
+  }
+  return out;
+}
+
+std::vector<std::vector<float>> Full(const Model& model,
+                                     const std::vector<std::vector<int32_t>>& seqs) {
+  auto r = model.ScoreSequences(seqs, std::vector<int64_t>(seqs.size(), 1));
+  EXPECT_TRUE(r.ok()) << r.status();
+  return *r;
+}
+
+class ModeTest : public ::testing::TestWithParam<kernels::DType> {};
+
+// Prefill vs decode vs chunked prefill vs page layout.
+TEST_P(ModeTest, IncrementalMatchesFullSequenceBitwise) {
+  ModelConfig config = TinyConfig();
+  config.dtype = GetParam();
+  auto model = MakeModel(config, KernelMode::kInvariant);
+  std::vector<std::vector<int32_t>> seqs = {RandomTokens(90, 64, 1)};
+  const auto full = Full(*model, seqs);
+  ASSERT_EQ(full[0].size(), 89u);
+  for (int chunk : {1, 3, 16, 61, 90}) {
+    for (int page_size : {1, 7, 16}) {
+      auto inc = Incremental(*model, seqs, chunk, page_size, chunk * 31 + page_size);
+      EXPECT_TRUE(SameBits(inc[0], full[0])) << "chunk " << chunk << " page " << page_size;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(DTypes, ModeTest,
+                         ::testing::Values(kernels::DType::kF32, kernels::DType::kBF16));
+
+TEST(TransformerTest, StandardModeIncrementalDiffersFromFullSequence) {
+  // The twin of the test above: with LibTorch ops the decode path (M = 1
+  // matvecs, softmax over the visible keys only) and the full-sequence path
+  // (one GEMM, masked softmax) round differently at some position.
+  auto model = MakeModel(Config100MScaledDown(), KernelMode::kStandard);
+  std::vector<std::vector<int32_t>> seqs = {RandomTokens(90, model->config().vocab_size, 1)};
+  const auto full = Full(*model, seqs);
+  int differing = 0;
+  for (int chunk : {1, 3, 16}) {
+    auto inc = Incremental(*model, seqs, chunk, 16, 5);
+    differing += !SameBits(inc[0], full[0]);
+  }
+  EXPECT_GT(differing, 0);
+}
+
+// A target sequence decoded inside batches of 1..64 sequences of random
+// other content and lengths, at varying rows, gives the same bits.
+TEST(TransformerTest, BatchInvariantAcrossCompositions) {
+  auto model = MakeModel(TinyConfig(), KernelMode::kInvariant);
+  const auto target = RandomTokens(24, 64, 99);
+  const auto alone = Incremental(*model, {target}, 1, 8, 3)[0];
+  std::mt19937_64 rng(5);
+  for (int batch : {2, 3, 8, 17, 33, 64}) {
+    std::vector<std::vector<int32_t>> seqs;
+    const int where = rng() % batch;
+    for (int i = 0; i < batch; ++i) {
+      seqs.push_back(i == where ? target : RandomTokens(5 + rng() % 30, 64, rng()));
+    }
+    const int chunk = 1 + rng() % 8;
+    auto out = Incremental(*model, seqs, chunk, 8, rng());
+    EXPECT_TRUE(SameBits(out[where], alone)) << "batch " << batch << " chunk " << chunk;
+  }
+  // The learner's batched full-sequence forward agrees too.
+  std::vector<std::vector<int32_t>> seqs = {RandomTokens(40, 64, 1), target, RandomTokens(3, 64, 2)};
+  EXPECT_TRUE(SameBits(Full(*model, seqs)[1], alone));
+}
+
+TEST(TransformerTest, StandardModeBatchCompositionChangesBits) {
+  auto model = MakeModel(Config100MScaledDown(), KernelMode::kStandard);
+  const int V = model->config().vocab_size;
+  const auto target = RandomTokens(24, V, 99);
+  const auto alone = Incremental(*model, {target}, 1, 8, 3)[0];
+  std::mt19937_64 rng(5);
+  int differing = 0;
+  for (int batch : {8, 33, 64}) {
+    std::vector<std::vector<int32_t>> seqs;
+    for (int i = 0; i < batch; ++i) {
+      seqs.push_back(i == 0 ? target : RandomTokens(24, V, rng()));
+    }
+    differing += !SameBits(Incremental(*model, seqs, 1 + rng() % 8, 8, rng())[0], alone);
+  }
+  EXPECT_GT(differing, 0);
+}
+
+TEST(TransformerTest, TensorParallelInvariantAtTp1248) {
+  const ModelConfig config = TpConfig();
+  std::vector<std::vector<int32_t>> seqs = {RandomTokens(40, 64, 11), RandomTokens(17, 64, 12)};
+  auto tp1 = MakeModel(config, KernelMode::kInvariant, 1);
+  const auto ref = Full(*tp1, seqs);
+  const auto ref_inc = Incremental(*tp1, seqs, 5, 4, 9);
+  EXPECT_TRUE(SameBits(ref_inc[0], ref[0]));
+  for (int tp : {2, 4, 8}) {
+    auto m = MakeModel(config, KernelMode::kInvariant, tp);
+    const auto full = Full(*m, seqs);
+    const auto inc = Incremental(*m, seqs, 3, 4, tp);
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      EXPECT_TRUE(SameBits(full[s], ref[s])) << "tp " << tp;
+      EXPECT_TRUE(SameBits(inc[s], ref[s])) << "tp " << tp;
+    }
+  }
+}
+
+TEST(TransformerTest, StandardModeTensorParallelDiffers) {
+  const ModelConfig config = TpConfig();
+  std::vector<std::vector<int32_t>> seqs = {RandomTokens(40, 64, 11)};
+  const auto ref = Full(*MakeModel(config, KernelMode::kStandard, 1), seqs);
+  int differing = 0;
+  for (int tp : {2, 4, 8}) {
+    differing += !SameBits(Full(*MakeModel(config, KernelMode::kStandard, tp), seqs)[0], ref[0]);
+  }
+  EXPECT_GT(differing, 0);
+}
+
+TEST(TransformerTest, InvariantAndStandardAgreeClosely) {
+  // Accuracy: the two kernel sets compute the same function.
+  auto inv = MakeModel(TinyConfig(), KernelMode::kInvariant);
+  auto std_model = MakeModel(TinyConfig(), KernelMode::kStandard);
+  std::vector<std::vector<int32_t>> seqs = {RandomTokens(50, 64, 3)};
+  const auto a = Full(*inv, seqs)[0];
+  const auto b = Full(*std_model, seqs)[0];
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-4) << i;
+}
+
+TEST(TransformerTest, BadBatchesAreRejected) {
+  auto model = MakeModel(TinyConfig(), KernelMode::kInvariant);
+  auto cache = model->CreateKvCache(4, 4);
+  ASSERT_TRUE(cache.ok());
+  ForwardBatch b;
+  b.tokens = {1};
+  b.positions = {0};
+  b.seq_ids = {0};
+  b.slots = {0};
+  b.block_tables = {0, 1};
+  b.num_seqs = 1;
+  b.max_blocks_per_seq = 2;
+  b.logit_rows = {0};
+  EXPECT_TRUE(model->Forward(b, cache->get()).ok());
+  auto bad = b;
+  bad.tokens = {64};
+  EXPECT_EQ(model->Forward(bad, cache->get()).status().code(), absl::StatusCode::kInvalidArgument);
+  bad = b;
+  bad.positions = {9};  // beyond 2 blocks of 4
+  EXPECT_EQ(model->Forward(bad, cache->get()).status().code(), absl::StatusCode::kInvalidArgument);
+  bad = b;
+  bad.slots = {3};  // not position 0's slot
+  EXPECT_EQ(model->Forward(bad, cache->get()).status().code(), absl::StatusCode::kInvalidArgument);
+  bad = b;
+  bad.block_tables = {7, 1};  // page out of range
+  EXPECT_EQ(model->Forward(bad, cache->get()).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(model->ScoreSequences({{1, 2}}, {3}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(model->ScoreSequences({{1, 99}}, {1}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  ModelOptions opts;
+  opts.tp_size = 3;
+  EXPECT_EQ(Model::Create(TinyConfig(), RandomTensors(TinyConfig(), 1), opts).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  auto tensors = RandomTensors(TinyConfig(), 1);
+  tensors.erase("model.norm.weight");
+  EXPECT_EQ(Model::Create(TinyConfig(), tensors, {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace lockstep::common
