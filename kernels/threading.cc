@@ -56,14 +56,20 @@ class Pool {
     if (!dispatch.owns_lock()) return false;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      // A new worker must treat the job being published now as unseen even
+      // if it first runs after this caller has moved on to a later job.
+      const uint64_t before = generation_.load(std::memory_order_relaxed);
       while (static_cast<int>(workers_.size()) < chunks - 1) {
-        workers_.emplace_back([this] { WorkerLoop(); });
+        workers_.emplace_back([this, before] { WorkerLoop(before); });
       }
       fn_ = &fn;
       n_ = n;
       grain_ = grain;
       grains_ = (n + grain - 1) / grain;
       chunks_ = chunks;
+#if defined(__x86_64__) || defined(__i386__)
+      mxcsr_ = _mm_getcsr();
+#endif
       next_chunk_.store(0, std::memory_order_relaxed);
       done_chunks_.store(0, std::memory_order_relaxed);
       open_ = true;
@@ -111,9 +117,8 @@ class Pool {
     }
   }
 
-  void WorkerLoop() {
+  void WorkerLoop(uint64_t seen) {
     t_in_parallel = true;
-    uint64_t seen = generation_.load(std::memory_order_acquire);
     for (;;) {
       // Kernels of one forward pass follow each other within microseconds;
       // a short spin avoids a futex wake-up per kernel.
@@ -129,6 +134,12 @@ class Pool {
       seen = generation_.load(std::memory_order_acquire);
       if (!open_) continue;
       active_.fetch_add(1, std::memory_order_acq_rel);
+#if defined(__x86_64__) || defined(__i386__)
+      // Denormal handling (FTZ/DAZ) is per thread; a chunk must round exactly
+      // as it would on the calling thread, or the bits would depend on which
+      // thread ran it.
+      _mm_setcsr(mxcsr_);
+#endif
       lock.unlock();
       RunChunks();
       active_.fetch_sub(1, std::memory_order_acq_rel);
@@ -148,6 +159,7 @@ class Pool {
   int64_t grain_ = 1;
   int64_t grains_ = 0;
   int chunks_ = 0;
+  unsigned mxcsr_ = 0;
   std::atomic<int> next_chunk_{0};
   std::atomic<int> done_chunks_{0};
   std::atomic<int> active_{0};

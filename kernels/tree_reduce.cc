@@ -89,6 +89,17 @@ absl::Status TreeMatmulPartial(const TreeMatmulArgs& args,
                            cuda::TreeMatmulPartial(args, ctx.cuda_stream));
 }
 
+absl::Status TreeMatmulPartialPacked(const TreeMatmulArgs& args,
+                                     const PackedWeight& w) {
+  if (absl::Status s = CheckTreeArgs("TreeMatmulPartialPacked", args, w.n(),
+                                     w.k(), /*check_w=*/false);
+      !s.ok()) {
+    return s;
+  }
+  if (args.base.m == 0 || w.n() == 0) return absl::OkStatus();
+  return cpu::TreeMatmulPartial(args, &w);
+}
+
 absl::Status TreeCombine(const TreeCombineArgs& args, const ExecContext& ctx) {
   if (args.m < 0 || args.n < 0) {
     return absl::InvalidArgumentError(absl::StrCat(

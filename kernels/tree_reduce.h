@@ -46,6 +46,13 @@ struct TreeMatmulArgs {
 absl::Status TreeMatmulPartial(const TreeMatmulArgs& args,
                                const ExecContext& ctx = {});
 
+// TreeMatmulPartial for a prepacked weight (CPU only): `w` holds this rank's
+// columns of the weight, [n, leaf_count * k_total / 8]; base.w, w_dtype, ldw,
+// n and k are taken from it. Bit-identical to TreeMatmulPartial with the
+// original matrix.
+absl::Status TreeMatmulPartialPacked(const TreeMatmulArgs& args,
+                                     const PackedWeight& w);
+
 // Arguments of TreeCombine.
 struct TreeCombineArgs {
   const float* partials = nullptr;  // [t, m, n]: rank r's subtree values at

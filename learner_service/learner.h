@@ -38,6 +38,8 @@ struct LearnerOptions {
   // Trajectories the buffer may hold (RESOURCE_EXHAUSTED past it).
   int64_t max_buffered_trajectories = 65536;
   PushOptions push;
+  // Bearer token presented to the rollouts (empty: none).
+  std::string rollout_auth_token;
   // Deadline of the GetModelInfo call that registering a rollout makes (it
   // waits for the endpoint to come up within this time).
   absl::Duration register_timeout = absl::Seconds(10);

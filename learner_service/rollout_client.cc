@@ -39,8 +39,16 @@ absl::Status ValidateEndpoint(const std::string& endpoint) {
   return absl::OkStatus();
 }
 
-RolloutClient::RolloutClient(std::string endpoint)
-    : endpoint_(std::move(endpoint)) {
+void RolloutClient::Prepare(grpc::ClientContext* ctx,
+                            absl::Duration timeout) const {
+  SetDeadline(ctx, timeout);
+  if (!auth_token_.empty()) {
+    ctx->AddMetadata("authorization", "Bearer " + auth_token_);
+  }
+}
+
+RolloutClient::RolloutClient(std::string endpoint, std::string auth_token)
+    : endpoint_(std::move(endpoint)), auth_token_(std::move(auth_token)) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(256 << 20);
   args.SetMaxSendMessageSize(64 << 20);
@@ -57,7 +65,7 @@ RolloutClient::RolloutClient(std::string endpoint)
 absl::StatusOr<lockstep::v1::ModelInfo> RolloutClient::GetModelInfo(
     absl::Duration timeout, bool wait_for_ready) {
   grpc::ClientContext ctx;
-  SetDeadline(&ctx, timeout);
+  Prepare(&ctx, timeout);
   ctx.set_wait_for_ready(wait_for_ready);
   lockstep::v1::GetModelInfoRequest req;
   lockstep::v1::ModelInfo info;
@@ -74,7 +82,7 @@ absl::StatusOr<lockstep::v1::ModelInfo> RolloutClient::GetModelInfo(
 absl::StatusOr<lockstep::v1::GenerateResponse> RolloutClient::Generate(
     const lockstep::v1::GenerateRequest& request, absl::Duration timeout) {
   grpc::ClientContext ctx;
-  SetDeadline(&ctx, timeout);
+  Prepare(&ctx, timeout);
   lockstep::v1::GenerateResponse resp;
   grpc::Status s = stub_->Generate(&ctx, request, &resp);
   if (!s.ok()) {
@@ -100,7 +108,7 @@ PushResult RolloutClient::PushWeights(const common::TensorMap& tensors,
        ++attempt) {
     result.attempts = attempt;
     grpc::ClientContext ctx;
-    SetDeadline(&ctx, options.attempt_timeout);
+    Prepare(&ctx, options.attempt_timeout);
     lockstep::v1::UpdateWeightsResponse resp;
     std::unique_ptr<grpc::ClientWriter<lockstep::v1::WeightUpdate>> writer =
         stub_->UpdateWeights(&ctx, &resp);

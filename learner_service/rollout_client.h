@@ -10,6 +10,7 @@
 #include <vector>
 
 #include <grpcpp/channel.h>
+#include <grpcpp/client_context.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -46,8 +47,10 @@ absl::Status ValidateEndpoint(const std::string& endpoint);
 
 class RolloutClient {
  public:
-  // Connects lazily (insecure channel; rollouts run on a trusted network).
-  explicit RolloutClient(std::string endpoint);
+  // Connects lazily (insecure channel: rollouts run on a trusted network).
+  // A non-empty `auth_token` is sent as "authorization: Bearer <token>" with
+  // every call (rollout_service --auth_token_file).
+  explicit RolloutClient(std::string endpoint, std::string auth_token = "");
 
   const std::string& endpoint() const { return endpoint_; }
   lockstep::v1::RolloutService::Stub* stub() { return stub_.get(); }
@@ -66,7 +69,10 @@ class RolloutClient {
                          const std::string& source, const PushOptions& options);
 
  private:
+  void Prepare(grpc::ClientContext* ctx, absl::Duration timeout) const;
+
   std::string endpoint_;
+  std::string auth_token_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<lockstep::v1::RolloutService::Stub> stub_;
 };

@@ -1,6 +1,7 @@
 #include "learner_service/trainer.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -17,6 +18,7 @@
 #include "common/safetensors.h"
 #include "common/status_macros.h"
 #include "common/torch_model.h"
+#include "kernels/threading.h"
 
 namespace lockstep::learner {
 namespace {
@@ -133,8 +135,10 @@ struct Trainer::Impl {
   std::unique_ptr<torch::optim::AdamW> optimizer;
   TorchWeights reference;  // compute copy of version 0 (kl_coef > 0 only)
   std::shared_ptr<const TensorMap> snapshot;
-  int64_t step = 0;
-  int64_t version = 0;
+  // Atomic: read without the caller's lock by Validate/Status while a step
+  // runs.
+  std::atomic<int64_t> step{0};
+  std::atomic<int64_t> version{0};
 
   // The compute copy as autograd sees it: master itself for f32, a
   // differentiable cast for bf16.
@@ -203,6 +207,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
     setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8", /*overwrite=*/0);
     impl->device = torch::Device(torch::kCUDA, 0);
   }
+  if (options.num_threads > 0) {
+    kernels::SetNumThreads(options.num_threads);
+    torch::set_num_threads(options.num_threads);
+  }
   try {
     at::globalContext().setDeterministicAlgorithms(true, /*warn_only=*/false);
     TorchWeights host = common::ToTorch(loaded.second);
@@ -270,7 +278,7 @@ absl::Status Trainer::ValidateTrajectory(const Trajectory& t) const {
   if (t.weight_version < 0 || t.weight_version > impl_->version) {
     return absl::InvalidArgumentError(absl::StrCat(
         "weight version ", t.weight_version,
-        " is unknown (the learner is at version ", impl_->version, ")"));
+        " is unknown (the learner is at version ", impl_->version.load(), ")"));
   }
   if (!t.token_weight_versions.empty()) {
     if (t.token_weight_versions.size() != t.completion_tokens.size()) {
@@ -283,7 +291,7 @@ absl::Status Trainer::ValidateTrajectory(const Trajectory& t) const {
       if (v < 0 || v > impl_->version) {
         return absl::InvalidArgumentError(absl::StrCat(
             "token weight version ", v, " is unknown (the learner is at "
-            "version ", impl_->version, ")"));
+            "version ", impl_->version.load(), ")"));
       }
     }
   }
@@ -540,8 +548,8 @@ absl::Status Trainer::SaveCheckpoint(
   };
   try {
     const std::map<std::string, std::string> meta = {
-        {"step", std::to_string(m.step)},
-        {"weight_version", std::to_string(m.version)}};
+        {"step", std::to_string(m.step.load())},
+        {"weight_version", std::to_string(m.version.load())}};
     absl::Status s = WriteTensorMap(tmp / kMasterFile, MasterWeights(), meta);
     if (!s.ok()) return fail(s);
     s = WriteTensorMap(tmp / "model.safetensors", *m.snapshot, meta);
@@ -556,8 +564,8 @@ absl::Status Trainer::SaveCheckpoint(
   }
   nlohmann::json state;
   state["format"] = kStateFormat;
-  state["step"] = m.step;
-  state["weight_version"] = m.version;
+  state["step"] = m.step.load();
+  state["weight_version"] = m.version.load();
   state["kernels"] = std::string(common::KernelModeName(m.options.mode));
   state["compute_dtype"] = std::string(kernels::DTypeName(m.config.dtype));
   state["learning_rate"] = m.options.learning_rate;

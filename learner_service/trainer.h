@@ -59,6 +59,10 @@ struct TrainerOptions {
   // Trajectories per forward/backward; gradients accumulate over the
   // micro-batches of one step, which is a single optimizer update.
   int64_t micro_batch_size = 16;
+  // CPU threads of the invariant kernels and of LibTorch (process-wide);
+  // 0 leaves both at their defaults. Thread counts never change the bits of
+  // the invariant kernels.
+  int num_threads = 0;
 };
 
 // One trajectory as the trainer consumes it.

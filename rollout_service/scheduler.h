@@ -19,7 +19,8 @@
 //      taken at admission; decodes take one more page when they cross a page
 //      boundary.
 // When a running sequence needs a page and none is free, the most recently
-// admitted running sequence not yet scheduled in this step is preempted
+// admitted running sequence that was admitted after it and is not yet
+// scheduled in this step is preempted
 // (preemption by recompute: its pages are freed and it goes back to the
 // waiting queue with prompt + generated tokens as its new prompt); if there is
 // none, shared prefixes held for waiting samples are dropped; failing that,

@@ -1,8 +1,12 @@
 #include "kernels/cpu/matmul.h"
 
+#include <emmintrin.h>
+#include <xmmintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <new>
 #include <vector>
 
 #include "kernels/dtype.h"
@@ -99,18 +103,63 @@ const KernelSet& KernelsFor(SimdLevel level, bool w_bf16) {
   return ScalarKernels(w_bf16);
 }
 
-// Grows a thread-local scratch buffer and returns it 64-byte aligned. The
-// buffer lives as long as the thread, so steady-state calls allocate nothing.
+// Returns `bytes` of 64-byte aligned scratch from `buf`, growing it. Callers
+// pass a thread-local buffer so that steady-state calls allocate nothing.
 uint8_t* Scratch(std::vector<uint8_t>& buf, size_t bytes) {
   if (buf.size() < bytes + 64) buf.resize(bytes + 64);
   const uintptr_t p = reinterpret_cast<uintptr_t>(buf.data());
   return reinterpret_cast<uint8_t*>((p + 63) & ~uintptr_t{63});
 }
 
+// Thread-local buffers are kept only up to this size; a larger request (a
+// long training batch) gets a buffer freed at the end of the call.
+constexpr size_t kMaxRetainedScratch = size_t{32} << 20;
+
+// In-register transposes for packing (SSE2, part of the x86-64 baseline;
+// pure data movement, so no ISA choice can change any bits). A block of B
+// rows by B consecutive k becomes B panel rows of B columns.
+inline void TransposeBlock(const float* src, int64_t ld, float* dst) {
+  __m128 r0 = _mm_loadu_ps(src);
+  __m128 r1 = _mm_loadu_ps(src + ld);
+  __m128 r2 = _mm_loadu_ps(src + 2 * ld);
+  __m128 r3 = _mm_loadu_ps(src + 3 * ld);
+  _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+  _mm_storeu_ps(dst, r0);
+  _mm_storeu_ps(dst + kPanelWidth, r1);
+  _mm_storeu_ps(dst + 2 * kPanelWidth, r2);
+  _mm_storeu_ps(dst + 3 * kPanelWidth, r3);
+}
+
+inline void TransposeBlock(const uint16_t* src, int64_t ld, uint16_t* dst) {
+  __m128i a[8];
+  for (int i = 0; i < 8; ++i) {
+    a[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i * ld));
+  }
+  __m128i b[8], c[8];
+  for (int i = 0; i < 4; ++i) {
+    b[2 * i] = _mm_unpacklo_epi16(a[2 * i], a[2 * i + 1]);
+    b[2 * i + 1] = _mm_unpackhi_epi16(a[2 * i], a[2 * i + 1]);
+  }
+  for (int h = 0; h < 2; ++h) {  // rows 0-3, rows 4-7
+    c[4 * h + 0] = _mm_unpacklo_epi32(b[4 * h], b[4 * h + 2]);      // k0 k1
+    c[4 * h + 1] = _mm_unpackhi_epi32(b[4 * h], b[4 * h + 2]);      // k2 k3
+    c[4 * h + 2] = _mm_unpacklo_epi32(b[4 * h + 1], b[4 * h + 3]);  // k4 k5
+    c[4 * h + 3] = _mm_unpackhi_epi32(b[4 * h + 1], b[4 * h + 3]);  // k6 k7
+  }
+  for (int q = 0; q < 4; ++q) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (2 * q) * kPanelWidth),
+                     _mm_unpacklo_epi64(c[q], c[4 + q]));
+    _mm_storeu_si128(
+        reinterpret_cast<__m128i*>(dst + (2 * q + 1) * kPanelWidth),
+        _mm_unpackhi_epi64(c[q], c[4 + q]));
+  }
+}
+
 // Transposes rows [32p, 32p + 32) of w into one [k][32] panel.
 template <typename T>
 void PackPanelT(const T* w, int64_t ldw, int64_t n, int64_t k, int64_t p,
                 T* dst) {
+  constexpr int kB = 16 / sizeof(T);  // transpose block: 4 fp32 or 8 bf16
   const int64_t j0 = p * kPanelWidth;
   const int rows = static_cast<int>(std::min<int64_t>(kPanelWidth, n - j0));
   if (rows < kPanelWidth) {
@@ -121,10 +170,22 @@ void PackPanelT(const T* w, int64_t ldw, int64_t n, int64_t k, int64_t p,
   constexpr int64_t kBlock = 64;
   for (int64_t k0 = 0; k0 < k; k0 += kBlock) {
     const int64_t kb = std::min(kBlock, k - k0);
-    for (int c = 0; c < rows; ++c) {
-      const T* src = w + (j0 + c) * ldw + k0;
-      T* out = dst + k0 * kPanelWidth + c;
-      for (int64_t kk = 0; kk < kb; ++kk) out[kk * kPanelWidth] = src[kk];
+    const int64_t kv = kb - kb % kB;
+    for (int c0 = 0; c0 < rows; c0 += kB) {
+      const T* src = w + (j0 + c0) * ldw + k0;
+      T* out = dst + k0 * kPanelWidth + c0;
+      const int rb = std::min(kB, rows - c0);
+      int64_t kk = 0;
+      if (rb == kB) {
+        for (; kk < kv; kk += kB) {
+          TransposeBlock(src + kk, ldw, out + kk * kPanelWidth);
+        }
+      }
+      for (int c = 0; c < rb; ++c) {
+        for (int64_t k2 = kk; k2 < kb; ++k2) {
+          out[k2 * kPanelWidth + c] = src[c * ldw + k2];
+        }
+      }
     }
   }
 }
@@ -227,8 +288,11 @@ void RunItems(const Gemm& g, int64_t begin, int64_t end) {
   const MatmulArgs& args = *g.args;
   const KernelSet& ks = *g.ks;
   const int w = ks.vector_width;
-  const int64_t group_bytes =
-      g.group_panels * g.panel_elems * g.w_size;
+  const int64_t group_bytes = g.group_panels * g.panel_elems * g.w_size;
+  std::vector<uint8_t> big_pack_buf;
+  std::vector<uint8_t>& group_buf =
+      static_cast<size_t>(group_bytes) > kMaxRetainedScratch ? big_pack_buf
+                                                             : pack_buf;
   int64_t packed_group = -1;
   const uint8_t* group_b = nullptr;
   alignas(64) float tile[kMaxTileFloats];
@@ -242,7 +306,7 @@ void RunItems(const Gemm& g, int64_t begin, int64_t end) {
     if (g.panels != nullptr) {
       group_b = g.panels + p0 * g.panel_elems * g.w_size;
     } else if (packed_group != grp) {
-      uint8_t* buf = Scratch(pack_buf, group_bytes);
+      uint8_t* buf = Scratch(group_buf, group_bytes);
       for (int q = 0; q < gp; ++q) {
         PackPanel(args.w, args.w_dtype, args.ldw, args.n, args.k, p0 + q,
                   buf + q * g.panel_elems * g.w_size);
@@ -297,14 +361,6 @@ void RunItems(const Gemm& g, int64_t begin, int64_t end) {
   }
 }
 
-}  // namespace
-
-const KernelSet& ScalarKernels(bool w_bf16) {
-  static const KernelSet f32 = MakeScalarSet<false>();
-  static const KernelSet bf16 = MakeScalarSet<true>();
-  return w_bf16 ? bf16 : f32;
-}
-
 void RunGemmAtLevel(SimdLevel level, const MatmulArgs& args,
                     const PackedWeight* packed, int64_t leaf_len,
                     int leaf_count) {
@@ -338,8 +394,10 @@ void RunGemmAtLevel(SimdLevel level, const MatmulArgs& args,
   // Rows are repacked to fp32 [k][mr] tiles once per call and shared by all
   // threads, so bf16 activations are widened once, not once per panel.
   static thread_local std::vector<uint8_t> a_buf;
+  std::vector<uint8_t> a_big;
+  const size_t a_bytes = sizeof(float) * args.m * std::max<int64_t>(args.k, 1);
   float* a_pack = reinterpret_cast<float*>(
-      Scratch(a_buf, sizeof(float) * args.m * std::max<int64_t>(args.k, 1)));
+      Scratch(a_bytes > kMaxRetainedScratch ? a_big : a_buf, a_bytes));
   const int64_t num_tiles = g.num_tiles;
   ParallelFor(num_tiles, std::max<int64_t>(1, 65536 / (mr_max * args.k + 1)),
               [&](int64_t t0, int64_t t1) {
@@ -363,13 +421,27 @@ void RunGemmAtLevel(SimdLevel level, const MatmulArgs& args,
               [&g](int64_t begin, int64_t end) { RunItems(g, begin, end); });
 }
 
+}  // namespace
+
+const KernelSet& ScalarKernels(bool w_bf16) {
+  static const KernelSet f32 = MakeScalarSet<false>();
+  static const KernelSet bf16 = MakeScalarSet<true>();
+  return w_bf16 ? bf16 : f32;
+}
+
 void RunGemm(const MatmulArgs& args, const PackedWeight* packed,
              int64_t leaf_len, int leaf_count) {
   RunGemmAtLevel(ActiveSimdLevel(), args, packed, leaf_len, leaf_count);
 }
 
 absl::Status Matmul(const MatmulArgs& args) {
-  RunGemm(args, nullptr, args.k, 1);
+  // Scratch for the packed rows is as large as x; running out of memory must
+  // surface as a status, not an exception, at the module boundary.
+  try {
+    RunGemm(args, nullptr, args.k, 1);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("Matmul: out of memory for scratch");
+  }
   return absl::OkStatus();
 }
 
@@ -380,14 +452,24 @@ absl::Status MatmulPacked(const MatmulArgs& args, const PackedWeight& w) {
   a.w = nullptr;
   a.w_dtype = w.dtype();
   a.ldw = w.k();
-  RunGemm(a, &w, a.k, 1);
+  try {
+    RunGemm(a, &w, a.k, 1);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        "MatmulPacked: out of memory for scratch");
+  }
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::shared_ptr<const PackedWeight>> PackWeight(
     const void* w, DType w_dtype, int64_t ldw, int64_t n, int64_t k) {
-  std::shared_ptr<PackedWeight> pw =
-      PackedWeightBuilder::Create(w_dtype, n, k);
+  std::shared_ptr<PackedWeight> pw;
+  try {
+    pw = PackedWeightBuilder::Create(w_dtype, n, k);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        "PackedWeight::Pack: out of memory for the packed panels");
+  }
   uint8_t* panels = PackedWeightBuilder::MutablePanels(*pw);
   const int64_t panel_bytes = k * kPanelWidth * DTypeSize(w_dtype);
   const int64_t num_panels = (n + kPanelWidth - 1) / kPanelWidth;

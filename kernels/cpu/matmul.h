@@ -11,7 +11,6 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/matmul.h"
-#include "kernels/simd.h"
 
 namespace lockstep::kernels::cpu {
 
@@ -38,12 +37,6 @@ absl::StatusOr<std::shared_ptr<const PackedWeight>> PackWeight(
 // replaces args.w/w_dtype/ldw (its n and k must match args).
 void RunGemm(const MatmulArgs& args, const PackedWeight* packed,
              int64_t leaf_len, int leaf_count);
-
-// Same as RunGemm at an explicit SIMD level (which the CPU must support);
-// used by tests and benchmarks to compare levels without global state.
-void RunGemmAtLevel(SimdLevel level, const MatmulArgs& args,
-                    const PackedWeight* packed, int64_t leaf_len,
-                    int leaf_count);
 
 // Internal: microkernel table shared by the per-ISA files.
 //

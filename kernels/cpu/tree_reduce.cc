@@ -1,6 +1,7 @@
 #include "kernels/cpu/tree_reduce.h"
 
 #include <algorithm>
+#include <new>
 
 #include "kernels/cpu/matmul.h"
 #include "kernels/dtype.h"
@@ -20,7 +21,12 @@ absl::Status TreeMatmulPartial(const TreeMatmulArgs& args,
   }
   // The subtree of an aligned leaf range has the same shape wherever it
   // sits, so leaf_begin does not enter the arithmetic.
-  RunGemm(base, packed, args.k_total / kTreeLeaves, args.leaf_count);
+  try {
+    RunGemm(base, packed, args.k_total / kTreeLeaves, args.leaf_count);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        "TreeMatmulPartial: out of memory for scratch");
+  }
   return absl::OkStatus();
 }
 

@@ -79,12 +79,6 @@ class SafetensorsTest : public ::testing::Test {
   fs::path dir_;
 };
 
-std::vector<uint8_t> AsBytes(const std::vector<float>& v) {
-  std::vector<uint8_t> b(v.size() * 4);
-  std::memcpy(b.data(), v.data(), b.size());
-  return b;
-}
-
 TEST_F(SafetensorsTest, RoundTrip) {
   const std::vector<float> w = testing::RandomFloats(6 * 5, 1);
   std::vector<uint16_t> h(7);
@@ -143,8 +137,6 @@ TEST_F(SafetensorsTest, RoundTrip) {
 
   // The writer pads the header so the data starts 8-byte aligned, and lays
   // tensors out in the given order.
-  const uint8_t* base = file.tensors()[0].data;  // any pointer into the map
-  (void)base;
   uint64_t header_len = 0;
   {
     std::ifstream in(p, std::ios::binary);

@@ -6,11 +6,16 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <thread>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -408,6 +413,36 @@ TEST_F(MatmulTest, ConcurrentCallersGetTheirOwnBits) {
   EXPECT_EQ(failures.load(), 0);
 }
 
+#if defined(__x86_64__)
+// Flush-to-zero / denormals-are-zero are per-thread state; pool workers must
+// follow the calling thread or the bits would depend on who ran a chunk.
+TEST_F(MatmulTest, WorkersFollowTheCallersDenormalMode) {
+  SetNumThreads(2);
+  Matrix x = RandomMatrix(4, 64, 64, DType::kF32, 81);
+  Matrix w = RandomMatrix(256, 64, 64, DType::kF32, 82);
+  for (int64_t i = 0; i < 4 * 64; ++i) {
+    static_cast<float*>(x.data())[i] *= 1e-20f;
+  }
+  for (int64_t i = 0; i < 256 * 64; ++i) {
+    static_cast<float*>(w.data())[i] *= 1e-19f;
+  }
+  Matrix normal = OutputMatrix(4, 256, 256, DType::kF32);
+  ASSERT_TRUE(Matmul(Args(x, w, normal)).ok());  // also starts the workers
+
+  const unsigned saved_csr = _mm_getcsr();
+  _mm_setcsr(saved_csr | 0x8040);  // FTZ | DAZ
+  Matrix two = OutputMatrix(4, 256, 256, DType::kF32);
+  ASSERT_TRUE(Matmul(Args(x, w, two)).ok());
+  SetNumThreads(1);
+  Matrix one = OutputMatrix(4, 256, 256, DType::kF32);
+  ASSERT_TRUE(Matmul(Args(x, w, one)).ok());
+  _mm_setcsr(saved_csr);
+
+  EXPECT_EQ(one.bytes, two.bytes);
+  EXPECT_NE(one.bytes, normal.bytes);  // the mode matters for this data
+}
+#endif
+
 TEST(ParallelForTest, CoversRangeOnceInGrainAlignedChunks) {
   const int saved = NumThreads();
   for (int threads : {1, 2, 3, 5}) {
@@ -431,6 +466,34 @@ TEST(ParallelForTest, CoversRangeOnceInGrainAlignedChunks) {
   ParallelFor(0, 1, [](int64_t, int64_t) { FAIL() << "called for n = 0"; });
   SetNumThreads(saved);
 }
+
+#if defined(__x86_64__)
+TEST(ParallelForTest, WorkersUseTheCallersMxcsr) {
+  const int saved = NumThreads();
+  SetNumThreads(2);
+  ParallelFor(2, 1, [](int64_t, int64_t) {});  // make sure a worker exists
+  const unsigned saved_csr = _mm_getcsr();
+  const unsigned want = saved_csr | 0x8040;  // FTZ | DAZ
+  _mm_setcsr(want);
+  std::atomic<int> entered{0};
+  std::atomic<int> mismatches{0};
+  std::vector<std::thread::id> ids(2);
+  ParallelFor(2, 1, [&](int64_t b, int64_t) {
+    ids[b] = std::this_thread::get_id();
+    if (_mm_getcsr() != want) mismatches.fetch_add(1);
+    // Hold the first chunk until the other one has started, so that a
+    // worker (not the caller) runs it.
+    entered.fetch_add(1);
+    for (int i = 0; i < 2000 && entered.load() < 2; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  });
+  _mm_setcsr(saved_csr);
+  EXPECT_NE(ids[0], ids[1]);
+  EXPECT_EQ(mismatches.load(), 0);
+  SetNumThreads(saved);
+}
+#endif
 
 TEST(ParallelForTest, NestedCallsRunInline) {
   const int saved = NumThreads();

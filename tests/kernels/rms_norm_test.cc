@@ -7,11 +7,13 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <ostream>
 #include <random>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "kernels/dtype.h"
+#include "kernels/simd.h"
 #include "kernels/threading.h"
 #include "tests/testing/random.h"
 
@@ -57,6 +59,11 @@ float ContractRow(const float* x, const void* w, DType wdtype, int64_t n,
   const float inv = 1.0f / sqrtf(ss / static_cast<float>(n) + eps);
   for (int64_t j = 0; j < n; ++j) y[j] = (x[j] * inv) * LoadAsF32(w, wdtype, j);
   return inv;
+}
+
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << "rows=" << c.rows << " n=" << c.n << " ldx=" << c.ldx << " ldy=" << c.ldy
+      << " weight=" << DTypeName(c.wdtype);
 }
 
 class RmsNormShapes : public ::testing::TestWithParam<Case> {};
@@ -116,21 +123,29 @@ TEST(RmsNorm, BatchInvariant) {
   }
 }
 
-TEST(RmsNorm, ThreadCountInvariant) {
+TEST(RmsNorm, ThreadCountAndSimdLevelInvariant) {
   const int64_t rows = 37, n = 300;
   const auto x = RandomFloats(rows * n, 8, -4.0f, 4.0f);
   const auto w = Weight(RandomFloats(n, 9), DType::kF32);
-  const int saved = NumThreads();
+  const int saved_threads = NumThreads();
+  const SimdLevel saved_level = ActiveSimdLevel();
   std::vector<float> ref(rows * n);
   SetNumThreads(1);
+  ASSERT_TRUE(SetSimdLevel(SimdLevel::kScalar).ok());
   ASSERT_TRUE(RmsNorm(Args(x, n, w, DType::kF32, ref, n, rows, n)).ok());
-  for (int t : {2, 3, 8}) {
-    SetNumThreads(t);
-    std::vector<float> y(rows * n);
-    ASSERT_TRUE(RmsNorm(Args(x, n, w, DType::kF32, y, n, rows, n)).ok());
-    EXPECT_TRUE(testing::SameBits(y, ref)) << t << " threads";
+  for (SimdLevel level : {SimdLevel::kScalar, SimdLevel::kAvx2, SimdLevel::kAvx512}) {
+    if (static_cast<int>(level) > static_cast<int>(DetectSimdLevel())) continue;
+    ASSERT_TRUE(SetSimdLevel(level).ok());
+    for (int t : {1, 2, 3, 8}) {
+      SetNumThreads(t);
+      std::vector<float> y(rows * n);
+      ASSERT_TRUE(RmsNorm(Args(x, n, w, DType::kF32, y, n, rows, n)).ok());
+      EXPECT_TRUE(testing::SameBits(y, ref))
+          << SimdLevelName(level) << ", " << t << " threads";
+    }
   }
-  SetNumThreads(saved);
+  ASSERT_TRUE(SetSimdLevel(saved_level).ok());
+  SetNumThreads(saved_threads);
 }
 
 TEST(RmsNorm, InPlaceEqualsOutOfPlace) {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <ostream>
 #include <random>
 #include <vector>
 
@@ -55,6 +56,11 @@ struct Case {
   int64_t tokens, heads, head_dim, rotary_dim, ldx;
   double theta;
 };
+
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << "tokens=" << c.tokens << " heads=" << c.heads << " head_dim=" << c.head_dim
+      << " rotary_dim=" << c.rotary_dim << " ldx=" << c.ldx << " theta=" << c.theta;
+}
 
 class RopeShapes : public ::testing::TestWithParam<Case> {};
 

@@ -211,6 +211,32 @@ TEST_F(TreeReduceTest, InvariantToBatchThreadsAndSimdLevel) {
   }
 }
 
+TEST_F(TreeReduceTest, PackedWeightsGiveTheSameBits) {
+  int seed = 0;
+  for (const Shape& s : kShapes) {
+    for (DType dt : {DType::kF32, DType::kBF16}) {
+      ++seed;
+      const Matrix x = RandomMatrix(s.m, s.k, s.k, DType::kF32, 50 + seed);
+      const Matrix w = RandomMatrix(s.n, s.k, s.k + 2, dt, 60 + seed);
+      for (int t : {1, 2, 4, 8}) {
+        SCOPED_TRACE(::testing::Message() << "m=" << s.m << " n=" << s.n
+                                          << " k=" << s.k << " t=" << t);
+        for (int r = 0; r < t; ++r) {
+          std::vector<float> plain(s.m * s.n), packed(s.m * s.n);
+          TreeMatmulArgs a = RankArgs(x, w, t, r, plain.data());
+          ASSERT_TRUE(TreeMatmulPartial(a).ok());
+          auto pw = PackedWeight::Pack(a.base.w, dt, w.ld, s.n, a.base.k);
+          ASSERT_TRUE(pw.ok());
+          a.base.y = packed.data();
+          a.base.w = nullptr;  // taken from the packed weight
+          ASSERT_TRUE(TreeMatmulPartialPacked(a, **pw).ok());
+          ASSERT_EQ(plain, packed) << "rank " << r;
+        }
+      }
+    }
+  }
+}
+
 TEST_F(TreeReduceTest, AccurateAgainstFloat64) {
   const Matrix x = RandomMatrix(13, 1024, 1024, DType::kF32, 31);
   const Matrix w = RandomMatrix(37, 1024, 1024, DType::kF32, 32);
@@ -339,6 +365,19 @@ TEST_F(TreeReduceTest, BadArgumentsAreInvalid) {
   a = good;
   a.base.m = -1;
   expect_invalid(a, "negative m");
+
+  // The packed variant checks k against the packed weight.
+  auto pw = PackedWeight::Pack(w.data(), DType::kF32, 16, 3, 16);
+  ASSERT_TRUE(pw.ok());
+  EXPECT_EQ(TreeMatmulPartialPacked(good, **pw).code(),
+            absl::StatusCode::kInvalidArgument);
+  auto pw8 = PackedWeight::Pack(w.At(0, 8), DType::kF32, 16, 3, 8);
+  ASSERT_TRUE(pw8.ok());
+  EXPECT_TRUE(TreeMatmulPartialPacked(good, **pw8).ok());
+  a = good;
+  a.base.x = nullptr;
+  EXPECT_EQ(TreeMatmulPartialPacked(a, **pw8).code(),
+            absl::StatusCode::kInvalidArgument);
 
   TreeCombineArgs c;
   c.partials = y.data();

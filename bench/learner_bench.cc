@@ -1,0 +1,207 @@
+// Learner benchmarks (issue 4):
+//  - BM_TrainStep: one full training step (forward + backward through the
+//    learner's kernels, GRPO/PPO loss, gradient clipping, AdamW, refresh of
+//    the pushed compute copy) on a seeded model, invariant vs standard
+//    kernels in the same run; counters tokens/s (every token of every
+//    sequence goes through forward and backward) and the ratio is computed
+//    from the two rows.
+//  - BM_WeightPush: the compute copy streamed as an UpdateWeights call over
+//    loopback gRPC into a receiver that stages and CRC-checks it exactly as a
+//    rollout does (common::WeightStager); counter MB/s.
+// Models: LOCKSTEP_BENCH_PRESET (default "100m"; "tiny" for a quick run).
+//   learner_bench --benchmark_filter=TrainStep
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+
+#include <benchmark/benchmark.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/model_generator.h"
+#include "common/weight_stream.h"
+#include "learner_service/rollout_client.h"
+#include "learner_service/trainer.h"
+#include "lockstep/v1/rollout.grpc.pb.h"
+
+namespace lockstep::learner {
+namespace {
+
+namespace fs = std::filesystem;
+namespace v1 = ::lockstep::v1;
+
+std::string Preset() {
+  const char* p = std::getenv("LOCKSTEP_BENCH_PRESET");
+  return p != nullptr ? p : "100m";
+}
+
+// The seeded model of the preset, generated once per process.
+const std::string& ModelDir() {
+  static const std::string* dir = [] {
+    auto config = common::PresetConfig(Preset());
+    if (!config.ok()) {
+      std::cerr << config.status() << std::endl;
+      std::exit(1);
+    }
+    auto* d = new std::string((fs::temp_directory_path() /
+                               absl::StrCat("lockstep_learner_bench_",
+                                            ::getpid(), "_", Preset()))
+                                  .string());
+    absl::Status s = common::GenerateModel(*config, 1, *d);
+    if (!s.ok()) {
+      std::cerr << s << std::endl;
+      std::exit(1);
+    }
+    std::atexit([] {
+      std::error_code ec;
+      fs::remove_all(*dir, ec);
+    });
+    return d;
+  }();
+  return *dir;
+}
+
+// `groups` x `group_size` trajectories of prompt_len + completion_len tokens.
+std::vector<Trajectory> Batch(int64_t vocab, int groups, int group_size,
+                              int prompt_len, int completion_len) {
+  std::mt19937_64 rng(7);
+  std::vector<Trajectory> out;
+  for (int g = 0; g < groups; ++g) {
+    std::vector<int32_t> prompt(prompt_len);
+    for (int32_t& id : prompt) id = static_cast<int32_t>(rng() % vocab);
+    for (int i = 0; i < group_size; ++i) {
+      Trajectory t;
+      t.prompt_tokens = prompt;
+      t.completion_tokens.resize(completion_len);
+      for (int32_t& id : t.completion_tokens) {
+        id = static_cast<int32_t>(rng() % vocab);
+      }
+      // Behaviour logprobs near the model's (uniform-ish at init): the
+      // ratio stays near 1 as in real on-policy training.
+      t.rollout_logprobs.assign(completion_len,
+                                -static_cast<float>(std::log(vocab)));
+      t.reward = static_cast<float>(rng() % 100) / 100.0f;
+      t.group_id = absl::StrCat("g", g);
+      out.push_back(std::move(t));
+    }
+  }
+  return out;
+}
+
+void BM_TrainStep(benchmark::State& state) {
+  TrainerOptions o;
+  o.model_dir = ModelDir();
+  o.mode = state.range(0) == 0 ? common::KernelMode::kInvariant
+                               : common::KernelMode::kStandard;
+  o.micro_batch_size = 4;
+  auto trainer = Trainer::Create(o);
+  if (!trainer.ok()) {
+    state.SkipWithError(std::string(trainer.status().message()).c_str());
+    return;
+  }
+  const int prompt_len = 64, completion_len = 64;
+  const std::vector<Trajectory> batch =
+      Batch((*trainer)->config().vocab_size, 2, 4, prompt_len, completion_len);
+  int64_t tokens = 0;
+  for (auto _ : state) {
+    auto r = (*trainer)->Step(batch);
+    if (!r.ok()) {
+      state.SkipWithError(std::string(r.status().message()).c_str());
+      return;
+    }
+    tokens += static_cast<int64_t>(batch.size()) * (prompt_len + completion_len);
+  }
+  state.SetLabel(absl::StrCat(Preset(), " ", o.mode == common::KernelMode::kInvariant
+                                              ? "invariant"
+                                              : "standard"));
+  state.counters["tokens/s"] =
+      benchmark::Counter(static_cast<double>(tokens), benchmark::Counter::kIsRate);
+  state.counters["params_M"] =
+      static_cast<double>((*trainer)->config().NumParameters()) / 1e6;
+}
+BENCHMARK(BM_TrainStep)
+    ->Arg(0)
+    ->Arg(1)
+    ->ArgName("standard")
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(3);
+
+// Receives UpdateWeights like a rollout (stage + verify), then discards.
+class Receiver final : public v1::RolloutService::Service {
+ public:
+  explicit Receiver(common::ModelConfig config) : config_(std::move(config)) {}
+  grpc::Status UpdateWeights(grpc::ServerContext*,
+                             grpc::ServerReader<v1::WeightUpdate>* reader,
+                             v1::UpdateWeightsResponse* resp) override {
+    common::WeightStager stager(config_);
+    v1::WeightUpdate m;
+    absl::Status s;
+    while (reader->Read(&m)) {
+      if (s.ok()) s = stager.Add(m);
+    }
+    if (s.ok()) s = stager.Finish().status();
+    if (!s.ok()) return grpc::Status(grpc::StatusCode::ABORTED, std::string(s.message()));
+    resp->set_weight_version(stager.target_version());
+    resp->set_bytes(stager.bytes_received());
+    return grpc::Status::OK;
+  }
+
+ private:
+  common::ModelConfig config_;
+};
+
+void BM_WeightPush(benchmark::State& state) {
+  TrainerOptions o;
+  o.model_dir = ModelDir();
+  auto trainer = Trainer::Create(o);
+  if (!trainer.ok()) {
+    state.SkipWithError(std::string(trainer.status().message()).c_str());
+    return;
+  }
+  Receiver receiver((*trainer)->config());
+  int port = 0;
+  grpc::ServerBuilder b;
+  b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  b.SetMaxReceiveMessageSize(16 << 20);
+  b.RegisterService(&receiver);
+  std::unique_ptr<grpc::Server> server = b.BuildAndStart();
+  RolloutClient client(absl::StrCat("127.0.0.1:", port));
+  PushOptions po;
+  po.chunk_bytes = static_cast<size_t>(state.range(0)) << 10;
+  const auto weights = (*trainer)->compute_weights();
+  uint64_t version = 1;
+  double bytes = 0;
+  for (auto _ : state) {
+    PushResult r = client.PushWeights(*weights, version++, "bench", po);
+    if (!r.status.ok()) {
+      state.SkipWithError(std::string(r.status.message()).c_str());
+      break;
+    }
+    bytes += static_cast<double>(r.bytes);
+  }
+  state.SetLabel(absl::StrCat(Preset(), " chunk ", state.range(0), " KiB"));
+  state.counters["MB/s"] =
+      benchmark::Counter(bytes / 1e6, benchmark::Counter::kIsRate);
+  server->Shutdown();
+}
+BENCHMARK(BM_WeightPush)
+    ->Arg(1024)
+    ->Arg(4096)
+    ->ArgName("chunk_KiB")
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(2.0);
+
+}  // namespace
+}  // namespace lockstep::learner
+
+BENCHMARK_MAIN();

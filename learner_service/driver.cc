@@ -1,0 +1,210 @@
+#include "learner_service/driver.h"
+
+#include <chrono>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+
+namespace lockstep::learner {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double MsSince(Clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+}
+
+// Sampling seed of a step: distinct per (run seed, step) so that no two
+// steps draw the same samples; the rollout derives per-sample seeds from it.
+uint64_t StepSeed(uint64_t seed, int64_t step) {
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step);
+  x ^= x >> 31;
+  x *= 0xBF58476D1CE4E5B9ull;
+  x ^= x >> 27;
+  return x;
+}
+
+}  // namespace
+
+std::string DriveHeaderLine() {
+  return absl::StrFormat("%5s %5s %8s %10s %9s %8s %10s %9s", "step", "ver",
+                         "reward", "loss", "compared", "exact%", "max|dlp|",
+                         "push_ms");
+}
+
+std::string FormatDriveStep(const DriveStep& s) {
+  return absl::StrFormat("%5d %5d %8.4f %10.5f %9d %7.2f%% %10.3g %9.2f",
+                         s.step, s.weight_version, s.reward_mean, s.loss,
+                         s.tokens_compared, 100.0 * s.exact_fraction,
+                         s.max_abs_diff, s.push_ms);
+}
+
+absl::StatusOr<DriveSummary> RunDriver(Learner* learner,
+                                       const DriverOptions& options,
+                                       const std::atomic<bool>* stop) {
+  if (options.prompts_per_step < 1 || options.samples_per_prompt < 1) {
+    return absl::InvalidArgumentError(
+        "prompts_per_step and samples_per_prompt must be >= 1");
+  }
+  if (options.steps < 0) return absl::InvalidArgumentError("steps must be >= 0");
+  LOCKSTEP_ASSIGN_OR_RETURN(std::unique_ptr<Task> task, MakeTask(options.task));
+  if (learner->config().vocab_size < CharVocab::size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the built-in tasks need a vocabulary of >= ", CharVocab::size(),
+        " ids; the model has ", learner->config().vocab_size));
+  }
+  const int max_tokens =
+      options.max_tokens > 0 ? options.max_tokens : task->max_completion_tokens();
+
+  // The generator lives as long as the loop; the hooks are removed on exit.
+  auto generator = std::make_shared<PromptGenerator>(task.get(), options.seed);
+  learner->SetCheckpointHooks(CheckpointHooks{
+      [generator] {
+        return std::map<std::string, std::string>{
+            {"driver.prompt_rng", generator->SaveState()}};
+      },
+      [generator](const std::map<std::string, std::string>& extra) {
+        auto it = extra.find("driver.prompt_rng");
+        if (it == extra.end()) return absl::OkStatus();
+        return generator->LoadState(it->second);
+      }});
+  struct HookReset {
+    Learner* l;
+    ~HookReset() { l->SetCheckpointHooks({}); }
+  } reset{learner};
+
+  if (options.out != nullptr) *options.out << DriveHeaderLine() << std::endl;
+  DriveSummary summary;
+  const auto run_start = Clock::now();
+  for (int64_t i = 0; options.steps == 0 || i < options.steps; ++i) {
+    if (stop != nullptr && stop->load()) break;
+    std::vector<std::shared_ptr<RolloutClient>> rollouts =
+        learner->rollout_clients();
+    if (rollouts.empty()) {
+      return absl::FailedPreconditionError(
+          "the driver needs a registered rollout (--rollout=HOST:PORT)");
+    }
+    // Prompts of this step, split round-robin over the rollouts.
+    std::vector<TaskExample> examples;
+    for (int p = 0; p < options.prompts_per_step; ++p) {
+      examples.push_back(generator->Next());
+    }
+    const int64_t step_index = learner->trainer().step();
+    const size_t nr = std::min(rollouts.size(), examples.size());
+    std::vector<lockstep::v1::GenerateRequest> requests(nr);
+    std::vector<std::vector<size_t>> owned(nr);
+    for (size_t p = 0; p < examples.size(); ++p) {
+      const size_t r = p % nr;
+      lockstep::v1::Prompt* prompt = requests[r].add_prompts();
+      prompt->mutable_token_ids()->Add(examples[p].prompt.begin(),
+                                       examples[p].prompt.end());
+      // Per-prompt seed: independent of how prompts are split over rollouts.
+      prompt->set_seed(StepSeed(options.seed, step_index) +
+                       p * static_cast<uint64_t>(options.samples_per_prompt));
+      owned[r].push_back(p);
+    }
+    std::vector<absl::StatusOr<lockstep::v1::GenerateResponse>> responses(
+        nr, absl::UnknownError("not run"));
+    const auto gen_start = Clock::now();
+    {
+      std::vector<std::thread> threads;
+      for (size_t r = 0; r < nr; ++r) {
+        lockstep::v1::GenerateRequest& req = requests[r];
+        req.set_n(static_cast<uint32_t>(options.samples_per_prompt));
+        req.set_request_id(absl::StrCat("learner-drive-", step_index, "-", r));
+        lockstep::v1::SamplingParams* sp = req.mutable_sampling();
+        sp->set_temperature(options.temperature);
+        sp->set_max_tokens(static_cast<uint32_t>(max_tokens));
+        sp->add_stop_token_ids(CharVocab::kEos);
+        threads.emplace_back([&, r] {
+          responses[r] =
+              rollouts[r]->Generate(requests[r], options.generate_timeout);
+        });
+      }
+      for (std::thread& t : threads) t.join();
+    }
+    const double generate_ms = MsSince(gen_start);
+    std::vector<Trajectory> trajectories;
+    for (size_t r = 0; r < nr; ++r) {
+      if (!responses[r].ok()) return responses[r].status();
+      for (const lockstep::v1::Completion& c : responses[r]->completions()) {
+        if (c.prompt_index() >= owned[r].size()) {
+          return absl::InternalError("rollout returned an unknown prompt index");
+        }
+        const size_t p = owned[r][c.prompt_index()];
+        Trajectory t;
+        t.prompt_tokens = examples[p].prompt;
+        t.completion_tokens.assign(c.token_ids().begin(), c.token_ids().end());
+        t.rollout_logprobs.assign(c.logprobs().begin(), c.logprobs().end());
+        t.weight_version = static_cast<int64_t>(c.weight_version());
+        if (c.token_weight_versions_size() == c.token_ids_size()) {
+          t.token_weight_versions.assign(c.token_weight_versions().begin(),
+                                         c.token_weight_versions().end());
+        }
+        t.reward = task->Reward(examples[p], t.completion_tokens);
+        t.group_id = absl::StrCat("drive-", step_index, "-", p);
+        if (t.completion_tokens.empty()) continue;  // nothing to train on
+        trajectories.push_back(std::move(t));
+      }
+    }
+    std::vector<std::string> groups;
+    for (const Trajectory& t : trajectories) {
+      if (groups.empty() || groups.back() != t.group_id) {
+        groups.push_back(t.group_id);
+      }
+    }
+    const auto train_start = Clock::now();
+    LOCKSTEP_RETURN_IF_ERROR(learner->Submit(std::move(trajectories)).status());
+    TrainStepOptions step_options;
+    // Only this step's groups: a client may have buffered others.
+    step_options.group_ids = groups;
+    LOCKSTEP_ASSIGN_OR_RETURN(StepReport report,
+                              learner->TrainStep(step_options));
+    const double train_ms = MsSince(train_start) - report.push_seconds * 1e3;
+
+    DriveStep line;
+    line.step = report.step.step;
+    line.weight_version = report.step.weight_version;
+    line.reward_mean = report.step.reward.mean;
+    line.loss = report.step.loss;
+    line.tokens_compared = report.step.mismatch.tokens_compared;
+    line.tokens_mismatched = report.step.mismatch.tokens_mismatched;
+    line.exact_fraction = report.step.mismatch.exact_fraction();
+    line.max_abs_diff = report.step.mismatch.max_abs_diff;
+    line.push_ms = report.push_seconds * 1e3;
+    line.generate_ms = generate_ms;
+    line.train_ms = train_ms;
+    if (options.out != nullptr) {
+      *options.out << FormatDriveStep(line) << std::endl;
+    }
+    summary.steps.push_back(line);
+    summary.tokens_compared += line.tokens_compared;
+    summary.tokens_mismatched += line.tokens_mismatched;
+    summary.max_abs_diff = std::max(summary.max_abs_diff, line.max_abs_diff);
+    for (const PushResult& p : report.pushes) {
+      if (!p.status.ok() && options.fail_on_push_error) return p.status;
+    }
+    if (options.fail_on_mismatch && line.tokens_mismatched > 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "step ", line.step, ": ", line.tokens_mismatched, " of ",
+          line.tokens_compared,
+          " tokens have a learner logprob that differs from the rollout's "
+          "(max |diff| ",
+          line.max_abs_diff, ")"));
+    }
+  }
+  summary.seconds =
+      std::chrono::duration<double>(Clock::now() - run_start).count();
+  if (!summary.steps.empty()) {
+    summary.reward_first = summary.steps.front().reward_mean;
+    summary.reward_last = summary.steps.back().reward_mean;
+    double push = 0.0;
+    for (const DriveStep& s : summary.steps) push += s.push_ms;
+    summary.mean_push_ms = push / static_cast<double>(summary.steps.size());
+  }
+  return summary;
+}
+
+}  // namespace lockstep::learner

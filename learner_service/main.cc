@@ -1,0 +1,319 @@
+// learner_service: the lockstep learner as a gRPC server, optionally driving
+// the RL loop itself (--drive). Prints exactly one line
+//   listening grpc=HOST:PORT metrics=HOST:PORT
+// once it serves (after the --rollout endpoints are registered); SIGTERM or
+// SIGINT drains (health NOT_SERVING, new calls UNAVAILABLE, in-flight calls
+// finish) and exits 0.
+#include <pthread.h>
+#include <signal.h>
+
+#include <atomic>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "common/kernel_mode.h"
+#include "common/metrics.h"
+#include "learner_service/driver.h"
+#include "learner_service/grpc_service.h"
+#include "learner_service/learner.h"
+
+ABSL_FLAG(std::string, host, "0.0.0.0",
+          "Address the gRPC and metrics servers bind (0.0.0.0: all)");
+ABSL_FLAG(int, port, 50052, "gRPC port (0: pick a free one)");
+ABSL_FLAG(int, metrics_port, 9092, "Prometheus /metrics port (0: pick)");
+ABSL_FLAG(std::string, model_dir, "",
+          "Directory with config.json and model.safetensors (required)");
+ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
+ABSL_FLAG(std::string, kernels, "invariant", "invariant or standard");
+ABSL_FLAG(std::string, compute_dtype, "",
+          "f32 or bf16: dtype of the compute copy pushed to rollouts "
+          "(default: the model config's torch_dtype; must match the "
+          "rollouts')");
+ABSL_FLAG(bool, drive, false,
+          "Run the built-in RL loop against the --rollout endpoints");
+ABSL_FLAG(int64_t, steps, 20, "--drive: training steps (0: until SIGTERM)");
+ABSL_FLAG(std::string, task, "reverse", "--drive: reverse or add");
+ABSL_FLAG(int, prompts_per_step, 8, "--drive: prompts per step");
+ABSL_FLAG(int, samples_per_prompt, 8,
+          "--drive: samples per prompt (the GRPO group size)");
+ABSL_FLAG(int, max_tokens, 0,
+          "--drive: max completion tokens (0: the task's maximum)");
+ABSL_FLAG(double, temperature, 1.0, "--drive: sampling temperature");
+ABSL_FLAG(uint64_t, seed, 1, "--drive: seed of prompts and sampling");
+ABSL_FLAG(bool, keep_serving, false,
+          "--drive: keep serving after the last step (until SIGTERM)");
+ABSL_FLAG(bool, fail_on_mismatch, false,
+          "--drive: exit with status 3 at the first step with a logprob "
+          "mismatch");
+ABSL_FLAG(std::string, checkpoint_dir, "",
+          "Root directory of Save/LoadCheckpoint (empty: disabled)");
+ABSL_FLAG(double, lr, 1e-3, "AdamW learning rate");
+ABSL_FLAG(double, weight_decay, 0.0, "AdamW weight decay");
+ABSL_FLAG(double, clip_ratio, 0.2, "PPO clip range (ratio in [1-c, 1+c])");
+ABSL_FLAG(double, kl_coef, 0.0,
+          "Weight of the k3 KL penalty to the initial policy (0: off)");
+ABSL_FLAG(double, max_grad_norm, 1.0, "Gradient-norm clip (<= 0: off)");
+ABSL_FLAG(int64_t, micro_batch_size, 16,
+          "Trajectories per forward/backward (gradients accumulate)");
+ABSL_FLAG(int64_t, max_buffered_trajectories, 65536,
+          "Trajectory buffer capacity");
+ABSL_FLAG(int, push_attempts, 5, "Weight push tries (UNAVAILABLE retried)");
+ABSL_FLAG(int, num_threads, 0,
+          "CPU threads of the kernels and LibTorch (0: LOCKSTEP_NUM_THREADS "
+          "or all cores)");
+ABSL_FLAG(std::string, rollout_auth_token_file, "",
+          "File with the bearer token the rollouts require (if any)");
+
+namespace {
+
+using lockstep::learner::Learner;
+
+// Pulls every --rollout=X / --rollout X out of argv (repeatable and comma
+// separated), leaving the rest for absl::ParseCommandLine.
+std::vector<std::string> ExtractRollouts(int* argc, char** argv) {
+  std::vector<std::string> out;
+  int w = 1;
+  for (int i = 1; i < *argc; ++i) {
+    std::string_view a = argv[i];
+    std::string value;
+    bool match = false;
+    for (std::string_view p : {"--rollout=", "-rollout="}) {
+      if (a.substr(0, p.size()) == p) {
+        value = std::string(a.substr(p.size()));
+        match = true;
+      }
+    }
+    if (!match && (a == "--rollout" || a == "-rollout") && i + 1 < *argc) {
+      value = argv[++i];
+      match = true;
+    }
+    if (match) {
+      for (absl::string_view e : absl::StrSplit(value, ',', absl::SkipEmpty())) {
+        out.emplace_back(e);
+      }
+      continue;
+    }
+    argv[w++] = argv[i];
+  }
+  *argc = w;
+  return out;
+}
+
+// Set by SIGTERM/SIGINT or by the end of --drive; may be set twice.
+class StopSignal {
+ public:
+  void Set() {
+    absl::MutexLock lock(&mu_);
+    set_ = true;
+  }
+  void Wait() {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(&set_));
+  }
+
+ private:
+  absl::Mutex mu_;
+  bool set_ = false;
+};
+
+int Fail(const absl::Status& s) {
+  std::cerr << "learner_service: " << s << std::endl;
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "lockstep learner service.\n"
+      "  learner_service --model_dir=DIR [--rollout=HOST:PORT ...] [--drive]");
+  std::vector<std::string> rollouts = ExtractRollouts(&argc, argv);
+  absl::ParseCommandLine(argc, argv);
+
+  // Signals are taken by one thread with sigwait; block them everywhere
+  // first (threads inherit the mask).
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::atomic<bool> stop{false};
+  StopSignal stop_requested;
+  std::thread([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    stop = true;
+    stop_requested.Set();
+  }).detach();
+
+  if (absl::GetFlag(FLAGS_model_dir).empty()) {
+    return Fail(absl::InvalidArgumentError("--model_dir is required"));
+  }
+  lockstep::learner::LearnerOptions options;
+  lockstep::learner::TrainerOptions& t = options.trainer;
+  t.model_dir = absl::GetFlag(FLAGS_model_dir);
+  absl::StatusOr<lockstep::common::KernelMode> mode =
+      lockstep::common::ParseKernelMode(absl::GetFlag(FLAGS_kernels));
+  if (!mode.ok()) return Fail(mode.status());
+  t.mode = *mode;
+  const std::string device = absl::GetFlag(FLAGS_device);
+  if (device == "cpu") {
+    t.device = lockstep::kernels::Device::kCpu;
+  } else if (device == "cuda") {
+    t.device = lockstep::kernels::Device::kCuda;
+  } else {
+    return Fail(absl::InvalidArgumentError("--device must be cpu or cuda"));
+  }
+  const std::string dtype = absl::GetFlag(FLAGS_compute_dtype);
+  if (dtype == "f32") {
+    t.compute_dtype = lockstep::kernels::DType::kF32;
+  } else if (dtype == "bf16") {
+    t.compute_dtype = lockstep::kernels::DType::kBF16;
+  } else if (!dtype.empty()) {
+    return Fail(absl::InvalidArgumentError("--compute_dtype must be f32 or bf16"));
+  }
+  t.learning_rate = absl::GetFlag(FLAGS_lr);
+  t.weight_decay = absl::GetFlag(FLAGS_weight_decay);
+  t.clip_ratio_low = t.clip_ratio_high = absl::GetFlag(FLAGS_clip_ratio);
+  t.kl_coef = absl::GetFlag(FLAGS_kl_coef);
+  t.max_grad_norm = absl::GetFlag(FLAGS_max_grad_norm);
+  t.micro_batch_size = absl::GetFlag(FLAGS_micro_batch_size);
+  options.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
+  options.max_buffered_trajectories =
+      absl::GetFlag(FLAGS_max_buffered_trajectories);
+  options.push.max_attempts = absl::GetFlag(FLAGS_push_attempts);
+  t.num_threads = absl::GetFlag(FLAGS_num_threads);
+  if (const std::string f = absl::GetFlag(FLAGS_rollout_auth_token_file);
+      !f.empty()) {
+    std::ifstream in(f);
+    std::string token;
+    if (!in || !std::getline(in, token) || token.empty()) {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("cannot read a token from ", f)));
+    }
+    options.rollout_auth_token = token;
+  }
+
+  const std::string host = absl::GetFlag(FLAGS_host);
+  absl::StatusOr<std::unique_ptr<lockstep::common::MetricsServer>> metrics =
+      lockstep::common::MetricsServer::Start(host,
+                                             absl::GetFlag(FLAGS_metrics_port));
+  if (!metrics.ok()) return Fail(metrics.status());
+  lockstep::common::BuildInfo build_info;
+  build_info.role = "learner";
+  build_info.kernels = std::string(lockstep::common::KernelModeName(t.mode));
+  build_info.device = device;
+  absl::StatusOr<std::unique_ptr<Learner>> learner =
+      Learner::Create(options, (*metrics)->registry().get(), build_info);
+  if (!learner.ok()) return Fail(learner.status());
+
+  lockstep::learner::LearnerServiceImpl service(learner->get());
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int bound_port = 0;
+  const bool v6 = host.find(':') != std::string::npos;
+  const std::string bind = v6 ? absl::StrCat("[", host, "]:", absl::GetFlag(FLAGS_port))
+                              : absl::StrCat(host, ":", absl::GetFlag(FLAGS_port));
+  builder.AddListeningPort(bind, grpc::InsecureServerCredentials(), &bound_port);
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(64 << 20);
+  builder.SetMaxSendMessageSize(64 << 20);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || bound_port == 0) {
+    return Fail(absl::UnavailableError(absl::StrCat("cannot serve gRPC on ", bind)));
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+
+  if (!rollouts.empty()) {
+    // Rollouts may still be starting: registration waits for them.
+    absl::StatusOr<std::vector<lockstep::learner::PushResult>> reg =
+        (*learner)->RegisterRollouts(rollouts, /*push_now=*/true);
+    if (!reg.ok()) {
+      server->Shutdown();
+      return Fail(reg.status());
+    }
+    for (const auto& p : *reg) {
+      if (!p.status.ok()) {
+        server->Shutdown();
+        return Fail(p.status);
+      }
+    }
+  }
+  if (health != nullptr) {
+    health->SetServingStatus(true);
+    health->SetServingStatus("lockstep.v1.LearnerService", true);
+  }
+  const std::string grpc_addr =
+      v6 ? absl::StrCat("[", host, "]:", bound_port) : absl::StrCat(host, ":", bound_port);
+  std::printf("listening grpc=%s metrics=%s\n", grpc_addr.c_str(),
+              (*metrics)->address().c_str());
+  std::fflush(stdout);
+
+  int exit_code = 0;
+  if (absl::GetFlag(FLAGS_drive)) {
+    lockstep::learner::DriverOptions d;
+    d.task = absl::GetFlag(FLAGS_task);
+    d.steps = absl::GetFlag(FLAGS_steps);
+    d.prompts_per_step = absl::GetFlag(FLAGS_prompts_per_step);
+    d.samples_per_prompt = absl::GetFlag(FLAGS_samples_per_prompt);
+    d.seed = absl::GetFlag(FLAGS_seed);
+    d.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
+    d.max_tokens = absl::GetFlag(FLAGS_max_tokens);
+    d.fail_on_mismatch = absl::GetFlag(FLAGS_fail_on_mismatch);
+    d.out = &std::cout;
+    absl::StatusOr<lockstep::learner::DriveSummary> summary =
+        lockstep::learner::RunDriver(learner->get(), d, &stop);
+    if (!summary.ok()) {
+      std::cerr << "learner_service: drive: " << summary.status() << std::endl;
+      exit_code = absl::IsFailedPrecondition(summary.status()) &&
+                          d.fail_on_mismatch
+                      ? 3
+                      : 1;
+    } else {
+      const lockstep::learner::DriveSummary& s = *summary;
+      const double exact =
+          s.tokens_compared == 0
+              ? 100.0
+              : 100.0 * static_cast<double>(s.tokens_compared -
+                                            s.tokens_mismatched) /
+                    static_cast<double>(s.tokens_compared);
+      std::cout << absl::StrFormat(
+                       "summary kernels=%s steps=%d tokens_compared=%d "
+                       "tokens_mismatched=%d exact_pct=%.4f "
+                       "max_abs_diff=%.6g reward_first=%.4f reward_last=%.4f "
+                       "mean_push_ms=%.2f seconds=%.1f",
+                       lockstep::common::KernelModeName(t.mode),
+                       s.steps.size(), s.tokens_compared, s.tokens_mismatched,
+                       exact, s.max_abs_diff, s.reward_first, s.reward_last,
+                       s.mean_push_ms, s.seconds)
+                << std::endl;
+    }
+    if (!absl::GetFlag(FLAGS_keep_serving)) stop_requested.Set();
+  }
+  stop_requested.Wait();
+
+  // Drain: refuse new work, let in-flight calls finish (bounded), exit.
+  if (health != nullptr) health->Shutdown();
+  service.StartDraining();
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  server->Wait();
+  return exit_code;
+}

@@ -1,0 +1,731 @@
+#include "rollout_service/engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace lockstep::rollout {
+namespace {
+
+absl::Status CheckTokenIds(const std::vector<int32_t>& ids, int64_t vocab,
+                           const std::string& what) {
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": token id ", ids[i], " at position ", i,
+                       " is outside the vocabulary [0, ", vocab, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+TopList Truncate(const TopList& top, int n) {
+  return TopList(top.begin(), top.begin() + std::min<size_t>(top.size(), n));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// RequestHandle
+
+bool RequestHandle::Wait(absl::Duration timeout,
+                         std::vector<SampleUpdate>* out) {
+  absl::MutexLock lock(&mu_);
+  if (pending_.empty() && !done_) cv_.WaitWithTimeout(&mu_, timeout);
+  for (SampleUpdate& u : pending_) out->push_back(std::move(u));
+  pending_.clear();
+  return done_;
+}
+
+absl::Status RequestHandle::status() const {
+  absl::MutexLock lock(&mu_);
+  return status_;
+}
+
+void RequestHandle::Cancel(absl::Status reason) {
+  if (reason.ok()) reason = absl::CancelledError("cancelled");
+  absl::MutexLock lock(&mu_);
+  if (cancel_requested_.load()) return;
+  cancel_reason_ = std::move(reason);
+  cancel_requested_.store(true, std::memory_order_release);
+}
+
+absl::Status RequestHandle::cancel_reason() const {
+  absl::MutexLock lock(&mu_);
+  return cancel_reason_;
+}
+
+void RequestHandle::Push(std::vector<SampleUpdate> updates) {
+  absl::MutexLock lock(&mu_);
+  for (SampleUpdate& u : updates) pending_.push_back(std::move(u));
+  cv_.SignalAll();
+}
+
+void RequestHandle::Complete(absl::Status status) {
+  absl::MutexLock lock(&mu_);
+  if (done_) return;
+  done_ = true;
+  status_ = std::move(status);
+  cv_.SignalAll();
+}
+
+// ---------------------------------------------------------------------------
+// Engine: creation and the public, thread-safe entry points
+
+Engine::Engine(std::shared_ptr<const common::Model> model,
+               const EngineOptions& options, EngineObserver* observer)
+    : options_(options),
+      config_(model->config()),
+      observer_(observer),
+      model_(std::move(model)) {
+  published_model_ = model_;
+  version_.store(options.initial_version);
+}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
+    std::shared_ptr<const common::Model> model, const EngineOptions& options,
+    EngineObserver* observer) {
+  if (model == nullptr) return absl::InvalidArgumentError("no model");
+  if (options.page_size < 1 || options.page_size > 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("page_size ", options.page_size, " outside [1, 4096]"));
+  }
+  if (options.max_batch_tokens < 1) {
+    return absl::InvalidArgumentError("max_batch_tokens must be >= 1");
+  }
+  if (options.max_running < 1) {
+    return absl::InvalidArgumentError("max_running must be >= 1");
+  }
+  if (options.max_queue < 1) {
+    return absl::InvalidArgumentError("max_queue must be >= 1");
+  }
+  if (!(options.selfcheck_rate >= 0.0 && options.selfcheck_rate <= 1.0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "selfcheck_rate ", options.selfcheck_rate, " outside [0, 1]"));
+  }
+  int64_t num_pages = options.num_pages;
+  if (num_pages <= 0) {
+    const int64_t per_page = model->KvBytesPerPage(options.page_size);
+    num_pages = per_page > 0 ? options.kv_cache_bytes / per_page : 0;
+    if (num_pages < 1) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "KV budget of ", options.kv_cache_bytes, " bytes holds no page of ",
+          options.page_size, " tokens (", per_page, " bytes each)"));
+    }
+  }
+  if (num_pages > (int64_t{1} << 30)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("too many KV pages: ", num_pages));
+  }
+  std::unique_ptr<Engine> engine(new Engine(model, options, observer));
+  engine->num_pages_ = num_pages;
+  engine->max_sequence_tokens_ =
+      std::min<int64_t>(engine->config_.max_position_embeddings,
+                        num_pages * options.page_size);
+  LOCKSTEP_ASSIGN_OR_RETURN(engine->cache_,
+                            model->CreateKvCache(num_pages, options.page_size));
+  SchedulerOptions sopts;
+  sopts.num_pages = num_pages;
+  sopts.page_size = options.page_size;
+  sopts.max_batch_tokens = options.max_batch_tokens;
+  sopts.max_running = options.max_running;
+  sopts.prefix_sharing = options.prefix_sharing;
+  engine->scheduler_ = std::make_unique<Scheduler>(sopts);
+  Engine* raw = engine.get();
+  engine->thread_ = std::thread([raw] { raw->Loop(); });
+  return engine;
+}
+
+Engine::~Engine() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+    work_cv_.SignalAll();
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+std::shared_ptr<const common::Model> Engine::model() const {
+  absl::MutexLock lock(&mu_);
+  return published_model_;
+}
+
+absl::Status Engine::Validate(const GenerateJob& job) const {
+  const int64_t vocab = config_.vocab_size;
+  const int64_t context = config_.max_position_embeddings;
+  const SamplingOptions& s = job.sampling;
+  if (!(std::isfinite(s.temperature) && s.temperature >= 0.0f)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "temperature must be a finite number >= 0, got ", s.temperature));
+  }
+  if (!(std::isfinite(s.top_p) && s.top_p > 0.0f && s.top_p <= 1.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("top_p must be in (0, 1], got ", s.top_p));
+  }
+  if (s.top_k < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("top_k must be >= 0, got ", s.top_k));
+  }
+  if (s.top_logprobs < 0 || s.top_logprobs > kMaxTopLogprobs) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "top_logprobs must be in [0, ", kMaxTopLogprobs, "], got ",
+        s.top_logprobs));
+  }
+  if (s.max_tokens < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_tokens must be >= 0, got ", s.max_tokens));
+  }
+  LOCKSTEP_RETURN_IF_ERROR(
+      CheckTokenIds(s.stop_token_ids, vocab, "stop_token_ids"));
+  if (job.prompts.empty()) {
+    return absl::InvalidArgumentError("the request has no prompts");
+  }
+  const int64_t ps = options_.page_size;
+  for (size_t p = 0; p < job.prompts.size(); ++p) {
+    const PromptJob& pj = job.prompts[p];
+    const int64_t len = static_cast<int64_t>(pj.prompt.size());
+    if (len == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt ", p, " is empty"));
+    }
+    if (pj.seeds.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt ", p, " asks for no samples"));
+    }
+    LOCKSTEP_RETURN_IF_ERROR(
+        CheckTokenIds(pj.prompt, vocab, absl::StrCat("prompt ", p)));
+    if (len >= context) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "prompt ", p, " has ", len, " tokens; the context length ", context,
+          " leaves no room to generate"));
+    }
+    if (s.max_tokens > 0) {
+      if (len + s.max_tokens > context) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "prompt ", p, ": ", len, " prompt tokens + max_tokens ",
+            s.max_tokens, " exceed the context length ", context));
+      }
+      const int64_t pages = (len + s.max_tokens + ps - 1) / ps;
+      if (pages > num_pages_) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "prompt ", p, ": a sample of ", len + s.max_tokens,
+            " tokens needs ", pages, " KV pages; the cache holds ", num_pages_));
+      }
+    } else if (len >= max_sequence_tokens_) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "prompt ", p, " has ", len, " tokens; the KV cache holds at most ",
+          max_sequence_tokens_, " tokens per sequence"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerateJob job) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!draining_.ok()) return draining_;
+  }
+  LOCKSTEP_RETURN_IF_ERROR(Validate(job));
+  int64_t samples = 0;
+  for (const PromptJob& p : job.prompts) samples += p.seeds.size();
+  if (samples > options_.max_queue) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the request has ", samples, " samples; at most ", options_.max_queue,
+        " may wait for admission"));
+  }
+  const int64_t before = queued_.fetch_add(samples);
+  if (before + samples > options_.max_queue) {
+    queued_.fetch_sub(samples);
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "queue full: ", before, " samples wait for admission (max_queue ",
+        options_.max_queue, ")"));
+  }
+  auto handle = std::make_shared<RequestHandle>(static_cast<int>(samples));
+  auto request = std::make_shared<Request>();
+  request->handle = handle;
+  request->sampling = job.sampling;
+  request->deadline = job.deadline;
+  absl::MutexLock lock(&mu_);
+  if (!draining_.ok() || stop_) {
+    queued_.fetch_sub(samples);
+    return draining_.ok() ? absl::UnavailableError("engine stopped") : draining_;
+  }
+  in_flight_.fetch_add(1);
+  incoming_.emplace_back(std::move(request), std::move(job));
+  work_cv_.Signal();
+  return handle;
+}
+
+absl::StatusOr<ScoreResult> Engine::Score(const ScoreRequest& request) {
+  ScoreJob job;
+  job.request = &request;
+  absl::MutexLock lock(&mu_);
+  if (!draining_.ok()) return draining_;
+  if (stop_) return absl::UnavailableError("engine stopped");
+  scores_.push_back(&job);
+  work_cv_.Signal();
+  while (!job.done) done_cv_.Wait(&mu_);
+  return std::move(job.result);
+}
+
+absl::StatusOr<SwapResult> Engine::SwapWeights(
+    std::shared_ptr<const common::Model> model, uint64_t version) {
+  if (model == nullptr) return absl::InvalidArgumentError("no model");
+  if (model->config() != config_) {
+    return absl::FailedPreconditionError(
+        "the new weights' model config differs from the served model's");
+  }
+  SwapJob job;
+  job.model = std::move(model);
+  job.version = version;
+  job.queued = absl::Now();
+  absl::MutexLock lock(&mu_);
+  if (!draining_.ok()) return draining_;
+  if (stop_) return absl::UnavailableError("engine stopped");
+  swaps_.push_back(&job);
+  work_cv_.Signal();
+  while (!job.done) done_cv_.Wait(&mu_);
+  return std::move(job.result);
+}
+
+void Engine::StopAdmitting(absl::Status reason) {
+  if (reason.ok()) reason = absl::UnavailableError("draining");
+  absl::MutexLock lock(&mu_);
+  draining_ = std::move(reason);
+}
+
+bool Engine::WaitIdle(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  absl::MutexLock lock(&mu_);
+  while (in_flight_.load() > 0) {
+    if (done_cv_.WaitWithDeadline(&mu_, deadline)) {
+      return in_flight_.load() == 0;
+    }
+  }
+  return true;
+}
+
+void Engine::CancelAll(absl::Status reason) {
+  absl::MutexLock lock(&mu_);
+  cancel_all_ = std::move(reason);
+  work_cv_.Signal();
+}
+
+// ---------------------------------------------------------------------------
+// Engine thread
+
+bool Engine::HasWorkLocked() const {
+  return stop_ || !incoming_.empty() || !swaps_.empty() || !scores_.empty() ||
+         !cancel_all_.ok() || scheduler_->has_work() || !selfchecks_.empty();
+}
+
+void Engine::Loop() {
+  for (;;) {
+    std::vector<std::pair<std::shared_ptr<Request>, GenerateJob>> incoming;
+    std::deque<SwapJob*> swaps;
+    std::deque<ScoreJob*> scores;
+    absl::Status cancel_all;
+    {
+      absl::MutexLock lock(&mu_);
+      while (!HasWorkLocked()) work_cv_.Wait(&mu_);
+      if (stop_) break;
+      incoming.swap(incoming_);
+      swaps.swap(swaps_);
+      scores.swap(scores_);
+      std::swap(cancel_all, cancel_all_);
+    }
+    for (auto& [request, job] : incoming) AddRequest(request, std::move(job));
+    if (!cancel_all.ok()) FailEverything(cancel_all);
+    // Step boundary: weights change only here.
+    for (SwapJob* job : swaps) {
+      ApplySwap(*job);
+      absl::MutexLock lock(&mu_);
+      job->done = true;
+      done_cv_.SignalAll();
+    }
+    for (ScoreJob* job : scores) {
+      RunScore(*job);
+      absl::MutexLock lock(&mu_);
+      job->done = true;
+      done_cv_.SignalAll();
+    }
+    CheckCancellations();
+    Step();
+    RunSelfCheck();
+  }
+
+  // Stopping: nothing in flight survives.
+  const absl::Status stopped = absl::UnavailableError("rollout engine stopped");
+  std::vector<std::pair<std::shared_ptr<Request>, GenerateJob>> incoming;
+  {
+    absl::MutexLock lock(&mu_);
+    incoming.swap(incoming_);
+    for (SwapJob* job : swaps_) {
+      job->result = stopped;
+      job->done = true;
+    }
+    for (ScoreJob* job : scores_) {
+      job->result = stopped;
+      job->done = true;
+    }
+    swaps_.clear();
+    scores_.clear();
+    done_cv_.SignalAll();
+  }
+  for (auto& [request, job] : incoming) AddRequest(request, std::move(job));
+  FailEverything(stopped);
+}
+
+void Engine::AddRequest(std::shared_ptr<Request> request, GenerateJob job) {
+  int32_t index = 0;
+  const SamplingOptions& s = request->sampling;
+  for (PromptJob& pj : job.prompts) {
+    const int64_t len = static_cast<int64_t>(pj.prompt.size());
+    const int n = static_cast<int>(pj.seeds.size());
+    std::vector<int64_t> ids = scheduler_->AddGroup(pj.prompt, n);
+    for (int j = 0; j < n; ++j) {
+      SampleState st;
+      st.request = request;
+      st.index = index++;
+      st.prompt_len = len;
+      st.max_len = s.max_tokens > 0 ? len + s.max_tokens : max_sequence_tokens_;
+      st.params.temperature = s.temperature;
+      st.params.top_k = s.top_k;
+      st.params.top_p = s.top_p;
+      st.params.seed = pj.seeds[j];
+      samples_.emplace(ids[j], std::move(st));
+      request->seq_ids.push_back(ids[j]);
+    }
+  }
+  request->remaining = index;
+  requests_.push_back(std::move(request));
+}
+
+void Engine::FinishRequest(const std::shared_ptr<Request>& request,
+                           absl::Status status) {
+  if (request->done) return;
+  request->done = true;
+  for (int64_t id : request->seq_ids) {
+    auto it = samples_.find(id);
+    if (it == samples_.end()) continue;
+    if (!it->second.admitted) queued_.fetch_sub(1);
+    scheduler_->Remove(id);
+    samples_.erase(it);
+  }
+  request->handle->Complete(std::move(status));
+  absl::MutexLock lock(&mu_);
+  in_flight_.fetch_sub(1);
+  done_cv_.SignalAll();
+}
+
+void Engine::FailEverything(const absl::Status& status) {
+  for (const auto& request : requests_) FinishRequest(request, status);
+  requests_.clear();
+}
+
+void Engine::CheckCancellations() {
+  const absl::Time now = absl::Now();
+  for (const auto& request : requests_) {
+    if (request->done) continue;
+    if (request->handle->cancel_requested()) {
+      FinishRequest(request, request->handle->cancel_reason());
+    } else if (now >= request->deadline) {
+      FinishRequest(request, absl::DeadlineExceededError(
+                                 "the request's deadline passed"));
+    }
+  }
+  requests_.erase(std::remove_if(requests_.begin(), requests_.end(),
+                                 [](const auto& r) { return r->done; }),
+                  requests_.end());
+}
+
+void Engine::ApplySwap(SwapJob& job) {
+  const uint64_t current = version_.load();
+  if (job.version <= current) {
+    job.result = absl::AbortedError(absl::StrCat(
+        "weight update to version ", job.version,
+        " lost a race: version ", current, " is already served"));
+    return;
+  }
+  const std::vector<int64_t> preempted = scheduler_->PreemptAll();
+  model_ = job.model;
+  {
+    absl::MutexLock lock(&mu_);
+    published_model_ = model_;
+  }
+  version_.store(job.version, std::memory_order_release);
+  SwapResult result;
+  result.previous_version = current;
+  result.version = job.version;
+  result.pause = absl::Now() - job.queued;
+  result.preempted = static_cast<int64_t>(preempted.size());
+  if (observer_ != nullptr) observer_->OnWeightSwap(result);
+  job.result = result;
+}
+
+void Engine::RunScore(ScoreJob& job) { job.result = ScoreOnEngine(*job.request); }
+
+absl::StatusOr<ScoreResult> Engine::ScoreOnEngine(const ScoreRequest& request) {
+  const int64_t vocab = config_.vocab_size;
+  const int64_t context = config_.max_position_embeddings;
+  const uint64_t version = version_.load();
+  if (request.expected_version.has_value() &&
+      *request.expected_version != version) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "weight version ", *request.expected_version,
+        " was asked for but version ", version, " is served"));
+  }
+  if (request.sequences.empty()) {
+    return absl::InvalidArgumentError("no sequences to score");
+  }
+  if (request.prompt_lens.size() != request.sequences.size()) {
+    return absl::InvalidArgumentError("one prompt_len per sequence is needed");
+  }
+  if (request.top_n < 0 || request.top_n > kMaxTopLogprobs) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "top_logprobs must be in [0, ", kMaxTopLogprobs, "], got ",
+        request.top_n));
+  }
+  for (size_t i = 0; i < request.sequences.size(); ++i) {
+    const int64_t len = static_cast<int64_t>(request.sequences[i].size());
+    const int64_t pl = request.prompt_lens[i];
+    if (pl < 1 || pl >= len) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sequence ", i, ": prompt_len ", pl, " must be in [1, ", len,
+          ") (the sequence has ", len, " tokens)"));
+    }
+    if (len > context) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sequence ", i, " has ", len, " tokens, past the context length ",
+          context));
+    }
+    LOCKSTEP_RETURN_IF_ERROR(CheckTokenIds(request.sequences[i], vocab,
+                                           absl::StrCat("sequence ", i)));
+  }
+
+  ScoreResult result;
+  result.version = version;
+  result.logprobs.resize(request.sequences.size());
+  // Batches of at most max_batch_tokens tokens (at least one sequence): the
+  // values do not depend on the grouping in invariant mode, memory does.
+  size_t begin = 0;
+  while (begin < request.sequences.size()) {
+    size_t end = begin;
+    int64_t tokens = 0;
+    while (end < request.sequences.size() &&
+           (end == begin || tokens + static_cast<int64_t>(request.sequences[end].size()) <=
+                                options_.max_batch_tokens)) {
+      tokens += request.sequences[end].size();
+      ++end;
+    }
+    std::vector<std::vector<int32_t>> seqs(request.sequences.begin() + begin,
+                                           request.sequences.begin() + end);
+    std::vector<int64_t> lens(request.prompt_lens.begin() + begin,
+                              request.prompt_lens.begin() + end);
+    LOCKSTEP_ASSIGN_OR_RETURN(auto scores, model_->ScoreSequences(seqs, lens));
+    if (scores.size() != seqs.size()) {
+      return absl::InternalError("ScoreSequences returned the wrong count");
+    }
+    for (size_t i = 0; i < scores.size(); ++i) {
+      result.logprobs[begin + i] = std::move(scores[i]);
+    }
+    begin = end;
+  }
+
+  if (request.top_n > 0) {
+    result.top.resize(request.sequences.size());
+    for (size_t i = 0; i < request.sequences.size(); ++i) {
+      const auto& seq = request.sequences[i];
+      const int64_t len = static_cast<int64_t>(seq.size());
+      const int64_t pl = request.prompt_lens[i];
+      LOCKSTEP_ASSIGN_OR_RETURN(auto full, model_->ForwardFull({seq}));
+      const std::vector<float>& logits = full.at(0);
+      std::vector<float> rows(logits.begin() + (pl - 1) * vocab,
+                              logits.begin() + (len - 1) * vocab);
+      std::vector<int32_t> targets(seq.begin() + pl, seq.end());
+      LOCKSTEP_ASSIGN_OR_RETURN(
+          common::TokenLogprobs lp,
+          common::ComputeTokenLogprobs(model_->options().mode, rows, vocab,
+                                       targets, request.top_n));
+      result.top[i] = std::move(lp.top);
+    }
+  }
+  return result;
+}
+
+void Engine::Step() {
+  if (!scheduler_->has_work()) return;
+  const absl::Time t0 = absl::Now();
+  StepPlan plan = scheduler_->Schedule();
+  for (const StepPiece& piece : plan.pieces) {
+    auto it = samples_.find(piece.seq_id);
+    if (it != samples_.end() && !it->second.admitted) {
+      it->second.admitted = true;
+      queued_.fetch_sub(1);
+    }
+  }
+  if (plan.empty()) {
+    // Nothing can run (cannot happen with a consistent scheduler); avoid a
+    // hot loop rather than spin.
+    absl::SleepFor(absl::Milliseconds(1));
+    return;
+  }
+  const int64_t vocab = config_.vocab_size;
+  absl::StatusOr<std::vector<float>> logits =
+      model_->Forward(plan.batch, cache_.get());
+  if (!logits.ok()) {
+    std::cerr << "rollout engine: forward failed: " << logits.status() << "\n";
+    FailEverything(absl::InternalError(
+        absl::StrCat("forward step failed: ", logits.status().message())));
+    return;
+  }
+  scheduler_->Commit(plan);
+
+  const int64_t rows = static_cast<int64_t>(plan.sample_seqs.size());
+  std::vector<std::pair<std::shared_ptr<Request>, std::vector<SampleUpdate>>>
+      updates;
+  std::unordered_map<const Request*, size_t> update_index;
+  if (rows > 0) {
+    std::vector<kernels::SamplingParams> params(rows);
+    std::vector<int64_t> positions(rows);
+    std::vector<int32_t> tokens(rows, 0);
+    int max_top = 0;
+    for (int64_t i = 0; i < rows; ++i) {
+      const SampleState& st = samples_.at(plan.sample_seqs[i]);
+      params[i] = st.params;
+      positions[i] = static_cast<int64_t>(
+          scheduler_->tokens(plan.sample_seqs[i]).size());
+      max_top = std::max(max_top, st.request->sampling.top_logprobs);
+    }
+    kernels::SampleArgs args;
+    args.logits = logits->data();
+    args.ld = vocab;
+    args.rows = rows;
+    args.vocab = vocab;
+    args.params = params.data();
+    args.positions = positions.data();
+    args.tokens_out = tokens.data();
+    absl::Status sampled = kernels::Sample(args);
+    absl::StatusOr<common::TokenLogprobs> lp =
+        sampled.ok() ? common::ComputeTokenLogprobs(model_->options().mode,
+                                                    *logits, vocab, tokens,
+                                                    max_top)
+                     : absl::StatusOr<common::TokenLogprobs>(sampled);
+    if (!lp.ok()) {
+      std::cerr << "rollout engine: sampling failed: " << lp.status() << "\n";
+      FailEverything(absl::InternalError(
+          absl::StrCat("sampling failed: ", lp.status().message())));
+      return;
+    }
+    const uint64_t version = version_.load();
+    const absl::Time now = absl::Now();
+    const auto& eos = config_.eos_token_ids;
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t id = plan.sample_seqs[i];
+      SampleState& st = samples_.at(id);
+      std::shared_ptr<Request> request = st.request;
+      const int32_t token = tokens[i];
+      scheduler_->AppendToken(id, token);
+      st.logprobs.push_back(lp->target[i]);
+      st.versions.push_back(version);
+
+      auto [slot, inserted] = update_index.emplace(request.get(), updates.size());
+      if (inserted) updates.emplace_back(request, std::vector<SampleUpdate>());
+      SampleUpdate& u = updates[slot->second].second.emplace_back();
+      u.sample = st.index;
+      u.tokens.push_back(token);
+      u.logprobs.push_back(lp->target[i]);
+      u.versions.push_back(version);
+      if (request->sampling.top_logprobs > 0) {
+        u.top.push_back(Truncate(lp->top[i], request->sampling.top_logprobs));
+      }
+      u.preemptions = scheduler_->preemptions(id);
+      u.time = now;
+
+      const SamplingOptions& so = request->sampling;
+      const int64_t len = static_cast<int64_t>(scheduler_->tokens(id).size());
+      if (std::find(so.stop_token_ids.begin(), so.stop_token_ids.end(), token) !=
+              so.stop_token_ids.end() ||
+          (!so.ignore_eos &&
+           std::find(eos.begin(), eos.end(), static_cast<int64_t>(token)) !=
+               eos.end())) {
+        u.finish = FinishReason::kStop;
+      } else if (len >= st.max_len) {
+        u.finish = FinishReason::kLength;
+      }
+      if (u.finish != FinishReason::kNone) {
+        if (options_.selfcheck_rate > 0.0) {
+          selfcheck_credit_ += options_.selfcheck_rate;
+          if (selfcheck_credit_ >= 1.0) {
+            selfcheck_credit_ -= 1.0;
+            const bool one_version =
+                std::all_of(st.versions.begin(), st.versions.end(),
+                            [&](uint64_t v) { return v == version; });
+            if (one_version && selfchecks_.size() < 64) {
+              selfchecks_.push_back(
+                  {scheduler_->tokens(id), st.prompt_len, st.logprobs, version});
+            }
+          }
+        }
+        scheduler_->Remove(id);
+        samples_.erase(id);
+        --request->remaining;
+      }
+    }
+  }
+  for (auto& [request, list] : updates) {
+    request->handle->Push(std::move(list));
+    if (request->remaining == 0) FinishRequest(request, absl::OkStatus());
+  }
+  requests_.erase(std::remove_if(requests_.begin(), requests_.end(),
+                                 [](const auto& r) { return r->done; }),
+                  requests_.end());
+
+  if (observer_ != nullptr) {
+    StepStats stats;
+    stats.sequences = static_cast<int64_t>(plan.pieces.size());
+    stats.tokens = static_cast<int64_t>(plan.batch.tokens.size());
+    stats.prefill_tokens = plan.prefill_tokens;
+    stats.decode_tokens = plan.decode_tokens;
+    stats.sampled = rows;
+    stats.preempted = static_cast<int64_t>(plan.preempted.size());
+    stats.waiting = scheduler_->num_waiting_samples();
+    stats.running = scheduler_->num_running();
+    stats.kv_usage = scheduler_->blocks().usage();
+    stats.duration = absl::Now() - t0;
+    observer_->OnStep(stats);
+  }
+}
+
+void Engine::RunSelfCheck() {
+  if (selfchecks_.empty()) return;
+  SelfCheck check = std::move(selfchecks_.front());
+  selfchecks_.pop_front();
+  if (check.version != version_.load()) return;  // weights changed since
+  absl::StatusOr<std::vector<std::vector<float>>> scores =
+      model_->ScoreSequences({check.tokens}, {check.prompt_len});
+  if (!scores.ok() || scores->size() != 1 ||
+      scores->at(0).size() != check.logprobs.size()) {
+    std::cerr << "rollout engine: self-check scoring failed: "
+              << (scores.ok() ? "wrong size" : scores.status().ToString())
+              << "\n";
+    return;
+  }
+  const std::vector<float>& ref = scores->at(0);
+  int64_t mismatched = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (std::memcmp(&ref[i], &check.logprobs[i], sizeof(float)) != 0) {
+      ++mismatched;
+    }
+  }
+  if (observer_ != nullptr) {
+    observer_->OnSelfCheck(static_cast<int64_t>(ref.size()), mismatched);
+  }
+}
+
+}  // namespace lockstep::rollout

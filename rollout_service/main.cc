@@ -1,0 +1,164 @@
+// rollout_service: serves lockstep.v1.RolloutService over a model directory.
+// When ready it prints exactly one line to stdout,
+//   listening grpc=HOST:PORT metrics=HOST:PORT
+// and on SIGTERM/SIGINT it drains (health NOT_SERVING, new requests
+// UNAVAILABLE, in-flight ones get --drain_grace_seconds) and exits 0.
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "common/kernel_mode.h"
+#include "common/transformer.h"
+#include "kernels/device.h"
+#include "kernels/threading.h"
+#include "rollout_service/server.h"
+
+ABSL_FLAG(std::string, host, "0.0.0.0", "Address to bind (gRPC and metrics)");
+ABSL_FLAG(int, port, 0, "gRPC port (0: pick a free port)");
+ABSL_FLAG(int, metrics_port, 0, "Prometheus /metrics port (0: pick a free port)");
+ABSL_FLAG(std::string, model_dir, "",
+          "Directory with config.json and model.safetensors (required)");
+ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
+ABSL_FLAG(std::string, kernels, "invariant", "invariant or standard");
+ABSL_FLAG(int, tp, 1, "Tensor-parallel ranks (in-process): 1, 2, 4 or 8");
+ABSL_FLAG(int64_t, kv_cache_bytes, int64_t{512} << 20,
+          "KV-cache budget in bytes (pages = budget / bytes per page)");
+ABSL_FLAG(int64_t, page_size, 16, "Tokens per KV-cache page");
+ABSL_FLAG(int64_t, max_batch_tokens, 512, "Tokens computed per engine step");
+ABSL_FLAG(int64_t, max_running, 256, "Sequences holding KV at once");
+ABSL_FLAG(int64_t, max_queue, 4096,
+          "Samples that may wait for admission (RESOURCE_EXHAUSTED past it)");
+ABSL_FLAG(bool, prefix_sharing, true,
+          "Share the prompt pages among the n samples of a prompt");
+ABSL_FLAG(double, selfcheck_rate, 0.0,
+          "Fraction of finished samples re-scored alone and compared bitwise");
+ABSL_FLAG(uint64_t, initial_version, 0, "Weight version of --model_dir");
+ABSL_FLAG(int, max_message_bytes, 16 << 20, "Largest request message accepted");
+ABSL_FLAG(double, drain_grace_seconds, 30.0,
+          "On SIGTERM, time in-flight requests get to finish");
+ABSL_FLAG(int, num_threads, 0,
+          "CPU kernel threads (0: LOCKSTEP_NUM_THREADS or all cores)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain (enables TLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA bundle: require client certificates");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "File holding a bearer token every call must present");
+
+namespace {
+
+int Fail(const std::string& what) {
+  std::cerr << "rollout_service: " << what << "\n";
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Serves lockstep.v1.RolloutService.\n"
+      "  rollout_service --model_dir=DIR [--port=N] [--metrics_port=N] ...");
+  absl::ParseCommandLine(argc, argv);
+
+  // Every thread started from here on inherits the blocked mask, so the
+  // signals are only ever taken by sigwait() below.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  using lockstep::common::KernelMode;
+  absl::StatusOr<KernelMode> mode =
+      lockstep::common::ParseKernelMode(absl::GetFlag(FLAGS_kernels));
+  if (!mode.ok()) return Fail(mode.status().ToString());
+  const std::string device = absl::GetFlag(FLAGS_device);
+  lockstep::common::ModelOptions model_options;
+  model_options.mode = *mode;
+  model_options.tp_size = absl::GetFlag(FLAGS_tp);
+  if (device == "cpu") {
+    model_options.device = lockstep::kernels::Device::kCpu;
+  } else if (device == "cuda") {
+    if (!lockstep::kernels::CudaKernelsBuilt()) {
+      return Fail("--device=cuda but this build has no CUDA kernels");
+    }
+    model_options.device = lockstep::kernels::Device::kCuda;
+  } else {
+    return Fail(absl::StrCat("unknown --device=", device, " (cpu or cuda)"));
+  }
+  if (absl::GetFlag(FLAGS_num_threads) > 0) {
+    lockstep::kernels::SetNumThreads(absl::GetFlag(FLAGS_num_threads));
+  }
+  const std::string model_dir = absl::GetFlag(FLAGS_model_dir);
+  if (model_dir.empty()) return Fail("--model_dir is required");
+
+  auto model = lockstep::common::Model::Load(model_dir, model_options);
+  if (!model.ok()) return Fail(model.status().ToString());
+
+  lockstep::rollout::EngineOptions engine_options;
+  engine_options.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_bytes);
+  engine_options.page_size = absl::GetFlag(FLAGS_page_size);
+  engine_options.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
+  engine_options.max_running = absl::GetFlag(FLAGS_max_running);
+  engine_options.max_queue = absl::GetFlag(FLAGS_max_queue);
+  engine_options.prefix_sharing = absl::GetFlag(FLAGS_prefix_sharing);
+  engine_options.selfcheck_rate = absl::GetFlag(FLAGS_selfcheck_rate);
+  engine_options.initial_version = absl::GetFlag(FLAGS_initial_version);
+
+  lockstep::rollout::ServerOptions server_options;
+  server_options.host = absl::GetFlag(FLAGS_host);
+  server_options.port = absl::GetFlag(FLAGS_port);
+  server_options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  server_options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  server_options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  server_options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  server_options.tls_ca_file = absl::GetFlag(FLAGS_tls_ca);
+  server_options.device_name = device;
+  if (const std::string path = absl::GetFlag(FLAGS_auth_token_file);
+      !path.empty()) {
+    std::ifstream in(path);
+    if (!in) return Fail(absl::StrCat("cannot read --auth_token_file=", path));
+    std::stringstream ss;
+    ss << in.rdbuf();
+    server_options.auth_token =
+        std::string(absl::StripAsciiWhitespace(ss.str()));
+    if (server_options.auth_token.empty()) {
+      return Fail(absl::StrCat("--auth_token_file=", path, " is empty"));
+    }
+  }
+
+  auto server = lockstep::rollout::RolloutServer::Start(
+      std::move(model).value(), engine_options, server_options);
+  if (!server.ok()) return Fail(server.status().ToString());
+
+  std::fprintf(stderr,
+               "rollout_service: model %s, kernels=%s, device=%s, tp=%d, "
+               "%lld KV pages of %lld tokens, weight version %llu\n",
+               model_dir.c_str(), absl::GetFlag(FLAGS_kernels).c_str(),
+               device.c_str(), model_options.tp_size,
+               static_cast<long long>((*server)->engine().num_pages()),
+               static_cast<long long>(engine_options.page_size),
+               static_cast<unsigned long long>(
+                   (*server)->engine().weight_version()));
+  std::printf("listening grpc=%s metrics=%s\n",
+              (*server)->grpc_address().c_str(),
+              (*server)->metrics_address().c_str());
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  std::fprintf(stderr, "rollout_service: signal %d, draining\n", sig);
+  (*server)->Drain(absl::Seconds(absl::GetFlag(FLAGS_drain_grace_seconds)));
+  server->reset();
+  std::fprintf(stderr, "rollout_service: stopped\n");
+  return 0;
+}

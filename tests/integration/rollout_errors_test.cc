@@ -1,0 +1,188 @@
+// Bad input through the real server (issue 3 §5): every malformed request
+// gets its documented gRPC code with a clear message, and the server keeps
+// serving the next good request. Also: health (per-service status) and
+// reflection.
+#include "gtest/gtest.h"
+#include "tests/rollout_service/integration_util.h"
+
+namespace lockstep::rollout::itest {
+namespace {
+
+class RolloutErrorsTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir("rollout-errors");
+    MakeModel(common::TinyConfig(), 1, dir_->Sub("m"));
+    server_ = StartRollout(dir_->Sub("m"),
+                           {"--max_message_bytes=1048576", "--max_queue=8"})
+                  .release();
+  }
+  static void TearDownTestSuite() {
+    if (server_ != nullptr) EXPECT_EQ(server_->Stop().value_or(-1), 0);
+    delete server_;
+    delete dir_;
+  }
+
+  void SetUp() override {
+    ASSERT_NE(server_, nullptr);
+    stub_ = Stub(server_->grpc_address());
+  }
+
+  // The next good request still works.
+  void ExpectServing() {
+    v1::GenerateResponse resp;
+    grpc::Status s = Generate(*stub_, MakeRequest({1, 2, 3}, 1, 7, 4), &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(resp.completions_size(), 1);
+  }
+
+  void ExpectGenerateError(const v1::GenerateRequest& req, grpc::StatusCode code,
+                           const std::string& needle) {
+    v1::GenerateResponse resp;
+    grpc::Status s = Generate(*stub_, req, &resp);
+    EXPECT_EQ(s.error_code(), code) << s.error_message();
+    EXPECT_NE(s.error_message().find(needle), std::string::npos)
+        << "'" << s.error_message() << "' lacks '" << needle << "'";
+    ExpectServing();
+  }
+
+  static TempDir* dir_;
+  static lockstep::testing::ServiceProcess* server_;
+  std::unique_ptr<v1::RolloutService::Stub> stub_;
+};
+TempDir* RolloutErrorsTest::dir_ = nullptr;
+lockstep::testing::ServiceProcess* RolloutErrorsTest::server_ = nullptr;
+
+TEST_F(RolloutErrorsTest, BadGenerateRequests) {
+  using C = grpc::StatusCode;
+  ExpectGenerateError(MakeRequest({1, 64, 2}, 1, 1, 4), C::INVALID_ARGUMENT,
+                      "token id 64 at position 1 is outside the vocabulary [0, 64)");
+  ExpectGenerateError(MakeRequest({-5}, 1, 1, 4), C::INVALID_ARGUMENT,
+                      "outside the vocabulary");
+  ExpectGenerateError(MakeRequest({}, 1, 1, 4), C::INVALID_ARGUMENT,
+                      "prompt 0 is empty");
+  ExpectGenerateError(v1::GenerateRequest(), C::INVALID_ARGUMENT, "no prompts");
+  ExpectGenerateError(MakeRequest({1, 2}, 1, 1, 511), C::INVALID_ARGUMENT,
+                      "exceed the context length 512");
+  ExpectGenerateError(MakeRequest({1, 2}, 1, 1, 4, -0.5f), C::INVALID_ARGUMENT,
+                      "temperature");
+  v1::GenerateRequest r = MakeRequest({1, 2}, 1, 1, 4);
+  r.mutable_sampling()->set_top_p(0.0f);
+  ExpectGenerateError(r, C::INVALID_ARGUMENT, "top_p must be in (0, 1]");
+  r.mutable_sampling()->set_top_p(1.5f);
+  ExpectGenerateError(r, C::INVALID_ARGUMENT, "top_p must be in (0, 1]");
+  r = MakeRequest({1, 2}, 1, 1, 4);
+  r.mutable_sampling()->set_top_k(-1);
+  ExpectGenerateError(r, C::INVALID_ARGUMENT, "top_k");
+  r = MakeRequest({1, 2}, 1, 1, 4);
+  r.mutable_sampling()->set_top_logprobs(21);
+  ExpectGenerateError(r, C::INVALID_ARGUMENT, "top_logprobs");
+  r = MakeRequest({1, 2}, 1, 1, 4);
+  r.mutable_sampling()->add_stop_token_ids(99);
+  ExpectGenerateError(r, C::INVALID_ARGUMENT, "stop_token_ids");
+  // More samples than the queue may hold.
+  ExpectGenerateError(MakeRequest({1, 2}, 9, 1, 4), C::RESOURCE_EXHAUSTED,
+                      "at most 8");
+  // Over the 1 MiB message limit.
+  std::vector<int32_t> huge(600000, 100000);  // 3-byte varints: ~1.8 MB
+  ExpectGenerateError(MakeRequest(huge, 1, 1, 4), C::RESOURCE_EXHAUSTED, "");
+}
+
+TEST_F(RolloutErrorsTest, BadComputeLogprobsRequests) {
+  auto call = [&](const v1::ComputeLogprobsRequest& req) {
+    v1::ComputeLogprobsResponse resp;
+    grpc::ClientContext ctx;
+    return stub_->ComputeLogprobs(&ctx, req, &resp);
+  };
+  v1::ComputeLogprobsRequest req;
+  EXPECT_EQ(call(req).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  auto* s = req.add_sequences();
+  for (int t : {1, 2, 3}) s->add_token_ids(t);
+  s->set_prompt_len(3);
+  grpc::Status st = call(req);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("prompt_len 3 must be in [1, 3)"), std::string::npos)
+      << st.error_message();
+  s->set_prompt_len(1);
+  s->set_token_ids(1, 1000);
+  EXPECT_EQ(call(req).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  s->set_token_ids(1, 2);
+  req.set_weight_version(41);
+  st = call(req);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(st.error_message().find("version 41"), std::string::npos);
+  req.clear_weight_version();
+  EXPECT_TRUE(call(req).ok());
+  ExpectServing();
+}
+
+TEST_F(RolloutErrorsTest, BadWeightUpdates) {
+  const common::TensorMap good = LoadTensors(dir_->Sub("m"));
+  using C = grpc::StatusCode;
+  auto expect = [&](const common::TensorMap& tensors, uint64_t version,
+                    const std::function<void(std::vector<v1::WeightUpdate>&)>& mutate,
+                    C code, const std::string& needle) {
+    v1::UpdateWeightsResponse resp;
+    grpc::Status s = PushWeights(*stub_, tensors, version, &resp, mutate);
+    EXPECT_EQ(s.error_code(), code) << s.error_message();
+    EXPECT_NE(s.error_message().find(needle), std::string::npos)
+        << "'" << s.error_message() << "' lacks '" << needle << "'";
+    v1::ModelInfo info;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
+    EXPECT_EQ(info.weight_version(), 0u);
+    ExpectServing();
+  };
+  // Version regression: the server holds version 0.
+  expect(good, 0, nullptr, C::FAILED_PRECONDITION, "would not advance");
+  // Unknown tensor name.
+  common::TensorMap extra = good;
+  extra["model.layers.7.self_attn.q_proj.weight"] = good.begin()->second;
+  expect(extra, 1, nullptr, C::ABORTED,
+         "unknown tensors: model.layers.7.self_attn.q_proj.weight");
+  // Shape mismatch.
+  common::TensorMap wrong = good;
+  wrong.at("model.norm.weight").shape = {32, 2};
+  expect(wrong, 1, nullptr, C::ABORTED, "model.norm.weight (expected shape [64]");
+  // Missing tensor.
+  common::TensorMap fewer = good;
+  fewer.erase("lm_head.weight");
+  expect(fewer, 1, nullptr, C::ABORTED, "missing tensors: lm_head.weight");
+  // Truncated stream.
+  expect(good, 1, [](std::vector<v1::WeightUpdate>& m) { m.pop_back(); }, C::ABORTED,
+         "ended before every tensor arrived");
+  // Chunk before the header.
+  expect(good, 1,
+         [](std::vector<v1::WeightUpdate>& m) { std::swap(m[0], m[1]); },
+         C::INVALID_ARGUMENT, "before its header");
+  // A good update finally works.
+  v1::UpdateWeightsResponse resp;
+  grpc::Status s = PushWeights(*stub_, good, 1, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(resp.weight_version(), 1u);
+  // ... and the same version again is a regression.
+  s = PushWeights(*stub_, good, 1, &resp);
+  EXPECT_EQ(s.error_code(), C::FAILED_PRECONDITION);
+}
+
+TEST_F(RolloutErrorsTest, HealthReflectionAndModelInfo) {
+  EXPECT_EQ(HealthStatus(server_->grpc_address(), "lockstep.v1.RolloutService"), 1);
+  EXPECT_EQ(HealthStatus(server_->grpc_address(), ""), 1);
+  const std::string services = ReflectionListServices(server_->grpc_address());
+  EXPECT_NE(services.find("lockstep.v1.RolloutService"), std::string::npos);
+  EXPECT_NE(services.find("grpc.health.v1.Health"), std::string::npos);
+  v1::ModelInfo info;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(stub_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
+  EXPECT_EQ(info.config().vocab_size(), 64);
+  EXPECT_EQ(info.config().max_position_embeddings(), 512);
+  EXPECT_EQ(info.kernel_mode(), v1::KERNEL_MODE_INVARIANT);
+  EXPECT_EQ(info.device(), v1::DEVICE_CPU);
+  EXPECT_EQ(info.tp_size(), 1u);
+  EXPECT_EQ(info.max_queue(), 8u);
+  EXPECT_GT(info.kv_cache_pages(), 0u);
+  EXPECT_FALSE(info.config().config_json().empty());
+}
+
+}  // namespace
+}  // namespace lockstep::rollout::itest

@@ -1,0 +1,149 @@
+// Batch invariance through the real server (issue 3 §5):
+//  - a seeded request returns bit-identical tokens and logprobs alone and
+//    while 1, 7, 31 or 63 other random requests run concurrently (invariant
+//    kernels), and differs for at least one case with standard kernels;
+//  - ComputeLogprobs of a generated sequence equals, bitwise, the logprobs
+//    returned during generation;
+//  - seeds: sample j of a request with seed s is sample 0 of seed s + j.
+#include <random>
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "tests/rollout_service/integration_util.h"
+
+namespace lockstep::rollout::itest {
+namespace {
+
+v1::GenerateRequest RandomRequest(std::mt19937_64& rng, int64_t vocab) {
+  std::vector<int32_t> prompt(1 + rng() % 48);
+  for (auto& t : prompt) t = static_cast<int32_t>(rng() % vocab);
+  const float temps[] = {0.0f, 0.7f, 1.0f, 1.3f};
+  v1::GenerateRequest r =
+      MakeRequest(prompt, 1 + rng() % 2, rng(), 1 + rng() % 48, temps[rng() % 4]);
+  r.mutable_sampling()->set_top_k(rng() % 3 == 0 ? 1 + rng() % 20 : 0);
+  if (rng() % 3 == 0) r.mutable_sampling()->set_top_p(0.9f);
+  return r;
+}
+
+// Runs `target` once alone, then with each number of concurrent random
+// requests; returns how many (others, sample) pairs differed from alone.
+int CountDifferences(const std::string& address, const v1::GenerateRequest& target,
+                     int64_t vocab, v1::GenerateResponse* alone_out) {
+  auto stub = Stub(address);
+  v1::GenerateResponse alone;
+  grpc::Status s = Generate(*stub, target, &alone);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  if (!s.ok()) return -1;
+  *alone_out = alone;
+  int differences = 0;
+  std::mt19937_64 rng(99);
+  for (int others : {1, 7, 31, 63}) {
+    std::vector<v1::GenerateRequest> reqs;
+    for (int i = 0; i < others; ++i) reqs.push_back(RandomRequest(rng, vocab));
+    std::vector<grpc::Status> statuses(others);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < others; ++i) {
+      threads.emplace_back([&, i] {
+        v1::GenerateResponse r;
+        statuses[i] = Generate(*stub, reqs[i], &r);
+      });
+    }
+    // Join the target in the middle of the load.
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    v1::GenerateResponse busy;
+    grpc::Status ts = Generate(*stub, target, &busy);
+    for (auto& t : threads) t.join();
+    EXPECT_TRUE(ts.ok()) << ts.error_message();
+    for (const auto& st : statuses) EXPECT_TRUE(st.ok()) << st.error_message();
+    if (!ts.ok()) return -1;
+    EXPECT_EQ(busy.completions_size(), alone.completions_size());
+    for (int c = 0; c < alone.completions_size(); ++c) {
+      const bool same = SameCompletion(alone.completions(c), busy.completions(c));
+      if (!same) ++differences;
+      std::fprintf(stderr, "others=%d sample=%d: %s\n", others, c,
+                   same ? "bit-identical" : "DIFFERENT");
+    }
+  }
+  return differences;
+}
+
+class RolloutInvarianceTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir("rollout-invariance");
+    MakeModel(common::TinyConfig(), 1, dir_->Sub("tiny"));
+  }
+  static void TearDownTestSuite() {
+    delete dir_;
+    dir_ = nullptr;
+  }
+
+  static v1::GenerateRequest Target() {
+    std::vector<int32_t> prompt;
+    for (int i = 0; i < 24; ++i) prompt.push_back((i * 7 + 3) % 64);
+    v1::GenerateRequest r = MakeRequest(prompt, 2, 1234, 48);
+    r.mutable_sampling()->set_top_logprobs(2);
+    return r;
+  }
+
+  static TempDir* dir_;
+};
+TempDir* RolloutInvarianceTest::dir_ = nullptr;
+
+TEST_F(RolloutInvarianceTest, InvariantKernelsAreBitIdenticalUnderLoad) {
+  auto server = StartRollout(dir_->Sub("tiny"),
+                             {"--kernels=invariant", "--max_batch_tokens=128"});
+  ASSERT_NE(server, nullptr);
+  v1::GenerateResponse alone;
+  EXPECT_EQ(CountDifferences(server->grpc_address(), Target(), 64, &alone), 0);
+
+  // ComputeLogprobs of the generated sequences: the same bits.
+  auto stub = Stub(server->grpc_address());
+  v1::ComputeLogprobsRequest req;
+  const v1::GenerateRequest target = Target();
+  for (const v1::Completion& c : alone.completions()) {
+    v1::ScoredSequence* s = req.add_sequences();
+    *s->mutable_token_ids() = target.prompts(0).token_ids();
+    s->mutable_token_ids()->MergeFrom(c.token_ids());
+    s->set_prompt_len(target.prompts(0).token_ids_size());
+  }
+  req.set_top_logprobs(2);
+  v1::ComputeLogprobsResponse resp;
+  grpc::ClientContext ctx;
+  grpc::Status st = stub->ComputeLogprobs(&ctx, req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(resp.results_size(), alone.completions_size());
+  EXPECT_EQ(resp.weight_version(), 0u);
+  for (int i = 0; i < resp.results_size(); ++i) {
+    EXPECT_TRUE(SameBits(resp.results(i).logprobs(), alone.completions(i).logprobs()))
+        << "sequence " << i;
+    ASSERT_EQ(resp.results(i).top_logprobs_size(),
+              alone.completions(i).top_logprobs_size());
+    for (int k = 0; k < resp.results(i).top_logprobs_size(); ++k) {
+      EXPECT_EQ(resp.results(i).top_logprobs(k).SerializeAsString(),
+                alone.completions(i).top_logprobs(k).SerializeAsString());
+    }
+  }
+
+  // Per-sample seeds: sample j of seed s == sample 0 of seed s + j.
+  v1::GenerateRequest one = target;
+  one.set_n(1);
+  one.mutable_sampling()->set_seed(1235);
+  v1::GenerateResponse second;
+  ASSERT_TRUE(Generate(*stub, one, &second).ok());
+  EXPECT_TRUE(SameCompletion(second.completions(0), alone.completions(1)));
+  EXPECT_EQ(alone.completions(1).seed(), 1235u);
+  EXPECT_EQ(server->Stop().value_or(-1), 0);
+}
+
+TEST_F(RolloutInvarianceTest, StandardKernelsDifferForSomeCase) {
+  auto server = StartRollout(dir_->Sub("tiny"),
+                             {"--kernels=standard", "--max_batch_tokens=128"});
+  ASSERT_NE(server, nullptr);
+  v1::GenerateResponse alone;
+  EXPECT_GT(CountDifferences(server->grpc_address(), Target(), 64, &alone), 0);
+  EXPECT_EQ(server->Stop().value_or(-1), 0);
+}
+
+}  // namespace
+}  // namespace lockstep::rollout::itest

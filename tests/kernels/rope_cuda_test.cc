@@ -1,0 +1,153 @@
+// CUDA RoPE: accuracy against float64; a token depends on its position only.
+// Skips without a GPU.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "kernels/dtype.h"
+#include "tests/testing/random.h"
+#include "kernels/cuda/rope.h"
+#include "kernels/rope.h"
+
+namespace lockstep::kernels {
+namespace {
+
+// ---- Device test helpers (kept local to each *_cuda_test.cc) ----
+bool HasCudaDevice() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return n > 0;
+}
+
+#define SKIP_WITHOUT_GPU()                                   \
+  do {                                                       \
+    if (!HasCudaDevice()) GTEST_SKIP() << "no CUDA device";  \
+  } while (0)
+
+#define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
+
+// A device buffer of n elements of T.
+template <typename T>
+class DevBuf {
+ public:
+  DevBuf() = default;
+  explicit DevBuf(size_t n) : n_(n) {
+    if (n > 0 && cudaMalloc(&p_, n * sizeof(T)) != cudaSuccess) p_ = nullptr;
+  }
+  explicit DevBuf(const std::vector<T>& h) : DevBuf(h.size()) { Upload(h); }
+  ~DevBuf() {
+    if (p_ != nullptr) cudaFree(p_);
+  }
+  DevBuf(const DevBuf&) = delete;
+  DevBuf& operator=(const DevBuf&) = delete;
+  DevBuf(DevBuf&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr; }
+  DevBuf& operator=(DevBuf&& o) noexcept {
+    if (this != &o) {
+      if (p_ != nullptr) cudaFree(p_);
+      p_ = o.p_;
+      n_ = o.n_;
+      o.p_ = nullptr;
+    }
+    return *this;
+  }
+  T* get() const { return p_; }
+  size_t size() const { return n_; }
+  void Upload(const std::vector<T>& h) {
+    cudaMemcpy(p_, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice);
+  }
+  std::vector<T> Download() const {
+    std::vector<T> h(n_);
+    cudaDeviceSynchronize();
+    cudaMemcpy(h.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost);
+    return h;
+  }
+  // Fills with 0xFF bytes (NaN for floats) so that unwritten outputs show.
+  void Poison() { cudaMemset(p_, 0xFF, n_ * sizeof(T)); }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+std::vector<uint16_t> ToBf16(const std::vector<float>& v) {
+  std::vector<uint16_t> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = kernels::F32ToBF16(v[i]);
+  return out;
+}
+
+std::vector<float> RoundedBf16(const std::vector<float>& v) {
+  std::vector<float> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = kernels::RoundToBF16(v[i]);
+  return out;
+}
+
+// ||a - ref|| / ||ref|| (NaN if any NaN).
+double RelErr(const std::vector<double>& ref, const std::vector<float>& a) {
+  double num = 0.0, den = 0.0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double d = static_cast<double>(a[i]) - ref[i];
+    num += d * d;
+    den += ref[i] * ref[i];
+  }
+  return std::sqrt(num / (den > 0 ? den : 1.0));
+}
+// ---- end of helpers ----
+
+TEST(RopeCudaTest, AccurateAndPositionOnly) {
+  SKIP_WITHOUT_GPU();
+  const int64_t tokens = 300, heads = 4, hd = 128;
+  for (int64_t rot : {0L, 64L}) {
+    std::vector<float> x = testing::RandomFloats(tokens * heads * hd, 4);
+    std::vector<int32_t> pos(tokens);
+    for (int64_t t = 0; t < tokens; ++t) pos[t] = static_cast<int32_t>((t * 37) % 5000);
+    auto run = [&](int64_t t0, int64_t m) {
+      DevBuf<float> dx(std::vector<float>(x.begin() + t0 * heads * hd,
+                                          x.begin() + (t0 + m) * heads * hd));
+      DevBuf<int32_t> dp(std::vector<int32_t>(pos.begin() + t0, pos.begin() + t0 + m));
+      RopeArgs a;
+      a.x = dx.get();
+      a.ldx = heads * hd;
+      a.positions = dp.get();
+      a.tokens = m;
+      a.heads = heads;
+      a.head_dim = hd;
+      a.rotary_dim = rot;
+      a.theta = 1000000.0;
+      EXPECT_TRUE(cuda::ApplyRope(a, nullptr).ok());
+      return dx.Download();
+    };
+    const std::vector<float> all = run(0, tokens);
+    const int64_t r = rot == 0 ? hd : rot, half = r / 2;
+    std::vector<double> ref(x.begin(), x.end());
+    for (int64_t t = 0; t < tokens; ++t) {
+      for (int64_t h = 0; h < heads; ++h) {
+        for (int64_t i = 0; i < half; ++i) {
+          const double ang = pos[t] * std::pow(1000000.0, -2.0 * i / r);
+          const int64_t o = (t * heads + h) * hd;
+          const double a = x[o + i], b = x[o + i + half];
+          ref[o + i] = a * std::cos(ang) - b * std::sin(ang);
+          ref[o + i + half] = b * std::cos(ang) + a * std::sin(ang);
+        }
+      }
+    }
+    EXPECT_LE(RelErr(ref, all), 1e-5);
+    for (int64_t t0 : {0L, 17L, 299L}) {
+      const std::vector<float> one = run(t0, 1);
+      EXPECT_EQ(std::memcmp(one.data(), &all[t0 * heads * hd], heads * hd * 4), 0);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace lockstep::kernels

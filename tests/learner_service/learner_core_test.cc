@@ -1,0 +1,377 @@
+// Learner core tests against an in-process fake RolloutService (GetModelInfo
+// + UpdateWeights through the real WeightStager): registration, weight push
+// with retries, a rollout that is down, buffer semantics, checkpoints by
+// name, and the exported metrics.
+#include "learner_service/learner.h"
+
+#include <atomic>
+#include <filesystem>
+#include <mutex>
+#include <random>
+
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/model_generator.h"
+#include "common/transformer.h"
+#include "common/weight_stream.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "lockstep/v1/rollout.grpc.pb.h"
+
+namespace lockstep::learner {
+namespace {
+
+namespace fs = std::filesystem;
+namespace v1 = ::lockstep::v1;
+using ::testing::HasSubstr;
+
+// Serves GetModelInfo and UpdateWeights for `config`; fails the first
+// `fail_next` UpdateWeights calls with UNAVAILABLE.
+class FakeRollout final : public v1::RolloutService::Service {
+ public:
+  explicit FakeRollout(common::ModelConfig config) : config_(std::move(config)) {}
+
+  grpc::Status GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*,
+                            v1::ModelInfo* info) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    *info->mutable_config() = common::ModelConfigToProto(config_);
+    info->set_weight_version(version_);
+    info->set_kernel_mode(v1::KERNEL_MODE_INVARIANT);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status UpdateWeights(grpc::ServerContext*,
+                             grpc::ServerReader<v1::WeightUpdate>* reader,
+                             v1::UpdateWeightsResponse* resp) override {
+    common::WeightStager stager(config_);
+    v1::WeightUpdate m;
+    absl::Status s;
+    while (reader->Read(&m)) {
+      if (s.ok()) s = stager.Add(m);
+    }
+    if (fail_next_ > 0) {
+      --fail_next_;
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "fake: try again");
+    }
+    if (!s.ok()) return grpc::Status(grpc::StatusCode::ABORTED, std::string(s.message()));
+    auto tensors = stager.Finish();
+    if (!tensors.ok()) {
+      return grpc::Status(grpc::StatusCode::ABORTED,
+                          std::string(tensors.status().message()));
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stager.target_version() <= version_) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "version regression");
+    }
+    resp->set_previous_version(version_);
+    version_ = stager.target_version();
+    resp->set_weight_version(version_);
+    resp->set_bytes(stager.bytes_received());
+    tensors_ = std::move(*tensors);
+    ++updates_;
+    return grpc::Status::OK;
+  }
+
+  std::atomic<int> fail_next_{0};
+  std::mutex mu_;
+  common::ModelConfig config_;
+  uint64_t version_ = 0;
+  common::TensorMap tensors_;
+  int updates_ = 0;
+};
+
+struct FakeServer {
+  explicit FakeServer(common::ModelConfig config) : service(std::move(config)) {
+    grpc::ServerBuilder b;
+    b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    b.RegisterService(&service);
+    server = b.BuildAndStart();
+  }
+  ~FakeServer() { Stop(); }
+  void Stop() {
+    if (server) {
+      server->Shutdown();
+      server.reset();
+    }
+  }
+  std::string endpoint() const { return absl::StrCat("127.0.0.1:", port); }
+
+  FakeRollout service;
+  int port = 0;
+  std::unique_ptr<grpc::Server> server;
+};
+
+class LearnerCoreTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    root_ = new fs::path(fs::temp_directory_path() /
+                         ("lockstep_learner_core_" + std::to_string(::getpid())));
+    fs::create_directories(*root_);
+    ASSERT_TRUE(common::GenerateModel(common::TinyConfig(), 1,
+                                      (*root_ / "tiny").string())
+                    .ok());
+  }
+  static void TearDownTestSuite() {
+    std::error_code ec;
+    fs::remove_all(*root_, ec);
+    delete root_;
+  }
+
+  void SetUp() override {
+    registry_ = std::make_shared<prometheus::Registry>();
+    options_.trainer.model_dir = (*root_ / "tiny").string();
+    options_.checkpoint_dir = (*root_ / ("ckpt_" + std::to_string(counter_++))).string();
+    options_.push.initial_backoff = absl::Milliseconds(10);
+    options_.push.max_attempts = 4;
+    options_.register_timeout = absl::Seconds(2);
+  }
+
+  std::unique_ptr<Learner> Make() {
+    common::BuildInfo info;
+    info.role = "learner";
+    info.kernels = "invariant";
+    info.device = "cpu";
+    auto l = Learner::Create(options_, registry_.get(), info);
+    EXPECT_TRUE(l.ok()) << l.status();
+    return l.ok() ? std::move(*l) : nullptr;
+  }
+
+  // A group of `n` random trajectories scored by the learner's own model.
+  std::vector<Trajectory> Group(Learner& l, const std::string& id, int n,
+                                uint64_t seed) {
+    common::ModelOptions mo;
+    auto model = common::Model::Create(l.config(), *l.Weights().second, mo);
+    EXPECT_TRUE(model.ok());
+    std::mt19937_64 rng(seed);
+    std::vector<Trajectory> out;
+    for (int i = 0; i < n; ++i) {
+      Trajectory t;
+      t.prompt_tokens = {1, static_cast<int32_t>(4 + rng() % 10), 16};
+      for (int k = 0; k < 4; ++k) {
+        t.completion_tokens.push_back(static_cast<int32_t>(rng() % 64));
+      }
+      auto lp = (*model)->ScoreSequences(
+          {[&] {
+            auto s = t.prompt_tokens;
+            s.insert(s.end(), t.completion_tokens.begin(), t.completion_tokens.end());
+            return s;
+          }()},
+          {3});
+      EXPECT_TRUE(lp.ok());
+      t.rollout_logprobs = (*lp)[0];
+      t.weight_version = l.version();
+      t.reward = static_cast<float>(i);
+      t.group_id = id;
+      out.push_back(std::move(t));
+    }
+    return out;
+  }
+
+  std::string Scrape() {
+    prometheus::TextSerializer s;
+    return s.Serialize(registry_->Collect());
+  }
+
+  static inline fs::path* root_ = nullptr;
+  static inline int counter_ = 0;
+  LearnerOptions options_;
+  std::shared_ptr<prometheus::Registry> registry_;
+};
+
+TEST_F(LearnerCoreTest, PushesEveryStepToRegisteredRollouts) {
+  auto learner = Make();
+  FakeServer a(learner->config()), b(learner->config());
+  auto reg = learner->RegisterRollouts({a.endpoint(), b.endpoint()}, true);
+  ASSERT_TRUE(reg.ok()) << reg.status();
+  EXPECT_TRUE(reg->empty());  // both already at version 0
+  ASSERT_TRUE(learner->Submit(Group(*learner, "g", 4, 1)).ok());
+  auto r = learner->TrainStep({});
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->pushes.size(), 2u);
+  for (const PushResult& p : r->pushes) {
+    EXPECT_TRUE(p.status.ok()) << p.status;
+    EXPECT_EQ(p.rollout_version, 1u);
+    EXPECT_EQ(p.attempts, 1);
+    EXPECT_GT(p.bytes, 0u);
+  }
+  for (FakeServer* s : {&a, &b}) {
+    std::lock_guard<std::mutex> lock(s->service.mu_);
+    EXPECT_EQ(s->service.version_, 1u);
+    const common::TensorMap& want = *learner->Weights().second;
+    ASSERT_EQ(s->service.tensors_.size(), want.size());
+    for (const auto& [name, t] : want) {
+      EXPECT_EQ(s->service.tensors_.at(name).data, t.data) << name;
+    }
+  }
+  const std::string text = Scrape();
+  EXPECT_THAT(text, HasSubstr("lockstep_weight_version{role=\"learner\"} 1"));
+  EXPECT_THAT(text, HasSubstr("lockstep_tokens_compared_total 16"));
+  EXPECT_THAT(text, HasSubstr("lockstep_tokens_mismatched_total 0"));
+  EXPECT_THAT(text, HasSubstr("lockstep_logprob_abs_diff_bucket{le=\"0\"} 16"));
+  EXPECT_THAT(text, HasSubstr("lockstep_weight_push_failures_total 0"));
+  EXPECT_THAT(text, HasSubstr("lockstep_build_info{"));
+}
+
+TEST_F(LearnerCoreTest, RetriesUnavailableThenSucceeds) {
+  auto learner = Make();
+  FakeServer a(learner->config());
+  ASSERT_TRUE(learner->RegisterRollouts({a.endpoint()}, false).ok());
+  a.service.fail_next_ = 2;
+  ASSERT_TRUE(learner->Submit(Group(*learner, "g", 2, 2)).ok());
+  auto r = learner->TrainStep({});
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->pushes.size(), 1u);
+  EXPECT_TRUE(r->pushes[0].status.ok()) << r->pushes[0].status;
+  EXPECT_EQ(r->pushes[0].attempts, 3);
+}
+
+TEST_F(LearnerCoreTest, RolloutDownDuringPushIsReportedAndStepIsWhole) {
+  auto learner = Make();
+  auto a = std::make_unique<FakeServer>(learner->config());
+  ASSERT_TRUE(learner->RegisterRollouts({a->endpoint()}, false).ok());
+  a.reset();  // the rollout goes away
+  ASSERT_TRUE(learner->Submit(Group(*learner, "g", 3, 3)).ok());
+  auto r = learner->TrainStep({});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->step.weight_version, 1);  // applied exactly once
+  ASSERT_EQ(r->pushes.size(), 1u);
+  EXPECT_EQ(r->pushes[0].status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(r->pushes[0].attempts, options_.push.max_attempts);
+  const LearnerStatus st = learner->Status();
+  EXPECT_EQ(st.buffered_trajectories, 0);
+  ASSERT_EQ(st.rollouts.size(), 1u);
+  EXPECT_EQ(st.rollouts[0].pushes_failed, 1);
+  EXPECT_EQ(st.rollouts[0].weight_version, 0);
+  EXPECT_THAT(Scrape(), HasSubstr("lockstep_weight_push_failures_total 1"));
+  // The learner keeps working.
+  ASSERT_TRUE(learner->Submit(Group(*learner, "h", 2, 4)).ok());
+  auto r2 = learner->TrainStep(TrainStepOptions{{}, std::nullopt, true});
+  ASSERT_TRUE(r2.ok());
+  EXPECT_EQ(r2->step.weight_version, 2);
+  EXPECT_TRUE(r2->pushes.empty());
+}
+
+TEST_F(LearnerCoreTest, RegistrationErrors) {
+  auto learner = Make();
+  auto bad = learner->RegisterRollouts({"no-port"}, false);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(learner->RegisterRollouts({}, false).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // Nobody listens on a port we just released.
+  int port = 0;
+  {
+    FakeServer tmp(learner->config());
+    port = tmp.port;
+  }
+  auto down = learner->RegisterRollouts({absl::StrCat("127.0.0.1:", port)}, false);
+  EXPECT_EQ(down.status().code(), absl::StatusCode::kUnavailable) << down.status();
+  common::ModelConfig other = learner->config();
+  other.num_hidden_layers = 3;
+  FakeServer wrong(other);
+  auto mismatch = learner->RegisterRollouts({wrong.endpoint()}, false);
+  EXPECT_EQ(mismatch.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(mismatch.status().message()),
+              HasSubstr("num_hidden_layers"));
+  EXPECT_TRUE(learner->Status().rollouts.empty());
+  // push_now brings a rollout that is behind up to date.
+  FakeServer behind(learner->config());
+  ASSERT_TRUE(learner->Submit(Group(*learner, "g", 2, 5)).ok());
+  ASSERT_TRUE(learner->TrainStep({}).ok());
+  auto reg = learner->RegisterRollouts({behind.endpoint()}, true);
+  ASSERT_TRUE(reg.ok());
+  ASSERT_EQ(reg->size(), 1u);
+  EXPECT_TRUE((*reg)[0].status.ok());
+  EXPECT_EQ(behind.service.version_, 1u);
+  EXPECT_EQ(learner->UnregisterRollouts({behind.endpoint()}), 1);
+}
+
+TEST_F(LearnerCoreTest, BufferSemantics) {
+  options_.max_buffered_trajectories = 6;
+  auto learner = Make();
+  // All or nothing.
+  auto batch = Group(*learner, "a", 3, 6);
+  batch[2].rollout_logprobs.pop_back();
+  auto s = learner->Submit(batch);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.status().message()), HasSubstr("trajectory 2"));
+  EXPECT_EQ(learner->Status().buffered_trajectories, 0);
+  EXPECT_EQ(learner->Submit({}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(learner->TrainStep({}).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(learner->Submit(Group(*learner, "a", 3, 7)).ok());
+  ASSERT_TRUE(learner->Submit(Group(*learner, "b", 3, 8)).ok());
+  EXPECT_EQ(learner->Submit(Group(*learner, "c", 1, 9)).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  TrainStepOptions unknown;
+  unknown.group_ids = {"a", "zzz"};
+  EXPECT_EQ(learner->TrainStep(unknown).status().code(), absl::StatusCode::kNotFound);
+  TrainStepOptions stale_version;
+  stale_version.expected_version = 5;
+  EXPECT_EQ(learner->TrainStep(stale_version).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(learner->version(), 0);
+  EXPECT_EQ(learner->Status().buffered_trajectories, 6);
+  // Train only group b; a stays.
+  TrainStepOptions only_b;
+  only_b.group_ids = {"b"};
+  only_b.expected_version = 0;
+  auto r = learner->TrainStep(only_b);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->step.num_trajectories, 3);
+  const LearnerStatus st = learner->Status();
+  EXPECT_EQ(st.buffered_trajectories, 3);
+  EXPECT_EQ(st.buffered_groups, 1);
+  // Group a (version 0) is now stale.
+  auto r2 = learner->TrainStep({});
+  ASSERT_TRUE(r2.ok());
+  EXPECT_EQ(r2->step.mismatch.tokens_stale, 12);
+  EXPECT_EQ(r2->step.mismatch.tokens_compared, 0);
+  EXPECT_THAT(Scrape(), HasSubstr("lockstep_tokens_stale_total 12"));
+}
+
+TEST_F(LearnerCoreTest, CheckpointsByName) {
+  {
+    LearnerOptions saved = options_;
+    options_.checkpoint_dir.clear();
+    auto off = Make();
+    EXPECT_EQ(off->SaveCheckpoint("x").status().code(),
+              absl::StatusCode::kFailedPrecondition);
+    options_ = saved;
+  }
+  auto learner = Make();
+  EXPECT_EQ(learner->SaveCheckpoint("../evil").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(learner->LoadCheckpoint("missing").status().code(),
+            absl::StatusCode::kNotFound);
+  std::string hook_state = "before";
+  learner->SetCheckpointHooks(CheckpointHooks{
+      [&] { return std::map<std::string, std::string>{{"h", hook_state}}; },
+      [&](const std::map<std::string, std::string>& m) {
+        hook_state = m.at("h");
+        return absl::OkStatus();
+      }});
+  ASSERT_TRUE(learner->Submit(Group(*learner, "a", 2, 1)).ok());
+  ASSERT_TRUE(learner->TrainStep({}).ok());
+  auto saved = learner->SaveCheckpoint("");
+  ASSERT_TRUE(saved.ok()) << saved.status();
+  EXPECT_THAT(saved->path, HasSubstr("step-1"));
+  hook_state = "after";
+  ASSERT_TRUE(learner->Submit(Group(*learner, "b", 2, 2)).ok());
+  ASSERT_TRUE(learner->TrainStep({}).ok());
+  ASSERT_TRUE(learner->Submit(Group(*learner, "c", 2, 3)).ok());
+  auto loaded = learner->LoadCheckpoint("step-1");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->weight_version, 1);
+  EXPECT_EQ(loaded->dropped_trajectories, 2);
+  EXPECT_EQ(hook_state, "before");
+  EXPECT_EQ(learner->version(), 1);
+  EXPECT_EQ(learner->Status().buffered_trajectories, 0);
+}
+
+}  // namespace
+}  // namespace lockstep::learner

@@ -1,0 +1,446 @@
+// Trainer unit tests on the tiny model (CPU): the compute copy, invariant
+// logprobs against the inference model, GRPO steps, stale accounting, bad
+// input, gradient accumulation and bit-identical checkpoint resumption.
+#include "learner_service/trainer.h"
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include "common/model_generator.h"
+#include "common/transformer.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kernels/dtype.h"
+
+namespace lockstep::learner {
+namespace {
+
+namespace fs = std::filesystem;
+using common::KernelMode;
+
+class TempDir {
+ public:
+  TempDir() {
+    path_ = fs::temp_directory_path() /
+            ("lockstep_trainer_test_" + std::to_string(::getpid()) + "_" +
+             std::to_string(counter_++));
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  std::string path() const { return path_.string(); }
+  std::string Sub(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  static inline int counter_ = 0;
+  fs::path path_;
+};
+
+std::string MakeTinyModel(const TempDir& dir, kernels::DType dtype) {
+  common::ModelConfig config = common::TinyConfig();
+  config.dtype = dtype;
+  const std::string out = dir.Sub(dtype == kernels::DType::kF32 ? "tiny" : "tiny_bf16");
+  absl::Status s = common::GenerateModel(config, /*seed=*/1, out);
+  EXPECT_TRUE(s.ok()) << s;
+  return out;
+}
+
+bool SameTensors(const common::TensorMap& a, const common::TensorMap& b) {
+  if (a.size() != b.size()) return false;
+  for (const auto& [name, t] : a) {
+    auto it = b.find(name);
+    if (it == b.end() || it->second.dtype != t.dtype ||
+        it->second.shape != t.shape || it->second.data != t.data) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Random trajectories scored by the inference model (what a rollout
+// reports), `groups` groups of `group_size`.
+std::vector<Trajectory> MakeBatch(const common::Model& model, uint64_t seed,
+                                  int groups, int group_size, int64_t version) {
+  std::mt19937_64 rng(seed);
+  const int vocab = static_cast<int>(model.config().vocab_size);
+  std::vector<Trajectory> batch;
+  std::vector<std::vector<int32_t>> seqs;
+  std::vector<int64_t> prefix;
+  for (int g = 0; g < groups; ++g) {
+    std::vector<int32_t> prompt(3 + rng() % 5);
+    for (int32_t& id : prompt) id = static_cast<int32_t>(rng() % vocab);
+    for (int i = 0; i < group_size; ++i) {
+      Trajectory t;
+      t.prompt_tokens = prompt;
+      t.completion_tokens.resize(1 + rng() % 9);
+      for (int32_t& id : t.completion_tokens) {
+        id = static_cast<int32_t>(rng() % vocab);
+      }
+      t.reward = static_cast<float>(rng() % 1000) / 1000.0f;
+      t.group_id = "g" + std::to_string(g);
+      t.weight_version = version;
+      std::vector<int32_t> s = prompt;
+      s.insert(s.end(), t.completion_tokens.begin(), t.completion_tokens.end());
+      seqs.push_back(s);
+      prefix.push_back(static_cast<int64_t>(prompt.size()));
+      batch.push_back(std::move(t));
+    }
+  }
+  auto lps = model.ScoreSequences(seqs, prefix);
+  EXPECT_TRUE(lps.ok()) << lps.status();
+  for (size_t i = 0; i < batch.size(); ++i) {
+    batch[i].rollout_logprobs = (*lps)[i];
+  }
+  return batch;
+}
+
+std::shared_ptr<const common::Model> ModelOf(const Trainer& trainer,
+                                             KernelMode mode) {
+  common::ModelOptions o;
+  o.mode = mode;
+  auto m = common::Model::Create(trainer.config(), *trainer.compute_weights(), o);
+  EXPECT_TRUE(m.ok()) << m.status();
+  return *m;
+}
+
+class TrainerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir();
+    model_dir_ = new std::string(MakeTinyModel(*dir_, kernels::DType::kF32));
+    bf16_dir_ = new std::string(MakeTinyModel(*dir_, kernels::DType::kBF16));
+  }
+  static void TearDownTestSuite() {
+    delete model_dir_;
+    delete bf16_dir_;
+    delete dir_;
+  }
+
+  static std::unique_ptr<Trainer> Make(TrainerOptions o = {}) {
+    if (o.model_dir.empty()) o.model_dir = *model_dir_;
+    auto t = Trainer::Create(o);
+    EXPECT_TRUE(t.ok()) << t.status();
+    return t.ok() ? std::move(*t) : nullptr;
+  }
+
+  static TempDir* dir_;
+  static std::string* model_dir_;
+  static std::string* bf16_dir_;
+};
+TempDir* TrainerTest::dir_ = nullptr;
+std::string* TrainerTest::model_dir_ = nullptr;
+std::string* TrainerTest::bf16_dir_ = nullptr;
+
+TEST_F(TrainerTest, ComputeCopyIsTheModelFile) {
+  for (const std::string* dir : {model_dir_, bf16_dir_}) {
+    TrainerOptions o;
+    o.model_dir = *dir;
+    auto trainer = Make(o);
+    auto loaded = LoadModelDir(*dir);
+    ASSERT_TRUE(loaded.ok());
+    EXPECT_TRUE(SameTensors(*trainer->compute_weights(), loaded->second));
+    EXPECT_EQ(trainer->version(), 0);
+    EXPECT_EQ(trainer->step(), 0);
+    // Master weights are fp32 whatever the file's dtype.
+    for (const auto& [name, t] : trainer->MasterWeights()) {
+      EXPECT_EQ(t.dtype, kernels::DType::kF32) << name;
+    }
+  }
+}
+
+TEST_F(TrainerTest, InvariantLogprobsMatchInferenceModelBitwise) {
+  auto trainer = Make();
+  auto model = ModelOf(*trainer, KernelMode::kInvariant);
+  std::vector<Trajectory> batch = MakeBatch(*model, 5, 4, 4, 0);
+  std::vector<std::vector<int32_t>> seqs;
+  std::vector<int64_t> prefix;
+  for (const Trajectory& t : batch) {
+    std::vector<int32_t> s = t.prompt_tokens;
+    s.insert(s.end(), t.completion_tokens.begin(), t.completion_tokens.end());
+    seqs.push_back(s);
+    prefix.push_back(static_cast<int64_t>(t.prompt_tokens.size()));
+  }
+  auto mine = trainer->ComputeLogprobs(seqs, prefix);
+  ASSERT_TRUE(mine.ok()) << mine.status();
+  for (size_t i = 0; i < batch.size(); ++i) {
+    ASSERT_EQ((*mine)[i].size(), batch[i].rollout_logprobs.size());
+    EXPECT_EQ(0, std::memcmp((*mine)[i].data(), batch[i].rollout_logprobs.data(),
+                             (*mine)[i].size() * sizeof(float)));
+  }
+  // The training forward sees the same bits: zero mismatch.
+  TrainerOptions o;
+  o.micro_batch_size = 3;  // several micro-batches, one update
+  auto t2 = Make(o);
+  auto r = t2->Step(batch);
+  ASSERT_TRUE(r.ok()) << r.status();
+  int64_t tokens = 0;
+  for (const Trajectory& t : batch) tokens += t.completion_tokens.size();
+  EXPECT_EQ(r->mismatch.tokens_compared, tokens);
+  EXPECT_EQ(r->mismatch.tokens_mismatched, 0);
+  EXPECT_EQ(r->mismatch.max_abs_diff, 0.0);
+  EXPECT_EQ(r->mismatch.kl_k3(), 0.0);
+  EXPECT_EQ(r->mismatch.tokens_stale, 0);
+  // On-policy: ratio == 1 exactly, the clip never acts.
+  EXPECT_EQ(r->clip_fraction, 0.0);
+  EXPECT_EQ(r->num_tokens, tokens);
+  EXPECT_EQ(r->num_groups, 4);
+  EXPECT_EQ(r->step, 1);
+  EXPECT_EQ(r->weight_version, 1);
+  EXPECT_GT(r->grad_norm, 0.0);
+}
+
+TEST_F(TrainerTest, StepUpdatesWeightsAndSnapshotIsMasterCast) {
+  TrainerOptions o;
+  o.model_dir = *bf16_dir_;
+  o.learning_rate = 1e-2;
+  auto trainer = Make(o);
+  auto before = trainer->compute_weights();
+  auto model = ModelOf(*trainer, KernelMode::kInvariant);
+  auto r = trainer->Step(MakeBatch(*model, 7, 4, 4, 0));
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto after = trainer->compute_weights();
+  EXPECT_FALSE(SameTensors(*before, *after));
+  // The pushed bytes are exactly master -> bf16 (round to nearest even).
+  const common::TensorMap master = trainer->MasterWeights();
+  for (const auto& [name, t] : *after) {
+    ASSERT_EQ(t.dtype, kernels::DType::kBF16);
+    const common::HostTensor& m = master.at(name);
+    const uint16_t* got = reinterpret_cast<const uint16_t*>(t.data.data());
+    for (int64_t i = 0; i < m.numel(); ++i) {
+      ASSERT_EQ(got[i], kernels::F32ToBF16(m.f32()[i])) << name << "[" << i << "]";
+    }
+  }
+  // A rollout built from the snapshot agrees with the trainer bitwise.
+  auto next = ModelOf(*trainer, KernelMode::kInvariant);
+  auto r2 = trainer->Step(MakeBatch(*next, 8, 3, 4, 1));
+  ASSERT_TRUE(r2.ok()) << r2.status();
+  EXPECT_GT(r2->mismatch.tokens_compared, 0);
+  EXPECT_EQ(r2->mismatch.tokens_mismatched, 0);
+}
+
+TEST_F(TrainerTest, StaleTokensAreCountedNotCompared) {
+  auto trainer = Make();
+  auto v0 = ModelOf(*trainer, KernelMode::kInvariant);
+  ASSERT_TRUE(trainer->Step(MakeBatch(*v0, 1, 2, 4, 0)).ok());
+  // Trajectories of version 0 trained at version 1.
+  std::vector<Trajectory> stale = MakeBatch(*v0, 2, 2, 4, 0);
+  int64_t tokens = 0;
+  for (const Trajectory& t : stale) tokens += t.completion_tokens.size();
+  auto r = trainer->Step(stale);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->mismatch.tokens_stale, tokens);
+  EXPECT_EQ(r->mismatch.tokens_compared, 0);
+  EXPECT_EQ(r->mismatch.tokens_mismatched, 0);
+  // Per-token versions: half stale, half current.
+  auto v2 = ModelOf(*trainer, KernelMode::kInvariant);
+  std::vector<Trajectory> mixed = MakeBatch(*v2, 3, 1, 2, 2);
+  int64_t current = 0, old = 0;
+  for (Trajectory& t : mixed) {
+    for (size_t k = 0; k < t.completion_tokens.size(); ++k) {
+      t.token_weight_versions.push_back(k % 2 == 0 ? 2 : 1);
+      (k % 2 == 0 ? current : old)++;
+    }
+  }
+  auto r2 = trainer->Step(mixed);
+  ASSERT_TRUE(r2.ok()) << r2.status();
+  EXPECT_EQ(r2->mismatch.tokens_compared, current);
+  EXPECT_EQ(r2->mismatch.tokens_stale, old);
+  EXPECT_EQ(r2->mismatch.tokens_mismatched, 0);
+}
+
+TEST_F(TrainerTest, BadInputChangesNothing) {
+  auto trainer = Make();
+  auto model = ModelOf(*trainer, KernelMode::kInvariant);
+  const std::vector<Trajectory> good = MakeBatch(*model, 9, 2, 3, 0);
+  const common::TensorMap before = trainer->MasterWeights();
+  auto expect_invalid = [&](std::vector<Trajectory> batch, const char* what) {
+    auto r = trainer->Step(batch);
+    ASSERT_FALSE(r.ok()) << what;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << what;
+    EXPECT_EQ(trainer->version(), 0) << what;
+    EXPECT_EQ(trainer->step(), 0) << what;
+  };
+  expect_invalid({}, "empty batch");
+  {
+    auto b = good;
+    b.back().rollout_logprobs.pop_back();
+    expect_invalid(b, "logprobs count != completion length");
+  }
+  {
+    auto b = good;
+    b[1].reward = std::nanf("");
+    expect_invalid(b, "NaN reward");
+  }
+  {
+    auto b = good;
+    b[0].rollout_logprobs[0] = std::nanf("");
+    expect_invalid(b, "NaN logprob");
+  }
+  {
+    auto b = good;
+    b[0].rollout_logprobs[0] = 0.5f;
+    expect_invalid(b, "positive logprob");
+  }
+  {
+    auto b = good;
+    b[0].completion_tokens.push_back(64);
+    b[0].rollout_logprobs.push_back(-1.0f);
+    expect_invalid(b, "token out of vocabulary");
+  }
+  {
+    auto b = good;
+    b[0].prompt_tokens.clear();
+    expect_invalid(b, "empty prompt");
+  }
+  {
+    auto b = good;
+    b[0].completion_tokens.clear();
+    b[0].rollout_logprobs.clear();
+    expect_invalid(b, "empty completion");
+  }
+  {
+    auto b = good;
+    b[0].weight_version = 7;
+    expect_invalid(b, "future version");
+  }
+  {
+    auto b = good;
+    b[0].group_id.clear();
+    expect_invalid(b, "empty group");
+  }
+  {
+    auto b = good;
+    b[0].token_weight_versions = {0};
+    expect_invalid(b, "token versions of the wrong length");
+  }
+  {
+    auto b = good;
+    b[0].prompt_tokens.assign(600, 1);
+    expect_invalid(b, "longer than the context");
+  }
+  EXPECT_TRUE(SameTensors(before, trainer->MasterWeights()));
+  // The trainer still works.
+  EXPECT_TRUE(trainer->Step(good).ok());
+}
+
+TEST_F(TrainerTest, GradientAccumulationMatchesOneBigBatch) {
+  TrainerOptions a;
+  a.micro_batch_size = 1;
+  a.max_grad_norm = 0;  // compare raw updates
+  TrainerOptions b = a;
+  b.micro_batch_size = 64;
+  auto ta = Make(a);
+  auto tb = Make(b);
+  auto model = ModelOf(*ta, KernelMode::kInvariant);
+  const auto batch = MakeBatch(*model, 11, 3, 4, 0);
+  auto ra = ta->Step(batch);
+  auto rb = tb->Step(batch);
+  ASSERT_TRUE(ra.ok() && rb.ok());
+  EXPECT_NEAR(ra->loss, rb->loss, 1e-6);
+  EXPECT_NEAR(ra->grad_norm, rb->grad_norm, 1e-5 * rb->grad_norm);
+  const auto wa = ta->MasterWeights();
+  const auto wb = tb->MasterWeights();
+  for (const auto& [name, t] : wa) {
+    const float* x = t.f32();
+    const float* y = wb.at(name).f32();
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      ASSERT_NEAR(x[i], y[i], 1e-6) << name;
+    }
+  }
+}
+
+TEST_F(TrainerTest, KlPenaltyStartsAtZero) {
+  TrainerOptions o;
+  o.kl_coef = 0.1;
+  o.learning_rate = 1e-2;
+  auto trainer = Make(o);
+  auto v0 = ModelOf(*trainer, KernelMode::kInvariant);
+  auto r1 = trainer->Step(MakeBatch(*v0, 21, 2, 4, 0));
+  ASSERT_TRUE(r1.ok());
+  EXPECT_EQ(r1->kl, 0.0);
+  auto v1 = ModelOf(*trainer, KernelMode::kInvariant);
+  auto r2 = trainer->Step(MakeBatch(*v1, 22, 2, 4, 1));
+  ASSERT_TRUE(r2.ok());
+  EXPECT_GT(r2->kl, 0.0);
+  EXPECT_DOUBLE_EQ(r2->loss, r2->policy_loss + 0.1 * r2->kl);
+}
+
+TEST_F(TrainerTest, CheckpointResumesBitIdentically) {
+  TempDir ckpt;
+  TrainerOptions o;
+  o.model_dir = *bf16_dir_;
+  o.learning_rate = 3e-3;
+  o.micro_batch_size = 5;
+  auto trainer = Make(o);
+  // Fixed trajectories per step index (generated from the v0 model: the
+  // point is the trainer's determinism, not on-policy data).
+  auto v0 = ModelOf(*trainer, KernelMode::kInvariant);
+  std::vector<std::vector<Trajectory>> data;
+  for (int s = 0; s < 5; ++s) data.push_back(MakeBatch(*v0, 100 + s, 3, 4, 0));
+  for (int s = 0; s < 2; ++s) ASSERT_TRUE(trainer->Step(data[s]).ok());
+  const std::string path = ckpt.Sub("step-2");
+  ASSERT_TRUE(trainer->SaveCheckpoint(path, {{"k", "v"}}).ok());
+  // The checkpoint is itself a loadable model dir of the compute copy.
+  auto as_model = LoadModelDir(path);
+  ASSERT_TRUE(as_model.ok()) << as_model.status();
+  EXPECT_TRUE(SameTensors(as_model->second, *trainer->compute_weights()));
+  for (int s = 2; s < 5; ++s) ASSERT_TRUE(trainer->Step(data[s]).ok());
+  const common::TensorMap w1 = trainer->MasterWeights();
+  const auto c1 = trainer->compute_weights();
+
+  // Same trainer, rewound.
+  auto extra = trainer->LoadCheckpoint(path);
+  ASSERT_TRUE(extra.ok()) << extra.status();
+  EXPECT_EQ(extra->at("k"), "v");
+  EXPECT_EQ(trainer->step(), 2);
+  EXPECT_EQ(trainer->version(), 2);
+  for (int s = 2; s < 5; ++s) ASSERT_TRUE(trainer->Step(data[s]).ok());
+  EXPECT_TRUE(SameTensors(w1, trainer->MasterWeights()));
+  EXPECT_TRUE(SameTensors(*c1, *trainer->compute_weights()));
+
+  // A fresh trainer (new process state) resumes identically too.
+  auto fresh = Make(o);
+  ASSERT_TRUE(fresh->LoadCheckpoint(path).ok());
+  for (int s = 2; s < 5; ++s) ASSERT_TRUE(fresh->Step(data[s]).ok());
+  EXPECT_TRUE(SameTensors(w1, fresh->MasterWeights()));
+  EXPECT_EQ(fresh->version(), 5);
+
+  // The three steps after the checkpoint did move the weights (the
+  // comparison above is not between unchanged tensors).
+  auto at_save = LoadModelDir(path);
+  ASSERT_TRUE(at_save.ok());
+  EXPECT_FALSE(SameTensors(at_save->second, *c1));
+}
+
+TEST_F(TrainerTest, CorruptCheckpointLeavesTrainerUnchanged) {
+  TempDir ckpt;
+  auto trainer = Make();
+  auto v0 = ModelOf(*trainer, KernelMode::kInvariant);
+  ASSERT_TRUE(trainer->Step(MakeBatch(*v0, 1, 2, 2, 0)).ok());
+  const std::string path = ckpt.Sub("c");
+  ASSERT_TRUE(trainer->SaveCheckpoint(path, {}).ok());
+  ASSERT_TRUE(trainer->Step(MakeBatch(*v0, 2, 2, 2, 0)).ok());
+  const auto before = trainer->MasterWeights();
+  {
+    std::FILE* f = std::fopen((path + "/optimizer.pt").c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    std::fputs("garbage", f);
+    std::fclose(f);
+  }
+  auto r = trainer->LoadCheckpoint(path);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(trainer->version(), 2);
+  EXPECT_TRUE(SameTensors(before, trainer->MasterWeights()));
+  auto missing = trainer->LoadCheckpoint(ckpt.Sub("nope"));
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace lockstep::learner
