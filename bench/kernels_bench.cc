@@ -2,12 +2,15 @@
 // prepacked weights) against LibTorch's at::matmul on the same shapes, fp32,
 // at 1 and 2 threads. At the end a table of median GFLOP/s and the
 // invariant/LibTorch ratios is printed (run with --benchmark_repetitions=N
-// so that medians exist; otherwise the single run is used).
+// so that medians exist; otherwise the single run is used). Benchmarks of one
+// shape are registered next to each other, and random interleaving spreads
+// the repetitions, so that a changing machine load hits all peers alike:
 //
-//   build/bench/kernels_bench --benchmark_repetitions=5 \
-//       --benchmark_min_time=0.2
+//   kernels_bench --benchmark_repetitions=5 --benchmark_min_time=0.2
+//       --benchmark_enable_random_interleaving=true
 
 #include <dlfcn.h>
+#include <time.h>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -85,9 +88,24 @@ MatmulArgs ArgsOf(Problem& p) {
   return a;
 }
 
-void SetFlops(benchmark::State& state, int64_t m, int64_t n, int64_t k) {
+double ThreadCpuSeconds() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+// GFLOP/s over wall time; for one thread also over the calling thread's CPU
+// time (both libraries then compute on the calling thread only), which is
+// robust against other processes taking the core away.
+void SetFlops(benchmark::State& state, int64_t m, int64_t n, int64_t k,
+              double cpu_seconds) {
+  const double gflop = 2.0 * m * n * k / 1e9;
   state.counters["GFLOP/s"] = benchmark::Counter(
-      2.0 * m * n * k / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+      gflop, benchmark::Counter::kIsIterationInvariantRate);
+  if (state.range(2) == 1 && cpu_seconds > 0) {
+    state.counters["cpu_GFLOP/s"] =
+        gflop * static_cast<double>(state.iterations()) / cpu_seconds;
+  }
 }
 
 // Args: M, K (= N), threads.
@@ -96,11 +114,12 @@ void BM_InvariantMatmul(benchmark::State& state) {
   SetThreads(static_cast<int>(state.range(2)));
   Problem p = MakeProblem(m, kn, kn);
   const MatmulArgs a = ArgsOf(p);
+  const double t0 = ThreadCpuSeconds();
   for (auto _ : state) {
     if (!lockstep::kernels::Matmul(a).ok()) state.SkipWithError("Matmul");
     benchmark::ClobberMemory();
   }
-  SetFlops(state, m, kn, kn);
+  SetFlops(state, m, kn, kn, ThreadCpuSeconds() - t0);
 }
 
 void BM_InvariantMatmulPacked(benchmark::State& state) {
@@ -108,13 +127,14 @@ void BM_InvariantMatmulPacked(benchmark::State& state) {
   SetThreads(static_cast<int>(state.range(2)));
   Problem p = MakeProblem(m, kn, kn);
   const MatmulArgs a = ArgsOf(p);
+  const double t0 = ThreadCpuSeconds();
   for (auto _ : state) {
     if (!lockstep::kernels::MatmulPacked(a, *p.packed).ok()) {
       state.SkipWithError("MatmulPacked");
     }
     benchmark::ClobberMemory();
   }
-  SetFlops(state, m, kn, kn);
+  SetFlops(state, m, kn, kn, ThreadCpuSeconds() - t0);
 }
 
 void BM_TorchMatmul(benchmark::State& state) {
@@ -122,26 +142,33 @@ void BM_TorchMatmul(benchmark::State& state) {
   SetThreads(static_cast<int>(state.range(2)));
   Problem p = MakeProblem(m, kn, kn);
   const at::Tensor wt = p.w.t();
+  const double t0 = ThreadCpuSeconds();
   for (auto _ : state) {
     at::Tensor y = at::matmul(p.x, wt);
     benchmark::DoNotOptimize(y.data_ptr());
   }
-  SetFlops(state, m, kn, kn);
+  SetFlops(state, m, kn, kn, ThreadCpuSeconds() - t0);
 }
 
-void Shapes(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"M", "KN", "threads"});
+// Registers the three peers shape by shape.
+void RegisterAll() {
   for (int threads : {1, 2}) {
     for (int64_t kn : {1024, 2048}) {
-      for (int64_t m : {1, 16, 64, 256}) b->Args({m, kn, threads});
+      for (int64_t m : {1, 16, 64, 256}) {
+        for (auto [name, fn] :
+             {std::pair{"BM_TorchMatmul", &BM_TorchMatmul},
+              std::pair{"BM_InvariantMatmul", &BM_InvariantMatmul},
+              std::pair{"BM_InvariantMatmulPacked",
+                        &BM_InvariantMatmulPacked}}) {
+          benchmark::RegisterBenchmark(name, fn)
+              ->ArgNames({"M", "KN", "threads"})
+              ->Args({m, kn, threads})
+              ->UseRealTime();
+        }
+      }
     }
   }
-  b->UseRealTime();
 }
-
-BENCHMARK(BM_TorchMatmul)->Apply(Shapes);
-BENCHMARK(BM_InvariantMatmul)->Apply(Shapes);
-BENCHMARK(BM_InvariantMatmulPacked)->Apply(Shapes);
 
 // Which BLAS LibTorch's CPU matmul lands in: the shared objects mapped into
 // this process, OpenBLAS's own description, and Torch's build config line.
@@ -192,11 +219,16 @@ class RatioReporter : public benchmark::ConsoleReporter {
     for (const Run& run : runs) {
       const bool median = run.aggregate_name == "median";
       if (run.run_type == Run::RT_Aggregate && !median) continue;
-      auto it = run.counters.find("GFLOP/s");
-      if (it == run.counters.end()) continue;
+      auto wall = run.counters.find("GFLOP/s");
+      if (wall == run.counters.end()) continue;
+      auto cpu = run.counters.find("cpu_GFLOP/s");
       // A median overrides the single runs of the same benchmark.
-      auto& slot = results_[run.run_name.function_name][run.run_name.args];
-      if (median || !slot.second) slot = {it->second.value, median};
+      Result& slot = results_[run.run_name.function_name][run.run_name.args];
+      if (median || !slot.median) {
+        slot.wall = wall->second.value;
+        slot.cpu = cpu == run.counters.end() ? 0.0 : cpu->second.value;
+        slot.median = median;
+      }
     }
   }
 
@@ -205,9 +237,9 @@ class RatioReporter : public benchmark::ConsoleReporter {
     if (torch == results_.end()) return;
     auto get = [&](const char* fn, const std::string& args) {
       auto it = results_.find(fn);
-      if (it == results_.end()) return 0.0;
+      if (it == results_.end()) return Result{};
       auto r = it->second.find(args);
-      return r == it->second.end() ? 0.0 : r->second.first;
+      return r == it->second.end() ? Result{} : r->second;
     };
     // Rows sorted by (threads, K=N, M) rather than by the args string.
     std::map<std::tuple<long, long, long>, std::string> rows;
@@ -219,28 +251,41 @@ class RatioReporter : public benchmark::ConsoleReporter {
       }
     }
     std::printf(
-        "\n| M | K=N | threads | LibTorch GFLOP/s | invariant per-call pack "
-        "GFLOP/s | ratio | invariant prepacked GFLOP/s | ratio |\n"
-        "|---|---|---|---|---|---|---|---|\n");
+        "\nMedian GFLOP/s over wall time; ratio = invariant / LibTorch. "
+        "cpu ratio: the same over the calling thread's CPU time (1 thread "
+        "only).\n\n"
+        "| M | K=N | threads | LibTorch | per-call pack | ratio | prepacked | "
+        "ratio | cpu ratio per-call | cpu ratio prepacked |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n");
     for (const auto& [key, args] : rows) {
-      const double t = get("BM_TorchMatmul", args);
-      const double p = get("BM_InvariantMatmul", args);
-      const double q = get("BM_InvariantMatmulPacked", args);
-      std::printf("| %ld | %ld | %ld | %.1f | %.1f | %.2f | %.1f | %.2f |\n",
-                  std::get<2>(key), std::get<1>(key), std::get<0>(key), t, p,
-                  p / t, q, q / t);
+      const Result t = get("BM_TorchMatmul", args);
+      const Result p = get("BM_InvariantMatmul", args);
+      const Result q = get("BM_InvariantMatmulPacked", args);
+      std::printf("| %ld | %ld | %ld | %.1f | %.1f | %.2f | %.1f | %.2f |",
+                  std::get<2>(key), std::get<1>(key), std::get<0>(key),
+                  t.wall, p.wall, p.wall / t.wall, q.wall, q.wall / t.wall);
+      if (t.cpu > 0 && p.cpu > 0 && q.cpu > 0) {
+        std::printf(" %.2f | %.2f |\n", p.cpu / t.cpu, q.cpu / t.cpu);
+      } else {
+        std::printf(" – | – |\n");
+      }
     }
   }
 
  private:
-  // function name -> args -> (GFLOP/s, is_median)
-  std::map<std::string, std::map<std::string, std::pair<double, bool>>>
-      results_;
+  struct Result {
+    double wall = 0;  // GFLOP/s over wall time
+    double cpu = 0;   // GFLOP/s over the calling thread's CPU time
+    bool median = false;
+  };
+  // function name -> args -> result
+  std::map<std::string, std::map<std::string, Result>> results_;
 };
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  RegisterAll();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   PrintBlasInfo();

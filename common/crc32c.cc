@@ -21,7 +21,8 @@ struct Tables {
   constexpr Tables() : t() {
     for (uint32_t b = 0; b < 256; ++b) {
       uint32_t c = b;
-      for (int i = 0; i < 8; ++i) c = (c >> 1) ^ ((c & 1u) ? kPolyReflected : 0u);
+      for (int i = 0; i < 8; ++i)
+        c = (c >> 1) ^ ((c & 1u) ? kPolyReflected : 0u);
       t[0][b] = c;
     }
     for (uint32_t b = 0; b < 256; ++b) {
@@ -44,8 +45,8 @@ inline uint64_t LoadLE64(const uint8_t* p) {
 
 #if LOCKSTEP_CRC32C_X86
 __attribute__((target("sse4.2"))) uint32_t HardwareImpl(const uint8_t* p,
-                                                         size_t n,
-                                                         uint32_t state) {
+                                                        size_t n,
+                                                        uint32_t state) {
   // Byte steps up to 8-byte alignment, then 8 bytes per instruction.
   while (n > 0 && (reinterpret_cast<uintptr_t>(p) & 7u) != 0) {
     state = _mm_crc32_u8(state, *p++);

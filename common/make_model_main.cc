@@ -25,7 +25,8 @@ void PrintUsage(std::FILE* f) {
       "Writes DIR/config.json and DIR/model.safetensors with seeded random\n"
       "weights (bitwise reproducible for a given seed).\n"
       "  --preset NAME   one of: %s\n"
-      "  --config FILE   a Hugging Face config.json to use instead of a preset\n"
+      "  --config FILE   a Hugging Face config.json to use instead of a "
+      "preset\n"
       "  --out DIR       output directory (created if missing)\n"
       "  --seed N        unsigned 64-bit seed (default 0)\n"
       "  --dtype D       f32 or bf16: overrides the config's torch_dtype\n"
@@ -51,8 +52,8 @@ int main(int argc, char** argv) {
     }
     std::string_view name = arg;
     std::string value;
-    if (const size_t eq = arg.find('='); arg.rfind("--", 0) == 0 &&
-                                         eq != std::string_view::npos) {
+    if (const size_t eq = arg.find('=');
+        arg.rfind("--", 0) == 0 && eq != std::string_view::npos) {
       name = arg.substr(0, eq);
       value = std::string(arg.substr(eq + 1));
     } else if (arg == "--preset" || arg == "--config" || arg == "--out" ||
@@ -108,17 +109,19 @@ int main(int argc, char** argv) {
     return Fail("--dtype wants f32 or bf16, got '" + dtype + "'");
   }
 
-  const absl::Status status = lockstep::common::GenerateModel(*config, seed, out);
+  const absl::Status status =
+      lockstep::common::GenerateModel(*config, seed, out);
   if (!status.ok()) return Fail(status.ToString());
   const int64_t params = config->NumParameters();
-  std::printf("wrote %s/config.json and %s/model.safetensors: %s, %lld "
-              "parameters (%.1f MB), dtype %s, seed %llu\n",
-              out.c_str(), out.c_str(), config->model_type.c_str(),
-              static_cast<long long>(params),
-              static_cast<double>(params) *
-                  static_cast<double>(lockstep::kernels::DTypeSize(config->dtype)) /
-                  1e6,
-              std::string(lockstep::kernels::DTypeName(config->dtype)).c_str(),
-              static_cast<unsigned long long>(seed));
+  std::printf(
+      "wrote %s/config.json and %s/model.safetensors: %s, %lld "
+      "parameters (%.1f MB), dtype %s, seed %llu\n",
+      out.c_str(), out.c_str(), config->model_type.c_str(),
+      static_cast<long long>(params),
+      static_cast<double>(params) *
+          static_cast<double>(lockstep::kernels::DTypeSize(config->dtype)) /
+          1e6,
+      std::string(lockstep::kernels::DTypeName(config->dtype)).c_str(),
+      static_cast<unsigned long long>(seed));
   return 0;
 }

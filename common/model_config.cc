@@ -24,9 +24,9 @@ constexpr const char* kSupportedModelTypes[] = {"llama", "mistral", "qwen2",
 
 bool SupportedModelType(const std::string& t) {
   return std::find_if(std::begin(kSupportedModelTypes),
-                      std::end(kSupportedModelTypes),
-                      [&](const char* s) { return t == s; }) !=
-         std::end(kSupportedModelTypes);
+                      std::end(kSupportedModelTypes), [&](const char* s) {
+                        return t == s;
+                      }) != std::end(kSupportedModelTypes);
 }
 
 absl::Status ConfigError(absl::string_view what) {
@@ -54,8 +54,8 @@ absl::StatusOr<std::optional<int64_t>> OptionalInt(const json& j,
   if (v->is_number_integer()) {
     return std::optional<int64_t>(v->get<int64_t>());
   }
-  return ConfigError(absl::StrCat("\"", key, "\" must be an integer, got ",
-                                  v->dump()));
+  return ConfigError(
+      absl::StrCat("\"", key, "\" must be an integer, got ", v->dump()));
 }
 
 absl::StatusOr<int64_t> RequiredInt(const json& j, const char* key) {
@@ -71,8 +71,8 @@ absl::StatusOr<std::optional<double>> OptionalDouble(const json& j,
   const json* v = Find(j, key);
   if (v == nullptr) return std::optional<double>();
   if (!v->is_number()) {
-    return ConfigError(absl::StrCat("\"", key, "\" must be a number, got ",
-                                    v->dump()));
+    return ConfigError(
+        absl::StrCat("\"", key, "\" must be a number, got ", v->dump()));
   }
   return std::optional<double>(v->get<double>());
 }
@@ -82,8 +82,8 @@ absl::StatusOr<std::optional<bool>> OptionalBool(const json& j,
   const json* v = Find(j, key);
   if (v == nullptr) return std::optional<bool>();
   if (!v->is_boolean()) {
-    return ConfigError(absl::StrCat("\"", key, "\" must be true or false, got ",
-                                    v->dump()));
+    return ConfigError(
+        absl::StrCat("\"", key, "\" must be true or false, got ", v->dump()));
   }
   return std::optional<bool>(v->get<bool>());
 }
@@ -93,8 +93,8 @@ absl::StatusOr<std::optional<std::string>> OptionalString(const json& j,
   const json* v = Find(j, key);
   if (v == nullptr) return std::optional<std::string>();
   if (!v->is_string()) {
-    return ConfigError(absl::StrCat("\"", key, "\" must be a string, got ",
-                                    v->dump()));
+    return ConfigError(
+        absl::StrCat("\"", key, "\" must be a string, got ", v->dump()));
   }
   return std::optional<std::string>(v->get<std::string>());
 }
@@ -155,16 +155,15 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(std::string_view text) {
   LOCKSTEP_ASSIGN_OR_RETURN(std::optional<std::string> model_type,
                             OptionalString(j, "model_type"));
   if (!model_type.has_value()) {
-    return ConfigError(absl::StrCat(
-        "required key \"model_type\" is missing (supported: ",
-        absl::StrJoin(kSupportedModelTypes, ", "), ")"));
+    return ConfigError(
+        absl::StrCat("required key \"model_type\" is missing (supported: ",
+                     absl::StrJoin(kSupportedModelTypes, ", "), ")"));
   }
   c.model_type = *model_type;
   if (!SupportedModelType(c.model_type)) {
-    return ConfigError(absl::StrCat("unsupported model_type '", c.model_type,
-                                    "' (supported: ",
-                                    absl::StrJoin(kSupportedModelTypes, ", "),
-                                    ")"));
+    return ConfigError(absl::StrCat(
+        "unsupported model_type '", c.model_type,
+        "' (supported: ", absl::StrJoin(kSupportedModelTypes, ", "), ")"));
   }
   c.qk_norm = c.model_type == "qwen3";
 
@@ -289,10 +288,9 @@ absl::StatusOr<ModelConfig> ModelConfig::FromFile(const std::string& path) {
 
 absl::Status ModelConfig::Validate() const {
   if (!SupportedModelType(model_type)) {
-    return ConfigError(absl::StrCat("unsupported model_type '", model_type,
-                                    "' (supported: ",
-                                    absl::StrJoin(kSupportedModelTypes, ", "),
-                                    ")"));
+    return ConfigError(absl::StrCat(
+        "unsupported model_type '", model_type,
+        "' (supported: ", absl::StrJoin(kSupportedModelTypes, ", "), ")"));
   }
   const std::pair<const char*, int64_t> sizes[] = {
       {"vocab_size", vocab_size},
@@ -330,8 +328,8 @@ absl::Status ModelConfig::Validate() const {
                                     " for model_type '", model_type, "'"));
   }
   if (!(rms_norm_eps > 0.0) || !std::isfinite(rms_norm_eps)) {
-    return ConfigError(absl::StrCat("\"rms_norm_eps\" must be > 0, got ",
-                                    rms_norm_eps));
+    return ConfigError(
+        absl::StrCat("\"rms_norm_eps\" must be > 0, got ", rms_norm_eps));
   }
   if (!(rope_theta > 0.0) || !std::isfinite(rope_theta)) {
     return ConfigError(
@@ -340,8 +338,8 @@ absl::Status ModelConfig::Validate() const {
   auto check_token = [&](const char* key, int64_t id) -> absl::Status {
     if (id < 0 || id >= vocab_size) {
       return ConfigError(absl::StrCat("\"", key, "\" ", id,
-                                      " is outside [0, vocab_size ",
-                                      vocab_size, ")"));
+                                      " is outside [0, vocab_size ", vocab_size,
+                                      ")"));
     }
     return absl::OkStatus();
   };
@@ -404,8 +402,7 @@ bool operator==(const ModelConfig& a, const ModelConfig& b) {
          a.tie_word_embeddings == b.tie_word_embeddings &&
          a.max_position_embeddings == b.max_position_embeddings &&
          a.qk_norm == b.qk_norm && a.dtype == b.dtype &&
-         a.bos_token_id == b.bos_token_id &&
-         a.eos_token_ids == b.eos_token_ids;
+         a.bos_token_id == b.bos_token_id && a.eos_token_ids == b.eos_token_ids;
 }
 
 std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
@@ -488,8 +485,9 @@ absl::Status CheckTensorShapes(
     if (config.tie_word_embeddings && name == "lm_head.weight") {
       const std::vector<int64_t> want = {config.vocab_size, config.hidden_size};
       if (shape != want) {
-        mismatched.push_back(absl::StrCat(name, " (expected ", ShapeString(want),
-                                          ", found ", ShapeString(shape), ")"));
+        mismatched.push_back(absl::StrCat(name, " (expected ",
+                                          ShapeString(want), ", found ",
+                                          ShapeString(shape), ")"));
       }
       continue;
     }
@@ -500,19 +498,20 @@ absl::Status CheckTensorShapes(
   }
   std::vector<std::string> parts;
   if (!missing.empty()) {
-    parts.push_back(absl::StrCat(missing.size(), " missing: ", Listing(missing)));
+    parts.push_back(
+        absl::StrCat(missing.size(), " missing: ", Listing(missing)));
   }
   if (!unexpected.empty()) {
-    parts.push_back(absl::StrCat(unexpected.size(),
-                                 " unexpected: ", Listing(unexpected)));
+    parts.push_back(
+        absl::StrCat(unexpected.size(), " unexpected: ", Listing(unexpected)));
   }
   if (!mismatched.empty()) {
-    parts.push_back(absl::StrCat(mismatched.size(), " with wrong shape: ",
-                                 Listing(mismatched)));
+    parts.push_back(absl::StrCat(mismatched.size(),
+                                 " with wrong shape: ", Listing(mismatched)));
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "weights do not match the ", config.model_type, " config: ",
-      absl::StrJoin(parts, "; ")));
+  return absl::InvalidArgumentError(
+      absl::StrCat("weights do not match the ", config.model_type,
+                   " config: ", absl::StrJoin(parts, "; ")));
 }
 
 absl::Status CheckTensorShapes(const ModelConfig& config,
@@ -521,9 +520,9 @@ absl::Status CheckTensorShapes(const ModelConfig& config,
   for (const TensorInfo& t : file.tensors()) shapes[t.name] = t.shape;
   absl::Status s = CheckTensorShapes(config, shapes);
   if (!s.ok()) {
-    return absl::Status(s.code(),
-                        absl::StrCat("safetensors file '", file.path(),
-                                     "': ", s.message()));
+    return absl::Status(
+        s.code(),
+        absl::StrCat("safetensors file '", file.path(), "': ", s.message()));
   }
   return s;
 }

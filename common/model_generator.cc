@@ -1,5 +1,7 @@
 #include "common/model_generator.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -56,7 +58,7 @@ constexpr double kSqrtHalf = 0.70710678118654752440084436210485;
 // Writes config.json through a temporary file + rename, like the weights.
 absl::Status WriteTextAtomically(const std::string& path,
                                  const std::string& text) {
-  const std::string tmp = path + ".tmp";
+  const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     if (!out) {
@@ -136,10 +138,22 @@ void ReproducibleCosSin2Pi(double u, double* cos_out, double* sin_out) {
     SinCosSmall(kHalfPi * (1.0 - r), &s, &c);
   }
   switch (q) {
-    case 0: *cos_out = c;  *sin_out = s;  break;
-    case 1: *cos_out = -s; *sin_out = c;  break;
-    case 2: *cos_out = -c; *sin_out = -s; break;
-    default: *cos_out = s; *sin_out = -c; break;
+    case 0:
+      *cos_out = c;
+      *sin_out = s;
+      break;
+    case 1:
+      *cos_out = -s;
+      *sin_out = c;
+      break;
+    case 2:
+      *cos_out = -c;
+      *sin_out = -s;
+      break;
+    default:
+      *cos_out = s;
+      *sin_out = -c;
+      break;
   }
 }
 
@@ -250,10 +264,9 @@ absl::StatusOr<ModelConfig> PresetConfig(std::string_view name) {
   if (name == "100m") return Config100M();
   if (name == "qwen3-1.7b") return Qwen3_1_7BConfig();
   if (name == "qwen3-8b") return Qwen3_8BConfig();
-  return absl::NotFoundError(absl::StrCat("unknown model preset '", std::string(name),
-                                          "' (choices: ",
-                                          absl::StrJoin(PresetNames(), ", "),
-                                          ")"));
+  return absl::NotFoundError(
+      absl::StrCat("unknown model preset '", std::string(name),
+                   "' (choices: ", absl::StrJoin(PresetNames(), ", "), ")"));
 }
 
 absl::Status GenerateModel(const ModelConfig& config, uint64_t seed,

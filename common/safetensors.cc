@@ -26,9 +26,9 @@ using json = nlohmann::json;
 // Dtype strings the format defines; recognised so that the error says
 // "unsupported" rather than "unknown" for them.
 constexpr std::string_view kKnownUnsupportedDTypes[] = {
-    "F64", "F16", "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8",
-    "BOOL", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4",
-    "C64"};
+    "F64",     "F16",     "I64",     "I32",     "I16",  "I8",
+    "U64",     "U32",     "U16",     "U8",      "BOOL", "F8_E4M3",
+    "F8_E5M2", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4",   "C64"};
 
 // Abseil here is built with its own string_view (not std::string_view).
 absl::string_view ToAbsl(std::string_view s) {
@@ -103,7 +103,8 @@ absl::StatusOr<kernels::DType> ParseDType(const std::string& path,
     }
   }
   return absl::InvalidArgumentError(TensorError(
-      path, name, absl::StrCat("unknown dtype '", s, "' (supported: F32, BF16)")));
+      path, name,
+      absl::StrCat("unknown dtype '", s, "' (supported: F32, BF16)")));
 }
 
 // Parses the header, rejecting duplicate keys in any object (nlohmann keeps
@@ -224,10 +225,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
                            kMaxSafetensorsHeaderBytes, "-byte limit")));
   }
   if (header_len > size - 8) {
-    return absl::DataLossError(FileError(
-        path, absl::StrCat("header length ", header_len,
-                           " runs past the end of the file (", size,
-                           " bytes; truncated?)")));
+    return absl::DataLossError(
+        FileError(path, absl::StrCat("header length ", header_len,
+                                     " runs past the end of the file (", size,
+                                     " bytes; truncated?)")));
   }
   LOCKSTEP_ASSIGN_OR_RETURN(
       json header, ParseHeader(path, reinterpret_cast<const char*>(base + 8),
@@ -247,9 +248,9 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
       }
       for (auto m = entry.begin(); m != entry.end(); ++m) {
         if (!m.value().is_string()) {
-          return absl::InvalidArgumentError(FileError(
-              path, absl::StrCat("\"__metadata__\" value of '", m.key(),
-                                 "' is not a string")));
+          return absl::InvalidArgumentError(
+              FileError(path, absl::StrCat("\"__metadata__\" value of '",
+                                           m.key(), "' is not a string")));
         }
         file->metadata_[m.key()] = m.value().get<std::string>();
       }
@@ -271,7 +272,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
     }
     TensorInfo info;
     info.name = name;
-    LOCKSTEP_ASSIGN_OR_RETURN(info.dtype, ParseDType(path, name, entry["dtype"]));
+    LOCKSTEP_ASSIGN_OR_RETURN(info.dtype,
+                              ParseDType(path, name, entry["dtype"]));
 
     const json& shape = entry["shape"];
     if (!shape.is_array()) {
@@ -315,16 +317,16 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
       return absl::InvalidArgumentError(TensorError(
           path, name,
           absl::StrCat("shape ", shape.dump(), " of ",
-                       ToAbsl(SafetensorsDTypeName(info.dtype)), " needs ", nbytes,
-                       " bytes but \"data_offsets\" ", offsets.dump(),
+                       ToAbsl(SafetensorsDTypeName(info.dtype)), " needs ",
+                       nbytes, " bytes but \"data_offsets\" ", offsets.dump(),
                        " span ", span)));
     }
     if (static_cast<uint64_t>(end) > data_size) {
-      return absl::DataLossError(TensorError(
-          path, name,
-          absl::StrCat("\"data_offsets\" ", offsets.dump(),
-                       " run past the end of the ", data_size,
-                       "-byte data buffer (truncated?)")));
+      return absl::DataLossError(
+          TensorError(path, name,
+                      absl::StrCat("\"data_offsets\" ", offsets.dump(),
+                                   " run past the end of the ", data_size,
+                                   "-byte data buffer (truncated?)")));
     }
     info.data = base + data_start + static_cast<uint64_t>(begin);
     info.nbytes = static_cast<size_t>(nbytes);
@@ -333,10 +335,9 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
 
   // nlohmann's object is a std::map, so iteration was already in name order;
   // sort anyway so the contract does not hang on that.
-  std::sort(file->tensors_.begin(), file->tensors_.end(),
-            [](const TensorInfo& a, const TensorInfo& b) {
-              return a.name < b.name;
-            });
+  std::sort(
+      file->tensors_.begin(), file->tensors_.end(),
+      [](const TensorInfo& a, const TensorInfo& b) { return a.name < b.name; });
   for (const TensorInfo& t : file->tensors_) {
     if (t.nbytes == 0) continue;  // an empty range overlaps nothing
     const uint64_t begin = static_cast<uint64_t>(t.data - (base + data_start));
@@ -384,13 +385,13 @@ absl::StatusOr<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Create(
   uint64_t offset = 0;
   for (const TensorSpec& spec : specs) {
     if (spec.name.empty() || spec.name == "__metadata__") {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "safetensors writer '", path, "': invalid tensor name '", spec.name,
-          "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("safetensors writer '", path, "': invalid tensor name '",
+                       spec.name, "'"));
     }
     if (header.contains(spec.name)) {
-      return absl::InvalidArgumentError(TensorError(
-          path, spec.name, "duplicate tensor name"));
+      return absl::InvalidArgumentError(
+          TensorError(path, spec.name, "duplicate tensor name"));
     }
     uint64_t nbytes = 0;
     if (!ByteSize(spec.shape, kernels::DTypeSize(spec.dtype), &nbytes)) {
@@ -398,6 +399,11 @@ absl::StatusOr<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Create(
           path, spec.name,
           absl::StrCat("invalid shape [", absl::StrJoin(spec.shape, ", "),
                        "] (negative dim or overflow)")));
+    }
+    if (nbytes >
+        static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) - offset) {
+      return absl::InvalidArgumentError(
+          TensorError(path, spec.name, "total data size overflows"));
     }
     header[spec.name] = {
         {"dtype", std::string(SafetensorsDTypeName(spec.dtype))},
@@ -414,8 +420,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Create(
   w->path_ = path;
   w->total_ = offset;
   w->data_start_ = 8 + text.size();
-  w->tmp_path_ = absl::StrCat(path, ".tmp.", getpid(), ".",
-                              g_tmp_counter.fetch_add(1));
+  w->tmp_path_ =
+      absl::StrCat(path, ".tmp.", getpid(), ".", g_tmp_counter.fetch_add(1));
   w->fd_ = ::open(w->tmp_path_.c_str(),
                   O_WRONLY | O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC, 0644);
   if (w->fd_ < 0) {
@@ -471,10 +477,10 @@ absl::Status SafetensorsWriter::Append(const void* data, size_t nbytes) {
         "safetensors writer '", path_, "': Append after Finish or failure"));
   }
   if (nbytes > total_ - written_) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "safetensors writer '", path_, "': Append of ", nbytes,
-        " bytes exceeds the declared data size (", written_, " of ", total_,
-        " written)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("safetensors writer '", path_, "': Append of ", nbytes,
+                     " bytes exceeds the declared data size (", written_,
+                     " of ", total_, " written)"));
   }
   if (nbytes == 0) return absl::OkStatus();
   absl::Status s = WriteAll(data, nbytes);
@@ -488,15 +494,16 @@ absl::Status SafetensorsWriter::Append(const void* data, size_t nbytes) {
 
 absl::Status SafetensorsWriter::Finish() {
   if (finished_ || fd_ < 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "safetensors writer '", path_, "': Finish called twice or after failure"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("safetensors writer '", path_,
+                     "': Finish called twice or after failure"));
   }
   if (written_ != total_) {
     const uint64_t written = written_;
     Abandon();
-    return absl::FailedPreconditionError(absl::StrCat(
-        "safetensors writer '", path_, "': only ", written, " of ", total_,
-        " data bytes were written"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("safetensors writer '", path_, "': only ", written, " of ",
+                     total_, " data bytes were written"));
   }
   if (::fsync(fd_) != 0) {
     const int err = errno;
@@ -531,19 +538,17 @@ absl::Status WriteSafetensors(
   for (const TensorInfo& t : tensors) {
     specs.push_back({t.name, t.dtype, t.shape});
   }
-  LOCKSTEP_ASSIGN_OR_RETURN(auto writer,
-                            SafetensorsWriter::Create(path, std::move(specs),
-                                                      metadata));
+  LOCKSTEP_ASSIGN_OR_RETURN(
+      auto writer, SafetensorsWriter::Create(path, std::move(specs), metadata));
   // Create() validated the shapes, so numel() is safe here.
   for (const TensorInfo& t : tensors) {
-    const uint64_t want =
-        static_cast<uint64_t>(t.numel()) *
-        static_cast<uint64_t>(kernels::DTypeSize(t.dtype));
+    const uint64_t want = static_cast<uint64_t>(t.numel()) *
+                          static_cast<uint64_t>(kernels::DTypeSize(t.dtype));
     if (t.nbytes != want) {
-      return absl::InvalidArgumentError(TensorError(
-          path, t.name,
-          absl::StrCat("nbytes ", t.nbytes, " != ", want,
-                       " implied by shape and dtype")));
+      return absl::InvalidArgumentError(
+          TensorError(path, t.name,
+                      absl::StrCat("nbytes ", t.nbytes, " != ", want,
+                                   " implied by shape and dtype")));
     }
     if (t.data == nullptr && t.nbytes > 0) {
       return absl::InvalidArgumentError(

@@ -1,4 +1,5 @@
-// Reading and writing safetensors files (https://github.com/huggingface/safetensors):
+// Reading and writing safetensors files
+// (https://github.com/huggingface/safetensors):
 //   [8-byte little-endian header length N][N bytes of JSON header][data buffer]
 // The header maps tensor names to {"dtype", "shape", "data_offsets": [begin,
 // end)} (offsets relative to the data buffer) plus an optional "__metadata__"
@@ -12,6 +13,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -161,9 +163,9 @@ class SafetensorsWriter {
 // when empty). InvalidArgument when a tensor's nbytes differs from its
 // shape's byte size or its data is null with nbytes > 0, plus the errors of
 // SafetensorsWriter::Create.
-absl::Status WriteSafetensors(const std::string& path,
-                              const std::vector<TensorInfo>& tensors,
-                              const std::map<std::string, std::string>& metadata);
+absl::Status WriteSafetensors(
+    const std::string& path, const std::vector<TensorInfo>& tensors,
+    const std::map<std::string, std::string>& metadata);
 
 // The safetensors dtype string of `dtype` ("F32" / "BF16").
 std::string_view SafetensorsDTypeName(kernels::DType dtype);

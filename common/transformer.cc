@@ -144,6 +144,8 @@ absl::Status ModelImpl::Init(const TensorMap& tensors) {
   LOCKSTEP_RETURN_IF_ERROR(CheckTensorShapes(c, shapes));
   for (const auto& [name, tensor] : tensors) {
     if (name.find("rotary_emb.inv_freq") != std::string::npos) continue;
+    // A tied model's stored copy of the embedding is not kept twice.
+    if (c.tie_word_embeddings && name == "lm_head.weight") continue;
     tensors_[name] = ConvertTensor(tensor, c.dtype);
   }
 

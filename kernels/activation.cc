@@ -56,9 +56,9 @@ absl::Status RoundRowsToBF16(float* x, int64_t ld, int64_t rows, int64_t n,
     return absl::InvalidArgumentError("RoundRowsToBF16: x must be non-null");
   }
   if (s = CheckStride("RoundRowsToBF16", "ld", ld, n); !s.ok()) return s;
-  return LOCKSTEP_DISPATCH(ctx, cpu::RoundRowsToBF16(x, ld, rows, n),
-                           cuda::RoundRowsToBF16(x, ld, rows, n,
-                                                 ctx.cuda_stream));
+  return LOCKSTEP_DISPATCH(
+      ctx, cpu::RoundRowsToBF16(x, ld, rows, n),
+      cuda::RoundRowsToBF16(x, ld, rows, n, ctx.cuda_stream));
 }
 
 absl::Status AddInPlace(float* y, int64_t ldy, const float* x, int64_t ldx,
@@ -71,9 +71,9 @@ absl::Status AddInPlace(float* y, int64_t ldy, const float* x, int64_t ldx,
   }
   if (s = CheckStride("AddInPlace", "ldy", ldy, n); !s.ok()) return s;
   if (s = CheckStride("AddInPlace", "ldx", ldx, n); !s.ok()) return s;
-  return LOCKSTEP_DISPATCH(ctx, cpu::AddInPlace(y, ldy, x, ldx, rows, n),
-                           cuda::AddInPlace(y, ldy, x, ldx, rows, n,
-                                            ctx.cuda_stream));
+  return LOCKSTEP_DISPATCH(
+      ctx, cpu::AddInPlace(y, ldy, x, ldx, rows, n),
+      cuda::AddInPlace(y, ldy, x, ldx, rows, n, ctx.cuda_stream));
 }
 
 }  // namespace lockstep::kernels

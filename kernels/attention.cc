@@ -26,10 +26,11 @@ absl::Status CheckCache(const char* op, const PagedKvCache& c) {
   if (c.num_pages <= 0 || c.page_size <= 0 || c.num_kv_heads <= 0 ||
       c.head_dim <= 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        op, ": cache needs num_pages, page_size, num_kv_heads and head_dim > 0,"
-            " got num_pages=",
-        c.num_pages, " page_size=", c.page_size, " num_kv_heads=",
-        c.num_kv_heads, " head_dim=", c.head_dim));
+        op,
+        ": cache needs num_pages, page_size, num_kv_heads and head_dim > 0,"
+        " got num_pages=",
+        c.num_pages, " page_size=", c.page_size,
+        " num_kv_heads=", c.num_kv_heads, " head_dim=", c.head_dim));
   }
   return absl::OkStatus();
 }

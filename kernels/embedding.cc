@@ -25,8 +25,8 @@ absl::Status Embedding(const EmbeddingArgs& args, const ExecContext& ctx) {
   }
   if (args.ld_table < args.dim || args.ld_out < args.dim) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "Embedding: row strides must be >= dim=", args.dim, ", got ld_table=",
-        args.ld_table, " ld_out=", args.ld_out));
+        "Embedding: row strides must be >= dim=", args.dim,
+        ", got ld_table=", args.ld_table, " ld_out=", args.ld_out));
   }
   return LOCKSTEP_DISPATCH(ctx, cpu::Embedding(args),
                            cuda::Embedding(args, ctx.cuda_stream));

@@ -23,7 +23,8 @@ absl::Status RmsNorm(const RmsNormArgs& args, const ExecContext& ctx) {
   }
   if (args.rows == 0) return absl::OkStatus();
   if (args.x == nullptr || args.weight == nullptr || args.y == nullptr) {
-    return absl::InvalidArgumentError("RmsNorm: x, weight and y must be non-null");
+    return absl::InvalidArgumentError(
+        "RmsNorm: x, weight and y must be non-null");
   }
   if (args.ldx < args.n || args.ldy < args.n) {
     return absl::InvalidArgumentError(

@@ -13,9 +13,9 @@ namespace lockstep::kernels {
 
 absl::Status ApplyRope(const RopeArgs& args, const ExecContext& ctx) {
   if (args.tokens < 0 || args.heads < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("ApplyRope: need tokens >= 0 and heads >= 0, got tokens=",
-                     args.tokens, " heads=", args.heads));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ApplyRope: need tokens >= 0 and heads >= 0, got tokens=", args.tokens,
+        " heads=", args.heads));
   }
   if (args.head_dim <= 0 || args.head_dim % 2 != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -23,13 +23,13 @@ absl::Status ApplyRope(const RopeArgs& args, const ExecContext& ctx) {
   }
   if (args.rotary_dim < 0 || args.rotary_dim % 2 != 0 ||
       args.rotary_dim > args.head_dim) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "ApplyRope: rotary_dim must be even and in [0, head_dim=", args.head_dim,
-        "], got ", args.rotary_dim));
+    return absl::InvalidArgumentError(
+        absl::StrCat("ApplyRope: rotary_dim must be even and in [0, head_dim=",
+                     args.head_dim, "], got ", args.rotary_dim));
   }
   if (!(args.theta > 0.0) || std::isinf(args.theta)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("ApplyRope: theta must be finite and > 0, got ", args.theta));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ApplyRope: theta must be finite and > 0, got ", args.theta));
   }
   if (args.tokens == 0) return absl::OkStatus();
   if (args.x == nullptr || args.positions == nullptr) {
@@ -37,9 +37,9 @@ absl::Status ApplyRope(const RopeArgs& args, const ExecContext& ctx) {
         "ApplyRope: x and positions must be non-null");
   }
   if (args.ldx < args.heads * args.head_dim) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "ApplyRope: ldx=", args.ldx, " < heads*head_dim=",
-        args.heads * args.head_dim));
+    return absl::InvalidArgumentError(
+        absl::StrCat("ApplyRope: ldx=", args.ldx,
+                     " < heads*head_dim=", args.heads * args.head_dim));
   }
   return LOCKSTEP_DISPATCH(ctx, cpu::ApplyRope(args),
                            cuda::ApplyRope(args, ctx.cuda_stream));

@@ -19,8 +19,7 @@ constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;
 
 absl::Status CheckLogits(const char* op, const float* logits, int64_t ld,
                          int64_t rows, int64_t vocab) {
-  if (rows < 0 || vocab <= 0 ||
-      vocab > std::numeric_limits<int32_t>::max()) {
+  if (rows < 0 || vocab <= 0 || vocab > std::numeric_limits<int32_t>::max()) {
     return absl::InvalidArgumentError(absl::StrCat(
         op, ": need rows >= 0 and vocab in [1, 2^31), got rows=", rows,
         " vocab=", vocab));

@@ -11,17 +11,17 @@ namespace lockstep::kernels {
 
 absl::Status LogSoftmax(const LogSoftmaxArgs& args, const ExecContext& ctx) {
   if (args.rows < 0 || args.vocab <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("LogSoftmax: need rows >= 0 and vocab > 0, got rows=",
-                     args.rows, " vocab=", args.vocab));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "LogSoftmax: need rows >= 0 and vocab > 0, got rows=", args.rows,
+        " vocab=", args.vocab));
   }
   if (args.rows == 0) return absl::OkStatus();
   if (args.logits == nullptr) {
     return absl::InvalidArgumentError("LogSoftmax: logits must be non-null");
   }
   if (args.ld < args.vocab) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "LogSoftmax: ld=", args.ld, " < vocab=", args.vocab));
+    return absl::InvalidArgumentError(
+        absl::StrCat("LogSoftmax: ld=", args.ld, " < vocab=", args.vocab));
   }
   if (args.targets != nullptr && args.target_logprobs == nullptr) {
     return absl::InvalidArgumentError(
@@ -45,11 +45,11 @@ absl::Status SegmentStats(const SegmentStatsArgs& args,
   if (!IsValidTreeSplit(args.seg_count) || args.seg_begin < 0 ||
       args.seg_begin % args.seg_count != 0 ||
       args.seg_begin + args.seg_count > kTreeLeaves) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "SegmentStats: segments [", args.seg_begin, ", ",
-        args.seg_begin + args.seg_count,
-        ") are not an aligned subtree of 1, 2, 4 or 8 of the ", kTreeLeaves,
-        " leaves"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("SegmentStats: segments [", args.seg_begin, ", ",
+                     args.seg_begin + args.seg_count,
+                     ") are not an aligned subtree of 1, 2, 4 or 8 of the ",
+                     kTreeLeaves, " leaves"));
   }
   if (args.rows == 0) return absl::OkStatus();
   const int64_t local =
@@ -60,9 +60,8 @@ absl::Status SegmentStats(const SegmentStatsArgs& args,
         "SegmentStats: logits and stats_out must be non-null");
   }
   if (local > 0 && args.ld < local) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("SegmentStats: ld=", args.ld,
-                     " < local vocabulary width ", local));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "SegmentStats: ld=", args.ld, " < local vocabulary width ", local));
   }
   return LOCKSTEP_DISPATCH(ctx, cpu::SegmentStats(args),
                            cuda::SegmentStats(args, ctx.cuda_stream));
@@ -72,8 +71,8 @@ absl::Status CombineSegmentStats(const SoftmaxStats* gathered, int t,
                                  int64_t rows, float* lse_out,
                                  const ExecContext& ctx) {
   if (!IsValidTreeSplit(t)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "CombineSegmentStats: t must be 1, 2, 4 or 8, got ", t));
+    return absl::InvalidArgumentError(
+        absl::StrCat("CombineSegmentStats: t must be 1, 2, 4 or 8, got ", t));
   }
   if (rows < 0) {
     return absl::InvalidArgumentError(

@@ -300,7 +300,7 @@ int main(int argc, char** argv) {
                        "tokens_mismatched=%d exact_pct=%.4f "
                        "max_abs_diff=%.6g reward_first=%.4f reward_last=%.4f "
                        "mean_push_ms=%.2f seconds=%.1f",
-                       lockstep::common::KernelModeName(t.mode),
+                       std::string(lockstep::common::KernelModeName(t.mode)),
                        s.steps.size(), s.tokens_compared, s.tokens_mismatched,
                        exact, s.max_abs_diff, s.reward_first, s.reward_last,
                        s.mean_push_ms, s.seconds)

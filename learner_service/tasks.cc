@@ -139,7 +139,7 @@ absl::StatusOr<std::unique_ptr<Task>> MakeTask(std::string_view name) {
   if (name == "reverse") return std::make_unique<ReverseTask>(3, 5);
   if (name == "add") return std::make_unique<AddTask>(3);
   return absl::InvalidArgumentError(absl::StrCat(
-      "unknown task '", name, "' (known tasks: reverse, add)"));
+      "unknown task '", std::string(name), "' (known tasks: reverse, add)"));
 }
 
 std::string PromptGenerator::SaveState() const {

@@ -622,10 +622,11 @@ absl::StatusOr<std::map<std::string, std::string>> Trainer::LoadCheckpoint(
     return absl::InvalidArgumentError(
         absl::StrCat(dir, ": checkpoint of a model with other parameters"));
   }
-  if (state.value("compute_dtype", "") != kernels::DTypeName(m.config.dtype)) {
+  const std::string dtype(kernels::DTypeName(m.config.dtype));
+  if (state.value("compute_dtype", "") != dtype) {
     return absl::InvalidArgumentError(absl::StrCat(
         dir, ": checkpoint compute dtype ", state.value("compute_dtype", ""),
-        " differs from the learner's ", kernels::DTypeName(m.config.dtype)));
+        " differs from the learner's ", dtype));
   }
   LOCKSTEP_ASSIGN_OR_RETURN(TensorMap master, ReadTensorMap(root / kMasterFile));
   if (master.size() != m.names.size()) {

@@ -10,7 +10,9 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev libopenblas0-pthread
   libssl-dev zlib1g-dev libcurl4-openssl-dev
   prometheus python3 python3-grpcio python3-protobuf
+  prometheus-blackbox-exporter
 )
+trap 'rc=$?; [[ $rc -ne 0 || -n ${LOCKSTEP_SKIP_DEPLOY_TOOLS:-} ]] || "$(dirname "$0")/install-deploy-tools.sh" || rc=$?; exit $rc' EXIT  # then the deploy tests' npm tools
 
 SUDO=""
 if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi

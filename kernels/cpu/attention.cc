@@ -89,8 +89,9 @@ template <typename T, typename Rows>
       block_max = s[jj] > block_max ? s[jj] : block_max;
     }
     const float m_new = block_max > m ? block_max : m;
-    const float alpha =
-        m == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(m - m_new);
+    const float alpha = m == -std::numeric_limits<float>::infinity()
+                            ? 0.0f
+                            : std::exp(m - m_new);
     l = l * alpha;
     for (int64_t d = 0; d < dim; ++d) acc[d] = acc[d] * alpha;
     for (int jj = 0; jj < n; ++jj) {
@@ -218,9 +219,9 @@ absl::Status WriteKv(const KvWriteArgs& args) {
   const int64_t capacity = c.num_pages * c.page_size;
   for (int64_t t = 0; t < args.tokens; ++t) {
     if (args.slots[t] < 0 || args.slots[t] >= capacity) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "WriteKv: slots[", t, "] = ", args.slots[t],
-          " is outside [0, num_pages*page_size=", capacity, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("WriteKv: slots[", t, "] = ", args.slots[t],
+                       " is outside [0, num_pages*page_size=", capacity, ")"));
     }
   }
   if (args.tokens == 0) return absl::OkStatus();
@@ -251,9 +252,10 @@ absl::Status WriteKv(const KvWriteArgs& args) {
 
 absl::Status PagedAttention(const PagedAttentionArgs& args) {
   const PagedKvCache& c = args.cache;
-  // Highest block each sequence needs; the page ids up to it are checked once
-  // per sequence rather than once per query.
-  std::vector<int64_t> need(args.num_seqs, -1);
+  // Every page a query will visit is checked up front, so the kernel proper
+  // never reads outside the cache. Consecutive queries of one sequence (a
+  // chunk) share the pages already checked.
+  int64_t checked_seq = -1, checked_blocks = 0;
   for (int64_t t = 0; t < args.tokens; ++t) {
     const int32_t s = args.seq_ids[t];
     if (s < 0 || s >= args.num_seqs) {
@@ -263,26 +265,28 @@ absl::Status PagedAttention(const PagedAttentionArgs& args) {
     }
     const int32_t p = args.positions[t];
     if (p < 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "PagedAttention: positions[", t, "] = ", p, " < 0"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("PagedAttention: positions[", t, "] = ", p, " < 0"));
     }
-    const int64_t block = p / c.page_size;
-    if (block >= args.max_blocks_per_seq) {
+    const int64_t blocks = p / c.page_size + 1;
+    if (blocks > args.max_blocks_per_seq) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "PagedAttention: positions[", t, "] = ", p, " needs block ", block,
-          " but max_blocks_per_seq = ", args.max_blocks_per_seq));
+          "PagedAttention: positions[", t, "] = ", p, " needs block ",
+          blocks - 1, " but max_blocks_per_seq = ", args.max_blocks_per_seq));
     }
-    need[s] = std::max(need[s], block);
-  }
-  for (int64_t s = 0; s < args.num_seqs; ++s) {
+    if (s != checked_seq) {
+      checked_seq = s;
+      checked_blocks = 0;
+    }
     const int32_t* table = args.block_tables + s * args.max_blocks_per_seq;
-    for (int64_t b = 0; b <= need[s]; ++b) {
+    for (int64_t b = checked_blocks; b < blocks; ++b) {
       if (table[b] < 0 || table[b] >= c.num_pages) {
         return absl::InvalidArgumentError(absl::StrCat(
             "PagedAttention: block_tables[", s, "][", b, "] = ", table[b],
             " is outside [0, num_pages=", c.num_pages, ")"));
       }
     }
+    checked_blocks = std::max(checked_blocks, blocks);
   }
   if (args.tokens == 0) return absl::OkStatus();
   if (c.dtype == DType::kF32) {

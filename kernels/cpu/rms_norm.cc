@@ -55,8 +55,8 @@ absl::Status RmsNorm(const RmsNormArgs& args) {
                                        : &SumSquaresScalar;
   ParallelFor(args.rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      NormRow(sum_squares, args.x + r * args.ldx, args.weight, args.weight_dtype,
-              args.y + r * args.ldy, args.n, args.eps);
+      NormRow(sum_squares, args.x + r * args.ldx, args.weight,
+              args.weight_dtype, args.y + r * args.ldy, args.n, args.eps);
     }
   });
   return absl::OkStatus();

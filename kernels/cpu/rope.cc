@@ -23,8 +23,8 @@ absl::Status ApplyRope(const RopeArgs& args) {
   // the result depends on nothing but the token's position.
   std::vector<double> inv_freq(half);
   for (int64_t i = 0; i < half; ++i) {
-    inv_freq[i] = std::pow(args.theta, -2.0 * static_cast<double>(i) /
-                                           static_cast<double>(rot));
+    inv_freq[i] = std::pow(
+        args.theta, -2.0 * static_cast<double>(i) / static_cast<double>(rot));
   }
   ParallelFor(args.tokens, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> cos_v(half), sin_v(half);

@@ -67,8 +67,8 @@ int64_t KeptPrefix(const float* x, const float* z, int64_t vocab, int32_t top_k,
   int64_t head = std::min<int64_t>(k_limit, 64);
   float cum = 0.0f;
   while (true) {
-    std::partial_sort(order.begin() + sorted, order.begin() + head,
-                      order.end(), cmp);
+    std::partial_sort(order.begin() + sorted, order.begin() + head, order.end(),
+                      cmp);
     for (int64_t i = sorted; i < head; ++i) {
       cum = cum + probs[order[i]];
       if (cum >= top_p) return i + 1;
@@ -85,11 +85,10 @@ int32_t SampleRow(const float* x, int64_t vocab, const SamplingParams& sp,
                   std::vector<char>& kept) {
   if (sp.temperature == 0.0f) return ArgmaxRow(x, vocab);
   for (int64_t j = 0; j < vocab; ++j) z[j] = x[j] / sp.temperature;
-  const bool filtered =
-      (sp.top_k > 0 && sp.top_k < vocab) || sp.top_p < 1.0f;
+  const bool filtered = (sp.top_k > 0 && sp.top_k < vocab) || sp.top_p < 1.0f;
   if (filtered) {
-    const int64_t n = KeptPrefix(x, z.data(), vocab, sp.top_k, sp.top_p,
-                                 probs, order);
+    const int64_t n =
+        KeptPrefix(x, z.data(), vocab, sp.top_k, sp.top_p, probs, order);
     std::fill(kept.begin(), kept.end(), 0);
     for (int64_t i = 0; i < n; ++i) kept[order[i]] = 1;
   }
@@ -106,10 +105,10 @@ int32_t SampleRow(const float* x, int64_t vocab, const SamplingParams& sp,
     // j / 4); it is recomputed only when the block changes.
     if (j / 4 != words_block) {
       words_block = j / 4;
-      words = Philox4x32({static_cast<uint32_t>(pos),
-                          static_cast<uint32_t>(pos >> 32),
-                          static_cast<uint32_t>(words_block), 0u},
-                         key);
+      words = Philox4x32(
+          {static_cast<uint32_t>(pos), static_cast<uint32_t>(pos >> 32),
+           static_cast<uint32_t>(words_block), 0u},
+          key);
     }
     const float u = UniformFromWord(words[j % 4]);
     const float g = -std::log(-std::log(u));
@@ -131,16 +130,16 @@ int32_t SampleRow(const float* x, int64_t vocab, const SamplingParams& sp,
 absl::Status CheckParams(const SamplingParams& sp, int64_t row) {
   if (!std::isfinite(sp.temperature) || sp.temperature < 0.0f) {
     return absl::InvalidArgumentError(
-        absl::StrCat("Sample: params[", row, "].temperature = ",
-                     sp.temperature, " must be finite and >= 0"));
+        absl::StrCat("Sample: params[", row, "].temperature = ", sp.temperature,
+                     " must be finite and >= 0"));
   }
   if (!(sp.top_p > 0.0f && sp.top_p <= 1.0f)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "Sample: params[", row, "].top_p = ", sp.top_p, " is not in (0, 1]"));
   }
   if (sp.top_k < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "Sample: params[", row, "].top_k = ", sp.top_k, " < 0"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("Sample: params[", row, "].top_k = ", sp.top_k, " < 0"));
   }
   return absl::OkStatus();
 }

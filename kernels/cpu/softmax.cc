@@ -69,9 +69,9 @@ absl::Status LogSoftmax(const LogSoftmaxArgs& args) {
   if (args.targets != nullptr) {
     for (int64_t r = 0; r < args.rows; ++r) {
       if (args.targets[r] < 0 || args.targets[r] >= args.vocab) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "LogSoftmax: targets[", r, "] = ", args.targets[r],
-            " is outside [0, vocab=", args.vocab, ")"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("LogSoftmax: targets[", r, "] = ", args.targets[r],
+                         " is outside [0, vocab=", args.vocab, ")"));
       }
     }
   }
@@ -95,9 +95,9 @@ absl::Status LogSoftmax(const LogSoftmaxArgs& args) {
 
 absl::Status SegmentStats(const SegmentStatsArgs& args) {
   if (args.rows == 0) return absl::OkStatus();
-  const int64_t local = (args.seg_begin + args.seg_count) * args.vocab_total /
-                            kTreeLeaves -
-                        args.seg_begin * args.vocab_total / kTreeLeaves;
+  const int64_t local =
+      (args.seg_begin + args.seg_count) * args.vocab_total / kTreeLeaves -
+      args.seg_begin * args.vocab_total / kTreeLeaves;
   ParallelFor(args.rows, RowGrain(local > 0 ? local : 1),
               [&](int64_t begin, int64_t end) {
                 for (int64_t r = begin; r < end; ++r) {

@@ -99,11 +99,13 @@ __device__ __forceinline__ void MbarArrive(uint64_t* bar) {
 }
 
 // Waits for the phase with the given parity to complete. A wait that never
-// ends is a bug (a lost arrival); trap instead of hanging the device.
+// ends is a bug (a lost arrival); trap after ~10 s instead of hanging the
+// device.
 __device__ __forceinline__ void MbarWait(uint64_t* bar, uint32_t parity) {
   const uint32_t addr = SmemAddr(bar);
   uint32_t done = 0;
-  for (uint64_t spins = 0;; ++spins) {
+  long long start = 0;
+  for (uint32_t spins = 0;; ++spins) {
     asm volatile(
         "{\n"
         ".reg .pred p;\n"
@@ -114,7 +116,13 @@ __device__ __forceinline__ void MbarWait(uint64_t* bar, uint32_t parity) {
         : "r"(addr), "r"(parity)
         : "memory");
     if (done) return;
-    if (spins > (1ull << 28)) __trap();
+    if ((spins & 1023) == 0) {
+      if (spins == 0) {
+        start = clock64();
+      } else if (clock64() - start > 20000000000LL) {
+        __trap();
+      }
+    }
   }
 }
 

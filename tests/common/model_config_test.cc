@@ -191,8 +191,9 @@ TEST(ModelConfigTest, ToJsonRoundTrips) {
     ASSERT_TRUE(back.ok()) << back.status() << "\n" << out;
     EXPECT_EQ(*back, *c);
     const json j = json::parse(out);
-    EXPECT_EQ(j["architectures"][0],
-              c->model_type == "qwen3" ? "Qwen3ForCausalLM" : "LlamaForCausalLM");
+    EXPECT_EQ(j["architectures"][0], c->model_type == "qwen3"
+                                         ? "Qwen3ForCausalLM"
+                                         : "LlamaForCausalLM");
     EXPECT_EQ(j["torch_dtype"], "bfloat16");
     EXPECT_EQ(j["head_dim"], 128);
     EXPECT_TRUE(j["rope_scaling"].is_null());
@@ -206,15 +207,11 @@ TEST(ModelConfigTest, ToJsonRoundTrips) {
 TEST(ModelConfigTest, FromFile) {
   const std::string path = ::testing::TempDir() + "/lockstep_cfg_" +
                            std::to_string(getpid()) + ".json";
-  {
-    std::ofstream(path) << kQwen3_1_7B;
-  }
+  { std::ofstream(path) << kQwen3_1_7B; }
   auto c = ModelConfig::FromFile(path);
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->hidden_size, 2048);
-  {
-    std::ofstream(path) << "{\"model_type\": \"qwen3\"}";
-  }
+  { std::ofstream(path) << "{\"model_type\": \"qwen3\"}"; }
   auto bad = ModelConfig::FromFile(path);
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(bad.status().message()), HasSubstr(path));
@@ -226,17 +223,17 @@ TEST(ModelConfigTest, FromFile) {
 }
 
 TEST(ModelConfigTest, NotJsonOrNotObject) {
-  for (const char* text : {"", "{", "nope", "{\"a\":}", "[1, 2]", "17",
-                           "\"str\"", "null"}) {
+  for (const char* text :
+       {"", "{", "nope", "{\"a\":}", "[1, 2]", "17", "\"str\"", "null"}) {
     auto c = ModelConfig::FromJson(text);
     EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << text;
   }
 }
 
 TEST(ModelConfigTest, MissingRequiredFields) {
-  for (const char* key : {"vocab_size", "hidden_size", "intermediate_size",
-                          "num_hidden_layers", "num_attention_heads",
-                          "model_type"}) {
+  for (const char* key :
+       {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+        "num_attention_heads", "model_type"}) {
     json j = Qwen();
     j.erase(key);
     ExpectInvalid(j, {key, "missing"});
@@ -271,10 +268,10 @@ TEST(ModelConfigTest, WrongTypes) {
 }
 
 TEST(ModelConfigTest, NonPositiveValues) {
-  for (const char* key : {"vocab_size", "hidden_size", "intermediate_size",
-                          "num_hidden_layers", "num_attention_heads",
-                          "num_key_value_heads", "head_dim",
-                          "max_position_embeddings"}) {
+  for (const char* key :
+       {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+        "num_attention_heads", "num_key_value_heads", "head_dim",
+        "max_position_embeddings"}) {
     for (int v : {0, -4}) {
       json j = Qwen();
       j[key] = v;
@@ -415,12 +412,14 @@ TEST(ModelConfigTest, CheckTensorShapes) {
   auto broken = shapes;
   broken.erase("model.layers.1.mlp.up_proj.weight");
   broken["model.layers.0.self_attn.q_proj.bias"] = {2048};  // no biases
-  broken["model.layers.0.self_attn.k_proj.weight"] = {2048, 1024};  // transposed
+  broken["model.layers.0.self_attn.k_proj.weight"] = {2048,
+                                                      1024};  // transposed
   const absl::Status s = CheckTensorShapes(c, broken);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   const std::string m(s.message());
   EXPECT_THAT(m, HasSubstr("1 missing: model.layers.1.mlp.up_proj.weight"));
-  EXPECT_THAT(m, HasSubstr("1 unexpected: model.layers.0.self_attn.q_proj.bias"));
+  EXPECT_THAT(m,
+              HasSubstr("1 unexpected: model.layers.0.self_attn.q_proj.bias"));
   EXPECT_THAT(m, HasSubstr("model.layers.0.self_attn.k_proj.weight (expected "
                            "[1024, 2048], found [2048, 1024])"));
 

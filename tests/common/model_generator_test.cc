@@ -20,8 +20,8 @@ namespace lockstep::common {
 namespace {
 
 namespace fs = std::filesystem;
-using ::testing::HasSubstr;
 using kernels::DType;
+using ::testing::HasSubstr;
 
 // Verbatim config.json of Qwen/Qwen3-8B.
 constexpr char kQwen3_8B[] = R"({
@@ -99,7 +99,9 @@ class ModelGeneratorTest : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
 
-  std::string Dir(const std::string& sub) const { return (dir_ / sub).string(); }
+  std::string Dir(const std::string& sub) const {
+    return (dir_ / sub).string();
+  }
 
   fs::path dir_;
 };
@@ -151,9 +153,9 @@ TEST(PresetTest, QwenPresetsMatchTheRealConfigs) {
 }
 
 TEST(ReproducibleMathTest, LogMatchesLibm) {
-  for (double x : {1e-300, 1e-16, 0x1p-53, 1e-3, 0.1, 0.5, 0.70710678,
-                   0.7071067811865476, 0.99999, 1.0, 1.5, 2.0, 10.0, 1e10,
-                   1e300}) {
+  for (double x :
+       {1e-300, 1e-16, 0x1p-53, 1e-3, 0.1, 0.5, 0.70710678, 0.7071067811865476,
+        0.99999, 1.0, 1.5, 2.0, 10.0, 1e10, 1e300}) {
     EXPECT_NEAR(internal::ReproducibleLog(x), std::log(x),
                 4e-16 * std::max(1.0, std::fabs(std::log(x))))
         << x;
@@ -226,13 +228,14 @@ TEST_F(ModelGeneratorTest, TinyIsDeterministicAndValid) {
   EXPECT_EQ(a, b);
   EXPECT_NE(a, c);
   EXPECT_EQ(a.size(), c.size());
-  EXPECT_EQ(ReadAll(Dir("a") + "/config.json"), ReadAll(Dir("c") + "/config.json"));
+  EXPECT_EQ(ReadAll(Dir("a") + "/config.json"),
+            ReadAll(Dir("c") + "/config.json"));
 
   // Pinned bytes (cross-checked against an independent Python
   // re-implementation of mt19937_64 + this Box-Muller): changing them breaks
   // every recorded tiny-model result, so only change this on purpose.
-  EXPECT_EQ(Crc32c(a.data(), a.size()), 0x890000C9u) << std::hex
-      << Crc32c(a.data(), a.size());
+  EXPECT_EQ(Crc32c(a.data(), a.size()), 0x890000C9u)
+      << std::hex << Crc32c(a.data(), a.size());
 
   auto loaded = ModelConfig::FromFile(Dir("a") + "/config.json");
   ASSERT_TRUE(loaded.ok()) << loaded.status();
@@ -313,7 +316,8 @@ TEST_F(ModelGeneratorTest, Bf16IsTheRoundedF32Model) {
     ASSERT_EQ(th.dtype, DType::kBF16);
     ASSERT_EQ(tf.numel(), th.numel());
     for (int64_t i = 0; i < tf.numel(); ++i) {
-      const float want = kernels::RoundToBF16(kernels::LoadAsF32(tf.data, tf.dtype, i));
+      const float want =
+          kernels::RoundToBF16(kernels::LoadAsF32(tf.data, tf.dtype, i));
       ASSERT_EQ(want, kernels::LoadAsF32(th.data, th.dtype, i)) << tf.name << i;
     }
   }

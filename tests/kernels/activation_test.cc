@@ -35,9 +35,8 @@ SiluMulArgs Args(const std::vector<float>& gate, const std::vector<float>& up,
 }
 
 TEST(SiluMul, MatchesFloat64AndContractBits) {
-  for (auto [rows, n, ld_in, ld_out] :
-       std::vector<std::array<int64_t, 4>>{{1, 1, 1, 1}, {3, 17, 20, 17},
-                                           {9, 1000, 1000, 1001}}) {
+  for (auto [rows, n, ld_in, ld_out] : std::vector<std::array<int64_t, 4>>{
+           {1, 1, 1, 1}, {3, 17, 20, 17}, {9, 1000, 1000, 1001}}) {
     const auto gate = RandomFloats(rows * ld_in, 1 + n, -12.0f, 12.0f);
     const auto up = RandomFloats(rows * ld_in, 2 + n, -3.0f, 3.0f);
     std::vector<float> out(rows * ld_out, -7.0f);
@@ -52,7 +51,8 @@ TEST(SiluMul, MatchesFloat64AndContractBits) {
         const double ref = double{g} / (1.0 + std::exp(-double{g})) * u;
         EXPECT_NEAR(got, ref, 1e-6 * std::max(1.0, std::fabs(ref)));
       }
-      for (int64_t j = n; j < ld_out; ++j) EXPECT_EQ(out[r * ld_out + j], -7.0f);
+      for (int64_t j = n; j < ld_out; ++j)
+        EXPECT_EQ(out[r * ld_out + j], -7.0f);
     }
   }
 }
@@ -88,7 +88,8 @@ TEST(SiluMul, BatchInvariant) {
   for (int64_t batch = 1; batch <= 64; ++batch) {
     auto g = RandomFloats(batch * n, 10 + batch, -6.0f, 6.0f);
     auto u = RandomFloats(batch * n, 90 + batch);
-    const int64_t at = std::uniform_int_distribution<int64_t>(0, batch - 1)(rng);
+    const int64_t at =
+        std::uniform_int_distribution<int64_t>(0, batch - 1)(rng);
     std::memcpy(g.data() + at * n, g1.data(), n * 4);
     std::memcpy(u.data() + at * n, u1.data(), n * 4);
     std::vector<float> out(batch * n);
@@ -134,7 +135,8 @@ TEST(AddInPlace, AddsWithStrides) {
   ASSERT_TRUE(AddInPlace(y.data(), ldy, x.data(), ldx, rows, n).ok());
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t j = 0; j < ldy; ++j) {
-      const float expect = j < n ? y0[r * ldy + j] + x[r * ldx + j] : y0[r * ldy + j];
+      const float expect =
+          j < n ? y0[r * ldy + j] + x[r * ldx + j] : y0[r * ldy + j];
       EXPECT_EQ(y[r * ldy + j], expect);
     }
   }
@@ -180,7 +182,8 @@ TEST(Activation, BadArguments) {
 
   if (!CudaKernelsBuilt()) {
     const ExecContext cuda{Device::kCuda, nullptr};
-    EXPECT_EQ(SiluMul(good, cuda).code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ(SiluMul(good, cuda).code(),
+              absl::StatusCode::kFailedPrecondition);
     EXPECT_EQ(RoundRowsToBF16(g.data(), 8, 2, 8, cuda).code(),
               absl::StatusCode::kFailedPrecondition);
     EXPECT_EQ(AddInPlace(o.data(), 8, g.data(), 8, 2, 8, cuda).code(),

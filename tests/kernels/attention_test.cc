@@ -40,7 +40,8 @@ struct Seq {
   std::vector<float> q, k, v;
 };
 
-Seq RandomSeq(const Shape& s, int64_t len, uint64_t seed, float q_range = 1.0f) {
+Seq RandomSeq(const Shape& s, int64_t len, uint64_t seed,
+              float q_range = 1.0f) {
   Seq seq;
   seq.len = len;
   seq.q = RandomFloats(len * s.q_row(), seed, -q_range, q_range);
@@ -61,8 +62,10 @@ std::vector<float> Prefill(const Shape& s, const Seq& seq, DType kv_dtype) {
   PrefillAttentionArgs a;
   a.q = seq.q.data();
   a.ldq = s.q_row();
-  a.k = kv_dtype == DType::kF32 ? static_cast<const void*>(seq.k.data()) : kb.data();
-  a.v = kv_dtype == DType::kF32 ? static_cast<const void*>(seq.v.data()) : vb.data();
+  a.k = kv_dtype == DType::kF32 ? static_cast<const void*>(seq.k.data())
+                                : kb.data();
+  a.v = kv_dtype == DType::kF32 ? static_cast<const void*>(seq.v.data())
+                                : vb.data();
   a.ldk = s.kv_row();
   a.kv_dtype = kv_dtype;
   a.out = out.data();
@@ -95,7 +98,8 @@ struct Cache {
 };
 
 // `count` distinct page ids out of [0, num_pages), in random order.
-std::vector<int32_t> RandomPages(int64_t count, int64_t num_pages, uint64_t seed) {
+std::vector<int32_t> RandomPages(int64_t count, int64_t num_pages,
+                                 uint64_t seed) {
   std::vector<int32_t> pages(num_pages);
   std::iota(pages.begin(), pages.end(), 0);
   std::shuffle(pages.begin(), pages.end(), std::mt19937_64(seed));
@@ -127,7 +131,8 @@ struct Query {
   int32_t pos;
 };
 
-void Attend(const Cache& cache, const Shape& s, const std::vector<const Seq*>& seqs,
+void Attend(const Cache& cache, const Shape& s,
+            const std::vector<const Seq*>& seqs,
             const std::vector<std::vector<int32_t>>& tables, int64_t max_blocks,
             const std::vector<Query>& queries,
             std::vector<std::vector<float>>& outs) {
@@ -177,13 +182,15 @@ std::vector<float> PagedChunked(const Shape& s, const Seq& seq, DType dtype,
   const int64_t num_pages = blocks + 5;
   Cache cache(s, dtype, num_pages, page_size);
   const std::vector<int32_t> table = RandomPages(blocks, num_pages, page_seed);
-  std::vector<std::vector<float>> outs(1, std::vector<float>(seq.len * s.q_row()));
+  std::vector<std::vector<float>> outs(1,
+                                       std::vector<float>(seq.len * s.q_row()));
   int64_t begin = 0;
   for (size_t c = 0; begin < seq.len; ++c) {
     const int64_t end = std::min(seq.len, begin + chunks[c % chunks.size()]);
     Write(cache, s, seq, table, begin, end);
     std::vector<Query> queries;
-    for (int64_t p = begin; p < end; ++p) queries.push_back({0, static_cast<int32_t>(p)});
+    for (int64_t p = begin; p < end; ++p)
+      queries.push_back({0, static_cast<int32_t>(p)});
     Attend(cache, s, {&seq}, {table}, blocks + 2, queries, outs);
     begin = end;
   }
@@ -230,7 +237,8 @@ std::vector<double> Reference(const Shape& s, const Seq& seq, DType kv_dtype) {
       for (int64_t d = 0; d < s.dim; ++d) {
         double acc = 0;
         for (int64_t j = 0; j <= t; ++j) {
-          acc += std::exp(sc[j] - m) * kv(seq.v, j * s.kv_row() + g * s.dim + d);
+          acc +=
+              std::exp(sc[j] - m) * kv(seq.v, j * s.kv_row() + g * s.dim + d);
         }
         out[t * s.q_row() + h * s.dim + d] = acc / l;
       }
@@ -262,7 +270,8 @@ std::vector<float> Plain(const Shape& s, const Seq& seq, Order order) {
       };
       std::vector<float> acc(s.dim, 0.0f);
       float m = -INFINITY, l = 0.0f;
-      const int64_t block = order == Order::kBlockOnline ? kAttnKeyBlock : t + 1;
+      const int64_t block =
+          order == Order::kBlockOnline ? kAttnKeyBlock : t + 1;
       for (int64_t b0 = 0; b0 <= t; b0 += block) {
         const int64_t b1 = std::min(b0 + block, t + 1);
         float mn = m;
@@ -273,7 +282,8 @@ std::vector<float> Plain(const Shape& s, const Seq& seq, Order order) {
         for (int64_t j = b0; j < b1; ++j) {
           const float e = expf(score(j) - mn);
           l = l + e;
-          for (int64_t d = 0; d < s.dim; ++d) acc[d] = std::fmaf(e, vval(j, d), acc[d]);
+          for (int64_t d = 0; d < s.dim; ++d)
+            acc[d] = std::fmaf(e, vval(j, d), acc[d]);
         }
         m = mn;
       }
@@ -355,7 +365,8 @@ TEST(Attention, Bf16CacheEqualsF32OfRoundedValues) {
   for (auto& x : seq.k) x = RoundToBF16(x);
   for (auto& x : seq.v) x = RoundToBF16(x);
   EXPECT_EQ(FirstDiff(s, Prefill(s, seq, DType::kF32), bf16), -1);
-  EXPECT_EQ(FirstDiff(s, PagedChunked(s, seq, DType::kF32, 7, {3}, 1), bf16), -1);
+  EXPECT_EQ(FirstDiff(s, PagedChunked(s, seq, DType::kF32, 7, {3}, 1), bf16),
+            -1);
 }
 
 TEST(Attention, GqaUsesGroupedKvHead) {
@@ -433,17 +444,20 @@ TEST(Attention, DecodeRowIsBatchInvariant) {
   for (int64_t batch = 1; batch <= 64; ++batch) {
     std::vector<Seq> others;
     for (int64_t i = 0; i + 1 < batch; ++i) {
-      others.push_back(RandomSeq(
-          s, std::uniform_int_distribution<int64_t>(1, 80)(rng), 9000 + 100 * batch + i));
+      others.push_back(
+          RandomSeq(s, std::uniform_int_distribution<int64_t>(1, 80)(rng),
+                    9000 + 100 * batch + i));
     }
-    const int64_t at = std::uniform_int_distribution<int64_t>(0, batch - 1)(rng);
+    const int64_t at =
+        std::uniform_int_distribution<int64_t>(0, batch - 1)(rng);
     std::vector<const Seq*> seqs;
     for (int64_t i = 0, o = 0; i < batch; ++i) {
       seqs.push_back(i == at ? &target : &others[o++]);
     }
     int64_t total_blocks = 0;
     const int64_t max_blocks = 80 / page_size + 1;
-    for (const Seq* q : seqs) total_blocks += (q->len + page_size - 1) / page_size;
+    for (const Seq* q : seqs)
+      total_blocks += (q->len + page_size - 1) / page_size;
     Cache cache(s, DType::kBF16, total_blocks, page_size);
     const auto pages = RandomPages(total_blocks, total_blocks, 31 * batch);
     std::vector<std::vector<int32_t>> tables;
@@ -455,7 +469,8 @@ TEST(Attention, DecodeRowIsBatchInvariant) {
       tables.emplace_back(pages.begin() + next, pages.begin() + next + b);
       next += b;
       Write(cache, s, *seqs[i], tables.back(), 0, seqs[i]->len);
-      queries.push_back({static_cast<int32_t>(i), static_cast<int32_t>(seqs[i]->len - 1)});
+      queries.push_back(
+          {static_cast<int32_t>(i), static_cast<int32_t>(seqs[i]->len - 1)});
       outs.emplace_back(seqs[i]->len * s.q_row());
     }
     Attend(cache, s, seqs, tables, max_blocks, queries, outs);
@@ -466,7 +481,8 @@ TEST(Attention, DecodeRowIsBatchInvariant) {
       EXPECT_TRUE(testing::SameBits(
           alone, std::vector<float>(full.end() - s.q_row(), full.end())));
     }
-    EXPECT_TRUE(testing::SameBits(row, alone)) << "batch " << batch << " row " << at;
+    EXPECT_TRUE(testing::SameBits(row, alone))
+        << "batch " << batch << " row " << at;
   }
 }
 
@@ -480,14 +496,16 @@ TEST(Attention, ThreadCountAndSimdLevelInvariant) {
   const auto ref = Prefill(s, seq, DType::kBF16);
   const auto ref_paged = PagedChunked(s, seq, DType::kBF16, 16, {7}, 3);
   EXPECT_EQ(FirstDiff(s, ref_paged, ref), -1);
-  for (SimdLevel level : {SimdLevel::kScalar, SimdLevel::kAvx2, SimdLevel::kAvx512}) {
+  for (SimdLevel level :
+       {SimdLevel::kScalar, SimdLevel::kAvx2, SimdLevel::kAvx512}) {
     if (static_cast<int>(level) > static_cast<int>(DetectSimdLevel())) continue;
     ASSERT_TRUE(SetSimdLevel(level).ok());
     for (int threads : {1, 2, 7}) {
       SetNumThreads(threads);
       EXPECT_EQ(FirstDiff(s, Prefill(s, seq, DType::kBF16), ref), -1)
           << SimdLevelName(level) << " " << threads << " threads";
-      EXPECT_EQ(FirstDiff(s, PagedChunked(s, seq, DType::kBF16, 16, {7}, 3), ref), -1)
+      EXPECT_EQ(
+          FirstDiff(s, PagedChunked(s, seq, DType::kBF16, 16, {7}, 3), ref), -1)
           << SimdLevelName(level) << " " << threads << " threads (paged)";
     }
   }
@@ -511,10 +529,12 @@ TEST(Attention, WholeRowSoftmaxTwinDiffers) {
   }
   EXPECT_GT(differing, 0);
   // Keys 0..15 form a single block in both orders.
-  EXPECT_EQ(FirstDiff(Shape{s.hq, s.hkv, s.dim},
-                      std::vector<float>(online.begin(), online.begin() + 16 * s.q_row()),
-                      std::vector<float>(twin.begin(), twin.begin() + 16 * s.q_row())),
-            -1);
+  EXPECT_EQ(
+      FirstDiff(
+          Shape{s.hq, s.hkv, s.dim},
+          std::vector<float>(online.begin(), online.begin() + 16 * s.q_row()),
+          std::vector<float>(twin.begin(), twin.begin() + 16 * s.q_row())),
+      -1);
   for (size_t i = 0; i < twin.size(); ++i) EXPECT_NEAR(twin[i], ref[i], 2e-6);
 }
 
@@ -544,8 +564,10 @@ TEST(WriteKv, WritesSlotsAndRounds) {
           continue;
         }
         const int64_t t = it - slots.begin();
-        const float ek = dtype == DType::kF32 ? k[t * 8 + i] : RoundToBF16(k[t * 8 + i]);
-        const float ev = dtype == DType::kF32 ? v[t * 8 + i] : RoundToBF16(v[t * 8 + i]);
+        const float ek =
+            dtype == DType::kF32 ? k[t * 8 + i] : RoundToBF16(k[t * 8 + i]);
+        const float ev =
+            dtype == DType::kF32 ? v[t * 8 + i] : RoundToBF16(v[t * 8 + i]);
         EXPECT_EQ(LoadAsF32(cache.k.data(), dtype, e), ek);
         EXPECT_EQ(LoadAsF32(cache.v.data(), dtype, e), ev);
       }
@@ -578,7 +600,8 @@ TEST(Attention, BadArguments) {
   const std::vector<int32_t> table = {2, 0};
   Write(cache, s, seq, table, 0, 6);
   auto invalid = [](const absl::Status& st, const char* what) {
-    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << what << ": " << st;
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument)
+        << what << ": " << st;
   };
 
   // WriteKv.
@@ -614,9 +637,9 @@ TEST(Attention, BadArguments) {
     wb.cache = fresh.c;
     wb.slots = bad_slots.data();
     invalid(WriteKv(wb), "slot out of range");
-    EXPECT_TRUE(std::all_of(fresh.k.begin(), fresh.k.end(),
-                            [](uint8_t b) { return b == 0xCD; }))
-        << "nothing written on error";
+    EXPECT_TRUE(std::all_of(fresh.k.begin(), fresh.k.end(), [](uint8_t b) {
+      return b == 0xCD;
+    })) << "nothing written on error";
   }
 
   // PagedAttention.
@@ -684,8 +707,9 @@ TEST(Attention, BadArguments) {
     pb.out = out2.data();
     pb.positions = bad_pos.data();
     invalid(PagedAttention(pb), "position beyond block table");
-    EXPECT_TRUE(std::all_of(out2.begin(), out2.end(), [](float x) { return x == 7.0f; }))
-        << "nothing written on error";
+    EXPECT_TRUE(std::all_of(out2.begin(), out2.end(), [](float x) {
+      return x == 7.0f;
+    })) << "nothing written on error";
     bad_pos = {5, 8};  // block 2 is -1 in the table
     invalid(PagedAttention(pb), "unset page id");
     bad_pos = {-1, 0};
@@ -749,8 +773,10 @@ TEST(Attention, BadArguments) {
 
   if (!CudaKernelsBuilt()) {
     const ExecContext cuda{Device::kCuda, nullptr};
-    EXPECT_EQ(PrefillAttention(f, cuda).code(), absl::StatusCode::kFailedPrecondition);
-    EXPECT_EQ(PagedAttention(p, cuda).code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ(PrefillAttention(f, cuda).code(),
+              absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ(PagedAttention(p, cuda).code(),
+              absl::StatusCode::kFailedPrecondition);
     EXPECT_EQ(WriteKv(w, cuda).code(), absl::StatusCode::kFailedPrecondition);
   }
 }

@@ -28,7 +28,8 @@ Table RandomTable(DType dtype, int64_t vocab, int64_t dim, int64_t ld,
   Table t{dtype, vocab, dim, ld, {}};
   t.bytes.resize(vocab * ld * DTypeSize(dtype));
   const auto v = RandomFloats(vocab * ld, seed, -4.0f, 4.0f);
-  for (int64_t i = 0; i < vocab * ld; ++i) StoreFromF32(t.bytes.data(), dtype, i, v[i]);
+  for (int64_t i = 0; i < vocab * ld; ++i)
+    StoreFromF32(t.bytes.data(), dtype, i, v[i]);
   return t;
 }
 
@@ -59,7 +60,8 @@ TEST(Embedding, GathersExactRows) {
       for (int64_t i = 0; i < tokens; ++i) {
         for (int64_t d = 0; d < ld_out; ++d) {
           const float expect =
-              d < dim ? LoadAsF32(t.bytes.data(), dtype, ids[i] * ld + d) : -1.5f;
+              d < dim ? LoadAsF32(t.bytes.data(), dtype, ids[i] * ld + d)
+                      : -1.5f;
           const float got = out[i * ld_out + d];
           EXPECT_EQ(std::memcmp(&got, &expect, 4), 0)
               << DTypeName(dtype) << " token " << i << " d " << d;
@@ -78,7 +80,8 @@ TEST(Embedding, BatchInvariant) {
     ids[batch / 2] = 123;
     std::vector<float> out(batch * 64);
     ASSERT_TRUE(Embedding(Args(t, ids, out, 64)).ok());
-    EXPECT_EQ(std::memcmp(out.data() + (batch / 2) * 64, alone.data(), 64 * 4), 0);
+    EXPECT_EQ(std::memcmp(out.data() + (batch / 2) * 64, alone.data(), 64 * 4),
+              0);
   }
 }
 

@@ -30,7 +30,8 @@ struct Case {
 // Weight buffer of `dtype` holding `w` (rounded for bf16).
 std::vector<uint8_t> Weight(const std::vector<float>& w, DType dtype) {
   std::vector<uint8_t> bytes(w.size() * DTypeSize(dtype));
-  for (size_t i = 0; i < w.size(); ++i) StoreFromF32(bytes.data(), dtype, i, w[i]);
+  for (size_t i = 0; i < w.size(); ++i)
+    StoreFromF32(bytes.data(), dtype, i, w[i]);
   return bytes;
 }
 
@@ -62,8 +63,8 @@ float ContractRow(const float* x, const void* w, DType wdtype, int64_t n,
 }
 
 void PrintTo(const Case& c, std::ostream* os) {
-  *os << "rows=" << c.rows << " n=" << c.n << " ldx=" << c.ldx << " ldy=" << c.ldy
-      << " weight=" << DTypeName(c.wdtype);
+  *os << "rows=" << c.rows << " n=" << c.n << " ldx=" << c.ldx
+      << " ldy=" << c.ldy << " weight=" << DTypeName(c.wdtype);
 }
 
 class RmsNormShapes : public ::testing::TestWithParam<Case> {};
@@ -74,8 +75,7 @@ TEST_P(RmsNormShapes, MatchesFloat64AndContractBits) {
   const auto wf = RandomFloats(c.n, 12 + c.n, -2.0f, 2.0f);
   const auto w = Weight(wf, c.wdtype);
   std::vector<float> y(c.rows * c.ldy, 12345.0f);
-  ASSERT_TRUE(
-      RmsNorm(Args(x, c.ldx, w, c.wdtype, y, c.ldy, c.rows, c.n)).ok());
+  ASSERT_TRUE(RmsNorm(Args(x, c.ldx, w, c.wdtype, y, c.ldy, c.rows, c.n)).ok());
   std::vector<float> expect(c.n);
   for (int64_t r = 0; r < c.rows; ++r) {
     const float* xr = x.data() + r * c.ldx;
@@ -98,7 +98,8 @@ TEST_P(RmsNormShapes, MatchesFloat64AndContractBits) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, RmsNormShapes,
-    ::testing::Values(Case{1, 1, 1, 1, DType::kF32}, Case{3, 7, 7, 9, DType::kF32},
+    ::testing::Values(Case{1, 1, 1, 1, DType::kF32},
+                      Case{3, 7, 7, 9, DType::kF32},
                       Case{5, 33, 40, 33, DType::kBF16},
                       Case{2, 1000, 1000, 1003, DType::kF32},
                       Case{17, 4096, 4096, 4096, DType::kBF16},
@@ -114,11 +115,13 @@ TEST(RmsNorm, BatchInvariant) {
   std::mt19937 rng(5);
   for (int64_t batch = 1; batch <= 64; ++batch) {
     auto x = RandomFloats(batch * n, 100 + batch, -5.0f, 5.0f);
-    const int64_t at = std::uniform_int_distribution<int64_t>(0, batch - 1)(rng);
+    const int64_t at =
+        std::uniform_int_distribution<int64_t>(0, batch - 1)(rng);
     std::memcpy(x.data() + at * n, row.data(), n * sizeof(float));
     std::vector<float> y(batch * n);
     ASSERT_TRUE(RmsNorm(Args(x, n, w, DType::kBF16, y, n, batch, n)).ok());
-    EXPECT_EQ(std::memcmp(y.data() + at * n, alone.data(), n * sizeof(float)), 0)
+    EXPECT_EQ(std::memcmp(y.data() + at * n, alone.data(), n * sizeof(float)),
+              0)
         << "batch " << batch << " row " << at;
   }
 }
@@ -133,7 +136,8 @@ TEST(RmsNorm, ThreadCountAndSimdLevelInvariant) {
   SetNumThreads(1);
   ASSERT_TRUE(SetSimdLevel(SimdLevel::kScalar).ok());
   ASSERT_TRUE(RmsNorm(Args(x, n, w, DType::kF32, ref, n, rows, n)).ok());
-  for (SimdLevel level : {SimdLevel::kScalar, SimdLevel::kAvx2, SimdLevel::kAvx512}) {
+  for (SimdLevel level :
+       {SimdLevel::kScalar, SimdLevel::kAvx2, SimdLevel::kAvx512}) {
     if (static_cast<int>(level) > static_cast<int>(DetectSimdLevel())) continue;
     ASSERT_TRUE(SetSimdLevel(level).ok());
     for (int t : {1, 2, 3, 8}) {

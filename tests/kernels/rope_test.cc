@@ -58,8 +58,9 @@ struct Case {
 };
 
 void PrintTo(const Case& c, std::ostream* os) {
-  *os << "tokens=" << c.tokens << " heads=" << c.heads << " head_dim=" << c.head_dim
-      << " rotary_dim=" << c.rotary_dim << " ldx=" << c.ldx << " theta=" << c.theta;
+  *os << "tokens=" << c.tokens << " heads=" << c.heads
+      << " head_dim=" << c.head_dim << " rotary_dim=" << c.rotary_dim
+      << " ldx=" << c.ldx << " theta=" << c.theta;
 }
 
 class RopeShapes : public ::testing::TestWithParam<Case> {};
@@ -70,9 +71,9 @@ TEST_P(RopeShapes, MatchesFloat64AndContractBits) {
   const auto x0 = RandomFloats(c.tokens * c.ldx, 31 + c.head_dim, -2.0f, 2.0f);
   const auto pos = RandomInts(c.tokens, 32 + c.tokens, 0, 40000);
   auto x = x0;
-  ASSERT_TRUE(ApplyRope(Args(x, c.ldx, pos, c.heads, c.head_dim, c.rotary_dim,
-                             c.theta))
-                  .ok());
+  ASSERT_TRUE(
+      ApplyRope(Args(x, c.ldx, pos, c.heads, c.head_dim, c.rotary_dim, c.theta))
+          .ok());
   for (int64_t t = 0; t < c.tokens; ++t) {
     for (int64_t h = 0; h < c.heads; ++h) {
       const float* in = x0.data() + t * c.ldx + h * c.head_dim;
@@ -98,12 +99,12 @@ TEST_P(RopeShapes, MatchesFloat64AndContractBits) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, RopeShapes,
-    ::testing::Values(Case{1, 1, 2, 0, 2, 10000.0}, Case{7, 3, 10, 0, 33, 10000.0},
-                      Case{13, 4, 64, 32, 256, 500000.0},
-                      Case{5, 2, 128, 0, 256, 1000000.0},
-                      Case{33, 5, 6, 4, 31, 10000.0}));
+INSTANTIATE_TEST_SUITE_P(Shapes, RopeShapes,
+                         ::testing::Values(Case{1, 1, 2, 0, 2, 10000.0},
+                                           Case{7, 3, 10, 0, 33, 10000.0},
+                                           Case{13, 4, 64, 32, 256, 500000.0},
+                                           Case{5, 2, 128, 0, 256, 1000000.0},
+                                           Case{33, 5, 6, 4, 31, 10000.0}));
 
 TEST(Rope, PositionZeroIsIdentity) {
   auto x = RandomFloats(4 * 16, 1);
@@ -123,7 +124,8 @@ TEST(Rope, BatchInvariant) {
   for (int64_t batch = 1; batch <= 64; ++batch) {
     auto x = RandomFloats(batch * ld, 200 + batch, -3.0f, 3.0f);
     auto pos = RandomInts(batch, 300 + batch, 0, 8000);
-    const int64_t at = std::uniform_int_distribution<int64_t>(0, batch - 1)(rng);
+    const int64_t at =
+        std::uniform_int_distribution<int64_t>(0, batch - 1)(rng);
     std::memcpy(x.data() + at * ld, row.data(), ld * 4);
     pos[at] = p;
     ASSERT_TRUE(ApplyRope(Args(x, ld, pos, heads, dim)).ok());

@@ -53,8 +53,8 @@ std::vector<int64_t> Histogram(const std::vector<float>& row, SamplingParams p,
     std::copy(row.begin(), row.end(), logits.begin() + i * vocab);
     params[i].seed = 0x1234567800000000ull + i;
   }
-  const auto tokens = RunSample(logits, vocab, vocab, params,
-                                std::vector<int64_t>(n, 77));
+  const auto tokens =
+      RunSample(logits, vocab, vocab, params, std::vector<int64_t>(n, 77));
   std::vector<int64_t> counts(vocab, 0);
   for (int32_t t : tokens) ++counts[t];
   return counts;
@@ -62,7 +62,8 @@ std::vector<int64_t> Histogram(const std::vector<float>& row, SamplingParams p,
 
 // Pearson chi-square of `counts` against probabilities `p` (cells with p = 0
 // must be empty).
-double ChiSquare(const std::vector<int64_t>& counts, const std::vector<double>& p) {
+double ChiSquare(const std::vector<int64_t>& counts,
+                 const std::vector<double>& p) {
   int64_t n = 0;
   for (int64_t c : counts) n += c;
   double chi = 0;
@@ -89,13 +90,16 @@ std::vector<double> Softmax(const std::vector<float>& x, double t) {
 TEST(Philox, KnownAnswerVectors) {
   // Random123 tests/kat_vectors, "philox4x32 10" lines: counter, key, result.
   EXPECT_EQ(Philox4x32({0, 0, 0, 0}, {0, 0}),
-            (std::array<uint32_t, 4>{0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8}));
+            (std::array<uint32_t, 4>{0x6627e8d5, 0xe169c58d, 0xbc57ac4c,
+                                     0x9b00dbd8}));
   EXPECT_EQ(Philox4x32({0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff},
                        {0xffffffff, 0xffffffff}),
-            (std::array<uint32_t, 4>{0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd}));
+            (std::array<uint32_t, 4>{0x408f276d, 0x41c83b0e, 0xa20bc7c6,
+                                     0x6d5451fd}));
   EXPECT_EQ(Philox4x32({0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344},
                        {0xa4093822, 0x299f31d0}),
-            (std::array<uint32_t, 4>{0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1}));
+            (std::array<uint32_t, 4>{0xd16cfe09, 0x94fdcceb, 0x5001e420,
+                                     0x24126ea1}));
 }
 
 TEST(Philox, UniformLayoutAndRange) {
@@ -136,8 +140,8 @@ TEST(Sample, FollowsGumbelMaxContract) {
     float best_key = 0;
     for (int64_t j = 0; j < vocab; ++j) {
       const float u = PhiloxUniform(params[r].seed, positions[r], j);
-      const float key = logits[r * vocab + j] / params[r].temperature +
-                        -logf(-logf(u));
+      const float key =
+          logits[r * vocab + j] / params[r].temperature + -logf(-logf(u));
       if (best < 0 || key > best_key) {
         best = j;
         best_key = key;
@@ -166,13 +170,15 @@ TEST(Sample, SameTokenAloneAndInAnyBatchAtAnyRow) {
     std::vector<SamplingParams> params(batch);
     std::vector<int64_t> positions(batch);
     for (int64_t i = 0; i < batch; ++i) {
-      params[i].temperature = std::uniform_int_distribution<int>(0, 3)(rng) * 0.5f;
+      params[i].temperature =
+          std::uniform_int_distribution<int>(0, 3)(rng) * 0.5f;
       params[i].top_k = std::uniform_int_distribution<int>(0, 50)(rng);
       params[i].top_p = std::uniform_real_distribution<float>(0.1f, 1.0f)(rng);
       params[i].seed = rng();
       positions[i] = rng() % 4096;
     }
-    const int64_t at = std::uniform_int_distribution<int64_t>(0, batch - 1)(rng);
+    const int64_t at =
+        std::uniform_int_distribution<int64_t>(0, batch - 1)(rng);
     std::copy(row.begin(), row.end(), logits.begin() + at * ld);
     params[at] = mine;
     positions[at] = position;
@@ -198,7 +204,8 @@ TEST(Sample, SeedsReproduceAndDiffer) {
   // The position is part of the counter too.
   std::set<int32_t> by_position;
   for (int64_t pos = 0; pos < 200; ++pos) {
-    by_position.insert(RunSample(flat, vocab, vocab, {SamplingParams{}}, {pos})[0]);
+    by_position.insert(
+        RunSample(flat, vocab, vocab, {SamplingParams{}}, {pos})[0]);
   }
   EXPECT_GT(by_position.size(), 150u);
 }
@@ -206,7 +213,8 @@ TEST(Sample, SeedsReproduceAndDiffer) {
 TEST(Sample, FrequenciesMatchSoftmax) {
   // Chi-square with 7 degrees of freedom; 29.9 is the 1e-4 tail. The draws
   // are deterministic (fixed seeds), so this never flakes.
-  const std::vector<float> row = {1.0f, 0.0f, -1.0f, 2.0f, 0.5f, -3.0f, 1.5f, 0.0f};
+  const std::vector<float> row = {1.0f, 0.0f,  -1.0f, 2.0f,
+                                  0.5f, -3.0f, 1.5f,  0.0f};
   for (float t : {1.0f, 0.6f, 2.0f}) {
     SamplingParams p;
     p.temperature = t;
@@ -216,7 +224,8 @@ TEST(Sample, FrequenciesMatchSoftmax) {
 }
 
 TEST(Sample, TopKRestrictsSupport) {
-  const std::vector<float> row = {0.1f, 3.0f, 2.0f, 2.5f, -1.0f, 2.0f, 2.0f, 1.0f};
+  const std::vector<float> row = {0.1f,  3.0f, 2.0f, 2.5f,
+                                  -1.0f, 2.0f, 2.0f, 1.0f};
   SamplingParams p;
   p.top_k = 3;  // 3.0 (1), 2.5 (3), then 2.0 ties: lowest index 2 wins
   const auto counts = Histogram(row, p, 20000);
@@ -234,7 +243,8 @@ TEST(Sample, TopKRestrictsSupport) {
 }
 
 TEST(Sample, TopPRestrictsSupport) {
-  const std::vector<float> row = {logf(0.15f), logf(0.5f), logf(0.05f), logf(0.3f)};
+  const std::vector<float> row = {logf(0.15f), logf(0.5f), logf(0.05f),
+                                  logf(0.3f)};
   SamplingParams p;
   p.top_p = 0.45f;  // {1}
   EXPECT_EQ(Histogram(row, p, 500)[1], 500);
@@ -242,10 +252,12 @@ TEST(Sample, TopPRestrictsSupport) {
   EXPECT_EQ(Histogram(row, p, 500)[1], 500);
   p.top_p = 0.75f;  // {1, 3}: 0.5 + 0.3
   auto counts = Histogram(row, p, 20000);
-  EXPECT_LT(ChiSquare(counts, {0.0, 0.5 / 0.8, 0.0, 0.3 / 0.8}), 10.8);  // 1 dof
-  p.top_p = 0.9f;  // {1, 3, 0}
+  EXPECT_LT(ChiSquare(counts, {0.0, 0.5 / 0.8, 0.0, 0.3 / 0.8}),
+            10.8);  // 1 dof
+  p.top_p = 0.9f;   // {1, 3, 0}
   counts = Histogram(row, p, 20000);
-  EXPECT_LT(ChiSquare(counts, {0.15 / 0.95, 0.5 / 0.95, 0.0, 0.3 / 0.95}), 13.8);
+  EXPECT_LT(ChiSquare(counts, {0.15 / 0.95, 0.5 / 0.95, 0.0, 0.3 / 0.95}),
+            13.8);
   p.top_p = 1.0f;
   counts = Histogram(row, p, 20000);
   EXPECT_LT(ChiSquare(counts, {0.15, 0.5, 0.05, 0.3}), 16.3);
@@ -284,7 +296,8 @@ TEST(Sample, GreedyAndArgmax) {
   greedy.temperature = 0.0f;
   for (int64_t seed : {0, 1, 99}) {
     greedy.seed = static_cast<uint64_t>(seed);
-    EXPECT_EQ(RunSample(row, 5, 5, {greedy}, {seed * 3})[0], 1) << "ties -> lowest";
+    EXPECT_EQ(RunSample(row, 5, 5, {greedy}, {seed * 3})[0], 1)
+        << "ties -> lowest";
   }
   const float nan = std::nanf("");
   const std::vector<std::pair<std::vector<float>, int32_t>> cases = {
@@ -336,7 +349,8 @@ TEST(Sample, BadArguments) {
   good.tokens_out = tokens.data();
   ASSERT_TRUE(Sample(good).ok());
   auto invalid = [](const absl::Status& s, const char* what) {
-    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << what << ": " << s;
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument)
+        << what << ": " << s;
   };
   SampleArgs a = good;
   a.logits = nullptr;

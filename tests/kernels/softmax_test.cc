@@ -29,7 +29,7 @@ struct Out {
 };
 
 Out RunLogSoftmax(const std::vector<float>& logits, int64_t ld, int64_t rows,
-        int64_t vocab, const std::vector<int32_t>& targets) {
+                  int64_t vocab, const std::vector<int32_t>& targets) {
   Out o;
   o.lse.assign(rows, 0.0f);
   o.logprobs.assign(rows * vocab, 0.0f);
@@ -60,7 +60,8 @@ float ContractLse(const float* x, int64_t vocab) {
     if (m[s] == -INFINITY) continue;
     for (int64_t j = lo; j < hi; ++j) z[s] = z[s] + expf(x[j] - m[s]);
   }
-  auto combine = [](float ma, float za, float mb, float zb, float& mo, float& zo) {
+  auto combine = [](float ma, float za, float mb, float zb, float& mo,
+                    float& zo) {
     mo = std::max(ma, mb);
     const float ta = ma == -INFINITY ? 0.0f : za * expf(ma - mo);
     const float tb = mb == -INFINITY ? 0.0f : zb * expf(mb - mo);
@@ -91,7 +92,8 @@ double Float64Lse(const float* x, int64_t vocab) {
   return m + std::log(z);
 }
 
-class SoftmaxShapes : public ::testing::TestWithParam<std::array<int64_t, 3>> {};
+class SoftmaxShapes : public ::testing::TestWithParam<std::array<int64_t, 3>> {
+};
 
 TEST_P(SoftmaxShapes, AccurateAndContractBits) {
   const auto [rows, vocab, ld] = GetParam();
@@ -119,15 +121,16 @@ TEST_P(SoftmaxShapes, AccurateAndContractBits) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, SoftmaxShapes,
-                         ::testing::Values(std::array<int64_t, 3>{1, 1, 1},
-                                           std::array<int64_t, 3>{3, 3, 5},
-                                           std::array<int64_t, 3>{4, 7, 7},
-                                           std::array<int64_t, 3>{5, 8, 9},
-                                           std::array<int64_t, 3>{2, 13, 13},
-                                           std::array<int64_t, 3>{6, 1001, 1010},
-                                           std::array<int64_t, 3>{3, 32000, 32000},
-                                           std::array<int64_t, 3>{2, 151936, 151936}));
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, SoftmaxShapes,
+    ::testing::Values(std::array<int64_t, 3>{1, 1, 1},
+                      std::array<int64_t, 3>{3, 3, 5},
+                      std::array<int64_t, 3>{4, 7, 7},
+                      std::array<int64_t, 3>{5, 8, 9},
+                      std::array<int64_t, 3>{2, 13, 13},
+                      std::array<int64_t, 3>{6, 1001, 1010},
+                      std::array<int64_t, 3>{3, 32000, 32000},
+                      std::array<int64_t, 3>{2, 151936, 151936}));
 
 TEST(LogSoftmax, TinyVocabulariesHaveNoNaN) {
   // V < 8 leaves some segments empty (max -inf, sum 0); combining two empty
@@ -183,7 +186,8 @@ TEST(LogSoftmax, VocabParallelSplitsEqualSingleCall) {
         const int64_t local = hi - lo, ld = local + 3;
         std::vector<float> shard(rows * ld, 99.0f);
         for (int64_t i = 0; i < rows; ++i) {
-          std::memcpy(shard.data() + i * ld, x.data() + i * vocab + lo, local * 4);
+          std::memcpy(shard.data() + i * ld, x.data() + i * vocab + lo,
+                      local * 4);
         }
         SegmentStatsArgs a;
         a.logits = shard.data();
@@ -196,9 +200,11 @@ TEST(LogSoftmax, VocabParallelSplitsEqualSingleCall) {
         ASSERT_TRUE(SegmentStats(a).ok());
       }
       std::vector<float> lse(rows);
-      ASSERT_TRUE(CombineSegmentStats(gathered.data(), t, rows, lse.data()).ok());
+      ASSERT_TRUE(
+          CombineSegmentStats(gathered.data(), t, rows, lse.data()).ok());
       for (float v : lse) EXPECT_FALSE(std::isnan(v));
-      EXPECT_TRUE(testing::SameBits(lse, single.lse)) << "vocab " << vocab << " t " << t;
+      EXPECT_TRUE(testing::SameBits(lse, single.lse))
+          << "vocab " << vocab << " t " << t;
     }
   }
 }
@@ -212,13 +218,15 @@ TEST(LogSoftmax, BatchAndThreadInvariant) {
   for (int64_t batch = 1; batch <= 64; ++batch) {
     SetNumThreads(1 + batch % 4);
     auto x = RandomFloats(batch * vocab, 50 + batch, -10.0f, 10.0f);
-    const int64_t at = std::uniform_int_distribution<int64_t>(0, batch - 1)(rng);
+    const int64_t at =
+        std::uniform_int_distribution<int64_t>(0, batch - 1)(rng);
     std::memcpy(x.data() + at * vocab, row.data(), vocab * 4);
     auto targets = RandomInts(batch, batch, 0, vocab - 1);
     targets[at] = 17;
     const Out o = RunLogSoftmax(x, vocab, batch, vocab, targets);
     EXPECT_EQ(std::memcmp(&o.lse[at], &alone.lse[0], 4), 0);
-    EXPECT_EQ(std::memcmp(&o.target_logprobs[at], &alone.target_logprobs[0], 4), 0);
+    EXPECT_EQ(std::memcmp(&o.target_logprobs[at], &alone.target_logprobs[0], 4),
+              0);
     EXPECT_EQ(std::memcmp(o.logprobs.data() + at * vocab, alone.logprobs.data(),
                           vocab * 4),
               0);
@@ -336,8 +344,10 @@ TEST(LogSoftmax, BadArguments) {
 
   if (!CudaKernelsBuilt()) {
     const ExecContext cuda{Device::kCuda, nullptr};
-    EXPECT_EQ(LogSoftmax(good, cuda).code(), absl::StatusCode::kFailedPrecondition);
-    EXPECT_EQ(SegmentStats(s, cuda).code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ(LogSoftmax(good, cuda).code(),
+              absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ(SegmentStats(s, cuda).code(),
+              absl::StatusCode::kFailedPrecondition);
     EXPECT_EQ(CombineSegmentStats(g.data(), 8, 2, out.data(), cuda).code(),
               absl::StatusCode::kFailedPrecondition);
   }

@@ -1,0 +1,196 @@
+#include "sdk/cpp/weights.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/crc32c.h"
+#include "common/safetensors.h"
+#include "kernels/dtype.h"
+
+namespace lockstep::client {
+namespace {
+
+v1::DType FromKernelDType(kernels::DType dtype) {
+  return dtype == kernels::DType::kF32 ? v1::DTYPE_F32 : v1::DTYPE_BF16;
+}
+
+bool IsDirectory(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+}  // namespace
+
+int DTypeBytes(v1::DType dtype) {
+  switch (dtype) {
+    case v1::DTYPE_F32:
+      return 4;
+    case v1::DTYPE_BF16:
+      return 2;
+    default:
+      return 0;
+  }
+}
+
+absl::StatusOr<WeightSet> WeightSet::FromSafetensors(const std::string& path) {
+  const std::string file =
+      IsDirectory(path) ? path + "/model.safetensors" : path;
+  absl::StatusOr<std::unique_ptr<common::SafetensorsFile>> opened =
+      common::SafetensorsFile::Open(file);
+  if (!opened.ok()) return opened.status();
+  std::shared_ptr<const common::SafetensorsFile> st = std::move(*opened);
+  WeightSet set;
+  set.owners_.push_back(st);
+  for (const common::TensorInfo& t : st->tensors()) {  // sorted by name
+    TensorView v;
+    v.name = t.name;
+    v.dtype = FromKernelDType(t.dtype);
+    v.shape = t.shape;
+    v.data = t.data;
+    v.nbytes = t.nbytes;
+    set.views_.push_back(std::move(v));
+  }
+  return set;
+}
+
+absl::StatusOr<WeightSet> WeightSet::FromTensors(std::vector<Tensor> tensors) {
+  std::sort(tensors.begin(), tensors.end(),
+            [](const Tensor& a, const Tensor& b) { return a.name < b.name; });
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const Tensor& t = tensors[i];
+    if (t.name.empty()) return absl::InvalidArgumentError("a tensor has no name");
+    if (i > 0 && tensors[i - 1].name == t.name) {
+      return absl::InvalidArgumentError(absl::StrCat("duplicate tensor '", t.name, "'"));
+    }
+    const int size = DTypeBytes(t.dtype);
+    if (size == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", t.name, "' has no valid dtype"));
+    }
+    uint64_t numel = 1;
+    for (int64_t d : t.shape) {
+      if (d < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor '", t.name, "' has a negative dim"));
+      }
+      numel *= static_cast<uint64_t>(d);
+    }
+    if (numel * size != t.data.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", t.name, "' holds ", t.data.size(), " bytes; its shape and dtype need ",
+          numel * size));
+    }
+  }
+  auto owned = std::make_shared<std::vector<Tensor>>(std::move(tensors));
+  WeightSet set;
+  set.owners_.push_back(owned);
+  for (const Tensor& t : *owned) {
+    set.views_.push_back(TensorView{t.name, t.dtype, t.shape, t.data.data(), t.data.size()});
+  }
+  return set;
+}
+
+absl::StatusOr<WeightSet> WeightSet::ConvertedTo(v1::DType dtype) const {
+  if (DTypeBytes(dtype) == 0) {
+    return absl::InvalidArgumentError("ConvertedTo needs DTYPE_F32 or DTYPE_BF16");
+  }
+  WeightSet out;
+  out.owners_ = owners_;
+  for (const TensorView& v : views_) {
+    if (v.dtype == dtype) {
+      out.views_.push_back(v);
+      continue;
+    }
+    const size_t numel = v.nbytes / DTypeBytes(v.dtype);
+    auto buffer = std::make_shared<std::vector<uint8_t>>(numel * DTypeBytes(dtype));
+    // Element loads go through memcpy: a mapped file need not align them.
+    if (dtype == v1::DTYPE_BF16) {
+      for (size_t i = 0; i < numel; ++i) {
+        float f;
+        std::memcpy(&f, v.data + 4 * i, 4);
+        const uint16_t b = kernels::F32ToBF16(f);
+        std::memcpy(buffer->data() + 2 * i, &b, 2);
+      }
+    } else {
+      for (size_t i = 0; i < numel; ++i) {
+        uint16_t b;
+        std::memcpy(&b, v.data + 2 * i, 2);
+        const float f = kernels::BF16ToF32(b);
+        std::memcpy(buffer->data() + 4 * i, &f, 4);
+      }
+    }
+    out.owners_.push_back(buffer);
+    out.views_.push_back(
+        TensorView{v.name, dtype, v.shape, buffer->data(), buffer->size()});
+  }
+  return out;
+}
+
+uint64_t WeightSet::total_bytes() const {
+  uint64_t total = 0;
+  for (const TensorView& v : views_) total += v.nbytes;
+  return total;
+}
+
+v1::DType WeightSet::dtype() const {
+  if (views_.empty()) return v1::DTYPE_UNSPECIFIED;
+  for (const TensorView& v : views_) {
+    if (v.dtype != views_.front().dtype) return v1::DTYPE_UNSPECIFIED;
+  }
+  return views_.front().dtype;
+}
+
+v1::WeightUpdateHeader MakeWeightUpdateHeader(const WeightSet& weights,
+                                              uint64_t target_version,
+                                              const std::string& source) {
+  v1::WeightUpdateHeader header;
+  header.set_target_version(target_version);
+  header.set_source(source);
+  for (const TensorView& t : weights.tensors()) {
+    v1::TensorManifestEntry* e = header.add_tensors();
+    e->set_name(t.name);
+    e->set_dtype(t.dtype);
+    for (int64_t d : t.shape) e->add_shape(d);
+    e->set_total_bytes(t.nbytes);
+    e->set_crc32c(common::Crc32c(t.data, t.nbytes));
+  }
+  return header;
+}
+
+absl::Status StreamWeightUpdate(
+    const WeightSet& weights, const WeightUploadOptions& options,
+    const std::function<absl::Status(const v1::WeightUpdate&)>& sink) {
+  if (options.chunk_bytes < 1 || options.chunk_bytes > kMaxWeightChunkBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chunk_bytes ", options.chunk_bytes, " outside [1, ", kMaxWeightChunkBytes, "]"));
+  }
+  if (weights.tensors().empty()) {
+    return absl::InvalidArgumentError("the weight set holds no tensors");
+  }
+  v1::WeightUpdate message;
+  *message.mutable_header() =
+      MakeWeightUpdateHeader(weights, options.target_version, options.source);
+  absl::Status s = sink(message);
+  if (!s.ok()) return s;
+  for (const TensorView& t : weights.tensors()) {
+    for (size_t off = 0; off < t.nbytes; off += options.chunk_bytes) {
+      const size_t n = std::min(options.chunk_bytes, t.nbytes - off);
+      message.Clear();
+      v1::TensorChunk* chunk = message.mutable_chunk();
+      chunk->set_name(t.name);
+      chunk->set_offset(off);
+      chunk->set_data(t.data + off, n);
+      chunk->set_crc32c(common::Crc32c(t.data + off, n));
+      s = sink(message);
+      if (!s.ok()) return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace lockstep::client
