@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -60,7 +61,11 @@ class Pool {
       // if it first runs after this caller has moved on to a later job.
       const uint64_t before = generation_.load(std::memory_order_relaxed);
       while (static_cast<int>(workers_.size()) < chunks - 1) {
-        workers_.emplace_back([this, before] { WorkerLoop(before); });
+        try {
+          workers_.emplace_back([this, before] { WorkerLoop(before); });
+        } catch (const std::system_error&) {
+          break;  // out of threads: the caller claims the remaining chunks
+        }
       }
       fn_ = &fn;
       n_ = n;

@@ -4,10 +4,13 @@
 # their gRPC health through prometheus-blackbox-exporter when it is installed. `make observe` runs it.
 #
 # Usage: scripts/observe.sh [options]      (Ctrl-C stops Prometheus and the exporter)
-#   --rollout HOST:PORT       a rollout's metrics endpoint (repeatable; default 127.0.0.1:9400)
-#   --learner HOST:PORT       the learner's metrics endpoint (repeatable; default 127.0.0.1:9401)
-#   --grpc-rollout HOST:PORT  a rollout's gRPC endpoint for health probes (repeatable; default 127.0.0.1:50051)
-#   --grpc-learner HOST:PORT  the learner's gRPC endpoint (repeatable; default 127.0.0.1:50052)
+# Without target options it finds the rollout_service and learner_service processes running on this
+# machine, and their ports, every 2 s (deploy/prometheus/discover_local_targets.py): `make demo` picks
+# its ports at run time. With any of these four, it watches exactly the given endpoints:
+#   --rollout HOST:PORT       a rollout's metrics endpoint (repeatable; e.g. 127.0.0.1:9400)
+#   --learner HOST:PORT       the learner's metrics endpoint (repeatable; e.g. 127.0.0.1:9401)
+#   --grpc-rollout HOST:PORT  a rollout's gRPC endpoint for health probes (repeatable)
+#   --grpc-learner HOST:PORT  the learner's gRPC endpoint (repeatable)
 #   --listen HOST:PORT        Prometheus' address (default 127.0.0.1:9090; loopback only)
 #   --blackbox-listen HOST:PORT  blackbox exporter's address (default 127.0.0.1:9115; loopback only)
 #   --no-blackbox             do not probe gRPC health
@@ -45,14 +48,15 @@ while [[ $# -gt 0 ]]; do
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
-[[ ${#rollouts[@]} -gt 0 ]] || rollouts=(127.0.0.1:9400)
-[[ ${#learners[@]} -gt 0 ]] || learners=(127.0.0.1:9401)
-[[ ${#grpc_rollouts[@]} -gt 0 ]] || grpc_rollouts=(127.0.0.1:50051)
-[[ ${#grpc_learners[@]} -gt 0 ]] || grpc_learners=(127.0.0.1:50052)
+discover=0
+if [[ $((${#rollouts[@]} + ${#learners[@]} + ${#grpc_rollouts[@]} + ${#grpc_learners[@]})) -eq 0 ]]; then
+  discover=1
+fi
 
 # Everything listens and scrapes on this machine only.
 loopback() { [[ $1 =~ ^(127\.[0-9]+\.[0-9]+\.[0-9]+|localhost|\[::1\]):[0-9]+$ ]]; }
-for a in "$listen" "$bb_listen" "${rollouts[@]}" "${learners[@]}" "${grpc_rollouts[@]}" "${grpc_learners[@]}"; do
+for a in "$listen" "$bb_listen" ${rollouts[@]+"${rollouts[@]}"} ${learners[@]+"${learners[@]}"} \
+         ${grpc_rollouts[@]+"${grpc_rollouts[@]}"} ${grpc_learners[@]+"${grpc_learners[@]}"}; do
   loopback "$a" || die "$a is not a loopback HOST:PORT (127.0.0.0/8, localhost or [::1])"
 done
 [[ $interval =~ ^[0-9]+(ms|s|m)$ ]] || die "--scrape-interval $interval is not a duration like 5s"
@@ -85,12 +89,13 @@ write_targets() {  # file targets...
   echo "[{\"targets\": [$(json_list "$@")], \"labels\": {}}]" > "$state/targets/$file.tmp"
   mv "$state/targets/$file.tmp" "$state/targets/$file"
 }
-write_targets rollout.json "${rollouts[@]}"
-write_targets learner.json "${learners[@]}"
-if [[ $blackbox == 1 ]]; then
+[[ $discover == 1 ]] || write_targets rollout.json "${rollouts[@]}"
+[[ $discover == 1 ]] || write_targets learner.json "${learners[@]}"
+if [[ $blackbox == 1 && $discover == 0 ]]; then
   for pair in "rollout:grpc_rollout" "learner:grpc_learner"; do
     role="${pair%%:*}" module="${pair#*:}"
     if [[ $role == rollout ]]; then addrs=("${grpc_rollouts[@]}"); else addrs=("${grpc_learners[@]}"); fi
+    [[ ${#addrs[@]} -gt 0 ]] || continue
     for m in "$module" grpc_health; do
       echo "[{\"targets\": [$(json_list "${addrs[@]}")], \"labels\": {\"role\": \"$role\"," \
            "\"module\": \"$m\", \"blackbox\": \"$bb_listen\"}}]" > "$state/targets/grpc-$role-$m.json"
@@ -110,6 +115,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 0' INT TERM
 
+if [[ $discover == 1 ]]; then
+  /usr/bin/python3 "$ROOT/deploy/prometheus/discover_local_targets.py" --dir "$state/targets" \
+    $( [[ $blackbox == 1 ]] && echo "--blackbox $bb_listen" ) &
+  pids+=($!)
+fi
 if [[ $blackbox == 1 ]]; then
   "$BLACKBOX" --config.file="$state/blackbox.yml" --web.listen-address="$bb_listen" \
     > "$state/blackbox.log" 2>&1 &
@@ -120,11 +130,16 @@ fi
   --web.enable-lifecycle > "$state/prometheus.log" 2>&1 &
 pids+=($!)
 
+if [[ $discover == 1 ]]; then
+  targets="  targets: rollout_service and learner_service processes of this machine, found every 2s"
+else
+  targets="  rollout metrics: ${rollouts[*]:-none}; learner metrics: ${learners[*]:-none}"
+  targets+=$'\n'"  gRPC endpoints: ${grpc_rollouts[*]:-} ${grpc_learners[*]:-}"
+fi
 cat <<EOF
 observe: Prometheus on http://$listen (log: $state/prometheus.log), scraping every $interval
-  rollout metrics: ${rollouts[*]}
-  learner metrics: ${learners[*]}
-$( [[ $blackbox == 1 ]] && echo "  gRPC health via blackbox exporter on $bb_listen: ${grpc_rollouts[*]} ${grpc_learners[*]}" )
+$targets
+$( [[ $blackbox == 1 ]] && echo "  gRPC health probed through the blackbox exporter on $bb_listen" )
   try:  curl -s 'http://$listen/api/v1/query?query=sum(lockstep_tokens_mismatched_total)'
         http://$listen/alerts
   dashboard: import deploy/grafana/lockstep.json into Grafana, data source http://$listen

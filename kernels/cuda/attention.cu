@@ -82,13 +82,19 @@ __device__ __forceinline__ float DotRow(const float* q, const uint8_t* krow,
   float acc = 0.0f;
   const KvT* k = reinterpret_cast<const KvT*>(krow);
   if (vec) {
+    // 16-byte loads of K and of q (q rows are 16-byte aligned whenever the
+    // vector path is legal); same fma order as the scalar loop.
     constexpr int kPer = 16 / sizeof(KvT);
     for (int base = 0; base < d; base += kPer) {
       const uint4 raw = *reinterpret_cast<const uint4*>(k + base);
       const KvT* e = reinterpret_cast<const KvT*>(&raw);
 #pragma unroll
-      for (int c = 0; c < kPer; ++c) {
-        acc = __fmaf_rn(q[base + c], LoadF32<KvT>(e, c), acc);
+      for (int c = 0; c < kPer; c += 4) {
+        const float4 qv = *reinterpret_cast<const float4*>(q + base + c);
+        acc = __fmaf_rn(qv.x, LoadF32<KvT>(e, c + 0), acc);
+        acc = __fmaf_rn(qv.y, LoadF32<KvT>(e, c + 1), acc);
+        acc = __fmaf_rn(qv.z, LoadF32<KvT>(e, c + 2), acc);
+        acc = __fmaf_rn(qv.w, LoadF32<KvT>(e, c + 3), acc);
       }
     }
   } else {
@@ -97,7 +103,42 @@ __device__ __forceinline__ float DotRow(const float* q, const uint8_t* krow,
   return acc;
 }
 
-template <typename KvT, bool kPaged, int kNDL>
+// kN consecutive elements of a shared-memory row, widened to fp32, with one
+// vector load where the size allows.
+template <typename KvT, int kN>
+__device__ __forceinline__ void LoadRowVec(const KvT* p, float (&out)[kN]) {
+  constexpr int kBytes = kN * static_cast<int>(sizeof(KvT));
+  if constexpr (kBytes == 4) {
+    const uint32_t raw = *reinterpret_cast<const uint32_t*>(p);
+    const KvT* e = reinterpret_cast<const KvT*>(&raw);
+#pragma unroll
+    for (int c = 0; c < kN; ++c) out[c] = LoadF32<KvT>(e, c);
+  } else if constexpr (kBytes == 8) {
+    const uint2 raw = *reinterpret_cast<const uint2*>(p);
+    const KvT* e = reinterpret_cast<const KvT*>(&raw);
+#pragma unroll
+    for (int c = 0; c < kN; ++c) out[c] = LoadF32<KvT>(e, c);
+  } else if constexpr (kBytes % 16 == 0) {
+#pragma unroll
+    for (int b = 0; b < kBytes / 16; ++b) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(
+          reinterpret_cast<const uint8_t*>(p) + 16 * b);
+      const KvT* e = reinterpret_cast<const KvT*>(&raw);
+#pragma unroll
+      for (int c = 0; c < 16 / static_cast<int>(sizeof(KvT)); ++c) {
+        out[b * (16 / sizeof(KvT)) + c] = LoadF32<KvT>(e, c);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int c = 0; c < kN; ++c) out[c] = LoadF32<KvT>(p, c);
+  }
+}
+
+// kContig: lane owns dims [kNDL*lane, kNDL*lane + kNDL) (D == 32*kNDL, one
+// vector load per key); else dims lane + 32*i. Which lane holds which dim
+// does not change any dim's fma chain.
+template <typename KvT, bool kPaged, int kNDL, bool kContig>
 __global__ void __launch_bounds__(kMaxWarps * 32)
     AttentionKernel(const AttnParams p) {
   extern __shared__ __align__(16) uint8_t smem[];
@@ -262,10 +303,17 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
           l = __fadd_rn(l, ej);
           const KvT* vrow = reinterpret_cast<const KvT*>(
               vbuf + (half * kAttnKeyBlock + jj) * p.row_bytes);
+          if constexpr (kContig) {
+            float vv[kNDL];
+            LoadRowVec<KvT, kNDL>(vrow + kNDL * lane, vv);
 #pragma unroll
-          for (int i = 0; i < kNDL; ++i) {
-            const int d = lane + 32 * i;
-            if (d < p.d) acc[i] = __fmaf_rn(ej, LoadF32<KvT>(vrow, d), acc[i]);
+            for (int i = 0; i < kNDL; ++i) acc[i] = __fmaf_rn(ej, vv[i], acc[i]);
+          } else {
+#pragma unroll
+            for (int i = 0; i < kNDL; ++i) {
+              const int d = lane + 32 * i;
+              if (d < p.d) acc[i] = __fmaf_rn(ej, LoadF32<KvT>(vrow, d), acc[i]);
+            }
           }
         }
         m = mnew;
@@ -279,7 +327,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
     const bool poison = kPaged && bad;
 #pragma unroll
     for (int i = 0; i < kNDL; ++i) {
-      const int d = lane + 32 * i;
+      const int d = kContig ? kNDL * lane + i : lane + 32 * i;
       if (d < p.d) orow[d] = poison ? __int_as_float(0x7fc00000) : __fdiv_rn(acc[i], l);
     }
   }
@@ -302,10 +350,19 @@ absl::Status LaunchTyped(const AttnParams& p, int ctas, cudaStream_t stream) {
     LOCKSTEP_CUDA_CHECK_LAUNCH("AttentionKernel");
     return absl::OkStatus();
   };
-  if (ndl <= 1) return launch(AttentionKernel<KvT, kPaged, 1>);
-  if (ndl <= 2) return launch(AttentionKernel<KvT, kPaged, 2>);
-  if (ndl <= 4) return launch(AttentionKernel<KvT, kPaged, 4>);
-  return launch(AttentionKernel<KvT, kPaged, 8>);
+  // Contiguous dims per lane need D == 32 * kNDL and 16-byte-aligned rows
+  // (row_bytes is a multiple of 16).
+  const bool contig = p.d % 32 == 0 && (ndl == 1 || ndl == 2 || ndl == 4 || ndl == 8);
+  if (contig) {
+    if (ndl == 1) return launch(AttentionKernel<KvT, kPaged, 1, true>);
+    if (ndl == 2) return launch(AttentionKernel<KvT, kPaged, 2, true>);
+    if (ndl == 4) return launch(AttentionKernel<KvT, kPaged, 4, true>);
+    return launch(AttentionKernel<KvT, kPaged, 8, true>);
+  }
+  if (ndl <= 1) return launch(AttentionKernel<KvT, kPaged, 1, false>);
+  if (ndl <= 2) return launch(AttentionKernel<KvT, kPaged, 2, false>);
+  if (ndl <= 4) return launch(AttentionKernel<KvT, kPaged, 4, false>);
+  return launch(AttentionKernel<KvT, kPaged, 8, false>);
 }
 
 absl::Status CheckHeads(int64_t hq, int64_t hkv, int64_t d) {

@@ -46,7 +46,9 @@ struct GemmParams {
   int num_m_blocks;  // ceil(m / rows per CTA tile)
   int num_n_blocks;  // ceil(n / BN)
   int num_tiles;
-  int group_m;       // raster: m-blocks per group (L2 reuse of B)
+  int unit_m_blocks;  // ceil(num_m_blocks / cluster): m-blocks of a cluster
+  int num_units;      // unit_m_blocks * num_n_blocks: work items of a cluster
+  int group_m;        // raster: units per group along m (L2 reuse of B)
   void* y;           // [m, n], row stride ldy, fp32 or bf16
   int64_t ldy;
   int y_bf16;        // 1: y is bf16
@@ -182,17 +184,59 @@ __device__ __forceinline__ void NamedBarrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 
-// Tile -> (m-block, n-block): groups of group_m m-blocks, m fastest inside a
-// group, so that the CTAs running together share the same B (weight)
-// columns. Changes the schedule only, never an element's arithmetic.
-__device__ __forceinline__ void TileCoords(const GemmParams& p, int tile,
-                                           int& mb, int& nb) {
+__device__ __forceinline__ uint32_t ClusterCtaRank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return r;
+}
+
+// Whole-cluster barrier (not .aligned: warps may arrive diverged).
+__device__ __forceinline__ void ClusterSync() {
+  asm volatile(
+      "barrier.cluster.arrive.release;\n"
+      "barrier.cluster.wait.acquire;\n" ::
+          : "memory");
+}
+
+// TMA load written to the same offset in every CTA of `mask`, completing on
+// the mbarrier at the same offset in each of them.
+__device__ __forceinline__ void TmaLoad3dMulticast(void* dst,
+                                                   const CUtensorMap* map,
+                                                   uint64_t* bar, int c0,
+                                                   int c1, int c2,
+                                                   uint16_t mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::"
+      "bytes.multicast::cluster [%0], [%1, {%3, %4, %5}], [%2], %6;" ::"r"(
+          SmemAddr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(SmemAddr(bar)), "r"(c0),
+      "r"(c1), "r"(c2), "h"(mask)
+      : "memory");
+}
+
+// Arrives on the mbarrier at the same offset in CTA `cta` of the cluster.
+__device__ __forceinline__ void MbarArriveCluster(uint64_t* bar, uint32_t cta) {
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;"
+               : "=r"(remote)
+               : "r"(SmemAddr(bar)), "r"(cta));
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::
+                   "r"(remote)
+               : "memory");
+}
+
+// Work unit -> (cluster m-block, n-block): groups of group_m units along m,
+// m fastest inside a group, so that the CTAs running together share the
+// same B (weight) columns. A CTA of rank r in a cluster of c takes m-block
+// unit_m * c + r. Changes the schedule only, never an element's arithmetic.
+__device__ __forceinline__ void UnitCoords(const GemmParams& p, int unit,
+                                           int& mu, int& nb) {
   const int group_size = p.group_m * p.num_n_blocks;
-  const int group = tile / group_size;
+  const int group = unit / group_size;
   const int first_m = group * p.group_m;
-  const int rows_in_group = min(p.num_m_blocks - first_m, p.group_m);
-  const int r = tile - group * group_size;
-  mb = first_m + r % rows_in_group;
+  const int rows_in_group = min(p.unit_m_blocks - first_m, p.group_m);
+  const int r = unit - group * group_size;
+  mu = first_m + r % rows_in_group;
   nb = r / rows_in_group;
 }
 
@@ -234,7 +278,11 @@ __device__ __forceinline__ void StoreFragment(const GemmParams& p,
   }
 }
 
-template <int kNC, int kBN, int kLPW>
+// kCluster == 2 (leaf mode only): two CTAs with adjacent m-blocks and the
+// same n-block form a cluster; CTA r loads B box r (warpgroup r's leaves)
+// once and multicasts it to both, halving the B traffic. Each stage is
+// released to the producers only when the consumers of both CTAs are done.
+template <int kNC, int kBN, int kLPW, int kCluster>
 __global__ void __launch_bounds__(Shape<kNC, kBN, kLPW>::kThreads, 1)
     GemmSm90Kernel(const __grid_constant__ CUtensorMap tma_a,
                    const __grid_constant__ CUtensorMap tma_b,
@@ -256,16 +304,25 @@ __global__ void __launch_bounds__(Shape<kNC, kBN, kLPW>::kThreads, 1)
       smem + S::kStages * S::kStageBytes + S::kXchgBytes);
   uint64_t* empty = full + S::kStages;
 
+  static_assert(kCluster == 1 || (kCluster == 2 && kLeafMode),
+                "clusters are used by leaf mode only");
   const int wg = threadIdx.x / kWgThreads;
   const int t = threadIdx.x % kWgThreads;
+  const uint32_t rank = kCluster > 1 ? ClusterCtaRank() : 0;
   if (threadIdx.x == 0) {
     for (int s = 0; s < S::kStages; ++s) {
       MbarInit(&full[s], 1);
-      MbarInit(&empty[s], kNC);
+      MbarInit(&empty[s], kNC * kCluster);
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
-  __syncthreads();
+  if constexpr (kCluster > 1) {
+    ClusterSync();  // the peer's barriers exist before anyone signals them
+  } else {
+    __syncthreads();
+  }
+  const int unit_step = gridDim.x / kCluster;
+  const int unit_first = blockIdx.x / kCluster;
 
   if (wg == 0) {
     // Producer warpgroup: one thread walks the same (tile, leaf, k-block)
@@ -274,10 +331,10 @@ __global__ void __launch_bounds__(Shape<kNC, kBN, kLPW>::kThreads, 1)
     if (t == 0) {
       int stage = 0;
       uint32_t phase = 0;
-      for (int tile = blockIdx.x; tile < p.num_tiles; tile += gridDim.x) {
-        int mb, nb;
-        TileCoords(p, tile, mb, nb);
-        const int m0 = mb * S::kTileM;
+      for (int unit = unit_first; unit < p.num_units; unit += unit_step) {
+        int mu, nb;
+        UnitCoords(p, unit, mu, nb);
+        const int m0 = (mu * kCluster + static_cast<int>(rank)) * S::kTileM;
         const int n0 = nb * kBN;
         for (int li = 0; li < kLeafIters; ++li) {
           for (int kb = 0; kb < p.nkb; ++kb) {
@@ -289,9 +346,17 @@ __global__ void __launch_bounds__(Shape<kNC, kBN, kLPW>::kThreads, 1)
               TmaLoad3d(st, &tma_a, &full[stage], kc, li, m0);
               TmaLoad3d(st + kABoxBytes, &tma_a, &full[stage], kc, kLPW + li,
                         m0);
-              TmaLoad3d(st + 2 * kABoxBytes, &tma_b, &full[stage], kc, li, n0);
-              TmaLoad3d(st + 2 * kABoxBytes + S::kBBoxBytes, &tma_b,
-                        &full[stage], kc, kLPW + li, n0);
+              if constexpr (kCluster == 2) {
+                const int w = static_cast<int>(rank);
+                TmaLoad3dMulticast(st + 2 * kABoxBytes + w * S::kBBoxBytes,
+                                   &tma_b, &full[stage], kc, w * kLPW + li, n0,
+                                   uint16_t{3});
+              } else {
+                TmaLoad3d(st + 2 * kABoxBytes, &tma_b, &full[stage], kc, li,
+                          n0);
+                TmaLoad3d(st + 2 * kABoxBytes + S::kBBoxBytes, &tma_b,
+                          &full[stage], kc, kLPW + li, n0);
+              }
             } else {
 #pragma unroll
               for (int h = 0; h < kNC; ++h) {
@@ -318,10 +383,18 @@ __global__ void __launch_bounds__(Shape<kNC, kBN, kLPW>::kThreads, 1)
     float s1[kLPW >= 4 ? kR : 1];
     int stage = 0;
     uint32_t phase = 0;
-    for (int tile = blockIdx.x; tile < p.num_tiles; tile += gridDim.x) {
-      int mb, nb;
-      TileCoords(p, tile, mb, nb);
-      const int m0 = mb * S::kTileM;
+    // Releases a stage to this CTA's producer and, in a cluster, to the
+    // peer's (whose multicast also writes this CTA's copy of the stage).
+    auto release = [&](int st_idx) {
+      if (t == 0) {
+        MbarArrive(&empty[st_idx]);
+        if constexpr (kCluster == 2) MbarArriveCluster(&empty[st_idx], rank ^ 1u);
+      }
+    };
+    for (int unit = unit_first; unit < p.num_units; unit += unit_step) {
+      int mu, nb;
+      UnitCoords(p, unit, mu, nb);
+      const int m0 = (mu * kCluster + static_cast<int>(rank)) * S::kTileM;
       const int n0 = nb * kBN;
 #pragma unroll
       for (int li = 0; li < kLeafIters; ++li) {
@@ -347,7 +420,7 @@ __global__ void __launch_bounds__(Shape<kNC, kBN, kLPW>::kThreads, 1)
             // so its stage can be refilled.
             WgmmaWait<1>();
             FenceRegs(acc);
-            if (t == 0) MbarArrive(&empty[prev]);
+            release(prev);
           }
           prev = stage;
           if (++stage == S::kStages) {
@@ -357,7 +430,7 @@ __global__ void __launch_bounds__(Shape<kNC, kBN, kLPW>::kThreads, 1)
         }
         WgmmaWait<0>();
         FenceRegs(acc);
-        if (t == 0) MbarArrive(&empty[prev]);
+        release(prev);
         // Fixed tree over this warpgroup's leaves (left operand = lower
         // leaves): 2 leaves: p0+p1; 4 leaves: (p0+p1)+(p2+p3).
         if constexpr (kLPW == 2) {
@@ -405,6 +478,11 @@ __global__ void __launch_bounds__(Shape<kNC, kBN, kLPW>::kThreads, 1)
         StoreFragment<kBN>(p, acc, m0 + 64 * c, n0, t);
       }
     }
+  }
+  if constexpr (kCluster > 1) {
+    // Keep this CTA's shared memory and barriers alive until the peer has
+    // sent its last multicast and remote arrival.
+    ClusterSync();
   }
 #else
   __trap();

@@ -21,7 +21,7 @@
 namespace lockstep::kernels::cuda {
 
 std::string GemmTileConfig::ToString() const {
-  return absl::StrCat(consumers, "wg_n", block_n);
+  return absl::StrCat(consumers, "wg_n", block_n, cluster > 1 ? "_c2" : "");
 }
 
 namespace {
@@ -101,11 +101,11 @@ absl::Status EncodeOperand(CUtensorMap* map, const void* ptr, int64_t rows,
 // ---------------------------------------------------------------------------
 // Tensor-core launch.
 
-template <int kNC, int kBN, int kLPW>
+template <int kNC, int kBN, int kLPW, int kCluster = 1>
 absl::Status LaunchSm90(const CUtensorMap& a, const CUtensorMap& b,
                         const gemm::GemmParams& p, cudaStream_t stream) {
   using S = gemm::Shape<kNC, kBN, kLPW>;
-  auto* kernel = &gemm::GemmSm90Kernel<kNC, kBN, kLPW>;
+  auto* kernel = &gemm::GemmSm90Kernel<kNC, kBN, kLPW, kCluster>;
   // The opt-in shared-memory limit is a per-device function attribute.
   static std::atomic<uint64_t> configured{0};
   int dev = 0;
@@ -116,29 +116,50 @@ absl::Status LaunchSm90(const CUtensorMap& a, const CUtensorMap& b,
         kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes));
     configured.fetch_or(bit, std::memory_order_acq_rel);
   }
-  const int grid = std::min(p.num_tiles, SmCount());
-  kernel<<<grid, S::kThreads, S::kSmemBytes, stream>>>(a, b, p);
-  LOCKSTEP_CUDA_CHECK_LAUNCH("GemmSm90Kernel");
+  const int units = std::min(p.num_units, SmCount() / kCluster);
+  if constexpr (kCluster == 1) {
+    kernel<<<units, S::kThreads, S::kSmemBytes, stream>>>(a, b, p);
+    LOCKSTEP_CUDA_CHECK_LAUNCH("GemmSm90Kernel");
+  } else {
+    cudaLaunchConfig_t lc = {};
+    lc.gridDim = dim3(units * kCluster, 1, 1);
+    lc.blockDim = dim3(S::kThreads, 1, 1);
+    lc.dynamicSmemBytes = S::kSmemBytes;
+    lc.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = kCluster;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    lc.attrs = attr;
+    lc.numAttrs = 1;
+    LOCKSTEP_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&lc, kernel, a, b, p));
+    LOCKSTEP_CUDA_CHECK_LAUNCH("GemmSm90Kernel(cluster)");
+  }
   return absl::OkStatus();
 }
 
 absl::Status DispatchSm90(const GemmTileConfig& cfg, int lpw,
                           const CUtensorMap& a, const CUtensorMap& b,
                           const gemm::GemmParams& p, cudaStream_t s) {
-  const int key = cfg.consumers * 100000 + cfg.block_n * 10 + lpw;
+  const int key = cfg.cluster * 1000000 + cfg.consumers * 100000 +
+                  cfg.block_n * 10 + lpw;
   switch (key) {
-    case 100320: return LaunchSm90<1, 32, 0>(a, b, p, s);
-    case 100640: return LaunchSm90<1, 64, 0>(a, b, p, s);
-    case 101280: return LaunchSm90<1, 128, 0>(a, b, p, s);
-    case 200640: return LaunchSm90<2, 64, 0>(a, b, p, s);
-    case 201280: return LaunchSm90<2, 128, 0>(a, b, p, s);
-    case 202560: return LaunchSm90<2, 256, 0>(a, b, p, s);
-    case 200641: return LaunchSm90<2, 64, 1>(a, b, p, s);
-    case 200642: return LaunchSm90<2, 64, 2>(a, b, p, s);
-    case 200644: return LaunchSm90<2, 64, 4>(a, b, p, s);
-    case 201281: return LaunchSm90<2, 128, 1>(a, b, p, s);
-    case 201282: return LaunchSm90<2, 128, 2>(a, b, p, s);
-    case 201284: return LaunchSm90<2, 128, 4>(a, b, p, s);
+    case 2201281: return LaunchSm90<2, 128, 1, 2>(a, b, p, s);
+    case 2201282: return LaunchSm90<2, 128, 2, 2>(a, b, p, s);
+    case 2201284: return LaunchSm90<2, 128, 4, 2>(a, b, p, s);
+    case 1100320: return LaunchSm90<1, 32, 0>(a, b, p, s);
+    case 1100640: return LaunchSm90<1, 64, 0>(a, b, p, s);
+    case 1101280: return LaunchSm90<1, 128, 0>(a, b, p, s);
+    case 1200640: return LaunchSm90<2, 64, 0>(a, b, p, s);
+    case 1201280: return LaunchSm90<2, 128, 0>(a, b, p, s);
+    case 1202560: return LaunchSm90<2, 256, 0>(a, b, p, s);
+    case 1200641: return LaunchSm90<2, 64, 1>(a, b, p, s);
+    case 1200642: return LaunchSm90<2, 64, 2>(a, b, p, s);
+    case 1200644: return LaunchSm90<2, 64, 4>(a, b, p, s);
+    case 1201281: return LaunchSm90<2, 128, 1>(a, b, p, s);
+    case 1201282: return LaunchSm90<2, 128, 2>(a, b, p, s);
+    case 1201284: return LaunchSm90<2, 128, 4>(a, b, p, s);
     default:
       return absl::InvalidArgumentError(absl::StrCat(
           "no tensor-core GEMM instance for ", cfg.ToString(), " lpw=", lpw));
@@ -256,6 +277,8 @@ absl::Status TensorCoreLeafMatmul(const MatmulArgs& args, int leaves,
   p.num_m_blocks = static_cast<int>((args.m + tile_m - 1) / tile_m);
   p.num_n_blocks = static_cast<int>((args.n + cfg.block_n - 1) / cfg.block_n);
   p.num_tiles = p.num_m_blocks * p.num_n_blocks;
+  p.unit_m_blocks = (p.num_m_blocks + cfg.cluster - 1) / cfg.cluster;
+  p.num_units = p.unit_m_blocks * p.num_n_blocks;
   p.group_m = 8;
   p.y = args.y;
   p.ldy = args.ldy;
@@ -453,19 +476,25 @@ std::vector<GemmTileConfig> Bf16GemmConfigs(int leaves) {
   if (leaves <= 1) {
     return {{1, 32}, {1, 64}, {1, 128}, {2, 64}, {2, 128}, {2, 256}};
   }
-  return {{2, 64}, {2, 128}};
+  return {{2, 64}, {2, 128}, {2, 128, 2}};
 }
 
 GemmTileConfig ChooseBf16GemmConfig(int64_t m, int64_t n, int leaves) {
   const int64_t sms = SmCount();
   auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
   if (leaves <= 1 && m <= 64) {
-    // Weight-bandwidth bound: enough column tiles to keep every SM
-    // streaming, the widest such tile.
+    // Weight-bandwidth bound. Measured on the H100 (docs/benchmarks.md): the
+    // widest tile that still gives about a third of the SMs a column tile
+    // streams fastest (larger TMA boxes beat more, smaller CTAs).
     for (int bn : {128, 64}) {
-      if (ceil_div(n, bn) >= sms) return {1, bn};
+      if (ceil_div(n, bn) * 3 >= sms) return {1, bn};
     }
     return {1, 32};
+  }
+  if (leaves > 1 && m > 64) {
+    // Leaf mode reads a separate B box per warpgroup; the 2-CTA cluster
+    // multicasts them and halves that traffic.
+    return {2, 128, 2};
   }
   // Compute bound: fewest waves weighted by a per-tile efficiency (narrow
   // wgmma tiles re-read A from shared memory more often per FLOP).

@@ -36,9 +36,11 @@ absl::Status Matmul(const MatmulArgs& args, void* stream);
 struct GemmTileConfig {
   int consumers = 2;  // consumer warpgroups: 64 output rows each (row mode)
   int block_n = 128;  // output columns per tile: the wgmma N (32..256)
+  int cluster = 1;    // 2: leaf mode on 2-CTA clusters sharing B by multicast
 
   bool operator==(const GemmTileConfig& o) const {
-    return consumers == o.consumers && block_n == o.block_n;
+    return consumers == o.consumers && block_n == o.block_n &&
+           cluster == o.cluster;
   }
   std::string ToString() const;
 };

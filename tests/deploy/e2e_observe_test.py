@@ -4,6 +4,7 @@
   1. makes the tiny model (lockstep_make_model --preset tiny --seed 1);
   2. starts rollout_service, then Prometheus and prometheus-blackbox-exporter through scripts/observe.sh
      (scrape interval 1s), then learner_service driving the RL loop (--drive) against the rollout;
+     observe.sh's target discovery (deploy/prometheus/discover_local_targets.py) finds both;
   3. while the learner has done at least --min-steps steps and both services are up:
        - the blackbox exporter's grpc prober reads SERVING from each service's health ("" and its own
          lockstep.v1.*Service), as the Helm chart's Kubernetes probes would;
@@ -291,7 +292,7 @@ def body(run, args):
                   [os.path.join(ROOT, "scripts", "observe.sh"), "--state-dir", state,
                    "--listen", run.prom_addr, "--blackbox-listen", run.bb_addr, "--scrape-interval", "1s",
                    "--retention", "1h", "--rollout", rm, "--learner", lm,
-                   "--grpc-rollout", rg, "--grpc-learner", "127.0.0.1:1"], wait_listening=False)
+                   "--grpc-rollout", rg], wait_listening=False)
         end = time.monotonic() + 30
         up = False
         while time.monotonic() < end and run.procs[f"observe{attempt}"].poll() is None:
@@ -320,6 +321,22 @@ def body(run, args):
         with open(path + ".tmp", "w") as f:
             json.dump([{"targets": [lg], "labels": {"role": "learner", "module": m, "blackbox": run.bb_addr}}], f)
         os.replace(path + ".tmp", path)
+
+    # `make observe` without targets finds the services and their ports itself.
+    disc = [sys.executable, os.path.join(ROOT, "deploy", "prometheus", "discover_local_targets.py"),
+            "--once", "--dir", os.path.join(run.work, "discovered")]
+    if args.fake:
+        disc += ["--match", r"fake_service\.py --role=(?P<role>rollout|learner)"]
+    r = subprocess.run(disc, capture_output=True, text=True, timeout=30)
+    try:
+        found = json.loads(r.stdout)
+    except ValueError:
+        found = None
+    want = {"rollout": {"grpc": [rg], "metrics": [rm]}, "learner": {"grpc": [lg], "metrics": [lm]}}
+    run.check(found and all(a in found.get(role, {}).get(kind, []) for role, kinds in want.items()
+                            for kind, addrs in kinds.items() for a in addrs),
+              "observe.sh's discovery finds both services' gRPC and metrics ports",
+              f"found {found or r.stdout + r.stderr}, want {want}")
 
     # 3. wait for a few RL steps, scraped by Prometheus while both services are up
     t_eval = None
