@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "kernels/device.h"
 
 namespace lockstep::common {
 
@@ -18,6 +19,9 @@ class Communicator {
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
+  // Where the buffers passed to AllGather/AllReduceSum live: host memory for
+  // the in-process group, the rank's GPU for NCCL.
+  virtual kernels::Device device() const { return kernels::Device::kCpu; }
   // recv [size() * bytes]: rank r's `bytes` bytes of `send` land at
   // recv + r * bytes. Collective: every rank must call it.
   virtual absl::Status AllGather(const void* send, size_t bytes,

@@ -81,7 +81,7 @@ torch::Tensor RawMatmul(const torch::Tensor& x_in, const torch::Tensor& w_in,
 
 // A rank's subtree value of a row-parallel layer (fp32 [T, out]).
 torch::Tensor RawTreePartial(const torch::Tensor& x_in, const torch::Tensor& w_in,
-                             int rank, int tp) {
+                             const kernels::PackedWeight* packed, int rank, int tp) {
   auto x = x_in.detach().contiguous();
   auto w = w_in.detach().contiguous();
   auto y = torch::empty({x.size(0), w.size(0)}, x.options().dtype(torch::kFloat));
@@ -101,7 +101,11 @@ torch::Tensor RawTreePartial(const torch::Tensor& x_in, const torch::Tensor& w_i
   a.k_total = x.size(1) * tp;
   a.leaf_count = kernels::kTreeLeaves / tp;
   a.leaf_begin = rank * a.leaf_count;
-  Check(kernels::TreeMatmulPartial(a, ContextOf(x)));
+  if (packed != nullptr && !x.is_cuda()) {
+    Check(kernels::TreeMatmulPartialPacked(a, *packed));
+  } else {
+    Check(kernels::TreeMatmulPartial(a, ContextOf(x)));
+  }
   return y;
 }
 
@@ -111,7 +115,7 @@ struct LinearFn : public torch::autograd::Function<LinearFn> {
   static torch::Tensor forward(AutogradContext* ctx, torch::Tensor x,
                                torch::Tensor w, bool tree) {
     ctx->save_for_backward({x, w});
-    return tree ? RawTreePartial(x, w, 0, 1) : RawMatmul(x, w, nullptr);
+    return tree ? RawTreePartial(x, w, nullptr, 0, 1) : RawMatmul(x, w, nullptr);
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     auto saved = ctx->get_saved_variables();
@@ -139,14 +143,10 @@ class InvariantOps : public Ops {
       return LinearFn::apply(x, w.w, true);
     }
     const int rank = comm == nullptr ? 0 : comm->rank();
-    auto partial = RawTreePartial(x, w.w, rank, tp);
+    auto partial = RawTreePartial(x, w.w, w.packed.get(), rank, tp);
     if (tp == 1) return partial;
-    auto host = partial.cpu().contiguous();
-    auto gathered = torch::empty({tp, host.size(0), host.size(1)}, host.options());
-    Check(comm->AllGather(host.data_ptr(), host.numel() * sizeof(float),
-                          gathered.data_ptr()));
-    auto g = gathered.to(x.device());
-    auto y = torch::empty({host.size(0), host.size(1)}, x.options().dtype(torch::kFloat));
+    auto g = AllGatherTensor(partial, comm).contiguous();
+    auto y = torch::empty({partial.size(0), partial.size(1)}, x.options().dtype(torch::kFloat));
     kernels::TreeCombineArgs c;
     c.partials = g.data_ptr<float>();
     c.t = tp;
@@ -332,6 +332,29 @@ class InvariantOps : public Ops {
 std::unique_ptr<Ops> CreateOps(KernelMode mode) {
   if (mode == KernelMode::kStandard) return reference::CreateStandardOps();
   return std::make_unique<InvariantOps>();
+}
+
+namespace {
+
+bool SameDevice(const torch::Tensor& x, const Communicator& comm) {
+  return x.is_cuda() == (comm.device() == kernels::Device::kCuda);
+}
+
+}  // namespace
+
+torch::Tensor AllGatherTensor(const torch::Tensor& x, Communicator* comm) {
+  const int t = comm->size();
+  auto src = SameDevice(x, *comm) ? x.detach().contiguous() : x.detach().cpu().contiguous();
+  auto out = torch::empty({t, src.size(0), src.size(1)}, src.options());
+  Check(comm->AllGather(src.data_ptr(), src.numel() * src.element_size(), out.data_ptr()));
+  return out.to(x.device());
+}
+
+torch::Tensor AllReduceSumTensor(const torch::Tensor& x, Communicator* comm) {
+  auto buf = SameDevice(x, *comm) ? x.detach().contiguous().clone()
+                                  : x.detach().cpu().contiguous().clone();
+  Check(comm->AllReduceSum(buf.data_ptr<float>(), buf.numel()));
+  return buf.to(x.device());
 }
 
 torch::Tensor RoundToBF16(const torch::Tensor& x) {

@@ -3,11 +3,55 @@
 #include <exception>
 #include <utility>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <prometheus/exposer.h>
 
 #include "absl/strings/str_cat.h"
 
 namespace lockstep::common {
+namespace {
+
+// A port that is free on `host` right now (bind to port 0, read it back).
+absl::StatusOr<int> PickFreePort(const std::string& host) {
+  const bool v6 = host.find(':') != std::string::npos;
+  const int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return absl::UnavailableError("socket() failed");
+  sockaddr_storage storage{};
+  socklen_t len = 0;
+  int ok = 0;
+  if (v6) {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&storage);
+    a->sin6_family = AF_INET6;
+    ok = inet_pton(AF_INET6, host.c_str(), &a->sin6_addr);
+    len = sizeof(*a);
+  } else {
+    auto* a = reinterpret_cast<sockaddr_in*>(&storage);
+    a->sin_family = AF_INET;
+    ok = inet_pton(AF_INET, host.c_str(), &a->sin_addr);
+    len = sizeof(*a);
+  }
+  if (ok != 1) {
+    close(fd);
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics host '", host, "' is not a numeric address"));
+  }
+  if (bind(fd, reinterpret_cast<sockaddr*>(&storage), len) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&storage), &len) != 0) {
+    close(fd);
+    return absl::UnavailableError(
+        absl::StrCat("cannot bind a metrics port on ", host));
+  }
+  const int port = v6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&storage)->sin6_port)
+                      : ntohs(reinterpret_cast<sockaddr_in*>(&storage)->sin_port);
+  close(fd);
+  return port;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     const std::string& host, int port,
@@ -20,21 +64,34 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   server->host_ = host;
   server->registry_ =
       registry ? std::move(registry) : std::make_shared<prometheus::Registry>();
-  // civetweb wants IPv6 literals in brackets.
-  const bool v6 = host.find(':') != std::string::npos;
-  const std::string bind =
-      v6 ? absl::StrCat("[", host, "]:", port) : absl::StrCat(host, ":", port);
-  try {
-    server->exposer_ = std::make_unique<prometheus::Exposer>(bind, 2);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot serve metrics on ", bind, ": ", e.what()));
+  // civetweb (1.15) refuses port 0, so a free port is found by binding a
+  // socket first; another process may take it in between, hence the retries.
+  const int attempts = port == 0 ? 8 : 1;
+  std::string error;
+  for (int attempt = 0; attempt < attempts && server->exposer_ == nullptr;
+       ++attempt) {
+    int try_port = port;
+    if (port == 0) {
+      absl::StatusOr<int> free_port = PickFreePort(host);
+      if (!free_port.ok()) return free_port.status();
+      try_port = *free_port;
+    }
+    // civetweb wants IPv6 literals in brackets.
+    const bool v6 = host.find(':') != std::string::npos;
+    const std::string bind = v6 ? absl::StrCat("[", host, "]:", try_port)
+                                : absl::StrCat(host, ":", try_port);
+    try {
+      server->exposer_ = std::make_unique<prometheus::Exposer>(bind, 2);
+    } catch (const std::exception& e) {
+      error = absl::StrCat("cannot serve metrics on ", bind, ": ", e.what());
+    }
   }
+  if (server->exposer_ == nullptr) return absl::UnavailableError(error);
   server->exposer_->RegisterCollectable(server->registry_);
   const std::vector<int> ports = server->exposer_->GetListeningPorts();
   if (ports.empty() || ports[0] <= 0) {
     return absl::UnavailableError(
-        absl::StrCat("metrics exposer on ", bind, " reports no bound port"));
+        absl::StrCat("metrics exposer on ", host, " reports no bound port"));
   }
   server->port_ = ports[0];
   return server;

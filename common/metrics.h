@@ -34,10 +34,11 @@ inline constexpr char kLockstepVersion[] = "0.1.0";
 // Serves one prometheus::Registry at http://host:port/metrics.
 class MetricsServer {
  public:
-  // Binds host:port (port 0: the kernel picks a free port; port() reports
-  // it) and starts serving `registry` (a new, empty one when null).
-  // UNAVAILABLE when the address cannot be bound, INVALID_ARGUMENT for a port
-  // outside [0, 65535].
+  // Binds host:port (port 0: a free port is picked; port() reports it) and
+  // starts serving `registry` (a new, empty one when null). `host` is a
+  // numeric IPv4/IPv6 address ("0.0.0.0", "127.0.0.1", "::"). UNAVAILABLE
+  // when the address cannot be bound, INVALID_ARGUMENT for a port outside
+  // [0, 65535] or (with port 0) a non-numeric host.
   static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
       const std::string& host, int port,
       std::shared_ptr<prometheus::Registry> registry = nullptr);

@@ -72,12 +72,7 @@ class StandardOps : public Ops {
   torch::Tensor RowParallelLinear(const torch::Tensor& x, const LinearWeight& w,
                                   Communicator* comm) override {
     auto y = reference::Linear(x, w.w).contiguous();
-    if (comm != nullptr && comm->size() > 1) {
-      auto host = y.cpu().contiguous();
-      auto st = comm->AllReduceSum(host.data_ptr<float>(), host.numel());
-      TORCH_CHECK(st.ok(), std::string(st.message()));
-      y = host.to(y.device());
-    }
+    if (comm != nullptr && comm->size() > 1) y = AllReduceSumTensor(y, comm);
     return y;
   }
 

@@ -91,6 +91,14 @@ class Ops {
 // Creates the op set of `mode`.
 std::unique_ptr<Ops> CreateOps(KernelMode mode);
 
+// Gathers x [m, n] (float32) from every rank of `comm` into [t, m, n] on x's
+// device, in rank order. Moves bytes only. Stages through host memory when
+// the communicator's buffers live elsewhere than x.
+torch::Tensor AllGatherTensor(const torch::Tensor& x, Communicator* comm);
+
+// Standard mode's TP sum: the element-wise sum over ranks of x (float32).
+torch::Tensor AllReduceSumTensor(const torch::Tensor& x, Communicator* comm);
+
 // Rounds float32 values to the nearest bfloat16 (kept as float32): the
 // storage cast between ops when the model's dtype is bf16. Differentiable.
 torch::Tensor RoundToBF16(const torch::Tensor& x);

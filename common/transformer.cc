@@ -4,11 +4,14 @@
 #include "common/transformer.h"
 
 #include <algorithm>
+#include <mutex>
 #include <thread>
 
 #include <torch/torch.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/cuda_check.h"
+#include "common/nccl_communicator.h"
 #include "common/safetensors.h"
 #include "common/status_macros.h"
 #include "common/torch_ops.h"
@@ -98,10 +101,20 @@ class ModelImpl : public Model {
   absl::StatusOr<torch::Tensor> FullLogits(const std::vector<std::vector<int32_t>>& seqs,
                                            const std::vector<int64_t>& rows) const;
 
+  // Device of rank r's weights, KV pages and activations.
+  torch::Device RankDevice(int r) const {
+    if (options_.tp_backend == TpBackend::kNccl) return torch::Device(torch::kCUDA, r);
+    return TorchDevice(options_.device);
+  }
+  bool nccl() const { return options_.tp_backend == TpBackend::kNccl; }
+
   ModelConfig config_;
   ModelOptions options_;
   TensorMap tensors_;
   std::vector<RankWeights> ranks_;
+  // NCCL groups are created once; their collectives serialize forwards.
+  std::vector<std::unique_ptr<Communicator>> nccl_comms_;
+  mutable std::mutex nccl_mu_;
 };
 
 absl::Status ModelImpl::Init(const TensorMap& tensors) {
@@ -132,6 +145,12 @@ absl::Status ModelImpl::Init(const TensorMap& tensors) {
   if (options_.device == kernels::Device::kCuda && !torch::cuda::is_available()) {
     return absl::FailedPreconditionError("--device=cuda but no CUDA device is available");
   }
+  if (nccl()) {
+    if (options_.device != kernels::Device::kCuda) {
+      return absl::InvalidArgumentError("the NCCL TP backend needs --device=cuda");
+    }
+    LOCKSTEP_ASSIGN_OR_RETURN(nccl_comms_, CreateNcclGroup(t));
+  }
   std::map<std::string, std::vector<int64_t>> shapes;
   for (const auto& [name, tensor] : tensors) {
     if (static_cast<int64_t>(tensor.data.size()) !=
@@ -149,7 +168,6 @@ absl::Status ModelImpl::Init(const TensorMap& tensors) {
     tensors_[name] = ConvertTensor(tensor, c.dtype);
   }
 
-  const torch::Device dev = TorchDevice(options_.device);
   // Standard mode multiplies in fp32 through LibTorch: keep fp32 copies of the
   // (bf16-valued) matrices so no per-call conversion happens.
   const bool standard = options_.mode == KernelMode::kStandard;
@@ -157,6 +175,7 @@ absl::Status ModelImpl::Init(const TensorMap& tensors) {
   const int64_t D = c.head_dim, Hq = c.num_attention_heads, Hkv = c.num_key_value_heads;
   const int64_t q_local = Hq / t, kv_local = KvHeadsPerRank();
   const int64_t inter_local = c.intermediate_size / t, vocab_local = c.vocab_size / t;
+  torch::Device dev = RankDevice(0);
   auto linear = [&](torch::Tensor w) -> absl::StatusOr<LinearWeight> {
     LinearWeight lw;
     w = w.contiguous();
@@ -173,6 +192,7 @@ absl::Status ModelImpl::Init(const TensorMap& tensors) {
   };
   auto vec = [&](const std::string& name) { return full(name).to(dev); };
   for (int r = 0; r < t; ++r) {
+    dev = RankDevice(r);
     RankWeights rw;
     rw.q_heads = q_local;
     rw.kv_heads = kv_local;
@@ -223,10 +243,9 @@ absl::StatusOr<std::unique_ptr<KvCache>> ModelImpl::CreateKvCache(int64_t num_pa
   auto cache = std::make_unique<KvCacheImpl>();
   cache->num_pages_ = num_pages;
   cache->page_size_ = page_size;
-  auto opts = torch::TensorOptions().dtype(TorchType(config_.dtype)).device(
-      TorchDevice(options_.device));
   try {
     for (int r = 0; r < options_.tp_size; ++r) {
+      auto opts = torch::TensorOptions().dtype(TorchType(config_.dtype)).device(RankDevice(r));
       std::vector<LayerKv> layers;
       for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
         layers.push_back({torch::zeros({num_pages, page_size, KvHeadsPerRank(), config_.head_dim}, opts),
@@ -247,6 +266,10 @@ absl::StatusOr<torch::Tensor> ModelImpl::RunRanks(
   std::vector<std::string> errors(t);
   auto run = [&](int r, Communicator* comm) {
     try {
+      if (nccl()) {
+        absl::Status st = SetCudaDevice(r);
+        if (!st.ok()) throw std::runtime_error(std::string(st.message()));
+      }
       c10::InferenceMode guard;
       results[r] = fn(r, comm);
     } catch (const std::exception& e) {
@@ -256,9 +279,18 @@ absl::StatusOr<torch::Tensor> ModelImpl::RunRanks(
   if (t == 1) {
     run(0, nullptr);
   } else {
-    auto comms = CreateInProcessGroup(t);
+    std::unique_lock<std::mutex> lock(nccl_mu_, std::defer_lock);
+    std::vector<std::unique_ptr<Communicator>> local;
+    std::vector<Communicator*> comms;
+    if (nccl()) {
+      lock.lock();
+      for (auto& c : nccl_comms_) comms.push_back(c.get());
+    } else {
+      local = CreateInProcessGroup(t);
+      for (auto& c : local) comms.push_back(c.get());
+    }
     std::vector<std::thread> threads;
-    for (int r = 0; r < t; ++r) threads.emplace_back(run, r, comms[r].get());
+    for (int r = 0; r < t; ++r) threads.emplace_back(run, r, comms[r]);
     for (auto& th : threads) th.join();
   }
   for (const auto& e : errors) {
@@ -317,27 +349,31 @@ absl::StatusOr<std::vector<float>> ModelImpl::Forward(const ForwardBatch& b,
     if (row < 0 || row >= T) return absl::InvalidArgumentError("logit row out of range");
   }
   if (b.logit_rows.empty()) return std::vector<float>();
-  const torch::Device dev = TorchDevice(options_.device);
   auto i32 = torch::TensorOptions().dtype(torch::kInt);
   auto i64 = torch::TensorOptions().dtype(torch::kLong);
-  PagedAttentionMeta meta;
-  meta.positions = torch::from_blob(const_cast<int32_t*>(b.positions.data()), {T}, i32).to(dev, false, true);
-  meta.seq_ids = torch::from_blob(const_cast<int32_t*>(b.seq_ids.data()), {T}, i32).to(dev, false, true);
-  meta.slots = torch::from_blob(const_cast<int64_t*>(b.slots.data()), {T}, i64).to(dev, false, true);
-  meta.block_tables = torch::from_blob(const_cast<int32_t*>(b.block_tables.data()),
-                                       {b.num_seqs, b.max_blocks_per_seq}, i32)
-                          .to(dev, false, true);
-  auto tokens = torch::from_blob(const_cast<int32_t*>(b.tokens.data()), {T}, i32).to(torch::kLong).to(dev);
-  auto rows = torch::from_blob(const_cast<int32_t*>(b.logit_rows.data()),
-                               {static_cast<int64_t>(b.logit_rows.size())}, i32)
-                  .to(torch::kLong).to(dev);
+  PagedAttentionMeta host_meta;
+  host_meta.positions = torch::from_blob(const_cast<int32_t*>(b.positions.data()), {T}, i32);
+  host_meta.seq_ids = torch::from_blob(const_cast<int32_t*>(b.seq_ids.data()), {T}, i32);
+  host_meta.slots = torch::from_blob(const_cast<int64_t*>(b.slots.data()), {T}, i64);
+  host_meta.block_tables = torch::from_blob(const_cast<int32_t*>(b.block_tables.data()),
+                                            {b.num_seqs, b.max_blocks_per_seq}, i32);
+  auto host_tokens = torch::from_blob(const_cast<int32_t*>(b.tokens.data()), {T}, i32).to(torch::kLong);
+  auto host_rows = torch::from_blob(const_cast<int32_t*>(b.logit_rows.data()),
+                                    {static_cast<int64_t>(b.logit_rows.size())}, i32)
+                       .to(torch::kLong);
   LOCKSTEP_ASSIGN_OR_RETURN(auto logits, RunRanks([&](int r, Communicator* comm) {
+    const torch::Device dev = RankDevice(r);
+    PagedAttentionMeta meta;
+    meta.positions = host_meta.positions.to(dev, false, true);
+    meta.seq_ids = host_meta.seq_ids.to(dev, false, true);
+    meta.slots = host_meta.slots.to(dev, false, true);
+    meta.block_tables = host_meta.block_tables.to(dev, false, true);
     ForwardInput in;
-    in.tokens = tokens;
+    in.tokens = host_tokens.to(dev);
     in.positions = meta.positions;
     in.paged = &meta;
     in.kv = &cache->ranks_[r];
-    in.logit_rows = rows;
+    in.logit_rows = host_rows.to(dev);
     auto ops = CreateOps(options_.mode);
     return RankForward(config_, ranks_[r], *ops, in, comm);
   }));
@@ -367,16 +403,16 @@ absl::StatusOr<torch::Tensor> ModelImpl::FullLogits(const std::vector<std::vecto
     lens.push_back(s.size());
   }
   if (tokens.empty()) return absl::InvalidArgumentError("no sequences");
-  const torch::Device dev = TorchDevice(options_.device);
-  auto tok = torch::tensor(tokens, torch::kLong).to(dev);
-  auto pos = torch::tensor(positions, torch::kInt).to(dev);
-  auto row_t = torch::tensor(rows, torch::kLong).to(dev);
+  auto tok = torch::tensor(tokens, torch::kLong);
+  auto pos = torch::tensor(positions, torch::kInt);
+  auto row_t = torch::tensor(rows, torch::kLong);
   return RunRanks([&](int r, Communicator* comm) {
+    const torch::Device dev = RankDevice(r);
     ForwardInput in;
-    in.tokens = tok;
-    in.positions = pos;
+    in.tokens = tok.to(dev);
+    in.positions = pos.to(dev);
     in.seq_lens = lens;
-    in.logit_rows = row_t;
+    in.logit_rows = row_t.to(dev);
     auto ops = CreateOps(options_.mode);
     return RankForward(config_, ranks_[r], *ops, in, comm);
   });

@@ -30,10 +30,16 @@
 
 namespace lockstep::common {
 
+// How TP ranks talk: kInProcess runs every rank as a thread on `device`
+// (CPU, or one GPU simulating the group); kNccl puts rank r on GPU r and
+// all-gathers through NCCL (device must be kCuda).
+enum class TpBackend : int { kInProcess = 0, kNccl = 1 };
+
 struct ModelOptions {
   KernelMode mode = KernelMode::kInvariant;
-  int tp_size = 1;  // in-process ranks (threads); 1, 2, 4 or 8
+  int tp_size = 1;  // ranks (threads); 1, 2, 4 or 8
   kernels::Device device = kernels::Device::kCpu;
+  TpBackend tp_backend = TpBackend::kInProcess;
 };
 
 // Paged KV cache of one model: per TP rank and layer a kernels::PagedKvCache

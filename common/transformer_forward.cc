@@ -63,12 +63,8 @@ torch::Tensor RankForward(const ModelConfig& config, const RankWeights& weights,
   const int tp = comm == nullptr ? 1 : comm->size();
   if (tp == 1) return local;
   // Vocabulary shards are gathered as bytes and laid side by side.
-  auto host = local.detach().cpu().contiguous();
-  auto gathered = torch::empty({tp, host.size(0), host.size(1)}, host.options());
-  auto st = comm->AllGather(host.data_ptr(), host.numel() * sizeof(float), gathered.data_ptr());
-  TORCH_CHECK(st.ok(), std::string(st.message()));
-  return gathered.permute({1, 0, 2}).reshape({host.size(0), tp * host.size(1)})
-      .contiguous().to(local.device());
+  auto gathered = AllGatherTensor(local, comm);
+  return gathered.permute({1, 0, 2}).reshape({local.size(0), tp * local.size(1)}).contiguous();
 }
 
 }  // namespace lockstep::common

@@ -4,6 +4,7 @@
 // once it serves (after the --rollout endpoints are registered); SIGTERM or
 // SIGINT drains (health NOT_SERVING, new calls UNAVAILABLE, in-flight calls
 // finish) and exits 0.
+#include <dlfcn.h>
 #include <pthread.h>
 #include <signal.h>
 
@@ -80,6 +81,21 @@ ABSL_FLAG(int, num_threads, 0,
           "or all cores)");
 ABSL_FLAG(std::string, rollout_auth_token_file, "",
           "File with the bearer token the rollouts require (if any)");
+
+// civetweb (prometheus-cpp's HTTP server) creates its threads with a fixed
+// 100 KiB stack. glibc rejects (EINVAL, before any syscall) a stack smaller
+// than the static TLS block, and LibTorch's thread_local data makes that
+// block larger than 100 KiB, so the /metrics server fails to start
+// ("null context when constructing CivetServer"). This process-wide shim
+// raises explicit stack sizes below 4 MiB to 4 MiB; the executable exports it
+// (CMakeLists.txt) so that libcivetweb's call binds here.
+extern "C" int pthread_attr_setstacksize(pthread_attr_t* attr, size_t size) {
+  using Fn = int (*)(pthread_attr_t*, size_t);
+  static const Fn real =
+      reinterpret_cast<Fn>(dlsym(RTLD_NEXT, "pthread_attr_setstacksize"));
+  constexpr size_t kMinStack = size_t{4} << 20;
+  return real(attr, size < kMinStack ? kMinStack : size);
+}
 
 namespace {
 

@@ -417,10 +417,13 @@ void Engine::FinishRequest(const std::shared_ptr<Request>& request,
     scheduler_->Remove(id);
     samples_.erase(it);
   }
+  {
+    // Before Complete(): whoever the handle wakes sees the request gone.
+    absl::MutexLock lock(&mu_);
+    in_flight_.fetch_sub(1);
+    done_cv_.SignalAll();
+  }
   request->handle->Complete(std::move(status));
-  absl::MutexLock lock(&mu_);
-  in_flight_.fetch_sub(1);
-  done_cv_.SignalAll();
 }
 
 void Engine::FailEverything(const absl::Status& status) {

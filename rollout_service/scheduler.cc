@@ -31,6 +31,7 @@ std::vector<int64_t> Scheduler::AddGroup(const std::vector<int32_t>& prompt,
     g.waiting = n;
     g.share = Share::kPending;
     g.prefix_id = NewPrefix(group_id);
+    waiting_.push_back(g.prefix_id);
   }
   std::vector<int64_t> ids;
   ids.reserve(n);

@@ -207,44 +207,42 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
 
   auto row_offset = [&](int j) -> int64_t {  // element offset of key j
     if constexpr (kPaged) {
-      const int64_t page = p.block_tables[seq_base + j / p.page_size];
-      const int64_t row = page * p.page_size + j % p.page_size;
+      const int ps = static_cast<int>(p.page_size);
+      const int64_t page = p.block_tables[seq_base + j / ps];
+      const int64_t row = page * ps + j % ps;
       return row * p.hkv * p.d + kv_head_off;
     } else {
       return static_cast<int64_t>(j) * p.ldk + kv_head_off;
     }
   };
+  // Row r of a step is staged by the warps-many threads r*warps .. +warps-1:
+  // one block-table lookup and address computation per row, then 16-byte
+  // copies (or scalar copies when alignment forbids them).
+  const int row_threads = warps;
+  const int my_row = threadIdx.x / row_threads;
+  const int my_sub = threadIdx.x - my_row * row_threads;
   auto load_step = [&](int step, int buf) {
     const int j0 = step * kStepKeys;
     const int rows = min(kStepKeys, last + 1 - j0);
-    uint8_t* kdst = kv + buf * stage_bytes;
+    if (my_row >= rows) return;
+    uint8_t* kdst = kv + buf * stage_bytes + my_row * p.row_bytes;
     uint8_t* vdst = kdst + kStepKeys * p.row_bytes;
-    const KvT* kg = static_cast<const KvT*>(p.k);
-    const KvT* vg = static_cast<const KvT*>(p.v);
+    const int64_t off = row_offset(j0 + my_row);
+    const KvT* ksrc = static_cast<const KvT*>(p.k) + off;
+    const KvT* vsrc = static_cast<const KvT*>(p.v) + off;
     if (p.vec) {
-      const int chunks = p.d * static_cast<int>(sizeof(KvT)) / 16;
-      const int total = rows * chunks;
-      for (int i = threadIdx.x; i < 2 * total; i += blockDim.x) {
-        const bool is_v = i >= total;
-        const int e = is_v ? i - total : i;
-        const int r = e / chunks;
-        const int c = e - r * chunks;
-        const int64_t off = row_offset(j0 + r);
-        const KvT* src = (is_v ? vg : kg) + off + c * (16 / sizeof(KvT));
-        uint8_t* dst = (is_v ? vdst : kdst) + r * p.row_bytes + c * 16;
-        CpAsync16(dst, src);
+      constexpr int kPer = 16 / sizeof(KvT);
+      const int chunks = p.d / kPer;
+      for (int c = my_sub; c < chunks; c += row_threads) {
+        CpAsync16(kdst + 16 * c, ksrc + kPer * c);
+        CpAsync16(vdst + 16 * c, vsrc + kPer * c);
       }
     } else {
-      const int total = rows * p.d;
-      for (int i = threadIdx.x; i < 2 * total; i += blockDim.x) {
-        const bool is_v = i >= total;
-        const int e = is_v ? i - total : i;
-        const int r = e / p.d;
-        const int c = e - r * p.d;
-        const int64_t off = row_offset(j0 + r);
-        const KvT* src = (is_v ? vg : kg) + off + c;
-        KvT* dst = reinterpret_cast<KvT*>((is_v ? vdst : kdst) + r * p.row_bytes);
-        dst[c] = *src;
+      KvT* kd = reinterpret_cast<KvT*>(kdst);
+      KvT* vd = reinterpret_cast<KvT*>(vdst);
+      for (int c = my_sub; c < p.d; c += row_threads) {
+        kd[c] = ksrc[c];
+        vd[c] = vsrc[c];
       }
     }
   };

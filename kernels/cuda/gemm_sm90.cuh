@@ -60,14 +60,18 @@ struct GemmParams {
 //   kLPW: 0 for "row" mode (each consumer owns 64 rows of a kNC*64-row tile,
 //   one leaf), else "leaf" mode with kLPW leaves per consumer (kNC == 2,
 //   a 64-row tile, 2*kLPW leaves in the call).
-template <int kNC, int kBN, int kLPW>
+//   kRowLeaves (row mode only): leaves walked one after the other by every
+//   consumer (1 for a plain matmul; 2, 4 or 8 for the "row tree", whose third
+//   stack level lives in shared memory).
+template <int kNC, int kBN, int kLPW, int kRowLeaves = 1>
 struct Shape {
   static constexpr bool kLeafMode = kLPW > 0;
   static constexpr int kTileM = kLeafMode ? 64 : 64 * kNC;
   static constexpr int kBBoxBytes = kBN * kBK * 2;
   static constexpr int kStageBytes =
       kNC * kABoxBytes + (kLeafMode ? 2 : 1) * kBBoxBytes;
-  static constexpr int kXchgBytes = kLeafMode ? 64 * kBN * 4 : 0;
+  static constexpr int kXchgBytes =
+      kLeafMode ? 64 * kBN * 4 : (kRowLeaves == 8 ? 2 * kNC * 64 * kBN * 4 : 0);
   static constexpr int kAvail = kSmemLimit - 1024 - kXchgBytes - 512;
   static constexpr int kStagesFit = kAvail / kStageBytes;
   static constexpr int kStages = kStagesFit > 10 ? 10 : kStagesFit;
@@ -282,15 +286,18 @@ __device__ __forceinline__ void StoreFragment(const GemmParams& p,
 // same n-block form a cluster; CTA r loads B box r (warpgroup r's leaves)
 // once and multicasts it to both, halving the B traffic. Each stage is
 // released to the producers only when the consumers of both CTAs are done.
-template <int kNC, int kBN, int kLPW, int kCluster>
-__global__ void __launch_bounds__(Shape<kNC, kBN, kLPW>::kThreads, 1)
+template <int kNC, int kBN, int kLPW, int kCluster, int kRowLeaves = 1>
+__global__ void __launch_bounds__(Shape<kNC, kBN, kLPW, kRowLeaves>::kThreads, 1)
     GemmSm90Kernel(const __grid_constant__ CUtensorMap tma_a,
                    const __grid_constant__ CUtensorMap tma_b,
                    const GemmParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using S = Shape<kNC, kBN, kLPW>;
+  using S = Shape<kNC, kBN, kLPW, kRowLeaves>;
   constexpr bool kLeafMode = S::kLeafMode;
-  constexpr int kLeafIters = kLeafMode ? kLPW : 1;
+  static_assert(kRowLeaves == 1 || !kLeafMode, "row tree is a row mode");
+  constexpr int kLeafIters = kLeafMode ? kLPW : kRowLeaves;
+  // Leaves one consumer reduces itself, in order (its tree's width).
+  constexpr int kOwnLeaves = kLeafMode ? kLPW : kRowLeaves;
   constexpr int kR = kBN / 2;  // accumulator registers per thread
 
   extern __shared__ uint8_t smem_raw[];
@@ -360,10 +367,10 @@ __global__ void __launch_bounds__(Shape<kNC, kBN, kLPW>::kThreads, 1)
             } else {
 #pragma unroll
               for (int h = 0; h < kNC; ++h) {
-                TmaLoad3d(st + h * kABoxBytes, &tma_a, &full[stage], kc, 0,
+                TmaLoad3d(st + h * kABoxBytes, &tma_a, &full[stage], kc, li,
                           m0 + 64 * h);
               }
-              TmaLoad3d(st + kNC * kABoxBytes, &tma_b, &full[stage], kc, 0,
+              TmaLoad3d(st + kNC * kABoxBytes, &tma_b, &full[stage], kc, li,
                         n0);
             }
             if (++stage == S::kStages) {
@@ -379,8 +386,13 @@ __global__ void __launch_bounds__(Shape<kNC, kBN, kLPW>::kThreads, 1)
     const int c = wg - 1;  // consumer index
     float acc[kR];
     // Register stack of the per-warpgroup leaf tree (kLPW leaves).
-    float s0[kLPW >= 2 ? kR : 1];
-    float s1[kLPW >= 4 ? kR : 1];
+    float s0[kOwnLeaves >= 2 ? kR : 1];
+    float s1[kOwnLeaves == 4 ? kR : 1];
+    // The 8-leaf row tree keeps its 2nd and 3rd stack levels in this
+    // consumer's two slots of the exchange area, in fragment order
+    // (coalesced, conflict-free): registers hold acc and s0 only.
+    float* slot = xchg + c * (2 * 64 * kBN);
+    float* slot1 = slot + 64 * kBN;
     int stage = 0;
     uint32_t phase = 0;
     // Releases a stage to this CTA's producer and, in a cluster, to the
@@ -432,8 +444,44 @@ __global__ void __launch_bounds__(Shape<kNC, kBN, kLPW>::kThreads, 1)
         FenceRegs(acc);
         release(prev);
         // Fixed tree over this warpgroup's leaves (left operand = lower
-        // leaves): 2 leaves: p0+p1; 4 leaves: (p0+p1)+(p2+p3).
-        if constexpr (kLPW == 2) {
+        // leaves): 2 leaves: p0+p1; 4 leaves: (p0+p1)+(p2+p3); 8 leaves:
+        // ((p0+p1)+(p2+p3)) + ((p4+p5)+(p6+p7)) with p6 parked in shared
+        // memory while p7 is computed.
+        if constexpr (kOwnLeaves == 8) {
+          // Each thread touches only its own slot entries: no barrier.
+          float* s1m = slot1 + t;
+          float* s2m = slot + t;
+          if (li == 0) {
+#pragma unroll
+            for (int i = 0; i < kR; ++i) s0[i] = acc[i];
+          } else if (li == 1) {
+#pragma unroll
+            for (int i = 0; i < kR; ++i) s0[i] = __fadd_rn(s0[i], acc[i]);
+          } else if (li == 2 || li == 4) {
+#pragma unroll
+            for (int i = 0; i < kR; ++i) s1m[i * kWgThreads] = acc[i];
+          } else if (li == 3) {
+#pragma unroll
+            for (int i = 0; i < kR; ++i) {
+              s0[i] = __fadd_rn(s0[i], __fadd_rn(s1m[i * kWgThreads], acc[i]));
+            }
+          } else if (li == 5) {
+#pragma unroll
+            for (int i = 0; i < kR; ++i) {
+              s1m[i * kWgThreads] = __fadd_rn(s1m[i * kWgThreads], acc[i]);
+            }
+          } else if (li == 6) {
+#pragma unroll
+            for (int i = 0; i < kR; ++i) s2m[i * kWgThreads] = acc[i];
+          } else {
+#pragma unroll
+            for (int i = 0; i < kR; ++i) {
+              acc[i] = __fadd_rn(
+                  s0[i], __fadd_rn(s1m[i * kWgThreads],
+                                   __fadd_rn(s2m[i * kWgThreads], acc[i])));
+            }
+          }
+        } else if constexpr (kOwnLeaves == 2) {
           if (li == 0) {
 #pragma unroll
             for (int i = 0; i < kR; ++i) s0[i] = acc[i];
@@ -441,7 +489,7 @@ __global__ void __launch_bounds__(Shape<kNC, kBN, kLPW>::kThreads, 1)
 #pragma unroll
             for (int i = 0; i < kR; ++i) acc[i] = __fadd_rn(s0[i], acc[i]);
           }
-        } else if constexpr (kLPW == 4) {
+        } else if constexpr (kOwnLeaves == 4) {
           if (li == 0) {
 #pragma unroll
             for (int i = 0; i < kR; ++i) s0[i] = acc[i];

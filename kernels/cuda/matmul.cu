@@ -21,7 +21,8 @@
 namespace lockstep::kernels::cuda {
 
 std::string GemmTileConfig::ToString() const {
-  return absl::StrCat(consumers, "wg_n", block_n, cluster > 1 ? "_c2" : "");
+  return absl::StrCat(consumers, "wg_n", block_n, cluster > 1 ? "_c2" : "",
+                      row_tree ? "_rowtree" : "");
 }
 
 namespace {
@@ -101,11 +102,11 @@ absl::Status EncodeOperand(CUtensorMap* map, const void* ptr, int64_t rows,
 // ---------------------------------------------------------------------------
 // Tensor-core launch.
 
-template <int kNC, int kBN, int kLPW, int kCluster = 1>
+template <int kNC, int kBN, int kLPW, int kCluster = 1, int kRowLeaves = 1>
 absl::Status LaunchSm90(const CUtensorMap& a, const CUtensorMap& b,
                         const gemm::GemmParams& p, cudaStream_t stream) {
-  using S = gemm::Shape<kNC, kBN, kLPW>;
-  auto* kernel = &gemm::GemmSm90Kernel<kNC, kBN, kLPW, kCluster>;
+  using S = gemm::Shape<kNC, kBN, kLPW, kRowLeaves>;
+  auto* kernel = &gemm::GemmSm90Kernel<kNC, kBN, kLPW, kCluster, kRowLeaves>;
   // The opt-in shared-memory limit is a per-device function attribute.
   static std::atomic<uint64_t> configured{0};
   int dev = 0;
@@ -116,13 +117,12 @@ absl::Status LaunchSm90(const CUtensorMap& a, const CUtensorMap& b,
         kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes));
     configured.fetch_or(bit, std::memory_order_acq_rel);
   }
-  const int units = std::min(p.num_units, SmCount() / kCluster);
   if constexpr (kCluster == 1) {
+    const int units = std::min(p.num_units, SmCount());
     kernel<<<units, S::kThreads, S::kSmemBytes, stream>>>(a, b, p);
     LOCKSTEP_CUDA_CHECK_LAUNCH("GemmSm90Kernel");
   } else {
     cudaLaunchConfig_t lc = {};
-    lc.gridDim = dim3(units * kCluster, 1, 1);
     lc.blockDim = dim3(S::kThreads, 1, 1);
     lc.dynamicSmemBytes = S::kSmemBytes;
     lc.stream = stream;
@@ -133,15 +133,40 @@ absl::Status LaunchSm90(const CUtensorMap& a, const CUtensorMap& b,
     attr[0].val.clusterDim.z = 1;
     lc.attrs = attr;
     lc.numAttrs = 1;
+    // A persistent grid must not exceed the clusters that can be resident at
+    // once (GPC sizes leave some SMs unpaired): a cluster that waits for a
+    // slot would start only after a whole resident cluster has finished.
+    static std::atomic<int> resident{0};
+    int max_clusters = resident.load(std::memory_order_relaxed);
+    if (max_clusters == 0) {
+      lc.gridDim = dim3(SmCount(), 1, 1);
+      LOCKSTEP_CUDA_RETURN_IF_ERROR(
+          cudaOccupancyMaxActiveClusters(&max_clusters, kernel, &lc));
+      if (max_clusters <= 0) max_clusters = 1;
+      resident.store(max_clusters, std::memory_order_relaxed);
+    }
+    const int units = std::min(p.num_units, max_clusters);
+    lc.gridDim = dim3(units * kCluster, 1, 1);
     LOCKSTEP_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&lc, kernel, a, b, p));
     LOCKSTEP_CUDA_CHECK_LAUNCH("GemmSm90Kernel(cluster)");
   }
   return absl::OkStatus();
 }
 
-absl::Status DispatchSm90(const GemmTileConfig& cfg, int lpw,
+absl::Status DispatchSm90(const GemmTileConfig& cfg, int lpw, int leaves,
                           const CUtensorMap& a, const CUtensorMap& b,
                           const gemm::GemmParams& p, cudaStream_t s) {
+  if (cfg.row_tree) {
+    const int key = cfg.consumers * 10000 + cfg.block_n * 10 + leaves;
+    switch (key) {
+      case 21282: return LaunchSm90<2, 128, 0, 1, 2>(a, b, p, s);
+      case 21284: return LaunchSm90<2, 128, 0, 1, 4>(a, b, p, s);
+      case 21288: return LaunchSm90<2, 128, 0, 1, 8>(a, b, p, s);
+      default:
+        return absl::InvalidArgumentError(absl::StrCat(
+            "no row-tree GEMM instance for ", cfg.ToString(), " leaves=", leaves));
+    }
+  }
   const int key = cfg.cluster * 1000000 + cfg.consumers * 100000 +
                   cfg.block_n * 10 + lpw;
   switch (key) {
@@ -256,7 +281,7 @@ absl::Status TensorCoreLeafMatmul(const MatmulArgs& args, int leaves,
   }
   if (!len_ok) len = padded;
 
-  const bool leaf_mode = leaves >= 2;
+  const bool leaf_mode = leaves >= 2 && !cfg.row_tree;
   const int lpw = leaf_mode ? leaves / 2 : 0;
   const int tile_m = leaf_mode ? 64 : 64 * cfg.consumers;
   CUtensorMap map_a;
@@ -279,6 +304,8 @@ absl::Status TensorCoreLeafMatmul(const MatmulArgs& args, int leaves,
   p.num_tiles = p.num_m_blocks * p.num_n_blocks;
   p.unit_m_blocks = (p.num_m_blocks + cfg.cluster - 1) / cfg.cluster;
   p.num_units = p.unit_m_blocks * p.num_n_blocks;
+  // m-blocks per raster group. Measured on the H100: 8 beats 16 for the
+  // 64-row tiles too (1024-row groups made leaf mode ~10% slower at large M).
   p.group_m = 8;
   p.y = args.y;
   p.ldy = args.ldy;
@@ -288,7 +315,7 @@ absl::Status TensorCoreLeafMatmul(const MatmulArgs& args, int leaves,
              reinterpret_cast<uintptr_t>(args.y) % (2 * esize) == 0)
                 ? 1
                 : 0;
-  return DispatchSm90(cfg, lpw, map_a, map_b, p, stream);
+  return DispatchSm90(cfg, lpw, leaves, map_a, map_b, p, stream);
 }
 
 // ---------------------------------------------------------------------------
@@ -476,7 +503,7 @@ std::vector<GemmTileConfig> Bf16GemmConfigs(int leaves) {
   if (leaves <= 1) {
     return {{1, 32}, {1, 64}, {1, 128}, {2, 64}, {2, 128}, {2, 256}};
   }
-  return {{2, 64}, {2, 128}, {2, 128, 2}};
+  return {{2, 64}, {2, 128}, {2, 128, 2}, {2, 128, 1, true}};
 }
 
 GemmTileConfig ChooseBf16GemmConfig(int64_t m, int64_t n, int leaves) {
@@ -492,9 +519,9 @@ GemmTileConfig ChooseBf16GemmConfig(int64_t m, int64_t n, int leaves) {
     return {1, 32};
   }
   if (leaves > 1 && m > 64) {
-    // Leaf mode reads a separate B box per warpgroup; the 2-CTA cluster
-    // multicasts them and halves that traffic.
-    return {2, 128, 2};
+    // Row tree: 128x128 tiles whose two warpgroups share the B box (same
+    // operand bytes per FLOP as the plain 128x128 GEMM).
+    return {2, 128, 1, true};
   }
   // Compute bound: fewest waves weighted by a per-tile efficiency (narrow
   // wgmma tiles re-read A from shared memory more often per FLOP).

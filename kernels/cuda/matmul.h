@@ -36,11 +36,17 @@ absl::Status Matmul(const MatmulArgs& args, void* stream);
 struct GemmTileConfig {
   int consumers = 2;  // consumer warpgroups: 64 output rows each (row mode)
   int block_n = 128;  // output columns per tile: the wgmma N (32..256)
-  int cluster = 1;    // 2: leaf mode on 2-CTA clusters sharing B by multicast
+  int cluster = 1;    // 2: leaf mode on 2-CTA clusters sharing B by TMA
+                      // multicast. Bit-identical, but measured ~2x slower
+                      // than cluster 1 on the H100 (not yet understood), so
+                      // never chosen by ChooseBf16GemmConfig.
+  bool row_tree = false;  // leaves >= 2: row mode (128-row tiles, the two
+                          // warpgroups share B and each walks all leaves)
+                          // instead of leaf mode
 
   bool operator==(const GemmTileConfig& o) const {
     return consumers == o.consumers && block_n == o.block_n &&
-           cluster == o.cluster;
+           cluster == o.cluster && row_tree == o.row_tree;
   }
   std::string ToString() const;
 };

@@ -216,6 +216,7 @@ absl::StatusOr<int> RunGenerate(const Args& args) {
   const bool json = args.GetBool("json");
 
   if (args.GetBool("stream")) {
+    if (args.Has("trajectories_out")) return Usage("--trajectories_out needs unary generate");
     client::CompletionAccumulator acc;
     absl::Status s = (*rollout)->GenerateStream(request, [&](const auto& m) {
       acc.Add(m);
@@ -238,6 +239,23 @@ absl::StatusOr<int> RunGenerate(const Args& args) {
 
   absl::StatusOr<v1::GenerateResponse> response = (*rollout)->Generate(request);
   if (!response.ok()) return response.status();
+  if (args.Has("trajectories_out")) {
+    absl::StatusOr<double> reward = args.GetDouble("reward", 0.0);
+    if (!reward.ok()) return Usage(std::string(reward.status().message()));
+    const std::string path = args.Get("trajectories_out");
+    std::ofstream out(path, std::ios::trunc);
+    const std::string prefix = args.Get("group_prefix", "p");
+    for (const v1::Completion& c : response->completions()) {
+      if (c.token_ids_size() == 0) continue;
+      const auto& prompt = request.prompts(static_cast<int>(c.prompt_index())).token_ids();
+      v1::Trajectory t = client::MakeTrajectory(
+          std::vector<int32_t>(prompt.begin(), prompt.end()), c,
+          static_cast<float>(*reward), absl::StrCat(prefix, c.prompt_index()));
+      out << ToJson(t, /*multiline=*/false) << "\n";
+    }
+    out.close();
+    if (!out) return absl::InternalError(absl::StrCat("cannot write ", path));
+  }
   if (json) {
     std::cout << ToJson(*response) << "\n";
     return 0;
@@ -578,7 +596,12 @@ std::vector<Command> Commands() {
         {"ignore_eos", "", "do not stop at end-of-sequence ids"},
         {"top_logprobs", "N", "also return the N most likely tokens per position", "0"},
         {"request_id", "ID", "request id echoed by the server"},
-        {"stream", "", "use GenerateStream and print tokens as they arrive"}};
+        {"stream", "", "use GenerateStream and print tokens as they arrive"},
+        {"trajectories_out", "FILE",
+         "also write the completions as lockstep.v1.Trajectory JSON Lines for "
+         "`lockstep train-step --trajectories` (one group per prompt)"},
+        {"reward", "R", "reward written to --trajectories_out", "0"},
+        {"group_prefix", "P", "group id of prompt i in --trajectories_out: P<i>", "p"}};
     g.flags.insert(g.flags.begin(), own.begin(), own.end());
     c.push_back(g);
   }

@@ -86,7 +86,7 @@ std::unique_ptr<Engine> MakeEngine(EngineOptions o = {},
   return std::move(e).value();
 }
 
-absl::StatusOr<std::vector<Output>> Run(Engine& e, GenerateJob job) {
+absl::StatusOr<std::vector<Output>> RunJob(Engine& e, GenerateJob job) {
   auto h = e.Submit(std::move(job));
   if (!h.ok()) return h.status();
   return Collect(**h);
@@ -94,7 +94,7 @@ absl::StatusOr<std::vector<Output>> Run(Engine& e, GenerateJob job) {
 
 TEST(EngineTest, GeneratesToMaxTokens) {
   auto e = MakeEngine();
-  auto out = Run(*e, Job({1, 2, 3}, 1, 9, 12));
+  auto out = RunJob(*e, Job({1, 2, 3}, 1, 9, 12));
   ASSERT_TRUE(out.ok()) << out.status();
   ASSERT_EQ(out->size(), 1u);
   EXPECT_EQ((*out)[0].tokens.size(), 12u);
@@ -110,7 +110,7 @@ TEST(EngineTest, SeededRequestIsTheSameAloneAndInABusyBatch) {
   auto e = MakeEngine(o);
   std::mt19937 rng(1);
   const std::vector<int32_t> prompt = RandomPrompt(rng, 21);
-  auto alone = Run(*e, Job(prompt, 2, 1234, 40));
+  auto alone = RunJob(*e, Job(prompt, 2, 1234, 40));
   ASSERT_TRUE(alone.ok());
   for (int others : {1, 7, 31, 63}) {
     std::vector<std::shared_ptr<RequestHandle>> handles;
@@ -138,10 +138,10 @@ TEST(EngineTest, SeededRequestIsTheSameAloneAndInABusyBatch) {
 
 TEST(EngineTest, SamplesOfOnePromptUseSeedPlusIndex) {
   auto e = MakeEngine();
-  auto three = Run(*e, Job({5, 6, 7, 8, 9}, 3, 100, 16));
+  auto three = RunJob(*e, Job({5, 6, 7, 8, 9}, 3, 100, 16));
   ASSERT_TRUE(three.ok());
   for (int j = 0; j < 3; ++j) {
-    auto one = Run(*e, Job({5, 6, 7, 8, 9}, 1, 100 + j, 16));
+    auto one = RunJob(*e, Job({5, 6, 7, 8, 9}, 1, 100 + j, 16));
     ASSERT_TRUE(one.ok());
     EXPECT_TRUE(Same((*three)[j], (*one)[0])) << j;
   }
@@ -191,7 +191,7 @@ TEST(EngineTest, ScoreEqualsGenerationLogprobs) {
   const std::vector<int32_t> prompt = {3, 1, 4, 1, 5, 9, 2, 6};
   GenerateJob job = Job(prompt, 2, 77, 20);
   job.sampling.top_logprobs = 3;
-  auto out = Run(*e, job);
+  auto out = RunJob(*e, job);
   ASSERT_TRUE(out.ok());
   ScoreRequest sr;
   for (const Output& o : *out) {
@@ -231,16 +231,16 @@ TEST(EngineTest, ScoreEqualsGenerationLogprobs) {
 
 TEST(EngineTest, StopTokensAndGreedy) {
   auto e = MakeEngine();
-  auto greedy = Run(*e, Job({1, 2}, 1, 1, 30, 0.0f));
+  auto greedy = RunJob(*e, Job({1, 2}, 1, 1, 30, 0.0f));
   ASSERT_TRUE(greedy.ok());
-  auto greedy2 = Run(*e, Job({1, 2}, 1, 999, 30, 0.0f));
+  auto greedy2 = RunJob(*e, Job({1, 2}, 1, 999, 30, 0.0f));
   ASSERT_TRUE(greedy2.ok());
   EXPECT_TRUE(Same((*greedy)[0], (*greedy2)[0]));  // seed irrelevant at T=0
   // Stop at the 5th token's value.
   GenerateJob j = Job({1, 2}, 1, 1, 30, 0.0f);
   const int32_t stop = (*greedy)[0].tokens[4];
   j.sampling.stop_token_ids = {stop};
-  auto stopped = Run(*e, j);
+  auto stopped = RunJob(*e, j);
   ASSERT_TRUE(stopped.ok());
   const auto& toks = (*stopped)[0].tokens;
   ASSERT_FALSE(toks.empty());
@@ -253,7 +253,7 @@ TEST(EngineTest, ContextLengthEndsUnboundedSamples) {
   FakeModelOptions f;
   f.max_position = 40;
   auto e = MakeEngine({}, f);
-  auto out = Run(*e, Job({1, 2, 3, 4, 5}, 1, 1, 0));
+  auto out = RunJob(*e, Job({1, 2, 3, 4, 5}, 1, 1, 0));
   ASSERT_TRUE(out.ok());
   EXPECT_EQ((*out)[0].tokens.size(), 35u);
   EXPECT_EQ((*out)[0].finish, FinishReason::kLength);
@@ -286,7 +286,7 @@ TEST(EngineTest, InvalidRequestsAreRejected) {
   EXPECT_EQ(code(j), C::kInvalidArgument);
   EXPECT_EQ(code(GenerateJob()), C::kInvalidArgument);
   // Still serving.
-  EXPECT_TRUE(Run(*e, Job({1, 2}, 1, 1, 3)).ok());
+  EXPECT_TRUE(RunJob(*e, Job({1, 2}, 1, 1, 3)).ok());
 }
 
 TEST(EngineTest, RequestsLargerThanTheCacheOrQueueAreResourceExhausted) {
@@ -299,7 +299,7 @@ TEST(EngineTest, RequestsLargerThanTheCacheOrQueueAreResourceExhausted) {
             absl::StatusCode::kResourceExhausted);  // 42 tokens > 32
   EXPECT_EQ(e->Submit(Job({1, 2}, 7, 1, 4)).status().code(),
             absl::StatusCode::kResourceExhausted);  // 7 samples > queue
-  EXPECT_TRUE(Run(*e, Job({1, 2}, 1, 1, 30)).ok());
+  EXPECT_TRUE(RunJob(*e, Job({1, 2}, 1, 1, 30)).ok());
 }
 
 TEST(EngineTest, QueueFullIsResourceExhausted) {
@@ -322,7 +322,7 @@ TEST(EngineTest, QueueFullIsResourceExhausted) {
   EXPECT_EQ(last.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(last.message().find("queue full"), std::string::npos);
   for (auto& h : hs) EXPECT_TRUE(Collect(*h).ok());
-  EXPECT_TRUE(Run(*e, Job({1}, 1, 1, 2)).ok());
+  EXPECT_TRUE(RunJob(*e, Job({1}, 1, 1, 2)).ok());
 }
 
 TEST(EngineTest, CancellationAndDeadline) {
@@ -336,8 +336,8 @@ TEST(EngineTest, CancellationAndDeadline) {
   EXPECT_EQ(Collect(**h).status().code(), absl::StatusCode::kCancelled);
   GenerateJob j = Job({1, 2, 3}, 1, 1, 400);
   j.deadline = absl::Now() + absl::Milliseconds(30);
-  EXPECT_EQ(Run(*e, j).status().code(), absl::StatusCode::kDeadlineExceeded);
-  EXPECT_TRUE(Run(*e, Job({1, 2}, 1, 1, 3)).ok());
+  EXPECT_EQ(RunJob(*e, j).status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_TRUE(RunJob(*e, Job({1, 2}, 1, 1, 3)).ok());
   EXPECT_EQ(e->in_flight(), 0);
 }
 
@@ -401,7 +401,7 @@ TEST(EngineTest, WeightSwapMidGenerationNeverMixesVersions) {
     }
   }
   EXPECT_GT(mixed, 0);  // the swap landed mid-generation
-  auto after = Run(*e, Job({1, 2, 3}, 1, 5, 5));
+  auto after = RunJob(*e, Job({1, 2, 3}, 1, 5, 5));
   ASSERT_TRUE(after.ok());
   for (uint64_t v : (*after)[0].versions) EXPECT_EQ(v, 2u);
 }
@@ -411,7 +411,7 @@ class CountingObserver : public EngineObserver {
   void OnStep(const StepStats& s) override {
     steps++;
     sampled += s.sampled;
-    max_sequences = std::max(max_sequences, s.sequences);
+    if (s.sequences > max_sequences.load()) max_sequences = s.sequences;
   }
   void OnSelfCheck(int64_t tokens, int64_t mismatched) override {
     checks++;

@@ -17,6 +17,11 @@
 namespace lockstep::client {
 namespace {
 
+template <typename T>
+void AddAll(google::protobuf::RepeatedField<T>* field, std::initializer_list<T> values) {
+  field->Add(values.begin(), values.end());
+}
+
 using sdk_testing::FakeServer;
 
 ClientOptions Options(const FakeServer& server) {
@@ -30,7 +35,7 @@ ClientOptions Options(const FakeServer& server) {
 
 v1::GenerateRequest SmallRequest() {
   v1::GenerateRequest r;
-  r.add_prompts()->mutable_token_ids()->Add({1, 2, 3});
+  AddAll(r.add_prompts()->mutable_token_ids(), {1, 2, 3});
   r.set_n(2);
   r.mutable_sampling()->set_seed(5);
   return r;
@@ -366,8 +371,8 @@ TEST(LearnerTest, SubmitTrainStatsAndWeights) {
   auto learner = LearnerClient::Create(Options(*server));
   ASSERT_TRUE(learner.ok());
   v1::Completion c;
-  c.mutable_token_ids()->Add({4, 5});
-  c.mutable_logprobs()->Add({-0.1f, -0.2f});
+  AddAll(c.mutable_token_ids(), {4, 5});
+  AddAll(c.mutable_logprobs(), {-0.1f, -0.2f});
   c.set_weight_version(0);
   std::vector<v1::Trajectory> batch;
   for (int i = 0; i < 100; ++i) batch.push_back(MakeTrajectory({1, 2}, c, 0.5f, "g"));
