@@ -3,7 +3,7 @@ BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: deps build test test-asan demo bench clean
+.PHONY: deps build test test-asan demo observe bench clean
 
 deps:
 	scripts/install-deps.sh
@@ -27,6 +27,10 @@ test-asan: deps
 
 demo: build
 	scripts/demo.sh $(BUILD_DIR)
+
+# Prometheus on loopback scraping the services `make demo` starts.
+observe: deps
+	scripts/observe.sh
 
 bench: deps
 	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=Release -DLOCKSTEP_BUILD_BENCH=ON $(CMAKE_FLAGS)

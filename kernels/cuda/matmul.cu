@@ -518,9 +518,10 @@ GemmTileConfig ChooseBf16GemmConfig(int64_t m, int64_t n, int leaves) {
     }
     return {1, 32};
   }
-  if (leaves > 1 && m > 64) {
-    // Row tree: 128x128 tiles whose two warpgroups share the B box (same
-    // operand bytes per FLOP as the plain 128x128 GEMM).
+  if (leaves > 1 && ceil_div(m, 128) * ceil_div(n, 128) >= 8 * sms) {
+    // Row tree: 128x128 tiles whose two warpgroups share the B box (the
+    // operand bytes per FLOP of the plain 128x128 GEMM) but with fewer,
+    // larger tiles than leaf mode: measured ahead only with many waves.
     return {2, 128, 1, true};
   }
   // Compute bound: fewest waves weighted by a per-tile efficiency (narrow

@@ -255,10 +255,12 @@ absl::Status Connection::Run(
   const int max_attempts = MaxAttempts(call);
   absl::BitGen rng;
   grpc::Status last;
+  int tries = 0;
   for (int i = 0; i < max_attempts; ++i) {
     grpc::ClientContext context;
     Prepare(&context, deadline, call);
     last = attempt(&context, i);
+    ++tries;
     if (last.error_code() != grpc::StatusCode::UNAVAILABLE) {
       return ToAbslStatus(last);
     }
@@ -275,9 +277,9 @@ absl::Status Connection::Run(
     absl::SleepFor(delay);
   }
   absl::Status s = ToAbslStatus(last);
-  if (max_attempts > 1) {
-    return absl::Status(s.code(), absl::StrCat(s.message(), " (gave up after ",
-                                               max_attempts, " tries)"));
+  if (tries > 1) {
+    return absl::Status(s.code(),
+                        absl::StrCat(s.message(), " (gave up after ", tries, " tries)"));
   }
   return s;
 }

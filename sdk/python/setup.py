@@ -1,19 +1,13 @@
-"""Builds lockstep-client; generates the gRPC stubs before packaging
-(metadata lives in pyproject.toml)."""
+"""Builds lockstep-client (metadata in pyproject.toml). The gRPC stubs under
+lockstep_client/_proto are generated from ../../proto first (generate_stubs.py)
+so that setuptools finds every package it lists."""
 import os
 import subprocess
 import sys
 
 from setuptools import setup
-from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-
-class BuildWithStubs(build_py):
-    def run(self):
-        subprocess.run([sys.executable, os.path.join(HERE, "generate_stubs.py")], check=True)
-        super().run()
-
-
-setup(cmdclass={"build_py": BuildWithStubs})
+subprocess.run([sys.executable, os.path.join(HERE, "generate_stubs.py")], check=True)
+setup()

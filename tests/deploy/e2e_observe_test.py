@@ -92,8 +92,11 @@ class Run:
         waits for its `listening grpc=... metrics=...` line and returns the two addresses."""
         log = open(os.path.join(self.work, f"{name}.log"), "w")
         print(f"     $ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True, cwd=self.work)
+        try:
+            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 start_new_session=True, cwd=self.work)
+        except OSError as e:
+            raise Failed(f"cannot start {name}: {e}")
         self.procs[name] = p
         found = threading.Event()
         result = {}
@@ -244,6 +247,9 @@ def main():
         run.fail(str(e))
     except KeyboardInterrupt:
         run.fail("interrupted")
+    except Exception:  # noqa: BLE001 - a harness bug still reports, cleans up and fails
+        import traceback
+        run.fail("unexpected error in the test harness:\n" + traceback.format_exc())
     finally:
         run.stop_all()
         if run.failed or args.keep:

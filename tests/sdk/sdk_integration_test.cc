@@ -484,6 +484,16 @@ TEST_F(CliTest, ErrorsExitNonZeroWithTheCode) {
   EXPECT_TRUE(absl::StrContains(r.err, "INVALID_ARGUMENT")) << r.err;
 }
 
+TEST_F(CliTest, DemoRunsTheMakeDemoScript) {
+  CommandResult r = RunCli({"demo", "--steps=1", "--prompts=2", "--samples=2"},
+                           {"LOCKSTEP_NUM_THREADS=2"});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_TRUE(absl::StrContains(r.out, "== invariant kernels")) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "== summary")) << r.out;
+  r = RunCli({"demo", "--build_dir=/nonexistent", "--steps=1"});
+  EXPECT_NE(r.exit_code, 0);
+}
+
 // ---------------------------------------------------------------------------
 // TLS, mTLS and tokens on the real servers.
 

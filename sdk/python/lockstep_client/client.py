@@ -250,8 +250,7 @@ class Connection:
                 if e.code() != grpc.StatusCode.UNAVAILABLE:
                     raise LockstepError(e.code(), e.details() or "") from None
                 if (retryable is not None and not retryable()) or i + 1 == attempts:
-                    suffix = " (gave up after %d tries)" % attempts if attempts > 1 and (
-                        retryable is None or retryable()) else ""
+                    suffix = " (gave up after %d tries)" % (i + 1) if i > 0 else ""
                     raise LockstepError(e.code(), (e.details() or "") + suffix) from None
                 with self._rng_lock:
                     u = self._rng.random()
