@@ -14,16 +14,16 @@ $(BUILD_DIR)/CMakeCache.txt:
 build: deps $(BUILD_DIR)/CMakeCache.txt
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
+# Every CPU test, including the bad-input parsers under AddressSanitizer +
+# UBSan (label `asan`, built as part of `build` via the asan_tests target).
 test: build
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target asan_tests
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) -LE 'cuda|benchmark'
-	$(MAKE) test-asan
 
-# Bad-input tests (safetensors, config) under AddressSanitizer + UBSan.
-test-asan: deps
-	cmake -S . -B $(BUILD_DIR)-asan -DCMAKE_BUILD_TYPE=Debug -DLOCKSTEP_ASAN=ON \
-	  -DLOCKSTEP_CUDA=OFF -DLOCKSTEP_BUILD_BENCH=OFF $(CMAKE_FLAGS)
-	cmake --build $(BUILD_DIR)-asan -j $(JOBS) --target asan_tests
-	cd $(BUILD_DIR)-asan && ctest --output-on-failure -L asan
+# Only the AddressSanitizer tests.
+test-asan: build
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target asan_tests
+	cd $(BUILD_DIR) && ctest --output-on-failure -L asan
 
 demo: build
 	scripts/demo.sh $(BUILD_DIR)

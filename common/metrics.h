@@ -5,9 +5,11 @@
 #ifndef LOCKSTEP_COMMON_METRICS_H_
 #define LOCKSTEP_COMMON_METRICS_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include <prometheus/counter.h>
@@ -18,10 +20,6 @@
 
 #include "absl/status/statusor.h"
 
-namespace prometheus {
-class Exposer;
-}  // namespace prometheus
-
 namespace lockstep::common {
 
 // The lockstep release reported in lockstep_build_info{version}.
@@ -31,14 +29,18 @@ inline constexpr char kLockstepVersion[] = LOCKSTEP_VERSION_STRING;
 inline constexpr char kLockstepVersion[] = "0.1.0";
 #endif
 
-// Serves one prometheus::Registry at http://host:port/metrics.
+// Serves one prometheus::Registry at http://host:port/metrics (text format
+// 0.0.4). A minimal HTTP/1.x server on one thread, not prometheus-cpp's
+// civetweb Exposer: civetweb starts its threads with a fixed small stack that
+// glibc refuses in processes whose static TLS is large (any process that also
+// loads LibTorch), so the Exposer cannot start in our services.
 class MetricsServer {
  public:
-  // Binds host:port (port 0: a free port is picked; port() reports it) and
-  // starts serving `registry` (a new, empty one when null). `host` is a
-  // numeric IPv4/IPv6 address ("0.0.0.0", "127.0.0.1", "::"). UNAVAILABLE
-  // when the address cannot be bound, INVALID_ARGUMENT for a port outside
-  // [0, 65535] or (with port 0) a non-numeric host.
+  // Binds host:port (port 0: the kernel picks a free port; port() reports
+  // it) and starts serving `registry` (a new, empty one when null). `host` is
+  // a numeric IPv4/IPv6 address ("0.0.0.0", "127.0.0.1", "::") or
+  // "localhost". UNAVAILABLE when the address cannot be bound,
+  // INVALID_ARGUMENT for a port outside [0, 65535] or a bad host.
   static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
       const std::string& host, int port,
       std::shared_ptr<prometheus::Registry> registry = nullptr);
@@ -60,10 +62,15 @@ class MetricsServer {
  private:
   MetricsServer() = default;
 
+  void Serve();
+  void Handle(int fd);
+
   std::string host_;
   int port_ = 0;
   std::shared_ptr<prometheus::Registry> registry_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  int listen_fd_ = -1;
+  int wake_fds_[2] = {-1, -1};  // self-pipe that stops Serve()
+  std::thread thread_;
 };
 
 // Labels of lockstep_build_info.

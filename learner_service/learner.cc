@@ -264,6 +264,18 @@ absl::StatusOr<std::vector<PushResult>> Learner::RegisterRollouts(
       return info.status();
     }
     LOCKSTEP_RETURN_IF_ERROR(CheckSameModel(trainer_->config(), info->config(), e));
+    if (static_cast<int64_t>(info->weight_version()) > trainer_->version()) {
+      // Its weights are not ones this learner produced (or it kept running
+      // while the learner restarted): training on its samples would be
+      // off-policy from the start, and pushes would be refused as version
+      // regressions.
+      return absl::FailedPreconditionError(absl::StrCat(
+          "rollout ", e, " serves weight version ", info->weight_version(),
+          ", newer than the learner's ", trainer_->version(),
+          "; restart it from the learner's weights (rollout_service "
+          "--model_dir=<checkpoint> --initial_version=<version>) or "
+          "LoadCheckpoint first"));
+    }
     r.info.endpoint = e;
     r.info.weight_version = static_cast<int64_t>(info->weight_version());
     r.info.mode = info->kernel_mode() == lockstep::v1::KERNEL_MODE_STANDARD

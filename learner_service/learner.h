@@ -130,7 +130,8 @@ class Learner {
   // Contacts each endpoint (GetModelInfo), checks that it serves the
   // learner's model config and compute dtype, and registers them all (or
   // none, on the first error: INVALID_ARGUMENT for a malformed endpoint,
-  // UNAVAILABLE when unreachable, FAILED_PRECONDITION for another model).
+  // UNAVAILABLE when unreachable, FAILED_PRECONDITION for another model or
+  // a rollout already serving a newer version than the learner's).
   // Already registered endpoints are refreshed. With `push_now`, rollouts
   // behind the learner's version get the current weights.
   absl::StatusOr<std::vector<PushResult>> RegisterRollouts(

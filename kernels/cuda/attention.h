@@ -5,6 +5,13 @@
 // public entry; values that live in device memory (ids, slots, positions,
 // block tables, per-row parameters) are this implementation's to check.
 // Every pointer is a device pointer; `stream` is the cudaStream_t to queue on.
+//
+// PagedAttention validates positions, sequence ids and block-table entries on
+// the device without synchronising: a query whose table points outside the
+// cache gets a NaN output row (nothing is read out of place); WriteKv skips
+// tokens whose slot is out of range. PrefillAttention and PagedAttention run
+// one kernel body, so a query's bits are the same on both paths. Limits:
+// head_dim <= 256 and at most 16 query heads per KV head (INVALID_ARGUMENT).
 #ifndef LOCKSTEP_KERNELS_CUDA_ATTENTION_H_
 #define LOCKSTEP_KERNELS_CUDA_ATTENTION_H_
 

@@ -5,6 +5,9 @@
 // public entry; values that live in device memory (ids, slots, positions,
 // block tables, per-row parameters) are this implementation's to check.
 // Every pointer is a device pointer; `stream` is the cudaStream_t to queue on.
+//
+// Ids are read back and checked (INVALID_ARGUMENT) unless the stream is
+// being captured into a CUDA graph; under capture a bad id gives a NaN row.
 #ifndef LOCKSTEP_KERNELS_CUDA_EMBEDDING_H_
 #define LOCKSTEP_KERNELS_CUDA_EMBEDDING_H_
 

@@ -5,6 +5,9 @@
 // public entry; values that live in device memory (ids, slots, positions,
 // block tables, per-row parameters) are this implementation's to check.
 // Every pointer is a device pointer; `stream` is the cudaStream_t to queue on.
+//
+// A negative position (checked on the device, without synchronising) gives
+// NaN in that token's rotated pairs.
 #ifndef LOCKSTEP_KERNELS_CUDA_ROPE_H_
 #define LOCKSTEP_KERNELS_CUDA_ROPE_H_
 

@@ -5,6 +5,9 @@
 // public entry; values that live in device memory (ids, slots, positions,
 // block tables, per-row parameters) are this implementation's to check.
 // Every pointer is a device pointer; `stream` is the cudaStream_t to queue on.
+//
+// Targets are read back and checked (INVALID_ARGUMENT) unless the stream is
+// being captured; under capture a bad target gives a NaN target logprob.
 #ifndef LOCKSTEP_KERNELS_CUDA_SOFTMAX_H_
 #define LOCKSTEP_KERNELS_CUDA_SOFTMAX_H_
 
