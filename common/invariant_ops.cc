@@ -53,9 +53,20 @@ torch::Tensor OverrideValue(torch::Tensor ref, const torch::Tensor& value) {
   return ref;
 }
 
+// On the GPU a bf16-valued activation is handed to the GEMM as bf16 (an exact
+// conversion) so that it runs on the tensor cores; the values, hence the
+// bits, are unchanged.
+torch::Tensor GemmInput(const torch::Tensor& x, const torch::Tensor& w, bool bf16_activations) {
+  if (bf16_activations && x.is_cuda() && w.scalar_type() == torch::kBFloat16 &&
+      x.scalar_type() == torch::kFloat) {
+    return x.to(torch::kBFloat16);
+  }
+  return x;
+}
+
 torch::Tensor RawMatmul(const torch::Tensor& x_in, const torch::Tensor& w_in,
-                        const kernels::PackedWeight* packed) {
-  auto x = x_in.detach().contiguous();
+                        const kernels::PackedWeight* packed, bool bf16_activations = false) {
+  auto x = GemmInput(x_in.detach(), w_in, bf16_activations).contiguous();
   auto w = w_in.detach().contiguous();
   auto y = torch::empty({x.size(0), w.size(0)}, x.options().dtype(torch::kFloat));
   kernels::MatmulArgs a;
@@ -81,8 +92,9 @@ torch::Tensor RawMatmul(const torch::Tensor& x_in, const torch::Tensor& w_in,
 
 // A rank's subtree value of a row-parallel layer (fp32 [T, out]).
 torch::Tensor RawTreePartial(const torch::Tensor& x_in, const torch::Tensor& w_in,
-                             const kernels::PackedWeight* packed, int rank, int tp) {
-  auto x = x_in.detach().contiguous();
+                             const kernels::PackedWeight* packed, int rank, int tp,
+                             bool bf16_activations = false) {
+  auto x = GemmInput(x_in.detach(), w_in, bf16_activations).contiguous();
   auto w = w_in.detach().contiguous();
   auto y = torch::empty({x.size(0), w.size(0)}, x.options().dtype(torch::kFloat));
   kernels::TreeMatmulArgs a;
@@ -113,9 +125,10 @@ torch::Tensor RawTreePartial(const torch::Tensor& x_in, const torch::Tensor& w_i
 // matmul gradients.
 struct LinearFn : public torch::autograd::Function<LinearFn> {
   static torch::Tensor forward(AutogradContext* ctx, torch::Tensor x,
-                               torch::Tensor w, bool tree) {
+                               torch::Tensor w, bool tree, bool bf16_activations) {
     ctx->save_for_backward({x, w});
-    return tree ? RawTreePartial(x, w, nullptr, 0, 1) : RawMatmul(x, w, nullptr);
+    return tree ? RawTreePartial(x, w, nullptr, 0, 1, bf16_activations)
+                : RawMatmul(x, w, nullptr, bf16_activations);
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     auto saved = ctx->get_saved_variables();
@@ -124,15 +137,17 @@ struct LinearFn : public torch::autograd::Function<LinearFn> {
     auto g = grads[0];
     auto gx = g.mm(w.to(torch::kFloat));
     auto gw = g.t().mm(x.to(torch::kFloat)).to(w.scalar_type());
-    return {gx, gw, torch::Tensor()};
+    return {gx, gw, torch::Tensor(), torch::Tensor()};
   }
 };
 
 class InvariantOps : public Ops {
  public:
+  explicit InvariantOps(bool bf16_activations) : bf16_activations_(bf16_activations) {}
+
   torch::Tensor Linear(const torch::Tensor& x, const LinearWeight& w) override {
-    if (NeedsGrad({&x, &w.w})) return LinearFn::apply(x, w.w, false);
-    return RawMatmul(x, w.w, w.packed.get());
+    if (NeedsGrad({&x, &w.w})) return LinearFn::apply(x, w.w, false, bf16_activations_);
+    return RawMatmul(x, w.w, w.packed.get(), bf16_activations_);
   }
 
   torch::Tensor RowParallelLinear(const torch::Tensor& x, const LinearWeight& w,
@@ -140,10 +155,10 @@ class InvariantOps : public Ops {
     const int tp = comm == nullptr ? 1 : comm->size();
     if (NeedsGrad({&x, &w.w})) {
       TORCH_CHECK(tp == 1, "training forward runs at TP=1");
-      return LinearFn::apply(x, w.w, true);
+      return LinearFn::apply(x, w.w, true, bf16_activations_);
     }
     const int rank = comm == nullptr ? 0 : comm->rank();
-    auto partial = RawTreePartial(x, w.w, w.packed.get(), rank, tp);
+    auto partial = RawTreePartial(x, w.w, w.packed.get(), rank, tp, bf16_activations_);
     if (tp == 1) return partial;
     auto g = AllGatherTensor(partial, comm).contiguous();
     auto y = torch::empty({partial.size(0), partial.size(1)}, x.options().dtype(torch::kFloat));
@@ -325,13 +340,16 @@ class InvariantOps : public Ops {
     Check(kernels::LogSoftmax(a, ContextOf(logits)));
     return out;
   }
+
+ private:
+  const bool bf16_activations_;
 };
 
 }  // namespace
 
-std::unique_ptr<Ops> CreateOps(KernelMode mode) {
+std::unique_ptr<Ops> CreateOps(KernelMode mode, bool bf16_activations) {
   if (mode == KernelMode::kStandard) return reference::CreateStandardOps();
-  return std::make_unique<InvariantOps>();
+  return std::make_unique<InvariantOps>(bf16_activations);
 }
 
 namespace {

@@ -88,7 +88,7 @@ absl::StatusOr<std::vector<torch::Tensor>> SequenceLogprobs(
   }
   std::vector<torch::Tensor> out;
   try {
-    auto ops = CreateOps(mode);
+    auto ops = CreateOps(mode, config.dtype == kernels::DType::kBF16);
     torch::Tensor lp;
     if (!rows.empty()) {
       ForwardInput in;

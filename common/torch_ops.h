@@ -88,8 +88,9 @@ class Ops {
   virtual torch::Tensor LogSoftmax(const torch::Tensor& logits) = 0;
 };
 
-// Creates the op set of `mode`.
-std::unique_ptr<Ops> CreateOps(KernelMode mode);
+// Creates the op set of `mode`. `bf16_activations`: the forward rounds every
+// activation to bf16 (model dtype bf16), so GPU matmuls may take them as bf16.
+std::unique_ptr<Ops> CreateOps(KernelMode mode, bool bf16_activations = false);
 
 // Gathers x [m, n] (float32) from every rank of `comm` into [t, m, n] on x's
 // device, in rank order. Moves bytes only. Stages through host memory when

@@ -374,7 +374,7 @@ absl::StatusOr<std::vector<float>> ModelImpl::Forward(const ForwardBatch& b,
     in.paged = &meta;
     in.kv = &cache->ranks_[r];
     in.logit_rows = host_rows.to(dev);
-    auto ops = CreateOps(options_.mode);
+    auto ops = CreateOps(options_.mode, config_.dtype == kernels::DType::kBF16);
     return RankForward(config_, ranks_[r], *ops, in, comm);
   }));
   auto host = logits.cpu().contiguous();
@@ -413,7 +413,7 @@ absl::StatusOr<torch::Tensor> ModelImpl::FullLogits(const std::vector<std::vecto
     in.positions = pos.to(dev);
     in.seq_lens = lens;
     in.logit_rows = row_t.to(dev);
-    auto ops = CreateOps(options_.mode);
+    auto ops = CreateOps(options_.mode, config_.dtype == kernels::DType::kBF16);
     return RankForward(config_, ranks_[r], *ops, in, comm);
   });
 }
