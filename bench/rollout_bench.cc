@@ -5,7 +5,11 @@
 // send --requests_per_client GenerateStream requests back to back and
 // measures, client-side:
 //   decode tokens/s  generated tokens / wall time of the level;
-//   ITL p50 / p99    gaps between consecutive streamed tokens of a sample.
+//   TPOT p50 / p99   per sample, (last token time - first token time) /
+//                    (tokens - 1), across samples (time per output token);
+//   ITL p50 / p99    gaps between consecutive streamed tokens of a sample
+//                    (bursty when the server batches several steps' tokens
+//                    into back-to-back messages, hence TPOT too).
 // Results are Google Benchmark counters (one benchmark per config/mode/C,
 // manual time = wall time) plus a markdown table with the
 // invariant/standard throughput ratio at the end.
@@ -14,7 +18,9 @@
 //                 [--concurrency=1,8,32,64] [--prompt_len=32] [--max_tokens=64]
 //                 [--requests_per_client=2] [--rollout_binary=PATH]
 //                 [--threads=N] [benchmark flags...]
+#include <benchmark/benchmark.h>
 #include <fcntl.h>
+#include <grpcpp/grpcpp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -35,9 +41,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <benchmark/benchmark.h>
-#include <grpcpp/grpcpp.h>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -144,7 +147,8 @@ Server* GetServer(const std::string& config, const std::string& mode) {
   std::vector<std::string> flags = {"--model_dir=" + dir, "--kernels=" + mode,
                                     "--max_batch_tokens=512",
                                     "--kv_cache_bytes=1073741824"};
-  if (g_flags.threads > 0) flags.push_back(absl::StrCat("--num_threads=", g_flags.threads));
+  if (g_flags.threads > 0)
+    flags.push_back(absl::StrCat("--num_threads=", g_flags.threads));
   auto server = Server::Start(g_flags.binary, flags);
   if (server == nullptr) return nullptr;
   Server* raw = server.get();
@@ -156,11 +160,14 @@ struct LevelResult {
   double seconds = 0;
   int64_t tokens = 0;
   std::vector<double> gaps;  // seconds
+  std::vector<double> tpot;  // seconds, one per sample
   int errors = 0;
 };
 
-LevelResult RunLevel(const std::string& address, int concurrency, int64_t vocab) {
-  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+LevelResult RunLevel(const std::string& address, int concurrency,
+                     int64_t vocab) {
+  auto channel =
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
   auto stub = lockstep::v1::RolloutService::NewStub(channel);
   LevelResult result;
   std::mutex mu;
@@ -170,12 +177,14 @@ LevelResult RunLevel(const std::string& address, int concurrency, int64_t vocab)
     clients.emplace_back([&, c] {
       std::mt19937_64 rng(c * 7919 + concurrency);
       std::vector<double> gaps;
+      std::vector<double> tpot;
       int64_t tokens = 0;
       int errors = 0;
       for (int r = 0; r < g_flags.requests_per_client; ++r) {
         lockstep::v1::GenerateRequest req;
         auto* p = req.add_prompts();
-        for (int i = 0; i < g_flags.prompt_len; ++i) p->add_token_ids(rng() % vocab);
+        for (int i = 0; i < g_flags.prompt_len; ++i)
+          p->add_token_ids(rng() % vocab);
         req.mutable_sampling()->set_seed(rng());
         req.mutable_sampling()->set_max_tokens(g_flags.max_tokens);
         req.mutable_sampling()->set_ignore_eos(true);
@@ -183,18 +192,29 @@ LevelResult RunLevel(const std::string& address, int concurrency, int64_t vocab)
         auto reader = stub->GenerateStream(&ctx, req);
         lockstep::v1::GenerateStreamResponse m;
         bool first = true;
-        auto last = std::chrono::steady_clock::now();
+        const auto t_start = std::chrono::steady_clock::now();
+        auto last = t_start, first_time = t_start;
+        int64_t request_tokens = 0;
         while (reader->Read(&m)) {
           const auto now = std::chrono::steady_clock::now();
           if (m.token_ids_size() == 0) continue;
           if (!first) {
-            const double gap = std::chrono::duration<double>(now - last).count() /
-                               m.token_ids_size();
+            const double gap =
+                std::chrono::duration<double>(now - last).count() /
+                m.token_ids_size();
             for (int k = 0; k < m.token_ids_size(); ++k) gaps.push_back(gap);
+          } else {
+            first_time = now;
           }
           first = false;
           last = now;
           tokens += m.token_ids_size();
+          request_tokens += m.token_ids_size();
+        }
+        if (request_tokens > 1) {
+          tpot.push_back(
+              std::chrono::duration<double>(last - first_time).count() /
+              (request_tokens - 1));
         }
         if (!reader->Finish().ok()) ++errors;
       }
@@ -202,25 +222,28 @@ LevelResult RunLevel(const std::string& address, int concurrency, int64_t vocab)
       result.tokens += tokens;
       result.errors += errors;
       result.gaps.insert(result.gaps.end(), gaps.begin(), gaps.end());
+      result.tpot.insert(result.tpot.end(), tpot.begin(), tpot.end());
     });
   }
   for (auto& t : clients) t.join();
   result.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+          .count();
   return result;
 }
 
 double Percentile(std::vector<double> v, double q) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
-  const size_t i = std::min(v.size() - 1, static_cast<size_t>(q * (v.size() - 1) + 0.5));
+  const size_t i =
+      std::min(v.size() - 1, static_cast<size_t>(q * (v.size() - 1) + 0.5));
   return v[i];
 }
 
 struct Row {
   std::string config, mode;
   int concurrency;
-  double tokens_per_s, p50_ms, p99_ms;
+  double tokens_per_s, tpot50_ms, tpot99_ms, p50_ms, p99_ms;
 };
 std::vector<Row> g_rows;
 
@@ -245,9 +268,13 @@ void BM_Rollout(benchmark::State& state, std::string config, std::string mode,
   state.counters["tokens_per_s"] = tps;
   state.counters["itl_p50_ms"] = Percentile(r.gaps, 0.5) * 1e3;
   state.counters["itl_p99_ms"] = Percentile(r.gaps, 0.99) * 1e3;
+  state.counters["tpot_p50_ms"] = Percentile(r.tpot, 0.5) * 1e3;
+  state.counters["tpot_p99_ms"] = Percentile(r.tpot, 0.99) * 1e3;
   state.counters["tokens"] = static_cast<double>(r.tokens);
-  g_rows.push_back({config, mode, concurrency, tps, Percentile(r.gaps, 0.5) * 1e3,
-                    Percentile(r.gaps, 0.99) * 1e3});
+  g_rows.push_back(
+      {config, mode, concurrency, tps, Percentile(r.tpot, 0.5) * 1e3,
+       Percentile(r.tpot, 0.99) * 1e3, Percentile(r.gaps, 0.5) * 1e3,
+       Percentile(r.gaps, 0.99) * 1e3});
 }
 
 std::vector<std::string> SplitList(const std::string& v) {
@@ -269,7 +296,8 @@ void ParseFlags(int* argc, char** argv) {
       g_flags.modes = SplitList(v);
     } else if (const char* v = value("concurrency")) {
       g_flags.concurrency.clear();
-      for (const auto& s : SplitList(v)) g_flags.concurrency.push_back(std::stoi(s));
+      for (const auto& s : SplitList(v))
+        g_flags.concurrency.push_back(std::stoi(s));
     } else if (const char* v = value("prompt_len")) {
       g_flags.prompt_len = std::stoi(v);
     } else if (const char* v = value("max_tokens")) {
@@ -297,8 +325,9 @@ int main(int argc, char** argv) {
   if (g_flags.binary.empty()) {
     // build/bench/rollout_bench -> build/rollout_service/rollout_service
     const auto self = std::filesystem::read_symlink("/proc/self/exe");
-    g_flags.binary =
-        (self.parent_path().parent_path() / "rollout_service" / "rollout_service").string();
+    g_flags.binary = (self.parent_path().parent_path() / "rollout_service" /
+                      "rollout_service")
+                         .string();
   }
   bool own_dir = false;
   if (g_flags.work_dir.empty()) {
@@ -310,7 +339,8 @@ int main(int argc, char** argv) {
     for (const auto& mode : g_flags.modes) {
       for (int c : g_flags.concurrency) {
         benchmark::RegisterBenchmark(
-            absl::StrCat("rollout/", config, "/", mode, "/concurrency:", c).c_str(),
+            absl::StrCat("rollout/", config, "/", mode, "/concurrency:", c)
+                .c_str(),
             BM_Rollout, config, mode, c)
             ->Iterations(1)
             ->UseManualTime()
@@ -324,21 +354,26 @@ int main(int argc, char** argv) {
   g_servers.clear();
 
   std::printf(
-      "\n| config | concurrency | mode | decode tokens/s | ITL p50 (ms) | ITL p99 (ms) "
-      "| invariant / standard |\n|---|---|---|---|---|---|---|\n");
+      "\n| config | concurrency | mode | decode tokens/s | TPOT p50 (ms) | "
+      "TPOT p99 (ms) "
+      "| ITL p50 (ms) | ITL p99 (ms) | invariant / standard |\n"
+      "|---|---|---|---|---|---|---|---|---|\n");
   for (const Row& r : g_rows) {
     std::string ratio = "";
     if (r.mode == "invariant") {
       for (const Row& o : g_rows) {
         if (o.mode == "standard" && o.config == r.config &&
             o.concurrency == r.concurrency && o.tokens_per_s > 0) {
-          ratio = absl::StrCat(static_cast<int>(100 * r.tokens_per_s / o.tokens_per_s + 0.5) / 100.0, "x");
+          ratio = absl::StrCat(
+              static_cast<int>(100 * r.tokens_per_s / o.tokens_per_s + 0.5) /
+                  100.0,
+              "x");
         }
       }
     }
-    std::printf("| %s | %d | %s | %.1f | %.2f | %.2f | %s |\n", r.config.c_str(),
-                r.concurrency, r.mode.c_str(), r.tokens_per_s, r.p50_ms, r.p99_ms,
-                ratio.c_str());
+    std::printf("| %s | %d | %s | %.1f | %.2f | %.2f | %.2f | %.2f | %s |\n",
+                r.config.c_str(), r.concurrency, r.mode.c_str(), r.tokens_per_s,
+                r.tpot50_ms, r.tpot99_ms, r.p50_ms, r.p99_ms, ratio.c_str());
   }
   if (own_dir) std::filesystem::remove_all(g_flags.work_dir);
   return 0;

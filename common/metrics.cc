@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <prometheus/text_serializer.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -11,8 +12,6 @@
 #include <cerrno>
 #include <cstring>
 #include <utility>
-
-#include <prometheus/text_serializer.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -23,7 +22,8 @@ namespace {
 void SendAll(int fd, const std::string& data) {
   size_t off = 0;
   while (off < data.size()) {
-    const ssize_t n = send(fd, data.data() + off, data.size() - off, MSG_NOSIGNAL);
+    const ssize_t n =
+        send(fd, data.data() + off, data.size() - off, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return;
     off += static_cast<size_t>(n);
@@ -68,7 +68,8 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   }
   const int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
-    return absl::UnavailableError(absl::StrCat("socket: ", std::strerror(errno)));
+    return absl::UnavailableError(
+        absl::StrCat("socket: ", std::strerror(errno)));
   }
   server->listen_fd_ = fd;  // closed by the destructor from here on
   const int one = 1;
@@ -77,10 +78,12 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
       listen(fd, 64) != 0 ||
       getsockname(fd, reinterpret_cast<sockaddr*>(&storage), &len) != 0) {
     return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", host,
-                                               ":", port, ": ", std::strerror(errno)));
+                                               ":", port, ": ",
+                                               std::strerror(errno)));
   }
-  server->port_ = v6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&storage)->sin6_port)
-                     : ntohs(reinterpret_cast<sockaddr_in*>(&storage)->sin_port);
+  server->port_ =
+      v6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&storage)->sin6_port)
+         : ntohs(reinterpret_cast<sockaddr_in*>(&storage)->sin_port);
   if (pipe2(server->wake_fds_, O_CLOEXEC) != 0) {
     return absl::UnavailableError(absl::StrCat("pipe: ", std::strerror(errno)));
   }
@@ -138,11 +141,11 @@ void MetricsServer::Handle(int fd) {
   const size_t sp1 = line.find(' ');
   const size_t sp2 = sp1 == std::string::npos ? sp1 : line.find(' ', sp1 + 1);
   const std::string method = line.substr(0, sp1);
-  std::string path = sp1 == std::string::npos
-                         ? ""
-                         : line.substr(sp1 + 1, sp2 == std::string::npos
-                                                    ? std::string::npos
-                                                    : sp2 - sp1 - 1);
+  std::string path =
+      sp1 == std::string::npos
+          ? ""
+          : line.substr(sp1 + 1, sp2 == std::string::npos ? std::string::npos
+                                                          : sp2 - sp1 - 1);
   path = path.substr(0, path.find('?'));
   std::string status = "200 OK";
   std::string type = "text/plain; version=0.0.4; charset=utf-8";
@@ -197,9 +200,8 @@ prometheus::Gauge& RegisterWeightVersion(prometheus::Registry& registry,
 }
 
 prometheus::Histogram::BucketBoundaries LatencyBuckets() {
-  return {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-          0.05,   0.1,     0.25,   0.5,   1.0,    2.5,   5.0,  10.0,
-          25.0,   60.0};
+  return {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+          0.1,    0.25,    0.5,    1.0,   2.5,    5.0,   10.0, 25.0,  60.0};
 }
 
 prometheus::Histogram::BucketBoundaries ExponentialBuckets(double start,

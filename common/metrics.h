@@ -5,18 +5,18 @@
 #ifndef LOCKSTEP_COMMON_METRICS_H_
 #define LOCKSTEP_COMMON_METRICS_H_
 
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
 #include <atomic>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <thread>
 #include <vector>
-
-#include <prometheus/counter.h>
-#include <prometheus/family.h>
-#include <prometheus/gauge.h>
-#include <prometheus/histogram.h>
-#include <prometheus/registry.h>
 
 #include "absl/status/statusor.h"
 
@@ -75,7 +75,7 @@ class MetricsServer {
 
 // Labels of lockstep_build_info.
 struct BuildInfo {
-  std::string role;     // "rollout" or "learner"
+  std::string role;  // "rollout" or "learner"
   std::string version = kLockstepVersion;
   std::string kernels;  // "invariant" or "standard"
   std::string device;   // "cpu" or "cuda"

@@ -30,10 +30,11 @@ std::string ShapeString(const Container& shape) {
 // Lists up to 8 names, then "... (N in all)".
 std::string NameList(const std::vector<std::string>& names) {
   constexpr size_t kMax = 8;
-  std::vector<std::string> shown(
-      names.begin(), names.begin() + std::min(names.size(), kMax));
+  std::vector<std::string> shown(names.begin(),
+                                 names.begin() + std::min(names.size(), kMax));
   std::string out = absl::StrJoin(shown, ", ");
-  if (names.size() > kMax) absl::StrAppend(&out, ", ... (", names.size(), " in all)");
+  if (names.size() > kMax)
+    absl::StrAppend(&out, ", ... (", names.size(), " in all)");
   return out;
 }
 
@@ -50,8 +51,8 @@ absl::Status CheckTensor(const std::string& name, const HostTensor& t) {
       t.data.size()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "tensor '", name, "' holds ", t.data.size(), " bytes but its shape ",
-        ShapeString(t.shape), " and dtype ", DTypeStr(t.dtype),
-        " need ", numel * kernels::DTypeSize(t.dtype)));
+        ShapeString(t.shape), " and dtype ", DTypeStr(t.dtype), " need ",
+        numel * kernels::DTypeSize(t.dtype)));
   }
   return absl::OkStatus();
 }
@@ -185,8 +186,8 @@ absl::Status WeightStager::Add(const v1::WeightUpdate& message) {
 
 absl::Status WeightStager::AddHeader(const v1::WeightUpdateHeader& header) {
   if (has_header_) {
-    return Fail(absl::InvalidArgumentError(
-        "weight stream carries a second header"));
+    return Fail(
+        absl::InvalidArgumentError("weight stream carries a second header"));
   }
   // Structural checks first (INVALID_ARGUMENT), then the match with the
   // model (ABORTED).
@@ -202,12 +203,14 @@ absl::Status WeightStager::AddHeader(const v1::WeightUpdateHeader& header) {
     }
     absl::StatusOr<kernels::DType> dtype = FromProtoDType(e.dtype());
     if (!dtype.ok()) {
-      return Fail(absl::InvalidArgumentError(absl::StrCat(
-          "weight manifest: tensor '", e.name(), "': ", dtype.status().message())));
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("weight manifest: tensor '", e.name(),
+                       "': ", dtype.status().message())));
     }
     uint64_t numel = 1;
     for (int64_t d : e.shape()) {
-      if (d < 0 || (d > 0 && numel > (uint64_t{1} << 48) / static_cast<uint64_t>(d))) {
+      if (d < 0 ||
+          (d > 0 && numel > (uint64_t{1} << 48) / static_cast<uint64_t>(d))) {
         return Fail(absl::InvalidArgumentError(
             absl::StrCat("weight manifest: tensor '", e.name(),
                          "' has an invalid shape ", ShapeString(e.shape()))));
@@ -216,10 +219,9 @@ absl::Status WeightStager::AddHeader(const v1::WeightUpdateHeader& header) {
     }
     if (numel * kernels::DTypeSize(*dtype) != e.total_bytes()) {
       return Fail(absl::InvalidArgumentError(absl::StrCat(
-          "weight manifest: tensor '", e.name(), "' announces ", e.total_bytes(),
-          " bytes but shape ", ShapeString(e.shape()), " of ",
-          DTypeStr(*dtype), " takes ",
-          numel * kernels::DTypeSize(*dtype))));
+          "weight manifest: tensor '", e.name(), "' announces ",
+          e.total_bytes(), " bytes but shape ", ShapeString(e.shape()), " of ",
+          DTypeStr(*dtype), " takes ", numel * kernels::DTypeSize(*dtype))));
     }
   }
 
@@ -239,9 +241,9 @@ absl::Status WeightStager::AddHeader(const v1::WeightUpdateHeader& header) {
                                         ShapeString(it->second), ", got ",
                                         ShapeString(shape), ")"));
     } else if (e->dtype() != ToProtoDType(config_.dtype)) {
-      mismatched.push_back(absl::StrCat(
-          name, " (expected dtype ", DTypeStr(config_.dtype), ", got ",
-          DTypeStr(*FromProtoDType(e->dtype())), ")"));
+      mismatched.push_back(
+          absl::StrCat(name, " (expected dtype ", DTypeStr(config_.dtype),
+                       ", got ", DTypeStr(*FromProtoDType(e->dtype())), ")"));
     }
   }
   for (const auto& [name, shape] : expected) {
@@ -249,9 +251,12 @@ absl::Status WeightStager::AddHeader(const v1::WeightUpdateHeader& header) {
   }
   if (!unknown.empty() || !missing.empty() || !mismatched.empty()) {
     std::string msg = "weight manifest does not match the model:";
-    if (!unknown.empty()) absl::StrAppend(&msg, " unknown tensors: ", NameList(unknown), ";");
-    if (!missing.empty()) absl::StrAppend(&msg, " missing tensors: ", NameList(missing), ";");
-    if (!mismatched.empty()) absl::StrAppend(&msg, " mismatched tensors: ", NameList(mismatched), ";");
+    if (!unknown.empty())
+      absl::StrAppend(&msg, " unknown tensors: ", NameList(unknown), ";");
+    if (!missing.empty())
+      absl::StrAppend(&msg, " missing tensors: ", NameList(missing), ";");
+    if (!mismatched.empty())
+      absl::StrAppend(&msg, " mismatched tensors: ", NameList(mismatched), ";");
     msg.pop_back();
     return Fail(absl::AbortedError(msg));
   }
@@ -290,7 +295,8 @@ absl::Status WeightStager::AddChunk(const v1::TensorChunk& chunk) {
     return Fail(absl::InvalidArgumentError(absl::StrCat(
         "weight chunk of '", chunk.name(), "' at offset ", chunk.offset(),
         " but the next expected byte is ", s.received,
-        " (chunks of a tensor must arrive in order without gaps or overlaps)")));
+        " (chunks of a tensor must arrive in order without gaps or "
+        "overlaps)")));
   }
   if (data.size() > s.tensor.data.size() - s.received) {
     return Fail(absl::InvalidArgumentError(absl::StrCat(
@@ -300,19 +306,21 @@ absl::Status WeightStager::AddChunk(const v1::TensorChunk& chunk) {
   }
   const uint32_t crc = Crc32c(data.data(), data.size());
   if (crc != chunk.crc32c()) {
-    return Fail(absl::AbortedError(absl::StrCat(
-        "weight chunk of '", chunk.name(), "' at offset ", chunk.offset(),
-        " failed its CRC-32C check (sent ", chunk.crc32c(), ", computed ", crc,
-        ")")));
+    return Fail(absl::AbortedError(
+        absl::StrCat("weight chunk of '", chunk.name(), "' at offset ",
+                     chunk.offset(), " failed its CRC-32C check (sent ",
+                     chunk.crc32c(), ", computed ", crc, ")")));
   }
   std::memcpy(s.tensor.data.data() + s.received, data.data(), data.size());
   s.crc = Crc32c(data.data(), data.size(), s.crc);
   s.received += data.size();
   bytes_received_ += data.size();
   if (s.received == s.tensor.data.size() && s.crc != s.expected_crc) {
-    return Fail(absl::AbortedError(absl::StrCat(
-        "tensor '", chunk.name(), "' failed its whole-tensor CRC-32C check "
-        "(manifest ", s.expected_crc, ", computed ", s.crc, ")")));
+    return Fail(absl::AbortedError(
+        absl::StrCat("tensor '", chunk.name(),
+                     "' failed its whole-tensor CRC-32C check "
+                     "(manifest ",
+                     s.expected_crc, ", computed ", s.crc, ")")));
   }
   return absl::OkStatus();
 }
@@ -323,7 +331,8 @@ absl::StatusOr<TensorMap> WeightStager::Finish() {
     return absl::FailedPreconditionError("weight stream already finished");
   }
   if (!has_header_) {
-    return Fail(absl::InvalidArgumentError("weight stream ended without a header"));
+    return Fail(
+        absl::InvalidArgumentError("weight stream ended without a header"));
   }
   std::vector<std::string> incomplete;
   for (const auto& [name, s] : staged_) {
@@ -333,8 +342,9 @@ absl::StatusOr<TensorMap> WeightStager::Finish() {
     }
   }
   if (!incomplete.empty()) {
-    return Fail(absl::AbortedError(absl::StrCat(
-        "weight stream ended before every tensor arrived: ", NameList(incomplete))));
+    return Fail(absl::AbortedError(
+        absl::StrCat("weight stream ended before every tensor arrived: ",
+                     NameList(incomplete))));
   }
   // Zero-byte tensors never see a chunk: check their CRC here.
   for (const auto& [name, s] : staged_) {

@@ -21,7 +21,7 @@ namespace lockstep::learner {
 struct DriverOptions {
   std::string task = "reverse";  // see MakeTask
   int64_t steps = 20;            // 0: until stopped
-  int prompts_per_step = 8;
+  int prompts_per_step = 16;
   int samples_per_prompt = 8;  // GRPO group size
   uint64_t seed = 1;           // prompt generator and sampling seeds
   float temperature = 1.0f;

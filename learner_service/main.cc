@@ -4,7 +4,6 @@
 // once it serves (after the --rollout endpoints are registered); SIGTERM or
 // SIGINT drains (health NOT_SERVING, new calls UNAVAILABLE, in-flight calls
 // finish) and exits 0.
-#include <dlfcn.h>
 #include <pthread.h>
 #include <signal.h>
 
@@ -51,7 +50,7 @@ ABSL_FLAG(bool, drive, false,
           "Run the built-in RL loop against the --rollout endpoints");
 ABSL_FLAG(int64_t, steps, 20, "--drive: training steps (0: until SIGTERM)");
 ABSL_FLAG(std::string, task, "reverse", "--drive: reverse or add");
-ABSL_FLAG(int, prompts_per_step, 8, "--drive: prompts per step");
+ABSL_FLAG(int, prompts_per_step, 16, "--drive: prompts per step");
 ABSL_FLAG(int, samples_per_prompt, 8,
           "--drive: samples per prompt (the GRPO group size)");
 ABSL_FLAG(int, max_tokens, 0,
@@ -65,7 +64,8 @@ ABSL_FLAG(bool, fail_on_mismatch, false,
           "mismatch");
 ABSL_FLAG(std::string, checkpoint_dir, "",
           "Root directory of Save/LoadCheckpoint (empty: disabled)");
-ABSL_FLAG(double, lr, 1e-3, "AdamW learning rate");
+ABSL_FLAG(double, lr, 3e-3,
+          "AdamW learning rate (the default suits the tiny model's tasks)");
 ABSL_FLAG(double, weight_decay, 0.0, "AdamW weight decay");
 ABSL_FLAG(double, clip_ratio, 0.2, "PPO clip range (ratio in [1-c, 1+c])");
 ABSL_FLAG(double, kl_coef, 0.0,
@@ -81,21 +81,6 @@ ABSL_FLAG(int, num_threads, 0,
           "or all cores)");
 ABSL_FLAG(std::string, rollout_auth_token_file, "",
           "File with the bearer token the rollouts require (if any)");
-
-// civetweb (prometheus-cpp's HTTP server) creates its threads with a fixed
-// 100 KiB stack. glibc rejects (EINVAL, before any syscall) a stack smaller
-// than the static TLS block, and LibTorch's thread_local data makes that
-// block larger than 100 KiB, so the /metrics server fails to start
-// ("null context when constructing CivetServer"). This process-wide shim
-// raises explicit stack sizes below 4 MiB to 4 MiB; the executable exports it
-// (CMakeLists.txt) so that libcivetweb's call binds here.
-extern "C" int pthread_attr_setstacksize(pthread_attr_t* attr, size_t size) {
-  using Fn = int (*)(pthread_attr_t*, size_t);
-  static const Fn real =
-      reinterpret_cast<Fn>(dlsym(RTLD_NEXT, "pthread_attr_setstacksize"));
-  constexpr size_t kMinStack = size_t{4} << 20;
-  return real(attr, size < kMinStack ? kMinStack : size);
-}
 
 namespace {
 

@@ -19,9 +19,9 @@ BlockManager::BlockManager(int64_t num_pages, int64_t page_size)
 
 absl::StatusOr<std::vector<int32_t>> BlockManager::Allocate(int64_t n) {
   if (n < 0 || n > num_free()) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "KV cache: ", n, " pages wanted, ", num_free(), " of ", num_pages_,
-        " free"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("KV cache: ", n, " pages wanted, ", num_free(), " of ",
+                     num_pages_, " free"));
   }
   std::vector<int32_t> pages;
   pages.reserve(n);

@@ -125,9 +125,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
   }
   std::unique_ptr<Engine> engine(new Engine(model, options, observer));
   engine->num_pages_ = num_pages;
-  engine->max_sequence_tokens_ =
-      std::min<int64_t>(engine->config_.max_position_embeddings,
-                        num_pages * options.page_size);
+  engine->max_sequence_tokens_ = std::min<int64_t>(
+      engine->config_.max_position_embeddings, num_pages * options.page_size);
   LOCKSTEP_ASSIGN_OR_RETURN(engine->cache_,
                             model->CreateKvCache(num_pages, options.page_size));
   SchedulerOptions sopts;
@@ -173,9 +172,9 @@ absl::Status Engine::Validate(const GenerateJob& job) const {
         absl::StrCat("top_k must be >= 0, got ", s.top_k));
   }
   if (s.top_logprobs < 0 || s.top_logprobs > kMaxTopLogprobs) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "top_logprobs must be in [0, ", kMaxTopLogprobs, "], got ",
-        s.top_logprobs));
+    return absl::InvalidArgumentError(
+        absl::StrCat("top_logprobs must be in [0, ", kMaxTopLogprobs, "], got ",
+                     s.top_logprobs));
   }
   if (s.max_tokens < 0) {
     return absl::InvalidArgumentError(
@@ -191,7 +190,8 @@ absl::Status Engine::Validate(const GenerateJob& job) const {
     const PromptJob& pj = job.prompts[p];
     const int64_t len = static_cast<int64_t>(pj.prompt.size());
     if (len == 0) {
-      return absl::InvalidArgumentError(absl::StrCat("prompt ", p, " is empty"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt ", p, " is empty"));
     }
     if (pj.seeds.empty()) {
       return absl::InvalidArgumentError(
@@ -212,9 +212,10 @@ absl::Status Engine::Validate(const GenerateJob& job) const {
       }
       const int64_t pages = (len + s.max_tokens + ps - 1) / ps;
       if (pages > num_pages_) {
-        return absl::ResourceExhaustedError(absl::StrCat(
-            "prompt ", p, ": a sample of ", len + s.max_tokens,
-            " tokens needs ", pages, " KV pages; the cache holds ", num_pages_));
+        return absl::ResourceExhaustedError(
+            absl::StrCat("prompt ", p, ": a sample of ", len + s.max_tokens,
+                         " tokens needs ", pages, " KV pages; the cache holds ",
+                         num_pages_));
       }
     } else if (len >= max_sequence_tokens_) {
       return absl::ResourceExhaustedError(absl::StrCat(
@@ -234,9 +235,9 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerateJob job) {
   int64_t samples = 0;
   for (const PromptJob& p : job.prompts) samples += p.seeds.size();
   if (samples > options_.max_queue) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the request has ", samples, " samples; at most ", options_.max_queue,
-        " may wait for admission"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the request has ", samples, " samples; at most ",
+                     options_.max_queue, " may wait for admission"));
   }
   const int64_t before = queued_.fetch_add(samples);
   if (before + samples > options_.max_queue) {
@@ -253,7 +254,8 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerateJob job) {
   absl::MutexLock lock(&mu_);
   if (!draining_.ok() || stop_) {
     queued_.fetch_sub(samples);
-    return draining_.ok() ? absl::UnavailableError("engine stopped") : draining_;
+    return draining_.ok() ? absl::UnavailableError("engine stopped")
+                          : draining_;
   }
   in_flight_.fetch_add(1);
   incoming_.emplace_back(std::move(request), std::move(job));
@@ -450,9 +452,9 @@ void Engine::CheckCancellations() {
 void Engine::ApplySwap(SwapJob& job) {
   const uint64_t current = version_.load();
   if (job.version <= current) {
-    job.result = absl::AbortedError(absl::StrCat(
-        "weight update to version ", job.version,
-        " lost a race: version ", current, " is already served"));
+    job.result = absl::AbortedError(
+        absl::StrCat("weight update to version ", job.version,
+                     " lost a race: version ", current, " is already served"));
     return;
   }
   const std::vector<int64_t> preempted = scheduler_->PreemptAll();
@@ -471,7 +473,9 @@ void Engine::ApplySwap(SwapJob& job) {
   job.result = result;
 }
 
-void Engine::RunScore(ScoreJob& job) { job.result = ScoreOnEngine(*job.request); }
+void Engine::RunScore(ScoreJob& job) {
+  job.result = ScoreOnEngine(*job.request);
+}
 
 absl::StatusOr<ScoreResult> Engine::ScoreOnEngine(const ScoreRequest& request) {
   const int64_t vocab = config_.vocab_size;
@@ -479,9 +483,9 @@ absl::StatusOr<ScoreResult> Engine::ScoreOnEngine(const ScoreRequest& request) {
   const uint64_t version = version_.load();
   if (request.expected_version.has_value() &&
       *request.expected_version != version) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "weight version ", *request.expected_version,
-        " was asked for but version ", version, " is served"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("weight version ", *request.expected_version,
+                     " was asked for but version ", version, " is served"));
   }
   if (request.sequences.empty()) {
     return absl::InvalidArgumentError("no sequences to score");
@@ -490,22 +494,22 @@ absl::StatusOr<ScoreResult> Engine::ScoreOnEngine(const ScoreRequest& request) {
     return absl::InvalidArgumentError("one prompt_len per sequence is needed");
   }
   if (request.top_n < 0 || request.top_n > kMaxTopLogprobs) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "top_logprobs must be in [0, ", kMaxTopLogprobs, "], got ",
-        request.top_n));
+    return absl::InvalidArgumentError(
+        absl::StrCat("top_logprobs must be in [0, ", kMaxTopLogprobs, "], got ",
+                     request.top_n));
   }
   for (size_t i = 0; i < request.sequences.size(); ++i) {
     const int64_t len = static_cast<int64_t>(request.sequences[i].size());
     const int64_t pl = request.prompt_lens[i];
     if (pl < 1 || pl >= len) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "sequence ", i, ": prompt_len ", pl, " must be in [1, ", len,
-          ") (the sequence has ", len, " tokens)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence ", i, ": prompt_len ", pl, " must be in [1, ",
+                       len, ") (the sequence has ", len, " tokens)"));
     }
     if (len > context) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "sequence ", i, " has ", len, " tokens, past the context length ",
-          context));
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence ", i, " has ", len,
+                       " tokens, past the context length ", context));
     }
     LOCKSTEP_RETURN_IF_ERROR(CheckTokenIds(request.sequences[i], vocab,
                                            absl::StrCat("sequence ", i)));
@@ -521,8 +525,9 @@ absl::StatusOr<ScoreResult> Engine::ScoreOnEngine(const ScoreRequest& request) {
     size_t end = begin;
     int64_t tokens = 0;
     while (end < request.sequences.size() &&
-           (end == begin || tokens + static_cast<int64_t>(request.sequences[end].size()) <=
-                                options_.max_batch_tokens)) {
+           (end == begin ||
+            tokens + static_cast<int64_t>(request.sequences[end].size()) <=
+                options_.max_batch_tokens)) {
       tokens += request.sequences[end].size();
       ++end;
     }
@@ -579,6 +584,13 @@ void Engine::Step() {
     return;
   }
   const int64_t vocab = config_.vocab_size;
+  // A step that samples nothing (prefix or mid-prompt prefill chunks) still
+  // asks for one logit row: some Model implementations skip the whole
+  // forward, K/V writes included, when no logits are wanted.
+  if (plan.batch.logit_rows.empty()) {
+    plan.batch.logit_rows.push_back(
+        static_cast<int32_t>(plan.batch.tokens.size() - 1));
+  }
   absl::StatusOr<std::vector<float>> logits =
       model_->Forward(plan.batch, cache_.get());
   if (!logits.ok()) {
@@ -601,8 +613,8 @@ void Engine::Step() {
     for (int64_t i = 0; i < rows; ++i) {
       const SampleState& st = samples_.at(plan.sample_seqs[i]);
       params[i] = st.params;
-      positions[i] = static_cast<int64_t>(
-          scheduler_->tokens(plan.sample_seqs[i]).size());
+      positions[i] =
+          static_cast<int64_t>(scheduler_->tokens(plan.sample_seqs[i]).size());
       max_top = std::max(max_top, st.request->sampling.top_logprobs);
     }
     kernels::SampleArgs args;
@@ -615,10 +627,10 @@ void Engine::Step() {
     args.tokens_out = tokens.data();
     absl::Status sampled = kernels::Sample(args);
     absl::StatusOr<common::TokenLogprobs> lp =
-        sampled.ok() ? common::ComputeTokenLogprobs(model_->options().mode,
-                                                    *logits, vocab, tokens,
-                                                    max_top)
-                     : absl::StatusOr<common::TokenLogprobs>(sampled);
+        sampled.ok()
+            ? common::ComputeTokenLogprobs(model_->options().mode, *logits,
+                                           vocab, tokens, max_top)
+            : absl::StatusOr<common::TokenLogprobs>(sampled);
     if (!lp.ok()) {
       std::cerr << "rollout engine: sampling failed: " << lp.status() << "\n";
       FailEverything(absl::InternalError(
@@ -637,7 +649,8 @@ void Engine::Step() {
       st.logprobs.push_back(lp->target[i]);
       st.versions.push_back(version);
 
-      auto [slot, inserted] = update_index.emplace(request.get(), updates.size());
+      auto [slot, inserted] =
+          update_index.emplace(request.get(), updates.size());
       if (inserted) updates.emplace_back(request, std::vector<SampleUpdate>());
       SampleUpdate& u = updates[slot->second].second.emplace_back();
       u.sample = st.index;
@@ -652,8 +665,8 @@ void Engine::Step() {
 
       const SamplingOptions& so = request->sampling;
       const int64_t len = static_cast<int64_t>(scheduler_->tokens(id).size());
-      if (std::find(so.stop_token_ids.begin(), so.stop_token_ids.end(), token) !=
-              so.stop_token_ids.end() ||
+      if (std::find(so.stop_token_ids.begin(), so.stop_token_ids.end(),
+                    token) != so.stop_token_ids.end() ||
           (!so.ignore_eos &&
            std::find(eos.begin(), eos.end(), static_cast<int64_t>(token)) !=
                eos.end())) {
@@ -670,8 +683,8 @@ void Engine::Step() {
                 std::all_of(st.versions.begin(), st.versions.end(),
                             [&](uint64_t v) { return v == version; });
             if (one_version && selfchecks_.size() < 64) {
-              selfchecks_.push_back(
-                  {scheduler_->tokens(id), st.prompt_len, st.logprobs, version});
+              selfchecks_.push_back({scheduler_->tokens(id), st.prompt_len,
+                                     st.logprobs, version});
             }
           }
         }

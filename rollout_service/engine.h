@@ -85,12 +85,12 @@ struct SampleUpdate {
   // Flat sample index: the samples of prompt 0 in seed order, then prompt 1's.
   int32_t sample = 0;
   std::vector<int32_t> tokens;
-  std::vector<float> logprobs;    // one per token
-  std::vector<uint64_t> versions; // weight version that sampled each token
-  std::vector<TopList> top;       // one per token when top_logprobs > 0
+  std::vector<float> logprobs;     // one per token
+  std::vector<uint64_t> versions;  // weight version that sampled each token
+  std::vector<TopList> top;        // one per token when top_logprobs > 0
   FinishReason finish = FinishReason::kNone;  // set on the sample's last update
-  int preemptions = 0;            // so far
-  absl::Time time;                // when the step that sampled them ended
+  int preemptions = 0;                        // so far
+  absl::Time time;  // when the step that sampled them ended
 };
 
 // The consumer's side of a submitted job. Thread-safe.
@@ -155,22 +155,22 @@ struct ScoreResult {
 struct SwapResult {
   uint64_t previous_version = 0;
   uint64_t version = 0;
-  absl::Duration pause;     // step boundary wait + swap
-  int64_t preempted = 0;    // running samples moved to the new weights
+  absl::Duration pause;   // step boundary wait + swap
+  int64_t preempted = 0;  // running samples moved to the new weights
 };
 
 // Per-step statistics handed to the observer (metrics).
 struct StepStats {
-  int64_t sequences = 0;       // sequences in the step's batch
-  int64_t tokens = 0;          // tokens computed
+  int64_t sequences = 0;  // sequences in the step's batch
+  int64_t tokens = 0;     // tokens computed
   int64_t prefill_tokens = 0;
   int64_t decode_tokens = 0;
-  int64_t sampled = 0;         // tokens sampled (generated)
-  int64_t preempted = 0;       // samples preempted while planning
-  int64_t waiting = 0;         // samples waiting for admission after the step
-  int64_t running = 0;         // sequences holding KV after the step
-  double kv_usage = 0.0;       // fraction of KV pages in use after the step
-  absl::Duration duration;     // forward + sampling
+  int64_t sampled = 0;      // tokens sampled (generated)
+  int64_t preempted = 0;    // samples preempted while planning
+  int64_t waiting = 0;      // samples waiting for admission after the step
+  int64_t running = 0;      // sequences holding KV after the step
+  double kv_usage = 0.0;    // fraction of KV pages in use after the step
+  absl::Duration duration;  // forward + sampling
 };
 
 // Receives engine events on the engine thread; must not block.
@@ -199,7 +199,7 @@ struct EngineOptions {
   // Fraction of finished samples re-scored alone (Model::ScoreSequences) and
   // compared bitwise with the logprobs returned; in [0, 1].
   double selfcheck_rate = 0.0;
-  uint64_t initial_version = 0;    // version of the initial weights
+  uint64_t initial_version = 0;  // version of the initial weights
 };
 
 class Engine {
@@ -260,13 +260,13 @@ class Engine {
   struct Request;
   struct SampleState {
     std::shared_ptr<Request> request;
-    int32_t index = 0;          // flat sample index in the request
+    int32_t index = 0;  // flat sample index in the request
     int64_t prompt_len = 0;
-    int64_t max_len = 0;        // stop (LENGTH) at this many tokens
+    int64_t max_len = 0;  // stop (LENGTH) at this many tokens
     kernels::SamplingParams params;
-    bool admitted = false;      // admitted at least once
-    std::vector<float> logprobs;      // every generated token's
-    std::vector<uint64_t> versions;   // every generated token's
+    bool admitted = false;           // admitted at least once
+    std::vector<float> logprobs;     // every generated token's
+    std::vector<uint64_t> versions;  // every generated token's
   };
   struct Request {
     std::shared_ptr<RequestHandle> handle;
@@ -305,7 +305,8 @@ class Engine {
   void RunScore(ScoreJob& job);
   absl::StatusOr<ScoreResult> ScoreOnEngine(const ScoreRequest& request);
   void CheckCancellations();
-  void FinishRequest(const std::shared_ptr<Request>& request, absl::Status status);
+  void FinishRequest(const std::shared_ptr<Request>& request,
+                     absl::Status status);
   void FailEverything(const absl::Status& status);
   void Step();
   void RunSelfCheck();

@@ -3,8 +3,11 @@
 //   listening grpc=HOST:PORT metrics=HOST:PORT
 // and on SIGTERM/SIGINT it drains (health NOT_SERVING, new requests
 // UNAVAILABLE, in-flight ones get --drain_grace_seconds) and exits 0.
+#include <fcntl.h>
 #include <signal.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -24,7 +27,8 @@
 
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to bind (gRPC and metrics)");
 ABSL_FLAG(int, port, 0, "gRPC port (0: pick a free port)");
-ABSL_FLAG(int, metrics_port, 0, "Prometheus /metrics port (0: pick a free port)");
+ABSL_FLAG(int, metrics_port, 0,
+          "Prometheus /metrics port (0: pick a free port)");
 ABSL_FLAG(std::string, model_dir, "",
           "Directory with config.json and model.safetensors (required)");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
@@ -49,11 +53,19 @@ ABSL_FLAG(int, num_threads, 0,
           "CPU kernel threads (0: LOCKSTEP_NUM_THREADS or all cores)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain (enables TLS)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key");
-ABSL_FLAG(std::string, tls_ca, "", "PEM CA bundle: require client certificates");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM CA bundle: require client certificates");
 ABSL_FLAG(std::string, auth_token_file, "",
           "File holding a bearer token every call must present");
 
 namespace {
+
+int g_signal_pipe[2] = {-1, -1};
+
+void OnSignal(int sig) {
+  const unsigned char c = static_cast<unsigned char>(sig);
+  (void)!write(g_signal_pipe[1], &c, 1);
+}
 
 int Fail(const std::string& what) {
   std::cerr << "rollout_service: " << what << "\n";
@@ -68,13 +80,16 @@ int main(int argc, char** argv) {
       "  rollout_service --model_dir=DIR [--port=N] [--metrics_port=N] ...");
   absl::ParseCommandLine(argc, argv);
 
-  // Every thread started from here on inherits the blocked mask, so the
-  // signals are only ever taken by sigwait() below.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // SIGTERM/SIGINT only write to a pipe that main() waits on. A handler
+  // (not a blocked mask + sigwait) because libraries start threads before
+  // main() whose masks we do not control.
+  if (pipe2(g_signal_pipe, O_CLOEXEC) != 0) return Fail("pipe() failed");
+  struct sigaction action {};
+  action.sa_handler = OnSignal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
   using lockstep::common::KernelMode;
@@ -140,22 +155,23 @@ int main(int argc, char** argv) {
       std::move(model).value(), engine_options, server_options);
   if (!server.ok()) return Fail(server.status().ToString());
 
-  std::fprintf(stderr,
-               "rollout_service: model %s, kernels=%s, device=%s, tp=%d, "
-               "%lld KV pages of %lld tokens, weight version %llu\n",
-               model_dir.c_str(), absl::GetFlag(FLAGS_kernels).c_str(),
-               device.c_str(), model_options.tp_size,
-               static_cast<long long>((*server)->engine().num_pages()),
-               static_cast<long long>(engine_options.page_size),
-               static_cast<unsigned long long>(
-                   (*server)->engine().weight_version()));
+  std::fprintf(
+      stderr,
+      "rollout_service: model %s, kernels=%s, device=%s, tp=%d, "
+      "%lld KV pages of %lld tokens, weight version %llu\n",
+      model_dir.c_str(), absl::GetFlag(FLAGS_kernels).c_str(), device.c_str(),
+      model_options.tp_size,
+      static_cast<long long>((*server)->engine().num_pages()),
+      static_cast<long long>(engine_options.page_size),
+      static_cast<unsigned long long>((*server)->engine().weight_version()));
   std::printf("listening grpc=%s metrics=%s\n",
               (*server)->grpc_address().c_str(),
               (*server)->metrics_address().c_str());
   std::fflush(stdout);
 
-  int sig = 0;
-  sigwait(&signals, &sig);
+  unsigned char sig = 0;
+  while (read(g_signal_pipe[0], &sig, 1) < 0 && errno == EINTR) {
+  }
   std::fprintf(stderr, "rollout_service: signal %d, draining\n", sig);
   (*server)->Drain(absl::Seconds(absl::GetFlag(FLAGS_drain_grace_seconds)));
   server->reset();

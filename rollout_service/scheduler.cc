@@ -206,7 +206,8 @@ StepPlan Scheduler::Schedule() {
   }
 
   // 3: admission.
-  while (budget > 0 && static_cast<int64_t>(running_.size()) < options_.max_running) {
+  while (budget > 0 &&
+         static_cast<int64_t>(running_.size()) < options_.max_running) {
     Seq* next = nullptr;
     for (int64_t id : waiting_) {
       Seq& w = seq(id);
@@ -258,7 +259,8 @@ void Scheduler::BuildBatch(StepPlan& plan) {
       b.tokens.push_back(s.tokens[pos]);
       b.positions.push_back(static_cast<int32_t>(pos));
       b.seq_ids.push_back(static_cast<int32_t>(row));
-      b.slots.push_back(static_cast<int64_t>(s.pages[pos / ps]) * ps + pos % ps);
+      b.slots.push_back(static_cast<int64_t>(s.pages[pos / ps]) * ps +
+                        pos % ps);
     }
     if (!s.is_prefix &&
         p.start + p.count == static_cast<int64_t>(s.tokens.size())) {
@@ -274,7 +276,8 @@ void Scheduler::Commit(const StepPlan& plan) {
     if (it == seqs_.end()) continue;
     Seq& s = *it->second;
     s.num_computed = p.start + p.count;
-    if (s.is_prefix && s.num_computed == static_cast<int64_t>(s.tokens.size())) {
+    if (s.is_prefix &&
+        s.num_computed == static_cast<int64_t>(s.tokens.size())) {
       // The prefix is in the cache: its pages (and their references) pass to
       // the group, and its samples become admissible.
       Group& g = groups_.at(s.group);
@@ -363,9 +366,8 @@ std::string Scheduler::CheckInvariants() const {
     if (s->state == State::kWaiting && !s->pages.empty()) {
       return absl::StrCat("waiting sequence ", id, " holds pages");
     }
-    if (s->state == State::kRunning &&
-        static_cast<int64_t>(s->pages.size()) <
-            blocks_.PagesFor(s->num_computed)) {
+    if (s->state == State::kRunning && static_cast<int64_t>(s->pages.size()) <
+                                           blocks_.PagesFor(s->num_computed)) {
       return absl::StrCat("sequence ", id, " has fewer pages than tokens");
     }
     for (int32_t p : s->pages) ++refs[p];

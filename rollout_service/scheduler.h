@@ -52,11 +52,11 @@
 namespace lockstep::rollout {
 
 struct SchedulerOptions {
-  int64_t num_pages = 0;          // pages in the KV cache (>= 1)
-  int64_t page_size = 16;         // tokens per page (>= 1)
-  int64_t max_batch_tokens = 512; // tokens computed per step (>= 1)
-  int64_t max_running = 256;      // sequences holding KV at once (>= 1)
-  bool prefix_sharing = true;     // share the prompt pages of n > 1 samples
+  int64_t num_pages = 0;           // pages in the KV cache (>= 1)
+  int64_t page_size = 16;          // tokens per page (>= 1)
+  int64_t max_batch_tokens = 512;  // tokens computed per step (>= 1)
+  int64_t max_running = 256;       // sequences holding KV at once (>= 1)
+  bool prefix_sharing = true;      // share the prompt pages of n > 1 samples
 };
 
 // One piece of work of a step: tokens [start, start + count) of a sequence.
@@ -144,8 +144,8 @@ class Scheduler {
     int64_t num_computed = 0;
     std::vector<int32_t> pages;  // block table
     State state = State::kWaiting;
-    int64_t admit_order = 0;     // larger = admitted later (victim order)
-    int64_t scheduled_step = -1; // step in which it was last scheduled
+    int64_t admit_order = 0;      // larger = admitted later (victim order)
+    int64_t scheduled_step = -1;  // step in which it was last scheduled
     int preemptions = 0;
   };
 
@@ -178,8 +178,8 @@ class Scheduler {
   BlockManager blocks_;
   std::map<int64_t, std::unique_ptr<Seq>> seqs_;
   std::map<int64_t, Group> groups_;
-  std::deque<int64_t> waiting_;  // FIFO; preempted sequences go to the front
-  std::vector<int64_t> running_; // admission order
+  std::deque<int64_t> waiting_;   // FIFO; preempted sequences go to the front
+  std::vector<int64_t> running_;  // admission order
   int64_t waiting_samples_ = 0;
   int64_t next_id_ = 1;
   int64_t next_group_ = 1;

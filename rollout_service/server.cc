@@ -1,5 +1,13 @@
 #include "rollout_service/server.h"
 
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
 #include <atomic>
 #include <chrono>
 #include <fstream>
@@ -9,14 +17,6 @@
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
-#include <prometheus/counter.h>
-#include <prometheus/gauge.h>
-#include <prometheus/histogram.h>
-#include <prometheus/registry.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
@@ -39,12 +39,11 @@ class RolloutMetrics : public EngineObserver {
                       .Name("lockstep_rollout_requests_total")
                       .Help("RPCs handled, by method and gRPC status code")
                       .Register(*registry_)),
-        generated_tokens_(
-            prometheus::BuildCounter()
-                .Name("lockstep_rollout_generated_tokens_total")
-                .Help("Tokens sampled")
-                .Register(*registry_)
-                .Add({})),
+        generated_tokens_(prometheus::BuildCounter()
+                              .Name("lockstep_rollout_generated_tokens_total")
+                              .Help("Tokens sampled")
+                              .Register(*registry_)
+                              .Add({})),
         prompt_tokens_(prometheus::BuildCounter()
                            .Name("lockstep_rollout_prompt_tokens_total")
                            .Help("Prompt tokens of admitted Generate requests")
@@ -65,26 +64,29 @@ class RolloutMetrics : public EngineObserver {
                           .Help("Tokens computed in one engine step")
                           .Register(*registry_)
                           .Add({}, common::ExponentialBuckets(1, 2, 14))),
-        step_duration_(prometheus::BuildHistogram()
-                           .Name("lockstep_rollout_step_duration_seconds")
-                           .Help("Duration of one engine step (forward and sampling)")
-                           .Register(*registry_)
-                           .Add({}, common::LatencyBuckets())),
-        ttft_(prometheus::BuildHistogram()
-                  .Name("lockstep_rollout_time_to_first_token_seconds")
-                  .Help("Time from a request's arrival to a sample's first token")
-                  .Register(*registry_)
-                  .Add({}, common::LatencyBuckets())),
+        step_duration_(
+            prometheus::BuildHistogram()
+                .Name("lockstep_rollout_step_duration_seconds")
+                .Help("Duration of one engine step (forward and sampling)")
+                .Register(*registry_)
+                .Add({}, common::LatencyBuckets())),
+        ttft_(
+            prometheus::BuildHistogram()
+                .Name("lockstep_rollout_time_to_first_token_seconds")
+                .Help("Time from a request's arrival to a sample's first token")
+                .Register(*registry_)
+                .Add({}, common::LatencyBuckets())),
         itl_(prometheus::BuildHistogram()
                  .Name("lockstep_rollout_inter_token_latency_seconds")
                  .Help("Time between consecutive tokens of a sample")
                  .Register(*registry_)
                  .Add({}, common::LatencyBuckets())),
-        request_duration_(prometheus::BuildHistogram()
-                              .Name("lockstep_rollout_request_duration_seconds")
-                              .Help("Duration of Generate and GenerateStream calls")
-                              .Register(*registry_)
-                              .Add({}, common::LatencyBuckets())),
+        request_duration_(
+            prometheus::BuildHistogram()
+                .Name("lockstep_rollout_request_duration_seconds")
+                .Help("Duration of Generate and GenerateStream calls")
+                .Register(*registry_)
+                .Add({}, common::LatencyBuckets())),
         kv_usage_(prometheus::BuildGauge()
                       .Name("lockstep_rollout_kv_cache_usage_ratio")
                       .Help("Fraction of KV-cache pages in use")
@@ -100,11 +102,12 @@ class RolloutMetrics : public EngineObserver {
                      .Help("Sequences holding KV-cache pages")
                      .Register(*registry_)
                      .Add({})),
-        weight_update_(prometheus::BuildHistogram()
-                           .Name("lockstep_weight_update_duration_seconds")
-                           .Help("Weight updates: header arrival to swap")
-                           .Register(*registry_)
-                           .Add({{"role", "rollout"}}, common::LatencyBuckets())),
+        weight_update_(
+            prometheus::BuildHistogram()
+                .Name("lockstep_weight_update_duration_seconds")
+                .Help("Weight updates: header arrival to swap")
+                .Register(*registry_)
+                .Add({{"role", "rollout"}}, common::LatencyBuckets())),
         selfcheck_sequences_(
             prometheus::BuildCounter()
                 .Name("lockstep_rollout_selfcheck_sequences_total")
@@ -118,12 +121,11 @@ class RolloutMetrics : public EngineObserver {
                       "bitwise from the returned ones")
                 .Register(*registry_)
                 .Add({})),
-        selfcheck_tokens_(
-            prometheus::BuildCounter()
-                .Name("lockstep_rollout_selfcheck_tokens_total")
-                .Help("Tokens compared by the self-check")
-                .Register(*registry_)
-                .Add({})),
+        selfcheck_tokens_(prometheus::BuildCounter()
+                              .Name("lockstep_rollout_selfcheck_tokens_total")
+                              .Help("Tokens compared by the self-check")
+                              .Register(*registry_)
+                              .Add({})),
         selfcheck_mismatched_tokens_(
             prometheus::BuildCounter()
                 .Name("lockstep_rollout_selfcheck_mismatched_tokens_total")
@@ -139,7 +141,8 @@ class RolloutMetrics : public EngineObserver {
     batch_tokens_.Observe(static_cast<double>(s.tokens));
     step_duration_.Observe(absl::ToDoubleSeconds(s.duration));
     generated_tokens_.Increment(static_cast<double>(s.sampled));
-    if (s.preempted > 0) preemptions_.Increment(static_cast<double>(s.preempted));
+    if (s.preempted > 0)
+      preemptions_.Increment(static_cast<double>(s.preempted));
     kv_usage_.Set(s.kv_usage);
     queue_depth_.Set(static_cast<double>(s.waiting));
     running_.Set(static_cast<double>(s.running));
@@ -156,16 +159,19 @@ class RolloutMetrics : public EngineObserver {
 
   void OnWeightSwap(const SwapResult& r) override {
     weight_version_.Set(static_cast<double>(r.version));
-    if (r.preempted > 0) preemptions_.Increment(static_cast<double>(r.preempted));
+    if (r.preempted > 0)
+      preemptions_.Increment(static_cast<double>(r.preempted));
   }
 
   void RecordRequest(const char* method, absl::StatusCode code) {
-    requests_.Add({{"method", method}, {"code", absl::StatusCodeToString(code)}})
+    requests_
+        .Add({{"method", method}, {"code", absl::StatusCodeToString(code)}})
         .Increment();
   }
 
-  void SetWeightVersion(uint64_t v) { weight_version_.Set(static_cast<double>(v)); }
-  void QueueDepth(double v) { queue_depth_.Set(v); }
+  void SetWeightVersion(uint64_t v) {
+    weight_version_.Set(static_cast<double>(v));
+  }
 
   prometheus::Counter& prompt_tokens() { return prompt_tokens_; }
   prometheus::Histogram& ttft() { return ttft_; }
@@ -213,14 +219,18 @@ uint64_t DrawSeed() {
   return rng();
 }
 
+// `max_samples` bounds prompts x n before anything is allocated per sample.
 absl::StatusOr<GenerateJob> ToJob(const v1::GenerateRequest& req,
-                                  absl::Time deadline) {
+                                  absl::Time deadline, int64_t max_samples) {
   GenerateJob job;
   const v1::SamplingParams& sp = req.sampling();
   const int64_t n = req.n() == 0 ? 1 : req.n();
-  if (n > 65536) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("n = ", n, " samples per prompt is more than 65536"));
+  const int64_t samples = n * req.prompts_size();
+  if (samples > max_samples) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the request has ", samples, " samples (",
+                     req.prompts_size(), " prompts x n = ", n, "); at most ",
+                     max_samples, " may wait for admission"));
   }
   job.sampling.temperature = sp.has_temperature() ? sp.temperature() : 1.0f;
   job.sampling.top_k = sp.top_k();
@@ -230,9 +240,9 @@ absl::StatusOr<GenerateJob> ToJob(const v1::GenerateRequest& req,
                                      sp.stop_token_ids().end());
   job.sampling.ignore_eos = sp.ignore_eos();
   if (sp.top_logprobs() > static_cast<uint32_t>(kMaxTopLogprobs)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "top_logprobs must be in [0, ", kMaxTopLogprobs, "], got ",
-        sp.top_logprobs()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("top_logprobs must be in [0, ", kMaxTopLogprobs, "], got ",
+                     sp.top_logprobs()));
   }
   job.sampling.top_logprobs = static_cast<int>(sp.top_logprobs());
   job.deadline = deadline;
@@ -246,7 +256,8 @@ absl::StatusOr<GenerateJob> ToJob(const v1::GenerateRequest& req,
                                        : base + static_cast<uint64_t>(i) *
                                                     static_cast<uint64_t>(n);
     pj.seeds.resize(n);
-    for (int64_t j = 0; j < n; ++j) pj.seeds[j] = seed + static_cast<uint64_t>(j);
+    for (int64_t j = 0; j < n; ++j)
+      pj.seeds[j] = seed + static_cast<uint64_t>(j);
   }
   return job;
 }
@@ -343,13 +354,14 @@ class RolloutServiceImpl final : public v1::RolloutService::Service {
     return absl::OkStatus();
   }
 
-  absl::Status DoGenerate(grpc::ServerContext* ctx,
-                          const v1::GenerateRequest* req,
-                          v1::GenerateResponse* resp,
-                          grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
+  absl::Status DoGenerate(
+      grpc::ServerContext* ctx, const v1::GenerateRequest* req,
+      v1::GenerateResponse* resp,
+      grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
     LOCKSTEP_RETURN_IF_ERROR(CheckCall(ctx));
     LOCKSTEP_ASSIGN_OR_RETURN(GenerateJob job,
-                              ToJob(*req, ToAbslDeadline(ctx->deadline())));
+                              ToJob(*req, ToAbslDeadline(ctx->deadline()),
+                                    engine_->options().max_queue));
     const int n = req->n() == 0 ? 1 : static_cast<int>(req->n());
     struct SampleInfo {
       uint32_t prompt_index;
@@ -399,7 +411,8 @@ class RolloutServiceImpl final : public v1::RolloutService::Service {
           } else {
             const double gap = absl::ToDoubleSeconds(u.time - s.last) /
                                static_cast<double>(u.tokens.size());
-            for (size_t k = 0; k < u.tokens.size(); ++k) metrics_->itl().Observe(gap);
+            for (size_t k = 0; k < u.tokens.size(); ++k)
+              metrics_->itl().Observe(gap);
           }
           s.started = true;
           s.last = u.time;
@@ -443,9 +456,11 @@ class RolloutServiceImpl final : public v1::RolloutService::Service {
                            : absl::CancelledError("the client cancelled"));
       }
     }
-    metrics_->request_duration().Observe(absl::ToDoubleSeconds(absl::Now() - start));
+    metrics_->request_duration().Observe(
+        absl::ToDoubleSeconds(absl::Now() - start));
     absl::Status status = handle->status();
-    if (status.ok() && client_gone) status = absl::CancelledError("the client went away");
+    if (status.ok() && client_gone)
+      status = absl::CancelledError("the client went away");
     if (!status.ok() && resp != nullptr) resp->Clear();
     return status;
   }
@@ -455,9 +470,9 @@ class RolloutServiceImpl final : public v1::RolloutService::Service {
                                  v1::ComputeLogprobsResponse* resp) {
     LOCKSTEP_RETURN_IF_ERROR(CheckCall(ctx));
     if (req.top_logprobs() > static_cast<uint32_t>(kMaxTopLogprobs)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "top_logprobs must be in [0, ", kMaxTopLogprobs, "], got ",
-          req.top_logprobs()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("top_logprobs must be in [0, ", kMaxTopLogprobs,
+                       "], got ", req.top_logprobs()));
     }
     ScoreRequest sr;
     sr.top_n = static_cast<int>(req.top_logprobs());
@@ -472,7 +487,8 @@ class RolloutServiceImpl final : public v1::RolloutService::Service {
       v1::SequenceLogprobs* out = resp->add_results();
       for (float lp : result.logprobs[i]) out->add_logprobs(lp);
       if (!result.top.empty()) {
-        for (const TopList& t : result.top[i]) AppendTop(t, out->add_top_logprobs());
+        for (const TopList& t : result.top[i])
+          AppendTop(t, out->add_top_logprobs());
       }
     }
     return absl::OkStatus();
@@ -496,10 +512,10 @@ class RolloutServiceImpl final : public v1::RolloutService::Service {
         start = absl::Now();
         const uint64_t current = engine_->weight_version();
         if (stager.target_version() <= current) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              "weight update to version ", stager.target_version(),
-              " would not advance the served version ", current,
-              " (versions must increase)"));
+          return absl::FailedPreconditionError(
+              absl::StrCat("weight update to version ", stager.target_version(),
+                           " would not advance the served version ", current,
+                           " (versions must increase)"));
         }
       }
     }
@@ -517,9 +533,9 @@ class RolloutServiceImpl final : public v1::RolloutService::Service {
                                              model.status().message()));
     }
     current.reset();
-    LOCKSTEP_ASSIGN_OR_RETURN(
-        SwapResult swap,
-        engine_->SwapWeights(std::move(model).value(), stager.target_version()));
+    LOCKSTEP_ASSIGN_OR_RETURN(SwapResult swap,
+                              engine_->SwapWeights(std::move(model).value(),
+                                                   stager.target_version()));
     const absl::Duration total = absl::Now() - start;
     metrics_->weight_update().Observe(absl::ToDoubleSeconds(total));
     resp->set_weight_version(swap.version);
@@ -536,7 +552,8 @@ class RolloutServiceImpl final : public v1::RolloutService::Service {
                  static_cast<unsigned long long>(swap.version),
                  static_cast<unsigned long long>(tensor_count),
                  static_cast<unsigned long long>(stager.bytes_received()),
-                 absl::ToDoubleSeconds(total), stager.header().source().c_str());
+                 absl::ToDoubleSeconds(total),
+                 stager.header().source().c_str());
     return absl::OkStatus();
   }
 
@@ -548,7 +565,8 @@ class RolloutServiceImpl final : public v1::RolloutService::Service {
     std::shared_ptr<const common::Model> model = engine_->model();
     *resp->mutable_config() = common::ModelConfigToProto(engine_->config());
     resp->set_weight_version(engine_->weight_version());
-    resp->set_kernel_mode(model->options().mode == common::KernelMode::kInvariant
+    resp->set_kernel_mode(model->options().mode ==
+                                  common::KernelMode::kInvariant
                               ? v1::KERNEL_MODE_INVARIANT
                               : v1::KERNEL_MODE_STANDARD);
     resp->set_device(model->options().device == kernels::Device::kCuda
@@ -587,14 +605,15 @@ absl::StatusOr<std::unique_ptr<RolloutServer>> RolloutServer::Start(
   info.kernels = std::string(common::KernelModeName(model->options().mode));
   info.device = options.device_name;
   s->metrics_ = std::make_unique<RolloutMetrics>(registry, info);
+  LOCKSTEP_ASSIGN_OR_RETURN(s->metrics_server_,
+                            common::MetricsServer::Start(
+                                options.host, options.metrics_port, registry));
   LOCKSTEP_ASSIGN_OR_RETURN(
-      s->metrics_server_,
-      common::MetricsServer::Start(options.host, options.metrics_port, registry));
-  LOCKSTEP_ASSIGN_OR_RETURN(
-      s->engine_, Engine::Create(std::move(model), engine_options, s->metrics_.get()));
+      s->engine_,
+      Engine::Create(std::move(model), engine_options, s->metrics_.get()));
   s->metrics_->SetWeightVersion(s->engine_->weight_version());
-  s->service_ = std::make_unique<RolloutServiceImpl>(s->engine_.get(),
-                                                     s->metrics_.get(), options);
+  s->service_ = std::make_unique<RolloutServiceImpl>(
+      s->engine_.get(), s->metrics_.get(), options);
 
   std::shared_ptr<grpc::ServerCredentials> creds;
   if (!options.tls_cert_file.empty() || !options.tls_key_file.empty()) {
@@ -628,7 +647,8 @@ absl::StatusOr<std::unique_ptr<RolloutServer>> RolloutServer::Start(
     return absl::UnavailableError(absl::StrCat(
         "cannot serve gRPC on ", JoinHostPort(options.host, options.port)));
   }
-  grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
+  grpc::HealthCheckServiceInterface* health =
+      s->server_->GetHealthCheckService();
   if (health != nullptr) {
     health->SetServingStatus(kRolloutServiceName, true);
     health->SetServingStatus(true);
@@ -659,8 +679,10 @@ void RolloutServer::Drain(absl::Duration grace) {
   // Refuse new work before health reports NOT_SERVING, so that a client that
   // saw NOT_SERVING never gets a request admitted.
   service_->SetDraining();
-  engine_->StopAdmitting(absl::UnavailableError("the rollout server is draining"));
-  if (grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService()) {
+  engine_->StopAdmitting(
+      absl::UnavailableError("the rollout server is draining"));
+  if (grpc::HealthCheckServiceInterface* health =
+          server_->GetHealthCheckService()) {
     health->SetServingStatus(kRolloutServiceName, false);
     health->SetServingStatus(false);
   }

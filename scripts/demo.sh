@@ -5,7 +5,7 @@
 #
 # Usage: scripts/demo.sh BUILD_DIR        (`make demo` passes its build dir)
 # Environment:
-#   DEMO_STEPS=N        training steps per mode (default 20)
+#   DEMO_STEPS=N        training steps per mode (default 30)
 #   DEMO_TASK=reverse   built-in task (reverse | add)
 #   DEMO_LR=3e-3        learning rate
 #   DEMO_LINGER=S       keep both services of each mode up S seconds after the
@@ -16,11 +16,11 @@
 set -euo pipefail
 
 BUILD_DIR=${1:-build}
-STEPS=${DEMO_STEPS:-20}
+STEPS=${DEMO_STEPS:-30}
 TASK=${DEMO_TASK:-reverse}
 LR=${DEMO_LR:-3e-3}
 LINGER=${DEMO_LINGER:-0}
-PROMPTS=${DEMO_PROMPTS:-8}
+PROMPTS=${DEMO_PROMPTS:-16}
 SAMPLES=${DEMO_SAMPLES:-8}
 
 MAKE_MODEL="$BUILD_DIR/common/lockstep_make_model"
@@ -78,7 +78,8 @@ echo "== lockstep demo: tiny model (vocab 64), task '$TASK', $STEPS steps," \
 
 declare -A SUMMARY
 run_mode() {
-  local mode=$1 rlog="$WORK/rollout_$mode.log" llog="$WORK/learner_$mode.log"
+  local mode=$1
+  local rlog="$WORK/rollout_$mode.log" llog="$WORK/learner_$mode.log"
   echo
   echo "== $mode kernels"
   "$ROLLOUT" --model_dir="$WORK/model" --kernels="$mode" --device=cpu \

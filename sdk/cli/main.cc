@@ -673,12 +673,13 @@ std::vector<Command> Commands() {
     d.flags = {{"build_dir", "DIR", "build tree with the service binaries",
                 LOCKSTEP_CLI_BUILD_DIR},
                {"source_dir", "DIR", "source tree (for scripts/demo.sh)", LOCKSTEP_CLI_SOURCE_DIR},
-               {"steps", "N", "training steps per mode (DEMO_STEPS)", "20"},
-               {"task", "NAME", "built-in task: reverse or add (DEMO_TASK)", "reverse"},
-               {"lr", "LR", "learning rate (DEMO_LR)", "3e-3"},
-               {"prompts", "N", "prompts per step (DEMO_PROMPTS)", "8"},
-               {"samples", "N", "samples per prompt (DEMO_SAMPLES)", "8"},
-               {"linger", "SECONDS", "keep the services up for scraping (DEMO_LINGER)", "0"},
+               // Defaults are the script's own (see scripts/demo.sh).
+               {"steps", "N", "training steps per mode (DEMO_STEPS)"},
+               {"task", "NAME", "built-in task: reverse or add (DEMO_TASK)"},
+               {"lr", "LR", "learning rate (DEMO_LR)"},
+               {"prompts", "N", "prompts per step (DEMO_PROMPTS)"},
+               {"samples", "N", "samples per prompt (DEMO_SAMPLES)"},
+               {"linger", "SECONDS", "keep the services up for scraping (DEMO_LINGER)"},
                {"keep", "", "keep the work directory (DEMO_KEEP=1)"},
                {"help", "", "show this help"}};
     c.push_back(d);

@@ -1,7 +1,9 @@
 // Bad input through the real server (issue 3 §5): every malformed request
 // gets its documented gRPC code with a clear message, and the server keeps
-// serving the next good request. Also: health (per-service status) and
-// reflection.
+// serving the next good request. Also: health (per-service status),
+// reflection, and the bearer-token check.
+#include <fstream>
+
 #include "gtest/gtest.h"
 #include "tests/rollout_service/integration_util.h"
 
@@ -18,7 +20,9 @@ class RolloutErrorsTest : public ::testing::Test {
                   .release();
   }
   static void TearDownTestSuite() {
-    if (server_ != nullptr) EXPECT_EQ(server_->Stop().value_or(-1), 0);
+    if (server_ != nullptr) {
+      EXPECT_EQ(server_->Stop().value_or(-1), 0);
+    }
     delete server_;
     delete dir_;
   }
@@ -36,8 +40,8 @@ class RolloutErrorsTest : public ::testing::Test {
     EXPECT_EQ(resp.completions_size(), 1);
   }
 
-  void ExpectGenerateError(const v1::GenerateRequest& req, grpc::StatusCode code,
-                           const std::string& needle) {
+  void ExpectGenerateError(const v1::GenerateRequest& req,
+                           grpc::StatusCode code, const std::string& needle) {
     v1::GenerateResponse resp;
     grpc::Status s = Generate(*stub_, req, &resp);
     EXPECT_EQ(s.error_code(), code) << s.error_message();
@@ -55,8 +59,9 @@ lockstep::testing::ServiceProcess* RolloutErrorsTest::server_ = nullptr;
 
 TEST_F(RolloutErrorsTest, BadGenerateRequests) {
   using C = grpc::StatusCode;
-  ExpectGenerateError(MakeRequest({1, 64, 2}, 1, 1, 4), C::INVALID_ARGUMENT,
-                      "token id 64 at position 1 is outside the vocabulary [0, 64)");
+  ExpectGenerateError(
+      MakeRequest({1, 64, 2}, 1, 1, 4), C::INVALID_ARGUMENT,
+      "token id 64 at position 1 is outside the vocabulary [0, 64)");
   ExpectGenerateError(MakeRequest({-5}, 1, 1, 4), C::INVALID_ARGUMENT,
                       "outside the vocabulary");
   ExpectGenerateError(MakeRequest({}, 1, 1, 4), C::INVALID_ARGUMENT,
@@ -101,7 +106,8 @@ TEST_F(RolloutErrorsTest, BadComputeLogprobsRequests) {
   s->set_prompt_len(3);
   grpc::Status st = call(req);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_NE(st.error_message().find("prompt_len 3 must be in [1, 3)"), std::string::npos)
+  EXPECT_NE(st.error_message().find("prompt_len 3 must be in [1, 3)"),
+            std::string::npos)
       << st.error_message();
   s->set_prompt_len(1);
   s->set_token_ids(1, 1000);
@@ -119,20 +125,22 @@ TEST_F(RolloutErrorsTest, BadComputeLogprobsRequests) {
 TEST_F(RolloutErrorsTest, BadWeightUpdates) {
   const common::TensorMap good = LoadTensors(dir_->Sub("m"));
   using C = grpc::StatusCode;
-  auto expect = [&](const common::TensorMap& tensors, uint64_t version,
-                    const std::function<void(std::vector<v1::WeightUpdate>&)>& mutate,
-                    C code, const std::string& needle) {
-    v1::UpdateWeightsResponse resp;
-    grpc::Status s = PushWeights(*stub_, tensors, version, &resp, mutate);
-    EXPECT_EQ(s.error_code(), code) << s.error_message();
-    EXPECT_NE(s.error_message().find(needle), std::string::npos)
-        << "'" << s.error_message() << "' lacks '" << needle << "'";
-    v1::ModelInfo info;
-    grpc::ClientContext ctx;
-    ASSERT_TRUE(stub_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
-    EXPECT_EQ(info.weight_version(), 0u);
-    ExpectServing();
-  };
+  auto expect =
+      [&](const common::TensorMap& tensors, uint64_t version,
+          const std::function<void(std::vector<v1::WeightUpdate>&)>& mutate,
+          C code, const std::string& needle) {
+        v1::UpdateWeightsResponse resp;
+        grpc::Status s = PushWeights(*stub_, tensors, version, &resp, mutate);
+        EXPECT_EQ(s.error_code(), code) << s.error_message();
+        EXPECT_NE(s.error_message().find(needle), std::string::npos)
+            << "'" << s.error_message() << "' lacks '" << needle << "'";
+        v1::ModelInfo info;
+        grpc::ClientContext ctx;
+        ASSERT_TRUE(
+            stub_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
+        EXPECT_EQ(info.weight_version(), 0u);
+        ExpectServing();
+      };
   // Version regression: the server holds version 0.
   expect(good, 0, nullptr, C::FAILED_PRECONDITION, "would not advance");
   // Unknown tensor name.
@@ -143,18 +151,20 @@ TEST_F(RolloutErrorsTest, BadWeightUpdates) {
   // Shape mismatch.
   common::TensorMap wrong = good;
   wrong.at("model.norm.weight").shape = {32, 2};
-  expect(wrong, 1, nullptr, C::ABORTED, "model.norm.weight (expected shape [64]");
+  expect(wrong, 1, nullptr, C::ABORTED,
+         "model.norm.weight (expected shape [64]");
   // Missing tensor.
   common::TensorMap fewer = good;
   fewer.erase("lm_head.weight");
   expect(fewer, 1, nullptr, C::ABORTED, "missing tensors: lm_head.weight");
   // Truncated stream.
-  expect(good, 1, [](std::vector<v1::WeightUpdate>& m) { m.pop_back(); }, C::ABORTED,
-         "ended before every tensor arrived");
+  expect(
+      good, 1, [](std::vector<v1::WeightUpdate>& m) { m.pop_back(); },
+      C::ABORTED, "ended before every tensor arrived");
   // Chunk before the header.
-  expect(good, 1,
-         [](std::vector<v1::WeightUpdate>& m) { std::swap(m[0], m[1]); },
-         C::INVALID_ARGUMENT, "before its header");
+  expect(
+      good, 1, [](std::vector<v1::WeightUpdate>& m) { std::swap(m[0], m[1]); },
+      C::INVALID_ARGUMENT, "before its header");
   // A good update finally works.
   v1::UpdateWeightsResponse resp;
   grpc::Status s = PushWeights(*stub_, good, 1, &resp);
@@ -166,7 +176,8 @@ TEST_F(RolloutErrorsTest, BadWeightUpdates) {
 }
 
 TEST_F(RolloutErrorsTest, HealthReflectionAndModelInfo) {
-  EXPECT_EQ(HealthStatus(server_->grpc_address(), "lockstep.v1.RolloutService"), 1);
+  EXPECT_EQ(HealthStatus(server_->grpc_address(), "lockstep.v1.RolloutService"),
+            1);
   EXPECT_EQ(HealthStatus(server_->grpc_address(), ""), 1);
   const std::string services = ReflectionListServices(server_->grpc_address());
   EXPECT_NE(services.find("lockstep.v1.RolloutService"), std::string::npos);
@@ -182,6 +193,32 @@ TEST_F(RolloutErrorsTest, HealthReflectionAndModelInfo) {
   EXPECT_EQ(info.max_queue(), 8u);
   EXPECT_GT(info.kv_cache_pages(), 0u);
   EXPECT_FALSE(info.config().config_json().empty());
+}
+
+TEST(RolloutAuthTest, BearerTokenIsRequiredWhenConfigured) {
+  TempDir dir("rollout-auth");
+  MakeModel(common::TinyConfig(), 1, dir.Sub("m"));
+  {
+    std::ofstream(dir.Sub("token")) << "s3cret\n";
+  }
+  auto server = StartRollout(dir.Sub("m"), {"--auth_token_file=" + dir.Sub("token")});
+  ASSERT_NE(server, nullptr);
+  auto stub = Stub(server->grpc_address());
+  const v1::GenerateRequest req = MakeRequest({1, 2, 3}, 1, 7, 4);
+  for (const char* token : {"", "Bearer wrong", "Bearer s3cret"}) {
+    grpc::ClientContext ctx;
+    if (*token) ctx.AddMetadata("authorization", token);
+    v1::GenerateResponse resp;
+    grpc::Status s = stub->Generate(&ctx, req, &resp);
+    if (std::string(token) == "Bearer s3cret") {
+      EXPECT_TRUE(s.ok()) << s.error_message();
+    } else {
+      EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAUTHENTICATED) << token;
+    }
+  }
+  // Health stays open to probes.
+  EXPECT_EQ(HealthStatus(server->grpc_address(), "lockstep.v1.RolloutService"), 1);
+  EXPECT_EQ(server->Stop().value_or(-1), 0);
 }
 
 }  // namespace

@@ -4,7 +4,8 @@
 //    kernels), and differs for at least one case with standard kernels;
 //  - ComputeLogprobs of a generated sequence equals, bitwise, the logprobs
 //    returned during generation;
-//  - seeds: sample j of a request with seed s is sample 0 of seed s + j.
+//  - seeds: sample j of a request with seed s is sample 0 of seed s + j;
+//  - a TP=2 server returns the same bits as a TP=1 server.
 #include <random>
 #include <thread>
 
@@ -18,8 +19,8 @@ v1::GenerateRequest RandomRequest(std::mt19937_64& rng, int64_t vocab) {
   std::vector<int32_t> prompt(1 + rng() % 48);
   for (auto& t : prompt) t = static_cast<int32_t>(rng() % vocab);
   const float temps[] = {0.0f, 0.7f, 1.0f, 1.3f};
-  v1::GenerateRequest r =
-      MakeRequest(prompt, 1 + rng() % 2, rng(), 1 + rng() % 48, temps[rng() % 4]);
+  v1::GenerateRequest r = MakeRequest(prompt, 1 + rng() % 2, rng(),
+                                      1 + rng() % 48, temps[rng() % 4]);
   r.mutable_sampling()->set_top_k(rng() % 3 == 0 ? 1 + rng() % 20 : 0);
   if (rng() % 3 == 0) r.mutable_sampling()->set_top_p(0.9f);
   return r;
@@ -27,8 +28,9 @@ v1::GenerateRequest RandomRequest(std::mt19937_64& rng, int64_t vocab) {
 
 // Runs `target` once alone, then with each number of concurrent random
 // requests; returns how many (others, sample) pairs differed from alone.
-int CountDifferences(const std::string& address, const v1::GenerateRequest& target,
-                     int64_t vocab, v1::GenerateResponse* alone_out) {
+int CountDifferences(const std::string& address,
+                     const v1::GenerateRequest& target, int64_t vocab,
+                     v1::GenerateResponse* alone_out) {
   auto stub = Stub(address);
   v1::GenerateResponse alone;
   grpc::Status s = Generate(*stub, target, &alone);
@@ -58,7 +60,8 @@ int CountDifferences(const std::string& address, const v1::GenerateRequest& targ
     if (!ts.ok()) return -1;
     EXPECT_EQ(busy.completions_size(), alone.completions_size());
     for (int c = 0; c < alone.completions_size(); ++c) {
-      const bool same = SameCompletion(alone.completions(c), busy.completions(c));
+      const bool same =
+          SameCompletion(alone.completions(c), busy.completions(c));
       if (!same) ++differences;
       std::fprintf(stderr, "others=%d sample=%d: %s\n", others, c,
                    same ? "bit-identical" : "DIFFERENT");
@@ -115,7 +118,8 @@ TEST_F(RolloutInvarianceTest, InvariantKernelsAreBitIdenticalUnderLoad) {
   ASSERT_EQ(resp.results_size(), alone.completions_size());
   EXPECT_EQ(resp.weight_version(), 0u);
   for (int i = 0; i < resp.results_size(); ++i) {
-    EXPECT_TRUE(SameBits(resp.results(i).logprobs(), alone.completions(i).logprobs()))
+    EXPECT_TRUE(
+        SameBits(resp.results(i).logprobs(), alone.completions(i).logprobs()))
         << "sequence " << i;
     ASSERT_EQ(resp.results(i).top_logprobs_size(),
               alone.completions(i).top_logprobs_size());
@@ -134,6 +138,29 @@ TEST_F(RolloutInvarianceTest, InvariantKernelsAreBitIdenticalUnderLoad) {
   EXPECT_TRUE(SameCompletion(second.completions(0), alone.completions(1)));
   EXPECT_EQ(alone.completions(1).seed(), 1235u);
   EXPECT_EQ(server->Stop().value_or(-1), 0);
+}
+
+TEST_F(RolloutInvarianceTest, TensorParallelServerMatchesTp1) {
+  // The same request on a TP=1 and a TP=2 server (in-process ranks): the
+  // same bits (DESIGN.md §2, tree-based TP-invariant reductions).
+  std::vector<v1::GenerateResponse> out(2);
+  for (int tp : {1, 2}) {
+    auto server = StartRollout(dir_->Sub("tiny"), {absl::StrCat("--tp=", tp)});
+    ASSERT_NE(server, nullptr);
+    auto stub = Stub(server->grpc_address());
+    grpc::Status s = Generate(*stub, Target(), &out[tp - 1]);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    v1::ModelInfo info;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
+    EXPECT_EQ(info.tp_size(), static_cast<uint32_t>(tp));
+    EXPECT_EQ(server->Stop().value_or(-1), 0);
+  }
+  ASSERT_EQ(out[0].completions_size(), out[1].completions_size());
+  for (int c = 0; c < out[0].completions_size(); ++c) {
+    EXPECT_TRUE(SameCompletion(out[0].completions(c), out[1].completions(c)))
+        << "sample " << c;
+  }
 }
 
 TEST_F(RolloutInvarianceTest, StandardKernelsDifferForSomeCase) {

@@ -32,7 +32,8 @@ TEST(RolloutMetricsTest, ScrapePassesPromtoolAndSelfCheckIsClean) {
   for (int i = 0; i < 6; ++i) {
     threads.emplace_back([&, i] {
       v1::GenerateResponse resp;
-      grpc::Status s = Generate(*stub, MakeRequest({1, 2, 3, i}, 2, i, 24), &resp);
+      grpc::Status s =
+          Generate(*stub, MakeRequest({1, 2, 3, i}, 2, i, 24), &resp);
       EXPECT_TRUE(s.ok()) << s.error_message();
     });
   }
@@ -45,27 +46,36 @@ TEST(RolloutMetricsTest, ScrapePassesPromtoolAndSelfCheckIsClean) {
   std::string text;
   for (int i = 0; i < 200; ++i) {
     text = HttpGet(server->metrics_port());
-    if (MetricValue(text, "lockstep_rollout_selfcheck_sequences_total") >= 12) break;
+    if (MetricValue(text, "lockstep_rollout_selfcheck_sequences_total") >= 12)
+      break;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   for (const char* name :
-       {"lockstep_rollout_requests_total", "lockstep_rollout_generated_tokens_total",
-        "lockstep_rollout_batch_size_bucket", "lockstep_rollout_time_to_first_token_seconds_bucket",
+       {"lockstep_rollout_requests_total",
+        "lockstep_rollout_generated_tokens_total",
+        "lockstep_rollout_batch_size_bucket",
+        "lockstep_rollout_time_to_first_token_seconds_bucket",
         "lockstep_rollout_inter_token_latency_seconds_bucket",
         "lockstep_rollout_request_duration_seconds_bucket",
         "lockstep_rollout_kv_cache_usage_ratio", "lockstep_rollout_queue_depth",
-        "lockstep_weight_update_duration_seconds_count", "lockstep_weight_version",
-        "lockstep_build_info", "lockstep_rollout_selfcheck_sequences_total",
+        "lockstep_weight_update_duration_seconds_count",
+        "lockstep_weight_version", "lockstep_build_info",
+        "lockstep_rollout_selfcheck_sequences_total",
         "lockstep_rollout_selfcheck_mismatch_total"}) {
     EXPECT_GE(MetricValue(text, name), 0.0) << name << " missing in\n" << text;
   }
-  EXPECT_EQ(MetricValue(text, "lockstep_rollout_generated_tokens_total"), 12 * 24.0);
-  EXPECT_EQ(MetricValue(text, "lockstep_rollout_selfcheck_sequences_total"), 12.0);
-  EXPECT_EQ(MetricValue(text, "lockstep_rollout_selfcheck_mismatch_total"), 0.0);
-  EXPECT_NE(text.find("lockstep_rollout_requests_total{code=\"INVALID_ARGUMENT\",method=\"Generate\"} 1"),
+  EXPECT_EQ(MetricValue(text, "lockstep_rollout_generated_tokens_total"),
+            12 * 24.0);
+  EXPECT_EQ(MetricValue(text, "lockstep_rollout_selfcheck_sequences_total"),
+            12.0);
+  EXPECT_EQ(MetricValue(text, "lockstep_rollout_selfcheck_mismatch_total"),
+            0.0);
+  EXPECT_NE(text.find("lockstep_rollout_requests_total{code=\"INVALID_"
+                      "ARGUMENT\",method=\"Generate\"} 1"),
             std::string::npos)
       << text;
-  EXPECT_NE(text.find("lockstep_build_info{device=\"cpu\",kernels=\"invariant\",role=\"rollout\""),
+  EXPECT_NE(text.find("lockstep_build_info{device=\"cpu\",kernels="
+                      "\"invariant\",role=\"rollout\""),
             std::string::npos)
       << text;
 
@@ -108,22 +118,28 @@ TEST(RolloutMetricsTest, StreamMatchesUnaryAndSigtermDrains) {
   while (reader->Read(&m)) {
     ++messages;
     const int j = m.sample_index();
-    tokens[j].insert(tokens[j].end(), m.token_ids().begin(), m.token_ids().end());
-    logprobs[j].insert(logprobs[j].end(), m.logprobs().begin(), m.logprobs().end());
-    if (m.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) finish[j] = m.finish_reason();
+    tokens[j].insert(tokens[j].end(), m.token_ids().begin(),
+                     m.token_ids().end());
+    logprobs[j].insert(logprobs[j].end(), m.logprobs().begin(),
+                       m.logprobs().end());
+    if (m.finish_reason() != v1::FINISH_REASON_UNSPECIFIED)
+      finish[j] = m.finish_reason();
     if (!signalled && tokens[0].size() >= 3) {
       signalled = true;
       ASSERT_EQ(kill(server->pid(), SIGTERM), 0);
       // Health flips and new work is refused while the stream finishes.
       int health = 1;
       for (int i = 0; i < 100 && health == 1; ++i) {
-        health = HealthStatus(server->grpc_address(), "lockstep.v1.RolloutService");
-        if (health == 1) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        health =
+            HealthStatus(server->grpc_address(), "lockstep.v1.RolloutService");
+        if (health == 1)
+          std::this_thread::sleep_for(std::chrono::milliseconds(10));
       }
       EXPECT_EQ(health, 2);
       v1::GenerateResponse refused;
       grpc::Status rs = Generate(*stub, MakeRequest({1}, 1, 1, 2), &refused);
-      EXPECT_EQ(rs.error_code(), grpc::StatusCode::UNAVAILABLE) << rs.error_message();
+      EXPECT_EQ(rs.error_code(), grpc::StatusCode::UNAVAILABLE)
+          << rs.error_message();
     }
   }
   grpc::Status s = reader->Finish();
@@ -132,8 +148,11 @@ TEST(RolloutMetricsTest, StreamMatchesUnaryAndSigtermDrains) {
   EXPECT_GT(messages, 2);
   for (int j = 0; j < 2; ++j) {
     const v1::Completion& c = unary.completions(j);
-    EXPECT_EQ(tokens[j], std::vector<int32_t>(c.token_ids().begin(), c.token_ids().end()));
-    EXPECT_EQ(std::memcmp(logprobs[j].data(), c.logprobs().data(), 4 * logprobs[j].size()), 0);
+    EXPECT_EQ(tokens[j],
+              std::vector<int32_t>(c.token_ids().begin(), c.token_ids().end()));
+    EXPECT_EQ(std::memcmp(logprobs[j].data(), c.logprobs().data(),
+                          4 * logprobs[j].size()),
+              0);
     EXPECT_EQ(finish[j], v1::FINISH_REASON_LENGTH);
   }
   auto rc = server->Stop(60);

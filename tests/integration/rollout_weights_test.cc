@@ -69,8 +69,8 @@ std::set<uint64_t> CheckConsistent(
       const float want = scores[v].at(k);
       const float got = c.logprobs(k);
       EXPECT_EQ(std::memcmp(&want, &got, 4), 0)
-          << "token " << k << " of a sample: version " << v << " scores " << want
-          << ", the server returned " << got;
+          << "token " << k << " of a sample: version " << v << " scores "
+          << want << ", the server returned " << got;
     }
   }
   return seen;
@@ -97,7 +97,8 @@ TEST_F(RolloutWeightsTest, UpdateDuringHeavyLoadAndCorruptedChunk) {
         if (round >= 12) break;
         std::vector<int32_t> prompt(2 + rng() % 30);
         for (auto& t : prompt) t = static_cast<int32_t>(rng() % 64);
-        v1::GenerateRequest req = MakeRequest(prompt, 1 + rng() % 2, rng(), 16 + rng() % 48);
+        v1::GenerateRequest req =
+            MakeRequest(prompt, 1 + rng() % 2, rng(), 16 + rng() % 48);
         v1::GenerateResponse resp;
         grpc::Status s = Generate(*stub, req, &resp);
         if (!s.ok()) {
@@ -117,7 +118,8 @@ TEST_F(RolloutWeightsTest, UpdateDuringHeavyLoadAndCorruptedChunk) {
   EXPECT_EQ(up.weight_version(), 2u);
   EXPECT_EQ(up.previous_version(), 1u);
   EXPECT_GT(up.bytes(), 0u);
-  std::fprintf(stderr, "update: %.3f s, swap %.3f s, %llu running samples moved\n",
+  std::fprintf(stderr,
+               "update: %.3f s, swap %.3f s, %llu running samples moved\n",
                up.duration_seconds(), up.swap_seconds(),
                static_cast<unsigned long long>(up.preempted_sequences()));
   stop = true;
@@ -145,10 +147,12 @@ TEST_F(RolloutWeightsTest, UpdateDuringHeavyLoadAndCorruptedChunk) {
   v1::UpdateWeightsResponse bad;
   grpc::Status cs = PushWeights(*stub, LoadTensors(dir_->Sub("v3")), 3, &bad,
                                 [](std::vector<v1::WeightUpdate>& m) {
-                                  (*m[5].mutable_chunk()->mutable_data())[7] ^= 0x10;
+                                  (*m[5].mutable_chunk()->mutable_data())[7] ^=
+                                      0x10;
                                 });
   EXPECT_EQ(cs.error_code(), grpc::StatusCode::ABORTED) << cs.error_message();
-  EXPECT_NE(cs.error_message().find("CRC-32C"), std::string::npos) << cs.error_message();
+  EXPECT_NE(cs.error_message().find("CRC-32C"), std::string::npos)
+      << cs.error_message();
   v1::ModelInfo info;
   grpc::ClientContext ictx;
   ASSERT_TRUE(stub->GetModelInfo(&ictx, v1::GetModelInfoRequest(), &info).ok());
@@ -161,7 +165,8 @@ TEST_F(RolloutWeightsTest, UpdateDuringHeavyLoadAndCorruptedChunk) {
   // The metrics saw the update.
   const std::string text = HttpGet(server->metrics_port());
   EXPECT_EQ(MetricValue(text, "lockstep_weight_version"), 2.0) << text;
-  EXPECT_GE(MetricValue(text, "lockstep_weight_update_duration_seconds_count"), 1.0);
+  EXPECT_GE(MetricValue(text, "lockstep_weight_update_duration_seconds_count"),
+            1.0);
   EXPECT_EQ(server->Stop().value_or(-1), 0);
 }
 

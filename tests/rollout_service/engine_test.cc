@@ -152,7 +152,8 @@ TEST(EngineTest, PreemptionUnderATinyKvBudgetIsBitIdentical) {
   std::mt19937 rng(5);
   std::vector<GenerateJob> jobs;
   for (int i = 0; i < 12; ++i) {
-    jobs.push_back(Job(RandomPrompt(rng, 3 + rng() % 20), 1 + rng() % 3, rng(), 30));
+    jobs.push_back(
+        Job(RandomPrompt(rng, 3 + rng() % 20), 1 + rng() % 3, rng(), 30));
   }
   auto run_all = [&](int64_t pages, bool sharing) {
     EngineOptions o;
@@ -214,7 +215,8 @@ TEST(EngineTest, ScoreEqualsGenerationLogprobs) {
     }
   }
   sr.expected_version = 3;
-  EXPECT_EQ(e->Score(sr).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(e->Score(sr).status().code(),
+            absl::StatusCode::kFailedPrecondition);
   ScoreRequest bad = sr;
   bad.expected_version.reset();
   bad.prompt_lens[0] = 0;
@@ -262,7 +264,9 @@ TEST(EngineTest, ContextLengthEndsUnboundedSamples) {
 TEST(EngineTest, InvalidRequestsAreRejected) {
   auto e = MakeEngine();
   using C = absl::StatusCode;
-  auto code = [&](GenerateJob j) { return e->Submit(std::move(j)).status().code(); };
+  auto code = [&](GenerateJob j) {
+    return e->Submit(std::move(j)).status().code();
+  };
   EXPECT_EQ(code(Job({}, 1, 1, 5)), C::kInvalidArgument);
   EXPECT_EQ(code(Job({1, 64}, 1, 1, 5)), C::kInvalidArgument);
   EXPECT_EQ(code(Job({1, -1}, 1, 1, 5)), C::kInvalidArgument);
@@ -380,8 +384,9 @@ TEST(EngineTest, WeightSwapMidGenerationNeverMixesVersions) {
             absl::StatusCode::kAborted);
   FakeModelOptions other = f2;
   other.vocab = 32;
-  EXPECT_EQ(e->SwapWeights(std::make_shared<FakeModel>(other), 9).status().code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(
+      e->SwapWeights(std::make_shared<FakeModel>(other), 9).status().code(),
+      absl::StatusCode::kFailedPrecondition);
   int mixed = 0;
   for (Sub& s : subs) {
     auto out = Collect(*s.h);
@@ -430,7 +435,8 @@ TEST(EngineTest, SelfCheckAndObserver) {
   {
     auto e = MakeEngine(o, {}, &obs);
     std::vector<std::shared_ptr<RequestHandle>> hs;
-    for (int i = 0; i < 8; ++i) hs.push_back(*e->Submit(Job({1, 2, 3, i}, 1, i, 10)));
+    for (int i = 0; i < 8; ++i)
+      hs.push_back(*e->Submit(Job({1, 2, 3, i}, 1, i, 10)));
     for (auto& h : hs) ASSERT_TRUE(Collect(*h).ok());
     // Self-checks run after the steps that finished the samples.
     for (int i = 0; i < 100 && obs.checks.load() < 8; ++i) {

@@ -63,25 +63,32 @@ void FakeModel::LogitsFor(uint64_t h, float* out) const {
 
 absl::StatusOr<std::unique_ptr<common::KvCache>> FakeModel::CreateKvCache(
     int64_t num_pages, int64_t page_size) const {
-  return std::unique_ptr<common::KvCache>(new FakeKvCache(num_pages, page_size));
+  return std::unique_ptr<common::KvCache>(
+      new FakeKvCache(num_pages, page_size));
 }
 
 absl::StatusOr<std::vector<float>> FakeModel::Forward(
     const common::ForwardBatch& b, common::KvCache* cache_base) const {
   forward_calls_.fetch_add(1);
   if (fake_.forward_sleep_us > 0) {
-    std::this_thread::sleep_for(std::chrono::microseconds(fake_.forward_sleep_us));
+    std::this_thread::sleep_for(
+        std::chrono::microseconds(fake_.forward_sleep_us));
   }
   auto* cache = static_cast<FakeKvCache*>(cache_base);
   const int64_t t = static_cast<int64_t>(b.tokens.size());
   int64_t prev = max_tokens_.load();
   while (t > prev && !max_tokens_.compare_exchange_weak(prev, t)) {
   }
-  if (b.positions.size() != b.tokens.size() || b.seq_ids.size() != b.tokens.size() ||
+  if (b.positions.size() != b.tokens.size() ||
+      b.seq_ids.size() != b.tokens.size() ||
       b.slots.size() != b.tokens.size() ||
-      static_cast<int64_t>(b.block_tables.size()) != b.num_seqs * b.max_blocks_per_seq) {
+      static_cast<int64_t>(b.block_tables.size()) !=
+          b.num_seqs * b.max_blocks_per_seq) {
     return absl::InvalidArgumentError("inconsistent batch sizes");
   }
+  // Like the real Model, a batch that wants no logits computes nothing (K/V
+  // writes included): the engine must always ask for a row.
+  if (b.logit_rows.empty()) return std::vector<float>();
   const int64_t ps = cache->page_size_;
   const int64_t cap = cache->num_pages_ * ps;
   for (int64_t i = 0; i < t; ++i) {
@@ -92,18 +99,20 @@ absl::StatusOr<std::vector<float>> FakeModel::Forward(
       return absl::InvalidArgumentError("slot out of range");
     }
     const int64_t row = b.seq_ids[i];
-    if (row < 0 || row >= b.num_seqs) return absl::InvalidArgumentError("bad seq id");
+    if (row < 0 || row >= b.num_seqs)
+      return absl::InvalidArgumentError("bad seq id");
     const int64_t blk = b.positions[i] / ps;
     if (blk >= b.max_blocks_per_seq) {
       return absl::InvalidArgumentError("position beyond the block table");
     }
     const int64_t expect =
-        static_cast<int64_t>(b.block_tables[row * b.max_blocks_per_seq + blk]) * ps +
+        static_cast<int64_t>(b.block_tables[row * b.max_blocks_per_seq + blk]) *
+            ps +
         b.positions[i] % ps;
     if (expect != b.slots[i]) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "slot ", b.slots[i], " of token ", i, " differs from its block table (",
-          expect, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("slot ", b.slots[i], " of token ", i,
+                       " differs from its block table (", expect, ")"));
     }
     cache->token_[b.slots[i]] = b.tokens[i];
     cache->position_[b.slots[i]] = b.positions[i];
@@ -117,12 +126,14 @@ absl::StatusOr<std::vector<float>> FakeModel::Forward(
     uint64_t h = 0;
     for (int64_t p = 0; p <= b.positions[i]; ++p) {
       const int64_t slot =
-          static_cast<int64_t>(b.block_tables[row * b.max_blocks_per_seq + p / ps]) * ps +
+          static_cast<int64_t>(
+              b.block_tables[row * b.max_blocks_per_seq + p / ps]) *
+              ps +
           p % ps;
       if (cache->position_[slot] != p) {
-        return absl::InternalError(absl::StrCat(
-            "KV corruption: slot ", slot, " holds position ",
-            cache->position_[slot], ", expected ", p));
+        return absl::InternalError(
+            absl::StrCat("KV corruption: slot ", slot, " holds position ",
+                         cache->position_[slot], ", expected ", p));
       }
       if (cache->weights_[slot] != fake_.weights) {
         return absl::InternalError(absl::StrCat(
@@ -165,7 +176,8 @@ absl::StatusOr<std::vector<std::vector<float>>> FakeModel::ScoreSequences(
     std::vector<float> rows((*full)[i].begin() + (pl - 1) * vocab,
                             (*full)[i].begin() + (s.size() - 1) * vocab);
     std::vector<int32_t> targets(s.begin() + pl, s.end());
-    auto lp = common::ComputeTokenLogprobs(options_.mode, rows, vocab, targets, 0);
+    auto lp =
+        common::ComputeTokenLogprobs(options_.mode, rows, vocab, targets, 0);
     if (!lp.ok()) return lp.status();
     out.push_back(std::move(lp->target));
   }

@@ -6,6 +6,10 @@
 #define LOCKSTEP_TESTS_ROLLOUT_SERVICE_INTEGRATION_UTIL_H_
 
 #include <arpa/inet.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/codegen/client_unary_call.h>
+#include <grpcpp/impl/codegen/sync_stream.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -15,11 +19,6 @@
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/grpcpp.h>
-#include <grpcpp/impl/codegen/client_unary_call.h>
-#include <grpcpp/impl/codegen/sync_stream.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/model_config.h"
@@ -84,7 +83,8 @@ inline std::unique_ptr<lockstep::testing::ServiceProcess> StartRollout(
     const std::string& model_dir, std::vector<std::string> flags = {}) {
   lockstep::testing::ServiceProcessOptions o;
   o.binary = RolloutBinary();
-  o.args = {"--model_dir=" + model_dir};
+  // A small KV cache unless the test asks for another (later flags win).
+  o.args = {"--model_dir=" + model_dir, "--kv_cache_bytes=33554432"};
   o.args.insert(o.args.end(), flags.begin(), flags.end());
   auto p = lockstep::testing::ServiceProcess::Start(o);
   EXPECT_TRUE(p.ok()) << p.status();
@@ -99,12 +99,13 @@ inline std::shared_ptr<grpc::Channel> Channel(const std::string& address) {
                                    args);
 }
 
-inline std::unique_ptr<v1::RolloutService::Stub> Stub(const std::string& address) {
+inline std::unique_ptr<v1::RolloutService::Stub> Stub(
+    const std::string& address) {
   return v1::RolloutService::NewStub(Channel(address));
 }
 
-inline v1::GenerateRequest MakeRequest(const std::vector<int32_t>& prompt, int n,
-                                       uint64_t seed, int max_tokens,
+inline v1::GenerateRequest MakeRequest(const std::vector<int32_t>& prompt,
+                                       int n, uint64_t seed, int max_tokens,
                                        float temperature = 1.0f) {
   v1::GenerateRequest req;
   auto* p = req.add_prompts();
@@ -119,10 +120,12 @@ inline v1::GenerateRequest MakeRequest(const std::vector<int32_t>& prompt, int n
 
 inline grpc::Status Generate(v1::RolloutService::Stub& stub,
                              const v1::GenerateRequest& req,
-                             v1::GenerateResponse* resp, double timeout_s = 300) {
+                             v1::GenerateResponse* resp,
+                             double timeout_s = 300) {
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() +
-                   std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
+  ctx.set_deadline(
+      std::chrono::system_clock::now() +
+      std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
   return stub.Generate(&ctx, req, resp);
 }
 
@@ -149,7 +152,8 @@ inline std::string HttpGet(int port, const std::string& path = "/metrics") {
     close(fd);
     return "";
   }
-  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
+  const std::string req =
+      "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
   (void)!write(fd, req.data(), req.size());
   std::string out;
   char buf[8192];
@@ -166,7 +170,8 @@ inline double MetricValue(const std::string& text, const std::string& series) {
   size_t pos = 0;
   while ((pos = text.find(series, pos)) != std::string::npos) {
     if ((pos == 0 || text[pos - 1] == '\n') &&
-        (text[pos + series.size()] == ' ' || text[pos + series.size()] == '{')) {
+        (text[pos + series.size()] == ' ' ||
+         text[pos + series.size()] == '{')) {
       const size_t eol = text.find('\n', pos);
       const std::string line = text.substr(pos, eol - pos);
       return std::stod(line.substr(line.rfind(' ') + 1));
@@ -194,7 +199,8 @@ inline std::string String(const grpc::ByteBuffer& b) {
 
 // grpc.health.v1.Health/Check for `service`: 1 = SERVING, 2 = NOT_SERVING,
 // -1 on RPC error.
-inline int HealthStatus(const std::string& address, const std::string& service) {
+inline int HealthStatus(const std::string& address,
+                        const std::string& service) {
   auto channel = Channel(address);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
@@ -206,8 +212,9 @@ inline int HealthStatus(const std::string& address, const std::string& service) 
   grpc::ByteBuffer resp;
   grpc::internal::RpcMethod method("/grpc.health.v1.Health/Check",
                                    grpc::internal::RpcMethod::NORMAL_RPC);
-  grpc::Status s = grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
-      channel.get(), method, &ctx, Bytes(req), &resp);
+  grpc::Status s =
+      grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
+          channel.get(), method, &ctx, Bytes(req), &resp);
   if (!s.ok()) return -1;
   // HealthCheckResponse { ServingStatus status = 1; } -> 08 <status>
   const std::string r = String(resp);
@@ -222,9 +229,10 @@ inline std::string ReflectionListServices(const std::string& address) {
   grpc::internal::RpcMethod method(
       "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
       grpc::internal::RpcMethod::BIDI_STREAMING);
-  std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> rw(
-      grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(
-          channel.get(), method, &ctx));
+  std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>>
+      rw(grpc::internal::ClientReaderWriterFactory<
+          grpc::ByteBuffer, grpc::ByteBuffer>::Create(channel.get(), method,
+                                                      &ctx));
   // ServerReflectionRequest { string list_services = 7; } with "".
   rw->Write(Bytes(std::string("\x3a\x00", 2)));
   rw->WritesDone();
@@ -250,7 +258,8 @@ inline grpc::Status PushWeights(
   if (!msgs.ok()) return grpc::Status(grpc::StatusCode::INTERNAL, "split");
   if (mutate) mutate(*msgs);
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  ctx.set_deadline(std::chrono::system_clock::now() +
+                   std::chrono::seconds(120));
   auto writer = stub.UpdateWeights(&ctx, resp);
   for (const auto& m : *msgs) {
     if (!writer->Write(m)) break;  // the server already answered

@@ -39,7 +39,8 @@ TEST(MetricsServerTest, ServesOnAPickedPort) {
   auto server = MetricsServer::Start("127.0.0.1", 0);
   ASSERT_TRUE(server.ok()) << server.status();
   EXPECT_GT((*server)->port(), 0);
-  EXPECT_EQ((*server)->address(), "127.0.0.1:" + std::to_string((*server)->port()));
+  EXPECT_EQ((*server)->address(),
+            "127.0.0.1:" + std::to_string((*server)->port()));
   RegisterBuildInfo(*(*server)->registry(),
                     {"rollout", kLockstepVersion, "invariant", "cpu"});
   RegisterWeightVersion(*(*server)->registry(), "rollout").Set(42);

@@ -208,7 +208,7 @@ TEST(SchedulerTest, SharingDoesNotChangeResults) {
   for (bool sharing : {true, false}) {
     Simulator sim(Opts(64, 4, 16, sharing));
     sim.Add(Prompt(17, 4), 4, 30);
-    sim.Add(Prompt(4, 5), 3, 20);   // 4 tokens: (4-1)/4 = 0 shared pages
+    sim.Add(Prompt(4, 5), 3, 20);  // 4 tokens: (4-1)/4 = 0 shared pages
     sim.Add(Prompt(9, 6), 1, 25);
     sim.RunToCompletion();
     (sharing ? with : without) = sim.keyed();
@@ -290,12 +290,12 @@ TEST(SchedulerTest, RemoveInEveryState) {
   Simulator sim(Opts(16, 4, 8));
   auto g = sim.Add(Prompt(13, 1), 3, 40);  // prefix of 12 tokens pending
   auto s = sim.Add(Prompt(3, 2), 1, 40);
-  sim.sched().Remove(g[1]);                // waiting, blocked on its prefix
+  sim.sched().Remove(g[1]);  // waiting, blocked on its prefix
   EXPECT_EQ(sim.sched().CheckInvariants(), "");
-  sim.Step();                              // prefix prefill (8 of 12)
+  sim.Step();  // prefix prefill (8 of 12)
   sim.Step();
   sim.Step();
-  sim.sched().Remove(g[0]);                // running or waiting
+  sim.sched().Remove(g[0]);  // running or waiting
   sim.sched().Remove(s[0]);
   EXPECT_EQ(sim.sched().CheckInvariants(), "");
   sim.sched().Remove(g[2]);
@@ -316,7 +316,8 @@ TEST(SchedulerTest, RandomizedStressKeepsInvariantsAndResults) {
     std::vector<Spec> specs;
     for (int i = 0; i < 12; ++i) {
       const int len = 1 + rng() % 20;
-      specs.push_back({Prompt(len, 100 * trial + i), 1 + static_cast<int>(rng() % 4),
+      specs.push_back({Prompt(len, 100 * trial + i),
+                       1 + static_cast<int>(rng() % 4),
                        len + 1 + static_cast<int64_t>(rng() % 20)});
     }
     auto run = [&](int64_t pages, int64_t budget, bool chaos) {

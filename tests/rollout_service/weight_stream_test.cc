@@ -25,7 +25,8 @@ TensorMap RandomTensors(const ModelConfig& config, uint64_t seed) {
   return out;
 }
 
-absl::Status Feed(WeightStager& stager, const std::vector<v1::WeightUpdate>& msgs) {
+absl::Status Feed(WeightStager& stager,
+                  const std::vector<v1::WeightUpdate>& msgs) {
   for (const auto& m : msgs) {
     absl::Status s = stager.Add(m);
     if (!s.ok()) return s;
@@ -78,7 +79,8 @@ TEST_F(WeightStreamTest, RoundTrip) {
     EXPECT_EQ(o.shape, t.shape);
     EXPECT_EQ(o.data, t.data) << name;
   }
-  EXPECT_EQ(stager.Finish().status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(stager.Finish().status().code(),
+            absl::StatusCode::kFailedPrecondition);
 }
 
 TEST_F(WeightStreamTest, ManifestCarriesWholeTensorCrc) {
@@ -92,7 +94,8 @@ TEST_F(WeightStreamTest, DefaultChunksAreOneMiB) {
   auto msgs = SplitWeights(tensors_, 1);
   ASSERT_TRUE(msgs.ok());
   for (const auto& m : *msgs) {
-    if (m.has_chunk()) EXPECT_LE(m.chunk().data().size(), kDefaultWeightChunkBytes);
+    if (m.has_chunk())
+      EXPECT_LE(m.chunk().data().size(), kDefaultWeightChunkBytes);
   }
   WeightStreamOptions bad;
   bad.chunk_bytes = kMaxWeightChunkBytes + 1;
@@ -155,8 +158,9 @@ TEST_F(WeightStreamTest, UnknownTensorNameIsAborted) {
   WeightStager stager(config_);
   absl::Status s = stager.Add((*msgs)[0]);
   EXPECT_EQ(s.code(), absl::StatusCode::kAborted);
-  EXPECT_NE(s.message().find("unknown tensors: model.layers.99.mlp.up_proj.weight"),
-            std::string::npos)
+  EXPECT_NE(
+      s.message().find("unknown tensors: model.layers.99.mlp.up_proj.weight"),
+      std::string::npos)
       << s;
 }
 
@@ -168,7 +172,8 @@ TEST_F(WeightStreamTest, MissingTensorIsAborted) {
   WeightStager stager(config_);
   absl::Status s = stager.Add((*msgs)[0]);
   EXPECT_EQ(s.code(), absl::StatusCode::kAborted);
-  EXPECT_NE(s.message().find("missing tensors: model.norm.weight"), std::string::npos)
+  EXPECT_NE(s.message().find("missing tensors: model.norm.weight"),
+            std::string::npos)
       << s;
 }
 
@@ -182,8 +187,9 @@ TEST_F(WeightStreamTest, ShapeMismatchIsAborted) {
   WeightStager stager(config_);
   absl::Status s = stager.Add((*msgs)[0]);
   EXPECT_EQ(s.code(), absl::StatusCode::kAborted);
-  EXPECT_NE(s.message().find("model.norm.weight (expected shape [64], got [128])"),
-            std::string::npos)
+  EXPECT_NE(
+      s.message().find("model.norm.weight (expected shape [64], got [128])"),
+      std::string::npos)
       << s;
 }
 
@@ -197,7 +203,8 @@ TEST_F(WeightStreamTest, DtypeMismatchIsAborted) {
   WeightStager stager(config_);
   absl::Status s = stager.Add((*msgs)[0]);
   EXPECT_EQ(s.code(), absl::StatusCode::kAborted);
-  EXPECT_NE(s.message().find("expected dtype f32, got bf16"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("expected dtype f32, got bf16"), std::string::npos)
+      << s;
 }
 
 TEST_F(WeightStreamTest, MalformedStreamsAreInvalidArgument) {
@@ -273,7 +280,8 @@ TEST_F(WeightStreamTest, IncompleteStreamIsAborted) {
   ASSERT_TRUE(Feed(stager, m).ok());
   absl::Status s = stager.Finish().status();
   EXPECT_EQ(s.code(), absl::StatusCode::kAborted);
-  EXPECT_NE(s.message().find("ended before every tensor arrived"), std::string::npos);
+  EXPECT_NE(s.message().find("ended before every tensor arrived"),
+            std::string::npos);
 }
 
 TEST(DTypeTest, ProtoRoundTrip) {

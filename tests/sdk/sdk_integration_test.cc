@@ -104,8 +104,10 @@ class StopServers : public ::testing::Environment {
 };
 const auto* const kStop = ::testing::AddGlobalTestEnvironment(new StopServers());
 
-std::vector<std::vector<int32_t>> Prompts() {
-  return {{kBos, 4, 5, 6}, {kBos, 7, 8}, {kBos, 9, 10, 11, 12}};
+const std::vector<std::vector<int32_t>>& Prompts() {
+  static const auto* prompts = new std::vector<std::vector<int32_t>>{
+      {kBos, 4, 5, 6}, {kBos, 7, 8}, {kBos, 9, 10, 11, 12}};
+  return *prompts;
 }
 
 v1::GenerateRequest Request(uint64_t seed, int n = 2, int max_tokens = 6) {
@@ -210,7 +212,9 @@ TEST_F(SdkTest, BadRequestsAreNotRetried) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(5));
   v1::TrainStepRequest step;
   step.add_group_ids("no-such-group");
-  EXPECT_TRUE(absl::IsNotFound(learner_->TrainStep(step).status()));
+  const absl::Status s = learner_->TrainStep(step).status();
+  // NOT_FOUND, or FAILED_PRECONDITION when nothing at all is buffered.
+  EXPECT_TRUE(absl::IsNotFound(s) || absl::IsFailedPrecondition(s)) << s;
 }
 
 TEST_F(SdkTest, DeadlineExceeded) {
@@ -323,6 +327,7 @@ TEST(RestartTest, RetriesReachAServerRestartedMidCall) {
   o.retry.max_attempts = 100;
   o.retry.initial_backoff = absl::Milliseconds(50);
   o.retry.max_backoff = absl::Milliseconds(300);
+  o.max_reconnect_backoff = absl::Milliseconds(300);
   auto client = RolloutClient::Create(o);
   ASSERT_TRUE(client.ok());
   ASSERT_TRUE((*client)->GetModelInfo().ok());  // connected
@@ -346,6 +351,7 @@ TEST(RestartTest, RetriesReachAServerRestartedMidCall) {
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_GT(finished, killed);
   EXPECT_EQ(result->completions_size(), 6);
+  client->reset();  // close the connection before the server drains
   (*second)->Stop(20).IgnoreError();
 }
 
@@ -605,7 +611,7 @@ TEST_F(SecureServersTest, RolloutWithMutualTlsAndToken) {
 
 TEST_F(SecureServersTest, LearnerWithMutualTlsAndToken) {
   ASSERT_TRUE(Servers::Get().ok());
-  if (!sdk_testing::BinaryHasFlag(sdk_testing::LearnerBinary(), "auth_token_file")) {
+  if (!sdk_testing::BinaryHasFlag(sdk_testing::LearnerBinary(), "tls_cert")) {
     GTEST_SKIP() << "learner_service has no --tls_cert/--tls_key/--tls_ca/--auth_token_file "
                     "flags yet (wire common/server_security.h into learner_service/main.cc)";
   }

@@ -98,12 +98,13 @@ absl::StatusOr<std::unique_ptr<ServiceProcess>> ServiceProcess::Start(
     const double left = deadline - NowSeconds();
     if (left <= 0) {
       p->Kill();
-      return absl::DeadlineExceededError(absl::StrCat(
-          options.binary, " printed no listening line within ",
-          options.start_timeout_seconds, " s"));
+      return absl::DeadlineExceededError(
+          absl::StrCat(options.binary, " printed no listening line within ",
+                       options.start_timeout_seconds, " s"));
     }
     pollfd pfd{p->stdout_fd_, POLLIN, 0};
-    const int r = poll(&pfd, 1, static_cast<int>(std::min(left, 1.0) * 1000) + 1);
+    const int r =
+        poll(&pfd, 1, static_cast<int>(std::min(left, 1.0) * 1000) + 1);
     if (r < 0 && errno != EINTR) {
       p->Kill();
       return absl::InternalError(absl::StrCat("poll: ", std::strerror(errno)));
@@ -119,9 +120,9 @@ absl::StatusOr<std::unique_ptr<ServiceProcess>> ServiceProcess::Start(
     // EOF: the child closed stdout, most likely by exiting.
     int code = 0;
     p->Reap(/*block=*/true, &code);
-    return absl::FailedPreconditionError(absl::StrCat(
-        options.binary, " exited with status ", code,
-        " before printing its listening line"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(options.binary, " exited with status ", code,
+                     " before printing its listening line"));
   }
 
   // listening grpc=HOST:PORT metrics=HOST:PORT
@@ -133,8 +134,8 @@ absl::StatusOr<std::unique_ptr<ServiceProcess>> ServiceProcess::Start(
     }
     const size_t begin = at + std::strlen(key);
     const size_t end = line.find(' ', begin);
-    const std::string value =
-        line.substr(begin, end == std::string::npos ? std::string::npos : end - begin);
+    const std::string value = line.substr(
+        begin, end == std::string::npos ? std::string::npos : end - begin);
     if (key[0] == 'g') {
       p->grpc_address_ = value;
       p->grpc_port_ = PortOf(value);
@@ -150,7 +151,8 @@ absl::StatusOr<std::unique_ptr<ServiceProcess>> ServiceProcess::Start(
   const int fd = p->stdout_fd_;
   const pid_t child = pid;
   p->drain_ = std::thread([fd, child, rest = std::move(buffer)]() {
-    if (!rest.empty()) std::fprintf(stderr, "[%d stdout] %s", child, rest.c_str());
+    if (!rest.empty())
+      std::fprintf(stderr, "[%d stdout] %s", child, rest.c_str());
     char chunk[4096];
     ssize_t n;
     while ((n = read(fd, chunk, sizeof(chunk))) != 0) {
@@ -196,9 +198,9 @@ absl::StatusOr<int> ServiceProcess::Stop(double timeout_seconds, int signal) {
     while (!Reap(false, &code)) {
       if (NowSeconds() > deadline) {
         Kill();
-        return absl::DeadlineExceededError(absl::StrCat(
-            "pid ", pid_, " did not exit within ", timeout_seconds,
-            " s of signal ", signal));
+        return absl::DeadlineExceededError(
+            absl::StrCat("pid ", pid_, " did not exit within ", timeout_seconds,
+                         " s of signal ", signal));
       }
       usleep(10000);
     }
@@ -236,8 +238,8 @@ absl::StatusOr<std::string> MakeTempDir(const std::string& prefix) {
   std::string templ = absl::StrCat(tmp != nullptr && *tmp ? tmp : "/tmp", "/",
                                    prefix, "-XXXXXX");
   if (mkdtemp(templ.data()) == nullptr) {
-    return absl::InternalError(absl::StrCat("mkdtemp ", templ, ": ",
-                                            std::strerror(errno)));
+    return absl::InternalError(
+        absl::StrCat("mkdtemp ", templ, ": ", std::strerror(errno)));
   }
   return templ;
 }

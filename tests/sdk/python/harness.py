@@ -73,7 +73,8 @@ def make_model(directory, seed=1):
 def start_rollout(model_dir, extra=(), port=0):
     return Service([env("LOCKSTEP_ROLLOUT_BINARY"), "--host=127.0.0.1", "--port=%d" % port,
                     "--metrics_port=0", "--model_dir=" + model_dir, "--kernels=invariant",
-                    "--device=cpu", "--num_threads=2", "--drain_grace_seconds=2"] + list(extra),
+                    "--device=cpu", "--num_threads=2", "--drain_grace_seconds=2",
+                    "--kv_cache_bytes=33554432"] + list(extra),
                    "rollout")
 
 
