@@ -34,7 +34,8 @@ absl::StatusOr<std::string> ReadWholeFile(const std::string& flag,
   std::stringstream ss;
   ss << in.rdbuf();
   if (in.bad()) {
-    return absl::DataLossError(absl::StrCat("--", flag, "=", path, ": read error"));
+    return absl::DataLossError(
+        absl::StrCat("--", flag, "=", path, ": read error"));
   }
   return ss.str();
 }
@@ -63,8 +64,9 @@ bool TimingSafeEqual(std::string_view a, std::string_view b) {
 }
 
 std::string_view SliceView(const grpc_slice& s) {
-  return std::string_view(reinterpret_cast<const char*>(GRPC_SLICE_START_PTR(s)),
-                          GRPC_SLICE_LENGTH(s));
+  return std::string_view(
+      reinterpret_cast<const char*>(GRPC_SLICE_START_PTR(s)),
+      GRPC_SLICE_LENGTH(s));
 }
 
 // The core auth-metadata processor. It is installed on the core credentials
@@ -164,9 +166,9 @@ class CoreServerCredentials final : public grpc::ServerCredentials {
 }  // namespace
 
 bool IsAuthExemptMethod(std::string_view method) {
-  for (std::string_view prefix : {"/grpc.health.v1.Health/",
-                                  "/grpc.reflection.v1alpha.ServerReflection/",
-                                  "/grpc.reflection.v1.ServerReflection/"}) {
+  for (std::string_view prefix :
+       {"/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
+        "/grpc.reflection.v1.ServerReflection/"}) {
     if (method.substr(0, prefix.size()) == prefix) return true;
   }
   return false;
@@ -180,7 +182,8 @@ void ServerSecurity::ApplyToBuilder(grpc::ServerBuilder* builder) const {
 }
 
 std::string ServerSecurity::Describe() const {
-  return absl::StrCat("tls=", tls_ ? "on" : "off", " mtls=", mtls_ ? "on" : "off",
+  return absl::StrCat("tls=", tls_ ? "on" : "off",
+                      " mtls=", mtls_ ? "on" : "off",
                       " token=", token_required_ ? "on" : "off");
 }
 
@@ -199,7 +202,8 @@ absl::StatusOr<ServerSecurity> MakeServerSecurity(
   }
   std::string cert_chain, private_key, ca;
   if (has_cert) {
-    absl::StatusOr<std::string> pem = ReadPem("tls_cert", options.tls_cert_file);
+    absl::StatusOr<std::string> pem =
+        ReadPem("tls_cert", options.tls_cert_file);
     if (!pem.ok()) return pem.status();
     cert_chain = *std::move(pem);
     pem = ReadPem("tls_key", options.tls_key_file);
@@ -233,8 +237,8 @@ absl::StatusOr<ServerSecurity> MakeServerSecurity(
   }
 
   ServerSecurity security;
-  security.credentials_ =
-      std::make_shared<CoreServerCredentials>(cert_chain, private_key, ca, token);
+  security.credentials_ = std::make_shared<CoreServerCredentials>(
+      cert_chain, private_key, ca, token);
   security.tls_ = has_cert;
   security.mtls_ = !ca.empty();
   security.token_required_ = !token.empty();

@@ -29,8 +29,8 @@ struct DriverOptions {
   absl::Duration generate_timeout = absl::Seconds(300);
   // Per-step lines (and a header) go here; null: silent.
   std::ostream* out = nullptr;
-  // Stop with FAILED_PRECONDITION as soon as a step in which every
-  // registered rollout runs invariant kernels shows a mismatched token.
+  // Stop with FAILED_PRECONDITION at the first step that shows a mismatched
+  // token (meant for invariant kernels, where any mismatch is a bug).
   bool fail_on_mismatch = false;
   // A weight push that fails (after its retries) ends the loop with the
   // push's error: the rollouts would otherwise generate off-policy.

@@ -4,8 +4,10 @@
 // once it serves (after the --rollout endpoints are registered); SIGTERM or
 // SIGINT drains (health NOT_SERVING, new calls UNAVAILABLE, in-flight calls
 // finish) and exits 0.
-#include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <atomic>
 #include <cstdio>
@@ -134,6 +136,13 @@ class StopSignal {
   bool set_ = false;
 };
 
+int g_signal_pipe[2] = {-1, -1};
+
+void OnSignal(int) {
+  const char c = 's';
+  [[maybe_unused]] ssize_t n = write(g_signal_pipe[1], &c, 1);
+}
+
 int Fail(const absl::Status& s) {
   std::cerr << "learner_service: " << s << std::endl;
   return 1;
@@ -148,18 +157,24 @@ int main(int argc, char** argv) {
   std::vector<std::string> rollouts = ExtractRollouts(&argc, argv);
   absl::ParseCommandLine(argc, argv);
 
-  // Signals are taken by one thread with sigwait; block them everywhere
-  // first (threads inherit the mask).
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // SIGTERM/SIGINT: the handler only writes to a pipe (async-signal-safe);
+  // a watcher thread turns that into the stop request. A handler rather than
+  // sigwait because threads started before main (by libraries) would not
+  // inherit a signal mask.
+  if (pipe(g_signal_pipe) != 0) {
+    return Fail(absl::InternalError("cannot create the signal pipe"));
+  }
+  struct sigaction sa = {};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
   std::atomic<bool> stop{false};
   StopSignal stop_requested;
   std::thread([&] {
-    int sig = 0;
-    sigwait(&signals, &sig);
+    char c;
+    while (read(g_signal_pipe[0], &c, 1) < 0 && errno == EINTR) {
+    }
     stop = true;
     stop_requested.Set();
   }).detach();

@@ -646,8 +646,10 @@ void Engine::Step() {
       std::shared_ptr<Request> request = st.request;
       const int32_t token = tokens[i];
       scheduler_->AppendToken(id, token);
-      st.logprobs.push_back(lp->target[i]);
-      st.versions.push_back(version);
+      if (options_.selfcheck_rate > 0.0) {  // only the self-check needs them
+        st.logprobs.push_back(lp->target[i]);
+        st.versions.push_back(version);
+      }
 
       auto [slot, inserted] =
           update_index.emplace(request.get(), updates.size());

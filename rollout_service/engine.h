@@ -265,8 +265,10 @@ class Engine {
     int64_t max_len = 0;  // stop (LENGTH) at this many tokens
     kernels::SamplingParams params;
     bool admitted = false;           // admitted at least once
-    std::vector<float> logprobs;     // every generated token's
-    std::vector<uint64_t> versions;  // every generated token's
+    // Every generated token's logprob and version, kept only for the
+    // self-check (selfcheck_rate > 0).
+    std::vector<float> logprobs;
+    std::vector<uint64_t> versions;
   };
   struct Request {
     std::shared_ptr<RequestHandle> handle;

@@ -15,7 +15,8 @@ std::string Normalize(std::string name) {
   return name;
 }
 
-const FlagSpec* Find(const std::vector<FlagSpec>& specs, const std::string& name) {
+const FlagSpec* Find(const std::vector<FlagSpec>& specs,
+                     const std::string& name) {
   for (const FlagSpec& s : specs) {
     if (s.name == name) return &s;
   }
@@ -24,7 +25,8 @@ const FlagSpec* Find(const std::vector<FlagSpec>& specs, const std::string& name
 
 }  // namespace
 
-std::string Args::Get(const std::string& name, const std::string& fallback) const {
+std::string Args::Get(const std::string& name,
+                      const std::string& fallback) const {
   auto it = values_.find(name);
   return it == values_.end() ? fallback : it->second.back();
 }
@@ -34,9 +36,12 @@ std::vector<std::string> Args::GetAll(const std::string& name) const {
   return it == values_.end() ? std::vector<std::string>{} : it->second;
 }
 
-bool Args::GetBool(const std::string& name) const { return Get(name, "false") == "true"; }
+bool Args::GetBool(const std::string& name) const {
+  return Get(name, "false") == "true";
+}
 
-absl::StatusOr<int64_t> Args::GetInt(const std::string& name, int64_t fallback) const {
+absl::StatusOr<int64_t> Args::GetInt(const std::string& name,
+                                     int64_t fallback) const {
   if (!Has(name)) return fallback;
   int64_t v;
   if (!absl::SimpleAtoi(Get(name), &v)) {
@@ -46,7 +51,8 @@ absl::StatusOr<int64_t> Args::GetInt(const std::string& name, int64_t fallback) 
   return v;
 }
 
-absl::StatusOr<double> Args::GetDouble(const std::string& name, double fallback) const {
+absl::StatusOr<double> Args::GetDouble(const std::string& name,
+                                       double fallback) const {
   if (!Has(name)) return fallback;
   double v;
   if (!absl::SimpleAtod(Get(name), &v)) {
@@ -62,7 +68,8 @@ absl::StatusOr<Args> ParseFlags(const std::vector<FlagSpec>& specs,
   for (size_t i = 0; i < argv.size(); ++i) {
     const std::string& word = argv[i];
     if (word == "--") {
-      args.positional_.insert(args.positional_.end(), argv.begin() + i + 1, argv.end());
+      args.positional_.insert(args.positional_.end(), argv.begin() + i + 1,
+                              argv.end());
       break;
     }
     if (word.size() < 2 || word[0] != '-' || word == "-") {
@@ -102,9 +109,10 @@ absl::StatusOr<Args> ParseFlags(const std::vector<FlagSpec>& specs,
     }
     if (spec->value_name.empty()) {  // boolean
       if (has_value) {
-        if (value != "true" && value != "false" && value != "1" && value != "0") {
-          return absl::InvalidArgumentError(
-              absl::StrCat(word, ": --", spec->name, " takes no value (or true/false)"));
+        if (value != "true" && value != "false" && value != "1" &&
+            value != "0") {
+          return absl::InvalidArgumentError(absl::StrCat(
+              word, ": --", spec->name, " takes no value (or true/false)"));
         }
         value = (value == "true" || value == "1") ? "true" : "false";
       } else {
@@ -112,8 +120,8 @@ absl::StatusOr<Args> ParseFlags(const std::vector<FlagSpec>& specs,
       }
     } else if (!has_value) {
       if (i + 1 >= argv.size()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("--", spec->name, " needs a value (", spec->value_name, ")"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--", spec->name, " needs a value (", spec->value_name, ")"));
       }
       value = argv[++i];
     }
@@ -133,7 +141,8 @@ std::string FlagHelp(const std::vector<FlagSpec>& specs) {
     std::string left = absl::StrCat("  --", s.name);
     if (!s.value_name.empty()) absl::StrAppend(&left, "=", s.value_name);
     std::string right = s.help;
-    if (!s.default_value.empty()) absl::StrAppend(&right, " (default ", s.default_value, ")");
+    if (!s.default_value.empty())
+      absl::StrAppend(&right, " (default ", s.default_value, ")");
     if (s.repeatable) absl::StrAppend(&right, " [repeatable]");
     if (left.size() < 28) {
       left.resize(28, ' ');
@@ -147,16 +156,18 @@ std::string FlagHelp(const std::vector<FlagSpec>& specs) {
 
 absl::StatusOr<std::vector<int32_t>> ParseIdList(const std::string& text) {
   std::vector<int32_t> out;
-  for (absl::string_view part : absl::StrSplit(text, absl::ByAnyChar(", "), absl::SkipEmpty())) {
+  for (absl::string_view part :
+       absl::StrSplit(text, absl::ByAnyChar(", "), absl::SkipEmpty())) {
     int32_t v;
     if (!absl::SimpleAtoi(part, &v)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("'", text, "' is not a comma-separated list of token ids"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "'", text, "' is not a comma-separated list of token ids"));
     }
     out.push_back(v);
   }
   if (out.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("'", text, "' holds no token ids"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", text, "' holds no token ids"));
   }
   return out;
 }

@@ -28,12 +28,15 @@ class Args {
  public:
   bool Has(const std::string& name) const { return values_.count(name) > 0; }
   // The last value given, or `fallback`.
-  std::string Get(const std::string& name, const std::string& fallback = "") const;
+  std::string Get(const std::string& name,
+                  const std::string& fallback = "") const;
   // Every value given, in order.
   std::vector<std::string> GetAll(const std::string& name) const;
   bool GetBool(const std::string& name) const;
-  absl::StatusOr<int64_t> GetInt(const std::string& name, int64_t fallback) const;
-  absl::StatusOr<double> GetDouble(const std::string& name, double fallback) const;
+  absl::StatusOr<int64_t> GetInt(const std::string& name,
+                                 int64_t fallback) const;
+  absl::StatusOr<double> GetDouble(const std::string& name,
+                                   double fallback) const;
   const std::vector<std::string>& positional() const { return positional_; }
 
  private:

@@ -3,19 +3,18 @@
 // commands, `lockstep <command> --help` their flags. Exit status: 0 on
 // success, 1 when a call fails (the message names the gRPC code), 2 for
 // usage errors.
+#include <google/protobuf/util/json_util.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <google/protobuf/util/json_util.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -69,33 +68,40 @@ std::string EnvOr(const char* name, const std::string& fallback) {
 std::vector<FlagSpec> ConnectionFlags(bool rollout, bool learner) {
   std::vector<FlagSpec> f;
   if (rollout) {
-    f.push_back({"rollout", "HOST:PORT", "rollout service address (env LOCKSTEP_ROLLOUT)",
+    f.push_back({"rollout", "HOST:PORT",
+                 "rollout service address (env LOCKSTEP_ROLLOUT)",
                  kDefaultRollout});
   }
   if (learner) {
-    f.push_back({"learner", "HOST:PORT", "learner service address (env LOCKSTEP_LEARNER)",
+    f.push_back({"learner", "HOST:PORT",
+                 "learner service address (env LOCKSTEP_LEARNER)",
                  kDefaultLearner});
   }
-  f.push_back({"timeout", "SECONDS", "deadline of each call, retries included", "60"});
+  f.push_back(
+      {"timeout", "SECONDS", "deadline of each call, retries included", "60"});
   f.push_back({"retries", "N", "tries of a call answered UNAVAILABLE", "5"});
   f.push_back({"tls", "", "connect with TLS (implied by --tls_ca/--tls_cert)"});
   f.push_back({"tls_ca", "PEM", "CA bundle that signs the server certificate"});
   f.push_back({"tls_cert", "PEM", "client certificate chain (mTLS)"});
   f.push_back({"tls_key", "PEM", "client private key (mTLS)"});
-  f.push_back({"tls_server_name", "NAME", "name to check the server certificate for"});
-  f.push_back({"auth_token_file", "FILE",
-               "file with the bearer token (env LOCKSTEP_AUTH_TOKEN_FILE, or the "
-               "token itself in LOCKSTEP_AUTH_TOKEN)"});
+  f.push_back(
+      {"tls_server_name", "NAME", "name to check the server certificate for"});
+  f.push_back(
+      {"auth_token_file", "FILE",
+       "file with the bearer token (env LOCKSTEP_AUTH_TOKEN_FILE, or the "
+       "token itself in LOCKSTEP_AUTH_TOKEN)"});
   f.push_back({"json", "", "print the result as JSON (proto3 JSON mapping)"});
   f.push_back({"help", "", "show this help"});
   return f;
 }
 
-absl::StatusOr<ClientOptions> MakeClientOptions(const Args& args, const std::string& which,
+absl::StatusOr<ClientOptions> MakeClientOptions(const Args& args,
+                                                const std::string& which,
                                                 const std::string& fallback) {
   ClientOptions o;
-  o.target = args.Get(which, EnvOr(which == "rollout" ? "LOCKSTEP_ROLLOUT" : "LOCKSTEP_LEARNER",
-                                   fallback));
+  o.target = args.Get(
+      which, EnvOr(which == "rollout" ? "LOCKSTEP_ROLLOUT" : "LOCKSTEP_LEARNER",
+                   fallback));
   absl::StatusOr<double> timeout = args.GetDouble("timeout", 60.0);
   if (!timeout.ok()) return Usage(std::string(timeout.status().message()));
   if (*timeout <= 0) return Usage("--timeout must be > 0");
@@ -112,8 +118,10 @@ absl::StatusOr<ClientOptions> MakeClientOptions(const Args& args, const std::str
   if (o.tls.cert_file.empty() != o.tls.key_file.empty()) {
     return Usage("--tls_cert and --tls_key go together");
   }
-  o.auth_token_file = args.Get("auth_token_file", EnvOr("LOCKSTEP_AUTH_TOKEN_FILE", ""));
-  if (o.auth_token_file.empty()) o.auth_token = EnvOr("LOCKSTEP_AUTH_TOKEN", "");
+  o.auth_token_file =
+      args.Get("auth_token_file", EnvOr("LOCKSTEP_AUTH_TOKEN_FILE", ""));
+  if (o.auth_token_file.empty())
+    o.auth_token = EnvOr("LOCKSTEP_AUTH_TOKEN", "");
   return o;
 }
 
@@ -123,7 +131,8 @@ std::string ToJson(const google::protobuf::Message& m, bool multiline = true) {
   o.preserve_proto_field_names = true;
   o.always_print_primitive_fields = true;
   std::string out;
-  if (!google::protobuf::util::MessageToJsonString(m, &out, o).ok()) return "{}";
+  if (!google::protobuf::util::MessageToJsonString(m, &out, o).ok())
+    return "{}";
   if (multiline && !out.empty() && out.back() == '\n') out.pop_back();
   return out;
 }
@@ -184,9 +193,9 @@ absl::StatusOr<int> RunGenerate(const Args& args) {
   absl::StatusOr<int64_t> seed = args.GetInt("seed", 0);
   absl::StatusOr<double> temperature = args.GetDouble("temperature", 1.0);
   absl::StatusOr<double> top_p = args.GetDouble("top_p", 1.0);
-  for (const absl::Status& s : {n.status(), max_tokens.status(), top_k.status(),
-                                top_logprobs.status(), seed.status(), temperature.status(),
-                                top_p.status()}) {
+  for (const absl::Status& s :
+       {n.status(), max_tokens.status(), top_k.status(), top_logprobs.status(),
+        seed.status(), temperature.status(), top_p.status()}) {
     if (!s.ok()) return Usage(std::string(s.message()));
   }
   if (*n < 1 || *max_tokens < 0 || *top_logprobs < 0) {
@@ -196,7 +205,8 @@ absl::StatusOr<int> RunGenerate(const Args& args) {
   request.set_request_id(args.Get("request_id"));
   v1::SamplingParams* sp = request.mutable_sampling();
   sp->set_max_tokens(static_cast<uint32_t>(*max_tokens));
-  if (args.Has("temperature")) sp->set_temperature(static_cast<float>(*temperature));
+  if (args.Has("temperature"))
+    sp->set_temperature(static_cast<float>(*temperature));
   if (args.Has("top_p")) sp->set_top_p(static_cast<float>(*top_p));
   sp->set_top_k(static_cast<int32_t>(*top_k));
   if (args.Has("seed")) sp->set_seed(static_cast<uint64_t>(*seed));
@@ -208,7 +218,8 @@ absl::StatusOr<int> RunGenerate(const Args& args) {
     sp->mutable_stop_token_ids()->Add(stop->begin(), stop->end());
   }
 
-  absl::StatusOr<ClientOptions> options = MakeClientOptions(args, "rollout", kDefaultRollout);
+  absl::StatusOr<ClientOptions> options =
+      MakeClientOptions(args, "rollout", kDefaultRollout);
   if (!options.ok()) return options.status();
   absl::StatusOr<std::unique_ptr<client::RolloutClient>> rollout =
       client::RolloutClient::Create(*options);
@@ -216,15 +227,17 @@ absl::StatusOr<int> RunGenerate(const Args& args) {
   const bool json = args.GetBool("json");
 
   if (args.GetBool("stream")) {
-    if (args.Has("trajectories_out")) return Usage("--trajectories_out needs unary generate");
+    if (args.Has("trajectories_out"))
+      return Usage("--trajectories_out needs unary generate");
     client::CompletionAccumulator acc;
     absl::Status s = (*rollout)->GenerateStream(request, [&](const auto& m) {
       acc.Add(m);
       if (json) {
         std::cout << ToJson(m, /*multiline=*/false) << "\n";
       } else {
-        std::cout << absl::StrFormat("[prompt %d sample %d] %s", m.prompt_index(),
-                                     m.sample_index(), absl::StrJoin(m.token_ids(), " "));
+        std::cout << absl::StrFormat("[prompt %d sample %d] %s",
+                                     m.prompt_index(), m.sample_index(),
+                                     absl::StrJoin(m.token_ids(), " "));
         if (m.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
           std::cout << "  <" << FinishName(m.finish_reason()) << ">";
         }
@@ -247,7 +260,8 @@ absl::StatusOr<int> RunGenerate(const Args& args) {
     const std::string prefix = args.Get("group_prefix", "p");
     for (const v1::Completion& c : response->completions()) {
       if (c.token_ids_size() == 0) continue;
-      const auto& prompt = request.prompts(static_cast<int>(c.prompt_index())).token_ids();
+      const auto& prompt =
+          request.prompts(static_cast<int>(c.prompt_index())).token_ids();
       v1::Trajectory t = client::MakeTrajectory(
           std::vector<int32_t>(prompt.begin(), prompt.end()), c,
           static_cast<float>(*reward), absl::StrCat(prefix, c.prompt_index()));
@@ -262,7 +276,8 @@ absl::StatusOr<int> RunGenerate(const Args& args) {
   }
   for (const v1::Completion& c : response->completions()) {
     std::cout << absl::StrFormat(
-        "prompt %d sample %d: %d tokens, finish=%s, weight_version=%d, seed=%d\n"
+        "prompt %d sample %d: %d tokens, finish=%s, weight_version=%d, "
+        "seed=%d\n"
         "  tokens:   %s\n  logprobs: %s\n",
         c.prompt_index(), c.sample_index(), c.token_ids_size(),
         FinishName(c.finish_reason()), c.weight_version(), c.seed(),
@@ -284,7 +299,8 @@ absl::StatusOr<int> RunScore(const Args& args) {
     absl::StatusOr<std::vector<int32_t>> ids = ParseIdList(seqs[i]);
     if (!ids.ok()) return Usage(std::string(ids.status().message()));
     int64_t len;
-    if (!absl::SimpleAtoi(lens.size() == 1 ? lens[0] : lens[i], &len) || len < 0) {
+    if (!absl::SimpleAtoi(lens.size() == 1 ? lens[0] : lens[i], &len) ||
+        len < 0) {
       return Usage("--prompt_len must be a non-negative integer");
     }
     v1::ScoredSequence* s = request.add_sequences();
@@ -302,13 +318,15 @@ absl::StatusOr<int> RunScore(const Args& args) {
   const std::string on = args.Get("on", "rollout");
   absl::StatusOr<v1::ComputeLogprobsResponse> response;
   if (on == "rollout") {
-    absl::StatusOr<ClientOptions> o = MakeClientOptions(args, "rollout", kDefaultRollout);
+    absl::StatusOr<ClientOptions> o =
+        MakeClientOptions(args, "rollout", kDefaultRollout);
     if (!o.ok()) return o.status();
     auto c = client::RolloutClient::Create(*o);
     if (!c.ok()) return c.status();
     response = (*c)->ComputeLogprobs(request);
   } else if (on == "learner") {
-    absl::StatusOr<ClientOptions> o = MakeClientOptions(args, "learner", kDefaultLearner);
+    absl::StatusOr<ClientOptions> o =
+        MakeClientOptions(args, "learner", kDefaultLearner);
     if (!o.ok()) return o.status();
     auto c = client::LearnerClient::Create(*o);
     if (!c.ok()) return c.status();
@@ -338,14 +356,16 @@ absl::StatusOr<int> RunPushWeights(const Args& args) {
   }
   client::WeightUploadOptions upload;
   absl::StatusOr<int64_t> version = args.GetInt("version", 0);
-  absl::StatusOr<int64_t> chunk = args.GetInt("chunk_bytes", client::kDefaultWeightChunkBytes);
+  absl::StatusOr<int64_t> chunk =
+      args.GetInt("chunk_bytes", client::kDefaultWeightChunkBytes);
   if (!version.ok()) return Usage(std::string(version.status().message()));
   if (!chunk.ok()) return Usage(std::string(chunk.status().message()));
   if (*version < 0) return Usage("--version must be >= 1");
   upload.target_version = static_cast<uint64_t>(*version);
   upload.chunk_bytes = static_cast<size_t>(*chunk);
   upload.source = args.Get("source", "lockstep push-weights");
-  absl::StatusOr<ClientOptions> o = MakeClientOptions(args, "rollout", kDefaultRollout);
+  absl::StatusOr<ClientOptions> o =
+      MakeClientOptions(args, "rollout", kDefaultRollout);
   if (!o.ok()) return o.status();
   auto c = client::RolloutClient::Create(*o);
   if (!c.ok()) return c.status();
@@ -359,12 +379,14 @@ absl::StatusOr<int> RunPushWeights(const Args& args) {
   std::cout << absl::StrFormat(
       "rollout %s now serves weight version %d (was %d): %d tensors, %d bytes, "
       "%.3f s (swap %.3f s, %d sequences preempted)\n",
-      o->target, r->weight_version(), r->previous_version(), r->tensors(), r->bytes(),
-      r->duration_seconds(), r->swap_seconds(), r->preempted_sequences());
+      o->target, r->weight_version(), r->previous_version(), r->tensors(),
+      r->bytes(), r->duration_seconds(), r->swap_seconds(),
+      r->preempted_sequences());
   return 0;
 }
 
-absl::StatusOr<std::vector<v1::Trajectory>> ReadTrajectories(const std::string& path) {
+absl::StatusOr<std::vector<v1::Trajectory>> ReadTrajectories(
+    const std::string& path) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
   std::stringstream ss;
@@ -390,7 +412,8 @@ absl::StatusOr<std::vector<v1::Trajectory>> ReadTrajectories(const std::string& 
     line = absl::StripAsciiWhitespace(line);
     if (line.empty() || line.front() == '#') continue;
     v1::Trajectory t;
-    auto s = google::protobuf::util::JsonStringToMessage(std::string(line), &t, po);
+    auto s =
+        google::protobuf::util::JsonStringToMessage(std::string(line), &t, po);
     if (!s.ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat(path, ":", line_no, ": ", s.ToString()));
@@ -401,21 +424,24 @@ absl::StatusOr<std::vector<v1::Trajectory>> ReadTrajectories(const std::string& 
 }
 
 absl::StatusOr<int> RunTrainStep(const Args& args) {
-  absl::StatusOr<ClientOptions> o = MakeClientOptions(args, "learner", kDefaultLearner);
+  absl::StatusOr<ClientOptions> o =
+      MakeClientOptions(args, "learner", kDefaultLearner);
   if (!o.ok()) return o.status();
   auto c = client::LearnerClient::Create(*o);
   if (!c.ok()) return c.status();
   const bool json = args.GetBool("json");
   if (args.Has("trajectories")) {
-    absl::StatusOr<std::vector<v1::Trajectory>> t = ReadTrajectories(args.Get("trajectories"));
+    absl::StatusOr<std::vector<v1::Trajectory>> t =
+        ReadTrajectories(args.Get("trajectories"));
     if (!t.ok()) return t.status();
     if (t->empty()) return Usage("--trajectories file holds no trajectories");
     auto sub = (*c)->SubmitTrajectories(*t);
     if (!sub.ok()) return sub.status();
     if (!json) {
-      std::cout << absl::StrFormat("submitted %d trajectories (%d buffered in %d groups)\n",
-                                   sub->accepted(), sub->buffered_trajectories(),
-                                   sub->buffered_groups());
+      std::cout << absl::StrFormat(
+          "submitted %d trajectories (%d buffered in %d groups)\n",
+          sub->accepted(), sub->buffered_trajectories(),
+          sub->buffered_groups());
     }
   }
   v1::TrainStepRequest request;
@@ -444,24 +470,25 @@ absl::StatusOr<int> RunTrainStep(const Args& args) {
       "min=%.4g max=%.4g\n"
       "  mismatch: %d tokens compared, %d mismatched (exact %.4f%%), %d stale, "
       "max |dlogprob|=%.6g\n",
-      r->step(), r->weight_version(), r->loss(), r->policy_loss(), r->grad_norm(),
-      r->clip_fraction(), r->num_trajectories(), r->num_groups(), r->num_tokens(),
-      r->reward().mean(), r->reward().std(), r->reward().min(), r->reward().max(),
-      m.tokens_compared(), m.tokens_mismatched(), 100.0 * m.exact_fraction(),
-      m.tokens_stale(), m.max_abs_diff());
+      r->step(), r->weight_version(), r->loss(), r->policy_loss(),
+      r->grad_norm(), r->clip_fraction(), r->num_trajectories(),
+      r->num_groups(), r->num_tokens(), r->reward().mean(), r->reward().std(),
+      r->reward().min(), r->reward().max(), m.tokens_compared(),
+      m.tokens_mismatched(), 100.0 * m.exact_fraction(), m.tokens_stale(),
+      m.max_abs_diff());
   for (const v1::WeightPushResult& p : r->pushes()) {
-    std::cout << absl::StrFormat("  push to %s: %s (version %d, %d bytes, %.3f s)\n",
-                                 p.endpoint(),
-                                 p.code() == 0 ? "OK"
-                                               : absl::StrCat("code ", p.code(), ": ",
-                                                              p.message()),
-                                 p.weight_version(), p.bytes(), p.duration_seconds());
+    std::cout << absl::StrFormat(
+        "  push to %s: %s (version %d, %d bytes, %.3f s)\n", p.endpoint(),
+        p.code() == 0 ? "OK"
+                      : absl::StrCat("code ", p.code(), ": ", p.message()),
+        p.weight_version(), p.bytes(), p.duration_seconds());
   }
   return 0;
 }
 
 absl::StatusOr<int> RunStats(const Args& args) {
-  absl::StatusOr<ClientOptions> o = MakeClientOptions(args, "learner", kDefaultLearner);
+  absl::StatusOr<ClientOptions> o =
+      MakeClientOptions(args, "learner", kDefaultLearner);
   if (!o.ok()) return o.status();
   auto c = client::LearnerClient::Create(*o);
   if (!c.ok()) return c.status();
@@ -473,7 +500,8 @@ absl::StatusOr<int> RunStats(const Args& args) {
   }
   const v1::MismatchStats& m = s->mismatch_total();
   std::cout << absl::StrFormat(
-      "learner %s: step %d, weight version %d, kernels=%s, %d trajectories buffered "
+      "learner %s: step %d, weight version %d, kernels=%s, %d trajectories "
+      "buffered "
       "(%d groups, %d tokens)\n"
       "mismatch (all steps): %d tokens compared, %d mismatched, exact %.4f%%, "
       "max |dlogprob|=%.6g, mean |dlogprob|=%.6g, KL(k3)=%.6g, %d stale\n",
@@ -486,14 +514,14 @@ absl::StatusOr<int> RunStats(const Args& args) {
     std::cout << absl::StrFormat(
         "last step: %d tokens compared, %d mismatched, max |dlogprob|=%.6g, "
         "loss=%.6g, reward mean=%.4g\n",
-        l.tokens_compared(), l.tokens_mismatched(), l.max_abs_diff(), s->last_step().loss(),
-        s->last_step().reward().mean());
+        l.tokens_compared(), l.tokens_mismatched(), l.max_abs_diff(),
+        s->last_step().loss(), s->last_step().reward().mean());
   }
   for (const v1::RolloutStatus& r : s->rollouts()) {
-    std::cout << absl::StrFormat("rollout %s: version %d, kernels=%s, pushes ok=%d failed=%d\n",
-                                 r.endpoint(), r.weight_version(),
-                                 KernelName(r.kernel_mode()), r.pushes_ok(),
-                                 r.pushes_failed());
+    std::cout << absl::StrFormat(
+        "rollout %s: version %d, kernels=%s, pushes ok=%d failed=%d\n",
+        r.endpoint(), r.weight_version(), KernelName(r.kernel_mode()),
+        r.pushes_ok(), r.pushes_failed());
   }
   return 0;
 }
@@ -502,8 +530,10 @@ absl::StatusOr<int> RunHealth(const Args& args) {
   bool check_rollout = args.Has("rollout");
   bool check_learner = args.Has("learner");
   if (!check_rollout && !check_learner) {
-    check_rollout = !EnvOr("LOCKSTEP_ROLLOUT", "").empty() || EnvOr("LOCKSTEP_LEARNER", "").empty();
-    check_learner = !EnvOr("LOCKSTEP_LEARNER", "").empty() || EnvOr("LOCKSTEP_ROLLOUT", "").empty();
+    check_rollout = !EnvOr("LOCKSTEP_ROLLOUT", "").empty() ||
+                    EnvOr("LOCKSTEP_LEARNER", "").empty();
+    check_learner = !EnvOr("LOCKSTEP_LEARNER", "").empty() ||
+                    EnvOr("LOCKSTEP_ROLLOUT", "").empty();
   }
   struct Row {
     std::string service, target, status;
@@ -522,164 +552,216 @@ absl::StatusOr<int> RunHealth(const Args& args) {
       row.status = client::HealthStatusName(*h);
       all_ok = all_ok && *h == client::HealthStatus::kServing;
     } else {
-      row.status = absl::StrCat(absl::StatusCodeToString(h.status().code()), ": ",
-                                h.status().message());
+      row.status = absl::StrCat(absl::StatusCodeToString(h.status().code()),
+                                ": ", h.status().message());
       all_ok = false;
     }
     rows.push_back(row);
     return absl::OkStatus();
   };
   if (check_rollout) {
-    absl::Status s = check("rollout", kDefaultRollout, client::kRolloutServiceName);
+    absl::Status s =
+        check("rollout", kDefaultRollout, client::kRolloutServiceName);
     if (!s.ok()) return s;
   }
   if (check_learner) {
-    absl::Status s = check("learner", kDefaultLearner, client::kLearnerServiceName);
+    absl::Status s =
+        check("learner", kDefaultLearner, client::kLearnerServiceName);
     if (!s.ok()) return s;
   }
   if (args.GetBool("json")) {
     std::cout << "{";
     for (size_t i = 0; i < rows.size(); ++i) {
-      std::cout << (i ? ", " : "") << "\"" << rows[i].service << "\": {\"target\": \""
-                << rows[i].target << "\", \"status\": \""
-                << absl::StrReplaceAll(rows[i].status, {{"\\", "\\\\"}, {"\"", "\\\""}})
+      std::cout << (i ? ", " : "") << "\"" << rows[i].service
+                << "\": {\"target\": \"" << rows[i].target
+                << "\", \"status\": \""
+                << absl::StrReplaceAll(rows[i].status,
+                                       {{"\\", "\\\\"}, {"\"", "\\\""}})
                 << "\"}";
     }
     std::cout << "}\n";
   } else {
-    for (const Row& r : rows) std::cout << r.service << " " << r.target << ": " << r.status << "\n";
+    for (const Row& r : rows)
+      std::cout << r.service << " " << r.target << ": " << r.status << "\n";
   }
   return all_ok ? 0 : 1;
 }
 
 absl::StatusOr<int> RunDemo(const Args& args) {
-  std::string source = args.Get("source_dir", EnvOr("LOCKSTEP_SOURCE_DIR", LOCKSTEP_CLI_SOURCE_DIR));
-  std::string build = args.Get("build_dir", EnvOr("LOCKSTEP_BUILD_DIR", LOCKSTEP_CLI_BUILD_DIR));
+  std::string source = args.Get(
+      "source_dir", EnvOr("LOCKSTEP_SOURCE_DIR", LOCKSTEP_CLI_SOURCE_DIR));
+  std::string build = args.Get(
+      "build_dir", EnvOr("LOCKSTEP_BUILD_DIR", LOCKSTEP_CLI_BUILD_DIR));
   if (source.empty() || build.empty()) {
-    return Usage("--source_dir and --build_dir are needed (this binary was built without them)");
+    return Usage(
+        "--source_dir and --build_dir are needed (this binary was built "
+        "without them)");
   }
   const std::string script = source + "/scripts/demo.sh";
   if (access(script.c_str(), X_OK) != 0) {
-    return absl::NotFoundError(absl::StrCat(script, " not found or not executable"));
+    return absl::NotFoundError(
+        absl::StrCat(script, " not found or not executable"));
   }
-  for (const auto& [flag, env] : std::vector<std::pair<std::string, std::string>>{
-           {"steps", "DEMO_STEPS"}, {"task", "DEMO_TASK"}, {"lr", "DEMO_LR"},
-           {"prompts", "DEMO_PROMPTS"}, {"samples", "DEMO_SAMPLES"},
+  for (const auto& [flag, env] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"steps", "DEMO_STEPS"},
+           {"task", "DEMO_TASK"},
+           {"lr", "DEMO_LR"},
+           {"prompts", "DEMO_PROMPTS"},
+           {"samples", "DEMO_SAMPLES"},
            {"linger", "DEMO_LINGER"}}) {
     if (args.Has(flag)) setenv(env.c_str(), args.Get(flag).c_str(), 1);
   }
   if (args.GetBool("keep")) setenv("DEMO_KEEP", "1", 1);
   std::fflush(stdout);
-  execl(script.c_str(), script.c_str(), build.c_str(), static_cast<char*>(nullptr));
-  return absl::InternalError(absl::StrCat("cannot run ", script, ": ", std::strerror(errno)));
+  execl(script.c_str(), script.c_str(), build.c_str(),
+        static_cast<char*>(nullptr));
+  return absl::InternalError(
+      absl::StrCat("cannot run ", script, ": ", std::strerror(errno)));
 }
 
 std::vector<Command> Commands() {
   std::vector<Command> c;
   {
-    Command g{"generate", "sample completions from a rollout (Generate / GenerateStream)",
-              "--prompt=IDS [--prompt=IDS ...] [flags]",
-              "Prints every completion's tokens and per-token logprobs (raw model\n"
-              "distribution). With --stream, tokens are printed as they are sampled.\n"
-              "Example: lockstep generate --rollout=127.0.0.1:50051 --prompt=1,2,3 --n=2 "
-              "--max_tokens=8 --seed=7",
-              ConnectionFlags(true, false), RunGenerate};
+    Command g{
+        "generate",
+        "sample completions from a rollout (Generate / GenerateStream)",
+        "--prompt=IDS [--prompt=IDS ...] [flags]",
+        "Prints every completion's tokens and per-token logprobs (raw model\n"
+        "distribution). With --stream, tokens are printed as they are "
+        "sampled.\n"
+        "Example: lockstep generate --rollout=127.0.0.1:50051 --prompt=1,2,3 "
+        "--n=2 "
+        "--max_tokens=8 --seed=7",
+        ConnectionFlags(true, false),
+        RunGenerate};
     std::vector<FlagSpec> own = {
         {"prompt", "IDS", "prompt token ids, comma separated", "", true},
         {"n", "N", "samples per prompt", "1"},
-        {"max_tokens", "N", "tokens to generate per sample (0: until stop)", "16"},
+        {"max_tokens", "N", "tokens to generate per sample (0: until stop)",
+         "16"},
         {"temperature", "T", "sampling temperature (0: greedy)", "1"},
         {"top_k", "K", "keep the K most likely tokens (0: off)", "0"},
         {"top_p", "P", "nucleus mass in (0, 1]", "1"},
         {"seed", "S", "base seed (unset: the server picks one)"},
         {"stop", "IDS", "stop token ids, comma separated"},
         {"ignore_eos", "", "do not stop at end-of-sequence ids"},
-        {"top_logprobs", "N", "also return the N most likely tokens per position", "0"},
+        {"top_logprobs", "N",
+         "also return the N most likely tokens per position", "0"},
         {"request_id", "ID", "request id echoed by the server"},
         {"stream", "", "use GenerateStream and print tokens as they arrive"},
         {"trajectories_out", "FILE",
          "also write the completions as lockstep.v1.Trajectory JSON Lines for "
          "`lockstep train-step --trajectories` (one group per prompt)"},
         {"reward", "R", "reward written to --trajectories_out", "0"},
-        {"group_prefix", "P", "group id of prompt i in --trajectories_out: P<i>", "p"}};
+        {"group_prefix", "P",
+         "group id of prompt i in --trajectories_out: P<i>", "p"}};
     g.flags.insert(g.flags.begin(), own.begin(), own.end());
     c.push_back(g);
   }
   {
-    Command s{"score", "logprobs of given token sequences (ComputeLogprobs)",
-              "--tokens=IDS --prompt_len=N [flags]",
-              "Scores the tokens after the first N of each sequence with the served\n"
-              "weights, on the rollout (default) or the learner (--on=learner).\n"
-              "Example: lockstep score --tokens=1,2,3,4,5 --prompt_len=2",
-              ConnectionFlags(true, true), RunScore};
+    Command s{
+        "score",
+        "logprobs of given token sequences (ComputeLogprobs)",
+        "--tokens=IDS --prompt_len=N [flags]",
+        "Scores the tokens after the first N of each sequence with the served\n"
+        "weights, on the rollout (default) or the learner (--on=learner).\n"
+        "Example: lockstep score --tokens=1,2,3,4,5 --prompt_len=2",
+        ConnectionFlags(true, true),
+        RunScore};
     std::vector<FlagSpec> own = {
         {"tokens", "IDS", "a sequence: prompt then scored tokens", "", true},
-        {"prompt_len", "N", "prompt length (one for all, or one per --tokens)", "", true},
+        {"prompt_len", "N", "prompt length (one for all, or one per --tokens)",
+         "", true},
         {"on", "SERVICE", "rollout or learner", "rollout"},
-        {"top_logprobs", "N", "also return the N most likely tokens per position", "0"},
+        {"top_logprobs", "N",
+         "also return the N most likely tokens per position", "0"},
         {"weight_version", "V", "fail unless this version is served"}};
     s.flags.insert(s.flags.begin(), own.begin(), own.end());
     c.push_back(s);
   }
   {
-    Command p{"push-weights", "upload a safetensors checkpoint to a rollout (UpdateWeights)",
+    Command p{"push-weights",
+              "upload a safetensors checkpoint to a rollout (UpdateWeights)",
               "MODEL_DIR|FILE.safetensors [flags]",
-              "Streams MODEL_DIR/model.safetensors (or the file) in 1 MiB CRC-32C checked\n"
-              "chunks; the rollout verifies and swaps them in atomically. Tensors are\n"
+              "Streams MODEL_DIR/model.safetensors (or the file) in 1 MiB "
+              "CRC-32C checked\n"
+              "chunks; the rollout verifies and swaps them in atomically. "
+              "Tensors are\n"
               "converted to the served storage dtype unless --no_convert.\n"
               "Example: lockstep push-weights /tmp/model --version=5",
-              ConnectionFlags(true, false), RunPushWeights};
+              ConnectionFlags(true, false),
+              RunPushWeights};
     std::vector<FlagSpec> own = {
         {"version", "V", "target weight version (0: served version + 1)", "0"},
-        {"source", "TEXT", "free text for the server's log", "lockstep push-weights"},
+        {"source", "TEXT", "free text for the server's log",
+         "lockstep push-weights"},
         {"chunk_bytes", "N", "payload bytes per chunk (<= 4 MiB)", "1048576"},
-        {"no_convert", "", "send the file's dtype even if the model's differs"}};
+        {"no_convert", "",
+         "send the file's dtype even if the model's differs"}};
     p.flags.insert(p.flags.begin(), own.begin(), own.end());
     c.push_back(p);
   }
   {
-    Command t{"train-step", "one learner optimizer step (TrainStep)", "[flags]",
-              "Optionally submits trajectories first (--trajectories: JSON Lines, or a\n"
-              "JSON array, of lockstep.v1.Trajectory in the proto3 JSON mapping), then\n"
-              "trains on the buffered groups and pushes the new weights to the\n"
-              "registered rollouts.\n"
-              "Example: lockstep train-step --trajectories=batch.jsonl",
-              ConnectionFlags(false, true), RunTrainStep};
+    Command t{
+        "train-step",
+        "one learner optimizer step (TrainStep)",
+        "[flags]",
+        "Optionally submits trajectories first (--trajectories: JSON Lines, or "
+        "a\n"
+        "JSON array, of lockstep.v1.Trajectory in the proto3 JSON mapping), "
+        "then\n"
+        "trains on the buffered groups and pushes the new weights to the\n"
+        "registered rollouts.\n"
+        "Example: lockstep train-step --trajectories=batch.jsonl",
+        ConnectionFlags(false, true),
+        RunTrainStep};
     std::vector<FlagSpec> own = {
         {"trajectories", "FILE", "submit these trajectories first"},
-        {"group", "IDS", "train on these group ids only (comma separated)", "", true},
-        {"expected_version", "V", "apply only if the learner is at this version"},
+        {"group", "IDS", "train on these group ids only (comma separated)", "",
+         true},
+        {"expected_version", "V",
+         "apply only if the learner is at this version"},
         {"skip_push", "", "do not push the new weights to the rollouts"}};
     t.flags.insert(t.flags.begin(), own.begin(), own.end());
     c.push_back(t);
   }
-  c.push_back(Command{"stats", "learner statistics and the logprob mismatch summary", "[flags]",
-                      "Prints the learner's step, weight version, buffer, the rollout vs\n"
-                      "learner logprob mismatch over all steps and the last one, and the\n"
-                      "registered rollouts.\nExample: lockstep stats --json",
-                      ConnectionFlags(false, true), RunStats});
-  c.push_back(Command{"health", "gRPC health of the rollout and/or learner", "[flags]",
-                      "Checks grpc.health.v1 for lockstep.v1.RolloutService at --rollout and\n"
-                      "lockstep.v1.LearnerService at --learner (both when neither flag is\n"
-                      "given). Exit status 0 only when every one is SERVING. No token needed.\n"
-                      "Example: lockstep health --rollout=127.0.0.1:50051",
-                      ConnectionFlags(true, true), RunHealth});
+  c.push_back(Command{
+      "stats", "learner statistics and the logprob mismatch summary", "[flags]",
+      "Prints the learner's step, weight version, buffer, the rollout vs\n"
+      "learner logprob mismatch over all steps and the last one, and the\n"
+      "registered rollouts.\nExample: lockstep stats --json",
+      ConnectionFlags(false, true), RunStats});
+  c.push_back(Command{
+      "health", "gRPC health of the rollout and/or learner", "[flags]",
+      "Checks grpc.health.v1 for lockstep.v1.RolloutService at --rollout and\n"
+      "lockstep.v1.LearnerService at --learner (both when neither flag is\n"
+      "given). Exit status 0 only when every one is SERVING. No token needed.\n"
+      "Example: lockstep health --rollout=127.0.0.1:50051",
+      ConnectionFlags(true, true), RunHealth});
   {
-    Command d{"demo", "the end-to-end demo, as `make demo`", "[flags]",
-              "Runs scripts/demo.sh: the learner-driven RL loop on the tiny model on CPU,\n"
-              "with invariant and then standard kernels, and compares their logprob\n"
-              "mismatch. Exit status 0 when the invariant run was bit-exact.",
-              {}, RunDemo};
+    Command d{
+        "demo",
+        "the end-to-end demo, as `make demo`",
+        "[flags]",
+        "Runs scripts/demo.sh: the learner-driven RL loop on the tiny model on "
+        "CPU,\n"
+        "with invariant and then standard kernels, and compares their logprob\n"
+        "mismatch. Exit status 0 when the invariant run was bit-exact.",
+        {},
+        RunDemo};
     d.flags = {{"build_dir", "DIR", "build tree with the service binaries",
                 LOCKSTEP_CLI_BUILD_DIR},
-               {"source_dir", "DIR", "source tree (for scripts/demo.sh)", LOCKSTEP_CLI_SOURCE_DIR},
+               {"source_dir", "DIR", "source tree (for scripts/demo.sh)",
+                LOCKSTEP_CLI_SOURCE_DIR},
                // Defaults are the script's own (see scripts/demo.sh).
                {"steps", "N", "training steps per mode (DEMO_STEPS)"},
                {"task", "NAME", "built-in task: reverse or add (DEMO_TASK)"},
                {"lr", "LR", "learning rate (DEMO_LR)"},
                {"prompts", "N", "prompts per step (DEMO_PROMPTS)"},
                {"samples", "N", "samples per prompt (DEMO_SAMPLES)"},
-               {"linger", "SECONDS", "keep the services up for scraping (DEMO_LINGER)"},
+               {"linger", "SECONDS",
+                "keep the services up for scraping (DEMO_LINGER)"},
                {"keep", "", "keep the work directory (DEMO_KEEP=1)"},
                {"help", "", "show this help"}};
     c.push_back(d);
@@ -689,18 +771,21 @@ std::vector<Command> Commands() {
 
 std::string MainHelp(const std::vector<Command>& commands) {
   std::string out =
-      "lockstep: command-line client of the lockstep rollout and learner services.\n\n"
-      "Usage: lockstep <command> [flags]     (lockstep <command> --help for its flags)\n\n"
+      "lockstep: command-line client of the lockstep rollout and learner "
+      "services.\n\n"
+      "Usage: lockstep <command> [flags]     (lockstep <command> --help for "
+      "its flags)\n\n"
       "Commands:\n";
   for (const Command& c : commands) {
     std::string name = c.name;
     name.resize(14, ' ');
     absl::StrAppend(&out, "  ", name, c.summary, "\n");
   }
-  absl::StrAppend(&out,
-                  "\nAddresses default to $LOCKSTEP_ROLLOUT / $LOCKSTEP_LEARNER, else ",
-                  kDefaultRollout, " / ", kDefaultLearner,
-                  ".\nExit status: 0 success, 1 a call failed, 2 usage error.\n");
+  absl::StrAppend(
+      &out,
+      "\nAddresses default to $LOCKSTEP_ROLLOUT / $LOCKSTEP_LEARNER, else ",
+      kDefaultRollout, " / ", kDefaultLearner,
+      ".\nExit status: 0 success, 1 a call failed, 2 usage error.\n");
   return out;
 }
 
@@ -720,7 +805,8 @@ int Main(int argc, char** argv) {
     if (c.name == name) command = &c;
   }
   if (command == nullptr) {
-    std::cerr << "lockstep: unknown command '" << name << "'\n\n" << MainHelp(commands);
+    std::cerr << "lockstep: unknown command '" << name << "'\n\n"
+              << MainHelp(commands);
     return 2;
   }
   std::vector<std::string> words(argv + 2, argv + argc);
@@ -731,27 +817,30 @@ int Main(int argc, char** argv) {
     return 2;
   }
   if (args->GetBool("help")) {
-    std::cout << "lockstep " << name << ": " << command->summary << "\n\nUsage: lockstep "
-              << name << " " << command->usage << "\n\n"
+    std::cout << "lockstep " << name << ": " << command->summary
+              << "\n\nUsage: lockstep " << name << " " << command->usage
+              << "\n\n"
               << command->details << "\n\nFlags:\n"
               << FlagHelp(command->flags);
     return 0;
   }
   if (name != "push-weights" && !args->positional().empty()) {
-    std::cerr << "lockstep " << name << ": unexpected argument '" << args->positional()[0]
-              << "' (see lockstep " << name << " --help)\n";
+    std::cerr << "lockstep " << name << ": unexpected argument '"
+              << args->positional()[0] << "' (see lockstep " << name
+              << " --help)\n";
     return 2;
   }
   absl::StatusOr<int> code = command->run(*args);
   if (!code.ok()) {
     if (IsUsage(code.status())) {
       std::cerr << "lockstep " << name << ": "
-                << absl::StripPrefix(code.status().message(), "usage: ") << " (see lockstep "
-                << name << " --help)\n";
+                << absl::StripPrefix(code.status().message(), "usage: ")
+                << " (see lockstep " << name << " --help)\n";
       return 2;
     }
-    std::cerr << "lockstep " << name << ": " << absl::StatusCodeToString(code.status().code())
-              << ": " << code.status().message() << "\n";
+    std::cerr << "lockstep " << name << ": "
+              << absl::StatusCodeToString(code.status().code()) << ": "
+              << code.status().message() << "\n";
     return 1;
   }
   return *code;

@@ -114,7 +114,8 @@ struct CallOptions {
   // Further request metadata (keys in lower case).
   std::vector<std::pair<std::string, std::string>> metadata;
 
-  // CallOptions with just a timeout: client.Generate(req, CallOptions::Timeout(absl::Seconds(5))).
+  // CallOptions with just a timeout: client.Generate(req,
+  // CallOptions::Timeout(absl::Seconds(5))).
   static CallOptions Timeout(absl::Duration timeout) {
     CallOptions o;
     o.timeout = timeout;

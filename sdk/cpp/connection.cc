@@ -32,8 +32,8 @@ absl::StatusOr<std::string> ReadFile(const std::string& what,
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     const int err = errno;
-    const std::string msg = absl::StrCat(what, " ", path, ": ",
-                                         err != 0 ? std::strerror(err) : "cannot open");
+    const std::string msg = absl::StrCat(
+        what, " ", path, ": ", err != 0 ? std::strerror(err) : "cannot open");
     if (err == ENOENT) return absl::NotFoundError(msg);
     if (err == EACCES || err == EPERM) return absl::PermissionDeniedError(msg);
     return absl::InvalidArgumentError(msg);
@@ -118,8 +118,9 @@ const char* HealthStatusName(HealthStatus status) {
 absl::Status ToAbslStatus(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
   const int code = static_cast<int>(status.error_code());
-  return absl::Status(code >= 1 && code <= 16 ? static_cast<absl::StatusCode>(code)
-                                              : absl::StatusCode::kUnknown,
+  return absl::Status(code >= 1 && code <= 16
+                          ? static_cast<absl::StatusCode>(code)
+                          : absl::StatusCode::kUnknown,
                       status.error_message());
 }
 
@@ -130,7 +131,8 @@ absl::Duration BackoffDelay(const RetryPolicy& policy, int retry,
     scale *= policy.backoff_multiplier;
     if (policy.initial_backoff * scale >= policy.max_backoff) break;
   }
-  absl::Duration d = std::min(policy.initial_backoff * scale, policy.max_backoff);
+  absl::Duration d =
+      std::min(policy.initial_backoff * scale, policy.max_backoff);
   const double jitter = std::clamp(policy.jitter, 0.0, 1.0);
   return d * (1.0 + jitter * (2.0 * unit_random - 1.0));
 }
@@ -150,14 +152,16 @@ absl::StatusOr<std::shared_ptr<Connection>> Connection::Create(
         "RetryPolicy: backoff_multiplier must be >= 1 and backoffs >= 0");
   }
   if (options.default_timeout <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("ClientOptions.default_timeout must be > 0");
+    return absl::InvalidArgumentError(
+        "ClientOptions.default_timeout must be > 0");
   }
   std::shared_ptr<Connection> c(new Connection());
   c->options_ = options;
 
   std::string token = options.auth_token;
   if (!options.auth_token_file.empty()) {
-    absl::StatusOr<std::string> text = ReadFile("token file", options.auth_token_file);
+    absl::StatusOr<std::string> text =
+        ReadFile("token file", options.auth_token_file);
     if (!text.ok()) return text.status();
     token = *text;
     if (absl::StripAsciiWhitespace(token).empty()) {
@@ -166,6 +170,13 @@ absl::StatusOr<std::shared_ptr<Connection>> Connection::Create(
     }
   }
   token = std::string(absl::StripAsciiWhitespace(token));
+  for (char ch : token) {
+    // A metadata value must be printable ASCII.
+    if (ch < 0x20 || ch > 0x7e) {
+      return absl::InvalidArgumentError(
+          "the bearer token must be printable ASCII");
+    }
+  }
   if (!token.empty()) c->authorization_ = absl::StrCat("Bearer ", token);
 
   const TlsOptions& tls = options.tls;
@@ -184,7 +195,8 @@ absl::StatusOr<std::shared_ptr<Connection>> Connection::Create(
       ssl.pem_root_certs = *std::move(pem);
     }
     if (!tls.cert_file.empty()) {
-      absl::StatusOr<std::string> pem = ReadFile("certificate file", tls.cert_file);
+      absl::StatusOr<std::string> pem =
+          ReadFile("certificate file", tls.cert_file);
       if (!pem.ok()) return pem.status();
       ssl.pem_cert_chain = *std::move(pem);
       pem = ReadFile("key file", tls.key_file);
@@ -200,7 +212,8 @@ absl::StatusOr<std::shared_ptr<Connection>> Connection::Create(
   args.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
   args.SetMaxSendMessageSize(options.max_send_message_bytes);
   if (options.keepalive_time > absl::ZeroDuration()) {
-    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, ClampMillis(options.keepalive_time));
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS,
+                ClampMillis(options.keepalive_time));
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
                 ClampMillis(options.keepalive_timeout));
   }
@@ -231,20 +244,24 @@ absl::Time Connection::Deadline(const CallOptions& call) const {
   if (call.timeout > absl::ZeroDuration()) {
     deadline = std::min(deadline, now + call.timeout);
   }
-  if (deadline == absl::InfiniteFuture()) deadline = now + options_.default_timeout;
+  if (deadline == absl::InfiniteFuture())
+    deadline = now + options_.default_timeout;
   return deadline;
 }
 
 int Connection::MaxAttempts(const CallOptions& call) const {
-  return call.max_attempts > 0 ? call.max_attempts : options_.retry.max_attempts;
+  return call.max_attempts > 0 ? call.max_attempts
+                               : options_.retry.max_attempts;
 }
 
 void Connection::Prepare(grpc::ClientContext* context, absl::Time deadline,
                          const CallOptions& call) const {
   context->set_deadline(absl::ToChronoTime(deadline));
   context->set_wait_for_ready(call.wait_for_ready);
-  if (!authorization_.empty()) context->AddMetadata("authorization", authorization_);
-  for (const auto& [key, value] : call.metadata) context->AddMetadata(key, value);
+  if (!authorization_.empty())
+    context->AddMetadata("authorization", authorization_);
+  for (const auto& [key, value] : call.metadata)
+    context->AddMetadata(key, value);
 }
 
 absl::Status Connection::Run(
@@ -271,15 +288,15 @@ absl::Status Connection::Run(
     if (absl::Now() + delay >= deadline) {
       absl::SleepFor(std::max(deadline - absl::Now(), absl::ZeroDuration()));
       return absl::DeadlineExceededError(absl::StrCat(
-          "deadline exceeded after ", i + 1, " tries; last error: UNAVAILABLE: ",
-          last.error_message()));
+          "deadline exceeded after ", i + 1,
+          " tries; last error: UNAVAILABLE: ", last.error_message()));
     }
     absl::SleepFor(delay);
   }
   absl::Status s = ToAbslStatus(last);
   if (tries > 1) {
-    return absl::Status(s.code(),
-                        absl::StrCat(s.message(), " (gave up after ", tries, " tries)"));
+    return absl::Status(s.code(), absl::StrCat(s.message(), " (gave up after ",
+                                               tries, " tries)"));
   }
   return s;
 }
@@ -309,7 +326,8 @@ absl::StatusOr<HealthStatus> Connection::CheckHealth(
     if (!result.ok()) return result;
     std::vector<grpc::Slice> slices;
     if (!response.Dump(&slices).ok()) {
-      return grpc::Status(grpc::StatusCode::INTERNAL, "unreadable health response");
+      return grpc::Status(grpc::StatusCode::INTERNAL,
+                          "unreadable health response");
     }
     std::string payload;
     for (const grpc::Slice& s : slices) {

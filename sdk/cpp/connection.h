@@ -5,13 +5,13 @@
 #ifndef LOCKSTEP_SDK_CPP_CONNECTION_H_
 #define LOCKSTEP_SDK_CPP_CONNECTION_H_
 
-#include <functional>
-#include <memory>
-#include <string>
-
 #include <grpcpp/channel.h>
 #include <grpcpp/client_context.h>
 #include <grpcpp/support/status.h>
+
+#include <functional>
+#include <memory>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -58,10 +58,10 @@ class Connection {
   // UNAVAILABLE, the tries run out, or the deadline passes (then
   // DEADLINE_EXCEEDED, naming the last error). `attempt` is told the index
   // of the try (0-based).
-  absl::Status Run(
-      const CallOptions& call,
-      const std::function<grpc::Status(grpc::ClientContext*, int attempt)>& attempt,
-      const std::function<bool()>& retryable = nullptr) const;
+  absl::Status Run(const CallOptions& call,
+                   const std::function<grpc::Status(grpc::ClientContext*,
+                                                    int attempt)>& attempt,
+                   const std::function<bool()>& retryable = nullptr) const;
 
   // grpc.health.v1.Health/Check for `service` ("" = the server as a whole;
   // "lockstep.v1.RolloutService" / "lockstep.v1.LearnerService" for one

@@ -9,8 +9,8 @@ namespace {
 
 // Runs a unary call through the connection's retry loop.
 template <typename Response, typename Method>
-absl::StatusOr<Response> Unary(const Connection& connection, const CallOptions& call,
-                               Method&& method) {
+absl::StatusOr<Response> Unary(const Connection& connection,
+                               const CallOptions& call, Method&& method) {
   Response response;
   absl::Status s = connection.Run(call, [&](grpc::ClientContext* ctx, int) {
     response.Clear();
@@ -26,7 +26,8 @@ v1::Trajectory MakeTrajectory(const std::vector<int32_t>& prompt_token_ids,
                               const v1::Completion& completion, float reward,
                               const std::string& group_id) {
   v1::Trajectory t;
-  t.mutable_prompt_token_ids()->Add(prompt_token_ids.begin(), prompt_token_ids.end());
+  t.mutable_prompt_token_ids()->Add(prompt_token_ids.begin(),
+                                    prompt_token_ids.end());
   *t.mutable_completion_token_ids() = completion.token_ids();
   *t.mutable_rollout_logprobs() = completion.logprobs();
   t.set_weight_version(completion.weight_version());
@@ -47,7 +48,8 @@ LearnerClient::LearnerClient(std::shared_ptr<Connection> connection)
     : connection_(std::move(connection)),
       stub_(v1::LearnerService::NewStub(connection_->channel())) {}
 
-absl::StatusOr<v1::SubmitTrajectoriesResponse> LearnerClient::SubmitTrajectories(
+absl::StatusOr<v1::SubmitTrajectoriesResponse>
+LearnerClient::SubmitTrajectories(
     const std::vector<v1::Trajectory>& trajectories, const CallOptions& call,
     const SubmitOptions& options) {
   if (trajectories.empty()) {
@@ -68,8 +70,8 @@ absl::StatusOr<v1::SubmitTrajectoriesResponse> LearnerClient::SubmitTrajectories
   return Unary<v1::SubmitTrajectoriesResponse>(
       *connection_, call,
       [&](grpc::ClientContext* ctx, v1::SubmitTrajectoriesResponse* response) {
-        std::unique_ptr<grpc::ClientWriter<v1::SubmitTrajectoriesRequest>> writer =
-            stub_->SubmitTrajectories(ctx, response);
+        std::unique_ptr<grpc::ClientWriter<v1::SubmitTrajectoriesRequest>>
+            writer = stub_->SubmitTrajectories(ctx, response);
         for (const v1::SubmitTrajectoriesRequest& m : messages) {
           if (!writer->Write(m)) break;  // Finish() says why
         }
@@ -81,7 +83,8 @@ absl::StatusOr<v1::SubmitTrajectoriesResponse> LearnerClient::SubmitTrajectories
 absl::StatusOr<v1::TrainStepResponse> LearnerClient::TrainStep(
     const v1::TrainStepRequest& request, const CallOptions& call) {
   return Unary<v1::TrainStepResponse>(
-      *connection_, call, [&](grpc::ClientContext* ctx, v1::TrainStepResponse* r) {
+      *connection_, call,
+      [&](grpc::ClientContext* ctx, v1::TrainStepResponse* r) {
         return stub_->TrainStep(ctx, request, r);
       });
 }
@@ -122,7 +125,8 @@ absl::StatusOr<v1::UnregisterRolloutResponse> LearnerClient::UnregisterRollout(
 absl::StatusOr<v1::PushWeightsResponse> LearnerClient::PushWeights(
     const CallOptions& call) {
   return Unary<v1::PushWeightsResponse>(
-      *connection_, call, [&](grpc::ClientContext* ctx, v1::PushWeightsResponse* r) {
+      *connection_, call,
+      [&](grpc::ClientContext* ctx, v1::PushWeightsResponse* r) {
         return stub_->PushWeights(ctx, v1::PushWeightsRequest(), r);
       });
 }
@@ -193,7 +197,8 @@ absl::StatusOr<v1::LoadCheckpointResponse> LearnerClient::LoadCheckpoint(
       });
 }
 
-absl::StatusOr<v1::LearnerStats> LearnerClient::GetStats(const CallOptions& call) {
+absl::StatusOr<v1::LearnerStats> LearnerClient::GetStats(
+    const CallOptions& call) {
   return Unary<v1::LearnerStats>(
       *connection_, call, [&](grpc::ClientContext* ctx, v1::LearnerStats* r) {
         return stub_->GetStats(ctx, v1::GetStatsRequest(), r);

@@ -66,8 +66,8 @@ class LearnerClient {
   // the server). The vector is replayed on UNAVAILABLE. INVALID_ARGUMENT
   // locally for an empty vector.
   absl::StatusOr<v1::SubmitTrajectoriesResponse> SubmitTrajectories(
-      const std::vector<v1::Trajectory>& trajectories, const CallOptions& call = {},
-      const SubmitOptions& options = {});
+      const std::vector<v1::Trajectory>& trajectories,
+      const CallOptions& call = {}, const SubmitOptions& options = {});
 
   // One optimizer step (and the weight push to the registered rollouts).
   absl::StatusOr<v1::TrainStepResponse> TrainStep(
@@ -86,7 +86,8 @@ class LearnerClient {
       const std::vector<std::string>& endpoints, const CallOptions& call = {});
 
   // Pushes the current weights to every registered rollout now.
-  absl::StatusOr<v1::PushWeightsResponse> PushWeights(const CallOptions& call = {});
+  absl::StatusOr<v1::PushWeightsResponse> PushWeights(
+      const CallOptions& call = {});
 
   // Streams the current weights in the UpdateWeights format to `sink`
   // (header first). Retried on UNAVAILABLE until the first message has been

@@ -13,8 +13,9 @@ namespace {
 
 class ReaderImpl final : public GenerateStreamReader {
  public:
-  ReaderImpl(std::shared_ptr<Connection> connection, v1::RolloutService::Stub* stub,
-             v1::GenerateRequest request, CallOptions call)
+  ReaderImpl(std::shared_ptr<Connection> connection,
+             v1::RolloutService::Stub* stub, v1::GenerateRequest request,
+             CallOptions call)
       : connection_(std::move(connection)),
         stub_(stub),
         request_(std::move(request)),
@@ -44,13 +45,15 @@ class ReaderImpl final : public GenerateStreamReader {
         finished_ = true;
         return false;
       }
-      const absl::Duration delay = BackoffDelay(
-          connection_->options().retry, attempts_, absl::Uniform(rng_, 0.0, 1.0));
+      const absl::Duration delay =
+          BackoffDelay(connection_->options().retry, attempts_,
+                       absl::Uniform(rng_, 0.0, 1.0));
       if (absl::Now() + delay >= deadline_) {
-        status_ = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                               absl::StrCat("deadline exceeded after ", attempts_,
-                                            " tries; last error: UNAVAILABLE: ",
-                                            status_.error_message()));
+        status_ = grpc::Status(
+            grpc::StatusCode::DEADLINE_EXCEEDED,
+            absl::StrCat(
+                "deadline exceeded after ", attempts_,
+                " tries; last error: UNAVAILABLE: ", status_.error_message()));
         finished_ = true;
         return false;
       }
@@ -112,7 +115,8 @@ void CompletionAccumulator::Add(const v1::GenerateStreamResponse& m) {
                                          m.token_weight_versions().end());
   for (const v1::TopLogprobs& t : m.top_logprobs()) *c.add_top_logprobs() = t;
   if (!m.token_weight_versions().empty()) {
-    c.set_weight_version(m.token_weight_versions(m.token_weight_versions_size() - 1));
+    c.set_weight_version(
+        m.token_weight_versions(m.token_weight_versions_size() - 1));
   }
   if (m.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
     c.set_finish_reason(m.finish_reason());
@@ -200,7 +204,8 @@ absl::StatusOr<v1::ComputeLogprobsResponse> RolloutClient::ComputeLogprobs(
   return response;
 }
 
-absl::StatusOr<v1::ModelInfo> RolloutClient::GetModelInfo(const CallOptions& call) {
+absl::StatusOr<v1::ModelInfo> RolloutClient::GetModelInfo(
+    const CallOptions& call) {
   v1::ModelInfo response;
   absl::Status s = connection_->Run(call, [&](grpc::ClientContext* ctx, int) {
     response.Clear();

@@ -5,9 +5,10 @@
 //   options.target = "127.0.0.1:50051";
 //   auto rollout = lockstep::client::RolloutClient::Create(options);
 //   if (!rollout.ok()) return rollout.status();
+//   const std::vector<int32_t> prompt = {1, 2, 3};
 //   lockstep::v1::GenerateRequest request;
-//   request.add_prompts()->mutable_token_ids()->Add({1, 2, 3});
-//   request.set_n(4);
+//   request.add_prompts()->mutable_token_ids()->Add(prompt.begin(),
+//   prompt.end()); request.set_n(4);
 //   request.mutable_sampling()->set_max_tokens(16);
 //   request.mutable_sampling()->set_seed(7);
 //   auto response = (*rollout)->Generate(request,
@@ -82,8 +83,8 @@ class RolloutClient {
 
   // Generates request.n() samples of every prompt and returns them all.
   // Retried on UNAVAILABLE (a seeded request gives the same samples again).
-  absl::StatusOr<v1::GenerateResponse> Generate(const v1::GenerateRequest& request,
-                                                const CallOptions& call = {});
+  absl::StatusOr<v1::GenerateResponse> Generate(
+      const v1::GenerateRequest& request, const CallOptions& call = {});
 
   // GenerateStream with a callback: `on_message` gets every message in
   // order; returning false cancels the call (the result is then OK). Retried
@@ -129,7 +130,8 @@ class RolloutClient {
   // Forwards a complete, already encoded stream (e.g. the messages of
   // LearnerClient::GetWeights). Replayed on UNAVAILABLE.
   absl::StatusOr<v1::UpdateWeightsResponse> UpdateWeights(
-      const std::vector<v1::WeightUpdate>& messages, const CallOptions& call = {});
+      const std::vector<v1::WeightUpdate>& messages,
+      const CallOptions& call = {});
 
   // grpc.health.v1 status of lockstep.v1.RolloutService (no token needed).
   absl::StatusOr<HealthStatus> Health(const CallOptions& call = {});
@@ -139,7 +141,8 @@ class RolloutClient {
   // UNAVAILABLE (produce must emit the same stream every time).
   absl::StatusOr<v1::UpdateWeightsResponse> SendWeights(
       const std::function<absl::Status(
-          const std::function<absl::Status(const v1::WeightUpdate&)>&)>& produce,
+          const std::function<absl::Status(const v1::WeightUpdate&)>&)>&
+          produce,
       const CallOptions& call);
 
   std::shared_ptr<Connection> connection_;

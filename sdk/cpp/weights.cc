@@ -63,9 +63,11 @@ absl::StatusOr<WeightSet> WeightSet::FromTensors(std::vector<Tensor> tensors) {
             [](const Tensor& a, const Tensor& b) { return a.name < b.name; });
   for (size_t i = 0; i < tensors.size(); ++i) {
     const Tensor& t = tensors[i];
-    if (t.name.empty()) return absl::InvalidArgumentError("a tensor has no name");
+    if (t.name.empty())
+      return absl::InvalidArgumentError("a tensor has no name");
     if (i > 0 && tensors[i - 1].name == t.name) {
-      return absl::InvalidArgumentError(absl::StrCat("duplicate tensor '", t.name, "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("duplicate tensor '", t.name, "'"));
     }
     const int size = DTypeBytes(t.dtype);
     if (size == 0) {
@@ -81,23 +83,25 @@ absl::StatusOr<WeightSet> WeightSet::FromTensors(std::vector<Tensor> tensors) {
       numel *= static_cast<uint64_t>(d);
     }
     if (numel * size != t.data.size()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor '", t.name, "' holds ", t.data.size(), " bytes; its shape and dtype need ",
-          numel * size));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", t.name, "' holds ", t.data.size(),
+                       " bytes; its shape and dtype need ", numel * size));
     }
   }
   auto owned = std::make_shared<std::vector<Tensor>>(std::move(tensors));
   WeightSet set;
   set.owners_.push_back(owned);
   for (const Tensor& t : *owned) {
-    set.views_.push_back(TensorView{t.name, t.dtype, t.shape, t.data.data(), t.data.size()});
+    set.views_.push_back(
+        TensorView{t.name, t.dtype, t.shape, t.data.data(), t.data.size()});
   }
   return set;
 }
 
 absl::StatusOr<WeightSet> WeightSet::ConvertedTo(v1::DType dtype) const {
   if (DTypeBytes(dtype) == 0) {
-    return absl::InvalidArgumentError("ConvertedTo needs DTYPE_F32 or DTYPE_BF16");
+    return absl::InvalidArgumentError(
+        "ConvertedTo needs DTYPE_F32 or DTYPE_BF16");
   }
   WeightSet out;
   out.owners_ = owners_;
@@ -107,7 +111,8 @@ absl::StatusOr<WeightSet> WeightSet::ConvertedTo(v1::DType dtype) const {
       continue;
     }
     const size_t numel = v.nbytes / DTypeBytes(v.dtype);
-    auto buffer = std::make_shared<std::vector<uint8_t>>(numel * DTypeBytes(dtype));
+    auto buffer =
+        std::make_shared<std::vector<uint8_t>>(numel * DTypeBytes(dtype));
     // Element loads go through memcpy: a mapped file need not align them.
     if (dtype == v1::DTYPE_BF16) {
       for (size_t i = 0; i < numel; ++i) {
@@ -166,8 +171,9 @@ absl::Status StreamWeightUpdate(
     const WeightSet& weights, const WeightUploadOptions& options,
     const std::function<absl::Status(const v1::WeightUpdate&)>& sink) {
   if (options.chunk_bytes < 1 || options.chunk_bytes > kMaxWeightChunkBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "chunk_bytes ", options.chunk_bytes, " outside [1, ", kMaxWeightChunkBytes, "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunk_bytes ", options.chunk_bytes, " outside [1, ",
+                     kMaxWeightChunkBytes, "]"));
   }
   if (weights.tensors().empty()) {
     return absl::InvalidArgumentError("the weight set holds no tensors");

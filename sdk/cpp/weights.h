@@ -34,11 +34,11 @@ int DTypeBytes(v1::DType dtype);
 
 // A view of one tensor's bytes: row-major, little-endian.
 struct TensorView {
-  std::string name;                // Hugging Face name, "model.norm.weight"
+  std::string name;  // Hugging Face name, "model.norm.weight"
   v1::DType dtype = v1::DTYPE_F32;
-  std::vector<int64_t> shape;      // empty for a scalar
-  const uint8_t* data = nullptr;   // [nbytes]
-  size_t nbytes = 0;               // numel(shape) * DTypeBytes(dtype)
+  std::vector<int64_t> shape;     // empty for a scalar
+  const uint8_t* data = nullptr;  // [nbytes]
+  size_t nbytes = 0;              // numel(shape) * DTypeBytes(dtype)
 };
 
 // An owned tensor, for weight sets built in memory.

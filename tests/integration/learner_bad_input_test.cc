@@ -133,11 +133,12 @@ TEST_F(LearnerBadInputTest, TrainStepErrorsChangeNothing) {
     EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
   }
   const uint64_t version = Stats(*lstub_).weight_version();
+  // Trajectories() names groups "<prefix>/<prompt index>".
   ASSERT_TRUE(Submit(*lstub_, Good("known", 2)).ok());
   // Unknown group id (with a known one): NOT_FOUND, nothing consumed.
   {
     v1::TrainStepRequest req;
-    req.add_group_ids("known");
+    req.add_group_ids("known/0");
     req.add_group_ids("no-such-group");
     v1::TrainStepResponse r;
     grpc::Status s = TrainStep(*lstub_, req, &r);
@@ -204,7 +205,7 @@ TEST_F(LearnerBadInputTest, TrainStepErrorsChangeNothing) {
   }
   // The buffered group still trains.
   v1::TrainStepRequest req;
-  req.add_group_ids("known");
+  req.add_group_ids("known/0");
   v1::TrainStepResponse r;
   grpc::Status s = TrainStep(*lstub_, req, &r);
   ASSERT_TRUE(s.ok()) << s.error_message();

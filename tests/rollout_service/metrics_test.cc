@@ -76,7 +76,9 @@ TEST(GrpcStatusTest, RoundTripsCodesAndMessages) {
     EXPECT_EQ(static_cast<int>(g.error_code()), c);
     absl::Status back = FromGrpcStatus(g);
     EXPECT_EQ(back.code(), s.code());
-    if (c != 0) EXPECT_EQ(back.message(), "msg");
+    if (c != 0) {
+      EXPECT_EQ(back.message(), "msg");
+    }
   }
   EXPECT_EQ(ToGrpcStatus(absl::Status(static_cast<absl::StatusCode>(99), "x"))
                 .error_code(),

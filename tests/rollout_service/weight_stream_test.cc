@@ -94,8 +94,9 @@ TEST_F(WeightStreamTest, DefaultChunksAreOneMiB) {
   auto msgs = SplitWeights(tensors_, 1);
   ASSERT_TRUE(msgs.ok());
   for (const auto& m : *msgs) {
-    if (m.has_chunk())
+    if (m.has_chunk()) {
       EXPECT_LE(m.chunk().data().size(), kDefaultWeightChunkBytes);
+    }
   }
   WeightStreamOptions bad;
   bad.chunk_bytes = kMaxWeightChunkBytes + 1;

@@ -18,7 +18,8 @@ namespace lockstep::client {
 namespace {
 
 template <typename T>
-void AddAll(google::protobuf::RepeatedField<T>* field, std::initializer_list<T> values) {
+void AddAll(google::protobuf::RepeatedField<T>* field,
+            std::initializer_list<T> values) {
   field->Add(values.begin(), values.end());
 }
 
@@ -41,7 +42,8 @@ v1::GenerateRequest SmallRequest() {
   return r;
 }
 
-std::unique_ptr<FakeServer> StartServer(const common::ServerSecurityOptions& s = {}) {
+std::unique_ptr<FakeServer> StartServer(
+    const common::ServerSecurityOptions& s = {}) {
   absl::StatusOr<std::unique_ptr<FakeServer>> server = FakeServer::Start(s);
   EXPECT_TRUE(server.ok()) << server.status();
   return server.ok() ? *std::move(server) : nullptr;
@@ -104,7 +106,8 @@ TEST(RetryTest, GivesUpAfterMaxAttempts) {
   // A per-call override.
   CallOptions once;
   once.max_attempts = 1;
-  EXPECT_TRUE(absl::IsUnavailable((*client)->Generate(SmallRequest(), once).status()));
+  EXPECT_TRUE(
+      absl::IsUnavailable((*client)->Generate(SmallRequest(), once).status()));
   EXPECT_EQ(server->rollout().calls.load(), 5);
 }
 
@@ -117,7 +120,8 @@ TEST(RetryTest, NeverRetriesOtherCodes) {
     server->rollout().calls = 0;
     server->rollout().script.fail_code = code;
     server->rollout().script.fail_first = 1;
-    absl::StatusOr<v1::GenerateResponse> r = (*client)->Generate(SmallRequest());
+    absl::StatusOr<v1::GenerateResponse> r =
+        (*client)->Generate(SmallRequest());
     EXPECT_EQ(static_cast<int>(r.status().code()), code);
     EXPECT_EQ(server->rollout().calls.load(), 1) << "code " << code;
     server->rollout().script.fail_first = 0;
@@ -131,8 +135,8 @@ TEST(DeadlineTest, SlowCallFailsWithDeadlineExceeded) {
   auto client = RolloutClient::Create(Options(*server));
   ASSERT_TRUE(client.ok());
   const absl::Time start = absl::Now();
-  absl::StatusOr<v1::GenerateResponse> r =
-      (*client)->Generate(SmallRequest(), CallOptions::Timeout(absl::Milliseconds(200)));
+  absl::StatusOr<v1::GenerateResponse> r = (*client)->Generate(
+      SmallRequest(), CallOptions::Timeout(absl::Milliseconds(200)));
   EXPECT_TRUE(absl::IsDeadlineExceeded(r.status())) << r.status();
   EXPECT_LT(absl::Now() - start, absl::Milliseconds(1200));
   // The client default applies when the call sets none.
@@ -140,7 +144,8 @@ TEST(DeadlineTest, SlowCallFailsWithDeadlineExceeded) {
   o.default_timeout = absl::Milliseconds(200);
   auto short_client = RolloutClient::Create(o);
   ASSERT_TRUE(short_client.ok());
-  EXPECT_TRUE(absl::IsDeadlineExceeded((*short_client)->Generate(SmallRequest()).status()));
+  EXPECT_TRUE(absl::IsDeadlineExceeded(
+      (*short_client)->Generate(SmallRequest()).status()));
 }
 
 TEST(DeadlineTest, DeadlineBoundsRetries) {
@@ -154,8 +159,8 @@ TEST(DeadlineTest, DeadlineBoundsRetries) {
   auto client = RolloutClient::Create(o);
   ASSERT_TRUE(client.ok());
   const absl::Time start = absl::Now();
-  absl::StatusOr<v1::GenerateResponse> r =
-      (*client)->Generate(SmallRequest(), CallOptions::Timeout(absl::Milliseconds(450)));
+  absl::StatusOr<v1::GenerateResponse> r = (*client)->Generate(
+      SmallRequest(), CallOptions::Timeout(absl::Milliseconds(450)));
   EXPECT_TRUE(absl::IsDeadlineExceeded(r.status())) << r.status();
   EXPECT_LT(absl::Now() - start, absl::Milliseconds(1500));
   EXPECT_GE(server->rollout().calls.load(), 2);
@@ -184,11 +189,12 @@ TEST(StreamTest, CallbackGetsEveryMessage) {
   ASSERT_TRUE(client.ok());
   CompletionAccumulator acc;
   int n = 0;
-  absl::Status s = (*client)->GenerateStream(SmallRequest(), [&](const auto& m) {
-    acc.Add(m);
-    ++n;
-    return true;
-  });
+  absl::Status s =
+      (*client)->GenerateStream(SmallRequest(), [&](const auto& m) {
+        acc.Add(m);
+        ++n;
+        return true;
+      });
   ASSERT_TRUE(s.ok()) << s;
   EXPECT_EQ(n, 4);
   ASSERT_EQ(acc.Completions().size(), 1u);
@@ -204,9 +210,8 @@ TEST(StreamTest, CallbackCanStopTheStream) {
   auto client = RolloutClient::Create(Options(*server));
   ASSERT_TRUE(client.ok());
   int n = 0;
-  absl::Status s = (*client)->GenerateStream(SmallRequest(), [&](const auto&) {
-    return ++n < 2;
-  });
+  absl::Status s = (*client)->GenerateStream(
+      SmallRequest(), [&](const auto&) { return ++n < 2; });
   EXPECT_TRUE(s.ok()) << s;
   EXPECT_EQ(n, 2);
 }
@@ -314,8 +319,8 @@ TEST(WeightsTest, StreamLayoutAndChecksums) {
   }
   EXPECT_EQ(expect_offset, 60u);
   o.chunk_bytes = 0;
-  EXPECT_TRUE(absl::IsInvalidArgument(
-      StreamWeightUpdate(set, o, [](const auto&) { return absl::OkStatus(); })));
+  EXPECT_TRUE(absl::IsInvalidArgument(StreamWeightUpdate(
+      set, o, [](const auto&) { return absl::OkStatus(); })));
 }
 
 TEST(WeightsTest, ConvertsDTypes) {
@@ -336,7 +341,8 @@ TEST(WeightsTest, ConvertsDTypes) {
   bad[0].shape = {2};
   bad[0].data = {1, 2, 3};
   EXPECT_TRUE(absl::IsInvalidArgument(WeightSet::FromTensors(bad).status()));
-  EXPECT_TRUE(absl::IsNotFound(WeightSet::FromSafetensors("/nonexistent").status()));
+  EXPECT_TRUE(
+      absl::IsNotFound(WeightSet::FromSafetensors("/nonexistent").status()));
 }
 
 TEST(WeightsTest, UploadIsReplayedOnUnavailable) {
@@ -375,10 +381,12 @@ TEST(LearnerTest, SubmitTrainStatsAndWeights) {
   AddAll(c.mutable_logprobs(), {-0.1f, -0.2f});
   c.set_weight_version(0);
   std::vector<v1::Trajectory> batch;
-  for (int i = 0; i < 100; ++i) batch.push_back(MakeTrajectory({1, 2}, c, 0.5f, "g"));
+  for (int i = 0; i < 100; ++i)
+    batch.push_back(MakeTrajectory({1, 2}, c, 0.5f, "g"));
   EXPECT_EQ(batch[0].prompt_token_ids_size(), 2);
   EXPECT_EQ(batch[0].rollout_logprobs_size(), 2);
-  EXPECT_TRUE(absl::IsInvalidArgument((*learner)->SubmitTrajectories({}).status()));
+  EXPECT_TRUE(
+      absl::IsInvalidArgument((*learner)->SubmitTrajectories({}).status()));
   // Several messages, replayed after a drop.
   server->learner().fail_first = 1;
   SubmitOptions small;
@@ -408,7 +416,8 @@ TEST(LearnerTest, SubmitTrainStatsAndWeights) {
 TEST(MessageSizeTest, LargeResponsesPass) {
   auto server = StartServer();
   ASSERT_NE(server, nullptr);
-  server->rollout().script.response_padding = 12 << 20;  // > gRPC's 4 MiB default
+  server->rollout().script.response_padding = 12
+                                              << 20;  // > gRPC's 4 MiB default
   auto client = RolloutClient::Create(Options(*server));
   ASSERT_TRUE(client.ok());
   absl::StatusOr<v1::GenerateResponse> r = (*client)->Generate(SmallRequest());
@@ -418,7 +427,8 @@ TEST(MessageSizeTest, LargeResponsesPass) {
   o.max_receive_message_bytes = 4 << 20;
   auto small = RolloutClient::Create(o);
   ASSERT_TRUE(small.ok());
-  EXPECT_TRUE(absl::IsResourceExhausted((*small)->Generate(SmallRequest()).status()));
+  EXPECT_TRUE(
+      absl::IsResourceExhausted((*small)->Generate(SmallRequest()).status()));
 }
 
 // ---------------------------------------------------------------------------
@@ -453,7 +463,8 @@ TEST(ServerSecurityTest, OptionErrors) {
   EXPECT_TRUE(common::IsAuthExemptMethod("/grpc.health.v1.Health/Check"));
   EXPECT_TRUE(common::IsAuthExemptMethod(
       "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"));
-  EXPECT_FALSE(common::IsAuthExemptMethod("/lockstep.v1.RolloutService/Generate"));
+  EXPECT_FALSE(
+      common::IsAuthExemptMethod("/lockstep.v1.RolloutService/Generate"));
   EXPECT_FALSE(common::IsAuthExemptMethod("/grpc.health.v1.HealthX/Check"));
   testing::RemoveTree(*dir);
 }
@@ -461,7 +472,8 @@ TEST(ServerSecurityTest, OptionErrors) {
 TEST(ServerSecurityTest, TokenRequiredOnEveryCallButHealth) {
   absl::StatusOr<std::string> dir = testing::MakeTempDir("lockstep-sdk-token");
   ASSERT_TRUE(dir.ok());
-  ASSERT_TRUE(sdk_testing::WriteTextFile(*dir + "/token", "s3cret-token\n").ok());
+  ASSERT_TRUE(
+      sdk_testing::WriteTextFile(*dir + "/token", "s3cret-token\n").ok());
   common::ServerSecurityOptions so;
   so.auth_token_file = *dir + "/token";
   auto server = StartServer(so);
@@ -470,7 +482,8 @@ TEST(ServerSecurityTest, TokenRequiredOnEveryCallButHealth) {
   ClientOptions o = Options(*server);
   auto anonymous = RolloutClient::Create(o);
   ASSERT_TRUE(anonymous.ok());
-  absl::StatusOr<v1::GenerateResponse> r = (*anonymous)->Generate(SmallRequest());
+  absl::StatusOr<v1::GenerateResponse> r =
+      (*anonymous)->Generate(SmallRequest());
   EXPECT_TRUE(absl::IsUnauthenticated(r.status())) << r.status();
   auto learner = LearnerClient::Create(o);
   ASSERT_TRUE(learner.ok());
@@ -501,8 +514,13 @@ TEST(ServerSecurityTest, TokenRequiredOnEveryCallButHealth) {
   EXPECT_EQ(server->rollout().last_authorization(), "Bearer s3cret-token");
   // Streams too.
   EXPECT_TRUE(absl::IsUnauthenticated(
-      (*anonymous)->GenerateStream(SmallRequest(), [](const auto&) { return true; })));
-  EXPECT_TRUE((*good)->GenerateStream(SmallRequest(), [](const auto&) { return true; }).ok());
+      (*anonymous)->GenerateStream(SmallRequest(), [](const auto&) {
+        return true;
+      })));
+  EXPECT_TRUE(
+      (*good)
+          ->GenerateStream(SmallRequest(), [](const auto&) { return true; })
+          .ok());
   testing::RemoveTree(*dir);
 }
 
@@ -518,7 +536,9 @@ class TlsTest : public ::testing::Test {
     delete certs_;
     certs_ = nullptr;
   }
-  static std::string Cert(const std::string& name) { return *certs_ + "/" + name; }
+  static std::string Cert(const std::string& name) {
+    return *certs_ + "/" + name;
+  }
 
   static ClientOptions TlsClient(const FakeServer& server) {
     ClientOptions o = Options(server);
@@ -609,7 +629,8 @@ TEST_F(TlsTest, MutualTlsWithToken) {
   auto no_token = RolloutClient::Create(o);
   ASSERT_TRUE(no_token.ok());
   EXPECT_TRUE(absl::IsUnauthenticated((*no_token)->GetModelInfo().status()));
-  EXPECT_EQ((*no_token)->Health().value_or(HealthStatus::kUnknown), HealthStatus::kServing);
+  EXPECT_EQ((*no_token)->Health().value_or(HealthStatus::kUnknown),
+            HealthStatus::kServing);
   o.auth_token = "tok";
   auto good = RolloutClient::Create(o);
   ASSERT_TRUE(good.ok());

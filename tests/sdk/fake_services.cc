@@ -53,7 +53,8 @@ grpc::Status FakeRollout::Generate(grpc::ServerContext* ctx,
   grpc::Status s = Enter(ctx);
   if (!s.ok()) return s;
   SleepMs(script.sleep_ms.load());
-  if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
+  if (ctx->IsCancelled())
+    return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
   if (req->prompts_size() == 0) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no prompts");
   }
@@ -98,7 +99,8 @@ grpc::Status FakeRollout::GenerateStream(
     m.add_token_weight_versions(version.load());
     m.set_seed(req->sampling().seed());
     if (i + 1 == total) m.set_finish_reason(v1::FINISH_REASON_STOP);
-    if (!writer->Write(m)) return grpc::Status(grpc::StatusCode::CANCELLED, "gone");
+    if (!writer->Write(m))
+      return grpc::Status(grpc::StatusCode::CANCELLED, "gone");
   }
   return grpc::Status::OK;
 }
@@ -110,7 +112,8 @@ grpc::Status FakeRollout::ComputeLogprobs(grpc::ServerContext* ctx,
   if (!s.ok()) return s;
   for (const v1::ScoredSequence& seq : req->sequences()) {
     v1::SequenceLogprobs* r = resp->add_results();
-    for (int i = static_cast<int>(seq.prompt_len()); i < seq.token_ids_size(); ++i) {
+    for (int i = static_cast<int>(seq.prompt_len()); i < seq.token_ids_size();
+         ++i) {
       r->add_logprobs(-0.25f);
     }
   }
@@ -118,9 +121,9 @@ grpc::Status FakeRollout::ComputeLogprobs(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
-grpc::Status FakeRollout::UpdateWeights(grpc::ServerContext* ctx,
-                                        grpc::ServerReader<v1::WeightUpdate>* reader,
-                                        v1::UpdateWeightsResponse* resp) {
+grpc::Status FakeRollout::UpdateWeights(
+    grpc::ServerContext* ctx, grpc::ServerReader<v1::WeightUpdate>* reader,
+    v1::UpdateWeightsResponse* resp) {
   grpc::Status s = Enter(ctx);
   if (!s.ok()) return s;
   std::vector<v1::WeightUpdate> messages;
@@ -141,7 +144,8 @@ grpc::Status FakeRollout::UpdateWeights(grpc::ServerContext* ctx,
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "stale version");
   }
   uint64_t bytes = 0;
-  for (size_t i = 1; i < messages.size(); ++i) bytes += messages[i].chunk().data().size();
+  for (size_t i = 1; i < messages.size(); ++i)
+    bytes += messages[i].chunk().data().size();
   resp->set_previous_version(version.load());
   version = target;
   resp->set_weight_version(target);
@@ -164,7 +168,8 @@ grpc::Status FakeRollout::GetModelInfo(grpc::ServerContext* ctx,
 }
 
 grpc::Status FakeLearner::SubmitTrajectories(
-    grpc::ServerContext*, grpc::ServerReader<v1::SubmitTrajectoriesRequest>* reader,
+    grpc::ServerContext*,
+    grpc::ServerReader<v1::SubmitTrajectoriesRequest>* reader,
     v1::SubmitTrajectoriesResponse* resp) {
   calls.fetch_add(1);
   v1::SubmitTrajectoriesRequest m;
@@ -184,18 +189,21 @@ grpc::Status FakeLearner::SubmitTrajectories(
   return grpc::Status::OK;
 }
 
-grpc::Status FakeLearner::TrainStep(grpc::ServerContext*, const v1::TrainStepRequest* req,
+grpc::Status FakeLearner::TrainStep(grpc::ServerContext*,
+                                    const v1::TrainStepRequest* req,
                                     v1::TrainStepResponse* resp) {
   calls.fetch_add(1);
   if (fail_first.load() > 0) {
     fail_first.fetch_sub(1);
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "draining");
   }
-  if (req->has_expected_version() && req->expected_version() != version.load()) {
+  if (req->has_expected_version() &&
+      req->expected_version() != version.load()) {
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "version moved");
   }
   if (buffered.load() == 0) {
-    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "nothing buffered");
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "nothing buffered");
   }
   resp->set_num_trajectories(buffered.exchange(0));
   resp->set_weight_version(version.fetch_add(1) + 1);
@@ -203,7 +211,8 @@ grpc::Status FakeLearner::TrainStep(grpc::ServerContext*, const v1::TrainStepReq
   return grpc::Status::OK;
 }
 
-grpc::Status FakeLearner::GetStats(grpc::ServerContext*, const v1::GetStatsRequest*,
+grpc::Status FakeLearner::GetStats(grpc::ServerContext*,
+                                   const v1::GetStatsRequest*,
                                    v1::LearnerStats* resp) {
   calls.fetch_add(1);
   resp->set_weight_version(version.load());
@@ -211,8 +220,9 @@ grpc::Status FakeLearner::GetStats(grpc::ServerContext*, const v1::GetStatsReque
   return grpc::Status::OK;
 }
 
-grpc::Status FakeLearner::GetWeights(grpc::ServerContext*, const v1::GetWeightsRequest*,
-                                     grpc::ServerWriter<v1::WeightUpdate>* writer) {
+grpc::Status FakeLearner::GetWeights(
+    grpc::ServerContext*, const v1::GetWeightsRequest*,
+    grpc::ServerWriter<v1::WeightUpdate>* writer) {
   calls.fetch_add(1);
   if (fail_first.load() > 0) {
     fail_first.fetch_sub(1);
@@ -254,20 +264,23 @@ absl::StatusOr<std::unique_ptr<FakeServer>> FakeServer::Start(
 
 FakeServer::~FakeServer() {
   if (server_ != nullptr) {
-    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    server_->Shutdown(std::chrono::system_clock::now() +
+                      std::chrono::seconds(2));
     server_->Wait();
   }
 }
 
-std::string FakeServer::address() const { return absl::StrCat("127.0.0.1:", port_); }
+std::string FakeServer::address() const {
+  return absl::StrCat("127.0.0.1:", port_);
+}
 
 absl::StatusOr<std::string> MakeTestCerts() {
   absl::StatusOr<std::string> dir = testing::MakeTempDir("lockstep-sdk-certs");
   if (!dir.ok()) return dir.status();
   std::string source = testing::SourceDir();
   if (source.empty()) source = ".";
-  const std::string cmd = absl::StrCat("bash '", source,
-                                       "/tests/sdk/make_test_certs.sh' '", *dir, "'");
+  const std::string cmd = absl::StrCat(
+      "bash '", source, "/tests/sdk/make_test_certs.sh' '", *dir, "'");
   if (std::system(cmd.c_str()) != 0) {
     return absl::InternalError(absl::StrCat("failed: ", cmd));
   }

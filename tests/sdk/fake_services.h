@@ -4,13 +4,13 @@
 #ifndef LOCKSTEP_TESTS_SDK_FAKE_SERVICES_H_
 #define LOCKSTEP_TESTS_SDK_FAKE_SERVICES_H_
 
+#include <grpcpp/server.h>
+
 #include <atomic>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
-
-#include <grpcpp/server.h>
 
 #include "absl/status/statusor.h"
 #include "common/server_security.h"
@@ -48,7 +48,8 @@ class FakeRollout final : public v1::RolloutService::Service {
   // Messages of the last complete UpdateWeights stream.
   std::vector<v1::WeightUpdate> last_weights() const;
 
-  grpc::Status Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
+  grpc::Status Generate(grpc::ServerContext* ctx,
+                        const v1::GenerateRequest* req,
                         v1::GenerateResponse* resp) override;
   grpc::Status GenerateStream(
       grpc::ServerContext* ctx, const v1::GenerateRequest* req,
@@ -59,7 +60,8 @@ class FakeRollout final : public v1::RolloutService::Service {
   grpc::Status UpdateWeights(grpc::ServerContext* ctx,
                              grpc::ServerReader<v1::WeightUpdate>* reader,
                              v1::UpdateWeightsResponse* resp) override;
-  grpc::Status GetModelInfo(grpc::ServerContext* ctx, const v1::GetModelInfoRequest*,
+  grpc::Status GetModelInfo(grpc::ServerContext* ctx,
+                            const v1::GetModelInfoRequest*,
                             v1::ModelInfo* resp) override;
 
  private:
@@ -79,14 +81,17 @@ class FakeLearner final : public v1::LearnerService::Service {
   std::atomic<uint64_t> version{0};
 
   grpc::Status SubmitTrajectories(
-      grpc::ServerContext* ctx, grpc::ServerReader<v1::SubmitTrajectoriesRequest>* reader,
+      grpc::ServerContext* ctx,
+      grpc::ServerReader<v1::SubmitTrajectoriesRequest>* reader,
       v1::SubmitTrajectoriesResponse* resp) override;
-  grpc::Status TrainStep(grpc::ServerContext* ctx, const v1::TrainStepRequest* req,
+  grpc::Status TrainStep(grpc::ServerContext* ctx,
+                         const v1::TrainStepRequest* req,
                          v1::TrainStepResponse* resp) override;
   grpc::Status GetStats(grpc::ServerContext* ctx, const v1::GetStatsRequest*,
                         v1::LearnerStats* resp) override;
-  grpc::Status GetWeights(grpc::ServerContext* ctx, const v1::GetWeightsRequest* req,
-                          grpc::ServerWriter<v1::WeightUpdate>* writer) override;
+  grpc::Status GetWeights(
+      grpc::ServerContext* ctx, const v1::GetWeightsRequest* req,
+      grpc::ServerWriter<v1::WeightUpdate>* writer) override;
 };
 
 // A gRPC server on 127.0.0.1:<free port> with both fakes, the health

@@ -4,6 +4,7 @@
 // submit + train step with the learner's weight push, stats, health;
 // DEADLINE_EXCEEDED; retries across a server restarted mid-call; TLS, mTLS
 // and bearer tokens on the real servers.
+#include <google/protobuf/util/json_util.h>
 #include <signal.h>
 
 #include <fstream>
@@ -11,8 +12,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <google/protobuf/util/json_util.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -26,7 +25,8 @@ namespace lockstep::client {
 namespace {
 
 template <typename T>
-void AddAll(google::protobuf::RepeatedField<T>* field, std::initializer_list<T> values) {
+void AddAll(google::protobuf::RepeatedField<T>* field,
+            std::initializer_list<T> values) {
   field->Add(values.begin(), values.end());
 }
 
@@ -102,7 +102,8 @@ class StopServers : public ::testing::Environment {
  public:
   void TearDown() override { Servers::Get().Stop(); }
 };
-const auto* const kStop = ::testing::AddGlobalTestEnvironment(new StopServers());
+const auto* const kStop =
+    ::testing::AddGlobalTestEnvironment(new StopServers());
 
 const std::vector<std::vector<int32_t>>& Prompts() {
   static const auto* prompts = new std::vector<std::vector<int32_t>>{
@@ -126,10 +127,12 @@ class SdkTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_TRUE(Servers::Get().ok());
-    auto r = RolloutClient::Create(Servers::Get().Options(Servers::Get().rollout()));
+    auto r =
+        RolloutClient::Create(Servers::Get().Options(Servers::Get().rollout()));
     ASSERT_TRUE(r.ok()) << r.status();
     rollout_ = *std::move(r);
-    auto l = LearnerClient::Create(Servers::Get().Options(Servers::Get().learner()));
+    auto l =
+        LearnerClient::Create(Servers::Get().Options(Servers::Get().learner()));
     ASSERT_TRUE(l.ok()) << l.status();
     learner_ = *std::move(l);
   }
@@ -166,7 +169,8 @@ TEST_F(SdkTest, GenerateStreamAndScoreAgreeBitwise) {
   for (int i = 0; i < 6; ++i) {
     const v1::Completion& c = out->completions(i);
     EXPECT_EQ(std::vector<int>(c.token_ids().begin(), c.token_ids().end()),
-              std::vector<int>(streamed[i].token_ids().begin(), streamed[i].token_ids().end()));
+              std::vector<int>(streamed[i].token_ids().begin(),
+                               streamed[i].token_ids().end()));
     ASSERT_EQ(c.logprobs_size(), streamed[i].logprobs_size());
     for (int k = 0; k < c.logprobs_size(); ++k) {
       EXPECT_EQ(c.logprobs(k), streamed[i].logprobs(k));  // bitwise
@@ -195,7 +199,8 @@ TEST_F(SdkTest, GenerateStreamAndScoreAgreeBitwise) {
     }
   }
   // The iterator form.
-  std::unique_ptr<GenerateStreamReader> reader = rollout_->StartGenerateStream(Request(11));
+  std::unique_ptr<GenerateStreamReader> reader =
+      rollout_->StartGenerateStream(Request(11));
   v1::GenerateStreamResponse m;
   int messages = 0;
   while (reader->Next(&m)) ++messages;
@@ -222,7 +227,8 @@ TEST_F(SdkTest, DeadlineExceeded) {
   r.mutable_sampling()->clear_stop_token_ids();
   r.mutable_sampling()->set_ignore_eos(true);
   const absl::Time start = absl::Now();
-  auto out = rollout_->Generate(r, CallOptions::Timeout(absl::Milliseconds(50)));
+  auto out =
+      rollout_->Generate(r, CallOptions::Timeout(absl::Milliseconds(50)));
   EXPECT_TRUE(absl::IsDeadlineExceeded(out.status())) << out.status();
   EXPECT_LT(absl::Now() - start, absl::Seconds(3));
   // The server is fine afterwards.
@@ -262,7 +268,8 @@ TEST_F(SdkTest, SubmitTrainStepPushesWeightsAndIsOnPolicy) {
   stats = learner_->GetStats();
   ASSERT_TRUE(stats.ok());
   EXPECT_EQ(stats->weight_version(), version + 1);
-  EXPECT_GE(stats->mismatch_total().tokens_compared(), step->mismatch().tokens_compared());
+  EXPECT_GE(stats->mismatch_total().tokens_compared(),
+            step->mismatch().tokens_compared());
   EXPECT_EQ(stats->mismatch_total().tokens_mismatched(), 0u);
 }
 
@@ -270,7 +277,8 @@ TEST_F(SdkTest, PushWeightsFromFileAndForwardLearnerWeights) {
   // A rollout of its own, not registered with the learner.
   auto own = sdk_testing::StartRollout(Servers::Get().model_dir());
   ASSERT_TRUE(own.ok()) << own.status();
-  auto client = RolloutClient::Create(Servers::Get().Options((*own)->grpc_address()));
+  auto client =
+      RolloutClient::Create(Servers::Get().Options((*own)->grpc_address()));
   ASSERT_TRUE(client.ok());
   const std::string other = Servers::Get().work() + "/model-seed2";
   ASSERT_TRUE(sdk_testing::MakeTinyModel(other, 2).ok());
@@ -289,7 +297,8 @@ TEST_F(SdkTest, PushWeightsFromFileAndForwardLearnerWeights) {
   auto after = (*client)->Generate(Request(5));
   ASSERT_TRUE(after.ok());
   EXPECT_EQ(after->completions(0).weight_version(), 1u);
-  EXPECT_NE(after->completions(0).logprobs(0), before->completions(0).logprobs(0));
+  EXPECT_NE(after->completions(0).logprobs(0),
+            before->completions(0).logprobs(0));
   // A version that does not grow is refused, and not retried.
   upload.target_version = 1;
   EXPECT_TRUE(absl::IsFailedPrecondition(
@@ -314,6 +323,7 @@ TEST_F(SdkTest, PushWeightsFromFileAndForwardLearnerWeights) {
   for (int k = 0; k < a->results(0).logprobs_size(); ++k) {
     EXPECT_EQ(a->results(0).logprobs(k), b->results(0).logprobs(k));
   }
+  client->reset();  // close the connection before the server drains
   (*own)->Stop(20).IgnoreError();
 }
 
@@ -339,7 +349,8 @@ TEST(RestartTest, RetriesReachAServerRestartedMidCall) {
   absl::StatusOr<v1::GenerateResponse> result;
   absl::Time finished;
   std::thread call([&] {
-    result = (*client)->Generate(Request(9), CallOptions::Timeout(absl::Seconds(90)));
+    result = (*client)->Generate(Request(9),
+                                 CallOptions::Timeout(absl::Seconds(90)));
     finished = absl::Now();
   });
   absl::SleepFor(absl::Milliseconds(500));
@@ -368,8 +379,8 @@ class CliTest : public ::testing::Test {
 TEST_F(CliTest, HelpForEveryCommand) {
   CommandResult r = RunCli({"--help"});
   EXPECT_EQ(r.exit_code, 0);
-  for (const char* c :
-       {"generate", "score", "push-weights", "train-step", "stats", "health", "demo"}) {
+  for (const char* c : {"generate", "score", "push-weights", "train-step",
+                        "stats", "health", "demo"}) {
     EXPECT_TRUE(absl::StrContains(r.out, c)) << c;
     CommandResult h = RunCli({c, "--help"});
     EXPECT_EQ(h.exit_code, 0) << c << ": " << h.err;
@@ -396,29 +407,35 @@ TEST_F(CliTest, HealthGenerateScoreStats) {
               "--max_tokens=5", "--seed=7", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   v1::GenerateResponse g;
-  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(r.out, &g).ok()) << r.out;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(r.out, &g).ok())
+      << r.out;
   EXPECT_EQ(g.completions_size(), 4);
   // Text output, and the stream.
-  r = RunCli({"generate", R(), "--prompt=1,4,5,6", "--max_tokens=5", "--seed=7"});
+  r = RunCli(
+      {"generate", R(), "--prompt=1,4,5,6", "--max_tokens=5", "--seed=7"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(absl::StrContains(r.out, "logprobs:")) << r.out;
-  r = RunCli({"generate", R(), "--prompt=1,4,5,6", "--max_tokens=5", "--seed=7", "--stream"});
+  r = RunCli({"generate", R(), "--prompt=1,4,5,6", "--max_tokens=5", "--seed=7",
+              "--stream"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(absl::StrContains(r.out, "[prompt 0 sample 0]")) << r.out;
 
   r = RunCli({"score", R(), "--tokens=1,4,5,6,7", "--prompt_len=2", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   v1::ComputeLogprobsResponse s;
-  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(r.out, &s).ok()) << r.out;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(r.out, &s).ok())
+      << r.out;
   ASSERT_EQ(s.results_size(), 1);
   EXPECT_EQ(s.results(0).logprobs_size(), 3);
-  r = RunCli({"score", L(), "--on=learner", "--tokens=1,4,5,6,7", "--prompt_len=2"});
+  r = RunCli(
+      {"score", L(), "--on=learner", "--tokens=1,4,5,6,7", "--prompt_len=2"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
 
   r = RunCli({"stats", L(), "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   v1::LearnerStats st;
-  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(r.out, &st).ok()) << r.out;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(r.out, &st).ok())
+      << r.out;
   EXPECT_EQ(st.kernel_mode(), v1::KERNEL_MODE_INVARIANT);
   r = RunCli({"stats", L()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -426,7 +443,8 @@ TEST_F(CliTest, HealthGenerateScoreStats) {
 }
 
 TEST_F(CliTest, TrainStepFromATrajectoryFile) {
-  auto rollout = RolloutClient::Create(Servers::Get().Options(Servers::Get().rollout()));
+  auto rollout =
+      RolloutClient::Create(Servers::Get().Options(Servers::Get().rollout()));
   ASSERT_TRUE(rollout.ok());
   auto out = (*rollout)->Generate(Request(31, 2, 5));
   ASSERT_TRUE(out.ok()) << out.status();
@@ -445,10 +463,12 @@ TEST_F(CliTest, TrainStepFromATrajectoryFile) {
       f << line << "\n";
     }
   }
-  CommandResult r = RunCli({"train-step", L(), "--trajectories=" + path, "--json"});
+  CommandResult r =
+      RunCli({"train-step", L(), "--trajectories=" + path, "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   v1::TrainStepResponse step;
-  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(r.out, &step).ok()) << r.out;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(r.out, &step).ok())
+      << r.out;
   EXPECT_GT(step.num_trajectories(), 0u);
   EXPECT_EQ(step.mismatch().tokens_mismatched(), 0u);
   // Nothing buffered any more: FAILED_PRECONDITION, exit status 1.
@@ -461,10 +481,12 @@ TEST_F(CliTest, PushWeightsChangesTheVersion) {
   auto own = sdk_testing::StartRollout(Servers::Get().model_dir());
   ASSERT_TRUE(own.ok()) << own.status();
   const std::string r = "--rollout=" + (*own)->grpc_address();
-  CommandResult c = RunCli({"push-weights", Servers::Get().model_dir(), r, "--json"});
+  CommandResult c =
+      RunCli({"push-weights", Servers::Get().model_dir(), r, "--json"});
   ASSERT_EQ(c.exit_code, 0) << c.err;
   v1::UpdateWeightsResponse u;
-  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(c.out, &u).ok()) << c.out;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(c.out, &u).ok())
+      << c.out;
   EXPECT_EQ(u.weight_version(), 1u);
   c = RunCli({"push-weights", Servers::Get().model_dir(), r, "--version=5"});
   ASSERT_EQ(c.exit_code, 0) << c.err;
@@ -479,10 +501,13 @@ TEST_F(CliTest, PushWeightsChangesTheVersion) {
 }
 
 TEST_F(CliTest, ErrorsExitNonZeroWithTheCode) {
-  const std::string dead = absl::StrCat("--rollout=127.0.0.1:", sdk_testing::FreePort());
-  CommandResult r = RunCli({"generate", dead, "--prompt=1,2", "--retries=1", "--timeout=5"});
+  const std::string dead =
+      absl::StrCat("--rollout=127.0.0.1:", sdk_testing::FreePort());
+  CommandResult r =
+      RunCli({"generate", dead, "--prompt=1,2", "--retries=1", "--timeout=5"});
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_TRUE(absl::StrContains(r.err, "lockstep generate: UNAVAILABLE")) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "lockstep generate: UNAVAILABLE"))
+      << r.err;
   r = RunCli({"health", dead, "--timeout=5", "--retries=1"});
   EXPECT_EQ(r.exit_code, 1);
   r = RunCli({"generate", R(), "--prompt=1,999"});
@@ -509,7 +534,8 @@ class SecureServersTest : public ::testing::Test {
     absl::StatusOr<std::string> dir = sdk_testing::MakeTestCerts();
     ASSERT_TRUE(dir.ok()) << dir.status();
     certs_ = new std::string(*dir);
-    ASSERT_TRUE(sdk_testing::WriteTextFile(*certs_ + "/token", "it-token\n").ok());
+    ASSERT_TRUE(
+        sdk_testing::WriteTextFile(*certs_ + "/token", "it-token\n").ok());
   }
   static void TearDownTestSuite() {
     if (certs_ != nullptr) testing::RemoveTree(*certs_);
@@ -518,12 +544,14 @@ class SecureServersTest : public ::testing::Test {
   }
   static std::string C(const std::string& f) { return *certs_ + "/" + f; }
   static std::vector<std::string> SecurityFlags(bool mtls) {
-    std::vector<std::string> f = {"--tls_cert=" + C("server.pem"), "--tls_key=" + C("server.key"),
+    std::vector<std::string> f = {"--tls_cert=" + C("server.pem"),
+                                  "--tls_key=" + C("server.key"),
                                   "--auth_token_file=" + C("token")};
     if (mtls) f.push_back("--tls_ca=" + C("ca.pem"));
     return f;
   }
-  static ClientOptions Secure(const std::string& target, bool cert, bool token) {
+  static ClientOptions Secure(const std::string& target, bool cert,
+                              bool token) {
     ClientOptions o;
     o.target = target;
     o.default_timeout = absl::Seconds(30);
@@ -550,9 +578,11 @@ void CheckSecureRollout(const std::string& address, bool mtls,
   ASSERT_TRUE(out.ok()) << out.status();
   auto no_token = RolloutClient::Create(make(true, false));
   ASSERT_TRUE(no_token.ok());
-  EXPECT_TRUE(absl::IsUnauthenticated((*no_token)->Generate(Request(2)).status()));
+  EXPECT_TRUE(
+      absl::IsUnauthenticated((*no_token)->Generate(Request(2)).status()));
   EXPECT_TRUE(absl::IsUnauthenticated((*no_token)->GetModelInfo().status()));
-  EXPECT_EQ((*no_token)->Health().value_or(HealthStatus::kUnknown), HealthStatus::kServing);
+  EXPECT_EQ((*no_token)->Health().value_or(HealthStatus::kUnknown),
+            HealthStatus::kServing);
   if (mtls) {
     auto no_cert = RolloutClient::Create(make(false, true));
     ASSERT_TRUE(no_cert.ok());
@@ -569,25 +599,27 @@ void CheckSecureRollout(const std::string& address, bool mtls,
 
 TEST_F(SecureServersTest, RolloutWithTlsAndToken) {
   ASSERT_TRUE(Servers::Get().ok());
-  auto rollout = sdk_testing::StartRollout(Servers::Get().model_dir(), SecurityFlags(false));
+  auto rollout = sdk_testing::StartRollout(Servers::Get().model_dir(),
+                                           SecurityFlags(false));
   ASSERT_TRUE(rollout.ok()) << rollout.status();
   const std::string address = (*rollout)->grpc_address();
   CheckSecureRollout(address, false, [&](bool cert, bool token) {
     return Secure(address, cert, token);
   });
   // The CLI with the same settings.
-  CommandResult r = RunCli({"generate", "--rollout=" + address, "--prompt=1,4,5",
-                            "--max_tokens=3", "--seed=1", "--tls_ca=" + C("ca.pem"),
-                            "--auth_token_file=" + C("token")});
+  CommandResult r =
+      RunCli({"generate", "--rollout=" + address, "--prompt=1,4,5",
+              "--max_tokens=3", "--seed=1", "--tls_ca=" + C("ca.pem"),
+              "--auth_token_file=" + C("token")});
   EXPECT_EQ(r.exit_code, 0) << r.err;
-  r = RunCli({"generate", "--rollout=" + address, "--prompt=1,4,5", "--tls_ca=" + C("ca.pem"),
-              "--retries=1"});
+  r = RunCli({"generate", "--rollout=" + address, "--prompt=1,4,5",
+              "--tls_ca=" + C("ca.pem"), "--retries=1"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_TRUE(absl::StrContains(r.err, "UNAUTHENTICATED")) << r.err;
   r = RunCli({"health", "--rollout=" + address, "--tls_ca=" + C("ca.pem")});
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
-  r = RunCli({"generate", "--rollout=" + address, "--prompt=1,4,5", "--max_tokens=3",
-              "--tls_ca=" + C("ca.pem")},
+  r = RunCli({"generate", "--rollout=" + address, "--prompt=1,4,5",
+              "--max_tokens=3", "--tls_ca=" + C("ca.pem")},
              {"LOCKSTEP_AUTH_TOKEN=it-token"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   (*rollout)->Stop(20).IgnoreError();
@@ -595,16 +627,17 @@ TEST_F(SecureServersTest, RolloutWithTlsAndToken) {
 
 TEST_F(SecureServersTest, RolloutWithMutualTlsAndToken) {
   ASSERT_TRUE(Servers::Get().ok());
-  auto rollout = sdk_testing::StartRollout(Servers::Get().model_dir(), SecurityFlags(true));
+  auto rollout = sdk_testing::StartRollout(Servers::Get().model_dir(),
+                                           SecurityFlags(true));
   ASSERT_TRUE(rollout.ok()) << rollout.status();
   const std::string address = (*rollout)->grpc_address();
   CheckSecureRollout(address, true, [&](bool cert, bool token) {
     return Secure(address, cert, token);
   });
-  CommandResult r = RunCli({"score", "--rollout=" + address, "--tokens=1,4,5,6",
-                            "--prompt_len=1", "--tls_ca=" + C("ca.pem"),
-                            "--tls_cert=" + C("client.pem"), "--tls_key=" + C("client.key"),
-                            "--auth_token_file=" + C("token")});
+  CommandResult r = RunCli(
+      {"score", "--rollout=" + address, "--tokens=1,4,5,6", "--prompt_len=1",
+       "--tls_ca=" + C("ca.pem"), "--tls_cert=" + C("client.pem"),
+       "--tls_key=" + C("client.key"), "--auth_token_file=" + C("token")});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   (*rollout)->Stop(20).IgnoreError();
 }
@@ -612,8 +645,10 @@ TEST_F(SecureServersTest, RolloutWithMutualTlsAndToken) {
 TEST_F(SecureServersTest, LearnerWithMutualTlsAndToken) {
   ASSERT_TRUE(Servers::Get().ok());
   if (!sdk_testing::BinaryHasFlag(sdk_testing::LearnerBinary(), "tls_cert")) {
-    GTEST_SKIP() << "learner_service has no --tls_cert/--tls_key/--tls_ca/--auth_token_file "
-                    "flags yet (wire common/server_security.h into learner_service/main.cc)";
+    GTEST_SKIP() << "learner_service has no "
+                    "--tls_cert/--tls_key/--tls_ca/--auth_token_file "
+                    "flags yet (wire common/server_security.h into "
+                    "learner_service/main.cc)";
   }
   std::vector<std::string> flags = SecurityFlags(true);
   auto learner = sdk_testing::StartLearner(Servers::Get().model_dir(), flags);
@@ -627,13 +662,15 @@ TEST_F(SecureServersTest, LearnerWithMutualTlsAndToken) {
   ASSERT_TRUE(no_token.ok());
   EXPECT_TRUE(absl::IsUnauthenticated((*no_token)->GetStats().status()));
   EXPECT_TRUE(absl::IsUnauthenticated((*no_token)->TrainStep().status()));
-  EXPECT_EQ((*no_token)->Health().value_or(HealthStatus::kUnknown), HealthStatus::kServing);
+  EXPECT_EQ((*no_token)->Health().value_or(HealthStatus::kUnknown),
+            HealthStatus::kServing);
   auto no_cert = LearnerClient::Create(Secure(address, false, true));
   ASSERT_TRUE(no_cert.ok());
   EXPECT_TRUE(absl::IsUnavailable((*no_cert)->GetStats().status()));
-  CommandResult r = RunCli({"stats", "--learner=" + address, "--tls_ca=" + C("ca.pem"),
-                            "--tls_cert=" + C("client.pem"), "--tls_key=" + C("client.key"),
-                            "--auth_token_file=" + C("token")});
+  CommandResult r =
+      RunCli({"stats", "--learner=" + address, "--tls_ca=" + C("ca.pem"),
+              "--tls_cert=" + C("client.pem"), "--tls_key=" + C("client.key"),
+              "--auth_token_file=" + C("token")});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   (*learner)->Stop(20).IgnoreError();
 }

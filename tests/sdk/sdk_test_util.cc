@@ -61,7 +61,8 @@ absl::Status MakeTinyModel(const std::string& dir, int seed) {
   CommandResult r = RunCommand({MakeModelBinary(), "--preset", "tiny", "--seed",
                                 std::to_string(seed), "--out", dir});
   if (r.exit_code != 0) {
-    return absl::InternalError(absl::StrCat("lockstep_make_model failed: ", r.err));
+    return absl::InternalError(
+        absl::StrCat("lockstep_make_model failed: ", r.err));
   }
   return absl::OkStatus();
 }
@@ -87,9 +88,10 @@ absl::StatusOr<std::unique_ptr<testing::ServiceProcess>> StartRollout(
   testing::ServiceProcessOptions o;
   o.binary = RolloutBinary();
   o.default_flags = false;
-  o.args = {"--host=127.0.0.1", absl::StrCat("--port=", port), "--metrics_port=0",
-            "--model_dir=" + model_dir, "--kernels=invariant", "--device=cpu",
-            "--num_threads=2", "--drain_grace_seconds=2",
+  o.args = {"--host=127.0.0.1", absl::StrCat("--port=", port),
+            "--metrics_port=0", "--model_dir=" + model_dir,
+            "--kernels=invariant", "--device=cpu", "--num_threads=2",
+            "--drain_grace_seconds=2",
             // A small KV cache halves the start-up time; plenty for the tests.
             "--kv_cache_bytes=33554432"};
   o.args.insert(o.args.end(), extra.begin(), extra.end());
@@ -115,7 +117,8 @@ CommandResult RunCommand(const std::vector<std::string>& argv,
                          const std::vector<std::string>& env) {
   CommandResult result;
   int out_pipe[2], err_pipe[2];
-  if (pipe2(out_pipe, O_CLOEXEC) != 0 || pipe2(err_pipe, O_CLOEXEC) != 0) return result;
+  if (pipe2(out_pipe, O_CLOEXEC) != 0 || pipe2(err_pipe, O_CLOEXEC) != 0)
+    return result;
   std::vector<std::string> envs;
   for (char** e = environ; *e != nullptr; ++e) envs.emplace_back(*e);
   envs.insert(envs.end(), env.begin(), env.end());
@@ -124,9 +127,11 @@ CommandResult RunCommand(const std::vector<std::string>& argv,
     dup2(out_pipe[1], 1);
     dup2(err_pipe[1], 2);
     std::vector<char*> args, envp;
-    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    for (const std::string& a : argv)
+      args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
-    for (const std::string& e : envs) envp.push_back(const_cast<char*>(e.c_str()));
+    for (const std::string& e : envs)
+      envp.push_back(const_cast<char*>(e.c_str()));
     envp.push_back(nullptr);
     execve(args[0], args.data(), envp.data());
     _exit(127);
@@ -143,7 +148,8 @@ CommandResult RunCommand(const std::vector<std::string>& argv,
       break;
     }
     for (int i = 0; i < 2; ++i) {
-      if (fds[i].fd < 0 || (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
+      if (fds[i].fd < 0 || (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) == 0)
+        continue;
       const ssize_t n = read(fds[i].fd, buf, sizeof(buf));
       if (n > 0) {
         sinks[i]->append(buf, n);
@@ -156,7 +162,8 @@ CommandResult RunCommand(const std::vector<std::string>& argv,
   }
   int status = 0;
   waitpid(pid, &status, 0);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  result.exit_code =
+      WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return result;
 }
 

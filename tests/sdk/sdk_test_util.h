@@ -27,7 +27,8 @@ int FreePort();
 // rollout_service / learner_service on 127.0.0.1 with two kernel threads.
 // `port` 0: any free port.
 absl::StatusOr<std::unique_ptr<testing::ServiceProcess>> StartRollout(
-    const std::string& model_dir, std::vector<std::string> extra = {}, int port = 0);
+    const std::string& model_dir, std::vector<std::string> extra = {},
+    int port = 0);
 absl::StatusOr<std::unique_ptr<testing::ServiceProcess>> StartLearner(
     const std::string& model_dir, std::vector<std::string> extra = {});
 

@@ -14,7 +14,9 @@ namespace v1 = lockstep::v1;
 float Reward(const v1::Completion& c) {
   int even = 0;
   for (int32_t t : c.token_ids()) even += t % 2 == 0;
-  return c.token_ids_size() == 0 ? 0.0f : static_cast<float>(even) / c.token_ids_size();
+  return c.token_ids_size() == 0
+             ? 0.0f
+             : static_cast<float>(even) / c.token_ids_size();
 }
 
 int main(int argc, char** argv) {
@@ -39,8 +41,8 @@ int main(int argc, char** argv) {
   request.set_n(4);
   request.mutable_sampling()->set_max_tokens(8);
   request.mutable_sampling()->set_seed(7);
-  absl::StatusOr<v1::GenerateResponse> generated =
-      (*rollout)->Generate(request, lc::CallOptions::Timeout(absl::Seconds(10)));
+  absl::StatusOr<v1::GenerateResponse> generated = (*rollout)->Generate(
+      request, lc::CallOptions::Timeout(absl::Seconds(10)));
   if (!generated.ok()) {
     std::cerr << "Generate: " << generated.status() << "\n";
     return 1;
@@ -48,7 +50,8 @@ int main(int argc, char** argv) {
 
   std::vector<v1::Trajectory> batch;
   for (const v1::Completion& c : generated->completions()) {
-    batch.push_back(lc::MakeTrajectory(prompt, c, Reward(c), /*group_id=*/"prompt-0"));
+    batch.push_back(
+        lc::MakeTrajectory(prompt, c, Reward(c), /*group_id=*/"prompt-0"));
   }
   absl::StatusOr<v1::SubmitTrajectoriesResponse> submitted =
       (*learner)->SubmitTrajectories(batch);
@@ -61,8 +64,9 @@ int main(int argc, char** argv) {
     std::cerr << "TrainStep: " << step.status() << "\n";
     return 1;
   }
-  std::cout << "weight version " << step->weight_version() << ", loss " << step->loss()
-            << ", tokens compared " << step->mismatch().tokens_compared() << ", mismatched "
+  std::cout << "weight version " << step->weight_version() << ", loss "
+            << step->loss() << ", tokens compared "
+            << step->mismatch().tokens_compared() << ", mismatched "
             << step->mismatch().tokens_mismatched() << "\n";
   return step->mismatch().tokens_mismatched() == 0 ? 0 : 2;
 }
