@@ -348,7 +348,6 @@ absl::StatusOr<std::vector<float>> ModelImpl::Forward(const ForwardBatch& b,
   for (int32_t row : b.logit_rows) {
     if (row < 0 || row >= T) return absl::InvalidArgumentError("logit row out of range");
   }
-  if (b.logit_rows.empty()) return std::vector<float>();
   auto i32 = torch::TensorOptions().dtype(torch::kInt);
   auto i64 = torch::TensorOptions().dtype(torch::kLong);
   PagedAttentionMeta host_meta;

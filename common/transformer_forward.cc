@@ -57,6 +57,11 @@ torch::Tensor RankForward(const ModelConfig& config, const RankWeights& weights,
     auto act = Store(config, ops.SiluMul(gate, up));
     h = Store(config, h + Store(config, ops.RowParallelLinear(act, lw.down, comm)));
   }
+  if (input.logit_rows.numel() == 0) {
+    // A step that only fills the KV cache (e.g. a prefill chunk that samples
+    // nothing): no head, no collective (every rank sees the same batch).
+    return torch::empty({0, config.vocab_size}, h.options());
+  }
   auto last = h.index_select(0, input.logit_rows);
   auto x = Store(config, ops.RmsNorm(last, weights.final_norm, eps));
   auto local = Store(config, ops.Linear(x, weights.lm_head));  // [R, V/t]

@@ -9,16 +9,13 @@
 
 #include <cerrno>
 #include <cstdio>
-#include <fstream>
 #include <iostream>
-#include <sstream>
 #include <string>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/strip.h"
 #include "common/kernel_mode.h"
 #include "common/transformer.h"
 #include "kernels/device.h"
@@ -134,22 +131,12 @@ int main(int argc, char** argv) {
   server_options.port = absl::GetFlag(FLAGS_port);
   server_options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   server_options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
-  server_options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
-  server_options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
-  server_options.tls_ca_file = absl::GetFlag(FLAGS_tls_ca);
   server_options.device_name = device;
-  if (const std::string path = absl::GetFlag(FLAGS_auth_token_file);
-      !path.empty()) {
-    std::ifstream in(path);
-    if (!in) return Fail(absl::StrCat("cannot read --auth_token_file=", path));
-    std::stringstream ss;
-    ss << in.rdbuf();
-    server_options.auth_token =
-        std::string(absl::StripAsciiWhitespace(ss.str()));
-    if (server_options.auth_token.empty()) {
-      return Fail(absl::StrCat("--auth_token_file=", path, " is empty"));
-    }
-  }
+  server_options.security.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  server_options.security.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  server_options.security.tls_ca_file = absl::GetFlag(FLAGS_tls_ca);
+  server_options.security.auth_token_file =
+      absl::GetFlag(FLAGS_auth_token_file);
 
   auto server = lockstep::rollout::RolloutServer::Start(
       std::move(model).value(), engine_options, server_options);

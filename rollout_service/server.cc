@@ -10,10 +10,8 @@
 
 #include <atomic>
 #include <chrono>
-#include <fstream>
 #include <mutex>
 #include <random>
-#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -270,17 +268,6 @@ void AppendTop(const TopList& top, v1::TopLogprobs* out) {
   }
 }
 
-std::string ReadFile(const std::string& path, absl::Status* status) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    *status = absl::NotFoundError(absl::StrCat("cannot read ", path));
-    return "";
-  }
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 std::string JoinHostPort(const std::string& host, int port) {
   if (host.find(':') != std::string::npos) {
     return absl::StrCat("[", host, "]:", port);
@@ -337,17 +324,9 @@ class RolloutServiceImpl final : public v1::RolloutService::Service {
     return common::ToGrpcStatus(status);
   }
 
+  // (The bearer token, when configured, was checked by gRPC's auth filter
+  // before the call got here.)
   absl::Status CheckCall(grpc::ServerContext* ctx) const {
-    if (!options_.auth_token.empty()) {
-      const auto& md = ctx->client_metadata();
-      auto it = md.find("authorization");
-      const std::string want = "Bearer " + options_.auth_token;
-      if (it == md.end() ||
-          std::string(it->second.data(), it->second.size()) != want) {
-        return absl::UnauthenticatedError(
-            "missing or wrong bearer token in the authorization metadata");
-      }
-    }
     if (draining_.load()) {
       return absl::UnavailableError("the rollout server is draining");
     }
@@ -558,10 +537,6 @@ class RolloutServiceImpl final : public v1::RolloutService::Service {
   }
 
   absl::Status DoGetModelInfo(grpc::ServerContext* ctx, v1::ModelInfo* resp) {
-    if (!options_.auth_token.empty()) {
-      absl::Status auth = CheckCall(ctx);
-      if (absl::IsUnauthenticated(auth)) return auth;
-    }
     std::shared_ptr<const common::Model> model = engine_->model();
     *resp->mutable_config() = common::ModelConfigToProto(engine_->config());
     resp->set_weight_version(engine_->weight_version());
@@ -615,31 +590,15 @@ absl::StatusOr<std::unique_ptr<RolloutServer>> RolloutServer::Start(
   s->service_ = std::make_unique<RolloutServiceImpl>(
       s->engine_.get(), s->metrics_.get(), options);
 
-  std::shared_ptr<grpc::ServerCredentials> creds;
-  if (!options.tls_cert_file.empty() || !options.tls_key_file.empty()) {
-    absl::Status read;
-    grpc::SslServerCredentialsOptions ssl(
-        options.tls_ca_file.empty()
-            ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-            : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-    grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
-    pair.private_key = ReadFile(options.tls_key_file, &read);
-    pair.cert_chain = ReadFile(options.tls_cert_file, &read);
-    if (!options.tls_ca_file.empty()) {
-      ssl.pem_root_certs = ReadFile(options.tls_ca_file, &read);
-    }
-    LOCKSTEP_RETURN_IF_ERROR(read);
-    ssl.pem_key_cert_pairs.push_back(pair);
-    creds = grpc::SslServerCredentials(ssl);
-  } else {
-    creds = grpc::InsecureServerCredentials();
-  }
+  LOCKSTEP_ASSIGN_OR_RETURN(common::ServerSecurity security,
+                            common::MakeServerSecurity(options.security));
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(JoinHostPort(options.host, options.port), creds,
-                           &s->port_);
+  builder.AddListeningPort(JoinHostPort(options.host, options.port),
+                           security.credentials(), &s->port_);
+  security.ApplyToBuilder(&builder);
   builder.RegisterService(s->service_.get());
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   s->server_ = builder.BuildAndStart();

@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/server_security.h"
 #include "common/transformer.h"
 #include "rollout_service/engine.h"
 
@@ -35,14 +36,10 @@ struct ServerOptions {
   // Largest request message accepted (RESOURCE_EXHAUSTED past it). Weight
   // chunks carry at most 4 MiB.
   int max_message_bytes = 16 << 20;
-  // TLS: PEM files. With cert and key the server speaks TLS; with a CA too
-  // it requires and verifies client certificates (mTLS).
-  std::string tls_cert_file;
-  std::string tls_key_file;
-  std::string tls_ca_file;
-  // When non-empty, every RolloutService call must carry the metadata
-  // "authorization: Bearer <auth_token>" (UNAUTHENTICATED otherwise).
-  std::string auth_token;
+  // TLS / mTLS and the bearer token (common/server_security.h): the token
+  // check runs in gRPC's auth filter before any handler; health and
+  // reflection stay open.
+  common::ServerSecurityOptions security;
   // Labels of lockstep_build_info.
   std::string device_name = "cpu";
 };

@@ -215,6 +215,40 @@ TEST(TransformerTest, InvariantAndStandardAgreeClosely) {
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-4) << i;
 }
 
+// A step that asks for no logits (a prefill chunk that samples nothing) still
+// writes its K/V: the next token's logprob is the full-sequence one.
+TEST(TransformerTest, StepWithoutLogitsStillFillsTheCache) {
+  auto model = MakeModel(TinyConfig(), KernelMode::kInvariant);
+  const auto seq = RandomTokens(22, 64, 4);
+  const auto full = Full(*model, {seq})[0];
+  auto cache = model->CreateKvCache(2, 16);
+  ASSERT_TRUE(cache.ok());
+  ForwardBatch b;
+  b.block_tables = {1, 0};
+  b.num_seqs = 1;
+  b.max_blocks_per_seq = 2;
+  for (int p = 0; p < 20; ++p) {
+    b.tokens.push_back(seq[p]);
+    b.positions.push_back(p);
+    b.seq_ids.push_back(0);
+    b.slots.push_back(p < 16 ? 16 + p : p - 16);
+  }
+  auto none = model->Forward(b, cache->get());
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_TRUE(none->empty());
+  ForwardBatch d = b;
+  d.tokens = {seq[20]};
+  d.positions = {20};
+  d.seq_ids = {0};
+  d.slots = {4};
+  d.logit_rows = {0};
+  auto logits = model->Forward(d, cache->get());
+  ASSERT_TRUE(logits.ok());
+  auto lp = ComputeTokenLogprobs(KernelMode::kInvariant, *logits, 64, {seq[21]}, 0);
+  ASSERT_TRUE(lp.ok());
+  EXPECT_EQ(0, std::memcmp(&lp->target[0], &full[20], sizeof(float)));
+}
+
 TEST(TransformerTest, BadBatchesAreRejected) {
   auto model = MakeModel(TinyConfig(), KernelMode::kInvariant);
   auto cache = model->CreateKvCache(4, 4);
