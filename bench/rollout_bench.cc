@@ -60,6 +60,8 @@ struct Flags {
   int threads = 0;  // kernel threads of the server (0: its default)
   std::string binary;
   std::string work_dir;
+  std::string device = "cpu";            // --device of the server
+  std::vector<std::string> server_args;  // further server flags
 };
 Flags g_flags;
 
@@ -145,8 +147,11 @@ Server* GetServer(const std::string& config, const std::string& mode) {
     }
   }
   std::vector<std::string> flags = {"--model_dir=" + dir, "--kernels=" + mode,
+                                    "--device=" + g_flags.device,
                                     "--max_batch_tokens=512",
                                     "--kv_cache_bytes=1073741824"};
+  // Later flags win, so --server_args can override the defaults above.
+  flags.insert(flags.end(), g_flags.server_args.begin(), g_flags.server_args.end());
   if (g_flags.threads > 0)
     flags.push_back(absl::StrCat("--num_threads=", g_flags.threads));
   auto server = Server::Start(g_flags.binary, flags);
@@ -310,6 +315,10 @@ void ParseFlags(int* argc, char** argv) {
       g_flags.binary = v;
     } else if (const char* v = value("work_dir")) {
       g_flags.work_dir = v;
+    } else if (const char* v = value("device")) {
+      g_flags.device = v;
+    } else if (const char* v = value("server_args")) {
+      g_flags.server_args = SplitList(v);
     } else {
       argv[out++] = argv[i];
     }

@@ -79,8 +79,10 @@ ABSL_FLAG(int64_t, max_buffered_trajectories, 65536,
           "Trajectory buffer capacity");
 ABSL_FLAG(int, push_attempts, 5, "Weight push tries (UNAVAILABLE retried)");
 ABSL_FLAG(int, num_threads, 0,
-          "CPU threads of the kernels and LibTorch (0: LOCKSTEP_NUM_THREADS "
-          "or all cores)");
+          "CPU threads of the invariant kernels (0: LOCKSTEP_NUM_THREADS or "
+          "all cores)");
+ABSL_FLAG(int, torch_threads, 0,
+          "LibTorch intra-op threads (0: LibTorch's default)");
 ABSL_FLAG(std::string, rollout_auth_token_file, "",
           "File with the bearer token the rollouts require (if any)");
 
@@ -216,6 +218,7 @@ int main(int argc, char** argv) {
       absl::GetFlag(FLAGS_max_buffered_trajectories);
   options.push.max_attempts = absl::GetFlag(FLAGS_push_attempts);
   t.num_threads = absl::GetFlag(FLAGS_num_threads);
+  t.torch_threads = absl::GetFlag(FLAGS_torch_threads);
   if (const std::string f = absl::GetFlag(FLAGS_rollout_auth_token_file);
       !f.empty()) {
     std::ifstream in(f);

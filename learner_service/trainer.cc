@@ -207,10 +207,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
     setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8", /*overwrite=*/0);
     impl->device = torch::Device(torch::kCUDA, 0);
   }
-  if (options.num_threads > 0) {
-    kernels::SetNumThreads(options.num_threads);
-    torch::set_num_threads(options.num_threads);
-  }
+  if (options.num_threads > 0) kernels::SetNumThreads(options.num_threads);
+  if (options.torch_threads > 0) torch::set_num_threads(options.torch_threads);
   try {
     at::globalContext().setDeterministicAlgorithms(true, /*warn_only=*/false);
     TorchWeights host = common::ToTorch(loaded.second);

@@ -59,10 +59,14 @@ struct TrainerOptions {
   // Trajectories per forward/backward; gradients accumulate over the
   // micro-batches of one step, which is a single optimizer update.
   int64_t micro_batch_size = 16;
-  // CPU threads of the invariant kernels and of LibTorch (process-wide);
-  // 0 leaves both at their defaults. Thread counts never change the bits of
-  // the invariant kernels.
+  // CPU threads of the invariant kernels (process-wide; 0: their default,
+  // LOCKSTEP_NUM_THREADS or all cores). Thread counts never change their
+  // bits.
   int num_threads = 0;
+  // LibTorch intra-op threads (backward, optimizer, standard-mode ops;
+  // process-wide; 0: LibTorch's default). More threads than free cores make
+  // OpenMP spin against the co-located rollout: keep it small on shared CPUs.
+  int torch_threads = 0;
 };
 
 // One trajectory as the trainer consumes it.

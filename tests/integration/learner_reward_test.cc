@@ -40,7 +40,7 @@ TEST(LearnerRewardTest, ReverseTaskRewardRises) {
   const std::string out = dir.Sub("learner.out");
   const std::string cmd = absl::StrCat(
       LearnerBinary(), " --model_dir=", dir.Sub("tiny"),
-      " --host=127.0.0.1 --port=0 --metrics_port=0 --num_threads=2",
+      " --host=127.0.0.1 --port=0 --metrics_port=0",
       " --rollout=", rollout->grpc_address(), " --drive --steps=", kSteps,
       " --task=reverse --lr=3e-3 --seed=1 --prompts_per_step=16",
       " --samples_per_prompt=8 --fail_on_mismatch > ", out, " 2> ",

@@ -109,7 +109,7 @@ inline std::unique_ptr<ServiceProcess> StartLearner(
     const std::string& model_dir, const std::string& kernels,
     const std::string& rollout, std::vector<std::string> extra = {}) {
   std::vector<std::string> args = {"--model_dir=" + model_dir,
-                                   "--kernels=" + kernels, "--num_threads=2"};
+                                   "--kernels=" + kernels};
   if (!rollout.empty()) args.push_back("--rollout=" + rollout);
   args.insert(args.end(), extra.begin(), extra.end());
   return Start(LearnerBinary(), args);
