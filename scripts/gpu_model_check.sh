@@ -18,9 +18,10 @@ stamp configure
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
   -DLOCKSTEP_BUILD_BENCH=ON -DLOCKSTEP_CUDA=ON > "$OUT/build.log" 2>&1 \
   || { echo "CONFIGURE FAILED"; tail -40 "$OUT/build.log"; exit 1; }
-TESTS="common_transformer_cuda_test common_nccl_tp_cuda_test integration_rollout_greedy_cuda_test"
+TESTS=${TESTS:-"common_transformer_cuda_test common_nccl_tp_cuda_test integration_rollout_greedy_cuda_test"}
 stamp build
-cmake --build build-gpu -j16 --target $TESTS rollout_service lockstep_make_model rollout_bench \
+BENCH_TARGET=rollout_bench; [ "${SKIP_BENCH:-0}" = 1 ] && BENCH_TARGET=
+cmake --build build-gpu -j16 --target $TESTS rollout_service lockstep_make_model $BENCH_TARGET \
   -- -k 0 >> "$OUT/build.log" 2>&1 || stamp "some targets failed (build.log)"
 grep -E "error:|FAILED" "$OUT/build.log" | head -20
 for t in $TESTS; do

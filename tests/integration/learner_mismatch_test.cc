@@ -4,6 +4,8 @@
 // of the learner's /metrics. Standard kernels: the same loop shows a
 // mismatch (proof that the check can fail).
 #include <cmath>
+#include <cstdlib>
+#include <fstream>
 
 #include "gtest/gtest.h"
 #include "tests/learner_service/integration_util.h"
@@ -111,6 +113,15 @@ TEST_F(LearnerMismatchTest, InvariantKernelsAreExactlyOnPolicy) {
   EXPECT_GT(MetricValue(t.scrape, "lockstep_weight_push_bytes_total"), 0.0);
   EXPECT_EQ(MetricValue(t.scrape, "lockstep_learner_step_duration_seconds_count"),
             static_cast<double>(kSteps));
+  // DESIGN.md §5: promtool accepts a live scrape (Debian's `prometheus`).
+  if (std::system("command -v promtool > /dev/null 2>&1") == 0) {
+    const std::string path = dir_->Sub("scrape.txt");
+    {
+      std::ofstream f(path);
+      f << t.scrape;
+    }
+    EXPECT_EQ(std::system(("promtool check metrics < " + path).c_str()), 0);
+  }
 }
 
 TEST_F(LearnerMismatchTest, StandardKernelsShowTheMismatch) {

@@ -85,10 +85,15 @@ TEST(RolloutGreedyCudaTest, ThousandIdenticalGreedyRequestsGiveOneOutput) {
   if (common::CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   const std::string dir = MakeModel(::testing::TempDir() + "/greedy_model");
   const int invariant = DistinctOutputs(dir, "invariant");
-  const int standard = DistinctOutputs(dir, "standard");
-  std::printf("distinct outputs of %d greedy requests x %d tokens: invariant %d, standard %d\n",
-              kRequests, kTokens, invariant, standard);
+  std::printf("distinct outputs of %d greedy requests x %d tokens, invariant: %d\n", kRequests,
+              kTokens, invariant);
+  std::fflush(stdout);
   EXPECT_EQ(invariant, 1);
+  // LOCKSTEP_GREEDY_SKIP_STANDARD=1 leaves out the (much slower) standard run.
+  const char* skip = std::getenv("LOCKSTEP_GREEDY_SKIP_STANDARD");
+  if (skip == nullptr || std::string(skip) != "1") {
+    std::printf("distinct outputs, standard: %d\n", DistinctOutputs(dir, "standard"));
+  }
 }
 
 }  // namespace
