@@ -32,6 +32,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/kernel_mode.h"
 #include "common/metrics.h"
+#include "common/server_security.h"
 #include "learner_service/driver.h"
 #include "learner_service/grpc_service.h"
 #include "learner_service/learner.h"
@@ -85,6 +86,13 @@ ABSL_FLAG(int, torch_threads, 0,
           "LibTorch intra-op threads (0: LibTorch's default)");
 ABSL_FLAG(std::string, rollout_auth_token_file, "",
           "File with the bearer token the rollouts require (if any)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve TLS");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM CA bundle: require and verify client certificates (mTLS)");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "File with the bearer token every call (except health and "
+          "reflection) must present");
 
 namespace {
 
@@ -246,12 +254,21 @@ int main(int argc, char** argv) {
   lockstep::learner::LearnerServiceImpl service(learner->get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  lockstep::common::ServerSecurityOptions security_options;
+  security_options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  security_options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  security_options.tls_ca_file = absl::GetFlag(FLAGS_tls_ca);
+  security_options.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
+  absl::StatusOr<lockstep::common::ServerSecurity> security =
+      lockstep::common::MakeServerSecurity(security_options);
+  if (!security.ok()) return Fail(security.status());
   grpc::ServerBuilder builder;
   int bound_port = 0;
   const bool v6 = host.find(':') != std::string::npos;
   const std::string bind = v6 ? absl::StrCat("[", host, "]:", absl::GetFlag(FLAGS_port))
                               : absl::StrCat(host, ":", absl::GetFlag(FLAGS_port));
-  builder.AddListeningPort(bind, grpc::InsecureServerCredentials(), &bound_port);
+  builder.AddListeningPort(bind, security->credentials(), &bound_port);
+  security->ApplyToBuilder(&builder);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(64 << 20);
   builder.SetMaxSendMessageSize(64 << 20);
