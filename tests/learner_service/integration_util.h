@@ -60,20 +60,7 @@ inline std::string LearnerBinary() {
 }
 
 // A temporary directory removed at destruction.
-class TempDir {
- public:
-  explicit TempDir(const std::string& prefix) {
-    auto d = lockstep::testing::MakeTempDir(prefix);
-    EXPECT_TRUE(d.ok()) << d.status();
-    path_ = d.ok() ? *d : "/tmp";
-  }
-  ~TempDir() { lockstep::testing::RemoveTree(path_); }
-  const std::string& path() const { return path_; }
-  std::string Sub(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using TempDir = ::lockstep::testing::ScopedTempDir;
 
 // The tiny preset (vocab 64, f32 unless `dtype` says otherwise) at `dir`.
 inline void MakeTinyModel(const std::string& dir, uint64_t seed = 1,

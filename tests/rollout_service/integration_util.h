@@ -40,20 +40,7 @@ inline std::string RolloutBinary() {
 }
 
 // A temporary directory removed at destruction.
-class TempDir {
- public:
-  explicit TempDir(const std::string& prefix) {
-    auto d = lockstep::testing::MakeTempDir(prefix);
-    EXPECT_TRUE(d.ok()) << d.status();
-    path_ = d.ok() ? *d : "/tmp";
-  }
-  ~TempDir() { lockstep::testing::RemoveTree(path_); }
-  const std::string& path() const { return path_; }
-  std::string Sub(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using TempDir = ::lockstep::testing::ScopedTempDir;
 
 // Writes a seeded random checkpoint of `config` into `dir`.
 inline void MakeModel(const common::ModelConfig& config, uint64_t seed,

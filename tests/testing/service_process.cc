@@ -1,5 +1,7 @@
 #include "tests/testing/service_process.h"
 
+#include <gtest/gtest.h>
+
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -247,6 +249,17 @@ absl::StatusOr<std::string> MakeTempDir(const std::string& prefix) {
 void RemoveTree(const std::string& path) {
   std::error_code ec;
   std::filesystem::remove_all(path, ec);
+}
+
+ScopedTempDir::ScopedTempDir(const std::string& prefix) {
+  auto d = MakeTempDir(prefix);
+  EXPECT_TRUE(d.ok()) << d.status();
+  owned_ = d.ok();
+  path_ = d.ok() ? *d : "/tmp";
+}
+
+ScopedTempDir::~ScopedTempDir() {
+  if (owned_) RemoveTree(path_);
 }
 
 }  // namespace lockstep::testing

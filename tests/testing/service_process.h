@@ -88,6 +88,24 @@ absl::StatusOr<std::string> MakeTempDir(const std::string& prefix);
 // Removes `path` recursively (best effort).
 void RemoveTree(const std::string& path);
 
+// A fresh temporary directory (MakeTempDir) removed (RemoveTree) at
+// destruction; falls back to /tmp, failing the current test, if none can be
+// made.
+class ScopedTempDir {
+ public:
+  explicit ScopedTempDir(const std::string& prefix);
+  ~ScopedTempDir();
+  ScopedTempDir(const ScopedTempDir&) = delete;
+  ScopedTempDir& operator=(const ScopedTempDir&) = delete;
+  const std::string& path() const { return path_; }
+  // path()/name.
+  std::string Sub(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+  bool owned_ = false;
+};
+
 }  // namespace lockstep::testing
 
 #endif  // LOCKSTEP_TESTS_TESTING_SERVICE_PROCESS_H_
