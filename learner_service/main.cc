@@ -23,6 +23,7 @@
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
 
+#include "absl/time/clock.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -84,6 +85,8 @@ ABSL_FLAG(int, num_threads, 0,
           "all cores)");
 ABSL_FLAG(int, torch_threads, 0,
           "LibTorch intra-op threads (0: LibTorch's default)");
+ABSL_FLAG(double, drain_announce_seconds, 2.0,
+          "On SIGTERM, seconds health answers NOT_SERVING before shutdown");
 ABSL_FLAG(std::string, rollout_auth_token_file, "",
           "File with the bearer token the rollouts require (if any)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve TLS");
@@ -181,11 +184,18 @@ int main(int argc, char** argv) {
   sigaction(SIGINT, &sa, nullptr);
   std::atomic<bool> stop{false};
   StopSignal stop_requested;
+  // Set once the gRPC server runs, so that a signal turns health NOT_SERVING
+  // at once, even while a training step is still finishing.
+  std::atomic<grpc::HealthCheckServiceInterface*> live_health{nullptr};
   std::thread([&] {
     char c;
     while (read(g_signal_pipe[0], &c, 1) < 0 && errno == EINTR) {
     }
     stop = true;
+    if (grpc::HealthCheckServiceInterface* h = live_health.load()) {
+      h->SetServingStatus("lockstep.v1.LearnerService", false);
+      h->SetServingStatus(false);
+    }
     stop_requested.Set();
   }).detach();
 
@@ -296,6 +306,7 @@ int main(int argc, char** argv) {
   if (health != nullptr) {
     health->SetServingStatus(true);
     health->SetServingStatus("lockstep.v1.LearnerService", true);
+    live_health.store(health);
   }
   const std::string grpc_addr =
       v6 ? absl::StrCat("[", host, "]:", bound_port) : absl::StrCat(host, ":", bound_port);
@@ -346,9 +357,12 @@ int main(int argc, char** argv) {
   }
   stop_requested.Wait();
 
-  // Drain: refuse new work, let in-flight calls finish (bounded), exit.
+  // Drain: refuse new work, keep answering health NOT_SERVING for
+  // --drain_announce_seconds (so probes and load balancers see it), let
+  // in-flight calls finish (bounded), exit.
   if (health != nullptr) health->Shutdown();
   service.StartDraining();
+  absl::SleepFor(absl::Seconds(absl::GetFlag(FLAGS_drain_announce_seconds)));
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(10));
   server->Wait();
   return exit_code;

@@ -44,6 +44,8 @@ ABSL_FLAG(double, selfcheck_rate, 0.0,
           "Fraction of finished samples re-scored alone and compared bitwise");
 ABSL_FLAG(uint64_t, initial_version, 0, "Weight version of --model_dir");
 ABSL_FLAG(int, max_message_bytes, 16 << 20, "Largest request message accepted");
+ABSL_FLAG(double, drain_announce_seconds, 2.0,
+          "On SIGTERM, seconds health answers NOT_SERVING before shutdown");
 ABSL_FLAG(double, drain_grace_seconds, 30.0,
           "On SIGTERM, time in-flight requests get to finish");
 ABSL_FLAG(int, num_threads, 0,
@@ -160,7 +162,8 @@ int main(int argc, char** argv) {
   while (read(g_signal_pipe[0], &sig, 1) < 0 && errno == EINTR) {
   }
   std::fprintf(stderr, "rollout_service: signal %d, draining\n", sig);
-  (*server)->Drain(absl::Seconds(absl::GetFlag(FLAGS_drain_grace_seconds)));
+  (*server)->Drain(absl::Seconds(absl::GetFlag(FLAGS_drain_grace_seconds)),
+                   absl::Seconds(absl::GetFlag(FLAGS_drain_announce_seconds)));
   server->reset();
   std::fprintf(stderr, "rollout_service: stopped\n");
   return 0;

@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/time/clock.h"
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
 #include "common/metrics.h"
@@ -632,7 +633,7 @@ std::string RolloutServer::metrics_address() const {
 
 int RolloutServer::metrics_port() const { return metrics_server_->port(); }
 
-void RolloutServer::Drain(absl::Duration grace) {
+void RolloutServer::Drain(absl::Duration grace, absl::Duration announce) {
   if (drained_) return;
   drained_ = true;
   // Refuse new work before health reports NOT_SERVING, so that a client that
@@ -645,11 +646,15 @@ void RolloutServer::Drain(absl::Duration grace) {
     health->SetServingStatus(kRolloutServiceName, false);
     health->SetServingStatus(false);
   }
+  const absl::Time not_serving_since = absl::Now();
   if (!engine_->WaitIdle(grace)) {
     engine_->CancelAll(absl::UnavailableError(
         "the rollout server shut down before the request finished"));
     engine_->WaitIdle(absl::Seconds(10));
   }
+  // Health keeps answering NOT_SERVING for at least `announce`, so that
+  // probes and load balancers see the drain before the port closes.
+  absl::SleepFor(announce - (absl::Now() - not_serving_since));
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   server_->Wait();
 }

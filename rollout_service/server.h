@@ -70,7 +70,7 @@ class RolloutServer {
   // Graceful drain: health becomes NOT_SERVING, new requests fail with
   // UNAVAILABLE, requests in flight get up to `grace` to finish (then they
   // are cancelled with UNAVAILABLE), and the gRPC server shuts down.
-  void Drain(absl::Duration grace);
+  void Drain(absl::Duration grace, absl::Duration announce = absl::Seconds(2));
 
  private:
   RolloutServer() = default;

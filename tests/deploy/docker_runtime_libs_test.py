@@ -182,6 +182,11 @@ def check_binary(dpkg, binary, cpu_ok, cuda_ok, torch_pkgs, build_dir, label=Non
         real = os.path.realpath(path)
         if build_dir and real.startswith(build_dir + os.sep):
             continue  # the project's own library, copied from the build stage
+        if real.startswith("/usr/local/cuda"):
+            # A CUDA build (nvcc found) links the toolkit's cudart/NCCL: the
+            # cuda image's base provides them, and the cpu image is built
+            # with -DLOCKSTEP_CUDA=OFF, so it never needs them.
+            continue
         pkg = dpkg.owner_of(path)
         if pkg is None:
             problems.append(f"cpu image: {path} is owned by no Debian package")
