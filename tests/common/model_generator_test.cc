@@ -1,5 +1,7 @@
 #include "common/model_generator.h"
 
+#include "tests/common/hf_config_samples.h"
+
 #include <unistd.h>
 
 #include <cmath>
@@ -53,35 +55,7 @@ constexpr char kQwen3_8B[] = R"({
   "vocab_size": 151936
 })";
 
-// Verbatim config.json of Qwen/Qwen3-1.7B (same keys as above).
-constexpr char kQwen3_1_7B[] = R"({
-  "architectures": ["Qwen3ForCausalLM"],
-  "attention_bias": false,
-  "attention_dropout": 0.0,
-  "bos_token_id": 151643,
-  "eos_token_id": 151645,
-  "head_dim": 128,
-  "hidden_act": "silu",
-  "hidden_size": 2048,
-  "initializer_range": 0.02,
-  "intermediate_size": 6144,
-  "max_position_embeddings": 40960,
-  "max_window_layers": 28,
-  "model_type": "qwen3",
-  "num_attention_heads": 16,
-  "num_hidden_layers": 28,
-  "num_key_value_heads": 8,
-  "rms_norm_eps": 1e-06,
-  "rope_scaling": null,
-  "rope_theta": 1000000,
-  "sliding_window": null,
-  "tie_word_embeddings": true,
-  "torch_dtype": "bfloat16",
-  "transformers_version": "4.51.0",
-  "use_cache": true,
-  "use_sliding_window": false,
-  "vocab_size": 151936
-})";
+using testing::kQwen3_1_7B;
 
 std::string ReadAll(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
