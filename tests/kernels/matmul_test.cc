@@ -22,6 +22,7 @@
 #include "kernels/dtype.h"
 #include "kernels/simd.h"
 #include "kernels/threading.h"
+#include "tests/testing/kernel_state.h"
 #include "tests/testing/random.h"
 
 namespace lockstep::kernels {
@@ -102,21 +103,7 @@ Matrix ContractReference(const Matrix& x, const Matrix& w, DType y_dtype,
 }
 
 // Restores the global thread count and SIMD level after each test.
-class MatmulTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    saved_threads_ = NumThreads();
-    saved_level_ = ActiveSimdLevel();
-  }
-  void TearDown() override {
-    SetNumThreads(saved_threads_);
-    ASSERT_TRUE(SetSimdLevel(saved_level_).ok());
-  }
-
- private:
-  int saved_threads_ = 1;
-  SimdLevel saved_level_ = SimdLevel::kScalar;
-};
+class MatmulTest : public testing::KernelStateTest {};
 
 std::vector<SimdLevel> SupportedLevels() {
   std::vector<SimdLevel> levels = {SimdLevel::kScalar};

@@ -16,6 +16,7 @@
 #include "kernels/matmul.h"
 #include "kernels/simd.h"
 #include "kernels/threading.h"
+#include "tests/testing/kernel_state.h"
 #include "tests/testing/random.h"
 
 namespace lockstep::kernels {
@@ -123,21 +124,7 @@ std::vector<float> TreeReference(const Matrix& x, const Matrix& w) {
   return y;
 }
 
-class TreeReduceTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    saved_threads_ = NumThreads();
-    saved_level_ = ActiveSimdLevel();
-  }
-  void TearDown() override {
-    SetNumThreads(saved_threads_);
-    ASSERT_TRUE(SetSimdLevel(saved_level_).ok());
-  }
-
- private:
-  int saved_threads_ = 1;
-  SimdLevel saved_level_ = SimdLevel::kScalar;
-};
+class TreeReduceTest : public testing::KernelStateTest {};
 
 struct Shape {
   int64_t m, n, k;
