@@ -239,8 +239,16 @@ class InvariantOps : public Ops {
                                  const torch::Tensor& v_in, int64_t q_heads,
                                  int64_t kv_heads, int64_t head_dim) override {
     auto q = q_in.detach().contiguous();
+    // A bf16 model's K/V hold bf16 values; on the GPU they go in as bf16, as
+    // they sit in its paged cache, so prefill takes the same attention path
+    // (the tensor-core kernel) as decode. The conversion is exact.
+    const bool bf16_kv = bf16_activations_ && q.is_cuda();
     auto k = k_in.detach().contiguous();
     auto v = v_in.detach().contiguous();
+    if (bf16_kv) {
+      k = k.to(torch::kBFloat16);
+      v = v.to(torch::kBFloat16);
+    }
     auto y = torch::empty_like(q);
     kernels::PrefillAttentionArgs a;
     a.q = q.data_ptr<float>();
@@ -248,7 +256,7 @@ class InvariantOps : public Ops {
     a.k = k.data_ptr();
     a.v = v.data_ptr();
     a.ldk = k.size(1);
-    a.kv_dtype = kernels::DType::kF32;
+    a.kv_dtype = bf16_kv ? kernels::DType::kBF16 : kernels::DType::kF32;
     a.out = y.data_ptr<float>();
     a.ldo = y.size(1);
     a.tokens = q.size(0);

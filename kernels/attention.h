@@ -16,6 +16,15 @@
 //   out[d] = acc[d] / l
 // K/V are read from storage of dtype kv_dtype (bf16 widened exactly). Keys
 // beyond p are never visited (no masking arithmetic).
+//
+// On CUDA, bf16 K/V with head_dim 64 or 128 (the shapes of real models) run
+// on tensor cores under a second contract, spelled out in
+// kernels/cuda/attention_tc.h: q rounded to bf16, mma dot products, 64-key
+// blocks grouped into fixed 512-key splits folded in order. The path is
+// chosen from (device, KV dtype, head_dim, heads per KV head) only, so every
+// guarantee above (prefill = chunked prefill = decode, any page layout or
+// batch) holds on it too; CPU and CUDA results are not bitwise equal to each
+// other (exp differs anyway).
 #ifndef LOCKSTEP_KERNELS_ATTENTION_H_
 #define LOCKSTEP_KERNELS_ATTENTION_H_
 

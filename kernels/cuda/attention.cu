@@ -1,5 +1,7 @@
 // Causal attention with the fixed key-block order of attention.h, one code
-// path for full-sequence prefill and for the paged cache.
+// path for full-sequence prefill and for the paged cache. Shapes for which
+// TcAttentionApplies (bf16 K/V, head_dim 64/128) go to the tensor-core
+// kernels of attention_tc.cu instead; this SIMT kernel serves the rest.
 //
 // One warp owns one (query token, query head) for the whole key range, so a
 // query's reduction never depends on which CTA, batch or chunk it sits in.
@@ -24,6 +26,7 @@
 #include <cstdint>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cuda/attention_tc.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_util.cuh"
 
@@ -443,6 +446,9 @@ absl::Status PagedAttention(const PagedAttentionArgs& args, void* stream) {
       !s.ok()) {
     return s;
   }
+  if (TcAttentionApplies(c.dtype, c.head_dim, args.num_q_heads / c.num_kv_heads)) {
+    return PagedAttentionTc(args, stream);
+  }
   AttnParams p{};
   p.q = args.q;
   p.ldq = args.ldq;
@@ -483,6 +489,10 @@ absl::Status PrefillAttention(const PrefillAttentionArgs& args, void* stream) {
           CheckHeads(args.num_q_heads, args.num_kv_heads, args.head_dim);
       !s.ok()) {
     return s;
+  }
+  if (TcAttentionApplies(args.kv_dtype, args.head_dim,
+                         args.num_q_heads / args.num_kv_heads)) {
+    return PrefillAttentionTc(args, stream);
   }
   AttnParams p{};
   p.q = args.q;

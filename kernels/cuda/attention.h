@@ -9,8 +9,10 @@
 // PagedAttention validates positions, sequence ids and block-table entries on
 // the device without synchronising: a query whose table points outside the
 // cache gets a NaN output row (nothing is read out of place); WriteKv skips
-// tokens whose slot is out of range. PrefillAttention and PagedAttention run
-// one kernel body, so a query's bits are the same on both paths. Limits:
+// tokens whose slot is out of range. PrefillAttention and PagedAttention share
+// their per-query arithmetic (the SIMT kernel body, or for bf16 K/V with
+// head_dim 64/128 the tensor-core block step of attention_tc.h), so a query's
+// bits are the same on both paths. Limits:
 // head_dim <= 256 and at most 16 query heads per KV head (INVALID_ARGUMENT).
 #ifndef LOCKSTEP_KERNELS_CUDA_ATTENTION_H_
 #define LOCKSTEP_KERNELS_CUDA_ATTENTION_H_
