@@ -1,4 +1,6 @@
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "common/reference_ops.h"
 #include "kernels/attention.h"
@@ -63,6 +65,9 @@ torch::Tensor TargetLogprobs(const torch::Tensor& logits, const torch::Tensor& t
 
 namespace {
 
+// Upper bound on one attention chunk's fp32 K, V, scores and probabilities.
+constexpr int64_t kAttentionChunkBytes = int64_t{512} << 20;
+
 class StandardOps : public Ops {
  public:
   torch::Tensor Linear(const torch::Tensor& x, const LinearWeight& w) override {
@@ -101,40 +106,72 @@ class StandardOps : public Ops {
                                const torch::Tensor& v, LayerKv& kv,
                                const PagedAttentionMeta& meta, int64_t q_heads,
                                int64_t kv_heads, int64_t head_dim) override {
-    // K/V go into the pages like in invariant mode; then every sequence's
-    // context is gathered into contiguous tensors for ordinary matmuls.
+    // K/V go into the pages like in invariant mode; then every query row's
+    // context is gathered into a padded [rows, C] batch for batched matmuls,
+    // the way a serving engine without a paged kernel would do it.
     const int64_t page_size = kv.k.size(1);
-    auto flat_k = kv.k.view({-1, kv_heads * head_dim});
-    auto flat_v = kv.v.view({-1, kv_heads * head_dim});
+    auto flat_k = kv.k.view({-1, kv_heads, head_dim});
+    auto flat_v = kv.v.view({-1, kv_heads, head_dim});
     auto slots = meta.slots.to(torch::kLong);
-    flat_k.index_copy_(0, slots, k.to(kv.k.scalar_type()));
-    flat_v.index_copy_(0, slots, v.to(kv.v.scalar_type()));
-    auto out = torch::empty_like(q);
-    auto positions = meta.positions.cpu().to(torch::kLong);
-    auto seq_ids = meta.seq_ids.cpu().to(torch::kLong);
-    auto tables = meta.block_tables.cpu().to(torch::kLong);
+    flat_k.index_copy_(0, slots, k.reshape({-1, kv_heads, head_dim}).to(kv.k.scalar_type()));
+    flat_v.index_copy_(0, slots, v.reshape({-1, kv_heads, head_dim}).to(kv.v.scalar_type()));
     const int64_t T = q.size(0);
-    auto pos_a = positions.accessor<int64_t, 1>();
-    auto seq_a = seq_ids.accessor<int64_t, 1>();
-    auto tab_a = tables.accessor<int64_t, 2>();
-    int64_t i = 0;
-    while (i < T) {
-      // A run of consecutive rows of one sequence.
-      int64_t j = i;
-      int64_t max_pos = 0;
-      while (j < T && seq_a[j] == seq_a[i]) max_pos = std::max(max_pos, pos_a[j++]);
-      std::vector<int64_t> ctx_slots(max_pos + 1);
-      for (int64_t p = 0; p <= max_pos; ++p) {
-        ctx_slots[p] = tab_a[seq_a[i]][p / page_size] * page_size + p % page_size;
+    if (T == 0) return torch::empty_like(q);
+    const int64_t group = q_heads / kv_heads;
+    // Only the chunk bounds come from the host (one small copy per call);
+    // the slot matrices are built on q's device.
+    auto host_pos = meta.positions.to(torch::kCPU, torch::kLong).contiguous();
+    const int64_t* pos_h = host_pos.data_ptr<int64_t>();
+    auto positions = meta.positions.to(torch::kLong);
+    auto seq_ids = meta.seq_ids.to(torch::kLong);
+    auto tables = meta.block_tables.to(torch::kLong);
+    auto long_opts = torch::TensorOptions().dtype(torch::kLong).device(q.device());
+    // Per row and key: fp32 K and V plus the scores and probabilities.
+    const int64_t bytes_per_key = 4 * (2 * kv_heads * head_dim + 2 * q_heads);
+    auto out = torch::empty({T, q_heads * head_dim}, q.options().dtype(torch::kFloat));
+    int64_t begin = 0;
+    while (begin < T) {
+      // Grow the chunk while its padded context fits the budget; a single
+      // row always goes, however long.
+      int64_t end = begin + 1;
+      int64_t ctx = pos_h[begin] + 1;
+      while (end < T) {
+        const int64_t c = std::max(ctx, pos_h[end] + 1);
+        if ((end - begin + 1) * c * bytes_per_key > kAttentionChunkBytes) break;
+        ctx = c;
+        ++end;
       }
-      auto idx = torch::tensor(ctx_slots, torch::kLong).to(q.device());
-      auto ck = flat_k.index_select(0, idx).to(torch::kFloat);
-      auto cv = flat_v.index_select(0, idx).to(torch::kFloat);
-      auto res = reference::Attention(q.narrow(0, i, j - i), ck, cv,
-                                      positions.narrow(0, i, j - i).to(q.device()),
-                                      q_heads, kv_heads, head_dim);
-      out.narrow(0, i, j - i).copy_(res);
-      i = j;
+      const int64_t rows = end - begin;
+      auto pos = positions.narrow(0, begin, rows).unsqueeze(1);  // [rows, 1]
+      auto key = torch::arange(ctx, long_opts).unsqueeze(0);     // [1, C]
+      // Keys past a row's position read that row's own (just written) slot,
+      // so padding never brings stale or unwritten values into the matmul
+      // with V (0 * NaN would poison the row).
+      auto key_pos = torch::min(key, pos);  // [rows, C]
+      auto pages = tables.index_select(0, seq_ids.narrow(0, begin, rows))
+                       .gather(1, key_pos.div(page_size, "floor"));
+      auto idx = (pages * page_size + key_pos.remainder(page_size)).view({-1});
+      // [rows, Hkv, C, D] in fp32, contiguous: one copy per gather.
+      auto gather = [&](const torch::Tensor& flat) {
+        return flat.index_select(0, idx)
+            .view({rows, ctx, kv_heads, head_dim})
+            .permute({0, 2, 1, 3})
+            .to(torch::kFloat, /*non_blocking=*/false, /*copy=*/false,
+                torch::MemoryFormat::Contiguous);
+      };
+      auto ck = gather(flat_k);
+      auto cv = gather(flat_v);
+      // Query head h uses KV head h / group (as repeat_interleave would), so
+      // the group's queries share one K/V matrix instead of copies of it.
+      auto qc = q.narrow(0, begin, rows).reshape({rows, kv_heads, group, head_dim});
+      auto scores = torch::matmul(qc, ck.transpose(2, 3)) * AttentionScale(head_dim);
+      auto mask = (key > pos).view({rows, 1, 1, ctx});
+      scores.masked_fill_(mask, -std::numeric_limits<float>::infinity());
+      auto probs = torch::softmax(scores, -1);
+      auto res = torch::matmul(probs, cv).reshape({rows, q_heads * head_dim});
+      if (rows == T) return res;
+      out.narrow(0, begin, rows).copy_(res);
+      begin = end;
     }
     return out;
   }

@@ -21,6 +21,16 @@
 namespace lockstep::common {
 namespace {
 
+// Log-probabilities of `targets` (int64, on the logits' device) under logits
+// [rows, vocab] on any device, with `mode`'s kernels there; results on the
+// host.
+absl::StatusOr<TokenLogprobs> TokenLogprobsOf(KernelMode mode, const torch::Tensor& logits,
+                                              const torch::Tensor& targets, int top_n);
+
+// INVALID_ARGUMENT unless `request` has one entry per logit row, targets in
+// [0, vocab) and top_n in [0, vocab].
+absl::Status CheckStepRequest(const StepRequest& request, int64_t rows, int64_t vocab);
+
 torch::ScalarType TorchType(kernels::DType d) {
   return d == kernels::DType::kF32 ? torch::kFloat : torch::kBFloat16;
 }
@@ -86,8 +96,13 @@ class ModelImpl : public Model {
   absl::StatusOr<std::vector<std::vector<float>>> ScoreSequences(
       const std::vector<std::vector<int32_t>>& sequences,
       const std::vector<int64_t>& prefix_lens) const override;
+  absl::StatusOr<StepResult> ForwardStep(const ForwardBatch& batch, KvCache* cache,
+                                         const StepRequest& request) const override;
 
  private:
+  // Forward's logits [logit_rows, vocab], left on the model's device.
+  absl::StatusOr<torch::Tensor> ForwardLogits(const ForwardBatch& batch, KvCache* cache) const;
+
   int64_t KvHeadsPerRank() const {
     const int64_t t = options_.tp_size, kv = config_.num_key_value_heads;
     return kv >= t ? kv / t : 1;
@@ -301,6 +316,62 @@ absl::StatusOr<torch::Tensor> ModelImpl::RunRanks(
 
 absl::StatusOr<std::vector<float>> ModelImpl::Forward(const ForwardBatch& b,
                                                       KvCache* cache_base) const {
+  LOCKSTEP_ASSIGN_OR_RETURN(auto logits, ForwardLogits(b, cache_base));
+  auto host = logits.cpu().contiguous();
+  return std::vector<float>(host.data_ptr<float>(), host.data_ptr<float>() + host.numel());
+}
+
+absl::StatusOr<StepResult> ModelImpl::ForwardStep(const ForwardBatch& b, KvCache* cache,
+                                                  const StepRequest& request) const {
+  if (options_.device != kernels::Device::kCuda) return Model::ForwardStep(b, cache, request);
+  const int64_t rows = b.logit_rows.size();
+  LOCKSTEP_RETURN_IF_ERROR(CheckStepRequest(request, rows, config_.vocab_size));
+  LOCKSTEP_ASSIGN_OR_RETURN(auto logits, ForwardLogits(b, cache));
+  StepResult out;
+  if (rows == 0) return out;
+  try {
+    c10::InferenceMode guard;
+    const torch::Device dev = logits.device();
+    torch::Tensor targets;
+    if (!request.params.empty()) {
+      // Parameters as raw bytes on the device, as kernels::Sample reads them.
+      const int64_t pbytes = rows * static_cast<int64_t>(sizeof(kernels::SamplingParams));
+      auto params = torch::from_blob(const_cast<kernels::SamplingParams*>(request.params.data()),
+                                     {pbytes}, torch::kUInt8)
+                        .to(dev);
+      auto positions = torch::from_blob(const_cast<int64_t*>(request.positions.data()), {rows},
+                                        torch::kLong)
+                           .to(dev);
+      auto tokens = torch::empty({rows}, torch::TensorOptions().dtype(torch::kInt).device(dev));
+      kernels::SampleArgs a;
+      a.logits = logits.data_ptr<float>();
+      a.ld = logits.size(1);
+      a.rows = rows;
+      a.vocab = config_.vocab_size;
+      a.params = reinterpret_cast<const kernels::SamplingParams*>(params.data_ptr<uint8_t>());
+      a.positions = positions.data_ptr<int64_t>();
+      a.tokens_out = tokens.data_ptr<int32_t>();
+      kernels::ExecContext ctx;
+      ctx.device = kernels::Device::kCuda;
+      LOCKSTEP_RETURN_IF_ERROR(kernels::Sample(a, ctx));
+      targets = tokens.to(torch::kLong);
+    } else {
+      targets = torch::from_blob(const_cast<int32_t*>(request.targets.data()), {rows}, torch::kInt)
+                    .to(dev)
+                    .to(torch::kLong);
+    }
+    LOCKSTEP_ASSIGN_OR_RETURN(out.logprobs,
+                              TokenLogprobsOf(options_.mode, logits, targets, request.top_n));
+    auto host_tokens = targets.to(torch::kInt).cpu().contiguous();
+    out.tokens.assign(host_tokens.data_ptr<int32_t>(), host_tokens.data_ptr<int32_t>() + rows);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("sampling failed: ", e.what()));
+  }
+  return out;
+}
+
+absl::StatusOr<torch::Tensor> ModelImpl::ForwardLogits(const ForwardBatch& b,
+                                                       KvCache* cache_base) const {
   auto* cache = dynamic_cast<KvCacheImpl*>(cache_base);
   if (cache == nullptr || static_cast<int>(cache->ranks_.size()) != options_.tp_size) {
     return absl::InvalidArgumentError("KV cache was not created by a model of this shape");
@@ -376,8 +447,7 @@ absl::StatusOr<std::vector<float>> ModelImpl::Forward(const ForwardBatch& b,
     auto ops = CreateOps(options_.mode, config_.dtype == kernels::DType::kBF16);
     return RankForward(config_, ranks_[r], *ops, in, comm);
   }));
-  auto host = logits.cpu().contiguous();
-  return std::vector<float>(host.data_ptr<float>(), host.data_ptr<float>() + host.numel());
+  return logits;
 }
 
 absl::StatusOr<torch::Tensor> ModelImpl::FullLogits(const std::vector<std::vector<int32_t>>& seqs,
@@ -464,10 +534,15 @@ absl::StatusOr<std::vector<std::vector<float>>> ModelImpl::ScoreSequences(
     return out;
   }
   LOCKSTEP_ASSIGN_OR_RETURN(auto logits, FullLogits(seqs, rows));
-  auto host = logits.cpu().contiguous();
-  std::vector<float> flat(host.data_ptr<float>(), host.data_ptr<float>() + host.numel());
-  LOCKSTEP_ASSIGN_OR_RETURN(auto lp, ComputeTokenLogprobs(options_.mode, flat,
-                                                          config_.vocab_size, targets, 0));
+  // Scored where the logits live, with the learner's kernels on that device.
+  TokenLogprobs lp;
+  try {
+    c10::InferenceMode guard;
+    auto tt = torch::tensor(targets, torch::kInt).to(logits.device()).to(torch::kLong);
+    LOCKSTEP_ASSIGN_OR_RETURN(lp, TokenLogprobsOf(options_.mode, logits, tt, 0));
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("log-softmax failed: ", e.what()));
+  }
   size_t k = 0;
   for (size_t s = 0; s < seqs.size(); ++s) {
     for (int64_t i = prefix_lens[s] - 1; i < static_cast<int64_t>(seqs[s].size()) - 1; ++i) {
@@ -507,35 +582,21 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const std::string& dir,
   return Create(config, tensors, options);
 }
 
-absl::StatusOr<TokenLogprobs> ComputeTokenLogprobs(KernelMode mode,
-                                                   const std::vector<float>& logits,
-                                                   int64_t vocab,
-                                                   const std::vector<int32_t>& targets,
-                                                   int top_n) {
-  const int64_t rows = targets.size();
-  if (vocab <= 0 || static_cast<int64_t>(logits.size()) != rows * vocab) {
-    return absl::InvalidArgumentError("logits are not [targets, vocab]");
-  }
-  for (int32_t t : targets) {
-    if (t < 0 || t >= vocab) {
-      return absl::InvalidArgumentError(absl::StrCat("target id ", t, " outside [0, ", vocab, ")"));
-    }
-  }
-  if (top_n < 0 || top_n > vocab) {
-    return absl::InvalidArgumentError(absl::StrCat("top_n ", top_n, " outside [0, ", vocab, "]"));
-  }
+namespace {
+
+absl::StatusOr<TokenLogprobs> TokenLogprobsOf(KernelMode mode, const torch::Tensor& logits,
+                                              const torch::Tensor& targets, int top_n) {
+  const int64_t rows = logits.size(0);
+  const int64_t vocab = logits.size(1);
   TokenLogprobs out;
   if (rows == 0) return out;
   try {
     c10::InferenceMode guard;
     auto ops = CreateOps(mode);
-    auto lt = torch::from_blob(const_cast<float*>(logits.data()), {rows, vocab});
-    auto tt = torch::from_blob(const_cast<int32_t*>(targets.data()), {rows}, torch::kInt)
-                  .to(torch::kLong);
-    auto lp = ops->TargetLogprobs(lt, tt).contiguous();
+    auto lp = ops->TargetLogprobs(logits, targets).cpu().contiguous();
     out.target.assign(lp.data_ptr<float>(), lp.data_ptr<float>() + rows);
     if (top_n > 0) {
-      auto full = ops->LogSoftmax(lt).contiguous();
+      auto full = ops->LogSoftmax(logits).cpu().contiguous();
       const float* base = full.data_ptr<float>();
       out.top.resize(rows);
       std::vector<int32_t> idx(vocab);
@@ -551,6 +612,84 @@ absl::StatusOr<TokenLogprobs> ComputeTokenLogprobs(KernelMode mode,
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("log-softmax failed: ", e.what()));
   }
+  return out;
+}
+
+absl::Status CheckStepRequest(const StepRequest& request, int64_t rows, int64_t vocab) {
+  if (!request.params.empty()) {
+    if (static_cast<int64_t>(request.params.size()) != rows ||
+        static_cast<int64_t>(request.positions.size()) != rows) {
+      return absl::InvalidArgumentError("sampling params/positions are not one per logit row");
+    }
+  } else {
+    if (static_cast<int64_t>(request.targets.size()) != rows) {
+      return absl::InvalidArgumentError("targets are not one per logit row");
+    }
+    for (int32_t t : request.targets) {
+      if (t < 0 || t >= vocab) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("target id ", t, " outside [0, ", vocab, ")"));
+      }
+    }
+  }
+  if (request.top_n < 0 || request.top_n > vocab) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("top_n ", request.top_n, " outside [0, ", vocab, "]"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<TokenLogprobs> ComputeTokenLogprobs(KernelMode mode,
+                                                   const std::vector<float>& logits,
+                                                   int64_t vocab,
+                                                   const std::vector<int32_t>& targets,
+                                                   int top_n) {
+  const int64_t rows = targets.size();
+  if (vocab <= 0 || static_cast<int64_t>(logits.size()) != rows * vocab) {
+    return absl::InvalidArgumentError("logits are not [targets, vocab]");
+  }
+  StepRequest check;
+  check.targets = targets;
+  check.top_n = top_n;
+  LOCKSTEP_RETURN_IF_ERROR(CheckStepRequest(check, rows, vocab));
+  if (rows == 0) return TokenLogprobs();
+  try {
+    c10::InferenceMode guard;
+    auto lt = torch::from_blob(const_cast<float*>(logits.data()), {rows, vocab});
+    auto tt = torch::from_blob(const_cast<int32_t*>(targets.data()), {rows}, torch::kInt)
+                  .to(torch::kLong);
+    return TokenLogprobsOf(mode, lt, tt, top_n);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("log-softmax failed: ", e.what()));
+  }
+}
+
+absl::StatusOr<StepResult> Model::ForwardStep(const ForwardBatch& batch, KvCache* cache,
+                                              const StepRequest& request) const {
+  const int64_t rows = batch.logit_rows.size();
+  const int64_t vocab = config().vocab_size;
+  LOCKSTEP_RETURN_IF_ERROR(CheckStepRequest(request, rows, vocab));
+  LOCKSTEP_ASSIGN_OR_RETURN(std::vector<float> logits, Forward(batch, cache));
+  StepResult out;
+  if (rows == 0) return out;
+  if (!request.params.empty()) {
+    out.tokens.assign(rows, 0);
+    kernels::SampleArgs a;
+    a.logits = logits.data();
+    a.ld = vocab;
+    a.rows = rows;
+    a.vocab = vocab;
+    a.params = request.params.data();
+    a.positions = request.positions.data();
+    a.tokens_out = out.tokens.data();
+    LOCKSTEP_RETURN_IF_ERROR(kernels::Sample(a));
+  } else {
+    out.tokens = request.targets;
+  }
+  LOCKSTEP_ASSIGN_OR_RETURN(out.logprobs, ComputeTokenLogprobs(options().mode, logits, vocab,
+                                                               out.tokens, request.top_n));
   return out;
 }
 

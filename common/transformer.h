@@ -27,6 +27,7 @@
 #include "common/kernel_mode.h"
 #include "common/model_config.h"
 #include "kernels/device.h"
+#include "kernels/sampling.h"
 
 namespace lockstep::common {
 
@@ -53,6 +54,28 @@ class KvCache {
 };
 
 // One forward step over a flat batch of T new tokens.
+// Log-probabilities of a step's tokens, and when top_n > 0 the top_n
+// (id, logprob) pairs per row in descending order (ties: lower id).
+struct TokenLogprobs {
+  std::vector<float> target;                     // [rows]
+  std::vector<std::vector<std::pair<int32_t, float>>> top;  // [rows][top_n]
+};
+
+// What Model::ForwardStep does with each logit row: sample (params and
+// positions, one per row: the RNG counter of the token being sampled), or,
+// when params is empty, score targets (one per row).
+struct StepRequest {
+  std::vector<kernels::SamplingParams> params;
+  std::vector<int64_t> positions;
+  std::vector<int32_t> targets;
+  int top_n = 0;
+};
+
+struct StepResult {
+  std::vector<int32_t> tokens;  // [rows]: sampled, or the targets
+  TokenLogprobs logprobs;
+};
+
 struct ForwardBatch {
   std::vector<int32_t> tokens;     // [T] token ids, grouped by sequence
   std::vector<int32_t> positions;  // [T] absolute position of each token
@@ -112,16 +135,22 @@ class Model {
   // The weights as HF-named tensors in the model's storage dtype (what a
   // weight push sends).
   virtual const TensorMap& tensors() const = 0;
+
+  // One rollout step: Forward, then for every logit row either a sampled
+  // token (params/positions given, kernels::Sample) or the given target,
+  // and its log-probability (plus top_n) under the model's kernel mode.
+  // Computed where the logits live: on a GPU model only tokens and
+  // logprobs come back to the host, and the logprobs come from the same
+  // device kernels as the learner's SequenceLogprobs on that device. The
+  // default runs Forward and then the host path.
+  virtual absl::StatusOr<StepResult> ForwardStep(const ForwardBatch& batch, KvCache* cache,
+                                                 const StepRequest& request) const;
 };
 
 // Log-probabilities of `targets` under logits [rows, vocab] with the model's
 // kernel mode (the fixed segment tree in invariant mode, at::log_softmax in
 // standard mode). Also returns, when top_n > 0, the top_n (id, logprob) pairs
 // per row in descending order (ties: lower id).
-struct TokenLogprobs {
-  std::vector<float> target;                     // [rows]
-  std::vector<std::vector<std::pair<int32_t, float>>> top;  // [rows][top_n]
-};
 absl::StatusOr<TokenLogprobs> ComputeTokenLogprobs(
     KernelMode mode, const std::vector<float>& logits, int64_t vocab,
     const std::vector<int32_t>& targets, int top_n);

@@ -583,7 +583,6 @@ void Engine::Step() {
     absl::SleepFor(absl::Milliseconds(1));
     return;
   }
-  const int64_t vocab = config_.vocab_size;
   // A step that samples nothing (prefix or mid-prompt prefill chunks) still
   // asks for one logit row: some Model implementations skip the whole
   // forward, K/V writes included, when no logits are wanted.
@@ -591,52 +590,39 @@ void Engine::Step() {
     plan.batch.logit_rows.push_back(
         static_cast<int32_t>(plan.batch.tokens.size() - 1));
   }
-  absl::StatusOr<std::vector<float>> logits =
-      model_->Forward(plan.batch, cache_.get());
-  if (!logits.ok()) {
-    std::cerr << "rollout engine: forward failed: " << logits.status() << "\n";
+  // Forward, sampling and logprobs run where the model lives (on a GPU
+  // model only tokens and logprobs come back).
+  const int64_t rows = static_cast<int64_t>(plan.sample_seqs.size());
+  common::StepRequest step;
+  if (rows > 0) {
+    step.params.resize(rows);
+    step.positions.resize(rows);
+    for (int64_t i = 0; i < rows; ++i) {
+      const SampleState& st = samples_.at(plan.sample_seqs[i]);
+      step.params[i] = st.params;
+      step.positions[i] =
+          static_cast<int64_t>(scheduler_->tokens(plan.sample_seqs[i]).size());
+      step.top_n = std::max(step.top_n, st.request->sampling.top_logprobs);
+    }
+  } else {
+    step.targets.assign(plan.batch.logit_rows.size(), 0);  // the placeholder row
+  }
+  absl::StatusOr<common::StepResult> result =
+      model_->ForwardStep(plan.batch, cache_.get(), step);
+  if (!result.ok()) {
+    std::cerr << "rollout engine: step failed: " << result.status() << "\n";
     FailEverything(absl::InternalError(
-        absl::StrCat("forward step failed: ", logits.status().message())));
+        absl::StrCat("forward step failed: ", result.status().message())));
     return;
   }
   scheduler_->Commit(plan);
 
-  const int64_t rows = static_cast<int64_t>(plan.sample_seqs.size());
   std::vector<std::pair<std::shared_ptr<Request>, std::vector<SampleUpdate>>>
       updates;
   std::unordered_map<const Request*, size_t> update_index;
   if (rows > 0) {
-    std::vector<kernels::SamplingParams> params(rows);
-    std::vector<int64_t> positions(rows);
-    std::vector<int32_t> tokens(rows, 0);
-    int max_top = 0;
-    for (int64_t i = 0; i < rows; ++i) {
-      const SampleState& st = samples_.at(plan.sample_seqs[i]);
-      params[i] = st.params;
-      positions[i] =
-          static_cast<int64_t>(scheduler_->tokens(plan.sample_seqs[i]).size());
-      max_top = std::max(max_top, st.request->sampling.top_logprobs);
-    }
-    kernels::SampleArgs args;
-    args.logits = logits->data();
-    args.ld = vocab;
-    args.rows = rows;
-    args.vocab = vocab;
-    args.params = params.data();
-    args.positions = positions.data();
-    args.tokens_out = tokens.data();
-    absl::Status sampled = kernels::Sample(args);
-    absl::StatusOr<common::TokenLogprobs> lp =
-        sampled.ok()
-            ? common::ComputeTokenLogprobs(model_->options().mode, *logits,
-                                           vocab, tokens, max_top)
-            : absl::StatusOr<common::TokenLogprobs>(sampled);
-    if (!lp.ok()) {
-      std::cerr << "rollout engine: sampling failed: " << lp.status() << "\n";
-      FailEverything(absl::InternalError(
-          absl::StrCat("sampling failed: ", lp.status().message())));
-      return;
-    }
+    const std::vector<int32_t>& tokens = result->tokens;
+    const common::TokenLogprobs* lp = &result->logprobs;
     const uint64_t version = version_.load();
     const absl::Time now = absl::Now();
     const auto& eos = config_.eos_token_ids;

@@ -154,10 +154,13 @@ __device__ __forceinline__ void LoadQFrags(uint32_t (&qf)[D / 16][4], const uint
 // key0..key0+63 (staged in ks), masking, the running max and sum, and the
 // rescale of o. Leaves bf16(p) in pa for AttendValues. pos0/pos1: positions
 // of this thread's two rows (-1: padding row, everything masked).
+// `mask` false (warp-uniform) when no row that is ever written has a
+// position below key0 + 63: masking would change nothing, so it is skipped.
 template <int D>
 __device__ __forceinline__ void AttendScores(RowState<D>& st, const uint32_t (&qf)[D / 16][4],
                                              const uint8_t* ks, int key0, int pos0, int pos1,
-                                             float c, int lane, uint32_t (&pa)[4][4]) {
+                                             bool mask, float c, int lane,
+                                             uint32_t (&pa)[4][4]) {
   constexpr int kStride = Layout<D>::kStride;
   const int t = lane & 3;
   const int mi = lane >> 3;
@@ -187,7 +190,7 @@ __device__ __forceinline__ void AttendScores(RowState<D>& st, const uint32_t (&q
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int key = key0 + 8 * nt + 2 * t + (e & 1);
-      if (key > pos[e >> 1]) s[nt][e] = NegInf();
+      if (mask && key > pos[e >> 1]) s[nt][e] = NegInf();
       mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
     }
   }
@@ -399,7 +402,10 @@ __global__ void __launch_bounds__(32 * kPrefillWarps, 2)
     const int key0 = b * kTcKeyBlock;
     if (key0 <= warp_last) {  // warp-uniform; skipped blocks are all masked
       uint32_t pa[4][4];
-      AttendScores<D>(st, qf, kbuf + (b & 1) * L::kTile, key0, pos0, pos1, p.c, lane, pa);
+      // Rows past the sequence end are never written: no need to mask them.
+      const bool mask = key0 + kTcKeyBlock - 1 > warp_first;
+      AttendScores<D>(st, qf, kbuf + (b & 1) * L::kTile, key0, pos0, pos1, mask, p.c, lane,
+                      pa);
       AttendValues<D>(st, pa, vbuf + (b & 1) * L::kTile, lane);
     }
     if ((b + 1) % kBlocksPerSplit == 0 || b + 1 == nblocks) {
@@ -527,7 +533,9 @@ __global__ void __launch_bounds__(32) PagedTcKernel(const TcParams p) {
     CpAsyncWait<1>();  // K(b) landed (V(b) may still be in flight)
     __syncwarp();
     uint32_t pa[4][4];
-    AttendScores<D>(st, qf, kbuf, key0, pos0, pos1, p.c, lane, pa);
+    // Padding rows (beyond the group) are never written: no need to mask.
+    AttendScores<D>(st, qf, kbuf, key0, pos0, pos1, key0 + kTcKeyBlock - 1 > pos, p.c, lane,
+                    pa);
     __syncwarp();
     if (more) {
       offsets(key0 + kTcKeyBlock);

@@ -1,21 +1,29 @@
 // Whole-model invariance on the GPU: the rollout's incremental decode at
 // batch sizes 1..256 gives the learner's full-sequence logprobs bit for bit;
-// standard mode (cuBLAS, LibTorch softmax) does not. Skips without a GPU.
+// standard mode (cuBLAS, LibTorch softmax) does not; the same over contexts
+// of several attention splits. Skips without a GPU.
 #include <cstring>
 #include <random>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "common/torch_model.h"
 #include "common/transformer.h"
 #include "tests/common/model_fixture.h"
 
 namespace lockstep::common {
 namespace {
 
-std::shared_ptr<const Model> GpuModel(KernelMode mode) {
+ModelConfig GpuConfig() {
   ModelConfig c = testing::Config100MScaledDown();
   c.dtype = kernels::DType::kBF16;
+  c.max_position_embeddings = 2048;
+  return c;
+}
+
+std::shared_ptr<const Model> GpuModel(KernelMode mode) {
+  const ModelConfig c = GpuConfig();
   ModelOptions opts;
   opts.mode = mode;
   opts.device = kernels::Device::kCuda;
@@ -43,11 +51,14 @@ std::vector<float> DecodeBatch(const Model& model, const std::vector<std::vector
       b.slots.push_back((s * blocks + p / page) * page + p % page);
     }
     b.logit_rows = {0};
-    auto logits = model.Forward(b, cache->get());
-    EXPECT_TRUE(logits.ok()) << logits.status();
-    auto lp = ComputeTokenLogprobs(model.options().mode, *logits, model.config().vocab_size,
-                                   {seqs[0][p + 1]}, 0);
-    out.push_back(lp->target[0]);
+    // The rollout's step: logits stay on the GPU, the logprob is computed
+    // there.
+    StepRequest req;
+    req.targets = {seqs[0][p + 1]};
+    auto step = model.ForwardStep(b, cache->get(), req);
+    EXPECT_TRUE(step.ok()) << step.status();
+    if (!step.ok()) return {};
+    out.push_back(step->logprobs.target[0]);
   }
   return out;
 }
@@ -78,6 +89,66 @@ TEST(TransformerCudaTest, DecodeAtAnyBatchSizeMatchesFullSequence) {
       differing += !same;
     }
     if (mode == KernelMode::kStandard) EXPECT_GT(differing, 0);
+  }
+}
+
+// The learner's differentiable forward on the GPU (SequenceLogprobs over
+// CUDA weights that require grad) scores a sequence with the same bits as
+// the rollout's incremental decode at batch 1 and 64.
+TEST(TransformerCudaTest, LearnerLogprobsMatchRolloutDecode) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const ModelConfig c = GpuConfig();
+  for (KernelMode mode : {KernelMode::kInvariant, KernelMode::kStandard}) {
+    auto model = GpuModel(mode);
+    ASSERT_NE(model, nullptr);
+    TorchWeights w = ToTorch(testing::RandomTensors(c, 5));
+    for (auto& [name, t] : w) t = t.to(torch::kCUDA).set_requires_grad(true);
+    std::mt19937_64 rng(3);
+    auto seq = [&](int n) {
+      std::vector<int32_t> t(n);
+      for (auto& x : t) x = rng() % c.vocab_size;
+      return t;
+    };
+    const auto target = seq(700);
+    auto learner = SequenceLogprobs(c, w, mode, {target}, {1});
+    ASSERT_TRUE(learner.ok()) << learner.status();
+    auto lp = (*learner)[0].detach().cpu().contiguous();
+    int differing = 0;
+    for (int batch : {1, 64}) {
+      std::vector<std::vector<int32_t>> seqs = {target};
+      while (static_cast<int>(seqs.size()) < batch) seqs.push_back(seq(700));
+      const auto dec = DecodeBatch(*model, seqs);
+      ASSERT_EQ(static_cast<int64_t>(dec.size()), lp.numel());
+      const bool same = std::memcmp(dec.data(), lp.data_ptr<float>(), dec.size() * 4) == 0;
+      if (mode == KernelMode::kInvariant) EXPECT_TRUE(same) << "batch " << batch;
+      differing += !same;
+    }
+    if (mode == KernelMode::kStandard) EXPECT_GT(differing, 0);
+  }
+}
+
+// Contexts longer than one attention split (512 keys): decode at batch 1 and
+// 3 still reproduces the full-sequence forward bit for bit.
+TEST(TransformerCudaTest, LongContextDecodeMatchesFullSequence) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  auto model = GpuModel(KernelMode::kInvariant);
+  ASSERT_NE(model, nullptr);
+  std::mt19937_64 rng(2);
+  const int V = model->config().vocab_size;
+  auto seq = [&](int n) {
+    std::vector<int32_t> t(n);
+    for (auto& x : t) x = rng() % V;
+    return t;
+  };
+  const auto target = seq(1100);
+  auto full = model->ScoreSequences({target}, {1});
+  ASSERT_TRUE(full.ok());
+  for (int batch : {1, 3}) {
+    std::vector<std::vector<int32_t>> seqs = {target};
+    while (static_cast<int>(seqs.size()) < batch) seqs.push_back(seq(1100));
+    const auto dec = DecodeBatch(*model, seqs);
+    ASSERT_EQ(dec.size(), (*full)[0].size());
+    EXPECT_EQ(std::memcmp(dec.data(), (*full)[0].data(), dec.size() * 4), 0) << "batch " << batch;
   }
 }
 

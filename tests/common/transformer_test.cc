@@ -5,12 +5,19 @@
 #include "common/transformer.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <random>
+#include <utility>
+#include <vector>
 
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 
+#include "common/reference_ops.h"
+#include "common/torch_ops.h"
 #include "tests/common/model_fixture.h"
 
 namespace lockstep::common {
@@ -213,6 +220,112 @@ TEST(TransformerTest, InvariantAndStandardAgreeClosely) {
   const auto b = Full(*std_model, seqs)[0];
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-4) << i;
+}
+
+// One standard-mode PagedAttention step over sequences given as (tokens
+// already cached, rows in this step), on pages of 16 in shuffled order, in a
+// cache of `cache_dtype` whose unused slots hold NaN. Returns the largest
+// per-sequence max |out - ref| / max |ref| against reference::Attention over
+// the sequence's contiguous K/V (rounded to the cache dtype).
+double StandardPagedAttentionError(const std::vector<std::pair<int64_t, int64_t>>& seqs,
+                                   torch::ScalarType cache_dtype, int64_t q_heads,
+                                   int64_t kv_heads, int64_t head_dim, uint64_t seed) {
+  constexpr int64_t kPageSize = 16;
+  torch::manual_seed(seed);
+  const int64_t num_seqs = seqs.size();
+  int64_t max_blocks = 0, num_pages = 3;
+  for (const auto& [cached, rows] : seqs) {
+    const int64_t blocks = (cached + rows + kPageSize - 1) / kPageSize;
+    max_blocks = std::max(max_blocks, blocks);
+    num_pages += blocks;
+  }
+  std::vector<int32_t> perm(num_pages);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), std::mt19937_64(seed));
+  // Entries past a sequence's last block are -1: never to be read.
+  auto tables = torch::full({num_seqs, max_blocks}, -1, torch::kInt);
+  int64_t next_page = 0;
+  for (int64_t s = 0; s < num_seqs; ++s) {
+    const int64_t len = seqs[s].first + seqs[s].second;
+    for (int64_t b = 0; b * kPageSize < len; ++b) tables[s][b] = perm[next_page++];
+  }
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  LayerKv kv{torch::full({num_pages, kPageSize, kv_heads, head_dim}, nan, cache_dtype),
+             torch::full({num_pages, kPageSize, kv_heads, head_dim}, nan, cache_dtype)};
+  auto slot_of = [&](int64_t s, int64_t p) {
+    return int64_t{tables[s][p / kPageSize].item<int32_t>()} * kPageSize + p % kPageSize;
+  };
+  std::vector<torch::Tensor> ks, vs, step_k, step_v;
+  std::vector<int32_t> positions, seq_ids;
+  std::vector<int64_t> slots;
+  for (int64_t s = 0; s < num_seqs; ++s) {
+    const auto [cached, rows] = seqs[s];
+    ks.push_back(torch::randn({cached + rows, kv_heads * head_dim}));
+    vs.push_back(torch::randn({cached + rows, kv_heads * head_dim}));
+    // The earlier steps' K/V, written straight into the pages.
+    std::vector<int64_t> old_slots;
+    for (int64_t p = 0; p < cached; ++p) old_slots.push_back(slot_of(s, p));
+    auto old = torch::tensor(old_slots, torch::kLong);
+    const int64_t width = kv_heads * head_dim;
+    kv.k.view({-1, width}).index_copy_(0, old, ks[s].narrow(0, 0, cached).to(cache_dtype));
+    kv.v.view({-1, width}).index_copy_(0, old, vs[s].narrow(0, 0, cached).to(cache_dtype));
+    step_k.push_back(ks[s].narrow(0, cached, rows));
+    step_v.push_back(vs[s].narrow(0, cached, rows));
+    for (int64_t p = cached; p < cached + rows; ++p) {
+      positions.push_back(p);
+      seq_ids.push_back(s);
+      slots.push_back(slot_of(s, p));
+    }
+  }
+  const int64_t T = positions.size();
+  PagedAttentionMeta meta;
+  meta.positions = torch::tensor(positions, torch::kInt);
+  meta.seq_ids = torch::tensor(seq_ids, torch::kInt);
+  meta.slots = torch::tensor(slots, torch::kLong);
+  meta.block_tables = tables;
+  auto q = torch::randn({T, q_heads * head_dim});
+  auto ops = CreateOps(KernelMode::kStandard);
+  auto out = ops->PagedAttention(q, torch::cat(step_k), torch::cat(step_v), kv, meta, q_heads,
+                                 kv_heads, head_dim);
+  EXPECT_EQ(out.scalar_type(), torch::kFloat);
+  EXPECT_EQ(out.sizes(), q.sizes());
+  double worst = 0;
+  int64_t row = 0;
+  for (int64_t s = 0; s < num_seqs; ++s) {
+    const auto [cached, rows] = seqs[s];
+    auto ref = reference::Attention(
+        q.narrow(0, row, rows), ks[s].to(cache_dtype).to(torch::kFloat),
+        vs[s].to(cache_dtype).to(torch::kFloat), meta.positions.narrow(0, row, rows), q_heads,
+        kv_heads, head_dim);
+    const double err = (out.narrow(0, row, rows) - ref).abs().max().item<double>() /
+                       ref.abs().max().item<double>();
+    EXPECT_TRUE(std::isfinite(err)) << "sequence " << s;
+    worst = std::max(worst, std::isfinite(err) ? err : 1.0);
+    row += rows;
+  }
+  return worst;
+}
+
+class StandardPagedAttentionTest : public ::testing::TestWithParam<torch::ScalarType> {};
+
+// Decode rows of different lengths (a page boundary, a first token), a
+// chunk of several rows of one sequence and a fresh prefill, in one batch.
+TEST_P(StandardPagedAttentionTest, BatchedMatchesReferencePerSequence) {
+  const std::vector<std::pair<int64_t, int64_t>> seqs = {
+      {37, 1}, {0, 1}, {15, 1}, {20, 9}, {100, 1}, {16, 1}, {0, 12}, {63, 1}};
+  EXPECT_LT(StandardPagedAttentionError(seqs, GetParam(), 8, 2, 32, 1), 1e-5);
+  // Without GQA as well.
+  EXPECT_LT(StandardPagedAttentionError(seqs, GetParam(), 4, 4, 16, 2), 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(CacheDTypes, StandardPagedAttentionTest,
+                         ::testing::Values(torch::kFloat, torch::kBFloat16));
+
+// Enough rows of a long context that the gathered K/V exceed the 512 MiB
+// chunk budget: the rows go through in several chunks.
+TEST(TransformerTest, StandardPagedAttentionChunksLongBatches) {
+  const std::vector<std::pair<int64_t, int64_t>> seqs = {{5, 1}, {1990, 40}, {700, 1}, {3, 2}};
+  EXPECT_LT(StandardPagedAttentionError(seqs, torch::kFloat, 16, 8, 128, 3), 1e-5);
 }
 
 // A step that asks for no logits (a prefill chunk that samples nothing) still
