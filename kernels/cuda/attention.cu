@@ -64,20 +64,6 @@ struct AttnParams {
   float scale;
 };
 
-__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(
-                   static_cast<uint32_t>(__cvta_generic_to_shared(smem))),
-               "l"(gmem)
-               : "memory");
-}
-__device__ __forceinline__ void CpAsyncCommit() {
-  asm volatile("cp.async.commit_group;" ::: "memory");
-}
-template <int kN>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(kN) : "memory");
-}
-
 // Sequential fma dot of q (fp32, shared) and one K row (shared) over d.
 template <typename KvT>
 __device__ __forceinline__ float DotRow(const float* q, const uint8_t* krow,

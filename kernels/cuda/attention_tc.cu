@@ -70,23 +70,6 @@ struct Layout {
   static constexpr int kChunks = D / 8;  // 16-byte chunks per row
 };
 
-__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(SmemAddr(smem)),
-               "l"(gmem)
-               : "memory");
-}
-__device__ __forceinline__ void CpAsyncCommit() {
-  asm volatile("cp.async.commit_group;" ::: "memory");
-}
-template <int kN>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(kN) : "memory");
-}
-
 __device__ __forceinline__ float Ex2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -678,6 +661,26 @@ absl::Status LaunchPaged(TcParams p, cudaStream_t stream) {
   return absl::OkStatus();
 }
 
+// The fields prefill and paged attention share; vec: K/V bases 16-byte
+// aligned (prefill also needs its row stride aligned).
+TcParams CommonParams(const float* q, int64_t ldq, float* out, int64_t ldo, const void* k,
+                      const void* v, int64_t tokens, int64_t hq, int64_t hkv, float scale) {
+  TcParams p{};
+  p.q = q;
+  p.ldq = ldq;
+  p.out = out;
+  p.ldo = ldo;
+  p.k = static_cast<const uint16_t*>(k);
+  p.v = static_cast<const uint16_t*>(v);
+  p.tokens = static_cast<int>(tokens);
+  p.hq = static_cast<int>(hq);
+  p.hkv = static_cast<int>(hkv);
+  p.group = p.hq / p.hkv;
+  p.vec = reinterpret_cast<uintptr_t>(k) % 16 == 0 && reinterpret_cast<uintptr_t>(v) % 16 == 0;
+  p.c = Log2eScale(scale);
+  return p;
+}
+
 }  // namespace
 
 bool TcAttentionApplies(DType kv_dtype, int64_t head_dim, int64_t group) {
@@ -686,36 +689,18 @@ bool TcAttentionApplies(DType kv_dtype, int64_t head_dim, int64_t group) {
 }
 
 absl::Status PrefillAttentionTc(const PrefillAttentionArgs& args, void* stream) {
-  TcParams p{};
-  p.q = args.q;
-  p.ldq = args.ldq;
-  p.out = args.out;
-  p.ldo = args.ldo;
-  p.k = static_cast<const uint16_t*>(args.k);
-  p.v = static_cast<const uint16_t*>(args.v);
+  TcParams p = CommonParams(args.q, args.ldq, args.out, args.ldo, args.k, args.v, args.tokens,
+                            args.num_q_heads, args.num_kv_heads, args.scale);
   p.ldk = args.ldk;
-  p.tokens = static_cast<int>(args.tokens);
-  p.hq = static_cast<int>(args.num_q_heads);
-  p.hkv = static_cast<int>(args.num_kv_heads);
-  p.group = p.hq / p.hkv;
-  p.vec = ((args.ldk * 2) % 16 == 0 && reinterpret_cast<uintptr_t>(args.k) % 16 == 0 &&
-           reinterpret_cast<uintptr_t>(args.v) % 16 == 0)
-              ? 1
-              : 0;
-  p.c = Log2eScale(args.scale);
+  p.vec = p.vec && (args.ldk * 2) % 16 == 0;
   if (args.head_dim == 64) return LaunchPrefill<64>(p, AsStream(stream));
   return LaunchPrefill<128>(p, AsStream(stream));
 }
 
 absl::Status PagedAttentionTc(const PagedAttentionArgs& args, void* stream) {
   const PagedKvCache& c = args.cache;
-  TcParams p{};
-  p.q = args.q;
-  p.ldq = args.ldq;
-  p.out = args.out;
-  p.ldo = args.ldo;
-  p.k = static_cast<const uint16_t*>(c.k);
-  p.v = static_cast<const uint16_t*>(c.v);
+  TcParams p = CommonParams(args.q, args.ldq, args.out, args.ldo, c.k, c.v, args.tokens,
+                            args.num_q_heads, c.num_kv_heads, args.scale);
   p.positions = args.positions;
   p.seq_ids = args.seq_ids;
   p.block_tables = args.block_tables;
@@ -723,18 +708,9 @@ absl::Status PagedAttentionTc(const PagedAttentionArgs& args, void* stream) {
   p.max_blocks = args.max_blocks_per_seq;
   p.page_size = c.page_size;
   p.num_pages = c.num_pages;
-  p.tokens = static_cast<int>(args.tokens);
-  p.hq = static_cast<int>(args.num_q_heads);
-  p.hkv = static_cast<int>(c.num_kv_heads);
-  p.group = p.hq / p.hkv;
-  p.vec = (reinterpret_cast<uintptr_t>(c.k) % 16 == 0 &&
-           reinterpret_cast<uintptr_t>(c.v) % 16 == 0)
-              ? 1
-              : 0;
   const int64_t max_keys = args.max_blocks_per_seq * c.page_size;
   p.max_splits = static_cast<int>(
       std::max<int64_t>(1, (max_keys + kTcSplitKeys - 1) / kTcSplitKeys));
-  p.c = Log2eScale(args.scale);
   if (c.head_dim == 64) return LaunchPaged<64>(p, AsStream(stream));
   return LaunchPaged<128>(p, AsStream(stream));
 }

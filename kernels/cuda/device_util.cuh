@@ -51,6 +51,25 @@ __device__ __forceinline__ void StoreF32<uint16_t>(uint16_t* p, int64_t i,
   p[i] = F32ToBf16Bits(v);
 }
 
+// Shared-memory address of a generic pointer into shared memory.
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte global -> shared copy (cp.async.cg), and its group commit / wait
+// (at most kN of this thread's groups still pending).
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(SmemAddr(smem)), "l"(gmem)
+               : "memory");
+}
+__device__ __forceinline__ void CpAsyncCommit() {
+  asm volatile("cp.async.commit_group;" ::: "memory");
+}
+template <int kN>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(kN) : "memory");
+}
+
 // Sum over a warp by an xor butterfly. After each level the two partners hold
 // a+b and b+a, which are equal in IEEE arithmetic, so every lane ends with the
 // same bits and the grouping depends only on lane numbers.

@@ -29,6 +29,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/device_util.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
 namespace lockstep::kernels::cuda::gemm {
@@ -81,10 +82,6 @@ struct Shape {
   static_assert(kStages >= 2, "not enough shared memory for two stages");
   static_assert(!kLeafMode || kNC == 2, "leaf mode uses two consumers");
 };
-
-__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 
 __device__ __forceinline__ void MbarInit(uint64_t* bar, uint32_t count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(SmemAddr(bar)),
