@@ -3,9 +3,10 @@
 // arithmetic of a 16-row tile and one (FoldPlan/FoldValue) the split merge;
 // the prefill kernel, the paged split kernel and the split combiner only
 // differ in which rows they put in a tile and where bytes come from:
-//  - PrefillTcKernel: a CTA of 4 warps owns 64 consecutive query tokens of
-//    one query head; K/V blocks of 64 keys are staged with cp.async (double
-//    buffered) and shared by the 4 warps; each warp folds its splits inline.
+//  - PrefillTcKernel: a CTA of 8 warps owns 128 consecutive query tokens of
+//    one query head, or 64 tokens of two query heads sharing a KV head; K/V
+//    blocks of 64 keys are staged with cp.async (4 buffers, 3 blocks ahead)
+//    and shared by the warps; each warp folds its splits inline.
 //  - PagedTcKernel: one warp per (token, KV head, split); the tile's rows are
 //    the query heads of that KV head (GQA packing), K/V rows are looked up
 //    through the block table. A token with one split writes its output; with
@@ -32,8 +33,9 @@ namespace lockstep::kernels::cuda {
 namespace {
 
 constexpr int kBlocksPerSplit = kTcSplitKeys / kTcKeyBlock;  // 8
-constexpr int kPrefillWarps = 4;
-constexpr int kPrefillRows = 16 * kPrefillWarps;  // query tokens per CTA
+constexpr int kPrefillWarps = 8;
+constexpr int kPrefillStages = 4;  // K/V block buffers per prefill CTA
+static_assert(kPrefillStages >= 2, "blocks are prefetched");
 static_assert(kTcKeyBlock == 64, "AttendBlock is written for 64-key blocks");
 static_assert(kTcSplitKeys % kTcKeyBlock == 0, "splits hold whole blocks");
 
@@ -76,9 +78,11 @@ __device__ __forceinline__ float Ex2(float x) {
   return y;
 }
 
+// (bf16(lo), bf16(hi)) packed low half first, both rounded to nearest even
+// (one cvt.rn.bf16x2.f32).
 __device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
-  return static_cast<uint32_t>(F32ToBf16Bits(lo)) |
-         (static_cast<uint32_t>(F32ToBf16Bits(hi)) << 16);
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
 }
 
 __device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* p) {
@@ -100,6 +104,22 @@ __device__ __forceinline__ void Mma(float (&c)[4], const uint32_t (&a)[4],
       "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Runs kSteps MMA steps whose B fragments come from ldmatrix: step i + 3's
+// fragments are loaded while step i's MMAs issue (a ring of 4), so the MMAs
+// do not wait on shared-memory latency. The MMA order is unchanged.
+template <int kSteps, typename Load, typename Use>
+__device__ __forceinline__ void FragmentPipeline(Load load, Use use) {
+  constexpr int kRing = 4;
+  uint32_t f[kRing][4];
+#pragma unroll
+  for (int i = 0; i < kRing - 1 && i < kSteps; ++i) load(f[i], i);
+#pragma unroll
+  for (int i = 0; i < kSteps; ++i) {
+    if (i + kRing - 1 < kSteps) load(f[(i + kRing - 1) % kRing], i + kRing - 1);
+    use(f[i % kRing], i);
+  }
 }
 
 __device__ __forceinline__ float NegInf() { return -__int_as_float(0x7f800000); }
@@ -133,38 +153,45 @@ __device__ __forceinline__ void LoadQFrags(uint32_t (&qf)[D / 16][4], const uint
   }
 }
 
-// First half of the contract's block step for a 16-row tile: scores of keys
-// key0..key0+63 (staged in ks), masking, the running max and sum, and the
-// rescale of o. Leaves bf16(p) in pa for AttendValues. pos0/pos1: positions
-// of this thread's two rows (-1: padding row, everything masked).
-// `mask` false (warp-uniform) when no row that is ever written has a
-// position below key0 + 63: masking would change nothing, so it is skipped.
+// S = q · Kᵀ of a 16-row tile and the 64 keys staged in ks: each score is
+// one chain over head_dim in 16-wide steps.
 template <int D>
-__device__ __forceinline__ void AttendScores(RowState<D>& st, const uint32_t (&qf)[D / 16][4],
-                                             const uint8_t* ks, int key0, int pos0, int pos1,
-                                             bool mask, float c, int lane,
-                                             uint32_t (&pa)[4][4]) {
+__device__ __forceinline__ void ScoreTile(float (&s)[8][4], const uint32_t (&qf)[D / 16][4],
+                                          const uint8_t* ks, int lane) {
   constexpr int kStride = Layout<D>::kStride;
-  const int t = lane & 3;
   const int mi = lane >> 3;
   const int r8 = lane & 7;
-  float s[8][4];
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) s[i][e] = 0.0f;
   }
-  // S = q · Kᵀ: each score is one chain over head_dim in 16-wide steps.
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-#pragma unroll
-    for (int pr = 0; pr < 4; ++pr) {
-      uint32_t b[4];
-      LdMatrixX4(b, ks + (16 * pr + (mi >> 1) * 8 + r8) * kStride + (kk * 16 + (mi & 1) * 8) * 2);
-      Mma(s[2 * pr], qf[kk], b[0], b[1]);
-      Mma(s[2 * pr + 1], qf[kk], b[2], b[3]);
-    }
-  }
+  // Step i = (kk, pr): 16 dims of head_dim x 16 keys.
+  FragmentPipeline<D / 16 * 4>(
+      [&](uint32_t (&f)[4], int i) {
+        const int kk = i / 4;
+        const int pr = i % 4;
+        LdMatrixX4(f, ks + (16 * pr + (mi >> 1) * 8 + r8) * kStride + (kk * 16 + (mi & 1) * 8) * 2);
+      },
+      [&](const uint32_t (&f)[4], int i) {
+        const int kk = i / 4;
+        const int pr = i % 4;
+        Mma(s[2 * pr], qf[kk], f[0], f[1]);
+        Mma(s[2 * pr + 1], qf[kk], f[2], f[3]);
+      });
+}
+
+// The softmax half of the contract's block step for keys key0..key0+63 of a
+// 16-row tile whose scores are s: masking, the running max and sum, and the
+// rescale of o. Leaves bf16(p) in pa for AttendValues. pos0/pos1: positions
+// of this thread's two rows (-1: padding row, everything masked).
+// kMask false when no row that is ever written has a position below
+// key0 + 63: masking would change nothing, so it is compiled out.
+template <int D, bool kMask>
+__device__ __forceinline__ void SoftmaxTile(RowState<D>& st, float (&s)[8][4], int key0,
+                                            int pos0, int pos1, float c, int lane,
+                                            uint32_t (&pa)[4][4]) {
+  const int t = lane & 3;
   // Mask keys beyond each row's position; row max (exact in any order).
   const int pos[2] = {pos0, pos1};
   float mx[2] = {NegInf(), NegInf()};
@@ -173,7 +200,7 @@ __device__ __forceinline__ void AttendScores(RowState<D>& st, const uint32_t (&q
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int key = key0 + 8 * nt + 2 * t + (e & 1);
-      if (mask && key > pos[e >> 1]) s[nt][e] = NegInf();
+      if (kMask && key > pos[e >> 1]) s[nt][e] = NegInf();
       mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
     }
   }
@@ -215,6 +242,30 @@ __device__ __forceinline__ void AttendScores(RowState<D>& st, const uint32_t (&q
   }
 }
 
+// ScoreTile + SoftmaxTile (the whole first half of a block step).
+template <int D, bool kMask>
+__device__ __forceinline__ void AttendScores(RowState<D>& st, const uint32_t (&qf)[D / 16][4],
+                                             const uint8_t* ks, int key0, int pos0, int pos1,
+                                             float c, int lane, uint32_t (&pa)[4][4]) {
+  float s[8][4];
+  ScoreTile<D>(s, qf, ks, lane);
+  SoftmaxTile<D, kMask>(st, s, key0, pos0, pos1, c, lane, pa);
+}
+
+// AttendScores with masking when `mask` (warp-uniform) is true.
+template <int D>
+__device__ __forceinline__ void AttendScoresMasked(RowState<D>& st,
+                                                   const uint32_t (&qf)[D / 16][4],
+                                                   const uint8_t* ks, int key0, int pos0,
+                                                   int pos1, bool mask, float c, int lane,
+                                                   uint32_t (&pa)[4][4]) {
+  if (mask) {
+    AttendScores<D, true>(st, qf, ks, key0, pos0, pos1, c, lane, pa);
+  } else {
+    AttendScores<D, false>(st, qf, ks, key0, pos0, pos1, c, lane, pa);
+  }
+}
+
 // Second half of the block step: o += bf16(p) · V in 16-key steps (V rows of
 // the same 64 keys staged in vs).
 template <int D>
@@ -223,16 +274,19 @@ __device__ __forceinline__ void AttendValues(RowState<D>& st, const uint32_t (&p
   constexpr int kStride = Layout<D>::kStride;
   const int mi = lane >> 3;
   const int r8 = lane & 7;
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk) {
-#pragma unroll
-    for (int pr = 0; pr < D / 16; ++pr) {
-      uint32_t b[4];
-      LdMatrixX4Trans(b, vs + (16 * kk + (mi & 1) * 8 + r8) * kStride + (16 * pr + (mi >> 1) * 8) * 2);
-      Mma(st.o[2 * pr], pa[kk], b[0], b[1]);
-      Mma(st.o[2 * pr + 1], pa[kk], b[2], b[3]);
-    }
-  }
+  // Step i = (kk, pr): 16 keys x 16 dims of head_dim.
+  FragmentPipeline<4 * (D / 16)>(
+      [&](uint32_t (&f)[4], int i) {
+        const int kk = i / (D / 16);
+        const int pr = i % (D / 16);
+        LdMatrixX4Trans(f, vs + (16 * kk + (mi & 1) * 8 + r8) * kStride + (16 * pr + (mi >> 1) * 8) * 2);
+      },
+      [&](const uint32_t (&f)[4], int i) {
+        const int kk = i / (D / 16);
+        const int pr = i % (D / 16);
+        Mma(st.o[2 * pr], pa[kk], f[0], f[1]);
+        Mma(st.o[2 * pr + 1], pa[kk], f[2], f[3]);
+      });
 }
 
 // Split fold of one row: how the merged state (M, L, O) absorbs a split's
@@ -282,17 +336,33 @@ __device__ __forceinline__ void FoldTile(float (&big_m)[2], float (&big_l)[2], f
   }
 }
 
-// Stages q rows (fp32 -> bf16, round to nearest even) into a tile; rows for
-// which row_ptr returns nullptr are zero. `threads` threads starting at tid.
-template <int D, typename RowPtr>
-__device__ __forceinline__ void StageQ(uint8_t* qs, int rows, int tid, int threads,
-                                       RowPtr row_ptr) {
-  for (int i = tid; i < rows * (D / 2); i += threads) {
-    const int r = i / (D / 2);
-    const int c2 = (i - r * (D / 2)) * 2;
+// Stages kRows q rows (fp32 -> bf16, round to nearest even) into a tile
+// with kThreads threads; rows for which row_ptr returns nullptr are zero.
+// All of a thread's loads are issued before the first conversion (one
+// memory latency, not one per element). `pairs`: rows may be read as float2
+// (8-byte aligned).
+template <int D, int kRows, int kThreads, typename RowPtr>
+__device__ __forceinline__ void StageQ(uint8_t* qs, int tid, bool pairs, RowPtr row_ptr) {
+  constexpr int kPairs = D / 2;
+  static_assert((kRows * kPairs) % kThreads == 0, "q staging covers the tile exactly");
+  constexpr int kIters = kRows * kPairs / kThreads;
+  float2 v[kIters];
+#pragma unroll
+  for (int j = 0; j < kIters; ++j) {
+    const int i = tid + j * kThreads;
+    const int r = i / kPairs;
+    const int c2 = (i - r * kPairs) * 2;
     const float* qr = row_ptr(r);
-    const uint32_t packed = qr == nullptr ? 0u : PackBf16(qr[c2], qr[c2 + 1]);
-    *reinterpret_cast<uint32_t*>(qs + r * Layout<D>::kStride + c2 * 2) = packed;
+    v[j] = qr == nullptr ? make_float2(0.0f, 0.0f)
+           : pairs       ? *reinterpret_cast<const float2*>(qr + c2)
+                         : make_float2(qr[c2], qr[c2 + 1]);
+  }
+#pragma unroll
+  for (int j = 0; j < kIters; ++j) {
+    const int i = tid + j * kThreads;
+    const int r = i / kPairs;
+    const int c2 = (i - r * kPairs) * 2;
+    *reinterpret_cast<uint32_t*>(qs + r * Layout<D>::kStride + c2 * 2) = PackBf16(v[j].x, v[j].y);
   }
 }
 
@@ -321,92 +391,149 @@ __device__ __forceinline__ void StageRows(const TcParams& p, const uint16_t* src
   }
 }
 
-template <int D>
-__global__ void __launch_bounds__(32 * kPrefillWarps, 2)
-    PrefillTcKernel(const TcParams p) {
+// Prefill CTA: kPrefillWarps warps of 16 query rows each; the CTA covers
+// kHeads query heads of one KV head (GQA: they read the same K/V) and
+// 16 * kPrefillWarps / kHeads consecutive tokens. K/V blocks of 64 keys are
+// staged with cp.async through kPrefillStages buffers shared by all warps;
+// each warp folds its splits inline into its own slice of shared memory.
+template <int D, int kHeads>
+struct PrefillShape {
+  static constexpr int kThreads = 32 * kPrefillWarps;
+  static constexpr int kWarpsPerHead = kPrefillWarps / kHeads;
+  static constexpr int kRows = 16 * kWarpsPerHead;  // tokens per CTA
+  static constexpr int kQBytes = 16 * kPrefillWarps * Layout<D>::kStride;
+  static constexpr int kOWarpBytes = (D / 8) * 4 * 32 * 4;  // merged O, one warp
+  static constexpr int kOBytes = kPrefillWarps * kOWarpBytes;
+  static constexpr int kFrontBytes = kQBytes > kOBytes ? kQBytes : kOBytes;
+  static constexpr int kSmem = kFrontBytes + kPrefillStages * 2 * Layout<D>::kTile;
+  // Fast staging: every thread copies the same chunk column of kPerThread
+  // rows, kRowStep apart.
+  static constexpr int kRowStep = kThreads / Layout<D>::kChunks;
+  static constexpr int kPerThread = kTcKeyBlock / kRowStep;
+  static_assert(kThreads % Layout<D>::kChunks == 0 && kTcKeyBlock % kRowStep == 0,
+                "staging covers a block exactly");
+};
+
+template <int D, int kHeads>
+__global__ void __launch_bounds__(32 * kPrefillWarps, 1)
+    PrefillTcKernel(const TcParams p, int tiles) {
   using L = Layout<D>;
+  using S = PrefillShape<D, kHeads>;
   extern __shared__ __align__(16) uint8_t smem[];
-  // The q tile, then (once q sits in registers) the merged O of the 4 warps.
+  // The q tile, then (once q sits in registers) the merged O of the warps.
   uint8_t* qs = smem;
-  float* merged_o = reinterpret_cast<float*>(smem);
-  constexpr int kQBytes = kPrefillRows * L::kStride;
-  constexpr int kOBytes = kPrefillWarps * (D / 8) * 4 * 32 * 4;
-  uint8_t* kbuf = smem + (kQBytes > kOBytes ? kQBytes : kOBytes);
-  uint8_t* vbuf = kbuf + 2 * L::kTile;
-  const int tile = gridDim.x - 1 - blockIdx.x;  // longest tiles first
-  const int h = blockIdx.y;
-  const int g = h / p.group;
-  const int t0 = tile * kPrefillRows;
+  uint8_t* kbuf = smem + S::kFrontBytes;
+  uint8_t* vbuf = kbuf + kPrefillStages * L::kTile;
+  // Longest tiles (of every head group) first.
+  const int heads_y = p.hq / kHeads;
+  const int tile = tiles - 1 - static_cast<int>(blockIdx.x) / heads_y;
+  const int hy = static_cast<int>(blockIdx.x) % heads_y;
   const int w = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
-  const int threads = blockDim.x;
+  const int h = hy * kHeads + w / S::kWarpsPerHead;
+  const int g = (hy * kHeads) / p.group;
+  const int t0 = tile * S::kRows;
+  const int wrow = 16 * (w % S::kWarpsPerHead);  // warp's first row in the tile
 
-  StageQ<D>(qs, kPrefillRows, threadIdx.x, threads, [&](int r) -> const float* {
-    const int tok = t0 + r;
-    return tok < p.tokens ? p.q + static_cast<int64_t>(tok) * p.ldq +
-                                static_cast<int64_t>(h) * D
-                          : nullptr;
-  });
-  const int last = min(t0 + kPrefillRows - 1, p.tokens - 1);
+  const int last = min(t0 + S::kRows - 1, p.tokens - 1);
   const int nblocks = last / kTcKeyBlock + 1;
   const int64_t head_off = static_cast<int64_t>(g) * D;
+  // This thread's chunk of every staged block (fast path).
+  const int ch = threadIdx.x % L::kChunks;
+  const int r0 = threadIdx.x / L::kChunks;
+  const int64_t g_off = static_cast<int64_t>(r0) * p.ldk + head_off + ch * 8;
+  const int64_t g_step = static_cast<int64_t>(S::kRowStep) * p.ldk;
+  const int s_off = r0 * L::kStride + ch * 16;
   auto stage = [&](int b) {
-    const int buf = b & 1;
+    uint8_t* kd = kbuf + (b % kPrefillStages) * L::kTile;
+    uint8_t* vd = vbuf + (b % kPrefillStages) * L::kTile;
     const int key0 = b * kTcKeyBlock;
-    auto row_off = [&](int r) { return static_cast<int64_t>(key0 + r) * p.ldk + head_off; };
-    StageRows<D>(p, p.k, kbuf + buf * L::kTile, key0, last, threadIdx.x, threads, row_off);
-    StageRows<D>(p, p.v, vbuf + buf * L::kTile, key0, last, threadIdx.x, threads, row_off);
+    if (p.vec && key0 + kTcKeyBlock - 1 <= last) {
+      const int64_t base = static_cast<int64_t>(key0) * p.ldk + g_off;
+#pragma unroll
+      for (int j = 0; j < S::kPerThread; ++j) {
+        CpAsync16(kd + s_off + j * S::kRowStep * L::kStride, p.k + base + j * g_step);
+        CpAsync16(vd + s_off + j * S::kRowStep * L::kStride, p.v + base + j * g_step);
+      }
+    } else {
+      auto row_off = [&](int r) { return static_cast<int64_t>(key0 + r) * p.ldk + head_off; };
+      StageRows<D>(p, p.k, kd, key0, last, threadIdx.x, S::kThreads, row_off);
+      StageRows<D>(p, p.v, vd, key0, last, threadIdx.x, S::kThreads, row_off);
+    }
   };
-  stage(0);
-  CpAsyncCommit();
+#pragma unroll
+  for (int b = 0; b < kPrefillStages - 1; ++b) {
+    if (b < nblocks) stage(b);
+    CpAsyncCommit();
+  }
+  // q while the first K/V blocks are in flight.
+  const bool q_pairs = p.ldq % 2 == 0 && reinterpret_cast<uintptr_t>(p.q) % 8 == 0;
+  StageQ<D, 16 * kPrefillWarps, S::kThreads>(qs, threadIdx.x, q_pairs, [&](int r) -> const float* {
+    const int tok = t0 + r % S::kRows;
+    const int hr = hy * kHeads + r / S::kRows;
+    return tok < p.tokens ? p.q + static_cast<int64_t>(tok) * p.ldq +
+                                static_cast<int64_t>(hr) * D
+                          : nullptr;
+  });
   __syncthreads();  // q staged
   uint32_t qf[D / 16][4];
   LoadQFrags<D>(qf, qs + w * 16 * L::kStride, lane);
-  float* warp_o = merged_o + w * (D / 8) * 4 * 32;
-  const int row0 = t0 + 16 * w + (lane >> 2);
+  float* warp_o = reinterpret_cast<float*>(smem + w * S::kOWarpBytes);
+  const int row0 = t0 + wrow + (lane >> 2);
   const int pos0 = row0 < p.tokens ? row0 : -1;
   const int pos1 = row0 + 8 < p.tokens ? row0 + 8 : -1;
-  const int warp_first = t0 + 16 * w;
+  const int warp_first = t0 + wrow;
   const int warp_last = warp_first < p.tokens ? min(warp_first + 15, p.tokens - 1) : -1;
+  // Blocks past a warp's last row are all masked for it: skipped
+  // (warp-uniform).
+  auto active = [&](int b) { return b < nblocks && b * kTcKeyBlock <= warp_last; };
+  auto tile_of = [&](uint8_t* buf, int b) { return buf + (b % kPrefillStages) * L::kTile; };
 
   RowState<D> st;
   st.Reset();
   float big_m[2] = {NegInf(), NegInf()};
   float big_l[2] = {0.0f, 0.0f};
   for (int b = 0; b < nblocks; ++b) {
-    if (b + 1 < nblocks) {
-      stage(b + 1);
-      CpAsyncCommit();
-      CpAsyncWait<1>();
-    } else {
-      CpAsyncWait<0>();
-    }
-    __syncthreads();  // block b staged; every warp holds its q fragments
-    const int key0 = b * kTcKeyBlock;
-    if (key0 <= warp_last) {  // warp-uniform; skipped blocks are all masked
+    CpAsyncWait<kPrefillStages - 2>();  // block b landed (this thread's part)
+    // Every thread's part of block b is visible, and every warp is done with
+    // block b - 1, whose buffer the stage call below refills. (The first
+    // pass also orders every warp's q loads before any fold writes O.)
+    __syncthreads();
+    if (b + kPrefillStages - 1 < nblocks) stage(b + kPrefillStages - 1);
+    CpAsyncCommit();  // possibly empty: keeps the group count uniform
+    if (active(b)) {
+      const int key0 = b * kTcKeyBlock;
       uint32_t pa[4][4];
       // Rows past the sequence end are never written: no need to mask them.
-      const bool mask = key0 + kTcKeyBlock - 1 > warp_first;
-      AttendScores<D>(st, qf, kbuf + (b & 1) * L::kTile, key0, pos0, pos1, mask, p.c, lane,
-                      pa);
-      AttendValues<D>(st, pa, vbuf + (b & 1) * L::kTile, lane);
+      AttendScoresMasked<D>(st, qf, tile_of(kbuf, b), key0, pos0, pos1,
+                            key0 + kTcKeyBlock - 1 > warp_first, p.c, lane, pa);
+      AttendValues<D>(st, pa, tile_of(vbuf, b), lane);
     }
     if ((b + 1) % kBlocksPerSplit == 0 || b + 1 == nblocks) {
       FoldTile<D>(big_m, big_l, warp_o, st, p.c, lane);
       st.Reset();
     }
-    __syncthreads();
   }
+  CpAsyncWait<0>();
+  // Output: each thread's two adjacent dims of a row in one 8-byte store
+  // when aligned (4 lanes fill a 32-byte sector).
+  const bool pairs = p.ldo % 2 == 0 && reinterpret_cast<uintptr_t>(p.out) % 8 == 0;
   const int t = lane & 3;
 #pragma unroll
-  for (int nt = 0; nt < RowState<D>::kNT; ++nt) {
+  for (int r = 0; r < 2; ++r) {
+    const int tok = row0 + 8 * r;
+    if (tok >= p.tokens) continue;
+    float* dst = p.out + static_cast<int64_t>(tok) * p.ldo + static_cast<int64_t>(h) * D + 2 * t;
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int tok = row0 + 8 * (e >> 1);
-      if (tok >= p.tokens) continue;
-      const int d = 8 * nt + 2 * t + (e & 1);
-      p.out[static_cast<int64_t>(tok) * p.ldo + static_cast<int64_t>(h) * D + d] =
-          __fdiv_rn(warp_o[(nt * 4 + e) * 32 + lane], big_l[e >> 1]);
+    for (int nt = 0; nt < RowState<D>::kNT; ++nt) {
+      const float lo = __fdiv_rn(warp_o[(nt * 4 + 2 * r) * 32 + lane], big_l[r]);
+      const float hi = __fdiv_rn(warp_o[(nt * 4 + 2 * r + 1) * 32 + lane], big_l[r]);
+      if (pairs) {
+        *reinterpret_cast<float2*>(dst + 8 * nt) = make_float2(lo, hi);
+      } else {
+        dst[8 * nt] = lo;
+        dst[8 * nt + 1] = hi;
+      }
     }
   }
 }
@@ -469,11 +596,6 @@ __global__ void __launch_bounds__(32) PagedTcKernel(const TcParams p) {
     return;
   }
 
-  StageQ<D>(qs, 16, lane, 32, [&](int r) -> const float* {
-    return r < p.group ? p.q + static_cast<int64_t>(tok) * p.ldq +
-                             static_cast<int64_t>(g * p.group + r) * D
-                       : nullptr;
-  });
   const int ps = static_cast<int>(p.page_size);
   const int64_t head_off = static_cast<int64_t>(g) * D;
   // Element offsets of the block's 64 rows: lane owns rows lane and lane+32
@@ -501,6 +623,13 @@ __global__ void __launch_bounds__(32) PagedTcKernel(const TcParams p) {
   CpAsyncCommit();
   StageRows<D>(p, p.v, vbuf, b_begin * kTcKeyBlock, pos, lane, 32, row_off);
   CpAsyncCommit();
+  // q while the first K/V block is in flight.
+  const bool q_pairs = p.ldq % 2 == 0 && reinterpret_cast<uintptr_t>(p.q) % 8 == 0;
+  StageQ<D, 16, 32>(qs, lane, q_pairs, [&](int r) -> const float* {
+    return r < p.group ? p.q + static_cast<int64_t>(tok) * p.ldq +
+                             static_cast<int64_t>(g * p.group + r) * D
+                       : nullptr;
+  });
   __syncwarp();
   uint32_t qf[D / 16][4];
   LoadQFrags<D>(qf, qs, lane);
@@ -517,8 +646,8 @@ __global__ void __launch_bounds__(32) PagedTcKernel(const TcParams p) {
     __syncwarp();
     uint32_t pa[4][4];
     // Padding rows (beyond the group) are never written: no need to mask.
-    AttendScores<D>(st, qf, kbuf, key0, pos0, pos1, key0 + kTcKeyBlock - 1 > pos, p.c, lane,
-                    pa);
+    AttendScoresMasked<D>(st, qf, kbuf, key0, pos0, pos1, key0 + kTcKeyBlock - 1 > pos, p.c,
+                          lane, pa);
     __syncwarp();
     if (more) {
       offsets(key0 + kTcKeyBlock);
@@ -593,18 +722,27 @@ absl::Status AllowSmem(Kernel kernel, size_t smem) {
   return absl::OkStatus();
 }
 
-template <int D>
+template <int D, int kHeads>
 absl::Status LaunchPrefill(const TcParams& p, cudaStream_t stream) {
-  using L = Layout<D>;
-  constexpr size_t kQBytes = kPrefillRows * L::kStride;
-  constexpr size_t kOBytes = kPrefillWarps * (D / 8) * 4 * 32 * 4;
-  const size_t smem = (kQBytes > kOBytes ? kQBytes : kOBytes) + 4 * L::kTile;
-  auto kernel = PrefillTcKernel<D>;
-  if (absl::Status s = AllowSmem(kernel, smem); !s.ok()) return s;
-  const dim3 grid((p.tokens + kPrefillRows - 1) / kPrefillRows, p.hq);
-  kernel<<<grid, 32 * kPrefillWarps, smem, stream>>>(p);
+  using S = PrefillShape<D, kHeads>;
+  auto kernel = PrefillTcKernel<D, kHeads>;
+  if (absl::Status s = AllowSmem(kernel, S::kSmem); !s.ok()) return s;
+  const int tiles = (p.tokens + S::kRows - 1) / S::kRows;
+  const int64_t ctas = static_cast<int64_t>(tiles) * (p.hq / kHeads);
+  if (ctas > 0x7fffffff) {
+    return absl::InvalidArgumentError("attention (CUDA): tokens x heads too large");
+  }
+  kernel<<<static_cast<unsigned>(ctas), S::kThreads, S::kSmem, stream>>>(p, tiles);
   LOCKSTEP_CUDA_CHECK_LAUNCH("PrefillTcKernel");
   return absl::OkStatus();
+}
+
+// Two query heads per CTA when they share a KV head (any even group): all
+// warps then cover the same tokens, so none idles on the causal diagonal.
+template <int D>
+absl::Status LaunchPrefill(const TcParams& p, cudaStream_t stream) {
+  if (p.group % 2 == 0) return LaunchPrefill<D, 2>(p, stream);
+  return LaunchPrefill<D, 1>(p, stream);
 }
 
 // The split partials come from the device's default stream-ordered pool;
