@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <mutex>
 #include <set>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_status.h"
@@ -235,10 +236,14 @@ __device__ __forceinline__ void SoftmaxTile(RowState<D>& st, float (&s)[8][4], i
     rs[r] = __fadd_rn(rs[r], __shfl_xor_sync(0xffffffffu, rs[r], 2));
     st.l[r] = __fmaf_rn(st.l[r], alpha[r], rs[r]);
   }
+  // o *= alpha; skipped when every row of the warp keeps its max (alpha is
+  // exactly 1, and x * 1 == x bit for bit).
+  if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
 #pragma unroll
-  for (int nt = 0; nt < RowState<D>::kNT; ++nt) {
+    for (int nt = 0; nt < RowState<D>::kNT; ++nt) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) st.o[nt][e] = __fmul_rn(st.o[nt][e], alpha[e >> 1]);
+      for (int e = 0; e < 4; ++e) st.o[nt][e] = __fmul_rn(st.o[nt][e], alpha[e >> 1]);
+    }
   }
 }
 
@@ -324,13 +329,24 @@ __device__ __forceinline__ void FoldTile(float (&big_m)[2], float (&big_l)[2], f
   for (int r = 0; r < 2; ++r) {
     const FoldStep f = FoldPlan(big_m[r], split.m[r], c);
     big_l[r] = FoldValue(f, big_l[r], split.l[r]);
+    // Branch on the mode (uniform across a warp but for padding rows), so
+    // the loop carries FoldValue's arithmetic for that mode only.
+    auto fold = [&](auto mode_const) {
+      FoldStep fm = f;
+      fm.mode = decltype(mode_const)::value;
 #pragma unroll
-    for (int nt = 0; nt < RowState<D>::kNT; ++nt) {
+      for (int nt = 0; nt < RowState<D>::kNT; ++nt) {
 #pragma unroll
-      for (int e = 2 * r; e < 2 * r + 2; ++e) {
-        float* slot = big_o + (nt * 4 + e) * 32 + lane;
-        *slot = FoldValue(f, *slot, split.o[nt][e]);
+        for (int e = 2 * r; e < 2 * r + 2; ++e) {
+          float* slot = big_o + (nt * 4 + e) * 32 + lane;
+          *slot = FoldValue(fm, *slot, split.o[nt][e]);
+        }
       }
+    };
+    if (f.mode == 2) {
+      fold(std::integral_constant<int, 2>());
+    } else if (f.mode == 1) {
+      fold(std::integral_constant<int, 1>());
     }
     big_m[r] = f.m_new;
   }
