@@ -5,51 +5,14 @@
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
 
-#include <cerrno>
-#include <cstring>
-#include <fstream>
-#include <sstream>
-
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "common/channel_security.h"
 
 namespace lockstep::common {
 namespace {
-
-absl::StatusOr<std::string> ReadWholeFile(const std::string& flag,
-                                          const std::string& path) {
-  errno = 0;
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    const int err = errno;
-    const std::string what =
-        absl::StrCat("--", flag, "=", path, ": ",
-                     err != 0 ? std::strerror(err) : "cannot open");
-    if (err == ENOENT) return absl::NotFoundError(what);
-    if (err == EACCES || err == EPERM) return absl::PermissionDeniedError(what);
-    return absl::InvalidArgumentError(what);
-  }
-  std::stringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) {
-    return absl::DataLossError(
-        absl::StrCat("--", flag, "=", path, ": read error"));
-  }
-  return ss.str();
-}
-
-absl::StatusOr<std::string> ReadPem(const std::string& flag,
-                                    const std::string& path) {
-  absl::StatusOr<std::string> pem = ReadWholeFile(flag, path);
-  if (!pem.ok()) return pem.status();
-  if (!absl::StrContains(*pem, "-----BEGIN")) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--", flag, "=", path, " holds no PEM block"));
-  }
-  return pem;
-}
 
 // Constant-time comparison: the time taken does not depend on where the
 // first differing byte is (only on the lengths).
@@ -203,22 +166,22 @@ absl::StatusOr<ServerSecurity> MakeServerSecurity(
   std::string cert_chain, private_key, ca;
   if (has_cert) {
     absl::StatusOr<std::string> pem =
-        ReadPem("tls_cert", options.tls_cert_file);
+        ReadPemFile("--tls_cert", options.tls_cert_file);
     if (!pem.ok()) return pem.status();
     cert_chain = *std::move(pem);
-    pem = ReadPem("tls_key", options.tls_key_file);
+    pem = ReadPemFile("--tls_key", options.tls_key_file);
     if (!pem.ok()) return pem.status();
     private_key = *std::move(pem);
   }
   if (!options.tls_ca_file.empty()) {
-    absl::StatusOr<std::string> pem = ReadPem("tls_ca", options.tls_ca_file);
+    absl::StatusOr<std::string> pem = ReadPemFile("--tls_ca", options.tls_ca_file);
     if (!pem.ok()) return pem.status();
     ca = *std::move(pem);
   }
   std::string token;
   if (!options.auth_token_file.empty()) {
     absl::StatusOr<std::string> text =
-        ReadWholeFile("auth_token_file", options.auth_token_file);
+        ReadConfigFile("--auth_token_file", options.auth_token_file);
     if (!text.ok()) return text.status();
     token = std::string(absl::StripAsciiWhitespace(*text));
     if (token.empty()) {

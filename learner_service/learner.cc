@@ -252,7 +252,8 @@ absl::StatusOr<std::vector<PushResult>> Learner::RegisterRollouts(
       continue;
     }
     Rollout r;
-    r.client = std::make_shared<RolloutClient>(e, options_.rollout_auth_token);
+    r.client = std::make_shared<RolloutClient>(e, options_.rollout_auth_token,
+                                               options_.rollout_security);
     absl::StatusOr<lockstep::v1::ModelInfo> info =
         r.client->GetModelInfo(options_.register_timeout,
                                /*wait_for_ready=*/true);

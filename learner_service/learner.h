@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/channel_security.h"
 #include "common/host_tensor.h"
 #include "learner_service/learner_metrics.h"
 #include "learner_service/mismatch.h"
@@ -40,6 +41,12 @@ struct LearnerOptions {
   PushOptions push;
   // Bearer token presented to the rollouts (empty: none).
   std::string rollout_auth_token;
+  // Transport security of the channels to the rollouts (default:
+  // plaintext). Build it with common::MakeChannelSecurity, which reads and
+  // checks the CA / client certificate files once (learner_service:
+  // --rollout_tls, --rollout_tls_ca, --rollout_tls_cert, --rollout_tls_key,
+  // --rollout_tls_server_name).
+  common::ChannelSecurity rollout_security;
   // Deadline of the GetModelInfo call that registering a rollout makes (it
   // waits for the endpoint to come up within this time).
   absl::Duration register_timeout = absl::Seconds(10);

@@ -31,6 +31,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "common/channel_security.h"
 #include "common/kernel_mode.h"
 #include "common/metrics.h"
 #include "common/server_security.h"
@@ -89,6 +90,21 @@ ABSL_FLAG(double, drain_announce_seconds, 2.0,
           "On SIGTERM, seconds health answers NOT_SERVING before shutdown");
 ABSL_FLAG(std::string, rollout_auth_token_file, "",
           "File with the bearer token the rollouts require (if any)");
+ABSL_FLAG(bool, rollout_tls, false,
+          "Dial the rollouts with TLS, verifying their certificates against "
+          "gRPC's default roots (implied by the other --rollout_tls_* files)");
+ABSL_FLAG(std::string, rollout_tls_ca, "",
+          "PEM CA bundle verifying the rollouts' certificates (rollouts "
+          "started with --tls_cert); implies TLS");
+ABSL_FLAG(std::string, rollout_tls_cert, "",
+          "PEM client certificate chain presented to the rollouts (needed by "
+          "rollouts started with --tls_ca); with --rollout_tls_key; implies "
+          "TLS");
+ABSL_FLAG(std::string, rollout_tls_key, "",
+          "PEM private key of --rollout_tls_cert");
+ABSL_FLAG(std::string, rollout_tls_server_name, "",
+          "Name checked against the rollouts' certificates instead of the "
+          "--rollout host (e.g. localhost when dialing 127.0.0.1); needs TLS");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve TLS");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_ca, "",
@@ -246,6 +262,25 @@ int main(int argc, char** argv) {
           absl::StrCat("cannot read a token from ", f)));
     }
     options.rollout_auth_token = token;
+  }
+  {
+    lockstep::common::ChannelSecurityOptions rollout_tls;
+    rollout_tls.enabled = absl::GetFlag(FLAGS_rollout_tls);
+    rollout_tls.ca_file = absl::GetFlag(FLAGS_rollout_tls_ca);
+    rollout_tls.cert_file = absl::GetFlag(FLAGS_rollout_tls_cert);
+    rollout_tls.key_file = absl::GetFlag(FLAGS_rollout_tls_key);
+    rollout_tls.server_name = absl::GetFlag(FLAGS_rollout_tls_server_name);
+    const lockstep::common::ChannelSecurityNames flags{
+        "--rollout_tls", "--rollout_tls_ca", "--rollout_tls_cert",
+        "--rollout_tls_key", "--rollout_tls_server_name"};
+    absl::StatusOr<lockstep::common::ChannelSecurity> rollout_security =
+        lockstep::common::MakeChannelSecurity(rollout_tls, flags);
+    if (!rollout_security.ok()) return Fail(rollout_security.status());
+    options.rollout_security = *std::move(rollout_security);
+    if (options.rollout_security.tls()) {
+      std::cerr << "learner_service: rollout channels: "
+                << options.rollout_security.Describe() << std::endl;
+    }
   }
 
   const std::string host = absl::GetFlag(FLAGS_host);

@@ -5,7 +5,6 @@
 
 #include <grpcpp/client_context.h>
 #include <grpcpp/create_channel.h>
-#include <grpcpp/security/credentials.h>
 #include <grpcpp/support/channel_arguments.h>
 
 #include "absl/strings/numbers.h"
@@ -47,7 +46,8 @@ void RolloutClient::Prepare(grpc::ClientContext* ctx,
   }
 }
 
-RolloutClient::RolloutClient(std::string endpoint, std::string auth_token)
+RolloutClient::RolloutClient(std::string endpoint, std::string auth_token,
+                             common::ChannelSecurity security)
     : endpoint_(std::move(endpoint)), auth_token_(std::move(auth_token)) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(256 << 20);
@@ -57,8 +57,9 @@ RolloutClient::RolloutClient(std::string endpoint, std::string auth_token)
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
-  channel_ = grpc::CreateCustomChannel(
-      endpoint_, grpc::InsecureChannelCredentials(), args);
+  security.ApplyToArguments(&args);
+  channel_ =
+      grpc::CreateCustomChannel(endpoint_, security.credentials(), args);
   stub_ = lockstep::v1::RolloutService::NewStub(channel_);
 }
 

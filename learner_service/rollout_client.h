@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/channel_security.h"
 #include "common/host_tensor.h"
 #include "lockstep/v1/rollout.grpc.pb.h"
 
@@ -47,10 +48,13 @@ absl::Status ValidateEndpoint(const std::string& endpoint);
 
 class RolloutClient {
  public:
-  // Connects lazily (insecure channel: rollouts run on a trusted network).
-  // A non-empty `auth_token` is sent as "authorization: Bearer <token>" with
-  // every call (rollout_service --auth_token_file).
-  explicit RolloutClient(std::string endpoint, std::string auth_token = "");
+  // Connects lazily, over a channel secured by `security` (plaintext by
+  // default; TLS / mTLS for rollouts started with --tls_cert / --tls_ca:
+  // build it with common::MakeChannelSecurity). A non-empty `auth_token` is
+  // sent as "authorization: Bearer <token>" with every call (rollout_service
+  // --auth_token_file).
+  explicit RolloutClient(std::string endpoint, std::string auth_token = "",
+                         common::ChannelSecurity security = {});
 
   const std::string& endpoint() const { return endpoint_; }
   lockstep::v1::RolloutService::Stub* stub() { return stub_.get(); }

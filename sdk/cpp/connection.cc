@@ -3,7 +3,6 @@
 #include <grpc/grpc.h>
 #include <grpcpp/create_channel.h>
 #include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/security/credentials.h>
 #include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/channel_arguments.h>
 
@@ -20,6 +19,7 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "common/channel_security.h"
 
 namespace lockstep::client {
 namespace {
@@ -41,6 +41,15 @@ absl::StatusOr<std::string> ReadFile(const std::string& what,
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+// TlsOptions' fields as MakeChannelSecurity's errors name them.
+const common::ChannelSecurityNames& TlsOptionNames() {
+  static const common::ChannelSecurityNames* names =
+      new common::ChannelSecurityNames{
+          "TlsOptions.enabled", "TlsOptions.ca_file", "TlsOptions.cert_file",
+          "TlsOptions.key_file", "TlsOptions.server_name"};
+  return *names;
 }
 
 int ClampMillis(absl::Duration d) {
@@ -180,33 +189,16 @@ absl::StatusOr<std::shared_ptr<Connection>> Connection::Create(
   if (!token.empty()) c->authorization_ = absl::StrCat("Bearer ", token);
 
   const TlsOptions& tls = options.tls;
-  const bool use_tls = tls.enabled || !tls.ca_file.empty() ||
-                       !tls.cert_file.empty() || !tls.key_file.empty();
-  if (tls.cert_file.empty() != tls.key_file.empty()) {
-    return absl::InvalidArgumentError(
-        "TlsOptions: cert_file and key_file must be given together");
-  }
-  std::shared_ptr<grpc::ChannelCredentials> creds;
-  if (use_tls) {
-    grpc::SslCredentialsOptions ssl;
-    if (!tls.ca_file.empty()) {
-      absl::StatusOr<std::string> pem = ReadFile("CA file", tls.ca_file);
-      if (!pem.ok()) return pem.status();
-      ssl.pem_root_certs = *std::move(pem);
-    }
-    if (!tls.cert_file.empty()) {
-      absl::StatusOr<std::string> pem =
-          ReadFile("certificate file", tls.cert_file);
-      if (!pem.ok()) return pem.status();
-      ssl.pem_cert_chain = *std::move(pem);
-      pem = ReadFile("key file", tls.key_file);
-      if (!pem.ok()) return pem.status();
-      ssl.pem_private_key = *std::move(pem);
-    }
-    creds = grpc::SslCredentials(ssl);
-  } else {
-    creds = grpc::InsecureChannelCredentials();
-  }
+  common::ChannelSecurityOptions tls_options;
+  tls_options.enabled = tls.enabled;
+  tls_options.ca_file = tls.ca_file;
+  tls_options.cert_file = tls.cert_file;
+  tls_options.key_file = tls.key_file;
+  // The SDK has always ignored server_name on a plaintext channel.
+  if (tls_options.UsesTls()) tls_options.server_name = tls.server_name;
+  absl::StatusOr<common::ChannelSecurity> security =
+      common::MakeChannelSecurity(tls_options, TlsOptionNames());
+  if (!security.ok()) return security.status();
 
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
@@ -227,10 +219,9 @@ absl::StatusOr<std::shared_ptr<Connection>> Connection::Create(
   // config sets a retry policy, so gRPC itself only retries transparently
   // (calls that never reached the server).
   args.SetUserAgentPrefix(kUserAgent);
-  if (use_tls && !tls.server_name.empty()) {
-    args.SetSslTargetNameOverride(tls.server_name);
-  }
-  c->channel_ = grpc::CreateCustomChannel(options.target, creds, args);
+  security->ApplyToArguments(&args);
+  c->channel_ =
+      grpc::CreateCustomChannel(options.target, security->credentials(), args);
   if (c->channel_ == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("cannot create a channel to ", options.target));

@@ -32,10 +32,11 @@ const char* HealthStatusName(HealthStatus status);
 
 class Connection {
  public:
-  // Builds the channel (connects lazily, on the first call). Errors:
-  // INVALID_ARGUMENT for an empty target, only one of the client
-  // certificate / key files, bad option values; the error of reading a
-  // file (NOT_FOUND, PERMISSION_DENIED, ...) or an empty token file.
+  // Builds the channel (connects lazily, on the first call; TLS through
+  // common/channel_security.h). Errors: INVALID_ARGUMENT for an empty
+  // target, only one of the client certificate / key files, a TLS file
+  // without a PEM block, bad option values; the error of reading a file
+  // (NOT_FOUND, PERMISSION_DENIED, ...) or an empty token file.
   static absl::StatusOr<std::shared_ptr<Connection>> Create(
       const ClientOptions& options);
 

@@ -45,6 +45,7 @@ SCENARIOS=(
   "gpu-tp8|-f $ROOT/deploy/helm/values-gpu.yaml --set rollout.tp=8 --set rollout.replicas=4|--kinds ConfigMap=1,Deployment=1,PrometheusRule=1,Service=4,ServiceAccount=1,ServiceMonitor=1,StatefulSet=1 --probes grpc --gpu rollout=8,learner=1 --replicas 4"
   "tls-auth|-f $CHART/ci/tls-auth-values.yaml|--kinds Deployment=1,PrometheusRule=1,Secret=1,Service=3,ServiceMonitor=1,StatefulSet=1 --probes tcp --gpu rollout=0,learner=0 --replicas 3"
   "learner-only|--set rollout.enabled=false --set learner.rollouts[0]=rollouts.other-ns.svc:50051 --set metrics.serviceMonitor.enabled=true|--kinds ConfigMap=1,Service=2,ServiceAccount=1,ServiceMonitor=1,StatefulSet=1 --probes grpc"
+  "learner-rollout-mtls|--set rollout.enabled=false --set learner.rollouts[0]=rollouts.other-ns.svc:50051 --set learner.rolloutTls.enabled=true --set learner.rolloutTls.existingSecret=rollout-client-tls --set learner.rolloutTls.clientCertificate=true --set learner.rolloutTls.serverName=rollouts.other-ns.svc|--kinds ConfigMap=1,Service=2,ServiceAccount=1,StatefulSet=1 --probes grpc"
 )
 
 # Rejected values: helm flags | extended regex the error must match (Helm 3 writes a.b.c, Helm 4 /a/b/c).
@@ -62,6 +63,9 @@ BAD_VALUES=(
   "--set model.dir=relative/path|model.dir"
   "--set tls.enabled=true|tls.existingSecret is required"
   "--set auth.enabled=true|auth.token or auth.existingSecret is required"
+  "--set learner.rolloutTls.serverName=rollouts.example|need learner.rolloutTls.enabled or tls.enabled"
+  "--set learner.rolloutTls.enabled=true --set learner.rolloutTls.clientCertificate=true|clientCertificate needs learner.rolloutTls.existingSecret"
+  "--set learner.rolloutTls.enabled=true --set learner.rolloutTls.serverName=bad_name!|learner.rolloutTls.serverName"
 )
 
 for h in helm3 helm4; do

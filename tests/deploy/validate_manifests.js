@@ -219,6 +219,31 @@ function validateFile(args) {
   const learnerWl = workloads.find((w) => component(w) === "learner");
   if (learnerWl) check(learnerWl.kind === "StatefulSet", "the learner must be a StatefulSet");
 
+  // The learner reaches rollouts that serve TLS: it dials them with TLS, presents a client certificate to
+  // rollouts that require one, and every certificate file it is given lies in one of its mounts.
+  if (learnerWl) {
+    const lc = learnerWl.spec.template.spec.containers[0];
+    const largs = lc.args || [];
+    const flag = (args, f) => args.find((a) => a === f || a.startsWith(`${f}=`));
+    const rargs = rolloutWl ? rolloutWl.spec.template.spec.containers[0].args || [] : [];
+    if (flag(rargs, "--tls_cert")) {
+      check(flag(largs, "--rollout_tls") || flag(largs, "--rollout_tls_ca"),
+            "the rollouts serve TLS but the learner dials them without --rollout_tls / --rollout_tls_ca");
+    }
+    if (flag(rargs, "--tls_ca")) {
+      check(flag(largs, "--rollout_tls_cert") && flag(largs, "--rollout_tls_key"),
+            "the rollouts require client certificates but the learner has no --rollout_tls_cert/--rollout_tls_key");
+    }
+    const mounts = (lc.volumeMounts || []).map((m) => m.mountPath);
+    for (const f of ["--rollout_tls_ca", "--rollout_tls_cert", "--rollout_tls_key"]) {
+      const a = largs.find((x) => x.startsWith(`${f}=`));
+      if (a) {
+        const file = a.slice(f.length + 1);
+        check(mounts.some((m) => file.startsWith(`${m}/`)), `learner: ${a} is in no volume mount`);
+      }
+    }
+  }
+
   // --- monitoring -------------------------------------------------------------------------------------
   for (const sm of objects.filter((o) => o.kind === "ServiceMonitor")) {
     const id = `ServiceMonitor/${sm.metadata.name}`;

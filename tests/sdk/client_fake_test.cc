@@ -13,6 +13,7 @@
 #include "sdk/cpp/lockstep_client.h"
 #include "tests/sdk/fake_services.h"
 #include "tests/testing/service_process.h"
+#include "tests/testing/test_certs.h"
 
 namespace lockstep::client {
 namespace {
@@ -527,7 +528,7 @@ TEST(ServerSecurityTest, TokenRequiredOnEveryCallButHealth) {
 class TlsTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    absl::StatusOr<std::string> dir = sdk_testing::MakeTestCerts();
+    absl::StatusOr<std::string> dir = testing::MakeTestCerts();
     ASSERT_TRUE(dir.ok()) << dir.status();
     certs_ = new std::string(*dir);
   }

@@ -274,19 +274,6 @@ std::string FakeServer::address() const {
   return absl::StrCat("127.0.0.1:", port_);
 }
 
-absl::StatusOr<std::string> MakeTestCerts() {
-  absl::StatusOr<std::string> dir = testing::MakeTempDir("lockstep-sdk-certs");
-  if (!dir.ok()) return dir.status();
-  std::string source = testing::SourceDir();
-  if (source.empty()) source = ".";
-  const std::string cmd = absl::StrCat(
-      "bash '", source, "/tests/sdk/make_test_certs.sh' '", *dir, "'");
-  if (std::system(cmd.c_str()) != 0) {
-    return absl::InternalError(absl::StrCat("failed: ", cmd));
-  }
-  return dir;
-}
-
 absl::Status WriteTextFile(const std::string& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out << text;

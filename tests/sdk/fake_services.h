@@ -115,10 +115,6 @@ class FakeServer {
   std::unique_ptr<grpc::Server> server_;
 };
 
-// Runs tests/sdk/make_test_certs.sh into a fresh temp directory and returns
-// it (ca.pem, server.pem/.key, client.pem/.key, rogue_*).
-absl::StatusOr<std::string> MakeTestCerts();
-
 // Writes `text` to `path`.
 absl::Status WriteTextFile(const std::string& path, const std::string& text);
 

@@ -20,6 +20,7 @@
 #include "sdk/cpp/lockstep_client.h"
 #include "tests/sdk/fake_services.h"
 #include "tests/sdk/sdk_test_util.h"
+#include "tests/testing/test_certs.h"
 
 namespace lockstep::client {
 namespace {
@@ -531,7 +532,7 @@ TEST_F(CliTest, DemoRunsTheMakeDemoScript) {
 class SecureServersTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    absl::StatusOr<std::string> dir = sdk_testing::MakeTestCerts();
+    absl::StatusOr<std::string> dir = testing::MakeTestCerts();
     ASSERT_TRUE(dir.ok()) << dir.status();
     certs_ = new std::string(*dir);
     ASSERT_TRUE(

@@ -108,5 +108,5 @@ class Stack:
 
 
 def make_certs(directory):
-    subprocess.run(["bash", os.path.join(env("LOCKSTEP_SOURCE_DIR"), "tests", "sdk",
+    subprocess.run(["bash", os.path.join(env("LOCKSTEP_SOURCE_DIR"), "tests", "testing",
                                          "make_test_certs.sh"), directory], check=True)

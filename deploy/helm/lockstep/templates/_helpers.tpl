@@ -83,6 +83,45 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end -}}
 
+{{/* The Secret the learner verifies the rollouts with (ca.crt) and takes its client certificate from
+(tls.crt, tls.key): learner.rolloutTls.existingSecret, else tls.existingSecret when tls.enabled, else "". */}}
+{{- define "lockstep.rolloutTlsSecret" -}}
+{{- $r := .Values.learner.rolloutTls -}}
+{{- if $r.existingSecret -}}
+{{- $r.existingSecret -}}
+{{- else if .Values.tls.enabled -}}
+{{- .Values.tls.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The learner's flags for dialing the rollouts with TLS (learner.rolloutTls, implied by tls.enabled):
+--rollout_tls_ca (and the client certificate) from the Secret mounted at /etc/lockstep/rollout-tls, or
+--rollout_tls (default roots) without one. */}}
+{{- define "lockstep.rolloutTlsArgs" -}}
+{{- $v := .Values -}}
+{{- $r := $v.learner.rolloutTls -}}
+{{- $secret := include "lockstep.rolloutTlsSecret" . -}}
+{{- if or $v.tls.enabled $r.enabled }}
+{{- if $secret }}
+- --rollout_tls_ca=/etc/lockstep/rollout-tls/ca.crt
+{{- if or $r.clientCertificate (and (not $r.existingSecret) $v.tls.mutual) }}
+- --rollout_tls_cert=/etc/lockstep/rollout-tls/tls.crt
+- --rollout_tls_key=/etc/lockstep/rollout-tls/tls.key
+{{- end }}
+{{- else }}
+{{- if $r.clientCertificate }}
+{{- fail "learner.rolloutTls.clientCertificate needs learner.rolloutTls.existingSecret (or tls.enabled)" }}
+{{- end }}
+- --rollout_tls
+{{- end }}
+{{- with $r.serverName }}
+- --rollout_tls_server_name={{ . }}
+{{- end }}
+{{- else if or $r.serverName $r.clientCertificate $r.existingSecret }}
+{{- fail "learner.rolloutTls.serverName, clientCertificate and existingSecret need learner.rolloutTls.enabled or tls.enabled" }}
+{{- end }}
+{{- end -}}
+
 {{/* Volume mounts both services have. */}}
 {{- define "lockstep.commonVolumeMounts" -}}
 - name: tmp

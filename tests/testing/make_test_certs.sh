@@ -6,7 +6,8 @@
 #   client.pem client.key    client certificate signed by the CA (mTLS)
 #   rogue_ca.pem             another CA, and
 #   rogue_client.pem/.key    a client certificate it signed (must be refused)
-# Usage: tests/sdk/make_test_certs.sh DIR
+# Usage: tests/testing/make_test_certs.sh DIR (tests call it through
+# tests/testing/test_certs.h)
 set -euo pipefail
 dir=${1:?usage: make_test_certs.sh DIR}
 mkdir -p "$dir"
