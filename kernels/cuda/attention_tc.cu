@@ -68,9 +68,31 @@ struct TcParams {
 
 template <int D>
 struct Layout {
-  static constexpr int kStride = (D + 8) * 2;  // bytes per staged row (+16: no bank conflicts)
+  static constexpr int kStride = D * 2;  // bytes per staged row (unpadded)
   static constexpr int kTile = kTcKeyBlock * kStride;
+  // Byte offset of byte `byte` of staged row `row` (rows counted from a
+  // tile or q-tile base, which are multiples of 8 rows apart). The 16-byte
+  // chunks of a row are XOR-swizzled by row % 8, so the 8 row addresses of
+  // an ldmatrix phase (same column, 8 consecutive rows) hit 8 different
+  // chunks, i.e. all 32 banks, without padding.
+  __device__ __forceinline__ static int Offset(int row, int byte) {
+    return row * kStride + ((((byte >> 4) ^ row) & 7) | ((byte >> 4) & ~7)) * 16 + (byte & 15);
+  }
   static constexpr int kChunks = D / 8;  // 16-byte chunks per row
+};
+
+// Layout::Offset for the ldmatrix addresses of one lane, unrolled: the lane
+// reads rows whose row % 8 is `row8` at 16-column steps j (32 bytes each)
+// plus `half` (0 or 1) 16-byte chunks. Then the chunk is
+// 8 (j / 4) + ((2 (j % 4)) ^ half ^ row8), so four per-lane offsets cover
+// every step and the rest folds into immediates.
+struct SwizzleSteps {
+  int off[4];
+  __device__ __forceinline__ SwizzleSteps(int half, int row8) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) off[k] = ((2 * k) ^ half ^ row8) * 16;
+  }
+  __device__ __forceinline__ int operator()(int j) const { return (j >> 2) * 128 + off[j & 3]; }
 };
 
 __device__ __forceinline__ float Ex2(float x) {
@@ -148,9 +170,11 @@ struct RowState {
 template <int D>
 __device__ __forceinline__ void LoadQFrags(uint32_t (&qf)[D / 16][4], const uint8_t* qs,
                                            int lane) {
+  const SwizzleSteps sw(lane >> 4, lane & 7);
+  const uint8_t* base = qs + (lane & 15) * Layout<D>::kStride;
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
-    LdMatrixX4(qf[kk], qs + (lane & 15) * Layout<D>::kStride + (kk * 16 + (lane >> 4) * 8) * 2);
+    LdMatrixX4(qf[kk], base + sw(kk));
   }
 }
 
@@ -159,7 +183,6 @@ __device__ __forceinline__ void LoadQFrags(uint32_t (&qf)[D / 16][4], const uint
 template <int D>
 __device__ __forceinline__ void ScoreTile(float (&s)[8][4], const uint32_t (&qf)[D / 16][4],
                                           const uint8_t* ks, int lane) {
-  constexpr int kStride = Layout<D>::kStride;
   const int mi = lane >> 3;
   const int r8 = lane & 7;
 #pragma unroll
@@ -167,12 +190,14 @@ __device__ __forceinline__ void ScoreTile(float (&s)[8][4], const uint32_t (&qf)
 #pragma unroll
     for (int e = 0; e < 4; ++e) s[i][e] = 0.0f;
   }
+  const SwizzleSteps sw(mi & 1, r8);
+  const uint8_t* base = ks + ((mi >> 1) * 8 + r8) * Layout<D>::kStride;
   // Step i = (kk, pr): 16 dims of head_dim x 16 keys.
   FragmentPipeline<D / 16 * 4>(
       [&](uint32_t (&f)[4], int i) {
         const int kk = i / 4;
         const int pr = i % 4;
-        LdMatrixX4(f, ks + (16 * pr + (mi >> 1) * 8 + r8) * kStride + (kk * 16 + (mi & 1) * 8) * 2);
+        LdMatrixX4(f, base + 16 * pr * Layout<D>::kStride + sw(kk));
       },
       [&](const uint32_t (&f)[4], int i) {
         const int kk = i / 4;
@@ -276,15 +301,16 @@ __device__ __forceinline__ void AttendScoresMasked(RowState<D>& st,
 template <int D>
 __device__ __forceinline__ void AttendValues(RowState<D>& st, const uint32_t (&pa)[4][4],
                                              const uint8_t* vs, int lane) {
-  constexpr int kStride = Layout<D>::kStride;
   const int mi = lane >> 3;
   const int r8 = lane & 7;
+  const SwizzleSteps sw(mi >> 1, r8);
+  const uint8_t* base = vs + ((mi & 1) * 8 + r8) * Layout<D>::kStride;
   // Step i = (kk, pr): 16 keys x 16 dims of head_dim.
   FragmentPipeline<4 * (D / 16)>(
       [&](uint32_t (&f)[4], int i) {
         const int kk = i / (D / 16);
         const int pr = i % (D / 16);
-        LdMatrixX4Trans(f, vs + (16 * kk + (mi & 1) * 8 + r8) * kStride + (16 * pr + (mi >> 1) * 8) * 2);
+        LdMatrixX4Trans(f, base + 16 * kk * Layout<D>::kStride + sw(pr));
       },
       [&](const uint32_t (&f)[4], int i) {
         const int kk = i / (D / 16);
@@ -378,7 +404,7 @@ __device__ __forceinline__ void StageQ(uint8_t* qs, int tid, bool pairs, RowPtr 
     const int i = tid + j * kThreads;
     const int r = i / kPairs;
     const int c2 = (i - r * kPairs) * 2;
-    *reinterpret_cast<uint32_t*>(qs + r * Layout<D>::kStride + c2 * 2) = PackBf16(v[j].x, v[j].y);
+    *reinterpret_cast<uint32_t*>(qs + Layout<D>::Offset(r, c2 * 2)) = PackBf16(v[j].x, v[j].y);
   }
 }
 
@@ -394,7 +420,7 @@ __device__ __forceinline__ void StageRows(const TcParams& p, const uint16_t* src
   for (int i = tid; i < kTcKeyBlock * kChunks; i += threads) {
     const int r = i / kChunks;
     const int ch = i - r * kChunks;
-    uint8_t* d = dst + r * Layout<D>::kStride + ch * 16;
+    uint8_t* d = dst + Layout<D>::Offset(r, ch * 16);
     const int64_t off = row_off(r) + ch * 8;  // every thread asks (shuffles)
     if (key0 + r > last) {
       *reinterpret_cast<uint4*>(d) = make_uint4(0, 0, 0, 0);
@@ -428,6 +454,7 @@ struct PrefillShape {
   static constexpr int kPerThread = kTcKeyBlock / kRowStep;
   static_assert(kThreads % Layout<D>::kChunks == 0 && kTcKeyBlock % kRowStep == 0,
                 "staging covers a block exactly");
+  static_assert(kRowStep % 8 == 0, "a thread's staged rows share one swizzle");
 };
 
 template <int D, int kHeads>
@@ -459,7 +486,8 @@ __global__ void __launch_bounds__(32 * kPrefillWarps, 1)
   const int r0 = threadIdx.x / L::kChunks;
   const int64_t g_off = static_cast<int64_t>(r0) * p.ldk + head_off + ch * 8;
   const int64_t g_step = static_cast<int64_t>(S::kRowStep) * p.ldk;
-  const int s_off = r0 * L::kStride + ch * 16;
+  // Rows r0 + j * kRowStep share r0's swizzle (kRowStep % 8 == 0).
+  const int s_off = L::Offset(r0, ch * 16);
   auto stage = [&](int b) {
     uint8_t* kd = kbuf + (b % kPrefillStages) * L::kTile;
     uint8_t* vd = vbuf + (b % kPrefillStages) * L::kTile;
@@ -565,7 +593,8 @@ __device__ __forceinline__ int TokenSplits(const TcParams& p, int pos, int seq) 
 // One warp per (token, KV head, split). K and V of a block are staged in
 // separate cp.async groups into single buffers, so K of block b+1 loads while
 // the warp computes p·V of block b and V of block b+1 while it computes the
-// scores of b+1 (38 KB of shared memory per warp at head_dim 128).
+// scores of b+1 (36 KB of shared memory per warp at head_dim 128: 6 warps
+// per SM).
 template <int D>
 __global__ void __launch_bounds__(32) PagedTcKernel(const TcParams p) {
   using L = Layout<D>;
