@@ -527,4 +527,20 @@ absl::Status CheckTensorShapes(const ModelConfig& config,
   return s;
 }
 
+absl::Status CheckTensorShapes(const ModelConfig& config,
+                               const SafetensorsCheckpoint& checkpoint) {
+  if (!checkpoint.sharded()) {
+    return CheckTensorShapes(config, *checkpoint.files().front());
+  }
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (const TensorInfo& t : checkpoint.tensors()) shapes[t.name] = t.shape;
+  absl::Status s = CheckTensorShapes(config, shapes);
+  if (!s.ok()) {
+    return absl::Status(s.code(),
+                        absl::StrCat("safetensors index '", checkpoint.path(),
+                                     "': ", s.message()));
+  }
+  return s;
+}
+
 }  // namespace lockstep::common

@@ -117,6 +117,12 @@ absl::Status CheckTensorShapes(
 absl::Status CheckTensorShapes(const ModelConfig& config,
                                const SafetensorsFile& file);
 
+// CheckTensorShapes over the tensors of an opened checkpoint directory (the
+// message names model.safetensors, as the overload above does, or the
+// index). Dtypes are not checked.
+absl::Status CheckTensorShapes(const ModelConfig& config,
+                               const SafetensorsCheckpoint& checkpoint);
+
 }  // namespace lockstep::common
 
 #endif  // LOCKSTEP_COMMON_MODEL_CONFIG_H_

@@ -9,6 +9,9 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -269,34 +272,107 @@ absl::StatusOr<ModelConfig> PresetConfig(std::string_view name) {
                    "' (choices: ", absl::StrJoin(PresetNames(), ", "), ")"));
 }
 
-absl::Status GenerateModel(const ModelConfig& config, uint64_t seed,
-                           const std::string& dir) {
-  LOCKSTEP_RETURN_IF_ERROR(config.Validate());
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "cannot create model directory '", dir, "': ", ec.message()));
+namespace {
+
+// Shards as huggingface_hub's split_state_dict_into_shards forms them: lists
+// of indices into `sizes`, in the order the files are numbered.
+std::vector<std::vector<size_t>> SplitIntoShards(
+    const std::vector<uint64_t>& sizes, uint64_t max_shard_bytes) {
+  std::vector<std::vector<size_t>> shards;
+  std::vector<size_t> current;
+  uint64_t current_bytes = 0;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (sizes[i] > max_shard_bytes) {
+      shards.push_back({i});
+      continue;
+    }
+    if (current_bytes + sizes[i] > max_shard_bytes) {
+      shards.push_back(std::move(current));
+      current.clear();
+      current_bytes = 0;
+    }
+    current.push_back(i);
+    current_bytes += sizes[i];
   }
-  const auto expected = ExpectedTensors(config);
+  if (!current.empty()) shards.push_back(std::move(current));
+  return shards;
+}
+
+// "model-NNNNN-of-NNNNN.safetensors", the names SafetensorsShardName makes.
+bool IsShardFileName(std::string_view name) {
+  constexpr std::string_view kPrefix = "model-";
+  constexpr std::string_view kOf = "-of-";
+  constexpr std::string_view kSuffix = ".safetensors";
+  if (name.size() != kPrefix.size() + 5 + kOf.size() + 5 + kSuffix.size() ||
+      name.substr(0, kPrefix.size()) != kPrefix ||
+      name.substr(kPrefix.size() + 5, kOf.size()) != kOf ||
+      !EndsWith(name, kSuffix)) {
+    return false;
+  }
+  for (size_t start : {kPrefix.size(), kPrefix.size() + 5 + kOf.size()}) {
+    for (size_t i = start; i < start + 5; ++i) {
+      if (name[i] < '0' || name[i] > '9') return false;
+    }
+  }
+  return true;
+}
+
+absl::Status RemoveIfPresent(const std::filesystem::path& path) {
+  std::error_code ec;
+  std::filesystem::remove(path, ec);
+  if (ec) {
+    return absl::Status(absl::ErrnoToStatusCode(ec.value()),
+                        absl::StrCat("cannot remove stale '", path.string(),
+                                     "': ", ec.message()));
+  }
+  return absl::OkStatus();
+}
+
+// Removes the shard-named files of `dir` that are not in `keep`.
+absl::Status RemoveStaleShards(const std::string& dir,
+                               const std::set<std::string>& keep) {
+  std::error_code ec;
+  std::vector<std::filesystem::path> stale;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (IsShardFileName(name) && keep.count(name) == 0) {
+      stale.push_back(entry.path());
+    }
+  }
+  if (ec) {
+    return absl::Status(
+        absl::ErrnoToStatusCode(ec.value()),
+        absl::StrCat("cannot list '", dir, "': ", ec.message()));
+  }
+  for (const auto& path : stale) {
+    LOCKSTEP_RETURN_IF_ERROR(RemoveIfPresent(path));
+  }
+  return absl::OkStatus();
+}
+
+// Writes the tensors `expected[i]` for i in `indices`, in that order, as the
+// safetensors file `path`.
+absl::Status WriteWeightsFile(
+    const std::string& path, const ModelConfig& config, uint64_t seed,
+    const std::vector<std::pair<std::string, std::vector<int64_t>>>& expected,
+    const std::vector<size_t>& indices) {
   std::vector<TensorSpec> specs;
-  specs.reserve(expected.size());
-  for (const auto& [name, shape] : expected) {
-    specs.push_back({name, config.dtype, shape});
+  specs.reserve(indices.size());
+  for (size_t i : indices) {
+    specs.push_back({expected[i].first, config.dtype, expected[i].second});
   }
   const std::map<std::string, std::string> metadata = {
       {"format", "pt"},
       {"generator", "lockstep"},
       {"seed", absl::StrCat(seed)}};
-  const std::string weights_path = dir + "/model.safetensors";
   LOCKSTEP_ASSIGN_OR_RETURN(
-      auto writer,
-      SafetensorsWriter::Create(weights_path, std::move(specs), metadata));
+      auto writer, SafetensorsWriter::Create(path, std::move(specs), metadata));
 
   const int64_t elem = kernels::DTypeSize(config.dtype);
   const int64_t chunk_elems = static_cast<int64_t>(kChunkBytes) / elem;
   std::vector<uint8_t> buffer(kChunkBytes);
-  for (const auto& [name, shape] : expected) {
+  for (size_t index : indices) {
+    const auto& [name, shape] = expected[index];
     int64_t numel = 1;
     for (int64_t d : shape) numel *= d;
     const bool is_norm = EndsWith(name, "norm.weight");
@@ -313,8 +389,60 @@ absl::Status GenerateModel(const ModelConfig& config, uint64_t seed,
           writer->Append(buffer.data(), static_cast<size_t>(n * elem)));
     }
   }
-  LOCKSTEP_RETURN_IF_ERROR(writer->Finish());
-  return WriteTextAtomically(dir + "/config.json", config.ToJson());
+  return writer->Finish();
+}
+
+}  // namespace
+
+absl::Status GenerateModel(const ModelConfig& config, uint64_t seed,
+                           const std::string& dir,
+                           const GenerateModelOptions& options) {
+  LOCKSTEP_RETURN_IF_ERROR(config.Validate());
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "cannot create model directory '", dir, "': ", ec.message()));
+  }
+  const auto expected = ExpectedTensors(config);
+  std::vector<uint64_t> sizes;
+  uint64_t total_size = 0;
+  for (const auto& [name, shape] : expected) {
+    uint64_t n = static_cast<uint64_t>(kernels::DTypeSize(config.dtype));
+    for (int64_t d : shape) n *= static_cast<uint64_t>(d);
+    sizes.push_back(n);
+    total_size += n;
+  }
+  const std::filesystem::path out(dir);
+  std::vector<std::vector<size_t>> shards;
+  if (options.max_shard_bytes > 0) {
+    shards = SplitIntoShards(sizes, options.max_shard_bytes);
+  }
+  if (shards.size() <= 1) {
+    std::vector<size_t> all(expected.size());
+    for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+    LOCKSTEP_RETURN_IF_ERROR(RemoveIfPresent(out / kSafetensorsIndexFileName));
+    LOCKSTEP_RETURN_IF_ERROR(WriteWeightsFile(
+        (out / kSafetensorsFileName).string(), config, seed, expected, all));
+    LOCKSTEP_RETURN_IF_ERROR(RemoveStaleShards(dir, {}));
+  } else {
+    // A model.safetensors left beside the index would win when loading.
+    LOCKSTEP_RETURN_IF_ERROR(RemoveIfPresent(out / kSafetensorsFileName));
+    const int n = static_cast<int>(shards.size());
+    std::map<std::string, std::string> weight_map;
+    std::set<std::string> names;
+    for (int k = 0; k < n; ++k) {
+      const std::string name = SafetensorsShardName(k + 1, n);
+      names.insert(name);
+      for (size_t i : shards[k]) weight_map[expected[i].first] = name;
+      LOCKSTEP_RETURN_IF_ERROR(WriteWeightsFile((out / name).string(), config,
+                                                seed, expected, shards[k]));
+    }
+    LOCKSTEP_RETURN_IF_ERROR(WriteSafetensorsIndex(
+        (out / kSafetensorsIndexFileName).string(), weight_map, total_size));
+    LOCKSTEP_RETURN_IF_ERROR(RemoveStaleShards(dir, names));
+  }
+  return WriteTextAtomically((out / "config.json").string(), config.ToJson());
 }
 
 }  // namespace lockstep::common

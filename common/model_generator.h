@@ -1,5 +1,6 @@
 // Preset model configurations and seeded random checkpoints in Hugging Face
-// layout (config.json + model.safetensors), for tests, demos and benchmarks.
+// layout (config.json + model.safetensors, or + an index and shards), for
+// tests, demos and benchmarks.
 #ifndef LOCKSTEP_COMMON_MODEL_GENERATOR_H_
 #define LOCKSTEP_COMMON_MODEL_GENERATOR_H_
 
@@ -39,20 +40,43 @@ std::vector<std::string> PresetNames();
 // otherwise.
 absl::StatusOr<ModelConfig> PresetConfig(std::string_view name);
 
-// Writes `dir`/model.safetensors and then `dir`/config.json (creating `dir`),
-// each atomically. Weights are in config.dtype, laid out in ExpectedTensors
+// How GenerateModel lays out the weights.
+struct GenerateModelOptions {
+  // 0: one `dir`/model.safetensors. Otherwise the largest shard, in bytes of
+  // tensor data, of a sharded checkpoint in Hugging Face layout, split as
+  // transformers' save_pretrained(max_shard_size=...) splits (huggingface_hub
+  // split_state_dict_into_shards): tensors are taken in ExpectedTensors
+  // order and a shard is closed when the next tensor would push it past the
+  // limit; a tensor larger than the limit gets a shard of its own (placed
+  // before the shard being filled). The shards are named
+  // model-00001-of-0000N.safetensors ... and listed by
+  // model.safetensors.index.json ({"metadata": {"total_size": <data
+  // bytes>}, "weight_map": {...}}). If everything fits in one shard, one
+  // model.safetensors is written instead, as transformers does.
+  uint64_t max_shard_bytes = 0;
+};
+
+// Writes the weights to `dir` (creating it; see GenerateModelOptions for the
+// layout), then `dir`/config.json, each file atomically. Layout files left in
+// `dir` by an earlier run that the new layout does not use are removed first
+// (model.safetensors before a sharded write, the index before a single-file
+// write; then, as save_pretrained does, model-NNNNN-of-NNNNN.safetensors
+// files the new index does not list), so the directory always loads as what
+// was written last. Weights are in config.dtype, laid out in ExpectedTensors
 // order; matrices and the embedding ~ N(0, 0.02^2), norm weights
 // 1 + N(0, 0.01^2). Every tensor draws from its own std::mt19937_64 seeded
 // from (seed, tensor name), turned into normals by a Box-Muller transform
 // built from IEEE basic operations only, so the bytes are the same on every
 // platform and compiler (given -ffp-contract=off) and independent of
-// tensor order. Memory use is bounded (tensors are streamed in 4 MiB pieces),
-// so even qwen3-8b (16 GB) is fine. The safetensors metadata holds
+// tensor order and sharding. Memory use is bounded (tensors are streamed in
+// 4 MiB pieces), so even qwen3-8b (16 GB) is fine. The safetensors metadata
+// of every file holds
 // {"format": "pt", "generator": "lockstep", "seed": "<seed>"}.
 // InvalidArgument for an invalid config; I/O errors as from
 // SafetensorsWriter.
 absl::Status GenerateModel(const ModelConfig& config, uint64_t seed,
-                           const std::string& dir);
+                           const std::string& dir,
+                           const GenerateModelOptions& options = {});
 
 namespace internal {
 

@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -107,13 +108,13 @@ absl::StatusOr<kernels::DType> ParseDType(const std::string& path,
       absl::StrCat("unknown dtype '", s, "' (supported: F32, BF16)")));
 }
 
-// Parses the header, rejecting duplicate keys in any object (nlohmann keeps
-// the last one silently, which would hide a duplicated tensor name).
-absl::StatusOr<json> ParseHeader(const std::string& path, const char* begin,
-                                 size_t n) {
+// Parses JSON text, noting the first key that repeats within one object
+// (nlohmann keeps the last one silently, which would hide a duplicated tensor
+// name): its name in `*duplicate` and its depth (1 = top level) in
+// `*duplicate_depth`. Returns a discarded value for invalid JSON.
+json ParseRejectingDuplicates(const char* begin, size_t n,
+                              std::string* duplicate, int* duplicate_depth) {
   std::vector<std::set<std::string>> keys;
-  std::string duplicate;
-  int duplicate_depth = 0;
   auto callback = [&](int depth, json::parse_event_t event, json& parsed) {
     switch (event) {
       case json::parse_event_t::object_start:
@@ -123,10 +124,10 @@ absl::StatusOr<json> ParseHeader(const std::string& path, const char* begin,
         if (!keys.empty()) keys.pop_back();
         break;
       case json::parse_event_t::key:
-        if (!keys.empty() && duplicate.empty() &&
+        if (!keys.empty() && duplicate->empty() &&
             !keys.back().insert(parsed.get<std::string>()).second) {
-          duplicate = parsed.get<std::string>();
-          duplicate_depth = depth;
+          *duplicate = parsed.get<std::string>();
+          *duplicate_depth = depth;
         }
         break;
       default:
@@ -134,8 +135,16 @@ absl::StatusOr<json> ParseHeader(const std::string& path, const char* begin,
     }
     return true;
   };
-  json header = json::parse(begin, begin + n, callback,
-                            /*allow_exceptions=*/false);
+  return json::parse(begin, begin + n, callback, /*allow_exceptions=*/false);
+}
+
+// Parses the header, rejecting duplicate keys in any object.
+absl::StatusOr<json> ParseHeader(const std::string& path, const char* begin,
+                                 size_t n) {
+  std::string duplicate;
+  int duplicate_depth = 0;
+  json header =
+      ParseRejectingDuplicates(begin, n, &duplicate, &duplicate_depth);
   if (header.is_discarded()) {
     return absl::InvalidArgumentError(
         FileError(path, "header is not valid JSON (or not valid UTF-8)"));
@@ -368,6 +377,310 @@ absl::StatusOr<const TensorInfo*> SafetensorsFile::Get(
         TensorError(path_, ToAbsl(name), "no such tensor in the file"));
   }
   return &*it;
+}
+
+// ---------------------------------------------------------------------------
+// Checkpoint directories (one file, or an index and its shards).
+
+namespace {
+
+std::string IndexError(const std::string& path, absl::string_view what) {
+  return absl::StrCat("safetensors index '", path, "': ", what);
+}
+
+std::string JoinPath(const std::string& dir, std::string_view name) {
+  if (!dir.empty() && dir.back() == '/') return absl::StrCat(dir, ToAbsl(name));
+  return absl::StrCat(dir, "/", ToAbsl(name));
+}
+
+// True unless stat() says the path does not exist; other failures (e.g.
+// EACCES) count as present so that opening the file reports them.
+bool PathExists(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0) return true;
+  return errno != ENOENT && errno != ENOTDIR;
+}
+
+// A shard name must stay inside the checkpoint directory: a plain file name,
+// not "." or "..", without '/' (which also rules out absolute paths) and
+// without NUL (which JSON can carry and would truncate the path).
+bool IsPlainFileName(const std::string& name) {
+  return !name.empty() && name != "." && name != ".." &&
+         name.find('/') == std::string::npos &&
+         name.find('\0') == std::string::npos;
+}
+
+absl::StatusOr<std::string> ReadIndexFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoError(errno, IndexError(path, "cannot open"));
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return ErrnoError(err, IndexError(path, "cannot stat"));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return absl::InvalidArgumentError(IndexError(path, "not a regular file"));
+  }
+  if (static_cast<uint64_t>(st.st_size) > kMaxSafetensorsIndexBytes) {
+    ::close(fd);
+    return absl::InvalidArgumentError(IndexError(
+        path, absl::StrCat("file is ", st.st_size, " bytes, over the ",
+                           kMaxSafetensorsIndexBytes, "-byte limit")));
+  }
+  std::string text(static_cast<size_t>(st.st_size), '\0');
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t r = ::read(fd, text.data() + done, text.size() - done);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      ::close(fd);
+      return ErrnoError(err, IndexError(path, "read failed"));
+    }
+    if (r == 0) break;  // shrank meanwhile; the parse below will judge
+    done += static_cast<size_t>(r);
+  }
+  ::close(fd);
+  text.resize(done);
+  return text;
+}
+
+// The weight_map of an index: tensor name -> shard file name.
+absl::StatusOr<std::map<std::string, std::string>> ParseIndex(
+    const std::string& path, const std::string& text) {
+  std::string duplicate;
+  int duplicate_depth = 0;
+  const json index = ParseRejectingDuplicates(text.data(), text.size(),
+                                              &duplicate, &duplicate_depth);
+  if (index.is_discarded()) {
+    return absl::InvalidArgumentError(
+        IndexError(path, "not valid JSON (or not valid UTF-8)"));
+  }
+  if (!duplicate.empty()) {
+    return absl::InvalidArgumentError(
+        IndexError(path, absl::StrCat("duplicate JSON key '", duplicate, "'")));
+  }
+  if (!index.is_object()) {
+    return absl::InvalidArgumentError(IndexError(path, "not a JSON object"));
+  }
+  if (index.contains("metadata") && !index["metadata"].is_object()) {
+    return absl::InvalidArgumentError(
+        IndexError(path, "\"metadata\" is not an object"));
+  }
+  if (!index.contains("weight_map")) {
+    return absl::InvalidArgumentError(
+        IndexError(path, "missing \"weight_map\""));
+  }
+  const json& map = index["weight_map"];
+  if (!map.is_object()) {
+    return absl::InvalidArgumentError(
+        IndexError(path, "\"weight_map\" is not an object"));
+  }
+  if (map.empty()) {
+    return absl::InvalidArgumentError(
+        IndexError(path, "\"weight_map\" lists no tensors"));
+  }
+  std::map<std::string, std::string> out;
+  for (auto it = map.begin(); it != map.end(); ++it) {
+    if (it.key().empty()) {
+      return absl::InvalidArgumentError(
+          IndexError(path, "\"weight_map\" has an empty tensor name"));
+    }
+    if (!it.value().is_string()) {
+      return absl::InvalidArgumentError(IndexError(
+          path, absl::StrCat("\"weight_map\" value of tensor '", it.key(),
+                             "' is not a string: ", it.value().dump())));
+    }
+    const std::string& shard = it.value().get_ref<const std::string&>();
+    if (!IsPlainFileName(shard)) {
+      return absl::InvalidArgumentError(IndexError(
+          path,
+          absl::StrCat("\"weight_map\" maps tensor '", it.key(), "' to shard ",
+                       it.value().dump(),
+                       ", which is not a plain file name in the checkpoint "
+                       "directory")));
+    }
+    out.emplace(it.key(), shard);
+  }
+  return out;
+}
+
+// Replaces `path` by `text` through a temporary file, fsync and rename.
+absl::Status WriteFileAtomically(const std::string& path,
+                                 const std::string& text) {
+  const std::string tmp =
+      absl::StrCat(path, ".tmp.", getpid(), ".", g_tmp_counter.fetch_add(1));
+  const int fd = ::open(
+      tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    return ErrnoError(errno, absl::StrCat("cannot create '", tmp, "'"));
+  }
+  const char* p = text.data();
+  size_t left = text.size();
+  int err = 0;
+  while (left > 0 && err == 0) {
+    const ssize_t r = ::write(fd, p, left);
+    if (r < 0) {
+      if (errno != EINTR) err = errno;
+      continue;
+    }
+    p += r;
+    left -= static_cast<size_t>(r);
+  }
+  if (err == 0 && ::fsync(fd) != 0) err = errno;
+  if (::close(fd) != 0 && err == 0) err = errno;
+  if (err == 0 && ::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
+  if (err != 0) {
+    ::unlink(tmp.c_str());
+    return ErrnoError(err, absl::StrCat("cannot write '", path, "'"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+SafetensorsCheckpoint::~SafetensorsCheckpoint() = default;
+
+absl::StatusOr<std::unique_ptr<SafetensorsCheckpoint>>
+SafetensorsCheckpoint::Open(const std::string& dir) {
+  if (dir.empty()) {
+    return absl::InvalidArgumentError(
+        "safetensors checkpoint: empty directory path");
+  }
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0) {
+    return ErrnoError(errno, absl::StrCat("safetensors checkpoint directory '",
+                                          dir, "': cannot stat"));
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "safetensors checkpoint directory '", dir, "': not a directory"));
+  }
+  const std::string single = JoinPath(dir, kSafetensorsFileName);
+  if (PathExists(single)) {
+    LOCKSTEP_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(single));
+    std::unique_ptr<SafetensorsCheckpoint> checkpoint(
+        new SafetensorsCheckpoint(single, /*sharded=*/false));
+    checkpoint->tensors_ = file->tensors();
+    checkpoint->files_.push_back(std::move(file));
+    return checkpoint;
+  }
+  const std::string index = JoinPath(dir, kSafetensorsIndexFileName);
+  if (!PathExists(index)) {
+    return absl::NotFoundError(absl::StrCat(
+        "safetensors checkpoint directory '", dir, "' holds neither ",
+        kSafetensorsFileName, " nor ", kSafetensorsIndexFileName));
+  }
+  std::unique_ptr<SafetensorsCheckpoint> checkpoint(
+      new SafetensorsCheckpoint(index, /*sharded=*/true));
+  LOCKSTEP_RETURN_IF_ERROR(OpenShards(dir, checkpoint.get()));
+  return checkpoint;
+}
+
+absl::Status SafetensorsCheckpoint::OpenShards(
+    const std::string& dir, SafetensorsCheckpoint* checkpoint) {
+  const std::string& index_path = checkpoint->path_;
+  LOCKSTEP_ASSIGN_OR_RETURN(const std::string text, ReadIndexFile(index_path));
+  LOCKSTEP_ASSIGN_OR_RETURN(const auto weight_map,
+                            ParseIndex(index_path, text));
+  std::set<std::string> shard_names;
+  for (const auto& [tensor, shard] : weight_map) shard_names.insert(shard);
+
+  // Which shard holds each tensor; a tensor in two shards is ambiguous
+  // whatever the index says.
+  std::map<std::string, const std::string*> holder;
+  for (const std::string& shard : shard_names) {
+    absl::StatusOr<std::unique_ptr<SafetensorsFile>> file =
+        SafetensorsFile::Open(JoinPath(dir, shard));
+    if (!file.ok()) {
+      return absl::Status(
+          file.status().code(),
+          IndexError(index_path, absl::StrCat("shard '", shard,
+                                              "': ", file.status().message())));
+    }
+    for (const TensorInfo& t : (*file)->tensors()) {
+      auto [it, inserted] = holder.emplace(t.name, &shard);
+      if (!inserted) {
+        return absl::InvalidArgumentError(IndexError(
+            index_path,
+            absl::StrCat("tensor '", t.name, "' is in shard '", *it->second,
+                         "' and in shard '", shard, "'")));
+      }
+    }
+    checkpoint->files_.push_back(*std::move(file));
+  }
+  for (const auto& [tensor, shard] : weight_map) {
+    auto it = holder.find(tensor);
+    if (it == holder.end() || *it->second != shard) {
+      return absl::InvalidArgumentError(IndexError(
+          index_path,
+          absl::StrCat(
+              "\"weight_map\" maps tensor '", tensor, "' to shard '", shard,
+              "', which does not hold it",
+              it == holder.end()
+                  ? std::string(" (no listed shard does)")
+                  : absl::StrCat(" (shard '", *it->second, "' does)"))));
+    }
+  }
+  for (const auto& [tensor, shard] : holder) {
+    auto it = weight_map.find(tensor);
+    if (it == weight_map.end()) {
+      return absl::InvalidArgumentError(
+          IndexError(index_path,
+                     absl::StrCat("shard '", *shard, "' holds tensor '", tensor,
+                                  "', which \"weight_map\" does "
+                                  "not list")));
+    }
+  }
+  // Each tensor was checked to be in exactly the shard the index names.
+  for (const auto& file : checkpoint->files_) {
+    checkpoint->tensors_.insert(checkpoint->tensors_.end(),
+                                file->tensors().begin(), file->tensors().end());
+  }
+  std::sort(
+      checkpoint->tensors_.begin(), checkpoint->tensors_.end(),
+      [](const TensorInfo& a, const TensorInfo& b) { return a.name < b.name; });
+  return absl::OkStatus();
+}
+
+absl::StatusOr<const TensorInfo*> SafetensorsCheckpoint::Get(
+    std::string_view name) const {
+  auto it = std::lower_bound(
+      tensors_.begin(), tensors_.end(), name,
+      [](const TensorInfo& t, std::string_view n) { return t.name < n; });
+  if (it == tensors_.end() || it->name != name) {
+    return absl::NotFoundError(absl::StrCat("safetensors checkpoint '", path_,
+                                            "': no tensor '", ToAbsl(name),
+                                            "'"));
+  }
+  return &*it;
+}
+
+std::string SafetensorsShardName(int k, int n) {
+  return absl::StrFormat("model-%05d-of-%05d.safetensors", k, n);
+}
+
+absl::Status WriteSafetensorsIndex(
+    const std::string& path,
+    const std::map<std::string, std::string>& weight_map, uint64_t total_size) {
+  if (weight_map.empty()) {
+    return absl::InvalidArgumentError(
+        IndexError(path, "cannot write an empty weight_map"));
+  }
+  json map = json::object();
+  for (const auto& [tensor, shard] : weight_map) {
+    if (tensor.empty() || !IsPlainFileName(shard)) {
+      return absl::InvalidArgumentError(
+          IndexError(path, absl::StrCat("cannot map tensor '", tensor,
+                                        "' to shard '", shard, "'")));
+    }
+    map[tensor] = shard;
+  }
+  const json index = {{"metadata", {{"total_size", total_size}}},
+                      {"weight_map", std::move(map)}};
+  return WriteFileAtomically(path, index.dump(2) + "\n");
 }
 
 // ---------------------------------------------------------------------------

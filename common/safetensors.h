@@ -4,6 +4,8 @@
 // The header maps tensor names to {"dtype", "shape", "data_offsets": [begin,
 // end)} (offsets relative to the data buffer) plus an optional "__metadata__"
 // object of string values. Only the F32 and BF16 dtypes are supported.
+// Checkpoint directories in Hugging Face layout (one model.safetensors, or an
+// index plus shards) are opened by SafetensorsCheckpoint.
 #ifndef LOCKSTEP_COMMON_SAFETENSORS_H_
 #define LOCKSTEP_COMMON_SAFETENSORS_H_
 
@@ -100,6 +102,111 @@ class SafetensorsFile {
   std::vector<TensorInfo> tensors_;
   std::map<std::string, std::string> metadata_;
 };
+
+// File names of a Hugging Face checkpoint directory: the whole model in one
+// file, or an index naming the shards (each itself a safetensors file).
+inline constexpr char kSafetensorsFileName[] = "model.safetensors";
+inline constexpr char kSafetensorsIndexFileName[] =
+    "model.safetensors.index.json";
+
+// Largest index file SafetensorsCheckpoint::Open() reads (a real one is tens
+// of KiB: one line per tensor).
+inline constexpr uint64_t kMaxSafetensorsIndexBytes = 100ull << 20;
+
+// The weights of a Hugging Face checkpoint directory, opened through one
+// code path whatever their layout:
+//   - `dir`/model.safetensors: one file (models up to a few GB), or
+//   - `dir`/model.safetensors.index.json plus the shards it names (larger
+//     models, e.g. Qwen3-8B, Llama-3-8B):
+//       {"metadata": {"total_size": <bytes of tensor data>},
+//        "weight_map": {"lm_head.weight": "model-00004-of-00004.safetensors",
+//                       ...}}
+// When both are present the single file is used and the index is not read,
+// as Hugging Face transformers does (it looks for model.safetensors first).
+// Every file is mapped read-only and validated as by SafetensorsFile::Open().
+// Not copyable or movable; thread-safe for concurrent reads.
+class SafetensorsCheckpoint {
+ public:
+  // Opens the checkpoint in directory `dir`. Errors (the message names the
+  // file at fault):
+  //   InvalidArgument: `dir` is empty or not a directory;
+  //   NotFound: `dir` does not exist, or holds neither model.safetensors nor
+  //     model.safetensors.index.json (the message names both);
+  //   the errors of SafetensorsFile::Open() for model.safetensors or for a
+  //     shard (NotFound for a shard the index lists but that is missing,
+  //     DataLoss for a truncated one, ...), with the index named as well;
+  //   errno-derived errors when the index cannot be read;
+  //   InvalidArgument for an index that is larger than
+  //     kMaxSafetensorsIndexBytes, not valid UTF-8 JSON, not an object, or
+  //     has a duplicate key; whose "metadata" (optional, not otherwise read:
+  //     "total_size" is not checked, as in transformers) is not an object;
+  //     whose "weight_map" is missing, not an object, empty, maps an empty
+  //     tensor name, or has a value that is not a string or not a plain file
+  //     name (empty, ".", "..", or containing '/' or NUL: a name may not
+  //     leave `dir`; a shard that is a symbolic link is fine, as in the
+  //     Hugging Face cache); and for shards that disagree with the index: a
+  //     tensor that the weight_map lists but its shard lacks, a tensor of a
+  //     shard that the weight_map does not map to that shard, or a tensor
+  //     present in two shards. (Like SafetensorsFile, DataLoss is kept for
+  //     truncated files; an inconsistent but complete set of files is
+  //     InvalidArgument.)
+  // Files in `dir` that the index does not name are not opened.
+  static absl::StatusOr<std::unique_ptr<SafetensorsCheckpoint>> Open(
+      const std::string& dir);
+
+  SafetensorsCheckpoint(const SafetensorsCheckpoint&) = delete;
+  SafetensorsCheckpoint& operator=(const SafetensorsCheckpoint&) = delete;
+  ~SafetensorsCheckpoint();
+
+  // All tensors of all files, sorted by name; each `data` points into its
+  // file's mapping and lives as long as this object. For a single file this
+  // is exactly SafetensorsFile::tensors() of model.safetensors.
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+
+  // The tensor called `name`, or NotFound (naming path()).
+  absl::StatusOr<const TensorInfo*> Get(std::string_view name) const;
+
+  // The opened files: model.safetensors alone, or the shards sorted by file
+  // name.
+  const std::vector<std::unique_ptr<SafetensorsFile>>& files() const {
+    return files_;
+  }
+
+  // True when the weights came from an index and its shards.
+  bool sharded() const { return sharded_; }
+
+  // The file that describes the checkpoint, for messages:
+  // `dir`/model.safetensors or `dir`/model.safetensors.index.json.
+  const std::string& path() const { return path_; }
+
+ private:
+  // Not default-constructible, so that `{}` converts to no overload taking
+  // a checkpoint (CheckTensorShapes(config, {}) means the map one).
+  SafetensorsCheckpoint(std::string path, bool sharded)
+      : path_(std::move(path)), sharded_(sharded) {}
+  static absl::Status OpenShards(const std::string& dir,
+                                 SafetensorsCheckpoint* checkpoint);
+
+  std::string path_;
+  bool sharded_;
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::vector<TensorInfo> tensors_;
+};
+
+// The Hugging Face name of shard `k` (1-based) of `n`, e.g.
+// SafetensorsShardName(1, 4) == "model-00001-of-00004.safetensors".
+std::string SafetensorsShardName(int k, int n);
+
+// Writes a model.safetensors.index.json to `path` atomically (temporary file
+// in the same directory, fsync, rename), formatted as transformers writes it
+// (2-space indent, sorted keys, trailing newline):
+//   {"metadata": {"total_size": total_size}, "weight_map": weight_map}
+// `weight_map` maps tensor names to shard file names. InvalidArgument when it
+// is empty, a tensor name is empty, or a shard name is not a plain file name
+// (see SafetensorsCheckpoint::Open); errno-derived errors for I/O.
+absl::Status WriteSafetensorsIndex(
+    const std::string& path,
+    const std::map<std::string, std::string>& weight_map, uint64_t total_size);
 
 // Name, dtype and shape of a tensor to be written by SafetensorsWriter.
 struct TensorSpec {

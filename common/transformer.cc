@@ -569,10 +569,10 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(const ModelConfig& co
 absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const std::string& dir,
                                                          const ModelOptions& options) {
   LOCKSTEP_ASSIGN_OR_RETURN(auto config, ModelConfig::FromFile(dir + "/config.json"));
-  LOCKSTEP_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(dir + "/model.safetensors"));
-  LOCKSTEP_RETURN_IF_ERROR(CheckTensorShapes(config, *file));
+  LOCKSTEP_ASSIGN_OR_RETURN(auto checkpoint, SafetensorsCheckpoint::Open(dir));
+  LOCKSTEP_RETURN_IF_ERROR(CheckTensorShapes(config, *checkpoint));
   TensorMap tensors;
-  for (const TensorInfo& info : file->tensors()) {
+  for (const TensorInfo& info : checkpoint->tensors()) {
     HostTensor t;
     t.dtype = info.dtype;
     t.shape = info.shape;

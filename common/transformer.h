@@ -97,7 +97,11 @@ class Model {
       const ModelConfig& config, const TensorMap& tensors,
       const ModelOptions& options);
 
-  // Loads dir/config.json and dir/model.safetensors.
+  // Loads dir/config.json and the weights of `dir` through
+  // SafetensorsCheckpoint: dir/model.safetensors, or
+  // dir/model.safetensors.index.json and its shards. Errors of
+  // ModelConfig::FromFile, SafetensorsCheckpoint::Open, CheckTensorShapes
+  // and Create.
   static absl::StatusOr<std::shared_ptr<const Model>> Load(
       const std::string& dir, const ModelOptions& options);
 

@@ -44,7 +44,8 @@ ABSL_FLAG(std::string, host, "0.0.0.0",
 ABSL_FLAG(int, port, 50052, "gRPC port (0: pick a free one)");
 ABSL_FLAG(int, metrics_port, 9092, "Prometheus /metrics port (0: pick)");
 ABSL_FLAG(std::string, model_dir, "",
-          "Directory with config.json and model.safetensors (required)");
+          "Directory with config.json and model.safetensors, or "
+          "model.safetensors.index.json + shards (required)");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
 ABSL_FLAG(std::string, kernels, "invariant", "invariant or standard");
 ABSL_FLAG(std::string, compute_dtype, "",

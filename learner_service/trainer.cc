@@ -106,12 +106,11 @@ absl::StatusOr<std::pair<common::ModelConfig, TensorMap>> LoadModelDir(
   LOCKSTEP_ASSIGN_OR_RETURN(
       common::ModelConfig config,
       common::ModelConfig::FromFile((fs::path(dir) / "config.json").string()));
-  const fs::path weights = fs::path(dir) / "model.safetensors";
-  LOCKSTEP_ASSIGN_OR_RETURN(auto file,
-                            common::SafetensorsFile::Open(weights.string()));
-  LOCKSTEP_RETURN_IF_ERROR(common::CheckTensorShapes(config, *file));
+  LOCKSTEP_ASSIGN_OR_RETURN(auto checkpoint,
+                            common::SafetensorsCheckpoint::Open(dir));
+  LOCKSTEP_RETURN_IF_ERROR(common::CheckTensorShapes(config, *checkpoint));
   TensorMap tensors;
-  for (const common::TensorInfo& info : file->tensors()) {
+  for (const common::TensorInfo& info : checkpoint->tensors()) {
     if (info.name.size() >= 20 &&
         info.name.compare(info.name.size() - 20, 20, ".rotary_emb.inv_freq") ==
             0) {

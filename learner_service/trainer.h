@@ -29,8 +29,9 @@
 namespace lockstep::learner {
 
 struct TrainerOptions {
-  // Directory with config.json and model.safetensors: the initial weights
-  // (weight version 0).
+  // Directory with config.json and the weights, as model.safetensors or as
+  // model.safetensors.index.json + shards (Hugging Face layout; see
+  // LoadModelDir): the initial weights (weight version 0).
   std::string model_dir;
   // Kernels of the training forward (must match the rollouts' for the
   // logprobs to agree bitwise).
@@ -176,8 +177,10 @@ class Trainer {
   std::unique_ptr<Impl> impl_;
 };
 
-// Reads dir/config.json and dir/model.safetensors into a config and HF-named
-// host tensors (in the file's dtypes).
+// Reads dir/config.json and the weights of `dir` (dir/model.safetensors, or
+// dir/model.safetensors.index.json and its shards; see
+// common::SafetensorsCheckpoint) into a config and HF-named host tensors (in
+// the files' dtypes). Names ending in ".rotary_emb.inv_freq" are dropped.
 absl::StatusOr<std::pair<common::ModelConfig, common::TensorMap>> LoadModelDir(
     const std::string& dir);
 

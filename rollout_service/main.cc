@@ -27,7 +27,8 @@ ABSL_FLAG(int, port, 0, "gRPC port (0: pick a free port)");
 ABSL_FLAG(int, metrics_port, 0,
           "Prometheus /metrics port (0: pick a free port)");
 ABSL_FLAG(std::string, model_dir, "",
-          "Directory with config.json and model.safetensors (required)");
+          "Directory with config.json and model.safetensors, or "
+          "model.safetensors.index.json + shards (required)");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
 ABSL_FLAG(std::string, kernels, "invariant", "invariant or standard");
 ABSL_FLAG(int, tp, 1, "Tensor-parallel ranks (in-process): 1, 2, 4 or 8");

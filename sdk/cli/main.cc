@@ -684,11 +684,13 @@ std::vector<Command> Commands() {
     Command p{"push-weights",
               "upload a safetensors checkpoint to a rollout (UpdateWeights)",
               "MODEL_DIR|FILE.safetensors [flags]",
-              "Streams MODEL_DIR/model.safetensors (or the file) in 1 MiB "
-              "CRC-32C checked\n"
-              "chunks; the rollout verifies and swaps them in atomically. "
-              "Tensors are\n"
-              "converted to the served storage dtype unless --no_convert.\n"
+              "Streams the weights of MODEL_DIR (model.safetensors, or\n"
+              "model.safetensors.index.json and its shards) or the file in "
+              "1 MiB CRC-32C\n"
+              "checked chunks; the rollout verifies and swaps them in "
+              "atomically. Tensors\n"
+              "are converted to the served storage dtype unless "
+              "--no_convert.\n"
               "Example: lockstep push-weights /tmp/model --version=5",
               ConnectionFlags(true, false),
               RunPushWeights};

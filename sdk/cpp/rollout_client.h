@@ -120,7 +120,8 @@ class RolloutClient {
       const WeightSet& weights, const WeightUploadOptions& options,
       const CallOptions& call = {});
 
-  // Same from a safetensors file or a directory holding model.safetensors.
+  // Same from a safetensors file or a checkpoint directory (see
+  // WeightSet::FromSafetensors: model.safetensors, or an index and shards).
   // When `convert_dtype` is set, the tensors are converted to the served
   // model's storage dtype (from GetModelInfo) if they differ.
   absl::StatusOr<v1::UpdateWeightsResponse> UpdateWeightsFromFile(

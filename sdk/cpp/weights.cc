@@ -38,15 +38,27 @@ int DTypeBytes(v1::DType dtype) {
 }
 
 absl::StatusOr<WeightSet> WeightSet::FromSafetensors(const std::string& path) {
-  const std::string file =
-      IsDirectory(path) ? path + "/model.safetensors" : path;
-  absl::StatusOr<std::unique_ptr<common::SafetensorsFile>> opened =
-      common::SafetensorsFile::Open(file);
-  if (!opened.ok()) return opened.status();
-  std::shared_ptr<const common::SafetensorsFile> st = std::move(*opened);
+  // A directory is a checkpoint (one file or an index and its shards) and is
+  // opened as the servers open --model_dir; anything else is one file.
+  std::shared_ptr<const void> owner;
+  const std::vector<common::TensorInfo>* tensors = nullptr;
+  if (IsDirectory(path)) {
+    absl::StatusOr<std::unique_ptr<common::SafetensorsCheckpoint>> opened =
+        common::SafetensorsCheckpoint::Open(path);
+    if (!opened.ok()) return opened.status();
+    tensors = &(*opened)->tensors();
+    owner = std::shared_ptr<const common::SafetensorsCheckpoint>(
+        std::move(*opened));
+  } else {
+    absl::StatusOr<std::unique_ptr<common::SafetensorsFile>> opened =
+        common::SafetensorsFile::Open(path);
+    if (!opened.ok()) return opened.status();
+    tensors = &(*opened)->tensors();
+    owner = std::shared_ptr<const common::SafetensorsFile>(std::move(*opened));
+  }
   WeightSet set;
-  set.owners_.push_back(st);
-  for (const common::TensorInfo& t : st->tensors()) {  // sorted by name
+  set.owners_.push_back(std::move(owner));
+  for (const common::TensorInfo& t : *tensors) {  // sorted by name
     TensorView v;
     v.name = t.name;
     v.dtype = FromKernelDType(t.dtype);

@@ -56,9 +56,11 @@ class WeightSet {
  public:
   WeightSet() = default;
 
-  // Maps `path` read-only: a .safetensors file, or a directory holding
-  // model.safetensors (the layout of lockstep_make_model and of checkpoints).
-  // Errors of common::SafetensorsFile::Open (NOT_FOUND, DATA_LOSS,
+  // Maps `path` read-only: a .safetensors file, or a checkpoint directory in
+  // Hugging Face layout (the layout of lockstep_make_model and of learner
+  // checkpoints) holding model.safetensors or model.safetensors.index.json
+  // and its shards. Errors of common::SafetensorsFile::Open or, for a
+  // directory, common::SafetensorsCheckpoint::Open (NOT_FOUND, DATA_LOSS,
   // INVALID_ARGUMENT).
   static absl::StatusOr<WeightSet> FromSafetensors(const std::string& path);
 

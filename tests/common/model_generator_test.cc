@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -308,6 +309,166 @@ TEST_F(ModelGeneratorTest, Errors) {
   fs::create_directories(dir_);
   { std::ofstream(Dir("file")) << "x"; }
   EXPECT_FALSE(GenerateModel(TinyConfig(), 1, Dir("file")).ok());
+}
+
+// The files of `dir`, sorted.
+std::vector<std::string> Listing(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    out.push_back(e.path().filename().string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// huggingface_hub's split_state_dict_into_shards, re-stated: the tensor
+// names of each shard.
+std::vector<std::vector<std::string>> HfShards(const ModelConfig& config,
+                                               uint64_t max_bytes) {
+  std::vector<std::vector<std::string>> shards;
+  std::vector<std::string> current;
+  uint64_t current_bytes = 0;
+  for (const auto& [name, shape] : ExpectedTensors(config)) {
+    uint64_t bytes = kernels::DTypeSize(config.dtype);
+    for (int64_t d : shape) bytes *= d;
+    if (bytes > max_bytes) {
+      shards.push_back({name});
+      continue;
+    }
+    if (current_bytes + bytes > max_bytes) {
+      shards.push_back(current);
+      current.clear();
+      current_bytes = 0;
+    }
+    current.push_back(name);
+    current_bytes += bytes;
+  }
+  if (!current.empty()) shards.push_back(current);
+  return shards;
+}
+
+TEST_F(ModelGeneratorTest, ShardedHoldsTheSameTensorsAsOneFile) {
+  const ModelConfig config = TinyConfig();  // 427520 bytes of f32 data
+  ASSERT_TRUE(GenerateModel(config, 1, Dir("one")).ok());
+  GenerateModelOptions options;
+  // Below the 49152-byte MLP matrices, so those get shards of their own.
+  options.max_shard_bytes = 40000;
+  ASSERT_TRUE(GenerateModel(config, 1, Dir("sharded"), options).ok());
+
+  const auto want = HfShards(config, options.max_shard_bytes);
+  const int n = static_cast<int>(want.size());
+  ASSERT_GT(n, 3);
+  std::vector<std::string> names = {"config.json",
+                                    "model.safetensors.index.json"};
+  for (int k = 1; k <= n; ++k) names.push_back(SafetensorsShardName(k, n));
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(Listing(Dir("sharded")), names);
+  EXPECT_EQ(ReadAll(Dir("sharded") + "/config.json"),
+            ReadAll(Dir("one") + "/config.json"));
+
+  auto one = SafetensorsCheckpoint::Open(Dir("one"));
+  auto sharded = SafetensorsCheckpoint::Open(Dir("sharded"));
+  ASSERT_TRUE(one.ok()) << one.status();
+  ASSERT_TRUE(sharded.ok()) << sharded.status();
+  EXPECT_FALSE((*one)->sharded());
+  ASSERT_TRUE((*sharded)->sharded());
+  EXPECT_TRUE(CheckTensorShapes(config, **sharded).ok())
+      << CheckTensorShapes(config, **sharded);
+  // The single file is the one GenerateModel always wrote (pinned above).
+  const std::string bytes = ReadAll(Dir("one") + "/model.safetensors");
+  EXPECT_EQ(Crc32c(bytes.data(), bytes.size()), 0x890000C9u);
+
+  // Same tensors, same bytes.
+  ASSERT_EQ((*one)->tensors().size(), (*sharded)->tensors().size());
+  for (size_t i = 0; i < (*one)->tensors().size(); ++i) {
+    const TensorInfo& a = (*one)->tensors()[i];
+    const TensorInfo& b = (*sharded)->tensors()[i];
+    EXPECT_EQ(a.name, b.name);
+    EXPECT_EQ(a.dtype, b.dtype);
+    EXPECT_EQ(a.shape, b.shape);
+    ASSERT_EQ(a.nbytes, b.nbytes);
+    EXPECT_EQ(0, std::memcmp(a.data, b.data, a.nbytes)) << a.name;
+  }
+
+  // Shards as transformers would cut them, each within the limit unless it
+  // holds one larger tensor, with the generator's metadata.
+  ASSERT_EQ((*sharded)->files().size(), want.size());
+  for (int k = 0; k < n; ++k) {
+    const SafetensorsFile& file = *(*sharded)->files()[k];
+    EXPECT_THAT(file.path(), HasSubstr(SafetensorsShardName(k + 1, n)));
+    std::vector<std::string> got;
+    uint64_t data = 0;
+    for (const TensorInfo& t : file.tensors()) {
+      got.push_back(t.name);
+      data += t.nbytes;
+    }
+    std::vector<std::string> expected = want[k];
+    std::sort(expected.begin(), expected.end());
+    EXPECT_EQ(got, expected) << k;
+    EXPECT_TRUE(data <= options.max_shard_bytes || got.size() == 1) << k;
+    EXPECT_EQ(file.metadata().at("seed"), "1");
+    EXPECT_EQ(file.metadata().at("format"), "pt");
+  }
+  const std::string index = ReadAll(Dir("sharded") + "/" +
+                                    kSafetensorsIndexFileName);
+  EXPECT_THAT(index, HasSubstr("\"total_size\": 427520"));
+}
+
+TEST_F(ModelGeneratorTest, ShardEveryTensorAndFitInOne) {
+  const ModelConfig config = TinyConfig();
+  const size_t tensors = ExpectedTensors(config).size();
+  GenerateModelOptions options;
+  options.max_shard_bytes = 1;  // every tensor is larger: one shard each
+  ASSERT_TRUE(GenerateModel(config, 2, Dir("m"), options).ok());
+  auto c = SafetensorsCheckpoint::Open(Dir("m"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ((*c)->files().size(), tensors);
+  // Numbered in ExpectedTensors order.
+  for (size_t k = 0; k < tensors; ++k) {
+    const SafetensorsFile& file = *(*c)->files()[k];
+    ASSERT_EQ(file.tensors().size(), 1u);
+    EXPECT_EQ(file.tensors()[0].name, ExpectedTensors(config)[k].first);
+    EXPECT_THAT(file.path(),
+                HasSubstr(SafetensorsShardName(k + 1, tensors)));
+  }
+  // A limit everything fits in: one model.safetensors, no index, as
+  // transformers writes it, byte for byte what the default writes.
+  options.max_shard_bytes = 427520;
+  ASSERT_TRUE(GenerateModel(config, 2, Dir("fits"), options).ok());
+  ASSERT_TRUE(GenerateModel(config, 2, Dir("default")).ok());
+  EXPECT_EQ(Listing(Dir("fits")),
+            (std::vector<std::string>{"config.json", "model.safetensors"}));
+  EXPECT_EQ(ReadAll(Dir("fits") + "/model.safetensors"),
+            ReadAll(Dir("default") + "/model.safetensors"));
+}
+
+TEST_F(ModelGeneratorTest, RegeneratingReplacesTheOldLayout) {
+  const ModelConfig config = TinyConfig();
+  GenerateModelOptions five, three;
+  five.max_shard_bytes = 100000;
+  three.max_shard_bytes = 200000;
+  ASSERT_TRUE(GenerateModel(config, 1, Dir("m")).ok());
+  { std::ofstream(Dir("m") + "/README.md") << "kept"; }
+  // Single -> sharded: model.safetensors would shadow the index; it goes.
+  ASSERT_TRUE(GenerateModel(config, 1, Dir("m"), five).ok());
+  EXPECT_FALSE(fs::exists(Dir("m") + "/model.safetensors"));
+  EXPECT_TRUE(fs::exists(Dir("m") + "/model-00005-of-00005.safetensors"));
+  // Fewer shards: the unlisted old ones go.
+  ASSERT_TRUE(GenerateModel(config, 1, Dir("m"), three).ok());
+  std::vector<std::string> want = {"README.md", "config.json",
+                                   "model-00001-of-00003.safetensors",
+                                   "model-00002-of-00003.safetensors",
+                                   "model-00003-of-00003.safetensors",
+                                   "model.safetensors.index.json"};
+  EXPECT_EQ(Listing(Dir("m")), want);
+  auto c = SafetensorsCheckpoint::Open(Dir("m"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*c)->files().size(), 3u);
+  // Sharded -> single: index and shards go.
+  ASSERT_TRUE(GenerateModel(config, 1, Dir("m")).ok());
+  EXPECT_EQ(Listing(Dir("m")),
+            (std::vector<std::string>{"README.md", "config.json",
+                                      "model.safetensors"}));
 }
 
 }  // namespace

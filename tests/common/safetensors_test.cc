@@ -6,9 +6,11 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -552,6 +554,327 @@ TEST_F(SafetensorsTest, StreamingWriterShortWriteIsNotPublished) {
     ASSERT_TRUE(w2.ok());
   }
   EXPECT_TRUE(fs::is_empty(dir_));
+}
+
+// ---------------------------------------------------------------------------
+// Checkpoint directories: model.safetensors, or an index and its shards.
+
+class SafetensorsCheckpointTest : public SafetensorsTest {
+ protected:
+  void SetUp() override {
+    SafetensorsTest::SetUp();
+    ckpt_ = dir_ / "ckpt";
+    fs::create_directories(ckpt_);
+  }
+
+  // Writes `file` (relative to the checkpoint directory) holding one F32 [2]
+  // tensor per name, valued {k, k + 0.5} for the k-th name in the whole
+  // test (so every tensor's bytes are distinct).
+  std::string WriteTensors(const std::string& file,
+                           const std::vector<std::string>& names) {
+    std::vector<std::vector<float>> values;
+    std::vector<TensorInfo> infos;
+    values.reserve(names.size());
+    for (const std::string& name : names) {
+      values.push_back({static_cast<float>(next_value_),
+                        static_cast<float>(next_value_) + 0.5f});
+      ++next_value_;
+      infos.push_back({name,
+                       DType::kF32,
+                       {2},
+                       reinterpret_cast<const uint8_t*>(values.back().data()),
+                       8});
+    }
+    const std::string p = (ckpt_ / file).string();
+    const absl::Status s = WriteSafetensors(p, infos, {{"format", "pt"}});
+    EXPECT_TRUE(s.ok()) << s;
+    return p;
+  }
+
+  std::string WriteIndex(const std::string& text) {
+    const std::string p = (ckpt_ / kSafetensorsIndexFileName).string();
+    std::ofstream out(p, std::ios::binary | std::ios::trunc);
+    out << text;
+    return p;
+  }
+
+  // A valid two-shard checkpoint: a, c in shard 1; b in shard 2.
+  void WriteTwoShards() {
+    WriteTensors("model-00001-of-00002.safetensors", {"a", "c"});
+    WriteTensors("model-00002-of-00002.safetensors", {"b"});
+    WriteIndex(R"({"metadata": {"total_size": 24}, "weight_map": {
+        "a": "model-00001-of-00002.safetensors",
+        "b": "model-00002-of-00002.safetensors",
+        "c": "model-00001-of-00002.safetensors"}})");
+  }
+
+  // Opens the checkpoint and expects `code` with every needle in the
+  // message.
+  void ExpectCheckpointError(absl::StatusCode code,
+                             const std::vector<std::string>& needles,
+                             const std::string& context = "") {
+    auto c = SafetensorsCheckpoint::Open(ckpt_.string());
+    ASSERT_FALSE(c.ok()) << context;
+    EXPECT_EQ(c.status().code(), code) << context << ": " << c.status();
+    for (const std::string& n : needles) {
+      EXPECT_THAT(std::string(c.status().message()), HasSubstr(n)) << context;
+    }
+  }
+
+  float FirstValue(const TensorInfo& t) {
+    float v;
+    std::memcpy(&v, t.data, 4);
+    return v;
+  }
+
+  fs::path ckpt_;
+  int next_value_ = 0;
+};
+
+TEST_F(SafetensorsCheckpointTest, SingleFileIsThatFile) {
+  const std::string p = WriteTensors(kSafetensorsFileName, {"z", "a"});
+  auto c = SafetensorsCheckpoint::Open(ckpt_.string());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE((*c)->sharded());
+  EXPECT_EQ((*c)->path(), p);
+  ASSERT_EQ((*c)->files().size(), 1u);
+  EXPECT_EQ((*c)->files()[0]->path(), p);
+  const auto& file_tensors = (*c)->files()[0]->tensors();
+  ASSERT_EQ((*c)->tensors().size(), file_tensors.size());
+  for (size_t i = 0; i < file_tensors.size(); ++i) {
+    EXPECT_EQ((*c)->tensors()[i].name, file_tensors[i].name);
+    EXPECT_EQ((*c)->tensors()[i].shape, file_tensors[i].shape);
+    EXPECT_EQ((*c)->tensors()[i].data, file_tensors[i].data);
+    EXPECT_EQ((*c)->tensors()[i].nbytes, file_tensors[i].nbytes);
+  }
+  EXPECT_EQ((*c)->tensors()[0].name, "a");
+  // A trailing slash on the directory does not change the path.
+  auto slash = SafetensorsCheckpoint::Open(ckpt_.string() + "/");
+  ASSERT_TRUE(slash.ok());
+  EXPECT_EQ((*slash)->path(), p);
+}
+
+TEST_F(SafetensorsCheckpointTest, ShardsAreMergedInNameOrder) {
+  WriteTwoShards();
+  // Files the index does not name are not opened.
+  WriteBytes("ckpt/model-00009-of-00009.safetensors", "garbage");
+  auto c = SafetensorsCheckpoint::Open(ckpt_.string());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE((*c)->sharded());
+  EXPECT_EQ((*c)->path(), (ckpt_ / kSafetensorsIndexFileName).string());
+  ASSERT_EQ((*c)->files().size(), 2u);
+  EXPECT_THAT((*c)->files()[0]->path(),
+              HasSubstr("model-00001-of-00002.safetensors"));
+  ASSERT_EQ((*c)->tensors().size(), 3u);
+  EXPECT_EQ((*c)->tensors()[0].name, "a");
+  EXPECT_EQ((*c)->tensors()[1].name, "b");
+  EXPECT_EQ((*c)->tensors()[2].name, "c");
+  EXPECT_EQ(FirstValue((*c)->tensors()[0]), 0.0f);
+  EXPECT_EQ(FirstValue((*c)->tensors()[1]), 2.0f);
+  EXPECT_EQ(FirstValue((*c)->tensors()[2]), 1.0f);
+  auto b = (*c)->Get("b");
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ((*b)->shape, (std::vector<int64_t>{2}));
+  EXPECT_EQ((*c)->Get("nope").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(SafetensorsCheckpointTest, SingleFileWinsOverIndex) {
+  // As in transformers: model.safetensors is used, the index is not read.
+  WriteTensors(kSafetensorsFileName, {"only"});
+  WriteIndex("{not json");
+  auto c = SafetensorsCheckpoint::Open(ckpt_.string());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE((*c)->sharded());
+  ASSERT_EQ((*c)->tensors().size(), 1u);
+  EXPECT_EQ((*c)->tensors()[0].name, "only");
+}
+
+TEST_F(SafetensorsCheckpointTest, NoWeightsIsNotFound) {
+  ExpectCheckpointError(
+      absl::StatusCode::kNotFound,
+      {ckpt_.string(), "model.safetensors", "model.safetensors.index.json"});
+  auto missing = SafetensorsCheckpoint::Open(Path("absent"));
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(missing.status().message()), HasSubstr("absent"));
+  const std::string file = WriteBytes("plain_file", "x");
+  EXPECT_EQ(SafetensorsCheckpoint::Open(file).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(SafetensorsCheckpoint::Open("").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(SafetensorsCheckpointTest, MalformedIndexIsInvalid) {
+  WriteTensors("s.safetensors", {"a"});
+  const std::string index = (ckpt_ / kSafetensorsIndexFileName).string();
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"{not json", "not valid JSON"},
+      {"", "not valid JSON"},
+      {"{\"weight_map\": {\"a\": \"\xff\"}}", "not valid JSON"},
+      {R"(["a"])", "not a JSON object"},
+      {R"({"metadata": {}})", "missing \"weight_map\""},
+      {R"({"weight_map": ["s.safetensors"]})", "not an object"},
+      {R"({"weight_map": "s.safetensors"})", "not an object"},
+      {R"({"weight_map": {}})", "lists no tensors"},
+      {R"({"weight_map": {"a": 1}})", "not a string"},
+      {R"({"weight_map": {"a": null}})", "not a string"},
+      {R"({"weight_map": {"a": ["s.safetensors"]}})", "not a string"},
+      {R"({"weight_map": {"": "s.safetensors"}})", "empty tensor name"},
+      {R"({"metadata": 5, "weight_map": {"a": "s.safetensors"}})",
+       "\"metadata\" is not an object"},
+      {R"({"weight_map": {"a": "s.safetensors", "a": "s.safetensors"}})",
+       "duplicate JSON key 'a'"},
+      {R"({"weight_map": {"a": "s.safetensors"}, "weight_map": {}})",
+       "duplicate JSON key 'weight_map'"},
+  };
+  for (const auto& [text, needle] : cases) {
+    WriteIndex(text);
+    ExpectCheckpointError(absl::StatusCode::kInvalidArgument, {index, needle},
+                          text);
+  }
+  // Absurdly large (sparse), and a directory.
+  WriteIndex("{");
+  fs::resize_file(index, kMaxSafetensorsIndexBytes + 1);
+  ExpectCheckpointError(absl::StatusCode::kInvalidArgument, {index, "limit"});
+  fs::remove(index);
+  fs::create_directories(index);
+  ExpectCheckpointError(absl::StatusCode::kInvalidArgument,
+                        {index, "not a regular file"});
+  fs::remove(index);
+  // The same index, well formed, opens.
+  WriteIndex(R"({"weight_map": {"a": "s.safetensors"}})");
+  EXPECT_TRUE(SafetensorsCheckpoint::Open(ckpt_.string()).ok());
+}
+
+TEST_F(SafetensorsCheckpointTest, ShardNamesCannotLeaveTheDirectory) {
+  // Valid safetensors files outside the checkpoint directory that an
+  // unchecked path would reach.
+  WriteTensors("../outside.safetensors", {"a"});
+  fs::create_directories(ckpt_ / "sub");
+  WriteTensors("sub/inside.safetensors", {"a"});
+  for (const std::string& shard :
+       {std::string("../outside.safetensors"),
+        std::string("sub/inside.safetensors"),
+        (dir_ / "outside.safetensors").string(), std::string(".."),
+        std::string("."), std::string(""), std::string("x\\u0000y")}) {
+    WriteIndex(R"({"weight_map": {"a": ")" + shard + R"("}})");
+    ExpectCheckpointError(absl::StatusCode::kInvalidArgument,
+                          {kSafetensorsIndexFileName, "not a plain file name"},
+                          shard);
+  }
+}
+
+TEST_F(SafetensorsCheckpointTest, MissingShardIsNotFound) {
+  WriteTensors("model-00001-of-00002.safetensors", {"a"});
+  WriteIndex(R"({"weight_map": {"a": "model-00001-of-00002.safetensors",
+                                "b": "model-00002-of-00002.safetensors"}})");
+  ExpectCheckpointError(
+      absl::StatusCode::kNotFound,
+      {kSafetensorsIndexFileName, "model-00002-of-00002.safetensors"});
+}
+
+TEST_F(SafetensorsCheckpointTest, CorruptShardKeepsItsCode) {
+  WriteTwoShards();
+  const fs::path shard = ckpt_ / "model-00002-of-00002.safetensors";
+  fs::resize_file(shard, fs::file_size(shard) - 1);
+  ExpectCheckpointError(absl::StatusCode::kDataLoss,
+                        {kSafetensorsIndexFileName, shard.string()});
+  WriteBytes("ckpt/model-00002-of-00002.safetensors", "{}");
+  ExpectCheckpointError(absl::StatusCode::kDataLoss,
+                        {"model-00002-of-00002.safetensors"});
+}
+
+TEST_F(SafetensorsCheckpointTest, ShardsThatDisagreeWithTheIndexAreInvalid) {
+  const std::string index = (ckpt_ / kSafetensorsIndexFileName).string();
+  WriteTensors("s1.safetensors", {"a", "b"});
+  WriteTensors("s2.safetensors", {"c"});
+  // Listed but absent from its shard.
+  WriteIndex(R"({"weight_map": {"a": "s1.safetensors", "b": "s1.safetensors",
+                 "c": "s2.safetensors", "d": "s2.safetensors"}})");
+  ExpectCheckpointError(absl::StatusCode::kInvalidArgument,
+                        {index, "'d'", "s2.safetensors", "does not hold it"});
+  // Mapped to a shard other than the one holding it.
+  WriteIndex(R"({"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors",
+                 "c": "s2.safetensors"}})");
+  ExpectCheckpointError(
+      absl::StatusCode::kInvalidArgument,
+      {index, "'b'", "does not hold it", "shard 's1.safetensors' does"});
+  // In a shard but not in the map.
+  WriteIndex(R"({"weight_map": {"a": "s1.safetensors",
+                 "c": "s2.safetensors"}})");
+  ExpectCheckpointError(absl::StatusCode::kInvalidArgument,
+                        {index, "'b'", "s1.safetensors", "does not list"});
+  // In two shards.
+  WriteTensors("s3.safetensors", {"c"});
+  WriteIndex(R"({"weight_map": {"a": "s1.safetensors", "b": "s1.safetensors",
+                 "c": "s2.safetensors", "x": "s3.safetensors"}})");
+  ExpectCheckpointError(
+      absl::StatusCode::kInvalidArgument,
+      {index, "'c'", "s2.safetensors", "s3.safetensors", "and in shard"});
+  // Consistent: opens.
+  WriteIndex(R"({"weight_map": {"a": "s1.safetensors", "b": "s1.safetensors",
+                 "c": "s2.safetensors"}})");
+  EXPECT_TRUE(SafetensorsCheckpoint::Open(ckpt_.string()).ok());
+}
+
+TEST_F(SafetensorsCheckpointTest, SymlinkedShardsLoad) {
+  // The Hugging Face cache: snapshots/<rev>/<file> -> ../../blobs/<hash>.
+  fs::create_directories(dir_ / "blobs");
+  WriteTensors("../blobs/1111", {"a"});
+  WriteTensors("../blobs/2222", {"b"});
+  fs::create_symlink("../blobs/1111",
+                     ckpt_ / "model-00001-of-00002.safetensors");
+  fs::create_symlink("../blobs/2222",
+                     ckpt_ / "model-00002-of-00002.safetensors");
+  WriteIndex(R"({"weight_map": {"a": "model-00001-of-00002.safetensors",
+                                "b": "model-00002-of-00002.safetensors"}})");
+  auto c = SafetensorsCheckpoint::Open(ckpt_.string());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*c)->tensors().size(), 2u);
+}
+
+TEST_F(SafetensorsCheckpointTest, WritesIndexAsTransformersDoes) {
+  EXPECT_EQ(SafetensorsShardName(1, 4), "model-00001-of-00004.safetensors");
+  EXPECT_EQ(SafetensorsShardName(12, 123), "model-00012-of-00123.safetensors");
+  WriteTwoShards();
+  const std::string index = (ckpt_ / kSafetensorsIndexFileName).string();
+  ASSERT_TRUE(WriteSafetensorsIndex(index,
+                                    {{"c", "model-00001-of-00002.safetensors"},
+                                     {"a", "model-00001-of-00002.safetensors"},
+                                     {"b", "model-00002-of-00002.safetensors"}},
+                                    24)
+                  .ok());
+  std::ifstream in(index, std::ios::binary);
+  const std::string text((std::istreambuf_iterator<char>(in)),
+                         std::istreambuf_iterator<char>());
+  EXPECT_EQ(text,
+            "{\n"
+            "  \"metadata\": {\n"
+            "    \"total_size\": 24\n"
+            "  },\n"
+            "  \"weight_map\": {\n"
+            "    \"a\": \"model-00001-of-00002.safetensors\",\n"
+            "    \"b\": \"model-00002-of-00002.safetensors\",\n"
+            "    \"c\": \"model-00001-of-00002.safetensors\"\n"
+            "  }\n"
+            "}\n");
+  EXPECT_TRUE(SafetensorsCheckpoint::Open(ckpt_.string()).ok());
+  EXPECT_EQ(WriteSafetensorsIndex(index, {}, 0).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(WriteSafetensorsIndex(index, {{"a", "../x.safetensors"}}, 0).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(WriteSafetensorsIndex(index, {{"", "x.safetensors"}}, 0).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      WriteSafetensorsIndex(Path("no/such/dir/i.json"), {{"a", "x"}}, 0).code(),
+      absl::StatusCode::kNotFound);
+  // Failed writes left the good index and no temporary file.
+  EXPECT_TRUE(SafetensorsCheckpoint::Open(ckpt_.string()).ok());
+  int entries = 0;
+  for (const auto& ent : fs::directory_iterator(ckpt_)) {
+    (void)ent;
+    ++entries;
+  }
+  EXPECT_EQ(entries, 3);
 }
 
 }  // namespace

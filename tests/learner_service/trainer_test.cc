@@ -153,6 +153,39 @@ TEST_F(TrainerTest, ComputeCopyIsTheModelFile) {
   }
 }
 
+TEST_F(TrainerTest, ShardedModelDirLoadsLikeOneFile) {
+  // The same weights as a Hugging Face sharded checkpoint (index + shards).
+  common::GenerateModelOptions sharded;
+  sharded.max_shard_bytes = 100000;
+  const std::string dir = dir_->Sub("tiny_sharded");
+  ASSERT_TRUE(
+      common::GenerateModel(common::TinyConfig(), /*seed=*/1, dir, sharded)
+          .ok());
+  ASSERT_FALSE(fs::exists(fs::path(dir) / "model.safetensors"));
+  ASSERT_TRUE(fs::exists(fs::path(dir) / "model.safetensors.index.json"));
+  auto one = LoadModelDir(*model_dir_);
+  auto many = LoadModelDir(dir);
+  ASSERT_TRUE(one.ok()) << one.status();
+  ASSERT_TRUE(many.ok()) << many.status();
+  EXPECT_EQ(one->first, many->first);
+  EXPECT_TRUE(SameTensors(one->second, many->second));
+
+  TrainerOptions o;
+  o.model_dir = dir;
+  auto trainer = Make(o);
+  ASSERT_NE(trainer, nullptr);
+  EXPECT_TRUE(SameTensors(*trainer->compute_weights(), one->second));
+
+  // A broken index fails Create with the checkpoint's code.
+  ASSERT_TRUE(fs::remove(fs::path(dir) / "model-00003-of-00005.safetensors"));
+  o.model_dir = dir;
+  auto broken = Trainer::Create(o);
+  EXPECT_EQ(broken.status().code(), absl::StatusCode::kNotFound)
+      << broken.status();
+  EXPECT_THAT(std::string(broken.status().message()),
+              ::testing::HasSubstr("model-00003-of-00005.safetensors"));
+}
+
 TEST_F(TrainerTest, InvariantLogprobsMatchInferenceModelBitwise) {
   auto trainer = Make();
   auto model = ModelOf(*trainer, KernelMode::kInvariant);

@@ -1,13 +1,18 @@
 // The C++ SDK against in-process fake services: retries (UNAVAILABLE only,
 // replay rules for streams), deadlines, bearer tokens, TLS and mTLS through
 // common::ServerSecurity, health, message sizes, weight encoding.
+#include <unistd.h>
+
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/time/clock.h"
 #include "common/crc32c.h"
+#include "common/model_generator.h"
 #include "common/server_security.h"
 #include "gtest/gtest.h"
 #include "sdk/cpp/lockstep_client.h"
@@ -344,6 +349,67 @@ TEST(WeightsTest, ConvertsDTypes) {
   EXPECT_TRUE(absl::IsInvalidArgument(WeightSet::FromTensors(bad).status()));
   EXPECT_TRUE(
       absl::IsNotFound(WeightSet::FromSafetensors("/nonexistent").status()));
+}
+
+TEST(WeightsTest, ReadsShardedCheckpointDirectories) {
+  const std::filesystem::path dir =
+      std::filesystem::path(::testing::TempDir()) /
+      ("lockstep_sdk_weights_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  common::ModelConfig config = common::TinyConfig();
+  config.dtype = kernels::DType::kBF16;
+  common::GenerateModelOptions sharded;
+  sharded.max_shard_bytes = 50000;
+  ASSERT_TRUE(common::GenerateModel(config, 4, (dir / "one").string()).ok());
+  ASSERT_TRUE(
+      common::GenerateModel(config, 4, (dir / "sharded").string(), sharded)
+          .ok());
+  ASSERT_FALSE(std::filesystem::exists(dir / "sharded" / "model.safetensors"));
+
+  absl::StatusOr<WeightSet> from_dir =
+      WeightSet::FromSafetensors((dir / "one").string());
+  absl::StatusOr<WeightSet> from_file =
+      WeightSet::FromSafetensors((dir / "one" / "model.safetensors").string());
+  absl::StatusOr<WeightSet> from_shards =
+      WeightSet::FromSafetensors((dir / "sharded").string());
+  ASSERT_TRUE(from_dir.ok()) << from_dir.status();
+  ASSERT_TRUE(from_file.ok()) << from_file.status();
+  ASSERT_TRUE(from_shards.ok()) << from_shards.status();
+  EXPECT_EQ(from_shards->dtype(), v1::DTYPE_BF16);
+  EXPECT_EQ(from_shards->total_bytes(), from_dir->total_bytes());
+  // The same manifest (names, shapes, sizes, CRC-32Cs) whichever way read.
+  const std::string manifest =
+      MakeWeightUpdateHeader(*from_file, 1, "t").SerializeAsString();
+  EXPECT_EQ(MakeWeightUpdateHeader(*from_dir, 1, "t").SerializeAsString(),
+            manifest);
+  EXPECT_EQ(MakeWeightUpdateHeader(*from_shards, 1, "t").SerializeAsString(),
+            manifest);
+  ASSERT_EQ(from_shards->tensors().size(), from_file->tensors().size());
+  for (size_t i = 0; i < from_file->tensors().size(); ++i) {
+    const TensorView& a = from_file->tensors()[i];
+    const TensorView& b = from_shards->tensors()[i];
+    ASSERT_EQ(a.nbytes, b.nbytes) << a.name;
+    EXPECT_EQ(0, std::memcmp(a.data, b.data, a.nbytes)) << a.name;
+  }
+  // Copies keep every shard mapped after the original is gone.
+  WeightSet copy = *from_shards;
+  from_shards = absl::UnknownError("dropped");
+  EXPECT_EQ(MakeWeightUpdateHeader(copy, 1, "t").SerializeAsString(), manifest);
+
+  // Errors of the checkpoint reader.
+  ASSERT_TRUE(std::filesystem::remove(dir / "sharded" /
+                                      "model-00002-of-00005.safetensors"));
+  absl::Status missing =
+      WeightSet::FromSafetensors((dir / "sharded").string()).status();
+  EXPECT_TRUE(absl::IsNotFound(missing)) << missing;
+  {
+    std::ofstream(dir / "sharded" / "model.safetensors.index.json")
+        << R"({"weight_map": {"a": "../one/model.safetensors"}})";
+  }
+  absl::Status escape =
+      WeightSet::FromSafetensors((dir / "sharded").string()).status();
+  EXPECT_TRUE(absl::IsInvalidArgument(escape)) << escape;
+  std::filesystem::remove_all(dir);
 }
 
 TEST(WeightsTest, UploadIsReplayedOnUnavailable) {

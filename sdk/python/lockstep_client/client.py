@@ -455,8 +455,10 @@ class RolloutClient(_Client):
                                  source="lockstep python client",
                                  chunk_bytes=_weights.DEFAULT_CHUNK_BYTES, timeout=None,
                                  call=None) -> common_pb2.UpdateWeightsResponse:
-        """Uploads a .safetensors file (or DIR/model.safetensors), converted to
-        the served storage dtype when `convert_dtype`."""
+        """Uploads a .safetensors file or a checkpoint directory
+        (DIR/model.safetensors, or DIR/model.safetensors.index.json and its
+        shards; see read_safetensors), converted to the served storage dtype
+        when `convert_dtype`."""
         tensors = _weights.read_safetensors(path)
         call = _call(call, timeout)
         call = dataclasses.replace(call, deadline=self.connection._deadline(call), timeout=None)

@@ -87,11 +87,12 @@ class Tensor:
                       struct.pack("<%dI" % n, *[h << 16 for h in halves]))
 
 
-def read_safetensors(path):
-    """Tensors of a .safetensors file (or DIR/model.safetensors), sorted by
-    name. Only F32 and BF16 tensors are supported."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "model.safetensors")
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+
+def _read_safetensors_file(path):
+    """Tensors of one .safetensors file, in header order."""
     with open(path, "rb") as f:
         blob = f.read()
     if len(blob) < 8:
@@ -114,6 +115,89 @@ def read_safetensors(path):
         if base + end > len(blob):
             raise ValueError("%s: tensor %r runs past the end of the file" % (path, name))
         tensors.append(Tensor(name, dtype, entry["shape"], view[base + begin:base + end]))
+    return tensors
+
+
+def _read_sharded(directory):
+    """Tensors of model.safetensors.index.json and the shards it names,
+    checked as the C++ common::SafetensorsCheckpoint checks them."""
+    index_path = os.path.join(directory, SAFETENSORS_INDEX)
+
+    def invalid(what):
+        return ValueError("safetensors index '%s': %s" % (index_path, what))
+
+    def no_duplicates(pairs):
+        keys = [k for k, _ in pairs]
+        for k in keys:
+            if keys.count(k) > 1:
+                raise invalid("duplicate JSON key '%s'" % k)
+        return dict(pairs)
+
+    with open(index_path, "rb") as f:
+        text = f.read()
+    try:
+        index = json.loads(text, object_pairs_hook=no_duplicates)
+    except ValueError as e:
+        if str(e).startswith("safetensors index"):
+            raise
+        raise invalid("not valid JSON (%s)" % e) from None
+    if not isinstance(index, dict):
+        raise invalid("not a JSON object")
+    if "metadata" in index and not isinstance(index["metadata"], dict):
+        raise invalid('"metadata" is not an object')
+    weight_map = index.get("weight_map")
+    if weight_map is None:
+        raise invalid('missing "weight_map"')
+    if not isinstance(weight_map, dict):
+        raise invalid('"weight_map" is not an object')
+    if not weight_map:
+        raise invalid('"weight_map" lists no tensors')
+    for name, shard in weight_map.items():
+        if not name:
+            raise invalid('"weight_map" has an empty tensor name')
+        if not isinstance(shard, str):
+            raise invalid('"weight_map" value of tensor %r is not a string' % name)
+        if shard in ("", ".", "..") or "/" in shard or "\0" in shard:
+            raise invalid('"weight_map" maps tensor %r to shard %r, which is not a plain '
+                          "file name in the checkpoint directory" % (name, shard))
+    holder = {}
+    tensors = []
+    for shard in sorted(set(weight_map.values())):
+        for t in _read_safetensors_file(os.path.join(directory, shard)):
+            if t.name in holder:
+                raise invalid("tensor '%s' is in shard '%s' and in shard '%s'"
+                              % (t.name, holder[t.name], shard))
+            holder[t.name] = shard
+            tensors.append(t)
+    for name, shard in sorted(weight_map.items()):
+        if holder.get(name) != shard:
+            raise invalid('"weight_map" maps tensor \'%s\' to shard \'%s\', which does '
+                          "not hold it" % (name, shard))
+    for name, shard in sorted(holder.items()):
+        if name not in weight_map:
+            raise invalid("shard '%s' holds tensor '%s', which \"weight_map\" does not list"
+                          % (shard, name))
+    return tensors
+
+
+def read_safetensors(path):
+    """Tensors of a .safetensors file or of a checkpoint directory in Hugging
+    Face layout (DIR/model.safetensors or, when that is absent,
+    DIR/model.safetensors.index.json and the shards it names), sorted by
+    name. Only F32 and BF16 tensors are supported. Raises OSError
+    (FileNotFoundError for a missing file or shard) or ValueError (a corrupt
+    file, or an index that is malformed or disagrees with its shards)."""
+    if os.path.isdir(path):
+        single = os.path.join(path, SAFETENSORS_FILE)
+        if os.path.exists(single):  # as transformers, the single file wins
+            tensors = _read_safetensors_file(single)
+        elif os.path.exists(os.path.join(path, SAFETENSORS_INDEX)):
+            tensors = _read_sharded(path)
+        else:
+            raise FileNotFoundError("%s holds neither %s nor %s"
+                                    % (path, SAFETENSORS_FILE, SAFETENSORS_INDEX))
+    else:
+        tensors = _read_safetensors_file(path)
     tensors.sort(key=lambda t: t.name)
     return tensors
 

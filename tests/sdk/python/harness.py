@@ -65,9 +65,10 @@ class Service:
                 self.proc.wait()
 
 
-def make_model(directory, seed=1):
+def make_model(directory, seed=1, max_shard_bytes=0):
     subprocess.run([env("LOCKSTEP_MAKE_MODEL_BINARY"), "--preset", "tiny", "--seed", str(seed),
-                    "--out", directory], check=True, stdout=subprocess.DEVNULL)
+                    "--out", directory, "--max_shard_bytes=%d" % max_shard_bytes],
+                   check=True, stdout=subprocess.DEVNULL)
 
 
 def start_rollout(model_dir, extra=(), port=0):

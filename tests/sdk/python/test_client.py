@@ -59,6 +59,36 @@ class UnitTest(unittest.TestCase):
         for m in messages[1:]:
             self.assertEqual(m.chunk.crc32c, lw.crc32c(m.chunk.data))
 
+    def test_read_sharded_checkpoint(self):
+        one = os.path.join(STACK.dir, "model-py-one")
+        sharded = os.path.join(STACK.dir, "model-py-sharded")
+        harness.make_model(one, seed=3)
+        harness.make_model(sharded, seed=3, max_shard_bytes=100000)
+        self.assertFalse(os.path.exists(os.path.join(sharded, "model.safetensors")))
+        a = read_safetensors(one)
+        b = read_safetensors(sharded)
+        self.assertEqual([(t.name, t.dtype, list(t.shape), bytes(t.data)) for t in a],
+                         [(t.name, t.dtype, list(t.shape), bytes(t.data)) for t in b])
+        index = os.path.join(sharded, "model.safetensors.index.json")
+        with open(index) as f:
+            good = f.read()
+        bad = ['{"weight_map": {"a": "../model-py-one/model.safetensors"}}',
+               '{"weight_map": []}', '{"metadata": {}}', "{not json",
+               '{"weight_map": {"a": "x.safetensors", "a": "x.safetensors"}}']
+        for text in bad:
+            with open(index, "w") as f:
+                f.write(text)
+            with self.assertRaises(ValueError, msg=text):
+                read_safetensors(sharded)
+        with open(index, "w") as f:
+            f.write(good)
+        os.remove(os.path.join(sharded, "model-00002-of-00005.safetensors"))
+        with self.assertRaises(FileNotFoundError):
+            read_safetensors(sharded)
+        os.remove(index)
+        with self.assertRaises(FileNotFoundError):
+            read_safetensors(sharded)
+
     def test_backoff(self):
         p = RetryPolicy(initial_backoff=0.1, max_backoff=0.35, multiplier=2, jitter=0.2)
         self.assertAlmostEqual(p.delay(1, 0.5), 0.1)
