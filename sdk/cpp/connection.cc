@@ -7,13 +7,9 @@
 #include <grpcpp/support/channel_arguments.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <condition_variable>
-#include <cstring>
-#include <fstream>
 #include <mutex>
-#include <sstream>
 #include <thread>
 
 #include "absl/random/random.h"
@@ -25,23 +21,6 @@ namespace lockstep::client {
 namespace {
 
 constexpr char kUserAgent[] = "lockstep-client/0.1";
-
-absl::StatusOr<std::string> ReadFile(const std::string& what,
-                                     const std::string& path) {
-  errno = 0;
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    const int err = errno;
-    const std::string msg = absl::StrCat(
-        what, " ", path, ": ", err != 0 ? std::strerror(err) : "cannot open");
-    if (err == ENOENT) return absl::NotFoundError(msg);
-    if (err == EACCES || err == EPERM) return absl::PermissionDeniedError(msg);
-    return absl::InvalidArgumentError(msg);
-  }
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // TlsOptions' fields as MakeChannelSecurity's errors name them.
 const common::ChannelSecurityNames& TlsOptionNames() {
@@ -170,7 +149,8 @@ absl::StatusOr<std::shared_ptr<Connection>> Connection::Create(
   std::string token = options.auth_token;
   if (!options.auth_token_file.empty()) {
     absl::StatusOr<std::string> text =
-        ReadFile("token file", options.auth_token_file);
+        common::ReadConfigFile("ClientOptions.auth_token_file",
+                               options.auth_token_file);
     if (!text.ok()) return text.status();
     token = *text;
     if (absl::StripAsciiWhitespace(token).empty()) {
