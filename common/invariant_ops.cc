@@ -197,7 +197,7 @@ class InvariantOps : public Ops {
   }
 
   torch::Tensor Rope(const torch::Tensor& x_in, const torch::Tensor& positions,
-                     int64_t heads, int64_t head_dim, double theta) override {
+                     int64_t heads, int64_t head_dim, const RopeTable& rope) override {
     auto y = x_in.detach().contiguous().clone();
     auto pos = positions.to(torch::kInt).contiguous();
     kernels::RopeArgs a;
@@ -208,10 +208,14 @@ class InvariantOps : public Ops {
     a.heads = heads;
     a.head_dim = head_dim;
     a.rotary_dim = head_dim;
-    a.theta = theta;
+    auto inv_freq = rope.inv_freq.to(y.device(), torch::kDouble).contiguous();
+    TORCH_CHECK(inv_freq.numel() == head_dim / 2, "RoPE table has ", inv_freq.numel(),
+                " frequencies for head_dim ", head_dim);
+    a.inv_freq = inv_freq.data_ptr<double>();
+    a.attention_factor = rope.attention_factor;
     Check(kernels::ApplyRope(a, ContextOf(y)));
     if (NeedsGrad({&x_in})) {
-      return OverrideValue(reference::Rope(x_in, positions, heads, head_dim, theta), y);
+      return OverrideValue(reference::Rope(x_in, positions, heads, head_dim, rope), y);
     }
     return y;
   }

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/config_json.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -19,84 +20,62 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr const char* kSupportedModelTypes[] = {"llama", "mistral", "qwen2",
-                                                "qwen3"};
+// Keys read for every supported model_type: the architecture, the RoPE
+// (either form), the dtype (either key), the token ids, and metadata that
+// does not change the arithmetic (use_cache, initializer_range, ...).
+constexpr const char* kCommonConfigKeys[] = {
+    "_name_or_path", "architectures", "attention_dropout", "bos_token_id", "dtype",
+    "eos_token_id", "head_dim", "hidden_act", "hidden_size", "initializer_range",
+    "intermediate_size", "layer_types", "max_position_embeddings", "model_type",
+    "num_attention_heads", "num_hidden_layers", "num_key_value_heads", "pad_token_id",
+    "partial_rotary_factor", "rms_norm_eps", "rope_parameters", "rope_scaling", "rope_theta",
+    "tie_word_embeddings", "torch_dtype", "transformers_version", "use_cache", "vocab_size"};
+
+// The table of understood keys per model_type, besides kCommonConfigKeys.
+// pretraining_tp (Llama) only splits transformers' matmuls into slices that
+// sum to the same product; max_window_layers only matters with an active
+// sliding window, which is refused.
+struct FamilyKeys {
+  const char* model_type;
+  std::vector<const char*> keys;
+};
+const std::vector<FamilyKeys>& UnderstoodConfigKeys() {
+  static const auto* table = new std::vector<FamilyKeys>{
+      {"llama", {"attention_bias", "mlp_bias", "pretraining_tp"}},
+      {"mistral", {"sliding_window"}},
+      {"qwen2", {"use_sliding_window", "sliding_window", "max_window_layers"}},
+      {"qwen3",
+       {"attention_bias", "use_sliding_window", "sliding_window", "max_window_layers"}},
+  };
+  return *table;
+}
+
+// Keys of other architectures that change the arithmetic in ways lockstep
+// does not implement: present and not null, they fail the load.
+constexpr const char* kRefusedConfigKeys[] = {
+    "quantization_config",   "attn_logit_softcapping", "final_logit_softcapping",
+    "embedding_multiplier",  "residual_multiplier",    "attention_multiplier",
+    "logits_scaling",        "query_pre_attn_scalar",  "num_experts",
+    "num_local_experts"};
 
 bool SupportedModelType(const std::string& t) {
-  return std::find_if(std::begin(kSupportedModelTypes),
-                      std::end(kSupportedModelTypes), [&](const char* s) {
-                        return t == s;
-                      }) != std::end(kSupportedModelTypes);
+  for (const FamilyKeys& f : UnderstoodConfigKeys()) {
+    if (t == f.model_type) return true;
+  }
+  return false;
 }
 
-absl::Status ConfigError(absl::string_view what) {
-  return absl::InvalidArgumentError(absl::StrCat("model config: ", what));
-}
-
-// Null counts as absent: HF writes `"head_dim": null` and the like.
-const json* Find(const json& j, const char* key) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return nullptr;
-  return &*it;
-}
-
-absl::StatusOr<std::optional<int64_t>> OptionalInt(const json& j,
-                                                   const char* key) {
-  const json* v = Find(j, key);
-  if (v == nullptr) return std::optional<int64_t>();
-  if (v->is_number_unsigned()) {
-    const uint64_t u = v->get<uint64_t>();
-    if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-      return ConfigError(absl::StrCat("\"", key, "\" is out of range"));
+bool Understood(const std::string& model_type, const std::string& key) {
+  for (const char* k : kCommonConfigKeys) {
+    if (key == k) return true;
+  }
+  for (const FamilyKeys& f : UnderstoodConfigKeys()) {
+    if (model_type != f.model_type) continue;
+    for (const char* k : f.keys) {
+      if (key == k) return true;
     }
-    return std::optional<int64_t>(static_cast<int64_t>(u));
   }
-  if (v->is_number_integer()) {
-    return std::optional<int64_t>(v->get<int64_t>());
-  }
-  return ConfigError(
-      absl::StrCat("\"", key, "\" must be an integer, got ", v->dump()));
-}
-
-absl::StatusOr<int64_t> RequiredInt(const json& j, const char* key) {
-  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<int64_t> v, OptionalInt(j, key));
-  if (!v.has_value()) {
-    return ConfigError(absl::StrCat("required key \"", key, "\" is missing"));
-  }
-  return *v;
-}
-
-absl::StatusOr<std::optional<double>> OptionalDouble(const json& j,
-                                                     const char* key) {
-  const json* v = Find(j, key);
-  if (v == nullptr) return std::optional<double>();
-  if (!v->is_number()) {
-    return ConfigError(
-        absl::StrCat("\"", key, "\" must be a number, got ", v->dump()));
-  }
-  return std::optional<double>(v->get<double>());
-}
-
-absl::StatusOr<std::optional<bool>> OptionalBool(const json& j,
-                                                 const char* key) {
-  const json* v = Find(j, key);
-  if (v == nullptr) return std::optional<bool>();
-  if (!v->is_boolean()) {
-    return ConfigError(
-        absl::StrCat("\"", key, "\" must be true or false, got ", v->dump()));
-  }
-  return std::optional<bool>(v->get<bool>());
-}
-
-absl::StatusOr<std::optional<std::string>> OptionalString(const json& j,
-                                                          const char* key) {
-  const json* v = Find(j, key);
-  if (v == nullptr) return std::optional<std::string>();
-  if (!v->is_string()) {
-    return ConfigError(
-        absl::StrCat("\"", key, "\" must be a string, got ", v->dump()));
-  }
-  return std::optional<std::string>(v->get<std::string>());
+  return false;
 }
 
 const char* Architecture(const std::string& model_type) {
@@ -106,41 +85,112 @@ const char* Architecture(const std::string& model_type) {
   return "LlamaForCausalLM";
 }
 
-// Checks rope_scaling: only absent/null or the "default" rope type.
-absl::Status CheckRopeScaling(const json& j) {
-  const json* rs = Find(j, "rope_scaling");
-  if (rs == nullptr) return absl::OkStatus();
-  if (!rs->is_object()) {
-    return ConfigError(absl::StrCat(
-        "\"rope_scaling\" must be null or an object, got ", rs->dump()));
+// The dtype named by "dtype" (transformers >= 4.56) or "torch_dtype".
+absl::StatusOr<std::string> CheckpointDType(const json& j) {
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<std::string> s, OptionalConfigString(j, "dtype"));
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<std::string> t,
+                            OptionalConfigString(j, "torch_dtype"));
+  if (s.has_value() && t.has_value() && *s != *t) {
+    return ConfigError(absl::StrCat("\"dtype\" '", *s, "' and \"torch_dtype\" '", *t,
+                                    "' disagree"));
   }
-  std::string type;
-  for (const char* key : {"rope_type", "type"}) {
-    auto it = rs->find(key);
-    if (it != rs->end() && it->is_string()) {
-      type = it->get<std::string>();
-      break;
+  const std::string name = s.value_or(t.value_or("bfloat16"));
+  if (name != "bfloat16" && name != "float32" && name != "float16") {
+    return ConfigError(absl::StrCat("unsupported ", s.has_value() ? "dtype" : "torch_dtype",
+                                    " '", name, "' (supported: bfloat16, float32, float16)"));
+  }
+  return name;
+}
+
+// layer_types (transformers >= 4.54): every layer must be full attention.
+absl::StatusOr<std::vector<std::string>> LayerTypes(const json& j, int64_t layers) {
+  std::vector<std::string> out;
+  const json* lt = FindConfigKey(j, "layer_types");
+  if (lt == nullptr) return out;
+  if (!lt->is_array()) {
+    return ConfigError(absl::StrCat("\"layer_types\" must be a list, got ", lt->dump()));
+  }
+  if (static_cast<int64_t>(lt->size()) != layers) {
+    return ConfigError(absl::StrCat("\"layer_types\" has ", lt->size(),
+                                    " entries for num_hidden_layers ", layers));
+  }
+  for (size_t i = 0; i < lt->size(); ++i) {
+    const json& e = (*lt)[i];
+    if (!e.is_string() || e.get<std::string>() != "full_attention") {
+      return ConfigError(absl::StrCat("\"layer_types\"[", i, "] is ", e.dump(),
+                                      ": only \"full_attention\" is supported (no sliding "
+                                      "window)"));
+    }
+    out.push_back(e.get<std::string>());
+  }
+  return out;
+}
+
+// Features the transformer does not implement: refuse rather than run a
+// different model than the checkpoint's.
+absl::Status CheckUnimplemented(const json& j, const ModelConfig& c) {
+  for (const char* key : kRefusedConfigKeys) {
+    if (const json* v = FindConfigKey(j, key); v != nullptr) {
+      if ((v->is_number() && v->get<double>() == 0.0) || (v->is_boolean() && !v->get<bool>())) {
+        continue;  // e.g. "num_experts": 0, "final_logit_softcapping": false
+      }
+      return ConfigError(absl::StrCat("\"", key, "\": ", v->dump(),
+                                      " is unsupported (changes the arithmetic; not "
+                                      "implemented)"));
     }
   }
-  if (type != "default") {
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<std::string> act,
+                            OptionalConfigString(j, "hidden_act"));
+  if (act.has_value() && *act != "silu") {
+    return ConfigError(
+        absl::StrCat("unsupported hidden_act '", *act, "' (only silu is supported)"));
+  }
+  if (c.model_type != "qwen2") {
+    for (const char* key : {"attention_bias", "mlp_bias"}) {
+      if (!Understood(c.model_type, key)) continue;
+      LOCKSTEP_ASSIGN_OR_RETURN(std::optional<bool> bias, OptionalConfigBool(j, key));
+      if (bias.value_or(false)) {
+        return ConfigError(absl::StrCat("\"", key, "\": true is unsupported for ",
+                                        c.model_type, " (no biases in this family)"));
+      }
+    }
+  }
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<double> dropout,
+                            OptionalConfigDouble(j, "attention_dropout"));
+  if (dropout.value_or(0.0) != 0.0) {
+    return ConfigError(absl::StrCat("\"attention_dropout\": ", *dropout,
+                                    " is unsupported (lockstep trains without dropout)"));
+  }
+  if (Understood(c.model_type, "use_sliding_window")) {
+    LOCKSTEP_ASSIGN_OR_RETURN(std::optional<bool> use_sw,
+                              OptionalConfigBool(j, "use_sliding_window"));
+    if (use_sw.value_or(false)) {
+      return ConfigError(
+          "\"use_sliding_window\": true is unsupported (full attention only)");
+    }
+  }
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<int64_t> window,
+                            OptionalConfigInt(j, "sliding_window"));
+  if (c.model_type == "mistral" && window.has_value() && *window < c.max_position_embeddings) {
     return ConfigError(absl::StrCat(
-        "unsupported rope_scaling type '", type.empty() ? "<none>" : type,
-        "' (only null or \"default\" is supported): ", rs->dump()));
+        "mistral \"sliding_window\" ", *window,
+        " < max_position_embeddings is unsupported (full attention only)"));
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<kernels::DType> ParseTorchDType(const json& j) {
-  // transformers >= 4.56 writes "dtype"; older versions "torch_dtype".
-  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<std::string> s,
-                            OptionalString(j, "torch_dtype"));
-  if (!s.has_value()) {
-    LOCKSTEP_ASSIGN_OR_RETURN(s, OptionalString(j, "dtype"));
+absl::StatusOr<int64_t> RequiredInt(const json& j, const char* key) {
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<int64_t> v, OptionalConfigInt(j, key));
+  if (!v.has_value()) {
+    return ConfigError(absl::StrCat("required key \"", key, "\" is missing"));
   }
-  if (!s.has_value() || *s == "bfloat16") return kernels::DType::kBF16;
-  if (*s == "float32") return kernels::DType::kF32;
-  return ConfigError(absl::StrCat("unsupported torch_dtype '", *s,
-                                  "' (supported: bfloat16, float32)"));
+  return *v;
+}
+
+std::string SupportedModelTypes() {
+  std::vector<std::string> names;
+  for (const FamilyKeys& f : UnderstoodConfigKeys()) names.push_back(f.model_type);
+  return absl::StrJoin(names, ", ");
 }
 
 }  // namespace
@@ -153,112 +203,81 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(std::string_view text) {
 
   ModelConfig c;
   LOCKSTEP_ASSIGN_OR_RETURN(std::optional<std::string> model_type,
-                            OptionalString(j, "model_type"));
+                            OptionalConfigString(j, "model_type"));
   if (!model_type.has_value()) {
-    return ConfigError(
-        absl::StrCat("required key \"model_type\" is missing (supported: ",
-                     absl::StrJoin(kSupportedModelTypes, ", "), ")"));
+    return ConfigError(absl::StrCat("required key \"model_type\" is missing (supported: ",
+                                    SupportedModelTypes(), ")"));
   }
   c.model_type = *model_type;
   if (!SupportedModelType(c.model_type)) {
-    return ConfigError(absl::StrCat(
-        "unsupported model_type '", c.model_type,
-        "' (supported: ", absl::StrJoin(kSupportedModelTypes, ", "), ")"));
+    return ConfigError(absl::StrCat("unsupported model_type '", c.model_type,
+                                    "' (supported: ", SupportedModelTypes(), ")"));
   }
   c.qk_norm = c.model_type == "qwen3";
+  c.qkv_bias = c.model_type == "qwen2";
 
   LOCKSTEP_ASSIGN_OR_RETURN(c.vocab_size, RequiredInt(j, "vocab_size"));
   LOCKSTEP_ASSIGN_OR_RETURN(c.hidden_size, RequiredInt(j, "hidden_size"));
-  LOCKSTEP_ASSIGN_OR_RETURN(c.intermediate_size,
-                            RequiredInt(j, "intermediate_size"));
-  LOCKSTEP_ASSIGN_OR_RETURN(c.num_hidden_layers,
-                            RequiredInt(j, "num_hidden_layers"));
-  LOCKSTEP_ASSIGN_OR_RETURN(c.num_attention_heads,
-                            RequiredInt(j, "num_attention_heads"));
+  LOCKSTEP_ASSIGN_OR_RETURN(c.intermediate_size, RequiredInt(j, "intermediate_size"));
+  LOCKSTEP_ASSIGN_OR_RETURN(c.num_hidden_layers, RequiredInt(j, "num_hidden_layers"));
+  LOCKSTEP_ASSIGN_OR_RETURN(c.num_attention_heads, RequiredInt(j, "num_attention_heads"));
   if (c.num_attention_heads <= 0) {
     return ConfigError(absl::StrCat("\"num_attention_heads\" must be > 0, got ",
                                     c.num_attention_heads));
   }
 
   LOCKSTEP_ASSIGN_OR_RETURN(std::optional<int64_t> kv,
-                            OptionalInt(j, "num_key_value_heads"));
+                            OptionalConfigInt(j, "num_key_value_heads"));
   c.num_key_value_heads = kv.value_or(c.num_attention_heads);
-  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<int64_t> head_dim,
-                            OptionalInt(j, "head_dim"));
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<int64_t> head_dim, OptionalConfigInt(j, "head_dim"));
   if (head_dim.has_value()) {
     c.head_dim = *head_dim;
   } else {
     if (c.hidden_size % c.num_attention_heads != 0) {
-      return ConfigError(absl::StrCat(
-          "\"hidden_size\" ", c.hidden_size,
-          " is not divisible by \"num_attention_heads\" ",
-          c.num_attention_heads, " (and no \"head_dim\" is given)"));
+      return ConfigError(absl::StrCat("\"hidden_size\" ", c.hidden_size,
+                                      " is not divisible by \"num_attention_heads\" ",
+                                      c.num_attention_heads, " (and no \"head_dim\" is given)"));
     }
     c.head_dim = c.hidden_size / c.num_attention_heads;
   }
 
-  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<double> eps,
-                            OptionalDouble(j, "rms_norm_eps"));
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<double> eps, OptionalConfigDouble(j, "rms_norm_eps"));
   c.rms_norm_eps = eps.value_or(1e-6);
-  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<double> theta,
-                            OptionalDouble(j, "rope_theta"));
-  c.rope_theta = theta.value_or(10000.0);
   LOCKSTEP_ASSIGN_OR_RETURN(std::optional<bool> tie,
-                            OptionalBool(j, "tie_word_embeddings"));
+                            OptionalConfigBool(j, "tie_word_embeddings"));
   c.tie_word_embeddings = tie.value_or(false);
   LOCKSTEP_ASSIGN_OR_RETURN(std::optional<int64_t> max_pos,
-                            OptionalInt(j, "max_position_embeddings"));
+                            OptionalConfigInt(j, "max_position_embeddings"));
   c.max_position_embeddings = max_pos.value_or(2048);
-  LOCKSTEP_ASSIGN_OR_RETURN(c.dtype, ParseTorchDType(j));
-  LOCKSTEP_ASSIGN_OR_RETURN(c.bos_token_id, OptionalInt(j, "bos_token_id"));
+  LOCKSTEP_ASSIGN_OR_RETURN(c.checkpoint_dtype, CheckpointDType(j));
+  c.dtype = c.checkpoint_dtype == "bfloat16" ? kernels::DType::kBF16 : kernels::DType::kF32;
+  LOCKSTEP_ASSIGN_OR_RETURN(c.bos_token_id, OptionalConfigInt(j, "bos_token_id"));
 
-  if (const json* eos = Find(j, "eos_token_id"); eos != nullptr) {
+  if (const json* eos = FindConfigKey(j, "eos_token_id"); eos != nullptr) {
     if (eos->is_array()) {
       for (const json& e : *eos) {
         if (!e.is_number_integer()) {
-          return ConfigError(absl::StrCat(
-              "\"eos_token_id\" list must hold integers, got ", eos->dump()));
+          return ConfigError(absl::StrCat("\"eos_token_id\" list must hold integers, got ",
+                                          eos->dump()));
         }
         c.eos_token_ids.push_back(e.get<int64_t>());
       }
     } else {
-      LOCKSTEP_ASSIGN_OR_RETURN(std::optional<int64_t> id,
-                                OptionalInt(j, "eos_token_id"));
+      LOCKSTEP_ASSIGN_OR_RETURN(std::optional<int64_t> id, OptionalConfigInt(j, "eos_token_id"));
       c.eos_token_ids.push_back(*id);
     }
   }
 
-  // Features the transformer does not implement: refuse rather than run a
-  // different model than the checkpoint's.
-  LOCKSTEP_RETURN_IF_ERROR(CheckRopeScaling(j));
-  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<std::string> act,
-                            OptionalString(j, "hidden_act"));
-  if (act.has_value() && *act != "silu") {
-    return ConfigError(absl::StrCat("unsupported hidden_act '", *act,
-                                    "' (only silu is supported)"));
+  LOCKSTEP_ASSIGN_OR_RETURN(std::vector<std::string> layer_types,
+                            LayerTypes(j, c.num_hidden_layers));
+  LOCKSTEP_ASSIGN_OR_RETURN(ParsedRopeParameters rope,
+                            ParseRopeParameters(j, c.max_position_embeddings, layer_types));
+  c.rope = rope.rope;
+  LOCKSTEP_RETURN_IF_ERROR(CheckUnimplemented(j, c));
+  for (const auto& [key, value] : j.items()) {
+    if (!Understood(c.model_type, key)) c.ignored_keys.push_back(key);
   }
-  for (const char* key : {"attention_bias", "mlp_bias"}) {
-    LOCKSTEP_ASSIGN_OR_RETURN(std::optional<bool> bias, OptionalBool(j, key));
-    if (bias.value_or(false)) {
-      return ConfigError(
-          absl::StrCat("\"", key, "\": true is unsupported (no biases)"));
-    }
-  }
-  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<bool> use_sw,
-                            OptionalBool(j, "use_sliding_window"));
-  if (use_sw.value_or(false)) {
-    return ConfigError(
-        "\"use_sliding_window\": true is unsupported (full attention only)");
-  }
-  if (c.model_type == "mistral") {
-    LOCKSTEP_ASSIGN_OR_RETURN(std::optional<int64_t> window,
-                              OptionalInt(j, "sliding_window"));
-    if (window.has_value() && *window < c.max_position_embeddings) {
-      return ConfigError(absl::StrCat(
-          "mistral \"sliding_window\" ", *window,
-          " < max_position_embeddings is unsupported (full attention only)"));
-    }
-  }
+  for (std::string& key : rope.ignored_keys) c.ignored_keys.push_back(std::move(key));
 
   LOCKSTEP_RETURN_IF_ERROR(c.Validate());
   return c;
@@ -290,7 +309,7 @@ absl::Status ModelConfig::Validate() const {
   if (!SupportedModelType(model_type)) {
     return ConfigError(absl::StrCat(
         "unsupported model_type '", model_type,
-        "' (supported: ", absl::StrJoin(kSupportedModelTypes, ", "), ")"));
+        "' (supported: ", SupportedModelTypes(), ")"));
   }
   const std::pair<const char*, int64_t> sizes[] = {
       {"vocab_size", vocab_size},
@@ -331,9 +350,13 @@ absl::Status ModelConfig::Validate() const {
     return ConfigError(
         absl::StrCat("\"rms_norm_eps\" must be > 0, got ", rms_norm_eps));
   }
-  if (!(rope_theta > 0.0) || !std::isfinite(rope_theta)) {
-    return ConfigError(
-        absl::StrCat("\"rope_theta\" must be > 0, got ", rope_theta));
+  if (qkv_bias != (model_type == "qwen2")) {
+    return ConfigError(absl::StrCat("qkv_bias must be ",
+                                    model_type == "qwen2" ? "true" : "false",
+                                    " for model_type '", model_type, "'"));
+  }
+  if (absl::Status s = rope.Validate(); !s.ok()) {
+    return ConfigError(absl::StrCat("rope_parameters: ", s.message()));
   }
   auto check_token = [&](const char* key, int64_t id) -> absl::Status {
     if (id < 0 || id >= vocab_size) {
@@ -364,13 +387,12 @@ std::string ModelConfig::ToJson() const {
   j["num_key_value_heads"] = num_key_value_heads;
   j["head_dim"] = head_dim;
   j["rms_norm_eps"] = rms_norm_eps;
-  j["rope_theta"] = rope_theta;
-  j["rope_scaling"] = nullptr;
+  j["rope_parameters"] = rope.ToJson();
   j["tie_word_embeddings"] = tie_word_embeddings;
   j["max_position_embeddings"] = max_position_embeddings;
-  j["torch_dtype"] = dtype == kernels::DType::kF32 ? "float32" : "bfloat16";
+  j["dtype"] = dtype == kernels::DType::kF32 ? "float32" : "bfloat16";
   j["hidden_act"] = "silu";
-  j["attention_bias"] = false;
+  if (model_type != "qwen2" && model_type != "mistral") j["attention_bias"] = false;
   if (bos_token_id.has_value()) j["bos_token_id"] = *bos_token_id;
   if (eos_token_ids.size() == 1) {
     j["eos_token_id"] = eos_token_ids[0];
@@ -378,6 +400,19 @@ std::string ModelConfig::ToJson() const {
     j["eos_token_id"] = eos_token_ids;
   }
   return j.dump(2) + "\n";
+}
+
+std::string ModelConfig::Summary() const {
+  std::string dtype_note = kernels::DType::kF32 == dtype ? "float32" : "bfloat16";
+  if (checkpoint_dtype == "float16") dtype_note = "float16 checkpoint served as float32";
+  return absl::StrCat(
+      model_type, ": ", num_hidden_layers, " layers, hidden ", hidden_size, ", ",
+      num_attention_heads, "/", num_key_value_heads, " heads x ", head_dim, ", vocab ",
+      vocab_size, qkv_bias ? ", q/k/v biases" : "", qk_norm ? ", q/k norm" : "",
+      tie_word_embeddings ? ", tied embeddings" : "", "; rope ", rope.rope_type, " ",
+      rope.ToJson().dump(), " (attention factor ", rope.EffectiveAttentionFactor(),
+      "); dtype ", dtype_note, "; ignored config keys: ",
+      ignored_keys.empty() ? "none" : absl::StrJoin(ignored_keys, ", "));
 }
 
 int64_t ModelConfig::NumParameters() const {
@@ -398,7 +433,7 @@ bool operator==(const ModelConfig& a, const ModelConfig& b) {
          a.num_attention_heads == b.num_attention_heads &&
          a.num_key_value_heads == b.num_key_value_heads &&
          a.head_dim == b.head_dim && a.rms_norm_eps == b.rms_norm_eps &&
-         a.rope_theta == b.rope_theta &&
+         a.rope == b.rope && a.qkv_bias == b.qkv_bias &&
          a.tie_word_embeddings == b.tie_word_embeddings &&
          a.max_position_embeddings == b.max_position_embeddings &&
          a.qk_norm == b.qk_norm && a.dtype == b.dtype &&
@@ -411,14 +446,17 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
   const int64_t q = c.num_attention_heads * c.head_dim;
   const int64_t kv = c.num_key_value_heads * c.head_dim;
   std::vector<std::pair<std::string, std::vector<int64_t>>> out;
-  out.reserve(3 + c.num_hidden_layers * 11);
+  out.reserve(3 + c.num_hidden_layers * 14);
   out.push_back({"model.embed_tokens.weight", {v, h}});
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = absl::StrCat("model.layers.", l, ".");
     out.push_back({p + "input_layernorm.weight", {h}});
     out.push_back({p + "self_attn.q_proj.weight", {q, h}});
+    if (c.qkv_bias) out.push_back({p + "self_attn.q_proj.bias", {q}});
     out.push_back({p + "self_attn.k_proj.weight", {kv, h}});
+    if (c.qkv_bias) out.push_back({p + "self_attn.k_proj.bias", {kv}});
     out.push_back({p + "self_attn.v_proj.weight", {kv, h}});
+    if (c.qkv_bias) out.push_back({p + "self_attn.v_proj.bias", {kv}});
     out.push_back({p + "self_attn.o_proj.weight", {h, q}});
     if (c.qk_norm) {
       out.push_back({p + "self_attn.q_norm.weight", {c.head_dim}});

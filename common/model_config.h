@@ -1,6 +1,7 @@
 // Model hyper-parameters of the supported decoder-only transformers (Llama,
 // Mistral, Qwen2, Qwen3 families), read from and written to Hugging Face
-// `config.json`, and the weight names and shapes they imply.
+// `config.json` (transformers 4 and 5 forms), and the weight names and
+// shapes they imply.
 #ifndef LOCKSTEP_COMMON_MODEL_CONFIG_H_
 #define LOCKSTEP_COMMON_MODEL_CONFIG_H_
 
@@ -14,13 +15,15 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/rope_parameters.h"
 #include "common/safetensors.h"
 #include "kernels/dtype.h"
 
 namespace lockstep::common {
 
 // Hyper-parameters of a pre-norm RMSNorm / RoPE / GQA / SwiGLU transformer
-// without biases. Field names follow Hugging Face's config.json keys.
+// (q/k/v biases in Qwen2 only). Field names follow Hugging Face's
+// config.json keys.
 struct ModelConfig {
   // "llama", "mistral", "qwen2" or "qwen3".
   std::string model_type = "llama";
@@ -32,30 +35,53 @@ struct ModelConfig {
   int64_t num_key_value_heads = 0;  // Hkv; FromJson defaults it to Hq
   int64_t head_dim = 0;             // D; FromJson defaults it to H / Hq
   double rms_norm_eps = 1e-6;
-  double rope_theta = 10000.0;
+  // RoPE type, base and scaling, from rope_parameters (transformers 5) or
+  // rope_theta + rope_scaling (transformers 4).
+  RopeParameters rope;
   // True: lm_head shares model.embed_tokens.weight (no lm_head.weight).
   bool tie_word_embeddings = false;
   int64_t max_position_embeddings = 2048;
   // Per-head RMSNorm of q and k before RoPE (q_norm / k_norm weights [D]).
   // Derived: true exactly when model_type is "qwen3".
   bool qk_norm = false;
-  // Storage dtype of the weights ("torch_dtype": bfloat16 / float32).
+  // Biases on q_proj, k_proj and v_proj (q/k/v_proj.bias [out]).
+  // Derived: true exactly when model_type is "qwen2".
+  bool qkv_bias = false;
+  // Storage and compute dtype of the weights and activations: bfloat16 or
+  // float32. A float16 checkpoint is served in float32: every fp16 value is
+  // exactly representable, so the weights are widened once at load and no
+  // information is lost (bf16 would drop 3 mantissa bits).
   kernels::DType dtype = kernels::DType::kBF16;
+  // The dtype config.json names ("dtype" or "torch_dtype"; "bfloat16" when
+  // absent). Informational: not compared by ==, not written by ToJson.
+  std::string checkpoint_dtype = "bfloat16";
+  // config.json keys that are neither understood for this model_type nor
+  // refused (see FromJson), e.g. "rope_parameters.mscale" for llama3.
+  // Servers list them once at start-up. Informational: not compared by ==.
+  std::vector<std::string> ignored_keys;
   std::optional<int64_t> bos_token_id;
   // HF allows one id or a list; either way all of them are kept here.
   std::vector<int64_t> eos_token_ids;
 
-  // Parses a Hugging Face config.json. Unknown keys are ignored. Errors are
-  // InvalidArgument with a message naming the key:
-  //   not JSON / not an object; a required key (vocab_size, hidden_size,
-  //   intermediate_size, num_hidden_layers, num_attention_heads) missing or
-  //   null; a key of the wrong JSON type (integers must be integers); any
-  //   check of Validate(); plus unsupported features: rope_scaling other than
-  //   null or {"type"/"rope_type": "default"}, hidden_act other than "silu",
-  //   attention_bias / mlp_bias true, an active sliding window
-  //   (use_sliding_window true, or for mistral a sliding_window smaller than
-  //   max_position_embeddings), torch_dtype (or "dtype") other than
-  //   bfloat16 / float32.
+  // Parses a Hugging Face config.json in the transformers-4 form
+  // (rope_theta, rope_scaling, torch_dtype) or the transformers-5 form
+  // (rope_parameters, dtype); both forms of one model give equal configs.
+  // Keys are read from one table per model_type (kUnderstoodConfigKeys in
+  // model_config.cc); every other key is recorded in ignored_keys. Errors are
+  // InvalidArgument with a message naming the key and value:
+  //   not JSON / not an object; a required key (model_type, vocab_size,
+  //   hidden_size, intermediate_size, num_hidden_layers,
+  //   num_attention_heads) missing or null; a key of the wrong JSON type
+  //   (integers must be integers); any check of Validate(); the RoPE errors
+  //   of ParseRopeParameters (unknown rope_type, partial_rotary_factor != 1,
+  //   ...); and features that change the arithmetic but are not
+  //   implemented: hidden_act other than "silu"; attention_bias or mlp_bias
+  //   true (qwen2's fixed q/k/v biases are implemented); an active sliding
+  //   window (use_sliding_window true, a layer_types entry other than
+  //   "full_attention", or for mistral a sliding_window smaller than
+  //   max_position_embeddings); attention_dropout > 0; quantization_config;
+  //   logit soft-capping or Granite-style multipliers; dtype other than
+  //   bfloat16 / float32 / float16.
   static absl::StatusOr<ModelConfig> FromJson(std::string_view json);
 
   // Reads `path` and calls FromJson (errno-derived error when unreadable,
@@ -64,14 +90,23 @@ struct ModelConfig {
 
   // InvalidArgument unless: model_type is supported; every size is > 0;
   // Hq % Hkv == 0; head_dim is even; qk_norm == (model_type == "qwen3");
-  // rms_norm_eps > 0 and rope_theta > 0 (finite); token ids in [0, V).
+  // qkv_bias == (model_type == "qwen2"); rms_norm_eps > 0 (finite);
+  // rope.Validate(); token ids in [0, V).
   absl::Status Validate() const;
 
-  // Hugging Face config.json text (sorted keys, 2-space indent) with
-  // "architectures" (e.g. ["Qwen3ForCausalLM"]), head_dim, torch_dtype,
-  // hidden_act "silu", attention_bias false, rope_scaling null.
-  // FromJson(ToJson()) == *this for a valid config.
+  // Hugging Face config.json text in the transformers-5 form (sorted keys,
+  // 2-space indent) with "architectures" (e.g. ["Qwen3ForCausalLM"]),
+  // head_dim, "dtype", "rope_parameters", hidden_act "silu" and, except for
+  // qwen2, attention_bias false. FromJson(ToJson()) == *this for a valid
+  // config.
   std::string ToJson() const;
+
+  // The start-up line both services print: the family and sizes, the
+  // effective RoPE and dtype, and every ignored config.json key (so that a
+  // user sees what was not read), e.g.
+  //   "qwen2: 28 layers, hidden 3584, 28/4 heads x 128, vocab 152064; rope
+  //    yarn {...}; dtype bfloat16; ignored config keys: none".
+  std::string Summary() const;
 
   // Total number of weights (sum of the numel of ExpectedTensors()).
   int64_t NumParameters() const;
@@ -87,8 +122,11 @@ struct ModelConfig {
 //   for each layer i, prefix model.layers.<i>.:
 //     input_layernorm.weight                          [H]
 //     self_attn.q_proj.weight                         [Hq*D, H]
+//     self_attn.q_proj.bias                           [Hq*D]   (qkv_bias only)
 //     self_attn.k_proj.weight                         [Hkv*D, H]
+//     self_attn.k_proj.bias                           [Hkv*D]  (qkv_bias only)
 //     self_attn.v_proj.weight                         [Hkv*D, H]
+//     self_attn.v_proj.bias                           [Hkv*D]  (qkv_bias only)
 //     self_attn.o_proj.weight                         [H, Hq*D]
 //     self_attn.q_norm.weight, self_attn.k_norm.weight [D]  (qk_norm only)
 //     post_attention_layernorm.weight                 [H]

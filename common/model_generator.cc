@@ -191,7 +191,7 @@ ModelConfig TinyConfig() {
   c.num_key_value_heads = 2;
   c.head_dim = 16;
   c.rms_norm_eps = 1e-6;
-  c.rope_theta = 10000.0;
+  c.rope.rope_theta = 10000.0;
   c.tie_word_embeddings = false;
   c.max_position_embeddings = 512;
   c.qk_norm = true;
@@ -210,7 +210,7 @@ ModelConfig Config100M() {
   c.num_key_value_heads = 4;
   c.head_dim = 64;
   c.rms_norm_eps = 1e-5;
-  c.rope_theta = 10000.0;
+  c.rope.rope_theta = 10000.0;
   c.tie_word_embeddings = true;
   c.max_position_embeddings = 2048;
   c.qk_norm = false;
@@ -227,7 +227,7 @@ ModelConfig Qwen3Base() {
   c.num_key_value_heads = 8;
   c.head_dim = 128;
   c.rms_norm_eps = 1e-6;
-  c.rope_theta = 1000000.0;
+  c.rope.rope_theta = 1000000.0;
   c.max_position_embeddings = 40960;
   c.qk_norm = true;
   c.dtype = kernels::DType::kBF16;

@@ -15,7 +15,7 @@ namespace lockstep::common::reference {
 torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& w);
 torch::Tensor RmsNorm(const torch::Tensor& x, const torch::Tensor& w, double eps);
 torch::Tensor Rope(const torch::Tensor& x, const torch::Tensor& positions,
-                   int64_t heads, int64_t head_dim, double theta);
+                   int64_t heads, int64_t head_dim, const RopeTable& rope);
 torch::Tensor SiluMul(const torch::Tensor& gate, const torch::Tensor& up);
 // Causal attention; query i of `q` sits at position q_positions[i] and sees
 // keys 0..q_positions[i] of k/v ([P, Hkv*D]).

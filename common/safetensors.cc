@@ -27,7 +27,7 @@ using json = nlohmann::json;
 // Dtype strings the format defines; recognised so that the error says
 // "unsupported" rather than "unknown" for them.
 constexpr std::string_view kKnownUnsupportedDTypes[] = {
-    "F64",     "F16",     "I64",     "I32",     "I16",  "I8",
+    "F64",     "I64",     "I32",     "I16",  "I8",
     "U64",     "U32",     "U16",     "U8",      "BOOL", "F8_E4M3",
     "F8_E5M2", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4",   "C64"};
 
@@ -96,16 +96,17 @@ absl::StatusOr<kernels::DType> ParseDType(const std::string& path,
   const std::string& s = j.get_ref<const std::string&>();
   if (s == "F32") return kernels::DType::kF32;
   if (s == "BF16") return kernels::DType::kBF16;
+  if (s == "F16") return kernels::DType::kF16;
   for (std::string_view known : kKnownUnsupportedDTypes) {
     if (s == known) {
       return absl::InvalidArgumentError(TensorError(
           path, name,
-          absl::StrCat("unsupported dtype '", s, "' (supported: F32, BF16)")));
+          absl::StrCat("unsupported dtype '", s, "' (supported: F32, BF16, F16)")));
     }
   }
   return absl::InvalidArgumentError(TensorError(
       path, name,
-      absl::StrCat("unknown dtype '", s, "' (supported: F32, BF16)")));
+      absl::StrCat("unknown dtype '", s, "' (supported: F32, BF16, F16)")));
 }
 
 // Parses JSON text, noting the first key that repeats within one object
@@ -182,7 +183,9 @@ int64_t TensorInfo::numel() const {
 }
 
 std::string_view SafetensorsDTypeName(kernels::DType dtype) {
-  return dtype == kernels::DType::kF32 ? "F32" : "BF16";
+  return dtype == kernels::DType::kF32    ? "F32"
+         : dtype == kernels::DType::kBF16 ? "BF16"
+                                          : "F16";
 }
 
 SafetensorsFile::~SafetensorsFile() {

@@ -3,7 +3,7 @@
 //   [8-byte little-endian header length N][N bytes of JSON header][data buffer]
 // The header maps tensor names to {"dtype", "shape", "data_offsets": [begin,
 // end)} (offsets relative to the data buffer) plus an optional "__metadata__"
-// object of string values. Only the F32 and BF16 dtypes are supported.
+// object of string values. The F32, BF16 and F16 dtypes are supported.
 // Checkpoint directories in Hugging Face layout (one model.safetensors, or an
 // index plus shards) are opened by SafetensorsCheckpoint.
 #ifndef LOCKSTEP_COMMON_SAFETENSORS_H_
@@ -61,8 +61,8 @@ class SafetensorsFile {
   //   InvalidArgument: the header length exceeds kMaxSafetensorsHeaderBytes;
   //     the header is not valid UTF-8 JSON or not an object; an entry is not
   //     an object or lacks "dtype", "shape" or "data_offsets", or one of them
-  //     has the wrong type; the dtype is unknown or unsupported (only F32 and
-  //     BF16 are); a dim is negative or the shape overflows; data_offsets are
+  //     has the wrong type; the dtype is unknown or unsupported (only F32, BF16
+  //     and F16 are); a dim is negative or the shape overflows; data_offsets are
   //     not two non-negative integers with begin <= end; the shape's byte
   //     size differs from end - begin; two tensors' bytes overlap; a tensor
   //     name is empty or duplicated (any duplicate JSON key is rejected);
@@ -274,7 +274,7 @@ absl::Status WriteSafetensors(
     const std::string& path, const std::vector<TensorInfo>& tensors,
     const std::map<std::string, std::string>& metadata);
 
-// The safetensors dtype string of `dtype` ("F32" / "BF16").
+// The safetensors dtype string of `dtype` ("F32" / "BF16" / "F16").
 std::string_view SafetensorsDTypeName(kernels::DType dtype);
 
 }  // namespace lockstep::common

@@ -21,14 +21,15 @@ torch::Tensor RmsNorm(const torch::Tensor& x, const torch::Tensor& w, double eps
 }
 
 torch::Tensor Rope(const torch::Tensor& x, const torch::Tensor& positions,
-                   int64_t heads, int64_t head_dim, double theta) {
+                   int64_t heads, int64_t head_dim, const RopeTable& rope) {
   const int64_t half = head_dim / 2;
-  // Angles in double, rounded once to float, like the kernel.
-  auto idx = torch::arange(half, torch::TensorOptions().dtype(torch::kDouble));
-  auto inv_freq = torch::pow(theta, -2.0 * idx / static_cast<double>(head_dim));
+  // Angles, cos, sin and the attention factor in double, rounded once to
+  // float, like the kernel.
+  auto inv_freq = rope.inv_freq.to(torch::kCPU);
   auto ang = positions.to(torch::kDouble).cpu().unsqueeze(1) * inv_freq.unsqueeze(0);
-  auto cos = torch::cos(ang).to(torch::kFloat).to(x.device()).unsqueeze(1);
-  auto sin = torch::sin(ang).to(torch::kFloat).to(x.device()).unsqueeze(1);
+  const double m = rope.attention_factor;
+  auto cos = (torch::cos(ang) * m).to(torch::kFloat).to(x.device()).unsqueeze(1);
+  auto sin = (torch::sin(ang) * m).to(torch::kFloat).to(x.device()).unsqueeze(1);
   auto xv = x.view({x.size(0), heads, head_dim});
   auto a = xv.narrow(2, 0, half);
   auto b = xv.narrow(2, half, half);
@@ -87,8 +88,8 @@ class StandardOps : public Ops {
   }
 
   torch::Tensor Rope(const torch::Tensor& x, const torch::Tensor& positions,
-                     int64_t heads, int64_t head_dim, double theta) override {
-    return reference::Rope(x, positions, heads, head_dim, theta);
+                     int64_t heads, int64_t head_dim, const RopeTable& rope) override {
+    return reference::Rope(x, positions, heads, head_dim, rope);
   }
 
   torch::Tensor SiluMul(const torch::Tensor& gate, const torch::Tensor& up) override {

@@ -9,39 +9,23 @@
 namespace lockstep::common {
 namespace {
 
-absl::StatusOr<torch::Tensor> Get(const TorchWeights& w, const std::string& name) {
-  auto it = w.find(name);
-  if (it == w.end()) return absl::InvalidArgumentError("missing weight " + name);
-  return it->second;
-}
-
 absl::StatusOr<RankWeights> SingleRank(const ModelConfig& c, const TorchWeights& w) {
-  RankWeights rw;
-  rw.q_heads = c.num_attention_heads;
-  rw.kv_heads = c.num_key_value_heads;
-  LOCKSTEP_ASSIGN_OR_RETURN(rw.embed, Get(w, "model.embed_tokens.weight"));
-  LOCKSTEP_ASSIGN_OR_RETURN(rw.final_norm, Get(w, "model.norm.weight"));
-  LOCKSTEP_ASSIGN_OR_RETURN(
-      rw.lm_head.w, Get(w, c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"));
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const std::string p = absl::StrCat("model.layers.", l, ".");
-    LayerWeights lw;
-    LOCKSTEP_ASSIGN_OR_RETURN(lw.input_norm, Get(w, p + "input_layernorm.weight"));
-    LOCKSTEP_ASSIGN_OR_RETURN(lw.post_norm, Get(w, p + "post_attention_layernorm.weight"));
-    LOCKSTEP_ASSIGN_OR_RETURN(lw.q.w, Get(w, p + "self_attn.q_proj.weight"));
-    LOCKSTEP_ASSIGN_OR_RETURN(lw.k.w, Get(w, p + "self_attn.k_proj.weight"));
-    LOCKSTEP_ASSIGN_OR_RETURN(lw.v.w, Get(w, p + "self_attn.v_proj.weight"));
-    LOCKSTEP_ASSIGN_OR_RETURN(lw.o.w, Get(w, p + "self_attn.o_proj.weight"));
-    if (c.qk_norm) {
-      LOCKSTEP_ASSIGN_OR_RETURN(lw.q_norm, Get(w, p + "self_attn.q_norm.weight"));
-      LOCKSTEP_ASSIGN_OR_RETURN(lw.k_norm, Get(w, p + "self_attn.k_norm.weight"));
-    }
-    LOCKSTEP_ASSIGN_OR_RETURN(lw.gate.w, Get(w, p + "mlp.gate_proj.weight"));
-    LOCKSTEP_ASSIGN_OR_RETURN(lw.up.w, Get(w, p + "mlp.up_proj.weight"));
-    LOCKSTEP_ASSIGN_OR_RETURN(lw.down.w, Get(w, p + "mlp.down_proj.weight"));
-    rw.layers.push_back(std::move(lw));
-  }
-  return rw;
+  auto embed = w.find("model.embed_tokens.weight");
+  if (embed == w.end()) return absl::InvalidArgumentError("missing weight model.embed_tokens.weight");
+  // TP=1: every "slice" is the whole tensor, so the weights (and their
+  // autograd identity) are used as they are.
+  WeightSource source = [&](const std::string& name, int64_t, int64_t,
+                            int64_t) -> absl::StatusOr<torch::Tensor> {
+    auto it = w.find(name);
+    if (it == w.end()) return absl::InvalidArgumentError("missing weight " + name);
+    return it->second;
+  };
+  LinearMaker linear = [](torch::Tensor t) -> absl::StatusOr<LinearWeight> {
+    LinearWeight lw;
+    lw.w = std::move(t);
+    return lw;
+  };
+  return BuildRankWeights(c, 0, 1, source, linear, embed->second.device());
 }
 
 }  // namespace

@@ -20,10 +20,22 @@
 namespace lockstep::common {
 
 // A linear layer's weight [out, in] (float32 or bfloat16), optionally
-// prepacked for the CPU invariant matmul.
+// prepacked for the CPU invariant matmul, and its bias [out] (same dtype;
+// undefined when the layer has none). Ops::Linear computes x·wᵀ only: the
+// forward adds the bias elementwise (AddBias), which every row does alone,
+// so the bias never affects invariance.
 struct LinearWeight {
   torch::Tensor w;
   std::shared_ptr<const kernels::PackedWeight> packed;  // may be null
+  torch::Tensor bias;
+};
+
+// The model's RoPE frequencies (RopeParameters::InverseFrequencies, float64
+// [head_dim / 2], on the activations' device) and the attention factor that
+// scales cos and sin (YaRN; 1 otherwise).
+struct RopeTable {
+  torch::Tensor inv_freq;
+  double attention_factor = 1.0;
 };
 
 // Where the attention of a step reads and writes K/V.
@@ -57,9 +69,9 @@ class Ops {
   virtual torch::Tensor RmsNorm(const torch::Tensor& x, const torch::Tensor& w,
                                 double eps) = 0;
 
-  // RoPE of x [T, heads*head_dim] at positions (int32 [T]).
+  // RoPE of x [T, heads*head_dim] at positions (int32 [T]) with `rope`.
   virtual torch::Tensor Rope(const torch::Tensor& x, const torch::Tensor& positions,
-                             int64_t heads, int64_t head_dim, double theta) = 0;
+                             int64_t heads, int64_t head_dim, const RopeTable& rope) = 0;
 
   // silu(gate) * up.
   virtual torch::Tensor SiluMul(const torch::Tensor& gate,

@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/checkpoint.h"
 #include "common/cuda_check.h"
 #include "common/nccl_communicator.h"
 #include "common/safetensors.h"
@@ -186,10 +187,6 @@ absl::Status ModelImpl::Init(const TensorMap& tensors) {
   // Standard mode multiplies in fp32 through LibTorch: keep fp32 copies of the
   // (bf16-valued) matrices so no per-call conversion happens.
   const bool standard = options_.mode == KernelMode::kStandard;
-  auto full = [&](const std::string& name) { return HostToTorch(tensors_.at(name)); };
-  const int64_t D = c.head_dim, Hq = c.num_attention_heads, Hkv = c.num_key_value_heads;
-  const int64_t q_local = Hq / t, kv_local = KvHeadsPerRank();
-  const int64_t inter_local = c.intermediate_size / t, vocab_local = c.vocab_size / t;
   torch::Device dev = RankDevice(0);
   auto linear = [&](torch::Tensor w) -> absl::StatusOr<LinearWeight> {
     LinearWeight lw;
@@ -205,46 +202,17 @@ absl::Status ModelImpl::Init(const TensorMap& tensors) {
     }
     return lw;
   };
-  auto vec = [&](const std::string& name) { return full(name).to(dev); };
   for (int r = 0; r < t; ++r) {
     dev = RankDevice(r);
-    RankWeights rw;
-    rw.q_heads = q_local;
-    rw.kv_heads = kv_local;
-    rw.embed = vec("model.embed_tokens.weight");
-    rw.final_norm = vec("model.norm.weight");
-    const std::string head_name =
-        c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-    LOCKSTEP_ASSIGN_OR_RETURN(rw.lm_head,
-                              linear(full(head_name).narrow(0, r * vocab_local, vocab_local)));
-    // KV heads of this rank: its own slice, or the one head its query heads
-    // map to when ranks outnumber KV heads.
-    const int64_t kv_begin = Hkv >= t ? r * kv_local : (r * q_local) / (Hq / Hkv);
-    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-      const std::string p = absl::StrCat("model.layers.", l, ".");
-      LayerWeights lw;
-      lw.input_norm = vec(p + "input_layernorm.weight");
-      lw.post_norm = vec(p + "post_attention_layernorm.weight");
-      LOCKSTEP_ASSIGN_OR_RETURN(
-          lw.q, linear(full(p + "self_attn.q_proj.weight").narrow(0, r * q_local * D, q_local * D)));
-      LOCKSTEP_ASSIGN_OR_RETURN(
-          lw.k, linear(full(p + "self_attn.k_proj.weight").narrow(0, kv_begin * D, kv_local * D)));
-      LOCKSTEP_ASSIGN_OR_RETURN(
-          lw.v, linear(full(p + "self_attn.v_proj.weight").narrow(0, kv_begin * D, kv_local * D)));
-      LOCKSTEP_ASSIGN_OR_RETURN(
-          lw.o, linear(full(p + "self_attn.o_proj.weight").narrow(1, r * q_local * D, q_local * D)));
-      if (c.qk_norm) {
-        lw.q_norm = vec(p + "self_attn.q_norm.weight");
-        lw.k_norm = vec(p + "self_attn.k_norm.weight");
-      }
-      LOCKSTEP_ASSIGN_OR_RETURN(
-          lw.gate, linear(full(p + "mlp.gate_proj.weight").narrow(0, r * inter_local, inter_local)));
-      LOCKSTEP_ASSIGN_OR_RETURN(
-          lw.up, linear(full(p + "mlp.up_proj.weight").narrow(0, r * inter_local, inter_local)));
-      LOCKSTEP_ASSIGN_OR_RETURN(
-          lw.down, linear(full(p + "mlp.down_proj.weight").narrow(1, r * inter_local, inter_local)));
-      rw.layers.push_back(std::move(lw));
-    }
+    WeightSource source = [&](const std::string& name, int64_t dim, int64_t begin,
+                              int64_t count) -> absl::StatusOr<torch::Tensor> {
+      auto it = tensors_.find(name);
+      if (it == tensors_.end()) return absl::InvalidArgumentError("missing weight " + name);
+      torch::Tensor w = HostToTorch(it->second);
+      if (dim >= 0) w = w.narrow(dim, begin, count);
+      return w.contiguous().to(dev);
+    };
+    LOCKSTEP_ASSIGN_OR_RETURN(RankWeights rw, BuildRankWeights(c, r, t, source, linear, dev));
     ranks_.push_back(std::move(rw));
   }
   return absl::OkStatus();
@@ -568,18 +536,8 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(const ModelConfig& co
 
 absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const std::string& dir,
                                                          const ModelOptions& options) {
-  LOCKSTEP_ASSIGN_OR_RETURN(auto config, ModelConfig::FromFile(dir + "/config.json"));
-  LOCKSTEP_ASSIGN_OR_RETURN(auto checkpoint, SafetensorsCheckpoint::Open(dir));
-  LOCKSTEP_RETURN_IF_ERROR(CheckTensorShapes(config, *checkpoint));
-  TensorMap tensors;
-  for (const TensorInfo& info : checkpoint->tensors()) {
-    HostTensor t;
-    t.dtype = info.dtype;
-    t.shape = info.shape;
-    t.data.assign(info.data, info.data + info.nbytes);
-    tensors.emplace(info.name, std::move(t));
-  }
-  return Create(config, tensors, options);
+  LOCKSTEP_ASSIGN_OR_RETURN(Checkpoint checkpoint, LoadCheckpoint(dir));
+  return Create(checkpoint.config, checkpoint.tensors, options);
 }
 
 namespace {

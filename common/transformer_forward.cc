@@ -1,5 +1,8 @@
 #include "common/transformer_forward.h"
 
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
 namespace lockstep::common {
 namespace {
 
@@ -15,7 +18,85 @@ torch::Tensor HeadNorm(Ops& ops, const torch::Tensor& x, const torch::Tensor& w,
   return ops.RmsNorm(rows, w, eps).reshape({x.size(0), heads * head_dim});
 }
 
+// x·wᵀ (+ bias): the bias add is elementwise, per row.
+torch::Tensor LinearWithBias(Ops& ops, const torch::Tensor& x, const LinearWeight& w) {
+  auto y = ops.Linear(x, w);
+  if (w.bias.defined()) y = y + w.bias.to(torch::kFloat);
+  return y;
+}
+
 }  // namespace
+
+RopeTable MakeRopeTable(const ModelConfig& config, const torch::Device& device) {
+  const std::vector<double> inv = config.rope.InverseFrequencies(config.head_dim);
+  RopeTable t;
+  t.inv_freq = torch::tensor(inv, torch::TensorOptions().dtype(torch::kDouble)).to(device);
+  t.attention_factor = config.rope.EffectiveAttentionFactor();
+  return t;
+}
+
+absl::StatusOr<RankWeights> BuildRankWeights(const ModelConfig& c, int rank, int tp,
+                                             const WeightSource& source,
+                                             const LinearMaker& make_linear,
+                                             const torch::Device& device) {
+  const int64_t D = c.head_dim, Hq = c.num_attention_heads, Hkv = c.num_key_value_heads;
+  const int64_t q_local = Hq / tp;
+  const int64_t kv_local = Hkv >= tp ? Hkv / tp : 1;
+  const int64_t kv_begin = Hkv >= tp ? rank * kv_local : (rank * q_local) / (Hq / Hkv);
+  const int64_t inter_local = c.intermediate_size / tp, vocab_local = c.vocab_size / tp;
+  auto whole = [&](const std::string& name) { return source(name, -1, 0, 0); };
+  // A column-parallel layer's rows [begin, begin + count): weight and, when
+  // the family has one, bias.
+  auto column = [&](const std::string& prefix, int64_t begin, int64_t count,
+                    bool bias) -> absl::StatusOr<LinearWeight> {
+    LOCKSTEP_ASSIGN_OR_RETURN(torch::Tensor w, source(prefix + ".weight", 0, begin, count));
+    LOCKSTEP_ASSIGN_OR_RETURN(LinearWeight lw, make_linear(w));
+    if (bias) {
+      LOCKSTEP_ASSIGN_OR_RETURN(lw.bias, source(prefix + ".bias", 0, begin, count));
+    }
+    return lw;
+  };
+  auto row = [&](const std::string& name, int64_t begin,
+                 int64_t count) -> absl::StatusOr<LinearWeight> {
+    LOCKSTEP_ASSIGN_OR_RETURN(torch::Tensor w, source(name, 1, begin, count));
+    return make_linear(w);
+  };
+  RankWeights rw;
+  rw.q_heads = q_local;
+  rw.kv_heads = kv_local;
+  LOCKSTEP_ASSIGN_OR_RETURN(rw.embed, whole("model.embed_tokens.weight"));
+  LOCKSTEP_ASSIGN_OR_RETURN(rw.final_norm, whole("model.norm.weight"));
+  LOCKSTEP_ASSIGN_OR_RETURN(
+      rw.lm_head, column(c.tie_word_embeddings ? "model.embed_tokens" : "lm_head",
+                         rank * vocab_local, vocab_local, /*bias=*/false));
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = absl::StrCat("model.layers.", l, ".");
+    LayerWeights lw;
+    LOCKSTEP_ASSIGN_OR_RETURN(lw.input_norm, whole(p + "input_layernorm.weight"));
+    LOCKSTEP_ASSIGN_OR_RETURN(lw.post_norm, whole(p + "post_attention_layernorm.weight"));
+    LOCKSTEP_ASSIGN_OR_RETURN(
+        lw.q, column(p + "self_attn.q_proj", rank * q_local * D, q_local * D, c.qkv_bias));
+    LOCKSTEP_ASSIGN_OR_RETURN(
+        lw.k, column(p + "self_attn.k_proj", kv_begin * D, kv_local * D, c.qkv_bias));
+    LOCKSTEP_ASSIGN_OR_RETURN(
+        lw.v, column(p + "self_attn.v_proj", kv_begin * D, kv_local * D, c.qkv_bias));
+    LOCKSTEP_ASSIGN_OR_RETURN(lw.o,
+                              row(p + "self_attn.o_proj.weight", rank * q_local * D, q_local * D));
+    if (c.qk_norm) {
+      LOCKSTEP_ASSIGN_OR_RETURN(lw.q_norm, whole(p + "self_attn.q_norm.weight"));
+      LOCKSTEP_ASSIGN_OR_RETURN(lw.k_norm, whole(p + "self_attn.k_norm.weight"));
+    }
+    LOCKSTEP_ASSIGN_OR_RETURN(
+        lw.gate, column(p + "mlp.gate_proj", rank * inter_local, inter_local, false));
+    LOCKSTEP_ASSIGN_OR_RETURN(
+        lw.up, column(p + "mlp.up_proj", rank * inter_local, inter_local, false));
+    LOCKSTEP_ASSIGN_OR_RETURN(
+        lw.down, row(p + "mlp.down_proj.weight", rank * inter_local, inter_local));
+    rw.layers.push_back(std::move(lw));
+  }
+  rw.rope = MakeRopeTable(c, device);
+  return rw;
+}
 
 torch::Tensor RankForward(const ModelConfig& config, const RankWeights& weights,
                           Ops& ops, const ForwardInput& input, Communicator* comm) {
@@ -24,15 +105,15 @@ torch::Tensor RankForward(const ModelConfig& config, const RankWeights& weights,
   auto h = Store(config, weights.embed.index_select(0, input.tokens).to(torch::kFloat));
   for (const LayerWeights& lw : weights.layers) {
     auto x = Store(config, ops.RmsNorm(h, lw.input_norm, eps));
-    auto q = Store(config, ops.Linear(x, lw.q));
-    auto k = Store(config, ops.Linear(x, lw.k));
-    auto v = Store(config, ops.Linear(x, lw.v));
+    auto q = Store(config, LinearWithBias(ops, x, lw.q));
+    auto k = Store(config, LinearWithBias(ops, x, lw.k));
+    auto v = Store(config, LinearWithBias(ops, x, lw.v));
     if (config.qk_norm) {
       q = Store(config, HeadNorm(ops, q, lw.q_norm, weights.q_heads, D, eps));
       k = Store(config, HeadNorm(ops, k, lw.k_norm, weights.kv_heads, D, eps));
     }
-    q = Store(config, ops.Rope(q, input.positions, weights.q_heads, D, config.rope_theta));
-    k = Store(config, ops.Rope(k, input.positions, weights.kv_heads, D, config.rope_theta));
+    q = Store(config, ops.Rope(q, input.positions, weights.q_heads, D, weights.rope));
+    k = Store(config, ops.Rope(k, input.positions, weights.kv_heads, D, weights.rope));
     torch::Tensor attn;
     if (input.paged != nullptr) {
       const size_t layer = &lw - weights.layers.data();
@@ -64,7 +145,11 @@ torch::Tensor RankForward(const ModelConfig& config, const RankWeights& weights,
   }
   auto last = h.index_select(0, input.logit_rows);
   auto x = Store(config, ops.RmsNorm(last, weights.final_norm, eps));
-  auto local = Store(config, ops.Linear(x, weights.lm_head));  // [R, V/t]
+  // The logits stay fp32 (the GEMM's accumulator) where transformers rounds
+  // them to bf16: the logprobs are computed from them, and that rounding
+  // alone costs up to half a bf16 ulp of the logit (0.016 nats at |logit|
+  // 4..8). Both services do the same, so they stay bit-identical.
+  auto local = ops.Linear(x, weights.lm_head);  // [R, V/t]
   const int tp = comm == nullptr ? 1 : comm->size();
   if (tp == 1) return local;
   // Vocabulary shards are gathered as bytes and laid side by side.

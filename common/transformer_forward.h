@@ -4,10 +4,13 @@
 #ifndef LOCKSTEP_COMMON_TRANSFORMER_FORWARD_H_
 #define LOCKSTEP_COMMON_TRANSFORMER_FORWARD_H_
 
+#include <functional>
+#include <string>
 #include <vector>
 
 #include <torch/torch.h>
 
+#include "absl/status/statusor.h"
 #include "common/communicator.h"
 #include "common/model_config.h"
 #include "common/torch_ops.h"
@@ -33,7 +36,31 @@ struct RankWeights {
   LinearWeight lm_head;      // [V/t, H]: this rank's vocabulary rows
   int64_t q_heads = 0;       // local query heads
   int64_t kv_heads = 0;      // local KV heads
+  RopeTable rope;            // the model's RoPE, on this rank's device
 };
+
+// The RoPE table of `config` (RopeParameters::InverseFrequencies over the
+// whole head, float64) on `device`.
+RopeTable MakeRopeTable(const ModelConfig& config, const torch::Device& device);
+
+// Where BuildRankWeights takes a tensor from: the HF-named weight `name`,
+// rows [begin, begin + count) of dim `dim` (dim -1: the whole tensor).
+using WeightSource = std::function<absl::StatusOr<torch::Tensor>(
+    const std::string& name, int64_t dim, int64_t begin, int64_t count)>;
+// Turns a (sliced) matrix into a LinearWeight (device placement, packing).
+using LinearMaker = std::function<absl::StatusOr<LinearWeight>(torch::Tensor w)>;
+
+// Rank `rank` of `tp` of the model's weights, taking every tensor named by
+// ExpectedTensors(config) from `source`: column-parallel layers (q, k, v,
+// gate, up, lm_head) and their biases by output rows, row-parallel ones (o,
+// down) by input columns, norms and the embedding whole; a rank's KV heads
+// are its own slice, or the one head its query heads map to when ranks
+// outnumber KV heads. `device`: where the RoPE table goes. The one place
+// that maps HF weight names to the forward's weights.
+absl::StatusOr<RankWeights> BuildRankWeights(const ModelConfig& config, int rank, int tp,
+                                             const WeightSource& source,
+                                             const LinearMaker& make_linear,
+                                             const torch::Device& device);
 
 // Attention source of a forward: either whole sequences laid end to end
 // (seq_lens, full-sequence prefill), or a paged step (meta + per-layer KV).

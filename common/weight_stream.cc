@@ -86,7 +86,25 @@ v1::ModelConfig ModelConfigToProto(const ModelConfig& config) {
   p.set_num_key_value_heads(config.num_key_value_heads);
   p.set_head_dim(config.head_dim);
   p.set_rms_norm_eps(config.rms_norm_eps);
-  p.set_rope_theta(config.rope_theta);
+  p.set_rope_theta(config.rope.rope_theta);
+  v1::RopeParameters* rope = p.mutable_rope();
+  rope->set_rope_type(config.rope.rope_type);
+  rope->set_rope_theta(config.rope.rope_theta);
+  rope->set_factor(config.rope.factor);
+  if (config.rope.rope_type == "llama3") {
+    rope->set_low_freq_factor(config.rope.low_freq_factor);
+    rope->set_high_freq_factor(config.rope.high_freq_factor);
+  }
+  rope->set_original_max_position_embeddings(config.rope.original_max_position_embeddings);
+  if (config.rope.rope_type == "yarn") {
+    rope->set_beta_fast(config.rope.beta_fast);
+    rope->set_beta_slow(config.rope.beta_slow);
+    rope->set_truncate(config.rope.truncate);
+  }
+  rope->set_attention_factor(config.rope.EffectiveAttentionFactor());
+  p.set_qkv_bias(config.qkv_bias);
+  p.set_checkpoint_dtype(config.checkpoint_dtype);
+  for (const std::string& key : config.ignored_keys) p.add_ignored_config_keys(key);
   p.set_tie_word_embeddings(config.tie_word_embeddings);
   p.set_max_position_embeddings(config.max_position_embeddings);
   p.set_qk_norm(config.qk_norm);

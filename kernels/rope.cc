@@ -27,14 +27,16 @@ absl::Status ApplyRope(const RopeArgs& args, const ExecContext& ctx) {
         absl::StrCat("ApplyRope: rotary_dim must be even and in [0, head_dim=",
                      args.head_dim, "], got ", args.rotary_dim));
   }
-  if (!(args.theta > 0.0) || std::isinf(args.theta)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "ApplyRope: theta must be finite and > 0, got ", args.theta));
+  if (!(args.attention_factor > 0.0) || std::isinf(args.attention_factor)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ApplyRope: attention_factor must be finite and > 0, got ",
+                     args.attention_factor));
   }
   if (args.tokens == 0) return absl::OkStatus();
-  if (args.x == nullptr || args.positions == nullptr) {
+  if (args.x == nullptr || args.positions == nullptr ||
+      args.inv_freq == nullptr) {
     return absl::InvalidArgumentError(
-        "ApplyRope: x and positions must be non-null");
+        "ApplyRope: x, positions and inv_freq must be non-null");
   }
   if (args.ldx < args.heads * args.head_dim) {
     return absl::InvalidArgumentError(

@@ -296,6 +296,7 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<Learner>> learner =
       Learner::Create(options, (*metrics)->registry().get(), build_info);
   if (!learner.ok()) return Fail(learner.status());
+  std::cerr << "learner_service: model " << (*learner)->config().Summary() << std::endl;
 
   lockstep::learner::LearnerServiceImpl service(learner->get());
   grpc::EnableDefaultHealthCheckService(true);

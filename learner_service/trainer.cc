@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/checkpoint.h"
 #include "common/safetensors.h"
 #include "common/status_macros.h"
 #include "common/torch_model.h"
@@ -103,26 +104,8 @@ absl::StatusOr<TensorMap> ReadTensorMap(const fs::path& path) {
 
 absl::StatusOr<std::pair<common::ModelConfig, TensorMap>> LoadModelDir(
     const std::string& dir) {
-  LOCKSTEP_ASSIGN_OR_RETURN(
-      common::ModelConfig config,
-      common::ModelConfig::FromFile((fs::path(dir) / "config.json").string()));
-  LOCKSTEP_ASSIGN_OR_RETURN(auto checkpoint,
-                            common::SafetensorsCheckpoint::Open(dir));
-  LOCKSTEP_RETURN_IF_ERROR(common::CheckTensorShapes(config, *checkpoint));
-  TensorMap tensors;
-  for (const common::TensorInfo& info : checkpoint->tensors()) {
-    if (info.name.size() >= 20 &&
-        info.name.compare(info.name.size() - 20, 20, ".rotary_emb.inv_freq") ==
-            0) {
-      continue;
-    }
-    common::HostTensor t;
-    t.dtype = info.dtype;
-    t.shape = info.shape;
-    t.data.assign(info.data, info.data + info.nbytes);
-    tensors.emplace(info.name, std::move(t));
-  }
-  return std::make_pair(std::move(config), std::move(tensors));
+  LOCKSTEP_ASSIGN_OR_RETURN(common::Checkpoint checkpoint, common::LoadCheckpoint(dir));
+  return std::make_pair(std::move(checkpoint.config), std::move(checkpoint.tensors));
 }
 
 struct Trainer::Impl {

@@ -177,10 +177,9 @@ class Trainer {
   std::unique_ptr<Impl> impl_;
 };
 
-// Reads dir/config.json and the weights of `dir` (dir/model.safetensors, or
-// dir/model.safetensors.index.json and its shards; see
-// common::SafetensorsCheckpoint) into a config and HF-named host tensors (in
-// the files' dtypes). Names ending in ".rotary_emb.inv_freq" are dropped.
+// common::LoadCheckpoint(dir) as a (config, tensors) pair: the same loader
+// as the rollout's Model::Load, so both services read a checkpoint (fp16
+// widening, dropped buffers) identically.
 absl::StatusOr<std::pair<common::ModelConfig, common::TensorMap>> LoadModelDir(
     const std::string& dir);
 

@@ -118,6 +118,7 @@ int main(int argc, char** argv) {
 
   auto model = lockstep::common::Model::Load(model_dir, model_options);
   if (!model.ok()) return Fail(model.status().ToString());
+  std::cerr << "rollout_service: model " << (*model)->config().Summary() << "\n";
 
   lockstep::rollout::EngineOptions engine_options;
   engine_options.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_bytes);

@@ -19,21 +19,25 @@ absl::Status ApplyRope(const RopeArgs& args) {
   if (args.tokens == 0 || args.heads == 0) return absl::OkStatus();
   const int64_t rot = args.rotary_dim == 0 ? args.head_dim : args.rotary_dim;
   const int64_t half = rot / 2;
-  // Frequencies and angles in double, rounded once to fp32 per (position, i):
-  // the result depends on nothing but the token's position.
-  std::vector<double> inv_freq(half);
   for (int64_t i = 0; i < half; ++i) {
-    inv_freq[i] = std::pow(
-        args.theta, -2.0 * static_cast<double>(i) / static_cast<double>(rot));
+    if (!(args.inv_freq[i] >= 0.0) || std::isinf(args.inv_freq[i])) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ApplyRope: inv_freq[", i, "] = ", args.inv_freq[i],
+          " is not finite and >= 0"));
+    }
   }
+  // Angles in double, rounded once to fp32 per (position, i): the result
+  // depends on nothing but the token's position.
+  const double* inv_freq = args.inv_freq;
+  const double scale = args.attention_factor;
   ParallelFor(args.tokens, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> cos_v(half), sin_v(half);
     for (int64_t t = begin; t < end; ++t) {
       const double p = static_cast<double>(args.positions[t]);
       for (int64_t i = 0; i < half; ++i) {
         const double angle = p * inv_freq[i];
-        cos_v[i] = static_cast<float>(std::cos(angle));
-        sin_v[i] = static_cast<float>(std::sin(angle));
+        cos_v[i] = static_cast<float>(std::cos(angle) * scale);
+        sin_v[i] = static_cast<float>(std::sin(angle) * scale);
       }
       float* row = args.x + t * args.ldx;
       for (int64_t h = 0; h < args.heads; ++h) {

@@ -1,5 +1,6 @@
-// Rotary embedding. cos/sin come from double-precision pow/cos/sin rounded
-// once to fp32 per (position, i), exactly as the contract states, so a token's
+// Rotary embedding. cos/sin come from the float64 frequency table and
+// double-precision cos/sin (times the attention factor) rounded once to fp32
+// per (position, i), exactly as the contract states, so a token's
 // result depends only on its own values and position. One block per token;
 // the angle of pair i is computed once and applied to every head.
 #include "kernels/cuda/rope.h"
@@ -24,8 +25,8 @@ struct RopeParams {
   int64_t heads;
   int64_t head_dim;
   int64_t half;  // rotary_dim / 2
-  double rot;
-  double theta;
+  const double* inv_freq;  // [half], device memory
+  double scale;            // attention factor
 };
 
 __global__ void __launch_bounds__(kThreads) RopeKernel(const RopeParams p) {
@@ -40,11 +41,9 @@ __global__ void __launch_bounds__(kThreads) RopeKernel(const RopeParams p) {
         // rather than read or write anything out of place.
         c = s = __int_as_float(0x7fc00000);
       } else {
-        const double inv_freq =
-            pow(p.theta, -2.0 * static_cast<double>(i) / p.rot);
-        const double angle = static_cast<double>(pos) * inv_freq;
-        c = static_cast<float>(cos(angle));
-        s = static_cast<float>(sin(angle));
+        const double angle = static_cast<double>(pos) * p.inv_freq[i];
+        c = static_cast<float>(cos(angle) * p.scale);
+        s = static_cast<float>(sin(angle) * p.scale);
       }
       for (int64_t h = 0; h < p.heads; ++h) {
         float* xh = row + h * p.head_dim;
@@ -67,7 +66,7 @@ absl::Status ApplyRope(const RopeArgs& args, void* stream) {
   }
   const RopeParams p{args.x,     args.ldx,   args.positions,
                      args.tokens, args.heads, args.head_dim,
-                     rot / 2,     static_cast<double>(rot), args.theta};
+                     rot / 2,     args.inv_freq, args.attention_factor};
   const int grid = static_cast<int>(
       args.tokens < SmCount() * 16LL ? args.tokens : SmCount() * 16LL);
   RopeKernel<<<grid, kThreads, 0, AsStream(stream)>>>(p);

@@ -23,7 +23,8 @@ inline TensorMap RandomTensors(const ModelConfig& config, uint64_t seed,
     t.shape = shape;
     const int64_t n = t.numel();
     t.data.resize(n * kernels::DTypeSize(config.dtype));
-    const bool norm = shape.size() == 1;
+    // Norm weights around 1; matrices and biases around 0.
+    const bool norm = shape.size() == 1 && name.find(".bias") == std::string::npos;
     for (int64_t i = 0; i < n; ++i) {
       const float v = norm ? 1.0f + 0.1f * normal(rng) : stddev * normal(rng);
       kernels::StoreFromF32(t.data.data(), config.dtype, i, v);

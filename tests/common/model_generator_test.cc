@@ -107,7 +107,7 @@ TEST(PresetTest, Tiny) {
   EXPECT_TRUE(c.qk_norm);
   EXPECT_FALSE(c.tie_word_embeddings);
   EXPECT_EQ(c.max_position_embeddings, 512);
-  EXPECT_EQ(c.rope_theta, 10000.0);
+  EXPECT_EQ(c.rope.rope_theta, 10000.0);
   EXPECT_EQ(c.dtype, DType::kF32);
   EXPECT_EQ(*ModelConfig::FromJson(c.ToJson()), c);
 }

@@ -341,12 +341,25 @@ TEST_F(SafetensorsTest, UnknownAndUnsupportedDTypes) {
   ExpectOpenError(R"({"w":{"dtype":"Q7","shape":[1],"data_offsets":[0,4]}})", 4,
                   absl::StatusCode::kInvalidArgument,
                   {"'w'", "unknown dtype 'Q7'"});
-  for (const char* dt : {"F16", "F64", "I32", "U8", "BOOL", "F8_E4M3"}) {
+  for (const char* dt : {"F64", "I16", "I32", "U8", "BOOL", "F8_E4M3"}) {
     ExpectOpenError(std::string(R"({"w":{"dtype":")") + dt +
                         R"(","shape":[2],"data_offsets":[0,4]}})",
                     4, absl::StatusCode::kInvalidArgument,
                     {"'w'", std::string("unsupported dtype '") + dt + "'"});
   }
+}
+
+// fp16 checkpoints open; their tensors keep dtype F16 (the loader widens
+// them to fp32, exactly).
+TEST_F(SafetensorsTest, Float16Opens) {
+  const std::string p = WriteFile(
+      "f16.safetensors", R"({"w":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}})", 4);
+  auto file = SafetensorsFile::Open(p);
+  ASSERT_TRUE(file.ok()) << file.status();
+  ASSERT_EQ((*file)->tensors().size(), 1u);
+  EXPECT_EQ((*file)->tensors()[0].dtype, kernels::DType::kF16);
+  EXPECT_EQ((*file)->tensors()[0].nbytes, 4u);
+  EXPECT_EQ(SafetensorsDTypeName(kernels::DType::kF16), "F16");
 }
 
 TEST_F(SafetensorsTest, NegativeAndOverflowingDims) {

@@ -6,13 +6,17 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "common/checkpoint.h"
 #include "common/model_generator.h"
 #include "common/safetensors.h"
+#include "common/torch_model.h"
 #include "common/transformer.h"
+#include "nlohmann/json.hpp"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -94,6 +98,89 @@ TEST_F(TransformerLoadTest, ShardedCheckpointScoresBitwiseLikeOneFile) {
       EXPECT_TRUE(SameBits((*la)[s], (*lb)[s])) << s;
     }
     fs::remove_all(dir_);
+  }
+}
+
+// Writes the float32 model in `from` again as `dtype` (F16 rounds each value
+// to the nearest fp16; F32 writes `from`'s values widened from that fp16,
+// i.e. the same numbers), with config.json's "dtype" set to `config_dtype`.
+void Rewrite(const std::string& from, const std::string& to, kernels::DType dtype,
+             const std::string& config_dtype) {
+  fs::create_directories(to);
+  auto file = SafetensorsFile::Open(from + "/model.safetensors");
+  ASSERT_TRUE(file.ok()) << file.status();
+  std::vector<std::vector<uint8_t>> buffers;
+  std::vector<TensorInfo> out;
+  for (const TensorInfo& t : (*file)->tensors()) {
+    ASSERT_EQ(t.dtype, kernels::DType::kF32);
+    const int64_t n = t.numel();
+    std::vector<uint8_t> buf(n * kernels::DTypeSize(dtype));
+    for (int64_t i = 0; i < n; ++i) {
+      float v;
+      std::memcpy(&v, t.data + 4 * i, 4);
+      const uint16_t h = kernels::F32ToF16(v);
+      if (dtype == kernels::DType::kF16) {
+        std::memcpy(buf.data() + 2 * i, &h, 2);
+      } else {
+        const float w = kernels::F16ToF32(h);
+        std::memcpy(buf.data() + 4 * i, &w, 4);
+      }
+    }
+    buffers.push_back(std::move(buf));
+    TensorInfo info = t;
+    info.dtype = dtype;
+    info.data = buffers.back().data();
+    info.nbytes = buffers.back().size();
+    out.push_back(info);
+  }
+  ASSERT_TRUE(WriteSafetensors(to + "/model.safetensors", out, {}).ok());
+  std::ifstream in(from + "/config.json");
+  nlohmann::json config = nlohmann::json::parse(in);
+  config.erase("torch_dtype");
+  config["dtype"] = config_dtype;
+  std::ofstream(to + "/config.json") << config.dump(2);
+}
+
+// An fp16 checkpoint is widened once, exactly, to fp32 and served in fp32:
+// it loads into the same model as the fp32 file holding the same numbers,
+// and the learner's differentiable forward over the same loader's tensors
+// gives the rollout's bits.
+TEST_F(TransformerLoadTest, Float16CheckpointIsServedAsFloat32) {
+  ModelConfig config = TinyConfig();
+  config.dtype = kernels::DType::kF32;
+  ASSERT_TRUE(GenerateModel(config, 5, Dir("f32")).ok());
+  Rewrite(Dir("f32"), Dir("f16"), kernels::DType::kF16, "float16");
+  Rewrite(Dir("f32"), Dir("widened"), kernels::DType::kF32, "float32");
+  auto f16 = SafetensorsFile::Open(Dir("f16") + "/model.safetensors");
+  ASSERT_TRUE(f16.ok());
+  EXPECT_EQ((*f16)->tensors()[0].dtype, kernels::DType::kF16);
+
+  auto half = Model::Load(Dir("f16"), ModelOptions());
+  auto widened = Model::Load(Dir("widened"), ModelOptions());
+  ASSERT_TRUE(half.ok()) << half.status();
+  ASSERT_TRUE(widened.ok()) << widened.status();
+  EXPECT_EQ((*half)->config().dtype, kernels::DType::kF32);
+  EXPECT_EQ((*half)->config().checkpoint_dtype, "float16");
+  for (const auto& [name, t] : (*widened)->tensors()) {
+    EXPECT_EQ((*half)->tensors().at(name).data, t.data) << name;
+  }
+  const auto seqs = RandomSequences(config.vocab_size, 13);
+  const std::vector<int64_t> prefix(seqs.size(), 1);
+  auto a = (*half)->ScoreSequences(seqs, prefix);
+  auto b = (*widened)->ScoreSequences(seqs, prefix);
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto checkpoint = LoadCheckpoint(Dir("f16"));
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  torch::NoGradGuard no_grad;
+  auto learner = SequenceLogprobs(checkpoint->config, ToTorch(checkpoint->tensors),
+                                  KernelMode::kInvariant, seqs, prefix);
+  ASSERT_TRUE(learner.ok()) << learner.status();
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    EXPECT_TRUE(SameBits((*a)[s], (*b)[s])) << s;
+    auto l = (*learner)[s].contiguous();
+    EXPECT_TRUE(SameBits(std::vector<float>(l.data_ptr<float>(), l.data_ptr<float>() + l.numel()),
+                         (*a)[s]))
+        << s;
   }
 }
 

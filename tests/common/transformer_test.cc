@@ -11,6 +11,7 @@
 #include <numeric>
 #include <random>
 #include <utility>
+#include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -180,6 +181,65 @@ TEST(TransformerTest, StandardModeBatchCompositionChangesBits) {
     differing += !SameBits(Incremental(*model, seqs, 1 + rng() % 8, 8, rng())[0], alone);
   }
   EXPECT_GT(differing, 0);
+}
+
+// A Qwen2-style model (q/k/v biases) with YaRN RoPE (frequency blend and
+// attention factor), wide enough that LibTorch's BLAS rounds with the shape
+// of the call. Biases are random (RandomTensors), not zero.
+ModelConfig Qwen2YarnConfig() {
+  ModelConfig c = Config100MScaledDown();
+  c.model_type = "qwen2";
+  c.qkv_bias = true;
+  c.num_key_value_heads = 2;
+  c.rope.rope_type = "yarn";
+  c.rope.rope_theta = 1e6;
+  c.rope.factor = 4.0;
+  c.rope.original_max_position_embeddings = 32;
+  EXPECT_TRUE(c.Validate().ok()) << c.Validate();
+  return c;
+}
+
+// Prefill vs decode vs chunked prefill vs batch composition vs TP degree on
+// the bias + YaRN model. In invariant mode every path gives the bits of the
+// full-sequence forward alone; the standard twin (same model, same inputs)
+// differs on at least one path, so the comparison can fail.
+TEST(TransformerTest, BiasesAndYarnInvariantAcrossPathsWithStandardTwin) {
+  const ModelConfig config = Qwen2YarnConfig();
+  const int V = config.vocab_size;
+  const auto target = RandomTokens(70, V, 21);  // past original_max_position
+  for (KernelMode mode : {KernelMode::kInvariant, KernelMode::kStandard}) {
+    SCOPED_TRACE(KernelModeName(mode));
+    auto model = MakeModel(config, mode);
+    const auto alone = Full(*model, {target})[0];
+    ASSERT_EQ(alone.size(), 69u);
+    int paths = 0, differing = 0;
+    auto check = [&](const std::vector<float>& got, const std::string& what) {
+      ++paths;
+      const bool same = SameBits(got, alone);
+      differing += !same;
+      if (mode == KernelMode::kInvariant) EXPECT_TRUE(same) << what;
+    };
+    for (int chunk : {1, 5, 70}) {
+      check(Incremental(*model, {target}, chunk, 7, chunk)[0],
+            "chunk " + std::to_string(chunk));
+    }
+    std::mt19937_64 rng(3);
+    for (int batch : {3, 17}) {
+      std::vector<std::vector<int32_t>> seqs;
+      for (int i = 0; i < batch; ++i) {
+        seqs.push_back(i == 1 ? target : RandomTokens(10 + rng() % 60, V, rng()));
+      }
+      check(Incremental(*model, seqs, 1 + rng() % 6, 8, rng())[1],
+            "batch " + std::to_string(batch));
+      check(Full(*model, seqs)[1], "full batch " + std::to_string(batch));
+    }
+    for (int tp : {2, 4}) {
+      check(Full(*MakeModel(config, mode, tp), {target})[0], "tp " + std::to_string(tp));
+    }
+    if (mode == KernelMode::kStandard) {
+      EXPECT_GT(differing, 0) << "standard mode matched on all " << paths << " paths";
+    }
+  }
 }
 
 TEST(TransformerTest, TensorParallelInvariantAtTp1248) {

@@ -29,6 +29,10 @@ TEST(RopeCudaTest, AccurateAndPositionOnly) {
     std::vector<float> x = testing::RandomFloats(tokens * heads * hd, 4);
     std::vector<int32_t> pos(tokens);
     for (int64_t t = 0; t < tokens; ++t) pos[t] = static_cast<int32_t>((t * 37) % 5000);
+    const int64_t rot_dim = rot == 0 ? hd : rot;
+    std::vector<double> freq(rot_dim / 2);
+    for (int64_t i = 0; i < rot_dim / 2; ++i) freq[i] = std::pow(1000000.0, -2.0 * i / rot_dim);
+    DevBuf<double> dfreq(freq);
     auto run = [&](int64_t t0, int64_t m) {
       DevBuf<float> dx(std::vector<float>(x.begin() + t0 * heads * hd,
                                           x.begin() + (t0 + m) * heads * hd));
@@ -41,7 +45,7 @@ TEST(RopeCudaTest, AccurateAndPositionOnly) {
       a.heads = heads;
       a.head_dim = hd;
       a.rotary_dim = rot;
-      a.theta = 1000000.0;
+      a.inv_freq = dfreq.get();
       EXPECT_TRUE(cuda::ApplyRope(a, nullptr).ok());
       return dx.Download();
     };

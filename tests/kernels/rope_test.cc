@@ -7,6 +7,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <map>
+#include <utility>
 #include <ostream>
 #include <random>
 #include <vector>
@@ -21,6 +23,17 @@ namespace {
 using ::lockstep::testing::RandomFloats;
 using ::lockstep::testing::RandomInts;
 
+// The plain-RoPE frequency table theta^(-2i/rot), kept alive for the test
+// binary's lifetime (RopeArgs points into it).
+const double* PlainTable(double theta, int64_t rot) {
+  static auto* tables = new std::map<std::pair<double, int64_t>, std::vector<double>>();
+  std::vector<double>& t = (*tables)[{theta, rot}];
+  if (t.empty()) {
+    for (int64_t i = 0; i < rot / 2; ++i) t.push_back(std::pow(theta, -2.0 * i / rot));
+  }
+  return t.data();
+}
+
 RopeArgs Args(std::vector<float>& x, int64_t ldx,
               const std::vector<int32_t>& pos, int64_t heads, int64_t head_dim,
               int64_t rotary_dim = 0, double theta = 10000.0) {
@@ -32,7 +45,7 @@ RopeArgs Args(std::vector<float>& x, int64_t ldx,
   a.heads = heads;
   a.head_dim = head_dim;
   a.rotary_dim = rotary_dim;
-  a.theta = theta;
+  a.inv_freq = PlainTable(theta, rotary_dim == 0 ? head_dim : rotary_dim);
   return a;
 }
 
@@ -114,6 +127,36 @@ TEST(Rope, PositionZeroIsIdentity) {
   EXPECT_TRUE(testing::SameBits(x, x0));
 }
 
+// YaRN's attention factor scales cos and sin in double before the one fp32
+// rounding; any table (here a non-geometric one) is used as given.
+TEST(Rope, TableAndAttentionFactor) {
+  const int64_t heads = 2, dim = 8, ld = heads * dim;
+  const std::vector<double> table = {1.0, 0.25, 0.003, 0.0};
+  const std::vector<int32_t> pos = {0, 3, 77};
+  const auto x0 = RandomFloats(pos.size() * ld, 5, -2.0f, 2.0f);
+  for (double scale : {1.0, 1.1386294361119891}) {
+    auto x = x0;
+    RopeArgs a = Args(x, ld, pos, heads, dim);
+    a.inv_freq = table.data();
+    a.attention_factor = scale;
+    ASSERT_TRUE(ApplyRope(a).ok());
+    for (size_t t = 0; t < pos.size(); ++t) {
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t o = t * ld + h * dim;
+        for (int64_t i = 0; i < dim / 2; ++i) {
+          const double angle = pos[t] * table[i];
+          const float c = static_cast<float>(std::cos(angle) * scale);
+          const float sn = static_cast<float>(std::sin(angle) * scale);
+          const float xa = x0[o + i], xb = x0[o + i + dim / 2];
+          const float ac = xa * c, bs = xb * sn, bc = xb * c, as = xa * sn;
+          EXPECT_EQ(x[o + i], ac - bs);
+          EXPECT_EQ(x[o + i + dim / 2], bc + as);
+        }
+      }
+    }
+  }
+}
+
 TEST(Rope, BatchInvariant) {
   const int64_t heads = 4, dim = 64, ld = heads * dim;
   const auto row = RandomFloats(ld, 41, -3.0f, 3.0f);
@@ -182,11 +225,18 @@ TEST(Rope, BadArguments) {
   a.ldx = 15;
   expect_invalid(a, "ldx < heads*head_dim");
   a = good;
-  a.theta = 0.0;
-  expect_invalid(a, "theta 0");
+  a.inv_freq = nullptr;
+  expect_invalid(a, "null inv_freq");
   a = good;
-  a.theta = std::nan("");
-  expect_invalid(a, "theta NaN");
+  a.attention_factor = 0.0;
+  expect_invalid(a, "attention_factor 0");
+  a = good;
+  a.attention_factor = std::nan("");
+  expect_invalid(a, "attention_factor NaN");
+  const std::vector<double> nan_table(4, std::nan(""));
+  a = good;
+  a.inv_freq = nan_table.data();
+  expect_invalid(a, "NaN frequency");
   a = good;
   a.tokens = -1;
   expect_invalid(a, "negative tokens");
