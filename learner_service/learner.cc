@@ -40,6 +40,26 @@ absl::Status CheckSameModel(const common::ModelConfig& mine,
   check("qk_norm", want.qk_norm(), theirs.qk_norm());
   check("dtype", static_cast<int>(want.dtype()),
         static_cast<int>(theirs.dtype()));
+  // The arithmetic beyond the shapes: a different epsilon, RoPE or bias set
+  // would make every token mismatch while both sides look healthy.
+  check("model_type", want.model_type(), theirs.model_type());
+  check("qkv_bias", want.qkv_bias(), theirs.qkv_bias());
+  check("rms_norm_eps", want.rms_norm_eps(), theirs.rms_norm_eps());
+  check("rope_theta", want.rope_theta(), theirs.rope_theta());
+  check("rope.rope_type", want.rope().rope_type(), theirs.rope().rope_type());
+  check("rope.factor", want.rope().factor(), theirs.rope().factor());
+  check("rope.low_freq_factor", want.rope().low_freq_factor(),
+        theirs.rope().low_freq_factor());
+  check("rope.high_freq_factor", want.rope().high_freq_factor(),
+        theirs.rope().high_freq_factor());
+  check("rope.original_max_position_embeddings",
+        want.rope().original_max_position_embeddings(),
+        theirs.rope().original_max_position_embeddings());
+  check("rope.beta_fast", want.rope().beta_fast(), theirs.rope().beta_fast());
+  check("rope.beta_slow", want.rope().beta_slow(), theirs.rope().beta_slow());
+  check("rope.attention_factor", want.rope().attention_factor(),
+        theirs.rope().attention_factor());
+  check("rope.truncate", want.rope().truncate(), theirs.rope().truncate());
   if (diffs.empty()) return absl::OkStatus();
   return absl::FailedPreconditionError(
       absl::StrCat("rollout ", endpoint,

@@ -256,6 +256,32 @@ TEST_F(LearnerCoreTest, RolloutDownDuringPushIsReportedAndStepIsWhole) {
   EXPECT_TRUE(r2->pushes.empty());
 }
 
+// A rollout that serves the same shapes with other arithmetic (RoPE base,
+// RoPE scaling, epsilon) is refused at registration, naming the field:
+// otherwise every token would mismatch while both sides look healthy.
+TEST_F(LearnerCoreTest, RegistrationRefusesAnotherRopeOrEpsilon) {
+  auto learner = Make();
+  std::vector<std::pair<std::string, common::ModelConfig>> others;
+  common::ModelConfig c = learner->config();
+  c.rope.rope_theta *= 2;
+  others.emplace_back("rope_theta", c);
+  c = learner->config();
+  c.rope.rope_type = "linear";
+  c.rope.factor = 2.0;
+  others.emplace_back("rope.rope_type", c);
+  c = learner->config();
+  c.rms_norm_eps *= 10;
+  others.emplace_back("rms_norm_eps", c);
+  for (const auto& [field, config] : others) {
+    FakeServer other(config);
+    auto reg = learner->RegisterRollouts({other.endpoint()}, false);
+    EXPECT_EQ(reg.status().code(), absl::StatusCode::kFailedPrecondition) << field;
+    EXPECT_THAT(std::string(reg.status().message()), HasSubstr(field));
+  }
+  FakeServer same(learner->config());
+  EXPECT_TRUE(learner->RegisterRollouts({same.endpoint()}, false).ok());
+}
+
 TEST_F(LearnerCoreTest, RegistrationErrors) {
   auto learner = Make();
   auto bad = learner->RegisterRollouts({"no-port"}, false);
