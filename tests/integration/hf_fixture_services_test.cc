@@ -66,7 +66,10 @@ TEST_P(HfFixtureServicesTest, GreedyGenerateMatchesTransformersAndLearner) {
     EXPECT_EQ(rope.rope_theta(), rp["rope_theta"].get<double>());
     EXPECT_EQ(info.config().rope_theta(), rp["rope_theta"].get<double>());
     if (rp.contains("factor")) EXPECT_EQ(rope.factor(), rp["factor"].get<double>());
-    EXPECT_EQ(rope.attention_factor(), 1.0);  // llama3 and default: no scaling
+    // YaRN scales cos/sin (0.1 ln(factor) + 1); the other types do not.
+    const double factor = rp.contains("factor") ? rp["factor"].get<double>() : 1.0;
+    EXPECT_DOUBLE_EQ(rope.attention_factor(),
+                     rp["rope_type"] == "yarn" ? 0.1 * std::log(factor) + 1.0 : 1.0);
     EXPECT_EQ(info.config().qkv_bias(), (*config)["model_type"] == "qwen2");
     EXPECT_EQ(info.config().ignored_config_keys_size(), 0)
         << info.config().ignored_config_keys(0);
@@ -144,7 +147,9 @@ TEST_P(HfFixtureServicesTest, GreedyGenerateMatchesTransformersAndLearner) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, HfFixtureServicesTest,
-                         ::testing::Values("qwen2_bias_f32", "llama31_f32"),
+                         ::testing::Values("qwen3_tied_f32", "qwen2_bias_f32",
+                                           "llama31_f32", "llama_yarn_f32",
+                                           "llama_linear_f32"),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            return info.param;
                          });
