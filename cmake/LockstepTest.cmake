@@ -4,10 +4,12 @@
 function(lockstep_add_test name)
   cmake_parse_arguments(ARG "" "TIMEOUT" "SOURCES;LIBS;LABELS" ${ARGN})
   add_executable(${name} ${ARG_SOURCES})
-  target_link_libraries(${name} PRIVATE ${ARG_LIBS} GTest::gtest GTest::gtest_main
+  target_link_libraries(${name} PRIVATE ${ARG_LIBS} GTest::gtest lockstep_gtest_main
                         GTest::gmock Threads::Threads)
   add_test(NAME ${name} COMMAND ${name})
-  set_tests_properties(${name} PROPERTIES
+  # A binary whose tests were all skipped (GTEST_SKIP) exits 77
+  # (tests/testing/main/gtest_main.cc): CTest reports it as skipped.
+  set_tests_properties(${name} PROPERTIES SKIP_RETURN_CODE 77
     ENVIRONMENT "LOCKSTEP_BUILD_DIR=${PROJECT_BINARY_DIR};LOCKSTEP_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
   if(ARG_LABELS)
     set_tests_properties(${name} PROPERTIES LABELS "${ARG_LABELS}")

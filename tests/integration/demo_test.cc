@@ -1,6 +1,6 @@
 // `make demo`'s script, shortened (DEMO_STEPS=3): both modes run, the
 // per-step lines and the two-row summary are printed, invariant mode is
-// bit-identical and the script exits 0.
+// bit-identical (exit 0) and standard mode is not.
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -45,6 +45,22 @@ TEST(DemoTest, ScriptRunsBothModes) {
     if (f >> step >> ver >> reward && step >= 1 && step <= 3 && ver == step) ++steps;
   }
   EXPECT_EQ(steps, 6u) << s;
+  // The twin inside the demo: the summary's standard row must show
+  // mismatches (the invariant row's zero is what exit code 0 checks), or the
+  // demo could not tell the modes apart.
+  std::istringstream rows(s);
+  bool standard_row = false;
+  while (std::getline(rows, line)) {
+    std::istringstream f(line);
+    std::string mode;
+    long compared = -1, mismatched = -1;
+    if (f >> mode >> compared >> mismatched && mode == "standard") {
+      standard_row = true;
+      EXPECT_GT(compared, 0) << line;
+      EXPECT_GT(mismatched, 0) << "standard kernels matched on every token: " << line;
+    }
+  }
+  EXPECT_TRUE(standard_row) << s;
 }
 
 }  // namespace

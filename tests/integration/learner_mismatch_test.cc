@@ -113,15 +113,17 @@ TEST_F(LearnerMismatchTest, InvariantKernelsAreExactlyOnPolicy) {
   EXPECT_GT(MetricValue(t.scrape, "lockstep_weight_push_bytes_total"), 0.0);
   EXPECT_EQ(MetricValue(t.scrape, "lockstep_learner_step_duration_seconds_count"),
             static_cast<double>(kSteps));
-  // DESIGN.md §5: promtool accepts a live scrape (Debian's `prometheus`).
-  if (std::system("command -v promtool > /dev/null 2>&1") == 0) {
-    const std::string path = dir_->Sub("scrape.txt");
-    {
-      std::ofstream f(path);
-      f << t.scrape;
-    }
-    EXPECT_EQ(std::system(("promtool check metrics < " + path).c_str()), 0);
+  // DESIGN.md §5: promtool accepts a live scrape. scripts/install-deps.sh
+  // installs it (Debian's `prometheus`), so its absence is a failure, not a
+  // reason to drop the check.
+  ASSERT_EQ(std::system("command -v promtool > /dev/null 2>&1"), 0)
+      << "promtool not found: run scripts/install-deps.sh";
+  const std::string path = dir_->Sub("scrape.txt");
+  {
+    std::ofstream f(path);
+    f << t.scrape;
   }
+  EXPECT_EQ(std::system(("promtool check metrics < " + path).c_str()), 0);
 }
 
 TEST_F(LearnerMismatchTest, StandardKernelsShowTheMismatch) {

@@ -81,7 +81,8 @@ TEST(RolloutMetricsTest, ScrapePassesPromtoolAndSelfCheckIsClean) {
 
   const std::string promtool = FindPromtool();
   if (promtool.empty()) {
-    GTEST_SKIP() << "promtool not installed (Debian package `prometheus`)";
+    FAIL() << "promtool not installed (Debian package `prometheus`, installed by "
+              "scripts/install-deps.sh)";
   }
   const std::string file = dir.Sub("scrape.txt");
   std::ofstream(file) << text;
