@@ -6,6 +6,7 @@
 // reference op's derivative.
 #include <string>
 
+#include "common/op_error.h"
 #include "common/reference_ops.h"
 #include "common/torch_ops.h"
 #include "kernels/activation.h"
@@ -22,7 +23,10 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
-void Check(const absl::Status& st) { TORCH_CHECK(st.ok(), std::string(st.ToString())); }
+// A kernel's error keeps its code across LibTorch (common/op_error.h).
+void Check(const absl::Status& st) {
+  if (!st.ok()) ThrowStatus(st);
+}
 
 kernels::ExecContext ContextOf(const torch::Tensor& t) {
   kernels::ExecContext ctx;

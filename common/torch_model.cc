@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/op_error.h"
 #include "common/status_macros.h"
 #include "common/transformer_forward.h"
 
@@ -91,7 +92,7 @@ absl::StatusOr<std::vector<torch::Tensor>> SequenceLogprobs(
       k += std::max<int64_t>(n, 0);
     }
   } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("training forward failed: ", e.what()));
+    return StatusFromException(e, "training forward failed");
   }
   return out;
 }

@@ -13,6 +13,7 @@
 #include "common/checkpoint.h"
 #include "common/cuda_check.h"
 #include "common/nccl_communicator.h"
+#include "common/op_error.h"
 #include "common/safetensors.h"
 #include "common/status_macros.h"
 #include "common/torch_ops.h"
@@ -246,17 +247,20 @@ absl::StatusOr<torch::Tensor> ModelImpl::RunRanks(
     const std::function<torch::Tensor(int, Communicator*)>& fn) const {
   const int t = options_.tp_size;
   std::vector<torch::Tensor> results(t);
-  std::vector<std::string> errors(t);
+  std::vector<absl::Status> errors(t);
   auto run = [&](int r, Communicator* comm) {
     try {
       if (nccl()) {
         absl::Status st = SetCudaDevice(r);
-        if (!st.ok()) throw std::runtime_error(std::string(st.message()));
+        if (!st.ok()) {
+          errors[r] = st;
+          return;
+        }
       }
       c10::InferenceMode guard;
       results[r] = fn(r, comm);
     } catch (const std::exception& e) {
-      errors[r] = e.what();
+      errors[r] = StatusFromException(e, "forward failed");
     }
   };
   if (t == 1) {
@@ -276,8 +280,8 @@ absl::StatusOr<torch::Tensor> ModelImpl::RunRanks(
     for (int r = 0; r < t; ++r) threads.emplace_back(run, r, comms[r]);
     for (auto& th : threads) th.join();
   }
-  for (const auto& e : errors) {
-    if (!e.empty()) return absl::InternalError(absl::StrCat("forward failed: ", e));
+  for (const absl::Status& e : errors) {
+    if (!e.ok()) return e;
   }
   return results[0];
 }
@@ -333,7 +337,7 @@ absl::StatusOr<StepResult> ModelImpl::ForwardStep(const ForwardBatch& b, KvCache
     auto host_tokens = targets.to(torch::kInt).cpu().contiguous();
     out.tokens.assign(host_tokens.data_ptr<int32_t>(), host_tokens.data_ptr<int32_t>() + rows);
   } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("sampling failed: ", e.what()));
+    return StatusFromException(e, "sampling failed");
   }
   return out;
 }
@@ -509,7 +513,7 @@ absl::StatusOr<std::vector<std::vector<float>>> ModelImpl::ScoreSequences(
     auto tt = torch::tensor(targets, torch::kInt).to(logits.device()).to(torch::kLong);
     LOCKSTEP_ASSIGN_OR_RETURN(lp, TokenLogprobsOf(options_.mode, logits, tt, 0));
   } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("log-softmax failed: ", e.what()));
+    return StatusFromException(e, "log-softmax failed");
   }
   size_t k = 0;
   for (size_t s = 0; s < seqs.size(); ++s) {
@@ -529,7 +533,7 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(const ModelConfig& co
   try {
     LOCKSTEP_RETURN_IF_ERROR(model->Init(tensors));
   } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("building the model failed: ", e.what()));
+    return StatusFromException(e, "building the model failed");
   }
   return std::shared_ptr<const Model>(std::move(model));
 }
@@ -568,7 +572,7 @@ absl::StatusOr<TokenLogprobs> TokenLogprobsOf(KernelMode mode, const torch::Tens
       }
     }
   } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("log-softmax failed: ", e.what()));
+    return StatusFromException(e, "log-softmax failed");
   }
   return out;
 }
@@ -620,7 +624,7 @@ absl::StatusOr<TokenLogprobs> ComputeTokenLogprobs(KernelMode mode,
                   .to(torch::kLong);
     return TokenLogprobsOf(mode, lt, tt, top_n);
   } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("log-softmax failed: ", e.what()));
+    return StatusFromException(e, "log-softmax failed");
   }
 }
 

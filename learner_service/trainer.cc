@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/checkpoint.h"
+#include "common/op_error.h"
 #include "common/safetensors.h"
 #include "common/status_macros.h"
 #include "common/torch_model.h"
@@ -37,9 +38,10 @@ torch::Dtype TorchDType(kernels::DType dtype) {
   return dtype == kernels::DType::kF32 ? torch::kFloat32 : torch::kBFloat16;
 }
 
+// A LibTorch exception as a Status: a kernel's own code when an op carried
+// one (common/op_error.h), INTERNAL otherwise.
 absl::Status TorchError(const char* what, const c10::Error& e) {
-  return absl::InternalError(
-      absl::StrCat(what, ": LibTorch error: ", e.what_without_backtrace()));
+  return common::StatusFromException(e, what);
 }
 
 // A float vector as a CPU tensor (copied).
