@@ -56,7 +56,9 @@ RolloutClient::RolloutClient(std::string endpoint, std::string auth_token,
   // minutes, longer than any retry budget here).
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  // gRPC's per-attempt connect timeout (not a backoff): 100 ms here capped
+  // every TCP + HTTP/2 handshake and failed calls on a loaded machine.
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 20000);
   security.ApplyToArguments(&args);
   channel_ =
       grpc::CreateCustomChannel(endpoint_, security.credentials(), args);

@@ -96,6 +96,15 @@ struct ClientOptions {
   // restarted server quickly).
   absl::Duration min_reconnect_backoff = absl::Milliseconds(100);
   absl::Duration max_reconnect_backoff = absl::Seconds(5);
+
+  // How long one connection attempt (TCP connect + TLS + HTTP/2 handshake)
+  // may take. gRPC takes this from GRPC_ARG_MIN_RECONNECT_BACKOFF_MS (its
+  // "min connect timeout", 20 s by default); setting that arg to the 100 ms
+  // reconnect backoff capped every handshake at 100 ms, and a loaded 2-core
+  // machine then failed whole calls with "tcp handshaker shutdown (gave up
+  // after 5 tries)" against a healthy server. A refused connection (server
+  // down) still fails at once, so this does not slow down reconnects.
+  absl::Duration connect_timeout = absl::Seconds(20);
 };
 
 // Per-call settings. The default-constructed value means: the client's

@@ -189,8 +189,11 @@ absl::StatusOr<std::shared_ptr<Connection>> Connection::Create(
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
                 ClampMillis(options.keepalive_timeout));
   }
+  // GRPC_ARG_MIN_RECONNECT_BACKOFF_MS is gRPC's per-attempt connect timeout
+  // (see ClientOptions::connect_timeout); the first reconnect delay is
+  // GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS.
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
-              ClampMillis(options.min_reconnect_backoff));
+              ClampMillis(options.connect_timeout));
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
               ClampMillis(options.min_reconnect_backoff));
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,

@@ -88,6 +88,11 @@ class ClientOptions:
     keepalive_timeout: float = 20.0
     min_reconnect_backoff: float = 0.1
     max_reconnect_backoff: float = 5.0
+    # Seconds one connection attempt (TCP + TLS + HTTP/2 handshake) may take;
+    # gRPC reads it from grpc.min_reconnect_backoff_ms (see the C++
+    # ClientOptions.connect_timeout: 0.1 s there failed calls on a loaded
+    # machine with "tcp handshaker shutdown").
+    connect_timeout: float = 20.0
 
 
 @dataclasses.dataclass
@@ -187,7 +192,7 @@ class Connection:
             ("grpc.max_receive_message_length", options.max_receive_message_bytes),
             ("grpc.max_send_message_length", options.max_send_message_bytes),
             ("grpc.initial_reconnect_backoff_ms", int(options.min_reconnect_backoff * 1000)),
-            ("grpc.min_reconnect_backoff_ms", int(options.min_reconnect_backoff * 1000)),
+            ("grpc.min_reconnect_backoff_ms", int(options.connect_timeout * 1000)),
             ("grpc.max_reconnect_backoff_ms", int(options.max_reconnect_backoff * 1000)),
             ("grpc.primary_user_agent", _USER_AGENT),
         ]
