@@ -8,6 +8,7 @@
 
 #include "common/transformer.h"
 #include "tests/common/model_fixture.h"
+#include "tests/common/paged_decode.h"
 
 namespace lockstep::common {
 namespace {
@@ -57,6 +58,44 @@ TEST_P(TorchModelTest, DifferentiableForwardMatchesInferenceBitwise) {
 
 INSTANTIATE_TEST_SUITE_P(DTypes, TorchModelTest,
                          ::testing::Values(kernels::DType::kF32, kernels::DType::kBF16));
+
+// What the guarantee is for: the learner's differentiable forward equals the
+// rollout's paged decode (one token a step, batched with another sequence)
+// bit for bit in invariant mode. The standard twin — same model, weights,
+// sequences and decode — differs: LibTorch's decode matvecs and the
+// learner's full-sequence GEMMs round differently.
+TEST(TorchModelTest, LearnerEqualsRolloutDecodeWithStandardTwin) {
+  ModelConfig config = testing::Config100MScaledDown();
+  const TensorMap tensors = testing::RandomTensors(config, 3);
+  std::mt19937_64 rng(4);
+  std::vector<std::vector<int32_t>> seqs(2);
+  for (auto& q : seqs) {
+    q.resize(40);
+    for (auto& t : q) t = static_cast<int32_t>(rng() % config.vocab_size);
+  }
+  for (KernelMode mode : {KernelMode::kInvariant, KernelMode::kStandard}) {
+    SCOPED_TRACE(KernelModeName(mode));
+    ModelOptions options;
+    options.mode = mode;
+    auto model = Model::Create(config, tensors, options);
+    ASSERT_TRUE(model.ok()) << model.status();
+    const auto rollout = testing::Incremental(**model, seqs, 1, 8, 5);
+    TorchWeights w = ToTorch(tensors);
+    for (auto& [name, t] : w) t.set_requires_grad(true);
+    auto learner = SequenceLogprobs(config, w, mode, seqs, {1, 1});
+    ASSERT_TRUE(learner.ok()) << learner.status();
+    int differing = 0;
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      auto c = (*learner)[s].detach().contiguous();
+      ASSERT_EQ(c.numel(), static_cast<int64_t>(rollout[s].size()));
+      const bool same =
+          std::memcmp(c.data_ptr<float>(), rollout[s].data(), c.numel() * sizeof(float)) == 0;
+      differing += !same;
+      if (mode == KernelMode::kInvariant) EXPECT_TRUE(same) << "sequence " << s;
+    }
+    if (mode == KernelMode::kStandard) EXPECT_GT(differing, 0);
+  }
+}
 
 TEST(TorchModelTest, GradientsMatchStandardModeClosely) {
   const ModelConfig config = TinyConfig();
