@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/checkpoint.h"
+#include "common/directory_tree.h"
 #include "common/op_error.h"
 #include "common/safetensors.h"
 #include "common/status_macros.h"
@@ -517,15 +518,16 @@ absl::Status Trainer::SaveCheckpoint(
   const fs::path final_dir(dir);
   const fs::path tmp = fs::path(dir + ".tmp-" + std::to_string(::getpid()));
   std::error_code ec;
-  fs::remove_all(tmp, ec);
+  // Not fs::remove_all: see common/directory_tree.h (PyTorch's libtorch
+  // interposes it on the GPU build).
+  (void)common::RemoveDirectoryTree(tmp.string());
   fs::create_directories(tmp, ec);
   if (ec) {
     return absl::InternalError(
         absl::StrCat("cannot create ", tmp.string(), ": ", ec.message()));
   }
   auto fail = [&](absl::Status s) {
-    std::error_code ignored;
-    fs::remove_all(tmp, ignored);
+    (void)common::RemoveDirectoryTree(tmp.string());
     return s;
   };
   try {
@@ -559,7 +561,7 @@ absl::Status Trainer::SaveCheckpoint(
   // name is replaced only once the new one is complete.
   const fs::path old = fs::path(dir + ".old-" + std::to_string(::getpid()));
   if (fs::exists(final_dir, ec)) {
-    fs::remove_all(old, ec);
+    (void)common::RemoveDirectoryTree(old.string());
     fs::rename(final_dir, old, ec);
     if (ec) {
       return fail(absl::InternalError(absl::StrCat(
@@ -571,7 +573,7 @@ absl::Status Trainer::SaveCheckpoint(
     return fail(absl::InternalError(
         absl::StrCat("cannot publish checkpoint ", dir, ": ", ec.message())));
   }
-  fs::remove_all(old, ec);
+  (void)common::RemoveDirectoryTree(old.string());
   return absl::OkStatus();
 }
 

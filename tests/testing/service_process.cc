@@ -1,5 +1,7 @@
 #include "tests/testing/service_process.h"
 
+#include "common/directory_tree.h"
+
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
@@ -247,8 +249,8 @@ absl::StatusOr<std::string> MakeTempDir(const std::string& prefix) {
 }
 
 void RemoveTree(const std::string& path) {
-  std::error_code ec;
-  std::filesystem::remove_all(path, ec);
+  // Not std::filesystem::remove_all: common/directory_tree.h says why.
+  (void)common::RemoveDirectoryTree(path);
 }
 
 ScopedTempDir::ScopedTempDir(const std::string& prefix) {
