@@ -1,9 +1,22 @@
 #!/usr/bin/env bash
 # Whole-model and service checks on the GPU machine (issue 5 §2-§4, issue 8):
 # builds the model/service targets, runs the `cuda`-labelled model and
-# service tests, then the end-to-end rollout decode benchmark on a
-# Qwen3-1.7B-shaped model, invariant vs standard. For the device tool:
+# service tests, the Hugging Face parity check on the GPU (real widths and
+# the committed tiny fixtures), then the end-to-end rollout decode benchmark
+# on a Qwen3-1.7B-shaped model, invariant vs standard. For the device tool:
 #   bash scripts/gpu_model_check.sh        (logs under $OUT or ./gpu-out)
+# Stages and knobs:
+#   TESTS="a b"   the cuda tests to build and run (default: the three below;
+#                 TESTS="" runs none)
+#   SKIP_HF=1     skips the HF parity stage: tests/fixtures/hf/generate.py
+#                 --real-width writes 2-layer real-width fixtures (Qwen3-1.7B,
+#                 Qwen2.5-3B, Llama-3.2-1B widths; f32 + bf16; ~7.5 GB) to
+#                 $WORK/hf-real with transformers on the GPU (in the
+#                 background, from the start), then common_hf_parity_test
+#                 runs with LOCKSTEP_HF_DEVICE=cuda on them and on the
+#                 committed fixtures; one log, $OUT/hf_parity.log
+#                 (HF_GEN_TIMEOUT, HF_TIMEOUT: seconds per step)
+#   SKIP_BENCH=1  skips the rollout benchmark (and its checkpoint)
 set -u
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
@@ -14,20 +27,38 @@ stamp() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/summary.txt"; }
 source .device/device-env.sh
 for d in .device/extra/*.deb; do [ -e "$d" ] && dpkg -x "$d" /opt/deps; done
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/summary.txt" 2>&1
+WORK=${WORK:-$PWD/gpu-work}
+mkdir -p "$WORK"
+# The real-width HF fixtures are written by transformers on the GPU while
+# the CPU builds (the GPU is idle then); waited for before the HF test.
+HF_GEN_PID=
+if [ "${SKIP_HF:-0}" != 1 ]; then
+  stamp "hf: generate.py --real-width (background)"
+  ( g0=$(date +%s); PYTHONUNBUFFERED=1 timeout "${HF_GEN_TIMEOUT:-900}" \
+      python3 tests/fixtures/hf/generate.py --real-width --device cuda --out "$WORK/hf-real" \
+      > "$OUT/hf_generate.log" 2>&1
+    echo "generate.py --real-width: rc=$? $(( $(date +%s) - g0 )) s" >> "$OUT/hf_generate.log" ) &
+  HF_GEN_PID=$!
+fi
 stamp configure
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
   -DLOCKSTEP_BUILD_BENCH=ON -DLOCKSTEP_CUDA=ON > "$OUT/build.log" 2>&1 \
   || { echo "CONFIGURE FAILED"; tail -40 "$OUT/build.log"; exit 1; }
-TESTS=${TESTS:-"common_transformer_cuda_test common_nccl_tp_cuda_test integration_rollout_greedy_cuda_test"}
+# TESTS="" (set but empty) runs no cuda test; unset: the default three.
+TESTS=${TESTS-"common_transformer_cuda_test common_nccl_tp_cuda_test integration_rollout_greedy_cuda_test"}
 stamp build
 BENCH_TARGET=rollout_bench; [ "${SKIP_BENCH:-0}" = 1 ] && BENCH_TARGET=
-cmake --build build-gpu -j16 --target $TESTS rollout_service lockstep_make_model $BENCH_TARGET \
-  -- -k 0 >> "$OUT/build.log" 2>&1 || stamp "some targets failed (build.log)"
-grep -E "error:|FAILED" "$OUT/build.log" | head -20
+# The service binaries serve the integration tests and the benchmark only.
+SERVICE_TARGETS=; [ -n "$TESTS$BENCH_TARGET" ] && SERVICE_TARGETS="rollout_service lockstep_make_model"
+HF_TARGET=common_hf_parity_test; [ "${SKIP_HF:-0}" = 1 ] && HF_TARGET=
+TARGETS="$TESTS $SERVICE_TARGETS $BENCH_TARGET $HF_TARGET"
+if [ -n "${TARGETS// /}" ]; then
+  cmake --build build-gpu -j16 --target $TARGETS \
+    -- -k 0 >> "$OUT/build.log" 2>&1 || stamp "some targets failed (build.log)"
+  grep -E "error:|FAILED" "$OUT/build.log" | head -20
+fi
 # The 1.7B checkpoint (3.4 GB of seeded bf16, the benchmark's seed 1) is
 # written on the CPU while the GPU tests run.
-WORK=${WORK:-$PWD/gpu-work}
-mkdir -p "$WORK"
 GEN_PID=
 if [ "${SKIP_BENCH:-0}" != 1 ] && [ ! -f "$WORK/qwen3-1.7b/config.json" ]; then
   stamp "generate qwen3-1.7b (background)"
@@ -44,6 +75,76 @@ for t in $TESTS; do
   echo "$t rc=$?" | tee -a "$OUT/summary.txt"
   grep -E "distinct outputs|PASSED|FAILED|SKIPPED|Failure|OK \]" "$OUT/$t.log" | head -8 | tee -a "$OUT/summary.txt"
 done
+# HF parity on the GPU: the real-width fixtures (once written) and the
+# committed tiny ones; the tiny run goes first while the fixtures are still
+# being written. Nothing of this overlaps the benchmark below.
+HF_GDB_DONE=0
+hf_run() {  # $1: log, $2: fixture dir (empty: the committed set), then gtest flags
+  local log=$1 dir=$2; shift 2
+  env LOCKSTEP_HF_DEVICE=cuda ${dir:+LOCKSTEP_HF_FIXTURE_DIR="$dir"} \
+    timeout "${HF_TIMEOUT:-600}" build-gpu/tests/common/common_hf_parity_test "$@" > "$log" 2>&1
+}
+hf_test() {  # $1: label, $2: fixture dir (empty: the committed set)
+  local log="$OUT/hf_parity_$1.log" rc
+  stamp "hf: common_hf_parity_test $1 (cuda)"
+  hf_run "$log" "$2"; rc=$?
+  echo "common_hf_parity_test $1 rc=$rc" | tee -a "$OUT/summary.txt"
+  grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests from .* ran|Failure$" "$log" | head -12 | tee -a "$OUT/summary.txt"
+  # Killed by a signal (not the timeout's 124): the same run again under
+  # cuda-gdb for a backtrace (once per script run; the crash may need the
+  # tests before it), then the tests still run without the check that died
+  # (its name's part before '/').
+  if [ "$rc" -gt 128 ] && [ "$rc" != 137 ]; then
+    local crashed check
+    crashed=$(grep '^\[ RUN      \]' "$log" | tail -1 | awk '{print $4}')
+    check=${crashed#*.}; check=${check%%/*}
+    stamp "hf: $1 died (signal $((rc - 128))) in $crashed"
+    if [ "$HF_GDB_DONE" = 0 ] && command -v cuda-gdb > /dev/null && [ -n "$crashed" ]; then
+      HF_GDB_DONE=1
+      stamp "hf: cuda-gdb backtrace ($1)"
+      env LOCKSTEP_HF_DEVICE=cuda ${2:+LOCKSTEP_HF_FIXTURE_DIR="$2"} timeout "${HF_GDB_TIMEOUT:-240}" \
+        cuda-gdb -q -batch -ex run -ex bt -ex "info threads" \
+        --args build-gpu/tests/common/common_hf_parity_test > "$OUT/hf_parity_$1_gdb.log" 2>&1
+      grep -E "^#[0-9]+ " "$OUT/hf_parity_$1_gdb.log" | head -12 | tee -a "$OUT/summary.txt"
+    fi
+    if [ -n "$check" ]; then
+      stamp "hf: common_hf_parity_test $1 (cuda) without *.$check/*"
+      hf_run "$OUT/hf_parity_$1_rest.log" "$2" --gtest_filter="-*.$check/*"; rc=$?
+      echo "common_hf_parity_test $1 without $check rc=$rc" | tee -a "$OUT/summary.txt"
+      grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests from .* ran|Failure$" "$OUT/hf_parity_$1_rest.log" \
+        | head -12 | tee -a "$OUT/summary.txt"
+    fi
+  fi
+}
+if [ "${SKIP_HF:-0}" != 1 ]; then
+  HF_BUILT=1; [ -x build-gpu/tests/common/common_hf_parity_test ] || HF_BUILT=0
+  [ "$HF_BUILT" = 1 ] || stamp "common_hf_parity_test NOT BUILT"
+  tiny_done=0
+  if [ "$HF_BUILT" = 1 ] && [ -n "$HF_GEN_PID" ] && kill -0 "$HF_GEN_PID" 2>/dev/null; then
+    hf_test tiny ""; tiny_done=1
+  fi
+  [ -n "$HF_GEN_PID" ] && { stamp "hf: wait for generate.py"; wait "$HF_GEN_PID"; }
+  if grep -q '^SUMMARY:' "$OUT/hf_generate.log"; then
+    sed -n '/^SUMMARY:/,$p' "$OUT/hf_generate.log" | tee -a "$OUT/summary.txt"
+  else
+    tail -5 "$OUT/hf_generate.log" | tee -a "$OUT/summary.txt"
+  fi
+  if [ "$HF_BUILT" = 1 ]; then
+    if ls "$WORK"/hf-real/*/expected.json > /dev/null 2>&1; then
+      hf_test real "$WORK/hf-real"
+    else
+      stamp "hf: no real-width fixture written (hf_generate.log)"
+    fi
+    [ "$tiny_done" = 1 ] || hf_test tiny ""
+  fi
+  # One file back instead of three (the device returns at most 8).
+  HF_PARTS="hf_generate hf_parity_real hf_parity_real_gdb hf_parity_real_rest hf_parity_tiny"
+  HF_PARTS="$HF_PARTS hf_parity_tiny_gdb hf_parity_tiny_rest"
+  for part in $HF_PARTS; do
+    [ -f "$OUT/$part.log" ] && { echo "===== $part.log"; cat "$OUT/$part.log"; }
+  done > "$OUT/hf_parity.log.tmp" && mv "$OUT/hf_parity.log.tmp" "$OUT/hf_parity.log" \
+    && for part in $HF_PARTS; do rm -f "$OUT/$part.log"; done
+fi
 if [ -x build-gpu/bench/rollout_bench ] && [ "${SKIP_BENCH:-0}" != 1 ]; then
   [ -n "$GEN_PID" ] && { stamp "wait for the checkpoint"; wait "$GEN_PID"; cat "$OUT/generate.log"; }
   stamp "rollout_bench qwen3-1.7b concurrency ${BENCH_CONCURRENCY:-64}"

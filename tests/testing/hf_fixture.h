@@ -71,6 +71,23 @@ inline std::string HfFixtureDir() {
 #endif
 }
 
+// True when $LOCKSTEP_HF_FIXTURE_DIR names another fixture set (e.g. the
+// real-width fixtures of `generate.py --real-width`, which are not committed):
+// then whatever fixture directories it holds are the set.
+inline bool HfFixtureDirOverridden() {
+  const char* env = std::getenv("LOCKSTEP_HF_FIXTURE_DIR");
+  return env != nullptr && env[0] != '\0';
+}
+
+// The device the parity checks run on: $LOCKSTEP_HF_DEVICE, "cpu" (the
+// default, also when unset or empty) or "cuda"; any other value is returned
+// as given, for the caller to refuse.
+inline std::string HfDeviceName() {
+  const char* env = std::getenv("LOCKSTEP_HF_DEVICE");
+  if (env == nullptr || env[0] == '\0') return "cpu";
+  return env;
+}
+
 // Names of the fixture directories (those holding an expected.json), sorted.
 inline std::vector<std::string> HfFixtureNames() {
   namespace fs = std::filesystem;
