@@ -60,7 +60,16 @@ absl::Status CheckTensor(const std::string& name, const HostTensor& t) {
 }  // namespace
 
 v1::DType ToProtoDType(kernels::DType dtype) {
-  return dtype == kernels::DType::kF32 ? v1::DTYPE_F32 : v1::DTYPE_BF16;
+  switch (dtype) {
+    case kernels::DType::kF32:
+      return v1::DTYPE_F32;
+    case kernels::DType::kBF16:
+      return v1::DTYPE_BF16;
+    default:
+      // fp16 has no wire dtype (fp16 checkpoints are widened to fp32 at
+      // load); UNSPECIFIED is refused by every receiver.
+      return v1::DTYPE_UNSPECIFIED;
+  }
 }
 
 absl::StatusOr<kernels::DType> FromProtoDType(int dtype) {

@@ -61,10 +61,26 @@ absl::StatusOr<WeightSet> WeightSet::FromSafetensors(const std::string& path) {
   for (const common::TensorInfo& t : *tensors) {  // sorted by name
     TensorView v;
     v.name = t.name;
-    v.dtype = FromKernelDType(t.dtype);
     v.shape = t.shape;
-    v.data = t.data;
-    v.nbytes = t.nbytes;
+    if (t.dtype == kernels::DType::kF16) {
+      // fp16 has no wire dtype: widened exactly to fp32, as the servers load
+      // fp16 checkpoints (common/checkpoint.h).
+      auto widened = std::make_shared<std::vector<uint8_t>>(t.numel() * sizeof(float));
+      for (int64_t i = 0; i < t.numel(); ++i) {
+        uint16_t h;
+        std::memcpy(&h, t.data + 2 * i, sizeof(h));
+        const float f = kernels::F16ToF32(h);
+        std::memcpy(widened->data() + 4 * i, &f, sizeof(f));
+      }
+      v.dtype = v1::DTYPE_F32;
+      v.data = widened->data();
+      v.nbytes = widened->size();
+      set.owners_.push_back(std::move(widened));
+    } else {
+      v.dtype = FromKernelDType(t.dtype);
+      v.data = t.data;
+      v.nbytes = t.nbytes;
+    }
     set.views_.push_back(std::move(v));
   }
   return set;

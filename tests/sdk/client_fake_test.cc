@@ -13,6 +13,7 @@
 #include "absl/time/clock.h"
 #include "common/crc32c.h"
 #include "common/model_generator.h"
+#include "common/safetensors.h"
 #include "common/server_security.h"
 #include "gtest/gtest.h"
 #include "sdk/cpp/lockstep_client.h"
@@ -349,6 +350,38 @@ TEST(WeightsTest, ConvertsDTypes) {
   EXPECT_TRUE(absl::IsInvalidArgument(WeightSet::FromTensors(bad).status()));
   EXPECT_TRUE(
       absl::IsNotFound(WeightSet::FromSafetensors("/nonexistent").status()));
+}
+
+// fp16 checkpoints have no wire dtype: the SDK widens them (exactly) to
+// fp32, as the servers load them, instead of mislabelling the bytes.
+TEST(WeightsTest, Float16FilesAreWidenedToFloat32) {
+  absl::StatusOr<std::string> dir = testing::MakeTempDir("lockstep-sdk-f16");
+  ASSERT_TRUE(dir.ok());
+  const std::vector<float> values = {0.5f, -1.25f, 3.0f, 0.0009765625f};
+  std::vector<uint8_t> bytes(values.size() * 2);
+  for (size_t i = 0; i < values.size(); ++i) {
+    const uint16_t h = kernels::F32ToF16(values[i]);
+    std::memcpy(bytes.data() + 2 * i, &h, 2);
+  }
+  common::TensorInfo t;
+  t.name = "w";
+  t.dtype = kernels::DType::kF16;
+  t.shape = {4};
+  t.data = bytes.data();
+  t.nbytes = bytes.size();
+  const std::string path = *dir + "/f16.safetensors";
+  ASSERT_TRUE(common::WriteSafetensors(path, {t}, {}).ok());
+  absl::StatusOr<WeightSet> set = WeightSet::FromSafetensors(path);
+  ASSERT_TRUE(set.ok()) << set.status();
+  ASSERT_EQ(set->tensors().size(), 1u);
+  EXPECT_EQ(set->tensors()[0].dtype, v1::DTYPE_F32);
+  ASSERT_EQ(set->tensors()[0].nbytes, 16u);
+  for (size_t i = 0; i < values.size(); ++i) {
+    float x;
+    std::memcpy(&x, set->tensors()[0].data + 4 * i, 4);
+    EXPECT_EQ(x, values[i]);
+  }
+  testing::RemoveTree(*dir);
 }
 
 TEST(WeightsTest, ReadsShardedCheckpointDirectories) {
