@@ -1,19 +1,10 @@
 #include "common/checkpoint.h"
 
-#include <cstring>
-
+#include "absl/strings/match.h"
 #include "common/safetensors.h"
 #include "common/status_macros.h"
 
 namespace lockstep::common {
-namespace {
-
-bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-}  // namespace
 
 absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& dir) {
   Checkpoint out;
@@ -21,21 +12,15 @@ absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& dir) {
   LOCKSTEP_ASSIGN_OR_RETURN(auto checkpoint, SafetensorsCheckpoint::Open(dir));
   LOCKSTEP_RETURN_IF_ERROR(CheckTensorShapes(out.config, *checkpoint));
   for (const TensorInfo& info : checkpoint->tensors()) {
-    if (EndsWith(info.name, ".rotary_emb.inv_freq")) continue;
+    if (absl::EndsWith(info.name, ".rotary_emb.inv_freq")) continue;
     if (out.config.tie_word_embeddings && info.name == "lm_head.weight") continue;
     HostTensor t;
     t.shape = info.shape;
     if (info.dtype == kernels::DType::kF16) {
       // fp16 -> fp32 is exact; the model then runs in fp32 (ModelConfig).
       t.dtype = kernels::DType::kF32;
-      const int64_t n = info.numel();
-      t.data.resize(n * sizeof(float));
-      for (int64_t i = 0; i < n; ++i) {
-        uint16_t h;  // the mapping may place the tensor at an odd offset
-        std::memcpy(&h, info.data + 2 * i, sizeof(h));
-        const float f = kernels::F16ToF32(h);
-        std::memcpy(t.data.data() + 4 * i, &f, sizeof(f));
-      }
+      t.data.resize(info.numel() * sizeof(float));
+      kernels::WidenF16ToF32(info.data, info.numel(), t.data.data());
     } else {
       t.dtype = info.dtype;
       t.data.assign(info.data, info.data + info.nbytes);

@@ -9,6 +9,7 @@
 #include <set>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/config_json.h"
@@ -478,11 +479,6 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
 
-bool EndsWith(std::string_view s, std::string_view suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 // "a, b, c (and 5 more)" from the first kMaxListed items.
 std::string Listing(const std::vector<std::string>& items) {
   constexpr size_t kMaxListed = 8;
@@ -515,7 +511,7 @@ absl::Status CheckTensorShapes(
   }
   for (const auto& [name, shape] : name_to_shape) {
     if (expected_names.count(name) != 0 ||
-        EndsWith(name, ".rotary_emb.inv_freq")) {
+        absl::EndsWith(name, ".rotary_emb.inv_freq")) {
       continue;
     }
     // Some tied checkpoints (Qwen3-1.7B among them) still store the shared

@@ -18,10 +18,11 @@ torch::Tensor HeadNorm(Ops& ops, const torch::Tensor& x, const torch::Tensor& w,
   return ops.RmsNorm(rows, w, eps).reshape({x.size(0), heads * head_dim});
 }
 
-// x·wᵀ (+ bias): the bias add is elementwise, per row.
+// x·wᵀ (+ bias): the bias add is elementwise, per row. A bf16 bias is
+// promoted to fp32 inside the add (exactly), so no converted copy is made.
 torch::Tensor LinearWithBias(Ops& ops, const torch::Tensor& x, const LinearWeight& w) {
   auto y = ops.Linear(x, w);
-  if (w.bias.defined()) y = y + w.bias.to(torch::kFloat);
+  if (w.bias.defined()) y = y + w.bias;
   return y;
 }
 

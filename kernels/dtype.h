@@ -51,6 +51,18 @@ inline float F16ToF32(uint16_t h) {
   return f;
 }
 
+// Widens `n` fp16 values at `src` to fp32 at `dst` ([n * 2] and [n * 4]
+// bytes, little-endian; either may be unaligned, e.g. inside a mapped
+// safetensors file). Exact.
+inline void WidenF16ToF32(const uint8_t* src, int64_t n, uint8_t* dst) {
+  for (int64_t i = 0; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, src + 2 * i, sizeof(h));
+    const float f = F16ToF32(h);
+    std::memcpy(dst + 4 * i, &f, sizeof(f));
+  }
+}
+
 // fp32 -> IEEE binary16 bits, round to nearest even; overflow gives inf, NaN
 // stays a quiet NaN.
 inline uint16_t F32ToF16(float f) {

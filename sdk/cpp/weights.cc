@@ -66,12 +66,7 @@ absl::StatusOr<WeightSet> WeightSet::FromSafetensors(const std::string& path) {
       // fp16 has no wire dtype: widened exactly to fp32, as the servers load
       // fp16 checkpoints (common/checkpoint.h).
       auto widened = std::make_shared<std::vector<uint8_t>>(t.numel() * sizeof(float));
-      for (int64_t i = 0; i < t.numel(); ++i) {
-        uint16_t h;
-        std::memcpy(&h, t.data + 2 * i, sizeof(h));
-        const float f = kernels::F16ToF32(h);
-        std::memcpy(widened->data() + 4 * i, &f, sizeof(f));
-      }
+      kernels::WidenF16ToF32(t.data, t.numel(), widened->data());
       v.dtype = v1::DTYPE_F32;
       v.data = widened->data();
       v.nbytes = widened->size();
