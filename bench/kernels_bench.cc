@@ -28,9 +28,9 @@
 #include <tuple>
 #include <vector>
 
+#include "kernels/cpu/simd.h"
+#include "kernels/cpu/threading.h"
 #include "kernels/matmul.h"
-#include "kernels/simd.h"
-#include "kernels/threading.h"
 
 namespace {
 

@@ -28,10 +28,10 @@
 #include <grpcpp/server_builder.h>
 
 #include "absl/strings/str_cat.h"
-#include "common/model_generator.h"
-#include "common/weight_stream.h"
-#include "learner_service/rollout_client.h"
+#include "common/formats/model_generator.h"
+#include "common/wire/weight_stream.h"
 #include "learner_service/trainer.h"
+#include "learner_service/weight_push.h"
 #include "lockstep/v1/rollout.grpc.pb.h"
 
 namespace lockstep::learner {
@@ -178,14 +178,18 @@ void BM_WeightPush(benchmark::State& state) {
   b.SetMaxReceiveMessageSize(16 << 20);
   b.RegisterService(&receiver);
   std::unique_ptr<grpc::Server> server = b.BuildAndStart();
-  RolloutClient client(absl::StrCat("127.0.0.1:", port));
+  auto client = ConnectRollout(absl::StrCat("127.0.0.1:", port));
+  if (!client.ok()) {
+    state.SkipWithError(std::string(client.status().message()).c_str());
+    return;
+  }
   PushOptions po;
   po.chunk_bytes = static_cast<size_t>(state.range(0)) << 10;
   const auto weights = (*trainer)->compute_weights();
   uint64_t version = 1;
   double bytes = 0;
   for (auto _ : state) {
-    PushResult r = client.PushWeights(*weights, version++, "bench", po);
+    PushResult r = PushWeights(**client, *weights, version++, "bench", po);
     if (!r.status.ok()) {
       state.SkipWithError(std::string(r.status.message()).c_str());
       break;

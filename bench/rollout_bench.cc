@@ -13,10 +13,14 @@
 // Results are Google Benchmark counters (one benchmark per config/mode/C,
 // manual time = wall time) plus a markdown table with the
 // invariant/standard throughput ratio at the end.
+// --step_variants=legacy,graphs (CUDA) starts one server per variant with
+// LOCKSTEP_CUDA_STEP=<variant> (common/model/model.h: the Model::Step
+// implementation), for before/after rows in one run.
 //
 //   rollout_bench [--configs=tiny,100m] [--modes=invariant,standard]
 //                 [--concurrency=1,8,32,64] [--prompt_len=32] [--max_tokens=64]
 //                 [--requests_per_client=2] [--rollout_binary=PATH]
+//                 [--step_variants=legacy,eager,graphs]
 //                 [--threads=N] [benchmark flags...]
 #include <benchmark/benchmark.h>
 #include <fcntl.h>
@@ -45,7 +49,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "common/model_generator.h"
+#include "common/formats/model_generator.h"
 #include "lockstep/v1/rollout.grpc.pb.h"
 
 namespace {
@@ -62,14 +66,17 @@ struct Flags {
   std::string work_dir;
   std::string device = "cpu";            // --device of the server
   std::vector<std::string> server_args;  // further server flags
+  std::vector<std::string> step_variants;  // LOCKSTEP_CUDA_STEP values; empty: unset
 };
 Flags g_flags;
 
 // A rollout_service child process.
 class Server {
  public:
+  // `step_variant`: LOCKSTEP_CUDA_STEP of the child (empty: inherited).
   static std::unique_ptr<Server> Start(const std::string& binary,
-                                       const std::vector<std::string>& flags) {
+                                       const std::vector<std::string>& flags,
+                                       const std::string& step_variant) {
     std::vector<std::string> args = {binary, "--host=127.0.0.1", "--port=0",
                                      "--metrics_port=0"};
     args.insert(args.end(), flags.begin(), flags.end());
@@ -79,6 +86,7 @@ class Server {
     if (pid == 0) {
       prctl(PR_SET_PDEATHSIG, SIGKILL);
       dup2(fds[1], STDOUT_FILENO);
+      if (!step_variant.empty()) setenv("LOCKSTEP_CUDA_STEP", step_variant.c_str(), 1);
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
@@ -123,11 +131,12 @@ class Server {
   std::string address_;
 };
 
-std::map<std::string, std::unique_ptr<Server>> g_servers;  // "config/mode"
+std::map<std::string, std::unique_ptr<Server>> g_servers;  // "config/mode/variant"
 std::set<Server*> g_warm;
 
-Server* GetServer(const std::string& config, const std::string& mode) {
-  const std::string key = config + "/" + mode;
+Server* GetServer(const std::string& config, const std::string& mode,
+                  const std::string& variant) {
+  const std::string key = config + "/" + mode + "/" + variant;
   auto it = g_servers.find(key);
   if (it != g_servers.end()) return it->second.get();
   // Only one server at a time: they would share the CPU.
@@ -154,7 +163,7 @@ Server* GetServer(const std::string& config, const std::string& mode) {
   flags.insert(flags.end(), g_flags.server_args.begin(), g_flags.server_args.end());
   if (g_flags.threads > 0)
     flags.push_back(absl::StrCat("--num_threads=", g_flags.threads));
-  auto server = Server::Start(g_flags.binary, flags);
+  auto server = Server::Start(g_flags.binary, flags, variant);
   if (server == nullptr) return nullptr;
   Server* raw = server.get();
   g_servers[key] = std::move(server);
@@ -246,15 +255,15 @@ double Percentile(std::vector<double> v, double q) {
 }
 
 struct Row {
-  std::string config, mode;
+  std::string config, mode, variant;
   int concurrency;
   double tokens_per_s, tpot50_ms, tpot99_ms, p50_ms, p99_ms;
 };
 std::vector<Row> g_rows;
 
 void BM_Rollout(benchmark::State& state, std::string config, std::string mode,
-                int concurrency) {
-  Server* server = GetServer(config, mode);
+                std::string variant, int concurrency) {
+  Server* server = GetServer(config, mode, variant);
   if (server == nullptr) {
     state.SkipWithError("cannot start rollout_service");
     return;
@@ -277,7 +286,7 @@ void BM_Rollout(benchmark::State& state, std::string config, std::string mode,
   state.counters["tpot_p99_ms"] = Percentile(r.tpot, 0.99) * 1e3;
   state.counters["tokens"] = static_cast<double>(r.tokens);
   g_rows.push_back(
-      {config, mode, concurrency, tps, Percentile(r.tpot, 0.5) * 1e3,
+      {config, mode, variant, concurrency, tps, Percentile(r.tpot, 0.5) * 1e3,
        Percentile(r.tpot, 0.99) * 1e3, Percentile(r.gaps, 0.5) * 1e3,
        Percentile(r.gaps, 0.99) * 1e3});
 }
@@ -317,6 +326,8 @@ void ParseFlags(int* argc, char** argv) {
       g_flags.work_dir = v;
     } else if (const char* v = value("device")) {
       g_flags.device = v;
+    } else if (const char* v = value("step_variants")) {
+      g_flags.step_variants = SplitList(v);
     } else if (const char* v = value("server_args")) {
       g_flags.server_args = SplitList(v);
     } else {
@@ -344,16 +355,22 @@ int main(int argc, char** argv) {
     g_flags.work_dir = mkdtemp(templ);
     own_dir = true;
   }
+  std::vector<std::string> variants = g_flags.step_variants;
+  if (variants.empty()) variants.push_back("");
   for (const auto& config : g_flags.configs) {
     for (const auto& mode : g_flags.modes) {
-      for (int c : g_flags.concurrency) {
-        benchmark::RegisterBenchmark(
-            absl::StrCat("rollout/", config, "/", mode, "/concurrency:", c)
-                .c_str(),
-            BM_Rollout, config, mode, c)
-            ->Iterations(1)
-            ->UseManualTime()
-            ->Unit(benchmark::kSecond);
+      for (const auto& variant : variants) {
+        for (int c : g_flags.concurrency) {
+          benchmark::RegisterBenchmark(
+              absl::StrCat("rollout/", config, "/", mode,
+                           variant.empty() ? "" : "/step:", variant,
+                           "/concurrency:", c)
+                  .c_str(),
+              BM_Rollout, config, mode, variant, c)
+              ->Iterations(1)
+              ->UseManualTime()
+              ->Unit(benchmark::kSecond);
+        }
       }
     }
   }
@@ -363,16 +380,17 @@ int main(int argc, char** argv) {
   g_servers.clear();
 
   std::printf(
-      "\n| config | concurrency | mode | decode tokens/s | TPOT p50 (ms) | "
+      "\n| config | concurrency | mode | step | decode tokens/s | TPOT p50 (ms) | "
       "TPOT p99 (ms) "
       "| ITL p50 (ms) | ITL p99 (ms) | invariant / standard |\n"
-      "|---|---|---|---|---|---|---|---|---|\n");
+      "|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Row& r : g_rows) {
     std::string ratio = "";
     if (r.mode == "invariant") {
       for (const Row& o : g_rows) {
         if (o.mode == "standard" && o.config == r.config &&
-            o.concurrency == r.concurrency && o.tokens_per_s > 0) {
+            o.variant == r.variant && o.concurrency == r.concurrency &&
+            o.tokens_per_s > 0) {
           ratio = absl::StrCat(
               static_cast<int>(100 * r.tokens_per_s / o.tokens_per_s + 0.5) /
                   100.0,
@@ -380,8 +398,9 @@ int main(int argc, char** argv) {
         }
       }
     }
-    std::printf("| %s | %d | %s | %.1f | %.2f | %.2f | %.2f | %.2f | %s |\n",
-                r.config.c_str(), r.concurrency, r.mode.c_str(), r.tokens_per_s,
+    std::printf("| %s | %d | %s | %s | %.1f | %.2f | %.2f | %.2f | %.2f | %s |\n",
+                r.config.c_str(), r.concurrency, r.mode.c_str(),
+                r.variant.empty() ? "-" : r.variant.c_str(), r.tokens_per_s,
                 r.tpot50_ms, r.tpot99_ms, r.p50_ms, r.p99_ms, ratio.c_str());
   }
   if (own_dir) std::filesystem::remove_all(g_flags.work_dir);

@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "common/status_macros.h"
+#include "common/status/status_macros.h"
 
 namespace lockstep::learner {
 namespace {
@@ -24,6 +24,22 @@ uint64_t StepSeed(uint64_t seed, int64_t step) {
   x *= 0xBF58476D1CE4E5B9ull;
   x ^= x >> 27;
   return x;
+}
+
+// One Generate call, a single try under `timeout`; its error names the
+// rollout.
+absl::StatusOr<lockstep::v1::GenerateResponse> Generate(
+    client::RolloutClient& rollout,
+    const lockstep::v1::GenerateRequest& request, absl::Duration timeout) {
+  client::CallOptions call = client::CallOptions::Timeout(timeout);
+  call.max_attempts = 1;
+  absl::StatusOr<lockstep::v1::GenerateResponse> response =
+      rollout.Generate(request, call);
+  if (response.ok()) return response;
+  return absl::Status(
+      response.status().code(),
+      absl::StrCat("rollout ", rollout.connection().options().target,
+                   ": Generate: ", response.status().message()));
 }
 
 }  // namespace
@@ -80,7 +96,7 @@ absl::StatusOr<DriveSummary> RunDriver(Learner* learner,
   const auto run_start = Clock::now();
   for (int64_t i = 0; options.steps == 0 || i < options.steps; ++i) {
     if (stop != nullptr && stop->load()) break;
-    std::vector<std::shared_ptr<RolloutClient>> rollouts =
+    std::vector<std::shared_ptr<client::RolloutClient>> rollouts =
         learner->rollout_clients();
     if (rollouts.empty()) {
       return absl::FailedPreconditionError(
@@ -120,7 +136,7 @@ absl::StatusOr<DriveSummary> RunDriver(Learner* learner,
         sp->add_stop_token_ids(CharVocab::kEos);
         threads.emplace_back([&, r] {
           responses[r] =
-              rollouts[r]->Generate(requests[r], options.generate_timeout);
+              Generate(*rollouts[r], requests[r], options.generate_timeout);
         });
       }
       for (std::thread& t : threads) t.join();

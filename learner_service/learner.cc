@@ -6,10 +6,11 @@
 #include <set>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "common/status_macros.h"
-#include "common/weight_stream.h"
+#include "common/status/status_macros.h"
+#include "common/wire/weight_stream.h"
 
 namespace lockstep::learner {
 namespace {
@@ -66,6 +67,23 @@ absl::Status CheckSameModel(const common::ModelConfig& mine,
                    " serves another model than the learner's (theirs vs "
                    "ours): ",
                    absl::StrJoin(diffs, ", ")));
+}
+
+// "HOST:PORT" with a non-empty host and a port in [1, 65535] (IPv6 hosts in
+// brackets). INVALID_ARGUMENT otherwise.
+absl::Status ValidateEndpoint(const std::string& endpoint) {
+  const size_t colon = endpoint.rfind(':');
+  if (colon == std::string::npos || colon == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("endpoint '", endpoint, "' is not HOST:PORT"));
+  }
+  int port = 0;
+  if (!absl::SimpleAtoi(endpoint.substr(colon + 1), &port) || port < 1 ||
+      port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("endpoint '", endpoint, "' has no valid port"));
+  }
+  return absl::OkStatus();
 }
 
 bool ValidCheckpointName(const std::string& name) {
@@ -203,7 +221,7 @@ absl::StatusOr<StepReport> Learner::TrainStep(const TrainStepOptions& options) {
 
 std::vector<PushResult> Learner::PushLocked(
     const std::vector<std::string>& only, double* seconds) {
-  std::vector<std::shared_ptr<RolloutClient>> clients;
+  std::vector<std::shared_ptr<client::RolloutClient>> clients;
   {
     std::lock_guard<std::mutex> lock(state_mu_);
     for (const Rollout& r : rollouts_) {
@@ -218,7 +236,7 @@ std::vector<PushResult> Learner::PushLocked(
   const int64_t version = trainer_->version();
   std::shared_ptr<const common::TensorMap> weights =
       trainer_->compute_weights();
-  std::vector<RolloutClient*> raw;
+  std::vector<client::RolloutClient*> raw;
   for (const auto& c : clients) raw.push_back(c.get());
   const auto start = std::chrono::steady_clock::now();
   std::vector<PushResult> results =
@@ -272,17 +290,23 @@ absl::StatusOr<std::vector<PushResult>> Learner::RegisterRollouts(
       continue;
     }
     Rollout r;
-    r.client = std::make_shared<RolloutClient>(e, options_.rollout_auth_token,
-                                               options_.rollout_security);
-    absl::StatusOr<lockstep::v1::ModelInfo> info =
-        r.client->GetModelInfo(options_.register_timeout,
-                               /*wait_for_ready=*/true);
+    LOCKSTEP_ASSIGN_OR_RETURN(r.client,
+                              ConnectRollout(e, options_.rollout_auth_token,
+                                             options_.rollout_security));
+    // One try that waits for the endpoint to come up.
+    client::CallOptions call;
+    call.timeout = options_.register_timeout;
+    call.wait_for_ready = true;
+    call.max_attempts = 1;
+    absl::StatusOr<lockstep::v1::ModelInfo> info = r.client->GetModelInfo(call);
     if (!info.ok()) {
+      const std::string message = absl::StrCat(
+          "rollout ", e, ": GetModelInfo: ", info.status().message());
       // A rollout that does not answer in time is unreachable.
       if (absl::IsDeadlineExceeded(info.status())) {
-        return absl::UnavailableError(info.status().message());
+        return absl::UnavailableError(message);
       }
-      return info.status();
+      return absl::Status(info.status().code(), message);
     }
     LOCKSTEP_RETURN_IF_ERROR(CheckSameModel(trainer_->config(), info->config(), e));
     if (static_cast<int64_t>(info->weight_version()) > trainer_->version()) {
@@ -435,9 +459,10 @@ void Learner::SetCheckpointHooks(CheckpointHooks hooks) {
   hooks_ = std::move(hooks);
 }
 
-std::vector<std::shared_ptr<RolloutClient>> Learner::rollout_clients() const {
+std::vector<std::shared_ptr<client::RolloutClient>> Learner::rollout_clients()
+    const {
   std::lock_guard<std::mutex> lock(state_mu_);
-  std::vector<std::shared_ptr<RolloutClient>> out;
+  std::vector<std::shared_ptr<client::RolloutClient>> out;
   for (const Rollout& r : rollouts_) out.push_back(r.client);
   return out;
 }

@@ -18,12 +18,13 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "common/channel_security.h"
-#include "common/host_tensor.h"
+#include "common/net/channel_security.h"
+#include "common/formats/host_tensor.h"
 #include "learner_service/learner_metrics.h"
 #include "learner_service/mismatch.h"
-#include "learner_service/rollout_client.h"
 #include "learner_service/trainer.h"
+#include "learner_service/weight_push.h"
+#include "sdk/cpp/rollout_client.h"
 
 namespace prometheus {
 class Registry;
@@ -42,10 +43,10 @@ struct LearnerOptions {
   // Bearer token presented to the rollouts (empty: none).
   std::string rollout_auth_token;
   // Transport security of the channels to the rollouts (default:
-  // plaintext). Build it with common::MakeChannelSecurity, which reads and
-  // checks the CA / client certificate files once (learner_service:
-  // --rollout_tls, --rollout_tls_ca, --rollout_tls_cert, --rollout_tls_key,
-  // --rollout_tls_server_name).
+  // plaintext; see ConnectRollout). Build it with
+  // common::MakeChannelSecurity, which reads and checks the CA / client
+  // certificate files once (learner_service: --rollout_tls, --rollout_tls_ca,
+  // --rollout_tls_cert, --rollout_tls_key, --rollout_tls_server_name).
   common::ChannelSecurity rollout_security;
   // Deadline of the GetModelInfo call that registering a rollout makes (it
   // waits for the endpoint to come up within this time).
@@ -134,11 +135,13 @@ class Learner {
       const std::vector<std::vector<int32_t>>& sequences,
       const std::vector<int64_t>& prefix_lens);
 
-  // Contacts each endpoint (GetModelInfo), checks that it serves the
-  // learner's model config and compute dtype, and registers them all (or
-  // none, on the first error: INVALID_ARGUMENT for a malformed endpoint,
-  // UNAVAILABLE when unreachable, FAILED_PRECONDITION for another model or
-  // a rollout already serving a newer version than the learner's).
+  // Connects to each endpoint (ConnectRollout), asks it for its model
+  // (GetModelInfo, waiting up to register_timeout for it to come up, one
+  // try), checks that it serves the learner's model config and compute
+  // dtype, and registers them all (or none, on the first error:
+  // INVALID_ARGUMENT for a malformed endpoint, UNAVAILABLE when unreachable,
+  // FAILED_PRECONDITION for another model or a rollout already serving a
+  // newer version than the learner's).
   // Already registered endpoints are refreshed. With `push_now`, rollouts
   // behind the learner's version get the current weights.
   absl::StatusOr<std::vector<PushResult>> RegisterRollouts(
@@ -162,7 +165,7 @@ class Learner {
   void SetCheckpointHooks(CheckpointHooks hooks);
 
   // Clients of the registered rollouts (for the driver's Generate calls).
-  std::vector<std::shared_ptr<RolloutClient>> rollout_clients() const;
+  std::vector<std::shared_ptr<client::RolloutClient>> rollout_clients() const;
 
   const common::ModelConfig& config() const { return trainer_->config(); }
   const TrainerOptions& trainer_options() const { return trainer_->options(); }
@@ -177,7 +180,7 @@ class Learner {
     Trajectory trajectory;
   };
   struct Rollout {
-    std::shared_ptr<RolloutClient> client;
+    std::shared_ptr<client::RolloutClient> client;
     RolloutInfo info;
   };
 

@@ -8,9 +8,9 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
-#include "common/metrics.h"
+#include "common/net/metrics.h"
 #include "learner_service/mismatch.h"
-#include "learner_service/rollout_client.h"
+#include "learner_service/weight_push.h"
 #include "learner_service/trainer.h"
 
 namespace lockstep::learner {

@@ -15,13 +15,13 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "common/checkpoint.h"
-#include "common/directory_tree.h"
-#include "common/op_error.h"
-#include "common/safetensors.h"
-#include "common/status_macros.h"
-#include "common/torch_model.h"
-#include "kernels/threading.h"
+#include "common/formats/checkpoint.h"
+#include "common/formats/directory_tree.h"
+#include "common/model/op_error.h"
+#include "common/formats/safetensors.h"
+#include "common/status/status_macros.h"
+#include "common/model/sequence_logprobs.h"
+#include "kernels/cpu/threading.h"
 
 namespace lockstep::learner {
 namespace {
@@ -232,14 +232,8 @@ absl::Status Trainer::ValidateTrajectory(const Trajectory& t) const {
         "prompt + completion is ", len, " tokens, more than the model's ",
         impl_->config.max_position_embeddings, " positions"));
   }
-  for (const auto* seq : {&t.prompt_tokens, &t.completion_tokens}) {
-    for (int32_t id : *seq) {
-      if (id < 0 || id >= vocab) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "token id ", id, " outside the vocabulary [0, ", vocab, ")"));
-      }
-    }
-  }
+  LOCKSTEP_RETURN_IF_ERROR(common::CheckTokenIds(t.prompt_tokens, vocab, "prompt"));
+  LOCKSTEP_RETURN_IF_ERROR(common::CheckTokenIds(t.completion_tokens, vocab, "completion"));
   if (t.rollout_logprobs.size() != t.completion_tokens.size()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "rollout_logprobs has ", t.rollout_logprobs.size(),
@@ -472,13 +466,8 @@ absl::StatusOr<std::vector<std::vector<float>>> Trainer::ComputeLogprobs(
       return absl::InvalidArgumentError(
           absl::StrCat("sequence ", s, " is longer than the model's context"));
     }
-    for (int32_t id : sequences[s]) {
-      if (id < 0 || id >= impl_->config.vocab_size) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("sequence ", s, ": token id ", id,
-                         " outside the vocabulary"));
-      }
-    }
+    LOCKSTEP_RETURN_IF_ERROR(common::CheckTokenIds(sequences[s], impl_->config.vocab_size,
+                                                   absl::StrCat("sequence ", s)));
   }
   std::vector<std::vector<float>> out;
   try {

@@ -18,9 +18,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "common/host_tensor.h"
-#include "common/kernel_mode.h"
-#include "common/model_config.h"
+#include "common/formats/host_tensor.h"
+#include "common/model/kernel_mode.h"
+#include "common/formats/model_config.h"
 #include "kernels/device.h"
 #include "kernels/dtype.h"
 #include "learner_service/grpo.h"

@@ -8,22 +8,12 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "common/status_macros.h"
+#include "common/status/status_macros.h"
 
 namespace lockstep::rollout {
 namespace {
 
-absl::Status CheckTokenIds(const std::vector<int32_t>& ids, int64_t vocab,
-                           const std::string& what) {
-  for (size_t i = 0; i < ids.size(); ++i) {
-    if (ids[i] < 0 || ids[i] >= vocab) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, ": token id ", ids[i], " at position ", i,
-                       " is outside the vocabulary [0, ", vocab, ")"));
-    }
-  }
-  return absl::OkStatus();
-}
+using common::CheckTokenIds;
 
 TopList Truncate(const TopList& top, int n) {
   return TopList(top.begin(), top.begin() + std::min<size_t>(top.size(), n));
@@ -264,15 +254,38 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerateJob job) {
 }
 
 absl::StatusOr<ScoreResult> Engine::Score(const ScoreRequest& request) {
-  ScoreJob job;
-  job.request = &request;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!draining_.ok()) return draining_;
+  }
+  LOCKSTEP_RETURN_IF_ERROR(ValidateScore(request));
+  auto job = std::make_shared<ScoreJob>();
+  job->request = &request;
   absl::MutexLock lock(&mu_);
   if (!draining_.ok()) return draining_;
   if (stop_) return absl::UnavailableError("engine stopped");
-  scores_.push_back(&job);
+  scores_.push_back(job);
   work_cv_.Signal();
-  while (!job.done) done_cv_.Wait(&mu_);
-  return std::move(job.result);
+  // Wake at least every 50 ms to poll the caller's cancellation (gRPC's
+  // synchronous API reports it only by polling).
+  while (!job->done) {
+    const absl::Time now = absl::Now();
+    absl::Status gone;
+    if (now >= request.deadline) {
+      gone = absl::DeadlineExceededError("the ComputeLogprobs deadline passed");
+    } else if (request.cancelled && request.cancelled()) {
+      gone = absl::CancelledError("the client cancelled");
+    }
+    if (!gone.ok()) {
+      // The engine drops the job at its next piece; a piece running now
+      // reads `request`, which must outlive it.
+      job->abandoned = true;
+      while (job->running) done_cv_.Wait(&mu_);
+      return gone;
+    }
+    done_cv_.WaitWithDeadline(&mu_, std::min(request.deadline, now + absl::Milliseconds(50)));
+  }
+  return std::move(job->result);
 }
 
 absl::StatusOr<SwapResult> Engine::SwapWeights(
@@ -293,6 +306,43 @@ absl::StatusOr<SwapResult> Engine::SwapWeights(
   work_cv_.Signal();
   while (!job.done) done_cv_.Wait(&mu_);
   return std::move(job.result);
+}
+
+absl::StatusOr<std::unique_ptr<WeightUpdate>> Engine::BeginWeightUpdate() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!draining_.ok()) return draining_;
+  }
+  if (updating_.exchange(true)) {
+    return absl::AbortedError("another weight update is in progress");
+  }
+  return std::unique_ptr<WeightUpdate>(new WeightUpdate(this));
+}
+
+WeightUpdate::~WeightUpdate() { engine_->updating_.store(false); }
+
+absl::Status WeightUpdate::CheckVersion(uint64_t version) const {
+  const uint64_t current = engine_->weight_version();
+  if (version <= current) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("weight update to version ", version, " would not advance the served version ",
+                     current, " (versions must increase)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SwapResult> WeightUpdate::Commit(common::TensorMap tensors, uint64_t version) {
+  LOCKSTEP_RETURN_IF_ERROR(CheckVersion(version));
+  absl::StatusOr<std::shared_ptr<const common::Model>> model = [&] {
+    std::shared_ptr<const common::Model> current = engine_->model();
+    return common::Model::Create(engine_->config(), tensors, current->options());
+  }();
+  tensors.clear();
+  if (!model.ok()) {
+    return absl::AbortedError(
+        absl::StrCat("the model rejected the weights: ", model.status().message()));
+  }
+  return engine_->SwapWeights(*std::move(model), version);
 }
 
 void Engine::StopAdmitting(absl::Status reason) {
@@ -323,6 +373,7 @@ void Engine::CancelAll(absl::Status reason) {
 
 bool Engine::HasWorkLocked() const {
   return stop_ || !incoming_.empty() || !swaps_.empty() || !scores_.empty() ||
+         !active_scores_.empty() ||
          !cancel_all_.ok() || scheduler_->has_work() || !selfchecks_.empty();
 }
 
@@ -330,7 +381,7 @@ void Engine::Loop() {
   for (;;) {
     std::vector<std::pair<std::shared_ptr<Request>, GenerateJob>> incoming;
     std::deque<SwapJob*> swaps;
-    std::deque<ScoreJob*> scores;
+    std::deque<std::shared_ptr<ScoreJob>> scores;
     absl::Status cancel_all;
     {
       absl::MutexLock lock(&mu_);
@@ -350,15 +401,30 @@ void Engine::Loop() {
       job->done = true;
       done_cv_.SignalAll();
     }
-    for (ScoreJob* job : scores) {
-      RunScore(*job);
-      absl::MutexLock lock(&mu_);
-      job->done = true;
-      done_cv_.SignalAll();
+    for (auto& job : scores) active_scores_.push_back(std::move(job));
+    // One piece of one scoring request per step, round robin.
+    if (!active_scores_.empty()) {
+      std::shared_ptr<ScoreJob> job = std::move(active_scores_.front());
+      active_scores_.pop_front();
+      bool abandoned;
+      {
+        absl::MutexLock lock(&mu_);
+        abandoned = job->abandoned;
+        job->running = !abandoned;
+      }
+      if (!abandoned) {
+        const bool finished = RunScorePiece(*job);
+        absl::MutexLock lock(&mu_);
+        job->running = false;
+        job->done = finished;
+        done_cv_.SignalAll();
+        if (!finished && !job->abandoned) active_scores_.push_back(std::move(job));
+      }
     }
     CheckCancellations();
     Step();
     RunSelfCheck();
+    ReportOccupancy();
   }
 
   // Stopping: nothing in flight survives.
@@ -371,16 +437,19 @@ void Engine::Loop() {
       job->result = stopped;
       job->done = true;
     }
-    for (ScoreJob* job : scores_) {
+    for (auto& job : scores_) active_scores_.push_back(std::move(job));
+    for (auto& job : active_scores_) {
       job->result = stopped;
       job->done = true;
     }
+    active_scores_.clear();
     swaps_.clear();
     scores_.clear();
     done_cv_.SignalAll();
   }
   for (auto& [request, job] : incoming) AddRequest(request, std::move(job));
   FailEverything(stopped);
+  ReportOccupancy();
 }
 
 void Engine::AddRequest(std::shared_ptr<Request> request, GenerateJob job) {
@@ -473,20 +542,9 @@ void Engine::ApplySwap(SwapJob& job) {
   job.result = result;
 }
 
-void Engine::RunScore(ScoreJob& job) {
-  job.result = ScoreOnEngine(*job.request);
-}
-
-absl::StatusOr<ScoreResult> Engine::ScoreOnEngine(const ScoreRequest& request) {
+absl::Status Engine::ValidateScore(const ScoreRequest& request) const {
   const int64_t vocab = config_.vocab_size;
   const int64_t context = config_.max_position_embeddings;
-  const uint64_t version = version_.load();
-  if (request.expected_version.has_value() &&
-      *request.expected_version != version) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("weight version ", *request.expected_version,
-                     " was asked for but version ", version, " is served"));
-  }
   if (request.sequences.empty()) {
     return absl::InvalidArgumentError("no sequences to score");
   }
@@ -514,56 +572,84 @@ absl::StatusOr<ScoreResult> Engine::ScoreOnEngine(const ScoreRequest& request) {
     LOCKSTEP_RETURN_IF_ERROR(CheckTokenIds(request.sequences[i], vocab,
                                            absl::StrCat("sequence ", i)));
   }
+  return absl::OkStatus();
+}
 
-  ScoreResult result;
-  result.version = version;
-  result.logprobs.resize(request.sequences.size());
-  // Batches of at most max_batch_tokens tokens (at least one sequence): the
-  // values do not depend on the grouping in invariant mode, memory does.
-  size_t begin = 0;
-  while (begin < request.sequences.size()) {
-    size_t end = begin;
-    int64_t tokens = 0;
-    while (end < request.sequences.size() &&
-           (end == begin ||
-            tokens + static_cast<int64_t>(request.sequences[end].size()) <=
-                options_.max_batch_tokens)) {
-      tokens += request.sequences[end].size();
-      ++end;
-    }
-    std::vector<std::vector<int32_t>> seqs(request.sequences.begin() + begin,
-                                           request.sequences.begin() + end);
-    std::vector<int64_t> lens(request.prompt_lens.begin() + begin,
-                              request.prompt_lens.begin() + end);
-    LOCKSTEP_ASSIGN_OR_RETURN(auto scores, model_->ScoreSequences(seqs, lens));
-    if (scores.size() != seqs.size()) {
-      return absl::InternalError("ScoreSequences returned the wrong count");
-    }
-    for (size_t i = 0; i < scores.size(); ++i) {
-      result.logprobs[begin + i] = std::move(scores[i]);
-    }
-    begin = end;
+bool Engine::RunScorePiece(ScoreJob& job) {
+  absl::Status s = ScorePiece(job);
+  if (!s.ok()) {
+    job.result = std::move(s);
+    return true;
   }
+  if (job.next < job.request->sequences.size()) return false;
+  job.result = std::move(job.partial);
+  return true;
+}
 
+absl::Status Engine::ScorePiece(ScoreJob& job) {
+  const ScoreRequest& request = *job.request;
+  const int64_t vocab = config_.vocab_size;
+  const uint64_t version = version_.load();
+  if (job.started && job.partial.version != version) {
+    // Weights changed between two pieces: every logprob must come from one
+    // version, so start over at the served one.
+    job.started = false;
+    job.next = 0;
+  }
+  if (!job.started) {
+    if (request.expected_version.has_value() && *request.expected_version != version) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("weight version ", *request.expected_version,
+                       " was asked for but version ", version, " is served"));
+    }
+    job.partial = ScoreResult();
+    job.partial.version = version;
+    job.partial.logprobs.resize(request.sequences.size());
+    if (request.top_n > 0) job.partial.top.resize(request.sequences.size());
+    job.started = true;
+  }
+  // The next piece: sequences [begin, end) of at most max_batch_tokens tokens
+  // (at least one sequence). The values do not depend on the grouping in
+  // invariant mode; memory and the time one piece holds the engine do.
+  const size_t begin = job.next;
+  size_t end = begin;
+  int64_t tokens = 0;
+  while (end < request.sequences.size() &&
+         (end == begin || tokens + static_cast<int64_t>(request.sequences[end].size()) <=
+                              options_.max_batch_tokens)) {
+    tokens += request.sequences[end].size();
+    ++end;
+  }
+  std::vector<std::vector<int32_t>> seqs(request.sequences.begin() + begin,
+                                         request.sequences.begin() + end);
+  std::vector<int64_t> lens(request.prompt_lens.begin() + begin,
+                            request.prompt_lens.begin() + end);
+  LOCKSTEP_ASSIGN_OR_RETURN(auto scores, model_->Score(seqs, lens));
+  if (scores.size() != seqs.size()) {
+    return absl::InternalError("Score returned the wrong count");
+  }
+  for (size_t i = 0; i < scores.size(); ++i) {
+    job.partial.logprobs[begin + i] = std::move(scores[i]);
+  }
   if (request.top_n > 0) {
-    result.top.resize(request.sequences.size());
-    for (size_t i = 0; i < request.sequences.size(); ++i) {
+    for (size_t i = begin; i < end; ++i) {
       const auto& seq = request.sequences[i];
       const int64_t len = static_cast<int64_t>(seq.size());
       const int64_t pl = request.prompt_lens[i];
-      LOCKSTEP_ASSIGN_OR_RETURN(auto full, model_->ForwardFull({seq}));
+      LOCKSTEP_ASSIGN_OR_RETURN(auto full, model_->SequenceLogits({seq}));
       const std::vector<float>& logits = full.at(0);
       std::vector<float> rows(logits.begin() + (pl - 1) * vocab,
                               logits.begin() + (len - 1) * vocab);
       std::vector<int32_t> targets(seq.begin() + pl, seq.end());
       LOCKSTEP_ASSIGN_OR_RETURN(
           common::TokenLogprobs lp,
-          common::ComputeTokenLogprobs(model_->options().mode, rows, vocab,
-                                       targets, request.top_n));
-      result.top[i] = std::move(lp.top);
+          common::ComputeTokenLogprobs(model_->options().mode, rows, vocab, targets,
+                                       request.top_n));
+      job.partial.top[i] = std::move(lp.top);
     }
   }
-  return result;
+  job.next = end;
+  return absl::OkStatus();
 }
 
 void Engine::Step() {
@@ -608,7 +694,7 @@ void Engine::Step() {
     step.targets.assign(plan.batch.logit_rows.size(), 0);  // the placeholder row
   }
   absl::StatusOr<common::StepResult> result =
-      model_->ForwardStep(plan.batch, cache_.get(), step);
+      model_->Step(plan.batch, cache_.get(), step);
   if (!result.ok()) {
     std::cerr << "rollout engine: step failed: " << result.status() << "\n";
     FailEverything(absl::InternalError(
@@ -703,7 +789,25 @@ void Engine::Step() {
     stats.kv_usage = scheduler_->blocks().usage();
     stats.duration = absl::Now() - t0;
     observer_->OnStep(stats);
+    reported_waiting_ = stats.waiting;
+    reported_running_ = stats.running;
+    reported_kv_usage_ = stats.kv_usage;
   }
+}
+
+void Engine::ReportOccupancy() {
+  if (observer_ == nullptr) return;
+  const int64_t waiting = scheduler_->num_waiting_samples();
+  const int64_t running = scheduler_->num_running();
+  const double kv_usage = scheduler_->blocks().usage();
+  if (waiting == reported_waiting_ && running == reported_running_ &&
+      kv_usage == reported_kv_usage_) {
+    return;
+  }
+  reported_waiting_ = waiting;
+  reported_running_ = running;
+  reported_kv_usage_ = kv_usage;
+  observer_->OnOccupancy(waiting, running, kv_usage);
 }
 
 void Engine::RunSelfCheck() {
@@ -712,7 +816,7 @@ void Engine::RunSelfCheck() {
   selfchecks_.pop_front();
   if (check.version != version_.load()) return;  // weights changed since
   absl::StatusOr<std::vector<std::vector<float>>> scores =
-      model_->ScoreSequences({check.tokens}, {check.prompt_len});
+      model_->Score({check.tokens}, {check.prompt_len});
   if (!scores.ok() || scores->size() != 1 ||
       scores->at(0).size() != check.logprobs.size()) {
     std::cerr << "rollout engine: self-check scoring failed: "

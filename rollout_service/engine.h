@@ -7,7 +7,7 @@
 // responses and records metrics through EngineObserver.
 //
 // Numerics: the logits of a sequence's next token come from
-// Model::Forward over whatever batch the step holds; the token is drawn by
+// Model::StepLogits over whatever batch the step holds; the token is drawn by
 // kernels::Sample with the sample's own seed and, as the Philox counter, the
 // absolute position the token will occupy; its logprob is the raw model
 // distribution's (temperature 1, before top-k/top-p), computed by
@@ -27,6 +27,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -38,7 +39,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "common/transformer.h"
+#include "common/model/model.h"
 #include "kernels/sampling.h"
 #include "rollout_service/scheduler.h"
 
@@ -142,6 +143,11 @@ struct ScoreRequest {
   int top_n = 0;                     // 0..20 alternatives per position
   // FAILED_PRECONDITION unless this version is being served.
   std::optional<uint64_t> expected_version;
+  // DEADLINE_EXCEEDED once this passes; CANCELLED once `cancelled` (polled
+  // while waiting, may be empty) returns true. Either way the engine drops
+  // the rest of the work.
+  absl::Time deadline = absl::InfiniteFuture();
+  std::function<bool()> cancelled;
 };
 
 struct ScoreResult {
@@ -182,6 +188,10 @@ class EngineObserver {
   // differed bitwise from the re-scored logprobs.
   virtual void OnSelfCheck(int64_t tokens, int64_t mismatched) {}
   virtual void OnWeightSwap(const SwapResult& result) {}
+  // The queue and KV occupancy changed outside a step (requests cancelled,
+  // finished or failed while nothing else runs): the gauges must not keep
+  // the last step's values.
+  virtual void OnOccupancy(int64_t waiting, int64_t running, double kv_usage) {}
 };
 
 struct EngineOptions {
@@ -196,10 +206,37 @@ struct EngineOptions {
   // past it).
   int64_t max_queue = 4096;
   bool prefix_sharing = true;
-  // Fraction of finished samples re-scored alone (Model::ScoreSequences) and
+  // Fraction of finished samples re-scored alone (Model::Score) and
   // compared bitwise with the logprobs returned; in [0, 1].
   double selfcheck_rate = 0.0;
   uint64_t initial_version = 0;  // version of the initial weights
+};
+
+class Engine;
+
+// The engine's single weight-update slot, held while a caller receives new
+// weights over time (a stream). Released when destroyed.
+class WeightUpdate {
+ public:
+  ~WeightUpdate();
+  WeightUpdate(const WeightUpdate&) = delete;
+  WeightUpdate& operator=(const WeightUpdate&) = delete;
+
+  // FAILED_PRECONDITION unless `version` is above the version served: checked
+  // as soon as the version is known, before the weights arrive.
+  absl::Status CheckVersion(uint64_t version) const;
+
+  // Builds a model of the served config and options from `tensors` (HF
+  // names; on the caller's thread, so generation continues meanwhile) and
+  // installs it as `version` (Engine::SwapWeights). ABORTED when the model
+  // rejects the weights (missing, unknown or mis-shaped tensors); the old
+  // weights keep serving on every error.
+  absl::StatusOr<SwapResult> Commit(common::TensorMap tensors, uint64_t version);
+
+ private:
+  friend class Engine;
+  explicit WeightUpdate(Engine* engine) : engine_(engine) {}
+  Engine* const engine_;
 };
 
 class Engine {
@@ -222,10 +259,16 @@ class Engine {
   // max_queue. UNAVAILABLE: draining.
   absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(GenerateJob job);
 
-  // Scores sequences on the engine thread between two steps (blocking).
-  // INVALID_ARGUMENT for empty input, prompt_len outside [1, len), token ids
-  // outside the vocabulary, sequences past the context length, top_n outside
-  // [0, 20]; FAILED_PRECONDITION for a version mismatch; UNAVAILABLE while
+  // Scores sequences (blocking). Validated on the caller's thread; the
+  // engine thread then runs the work in pieces of at most max_batch_tokens
+  // tokens, one piece between two generation steps, so a large request never
+  // stalls generation by more than one piece. All pieces use one weight
+  // version: a swap in between restarts the request at the new version
+  // (FAILED_PRECONDITION when expected_version is set). INVALID_ARGUMENT for
+  // empty input, prompt_len outside [1, len), token ids outside the
+  // vocabulary, sequences past the context length, top_n outside [0, 20];
+  // FAILED_PRECONDITION for a version mismatch; DEADLINE_EXCEEDED /
+  // CANCELLED (request.deadline, request.cancelled); UNAVAILABLE while
   // draining.
   absl::StatusOr<ScoreResult> Score(const ScoreRequest& request);
 
@@ -235,6 +278,10 @@ class Engine {
   // swap (a newer update won the race); UNAVAILABLE while draining.
   absl::StatusOr<SwapResult> SwapWeights(
       std::shared_ptr<const common::Model> model, uint64_t version);
+
+  // Reserves the weight-update slot (one update at a time): ABORTED while
+  // another update holds it, UNAVAILABLE while draining.
+  absl::StatusOr<std::unique_ptr<WeightUpdate>> BeginWeightUpdate();
 
   uint64_t weight_version() const {
     return version_.load(std::memory_order_acquire);
@@ -285,10 +332,16 @@ class Engine {
     absl::StatusOr<SwapResult> result = absl::UnknownError("pending");
     bool done = false;
   };
+  // A Score call in progress; shared by the caller and the engine thread.
   struct ScoreJob {
-    const ScoreRequest* request = nullptr;
+    const ScoreRequest* request = nullptr;  // valid until done or abandoned
+    ScoreResult partial;                    // engine thread only
+    size_t next = 0;                        // next sequence (engine thread)
+    bool started = false;                   // partial.version is set
     absl::StatusOr<ScoreResult> result = absl::UnknownError("pending");
-    bool done = false;
+    bool done = false;       // guarded by mu_
+    bool abandoned = false;  // guarded by mu_: the caller gave up
+    bool running = false;    // guarded by mu_: a piece reads *request now
   };
   struct SelfCheck {
     std::vector<int32_t> tokens;
@@ -304,14 +357,20 @@ class Engine {
   bool HasWorkLocked() const;
   void AddRequest(std::shared_ptr<Request> request, GenerateJob job);
   void ApplySwap(SwapJob& job);
-  void RunScore(ScoreJob& job);
-  absl::StatusOr<ScoreResult> ScoreOnEngine(const ScoreRequest& request);
+  absl::Status ValidateScore(const ScoreRequest& request) const;
+  // Runs the next piece of the first active score job; true when the job is
+  // finished (result set).
+  bool RunScorePiece(ScoreJob& job);
+  absl::Status ScorePiece(ScoreJob& job);
   void CheckCancellations();
   void FinishRequest(const std::shared_ptr<Request>& request,
                      absl::Status status);
   void FailEverything(const absl::Status& status);
   void Step();
   void RunSelfCheck();
+  // OnOccupancy when waiting/running/kv_usage differ from the last report.
+  void ReportOccupancy();
+  friend class WeightUpdate;
 
   const EngineOptions options_;
   const common::ModelConfig config_;
@@ -326,7 +385,11 @@ class Engine {
   std::unordered_map<int64_t, SampleState> samples_;  // by sequence id
   std::vector<std::shared_ptr<Request>> requests_;    // in flight
   std::deque<SelfCheck> selfchecks_;
+  std::deque<std::shared_ptr<ScoreJob>> active_scores_;  // in pieces
   double selfcheck_credit_ = 0.0;
+  int64_t reported_waiting_ = 0;  // the occupancy last reported
+  int64_t reported_running_ = 0;
+  double reported_kv_usage_ = 0.0;
 
   // Shared state.
   mutable absl::Mutex mu_;
@@ -334,7 +397,7 @@ class Engine {
   absl::CondVar done_cv_;  // callers: swap/score done, idle
   std::vector<std::pair<std::shared_ptr<Request>, GenerateJob>> incoming_;
   std::deque<SwapJob*> swaps_;
-  std::deque<ScoreJob*> scores_;
+  std::deque<std::shared_ptr<ScoreJob>> scores_;
   std::shared_ptr<const common::Model> published_model_;
   bool stop_ = false;
   absl::Status draining_;    // OK unless draining
@@ -342,6 +405,7 @@ class Engine {
   std::atomic<uint64_t> version_{0};
   std::atomic<int64_t> in_flight_{0};
   std::atomic<int64_t> queued_{0};  // samples never admitted yet
+  std::atomic<bool> updating_{false};  // the WeightUpdate slot is held
   std::thread thread_;
 };
 

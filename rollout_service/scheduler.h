@@ -46,7 +46,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "common/transformer.h"
+#include "common/model/model.h"
 #include "rollout_service/block_manager.h"
 
 namespace lockstep::rollout {

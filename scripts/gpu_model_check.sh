@@ -17,6 +17,12 @@
 #                 committed fixtures; one log, $OUT/hf_parity.log
 #                 (HF_GEN_TIMEOUT, HF_TIMEOUT: seconds per step)
 #   SKIP_BENCH=1  skips the rollout benchmark (and its checkpoint)
+#   BENCH_CONCURRENCY=64,256  BENCH_MODES=invariant,standard
+#   BENCH_VARIANTS=legacy,graphs  one server per Model::Step implementation
+#                 (LOCKSTEP_CUDA_STEP, common/model/model.h) in the same run
+#   STEP_BENCH=1  also builds and runs bench/model_step_bench (decode step of
+#                 Model::Step per implementation: wall, device and host time;
+#                 STEP_BENCH_ARGS passes flags), before the rollout benchmark
 set -u
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
@@ -45,28 +51,32 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITE
   -DLOCKSTEP_BUILD_BENCH=ON -DLOCKSTEP_CUDA=ON > "$OUT/build.log" 2>&1 \
   || { echo "CONFIGURE FAILED"; tail -40 "$OUT/build.log"; exit 1; }
 # TESTS="" (set but empty) runs no cuda test; unset: the default three.
-TESTS=${TESTS-"common_transformer_cuda_test common_nccl_tp_cuda_test integration_rollout_greedy_cuda_test"}
+TESTS=${TESTS-"common_model_cuda_test common_model_graph_cuda_test common_nccl_tp_cuda_test integration_rollout_greedy_cuda_test"}
 stamp build
 BENCH_TARGET=rollout_bench; [ "${SKIP_BENCH:-0}" = 1 ] && BENCH_TARGET=
 # The service binaries serve the integration tests and the benchmark only.
 SERVICE_TARGETS=; [ -n "$TESTS$BENCH_TARGET" ] && SERVICE_TARGETS="rollout_service lockstep_make_model"
 HF_TARGET=common_hf_parity_test; [ "${SKIP_HF:-0}" = 1 ] && HF_TARGET=
-TARGETS="$TESTS $SERVICE_TARGETS $BENCH_TARGET $HF_TARGET"
-if [ -n "${TARGETS// /}" ]; then
-  cmake --build build-gpu -j16 --target $TARGETS \
-    -- -k 0 >> "$OUT/build.log" 2>&1 || stamp "some targets failed (build.log)"
-  grep -E "error:|FAILED" "$OUT/build.log" | head -20
-fi
+STEP_TARGET=; [ "${STEP_BENCH:-0}" = 1 ] && STEP_TARGET=model_step_bench
+TARGETS="$TESTS $SERVICE_TARGETS $BENCH_TARGET $HF_TARGET $STEP_TARGET"
 # The 1.7B checkpoint (3.4 GB of seeded bf16, the benchmark's seed 1) is
-# written on the CPU while the GPU tests run.
+# written on one core while the rest builds and the GPU tests run: its
+# generator (formats only) is built first.
 GEN_PID=
 if [ "${SKIP_BENCH:-0}" != 1 ] && [ ! -f "$WORK/qwen3-1.7b/config.json" ]; then
+  cmake --build build-gpu -j16 --target lockstep_make_model >> "$OUT/build.log" 2>&1
   stamp "generate qwen3-1.7b (background)"
   ( g0=$(date +%s); build-gpu/common/lockstep_make_model --preset qwen3-1.7b --seed 1 \
       --out "$WORK/qwen3-1.7b" > "$OUT/generate.log" 2>&1
     echo "generate: rc=$? $(( $(date +%s) - g0 )) s" >> "$OUT/generate.log" ) &
   GEN_PID=$!
 fi
+if [ -n "${TARGETS// /}" ]; then
+  cmake --build build-gpu -j16 --target $TARGETS \
+    -- -k 0 >> "$OUT/build.log" 2>&1 || stamp "some targets failed (build.log)"
+  grep -E "error:|FAILED" "$OUT/build.log" | head -20
+fi
+stamp "built"
 for t in $TESTS; do
   bin=$(find build-gpu/tests -name "$t" -type f | head -1)
   [ -z "$bin" ] && { stamp "$t NOT BUILT"; continue; }
@@ -145,11 +155,23 @@ if [ "${SKIP_HF:-0}" != 1 ]; then
   done > "$OUT/hf_parity.log.tmp" && mv "$OUT/hf_parity.log.tmp" "$OUT/hf_parity.log" \
     && for part in $HF_PARTS; do rm -f "$OUT/$part.log"; done
 fi
+if [ "${STEP_BENCH:-0}" = 1 ]; then
+  if [ -x build-gpu/bench/model_step_bench ]; then
+    stamp "model_step_bench ${STEP_BENCH_ARGS:-}"
+    timeout "${STEP_BENCH_TIMEOUT:-240}" build-gpu/bench/model_step_bench ${STEP_BENCH_ARGS:-} \
+      > "$OUT/model_step_bench.log" 2>&1
+    echo "model_step_bench rc=$?" | tee -a "$OUT/summary.txt"
+    grep -E "^\||^roofline" "$OUT/model_step_bench.log" | tee -a "$OUT/summary.txt"
+  else
+    stamp "model_step_bench NOT BUILT"
+  fi
+fi
 if [ -x build-gpu/bench/rollout_bench ] && [ "${SKIP_BENCH:-0}" != 1 ]; then
   [ -n "$GEN_PID" ] && { stamp "wait for the checkpoint"; wait "$GEN_PID"; cat "$OUT/generate.log"; }
   stamp "rollout_bench qwen3-1.7b concurrency ${BENCH_CONCURRENCY:-64}"
   timeout "${BENCH_TIMEOUT:-400}" build-gpu/bench/rollout_bench --configs=qwen3-1.7b \
-    --modes=invariant,standard --concurrency="${BENCH_CONCURRENCY:-64}" --device=cuda \
+    --modes="${BENCH_MODES:-invariant,standard}" --concurrency="${BENCH_CONCURRENCY:-64}" \
+    ${BENCH_VARIANTS:+--step_variants=$BENCH_VARIANTS} --device=cuda \
     --max_tokens=128 --prompt_len=64 --requests_per_client=2 --work_dir="$WORK" \
     --server_args=--kv_cache_bytes=17179869184,--max_batch_tokens=4096 \
     --rollout_binary=build-gpu/rollout_service/rollout_service \

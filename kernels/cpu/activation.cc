@@ -2,8 +2,8 @@
 
 #include <cmath>
 
+#include "kernels/cpu/threading.h"
 #include "kernels/dtype.h"
-#include "kernels/threading.h"
 
 namespace lockstep::kernels::cpu {
 namespace {

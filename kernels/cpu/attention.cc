@@ -8,9 +8,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/simd.h"
+#include "kernels/cpu/threading.h"
 #include "kernels/dtype.h"
-#include "kernels/simd.h"
-#include "kernels/threading.h"
 
 namespace lockstep::kernels::cpu {
 namespace {

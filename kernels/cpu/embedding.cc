@@ -4,8 +4,8 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/threading.h"
 #include "kernels/dtype.h"
-#include "kernels/threading.h"
 
 namespace lockstep::kernels::cpu {
 

@@ -9,9 +9,9 @@
 #include <new>
 #include <vector>
 
+#include "kernels/cpu/simd.h"
+#include "kernels/cpu/threading.h"
 #include "kernels/dtype.h"
-#include "kernels/simd.h"
-#include "kernels/threading.h"
 
 namespace lockstep::kernels {
 

@@ -3,9 +3,9 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernels/cpu/simd.h"
+#include "kernels/cpu/threading.h"
 #include "kernels/dtype.h"
-#include "kernels/simd.h"
-#include "kernels/threading.h"
 
 namespace lockstep::kernels::cpu {
 namespace {
@@ -44,15 +44,22 @@ void NormRow(SumSquaresFn sum_squares, const float* x, const void* weight,
   }
 }
 
+SumSquaresFn ActiveSumSquares() {
+  return ActiveSimdLevel() >= SimdLevel::kAvx2 ? &SumSquaresFma : &SumSquaresScalar;
+}
+
 }  // namespace
+
+void RmsNormRow(const float* x, const void* weight, DType weight_dtype, float* y,
+                int64_t n, float eps) {
+  NormRow(ActiveSumSquares(), x, weight, weight_dtype, y, n, eps);
+}
 
 absl::Status RmsNorm(const RmsNormArgs& args) {
   if (args.rows == 0) return absl::OkStatus();
   // Enough rows per task to amortise the pool hand-off on narrow rows.
   const int64_t grain = args.n >= 4096 ? 1 : 4096 / args.n;
-  const SumSquaresFn sum_squares = ActiveSimdLevel() >= SimdLevel::kAvx2
-                                       ? &SumSquaresFma
-                                       : &SumSquaresScalar;
+  const SumSquaresFn sum_squares = ActiveSumSquares();
   ParallelFor(args.rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       NormRow(sum_squares, args.x + r * args.ldx, args.weight,

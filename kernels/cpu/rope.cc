@@ -5,9 +5,28 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/threading.h"
+#include "kernels/cpu/threading.h"
 
 namespace lockstep::kernels::cpu {
+
+void RopeCosSin(int32_t pos, const double* inv_freq, int64_t half, double scale,
+                float* cos_v, float* sin_v) {
+  const double p = static_cast<double>(pos);
+  for (int64_t i = 0; i < half; ++i) {
+    const double angle = p * inv_freq[i];
+    cos_v[i] = static_cast<float>(std::cos(angle) * scale);
+    sin_v[i] = static_cast<float>(std::sin(angle) * scale);
+  }
+}
+
+void RopeRotateHead(float* xh, int64_t half, const float* cos_v, const float* sin_v) {
+  for (int64_t i = 0; i < half; ++i) {
+    const float a = xh[i];
+    const float b = xh[i + half];
+    xh[i] = a * cos_v[i] - b * sin_v[i];
+    xh[i + half] = b * cos_v[i] + a * sin_v[i];
+  }
+}
 
 absl::Status ApplyRope(const RopeArgs& args) {
   for (int64_t t = 0; t < args.tokens; ++t) {
@@ -33,21 +52,10 @@ absl::Status ApplyRope(const RopeArgs& args) {
   ParallelFor(args.tokens, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> cos_v(half), sin_v(half);
     for (int64_t t = begin; t < end; ++t) {
-      const double p = static_cast<double>(args.positions[t]);
-      for (int64_t i = 0; i < half; ++i) {
-        const double angle = p * inv_freq[i];
-        cos_v[i] = static_cast<float>(std::cos(angle) * scale);
-        sin_v[i] = static_cast<float>(std::sin(angle) * scale);
-      }
+      RopeCosSin(args.positions[t], inv_freq, half, scale, cos_v.data(), sin_v.data());
       float* row = args.x + t * args.ldx;
       for (int64_t h = 0; h < args.heads; ++h) {
-        float* xh = row + h * args.head_dim;
-        for (int64_t i = 0; i < half; ++i) {
-          const float a = xh[i];
-          const float b = xh[i + half];
-          xh[i] = a * cos_v[i] - b * sin_v[i];
-          xh[i + half] = b * cos_v[i] + a * sin_v[i];
-        }
+        RopeRotateHead(row + h * args.head_dim, half, cos_v.data(), sin_v.data());
       }
     }
   });

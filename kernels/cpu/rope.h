@@ -2,6 +2,8 @@
 #ifndef LOCKSTEP_KERNELS_CPU_ROPE_H_
 #define LOCKSTEP_KERNELS_CPU_ROPE_H_
 
+#include <cstdint>
+
 #include "absl/status/status.h"
 #include "kernels/rope.h"
 
@@ -13,6 +15,14 @@ namespace lockstep::kernels::cpu {
 // positions itself: INVALID_ARGUMENT, before anything is written, if any is
 // negative.
 absl::Status ApplyRope(const RopeArgs& args);
+
+// The fp32 cos and sin [half] of position `pos` (>= 0) for inv_freq [half]
+// and attention factor `scale`, as ApplyRope computes them.
+void RopeCosSin(int32_t pos, const double* inv_freq, int64_t half, double scale,
+                float* cos_v, float* sin_v);
+// Rotates one head xh [2 * half..] in place by cos_v/sin_v [half], as
+// ApplyRope does (rotary_dim = 2 * half).
+void RopeRotateHead(float* xh, int64_t half, const float* cos_v, const float* sin_v);
 
 }  // namespace lockstep::kernels::cpu
 

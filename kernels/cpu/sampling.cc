@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/threading.h"
+#include "kernels/cpu/threading.h"
 
 namespace lockstep::kernels::cpu {
 namespace {

@@ -5,7 +5,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/threading.h"
+#include "kernels/cpu/threading.h"
 #include "kernels/tree_reduce.h"
 
 namespace lockstep::kernels::cpu {

@@ -4,8 +4,8 @@
 #include <new>
 
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/threading.h"
 #include "kernels/dtype.h"
-#include "kernels/threading.h"
 
 namespace lockstep::kernels::cpu {
 

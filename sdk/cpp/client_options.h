@@ -6,9 +6,11 @@
 //   * every call has a deadline: CallOptions::timeout / deadline, or
 //     ClientOptions::default_timeout when the call sets neither. The deadline
 //     covers the whole call, retries and backoff included; when it passes the
-//     call fails with DEADLINE_EXCEEDED;
+//     call fails with DEADLINE_EXCEEDED. A call may also bound each of its
+//     tries (CallOptions::attempt_timeout);
 //   * only UNAVAILABLE is retried (the code a draining or restarting server
-//     answers with), with exponential backoff and jitter; every other code is
+//     answers with), with exponential backoff and jitter (ClientOptions::retry,
+//     or the call's own CallOptions::retry); every other code is
 //     returned at once. Streams are retried only while nothing of them has
 //     been consumed, or when the client side is replayable (weight upload
 //     from a file or from tensors, trajectory upload from a vector);
@@ -16,6 +18,7 @@
 #ifndef LOCKSTEP_SDK_CPP_CLIENT_OPTIONS_H_
 #define LOCKSTEP_SDK_CPP_CLIENT_OPTIONS_H_
 
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -115,8 +118,15 @@ struct CallOptions {
   // Absolute deadline (InfiniteFuture: none given). When both are given the
   // earlier one applies; when neither, ClientOptions::default_timeout.
   absl::Time deadline = absl::InfiniteFuture();
-  // Tries in all (0: ClientOptions::retry.max_attempts; 1: no retries).
+  // Deadline of each try, from its start (0: none). A try that runs past it
+  // fails with DEADLINE_EXCEEDED, which is not retried; the call's deadline
+  // still bounds every try.
+  absl::Duration attempt_timeout = absl::ZeroDuration();
+  // Tries in all (0: the retry policy's max_attempts; 1: no retries).
   int max_attempts = 0;
+  // This call's backoff between tries (and, unless max_attempts is set, its
+  // number of tries) instead of ClientOptions::retry.
+  std::optional<RetryPolicy> retry;
   // Wait (up to the deadline) for the channel to become ready instead of
   // failing with UNAVAILABLE while the server is unreachable.
   bool wait_for_ready = false;

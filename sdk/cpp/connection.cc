@@ -15,7 +15,8 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
-#include "common/channel_security.h"
+#include "common/net/channel_security.h"
+#include "common/wire/grpc_status.h"
 
 namespace lockstep::client {
 namespace {
@@ -34,6 +35,41 @@ const common::ChannelSecurityNames& TlsOptionNames() {
 int ClampMillis(absl::Duration d) {
   const int64_t ms = absl::ToInt64Milliseconds(d);
   return static_cast<int>(std::clamp<int64_t>(ms, 0, INT32_MAX));
+}
+
+// The checks of ClientOptions that need no file.
+absl::Status CheckOptions(const ClientOptions& options) {
+  if (options.target.empty()) {
+    return absl::InvalidArgumentError("ClientOptions.target is empty");
+  }
+  if (options.retry.max_attempts < 1) {
+    return absl::InvalidArgumentError("RetryPolicy.max_attempts must be >= 1");
+  }
+  if (options.retry.backoff_multiplier < 1.0 ||
+      options.retry.initial_backoff < absl::ZeroDuration() ||
+      options.retry.max_backoff < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "RetryPolicy: backoff_multiplier must be >= 1 and backoffs >= 0");
+  }
+  if (options.default_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "ClientOptions.default_timeout must be > 0");
+  }
+  return absl::OkStatus();
+}
+
+// "Bearer <token>" from auth_token_file (read here) or auth_token; empty
+// when there is no token.
+absl::StatusOr<std::string> Authorization(const ClientOptions& options) {
+  absl::StatusOr<std::string> token = std::string();
+  if (!options.auth_token_file.empty()) {
+    token = common::ReadTokenFile("ClientOptions.auth_token_file", options.auth_token_file);
+  } else if (!absl::StripAsciiWhitespace(options.auth_token).empty()) {
+    token = common::CheckBearerToken("ClientOptions.auth_token", options.auth_token);
+  }
+  if (!token.ok()) return token.status();
+  if (token->empty()) return std::string();
+  return absl::StrCat("Bearer ", *token);
 }
 
 // Protobuf wire encoding of grpc.health.v1.HealthCheckRequest{service}.
@@ -103,15 +139,6 @@ const char* HealthStatusName(HealthStatus status) {
   }
 }
 
-absl::Status ToAbslStatus(const grpc::Status& status) {
-  if (status.ok()) return absl::OkStatus();
-  const int code = static_cast<int>(status.error_code());
-  return absl::Status(code >= 1 && code <= 16
-                          ? static_cast<absl::StatusCode>(code)
-                          : absl::StatusCode::kUnknown,
-                      status.error_message());
-}
-
 absl::Duration BackoffDelay(const RetryPolicy& policy, int retry,
                             double unit_random) {
   double scale = 1.0;
@@ -127,47 +154,10 @@ absl::Duration BackoffDelay(const RetryPolicy& policy, int retry,
 
 absl::StatusOr<std::shared_ptr<Connection>> Connection::Create(
     const ClientOptions& options) {
-  if (options.target.empty()) {
-    return absl::InvalidArgumentError("ClientOptions.target is empty");
-  }
-  if (options.retry.max_attempts < 1) {
-    return absl::InvalidArgumentError("RetryPolicy.max_attempts must be >= 1");
-  }
-  if (options.retry.backoff_multiplier < 1.0 ||
-      options.retry.initial_backoff < absl::ZeroDuration() ||
-      options.retry.max_backoff < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(
-        "RetryPolicy: backoff_multiplier must be >= 1 and backoffs >= 0");
-  }
-  if (options.default_timeout <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(
-        "ClientOptions.default_timeout must be > 0");
-  }
-  std::shared_ptr<Connection> c(new Connection());
-  c->options_ = options;
-
-  std::string token = options.auth_token;
-  if (!options.auth_token_file.empty()) {
-    absl::StatusOr<std::string> text =
-        common::ReadConfigFile("ClientOptions.auth_token_file",
-                               options.auth_token_file);
-    if (!text.ok()) return text.status();
-    token = *text;
-    if (absl::StripAsciiWhitespace(token).empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("token file ", options.auth_token_file, " is empty"));
-    }
-  }
-  token = std::string(absl::StripAsciiWhitespace(token));
-  for (char ch : token) {
-    // A metadata value must be printable ASCII.
-    if (ch < 0x20 || ch > 0x7e) {
-      return absl::InvalidArgumentError(
-          "the bearer token must be printable ASCII");
-    }
-  }
-  if (!token.empty()) c->authorization_ = absl::StrCat("Bearer ", token);
-
+  absl::Status valid = CheckOptions(options);
+  if (!valid.ok()) return valid;
+  absl::StatusOr<std::string> authorization = Authorization(options);
+  if (!authorization.ok()) return authorization.status();
   const TlsOptions& tls = options.tls;
   common::ChannelSecurityOptions tls_options;
   tls_options.enabled = tls.enabled;
@@ -179,7 +169,31 @@ absl::StatusOr<std::shared_ptr<Connection>> Connection::Create(
   absl::StatusOr<common::ChannelSecurity> security =
       common::MakeChannelSecurity(tls_options, TlsOptionNames());
   if (!security.ok()) return security.status();
+  return Build(options, *std::move(authorization), *security);
+}
 
+absl::StatusOr<std::shared_ptr<Connection>> Connection::Create(
+    const ClientOptions& options, const common::ChannelSecurity& security) {
+  const TlsOptions& tls = options.tls;
+  if (tls.enabled || !tls.ca_file.empty() || !tls.cert_file.empty() ||
+      !tls.key_file.empty() || !tls.server_name.empty()) {
+    return absl::InvalidArgumentError(
+        "ClientOptions.tls must be left default when the channel security is "
+        "given");
+  }
+  absl::Status valid = CheckOptions(options);
+  if (!valid.ok()) return valid;
+  absl::StatusOr<std::string> authorization = Authorization(options);
+  if (!authorization.ok()) return authorization.status();
+  return Build(options, *std::move(authorization), security);
+}
+
+absl::StatusOr<std::shared_ptr<Connection>> Connection::Build(
+    const ClientOptions& options, std::string authorization,
+    const common::ChannelSecurity& security) {
+  std::shared_ptr<Connection> c(new Connection());
+  c->options_ = options;
+  c->authorization_ = std::move(authorization);
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
   args.SetMaxSendMessageSize(options.max_send_message_bytes);
@@ -202,9 +216,9 @@ absl::StatusOr<std::shared_ptr<Connection>> Connection::Create(
   // config sets a retry policy, so gRPC itself only retries transparently
   // (calls that never reached the server).
   args.SetUserAgentPrefix(kUserAgent);
-  security->ApplyToArguments(&args);
+  security.ApplyToArguments(&args);
   c->channel_ =
-      grpc::CreateCustomChannel(options.target, security->credentials(), args);
+      grpc::CreateCustomChannel(options.target, security.credentials(), args);
   if (c->channel_ == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("cannot create a channel to ", options.target));
@@ -224,12 +238,19 @@ absl::Time Connection::Deadline(const CallOptions& call) const {
 }
 
 int Connection::MaxAttempts(const CallOptions& call) const {
-  return call.max_attempts > 0 ? call.max_attempts
-                               : options_.retry.max_attempts;
+  if (call.max_attempts > 0) return call.max_attempts;
+  return std::max(1, Retry(call).max_attempts);
+}
+
+const RetryPolicy& Connection::Retry(const CallOptions& call) const {
+  return call.retry.has_value() ? *call.retry : options_.retry;
 }
 
 void Connection::Prepare(grpc::ClientContext* context, absl::Time deadline,
                          const CallOptions& call) const {
+  if (call.attempt_timeout > absl::ZeroDuration()) {
+    deadline = std::min(deadline, absl::Now() + call.attempt_timeout);
+  }
   context->set_deadline(absl::ToChronoTime(deadline));
   context->set_wait_for_ready(call.wait_for_ready);
   if (!authorization_.empty())
@@ -253,12 +274,12 @@ absl::Status Connection::Run(
     last = attempt(&context, i);
     ++tries;
     if (last.error_code() != grpc::StatusCode::UNAVAILABLE) {
-      return ToAbslStatus(last);
+      return common::FromGrpcStatus(last);
     }
     if (retryable && !retryable()) break;
     if (i + 1 == max_attempts) break;
     const absl::Duration delay =
-        BackoffDelay(options_.retry, i + 1, absl::Uniform(rng, 0.0, 1.0));
+        BackoffDelay(Retry(call), i + 1, absl::Uniform(rng, 0.0, 1.0));
     if (absl::Now() + delay >= deadline) {
       absl::SleepFor(std::max(deadline - absl::Now(), absl::ZeroDuration()));
       return absl::DeadlineExceededError(absl::StrCat(
@@ -267,7 +288,7 @@ absl::Status Connection::Run(
     }
     absl::SleepFor(delay);
   }
-  absl::Status s = ToAbslStatus(last);
+  absl::Status s = common::FromGrpcStatus(last);
   if (tries > 1) {
     return absl::Status(s.code(), absl::StrCat(s.message(), " (gave up after ",
                                                tries, " tries)"));

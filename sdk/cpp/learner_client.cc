@@ -5,22 +5,6 @@
 #include <utility>
 
 namespace lockstep::client {
-namespace {
-
-// Runs a unary call through the connection's retry loop.
-template <typename Response, typename Method>
-absl::StatusOr<Response> Unary(const Connection& connection,
-                               const CallOptions& call, Method&& method) {
-  Response response;
-  absl::Status s = connection.Run(call, [&](grpc::ClientContext* ctx, int) {
-    response.Clear();
-    return method(ctx, &response);
-  });
-  if (!s.ok()) return s;
-  return response;
-}
-
-}  // namespace
 
 v1::Trajectory MakeTrajectory(const std::vector<int32_t>& prompt_token_ids,
                               const v1::Completion& completion, float reward,
@@ -67,8 +51,8 @@ LearnerClient::SubmitTrajectories(
     *messages.back().add_trajectories() = t;
     bytes += size + 8;
   }
-  return Unary<v1::SubmitTrajectoriesResponse>(
-      *connection_, call,
+  return connection_->Unary<v1::SubmitTrajectoriesResponse>(
+      call,
       [&](grpc::ClientContext* ctx, v1::SubmitTrajectoriesResponse* response) {
         std::unique_ptr<grpc::ClientWriter<v1::SubmitTrajectoriesRequest>>
             writer = stub_->SubmitTrajectories(ctx, response);
@@ -82,18 +66,16 @@ LearnerClient::SubmitTrajectories(
 
 absl::StatusOr<v1::TrainStepResponse> LearnerClient::TrainStep(
     const v1::TrainStepRequest& request, const CallOptions& call) {
-  return Unary<v1::TrainStepResponse>(
-      *connection_, call,
-      [&](grpc::ClientContext* ctx, v1::TrainStepResponse* r) {
+  return connection_->Unary<v1::TrainStepResponse>(
+      call, [&](grpc::ClientContext* ctx, v1::TrainStepResponse* r) {
         return stub_->TrainStep(ctx, request, r);
       });
 }
 
 absl::StatusOr<v1::ComputeLogprobsResponse> LearnerClient::ComputeLogprobs(
     const v1::ComputeLogprobsRequest& request, const CallOptions& call) {
-  return Unary<v1::ComputeLogprobsResponse>(
-      *connection_, call,
-      [&](grpc::ClientContext* ctx, v1::ComputeLogprobsResponse* r) {
+  return connection_->Unary<v1::ComputeLogprobsResponse>(
+      call, [&](grpc::ClientContext* ctx, v1::ComputeLogprobsResponse* r) {
         return stub_->ComputeLogprobs(ctx, request, r);
       });
 }
@@ -104,9 +86,8 @@ absl::StatusOr<v1::RegisterRolloutResponse> LearnerClient::RegisterRollout(
   v1::RegisterRolloutRequest request;
   for (const std::string& e : endpoints) request.add_endpoints(e);
   request.set_push_now(push_now);
-  return Unary<v1::RegisterRolloutResponse>(
-      *connection_, call,
-      [&](grpc::ClientContext* ctx, v1::RegisterRolloutResponse* r) {
+  return connection_->Unary<v1::RegisterRolloutResponse>(
+      call, [&](grpc::ClientContext* ctx, v1::RegisterRolloutResponse* r) {
         return stub_->RegisterRollout(ctx, request, r);
       });
 }
@@ -115,18 +96,16 @@ absl::StatusOr<v1::UnregisterRolloutResponse> LearnerClient::UnregisterRollout(
     const std::vector<std::string>& endpoints, const CallOptions& call) {
   v1::UnregisterRolloutRequest request;
   for (const std::string& e : endpoints) request.add_endpoints(e);
-  return Unary<v1::UnregisterRolloutResponse>(
-      *connection_, call,
-      [&](grpc::ClientContext* ctx, v1::UnregisterRolloutResponse* r) {
+  return connection_->Unary<v1::UnregisterRolloutResponse>(
+      call, [&](grpc::ClientContext* ctx, v1::UnregisterRolloutResponse* r) {
         return stub_->UnregisterRollout(ctx, request, r);
       });
 }
 
 absl::StatusOr<v1::PushWeightsResponse> LearnerClient::PushWeights(
     const CallOptions& call) {
-  return Unary<v1::PushWeightsResponse>(
-      *connection_, call,
-      [&](grpc::ClientContext* ctx, v1::PushWeightsResponse* r) {
+  return connection_->Unary<v1::PushWeightsResponse>(
+      call, [&](grpc::ClientContext* ctx, v1::PushWeightsResponse* r) {
         return stub_->PushWeights(ctx, v1::PushWeightsRequest(), r);
       });
 }
@@ -179,9 +158,8 @@ absl::StatusOr<v1::SaveCheckpointResponse> LearnerClient::SaveCheckpoint(
     const std::string& name, const CallOptions& call) {
   v1::SaveCheckpointRequest request;
   request.set_name(name);
-  return Unary<v1::SaveCheckpointResponse>(
-      *connection_, call,
-      [&](grpc::ClientContext* ctx, v1::SaveCheckpointResponse* r) {
+  return connection_->Unary<v1::SaveCheckpointResponse>(
+      call, [&](grpc::ClientContext* ctx, v1::SaveCheckpointResponse* r) {
         return stub_->SaveCheckpoint(ctx, request, r);
       });
 }
@@ -190,17 +168,16 @@ absl::StatusOr<v1::LoadCheckpointResponse> LearnerClient::LoadCheckpoint(
     const std::string& name, const CallOptions& call) {
   v1::LoadCheckpointRequest request;
   request.set_name(name);
-  return Unary<v1::LoadCheckpointResponse>(
-      *connection_, call,
-      [&](grpc::ClientContext* ctx, v1::LoadCheckpointResponse* r) {
+  return connection_->Unary<v1::LoadCheckpointResponse>(
+      call, [&](grpc::ClientContext* ctx, v1::LoadCheckpointResponse* r) {
         return stub_->LoadCheckpoint(ctx, request, r);
       });
 }
 
 absl::StatusOr<v1::LearnerStats> LearnerClient::GetStats(
     const CallOptions& call) {
-  return Unary<v1::LearnerStats>(
-      *connection_, call, [&](grpc::ClientContext* ctx, v1::LearnerStats* r) {
+  return connection_->Unary<v1::LearnerStats>(
+      call, [&](grpc::ClientContext* ctx, v1::LearnerStats* r) {
         return stub_->GetStats(ctx, v1::GetStatsRequest(), r);
       });
 }

@@ -7,6 +7,7 @@
 
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
+#include "common/wire/grpc_status.h"
 
 namespace lockstep::client {
 namespace {
@@ -45,9 +46,8 @@ class ReaderImpl final : public GenerateStreamReader {
         finished_ = true;
         return false;
       }
-      const absl::Duration delay =
-          BackoffDelay(connection_->options().retry, attempts_,
-                       absl::Uniform(rng_, 0.0, 1.0));
+      const absl::Duration delay = BackoffDelay(
+          connection_->Retry(call_), attempts_, absl::Uniform(rng_, 0.0, 1.0));
       if (absl::Now() + delay >= deadline_) {
         status_ = grpc::Status(
             grpc::StatusCode::DEADLINE_EXCEEDED,
@@ -71,7 +71,7 @@ class ReaderImpl final : public GenerateStreamReader {
       status_ = reader_->Finish();
       finished_ = true;
     }
-    return ToAbslStatus(status_);
+    return common::FromGrpcStatus(status_);
   }
 
   void Cancel() override {
@@ -149,13 +149,10 @@ RolloutClient::RolloutClient(std::shared_ptr<Connection> connection)
 
 absl::StatusOr<v1::GenerateResponse> RolloutClient::Generate(
     const v1::GenerateRequest& request, const CallOptions& call) {
-  v1::GenerateResponse response;
-  absl::Status s = connection_->Run(call, [&](grpc::ClientContext* ctx, int) {
-    response.Clear();
-    return stub_->Generate(ctx, request, &response);
-  });
-  if (!s.ok()) return s;
-  return response;
+  return connection_->Unary<v1::GenerateResponse>(
+      call, [&](grpc::ClientContext* ctx, v1::GenerateResponse* response) {
+        return stub_->Generate(ctx, request, response);
+      });
 }
 
 absl::Status RolloutClient::GenerateStream(
@@ -195,30 +192,23 @@ std::unique_ptr<GenerateStreamReader> RolloutClient::StartGenerateStream(
 
 absl::StatusOr<v1::ComputeLogprobsResponse> RolloutClient::ComputeLogprobs(
     const v1::ComputeLogprobsRequest& request, const CallOptions& call) {
-  v1::ComputeLogprobsResponse response;
-  absl::Status s = connection_->Run(call, [&](grpc::ClientContext* ctx, int) {
-    response.Clear();
-    return stub_->ComputeLogprobs(ctx, request, &response);
-  });
-  if (!s.ok()) return s;
-  return response;
+  return connection_->Unary<v1::ComputeLogprobsResponse>(
+      call,
+      [&](grpc::ClientContext* ctx, v1::ComputeLogprobsResponse* response) {
+        return stub_->ComputeLogprobs(ctx, request, response);
+      });
 }
 
 absl::StatusOr<v1::ModelInfo> RolloutClient::GetModelInfo(
     const CallOptions& call) {
-  v1::ModelInfo response;
-  absl::Status s = connection_->Run(call, [&](grpc::ClientContext* ctx, int) {
-    response.Clear();
-    return stub_->GetModelInfo(ctx, v1::GetModelInfoRequest(), &response);
-  });
-  if (!s.ok()) return s;
-  return response;
+  return connection_->Unary<v1::ModelInfo>(
+      call, [&](grpc::ClientContext* ctx, v1::ModelInfo* response) {
+        return stub_->GetModelInfo(ctx, v1::GetModelInfoRequest(), response);
+      });
 }
 
-absl::StatusOr<v1::UpdateWeightsResponse> RolloutClient::SendWeights(
-    const std::function<absl::Status(
-        const std::function<absl::Status(const v1::WeightUpdate&)>&)>& produce,
-    const CallOptions& call) {
+absl::StatusOr<v1::UpdateWeightsResponse> RolloutClient::UpdateWeights(
+    const WeightStreamProducer& produce, const CallOptions& call) {
   v1::UpdateWeightsResponse response;
   absl::Status produce_error;
   absl::Status s = connection_->Run(
@@ -261,8 +251,8 @@ absl::StatusOr<v1::UpdateWeightsResponse> RolloutClient::UpdateWeights(
     if (!info.ok()) return info.status();
     o.target_version = info->weight_version() + 1;
   }
-  return SendWeights(
-      [&](const std::function<absl::Status(const v1::WeightUpdate&)>& sink) {
+  return UpdateWeights(
+      [&](const WeightSink& sink) {
         return StreamWeightUpdate(weights, o, sink);
       },
       c);
@@ -282,7 +272,8 @@ absl::StatusOr<v1::UpdateWeightsResponse> RolloutClient::UpdateWeightsFromFile(
     if (!info.ok()) return info.status();
     if (o.target_version == 0) o.target_version = info->weight_version() + 1;
     const v1::DType want = info->config().dtype();
-    if (convert_dtype && DTypeBytes(want) != 0 && weights->dtype() != want) {
+    if (convert_dtype && common::WireDTypeSize(want) != 0 &&
+        weights->dtype() != want) {
       absl::StatusOr<WeightSet> converted = weights->ConvertedTo(want);
       if (!converted.ok()) return converted.status();
       weights = *std::move(converted);
@@ -293,8 +284,8 @@ absl::StatusOr<v1::UpdateWeightsResponse> RolloutClient::UpdateWeightsFromFile(
 
 absl::StatusOr<v1::UpdateWeightsResponse> RolloutClient::UpdateWeights(
     const std::vector<v1::WeightUpdate>& messages, const CallOptions& call) {
-  return SendWeights(
-      [&](const std::function<absl::Status(const v1::WeightUpdate&)>& sink) {
+  return UpdateWeights(
+      [&](const WeightSink& sink) {
         for (const v1::WeightUpdate& m : messages) {
           absl::Status s = sink(m);
           if (!s.ok()) return s;

@@ -69,6 +69,14 @@ class CompletionAccumulator {
   std::map<std::pair<uint32_t, uint32_t>, v1::Completion> samples_;
 };
 
+// Where a WeightStreamProducer writes the stream: returns an error once the
+// call has ended (the server answered early; the call's status says why).
+using WeightSink = std::function<absl::Status(const v1::WeightUpdate&)>;
+// Emits a whole UpdateWeights stream (header first) to the sink and returns
+// the sink's first error or its own. RolloutClient::UpdateWeights calls it
+// once per try, so it must emit the same stream every time.
+using WeightStreamProducer = std::function<absl::Status(const WeightSink&)>;
+
 class RolloutClient {
  public:
   // Connects (lazily) as `options` says; see Connection::Create for errors.
@@ -134,18 +142,18 @@ class RolloutClient {
       const std::vector<v1::WeightUpdate>& messages,
       const CallOptions& call = {});
 
+  // Streams what `produce` emits as one UpdateWeights call (e.g. a sender's
+  // own tensors through common::StreamWeights), replayed on UNAVAILABLE:
+  // `produce` runs once per try. An error of `produce` other than the
+  // sink's (unreadable or inconsistent input) cancels the call and is
+  // returned as is, without a retry.
+  absl::StatusOr<v1::UpdateWeightsResponse> UpdateWeights(
+      const WeightStreamProducer& produce, const CallOptions& call = {});
+
   // grpc.health.v1 status of lockstep.v1.RolloutService (no token needed).
   absl::StatusOr<HealthStatus> Health(const CallOptions& call = {});
 
  private:
-  // Streams what `produce` emits as one UpdateWeights call, retried on
-  // UNAVAILABLE (produce must emit the same stream every time).
-  absl::StatusOr<v1::UpdateWeightsResponse> SendWeights(
-      const std::function<absl::Status(
-          const std::function<absl::Status(const v1::WeightUpdate&)>&)>&
-          produce,
-      const CallOptions& call);
-
   std::shared_ptr<Connection> connection_;
   std::unique_ptr<v1::RolloutService::Stub> stub_;
 };

@@ -8,16 +8,11 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "common/crc32c.h"
-#include "common/safetensors.h"
+#include "common/formats/safetensors.h"
 #include "kernels/dtype.h"
 
 namespace lockstep::client {
 namespace {
-
-v1::DType FromKernelDType(kernels::DType dtype) {
-  return dtype == kernels::DType::kF32 ? v1::DTYPE_F32 : v1::DTYPE_BF16;
-}
 
 bool IsDirectory(const std::string& path) {
   struct stat st;
@@ -25,17 +20,6 @@ bool IsDirectory(const std::string& path) {
 }
 
 }  // namespace
-
-int DTypeBytes(v1::DType dtype) {
-  switch (dtype) {
-    case v1::DTYPE_F32:
-      return 4;
-    case v1::DTYPE_BF16:
-      return 2;
-    default:
-      return 0;
-  }
-}
 
 absl::StatusOr<WeightSet> WeightSet::FromSafetensors(const std::string& path) {
   // A directory is a checkpoint (one file or an index and its shards) and is
@@ -72,7 +56,7 @@ absl::StatusOr<WeightSet> WeightSet::FromSafetensors(const std::string& path) {
       v.nbytes = widened->size();
       set.owners_.push_back(std::move(widened));
     } else {
-      v.dtype = FromKernelDType(t.dtype);
+      v.dtype = common::ToProtoDType(t.dtype);
       v.data = t.data;
       v.nbytes = t.nbytes;
     }
@@ -92,37 +76,21 @@ absl::StatusOr<WeightSet> WeightSet::FromTensors(std::vector<Tensor> tensors) {
       return absl::InvalidArgumentError(
           absl::StrCat("duplicate tensor '", t.name, "'"));
     }
-    const int size = DTypeBytes(t.dtype);
-    if (size == 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor '", t.name, "' has no valid dtype"));
-    }
-    uint64_t numel = 1;
-    for (int64_t d : t.shape) {
-      if (d < 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("tensor '", t.name, "' has a negative dim"));
-      }
-      numel *= static_cast<uint64_t>(d);
-    }
-    if (numel * size != t.data.size()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor '", t.name, "' holds ", t.data.size(),
-                       " bytes; its shape and dtype need ", numel * size));
-    }
   }
   auto owned = std::make_shared<std::vector<Tensor>>(std::move(tensors));
   WeightSet set;
   set.owners_.push_back(owned);
   for (const Tensor& t : *owned) {
-    set.views_.push_back(
-        TensorView{t.name, t.dtype, t.shape, t.data.data(), t.data.size()});
+    TensorView v{t.name, t.dtype, t.shape, t.data.data(), t.data.size()};
+    absl::Status valid = common::CheckWireTensor(v);
+    if (!valid.ok()) return valid;
+    set.views_.push_back(std::move(v));
   }
   return set;
 }
 
 absl::StatusOr<WeightSet> WeightSet::ConvertedTo(v1::DType dtype) const {
-  if (DTypeBytes(dtype) == 0) {
+  if (common::WireDTypeSize(dtype) == 0) {
     return absl::InvalidArgumentError(
         "ConvertedTo needs DTYPE_F32 or DTYPE_BF16");
   }
@@ -133,9 +101,9 @@ absl::StatusOr<WeightSet> WeightSet::ConvertedTo(v1::DType dtype) const {
       out.views_.push_back(v);
       continue;
     }
-    const size_t numel = v.nbytes / DTypeBytes(v.dtype);
-    auto buffer =
-        std::make_shared<std::vector<uint8_t>>(numel * DTypeBytes(dtype));
+    const size_t numel = v.nbytes / common::WireDTypeSize(v.dtype);
+    auto buffer = std::make_shared<std::vector<uint8_t>>(
+        numel * common::WireDTypeSize(dtype));
     // Element loads go through memcpy: a mapped file need not align them.
     if (dtype == v1::DTYPE_BF16) {
       for (size_t i = 0; i < numel; ++i) {
@@ -176,50 +144,22 @@ v1::DType WeightSet::dtype() const {
 v1::WeightUpdateHeader MakeWeightUpdateHeader(const WeightSet& weights,
                                               uint64_t target_version,
                                               const std::string& source) {
-  v1::WeightUpdateHeader header;
-  header.set_target_version(target_version);
-  header.set_source(source);
-  for (const TensorView& t : weights.tensors()) {
-    v1::TensorManifestEntry* e = header.add_tensors();
-    e->set_name(t.name);
-    e->set_dtype(t.dtype);
-    for (int64_t d : t.shape) e->add_shape(d);
-    e->set_total_bytes(t.nbytes);
-    e->set_crc32c(common::Crc32c(t.data, t.nbytes));
-  }
-  return header;
+  // Every factory of a WeightSet checks its tensors (CheckWireTensor).
+  return common::WeightUpdateHeaderOf(weights.tensors(), target_version,
+                                      source);
 }
 
 absl::Status StreamWeightUpdate(
     const WeightSet& weights, const WeightUploadOptions& options,
     const std::function<absl::Status(const v1::WeightUpdate&)>& sink) {
-  if (options.chunk_bytes < 1 || options.chunk_bytes > kMaxWeightChunkBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("chunk_bytes ", options.chunk_bytes, " outside [1, ",
-                     kMaxWeightChunkBytes, "]"));
-  }
   if (weights.tensors().empty()) {
     return absl::InvalidArgumentError("the weight set holds no tensors");
   }
-  v1::WeightUpdate message;
-  *message.mutable_header() =
-      MakeWeightUpdateHeader(weights, options.target_version, options.source);
-  absl::Status s = sink(message);
-  if (!s.ok()) return s;
-  for (const TensorView& t : weights.tensors()) {
-    for (size_t off = 0; off < t.nbytes; off += options.chunk_bytes) {
-      const size_t n = std::min(options.chunk_bytes, t.nbytes - off);
-      message.Clear();
-      v1::TensorChunk* chunk = message.mutable_chunk();
-      chunk->set_name(t.name);
-      chunk->set_offset(off);
-      chunk->set_data(t.data + off, n);
-      chunk->set_crc32c(common::Crc32c(t.data + off, n));
-      s = sink(message);
-      if (!s.ok()) return s;
-    }
-  }
-  return absl::OkStatus();
+  common::WeightStreamOptions stream;
+  stream.chunk_bytes = options.chunk_bytes;
+  stream.source = options.source;
+  return common::StreamWeights(weights.tensors(), options.target_version, sink,
+                               stream);
 }
 
 }  // namespace lockstep::client

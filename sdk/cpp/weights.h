@@ -5,10 +5,9 @@
 // Stream layout (see proto/lockstep/v1/common.proto): one WeightUpdateHeader
 // (target version + manifest: name, dtype, shape, total bytes and CRC-32C of
 // every tensor, in name order), then TensorChunks of each tensor in name
-// order (name, offset, 1 byte to 4 MiB of data, CRC-32C of the data). This
-// is the format common/weight_stream.h produces on the servers; the SDK has
-// its own encoder so that it needs neither LibTorch nor the model code, only
-// the safetensors reader and CRC-32C of lockstep::common_io.
+// order (name, offset, 1 byte to 4 MiB of data, CRC-32C of the data). The
+// encoder is the servers' own, common/wire/weight_stream.h (lockstep::wire,
+// no LibTorch); this file adds the weight sets a client uploads from.
 #ifndef LOCKSTEP_SDK_CPP_WEIGHTS_H_
 #define LOCKSTEP_SDK_CPP_WEIGHTS_H_
 
@@ -21,32 +20,26 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/wire/weight_stream.h"
 #include "lockstep/v1/common.pb.h"
 
 namespace lockstep::client {
 
-// Chunk payload the SDK sends by default, and the largest the servers take.
-inline constexpr size_t kDefaultWeightChunkBytes = size_t{1} << 20;
-inline constexpr size_t kMaxWeightChunkBytes = size_t{4} << 20;
+// Chunk payload the SDK sends by default (1 MiB), and the largest the
+// servers take (4 MiB).
+using common::kDefaultWeightChunkBytes;
+using common::kMaxWeightChunkBytes;
 
-// Bytes per element of a wire dtype (4 for F32, 2 for BF16, 0 otherwise).
-int DTypeBytes(v1::DType dtype);
-
-// A view of one tensor's bytes: row-major, little-endian.
-struct TensorView {
-  std::string name;  // Hugging Face name, "model.norm.weight"
-  v1::DType dtype = v1::DTYPE_F32;
-  std::vector<int64_t> shape;     // empty for a scalar
-  const uint8_t* data = nullptr;  // [nbytes]
-  size_t nbytes = 0;              // numel(shape) * DTypeBytes(dtype)
-};
+// A view of one tensor's bytes (name, wire dtype, shape, data, nbytes;
+// row-major, little-endian): the encoder's common::WireTensor.
+using TensorView = common::WireTensor;
 
 // An owned tensor, for weight sets built in memory.
 struct Tensor {
   std::string name;
   v1::DType dtype = v1::DTYPE_F32;
   std::vector<int64_t> shape;
-  std::vector<uint8_t> data;  // numel(shape) * DTypeBytes(dtype) bytes
+  std::vector<uint8_t> data;  // numel(shape) * WireDTypeSize(dtype) bytes
 };
 
 // An immutable set of tensors, sorted by name, that can be streamed any
@@ -99,15 +92,15 @@ struct WeightUploadOptions {
 };
 
 // The header announcing `weights` (manifest in name order with each
-// tensor's CRC-32C).
+// tensor's CRC-32C): common::WeightUpdateHeaderOf.
 v1::WeightUpdateHeader MakeWeightUpdateHeader(const WeightSet& weights,
                                               uint64_t target_version,
                                               const std::string& source);
 
-// Emits the whole UpdateWeights stream for `weights` to `sink`: the header,
-// then every tensor's chunks. Stops at and returns the first error of
-// `sink`. INVALID_ARGUMENT for chunk_bytes outside [1, kMaxWeightChunkBytes]
-// or an empty weight set.
+// Emits the whole UpdateWeights stream for `weights` to `sink` (through
+// common::StreamWeights): the header, then every tensor's chunks. Stops at
+// and returns the first error of `sink`. INVALID_ARGUMENT for an empty
+// weight set or chunk_bytes outside [1, kMaxWeightChunkBytes].
 absl::Status StreamWeightUpdate(
     const WeightSet& weights, const WeightUploadOptions& options,
     const std::function<absl::Status(const v1::WeightUpdate&)>& sink);

@@ -1,9 +1,10 @@
 // The learner against rollouts that serve TLS (rollout_service --tls_cert
-// --tls_key) and mutual TLS (--tls_ca): the learner's RolloutClient built
-// with common::MakeChannelSecurity pushes weights only when it trusts the
-// rollout's CA (and, for mTLS, presents a client certificate the rollout
-// trusts); a plaintext or untrusting client fails with UNAVAILABLE and the
-// rollout keeps its version. Then the learner_service binary end to end
+// --tls_key) and mutual TLS (--tls_ca): the learner's rollout client
+// (ConnectRollout over common::MakeChannelSecurity) pushes weights only
+// when it trusts the rollout's CA (and, for mTLS, presents a client
+// certificate the rollout trusts); a plaintext or untrusting client fails with
+// UNAVAILABLE and the rollout keeps its version. Then the learner_service
+// binary end to end
 // (--rollout_tls_ca / --rollout_tls_cert / --rollout_tls_key /
 // --rollout_tls_server_name with --drive), and its start-up errors for bad
 // flag combinations.
@@ -18,9 +19,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "common/channel_security.h"
+#include "common/net/channel_security.h"
 #include "gtest/gtest.h"
-#include "learner_service/rollout_client.h"
+#include "learner_service/weight_push.h"
 #include "tests/learner_service/integration_util.h"
 #include "tests/rollout_service/integration_util.h"
 #include "tests/testing/test_certs.h"
@@ -61,14 +62,26 @@ class LearnerRolloutTlsTest : public ::testing::Test {
     return StartRollout(dir_->Sub("tiny"), "invariant", flags);
   }
 
-  // A learner RolloutClient to `address` secured by `o`.
-  static std::unique_ptr<RolloutClient> Client(
+  // The learner's client of `address` secured by `o`.
+  static std::shared_ptr<client::RolloutClient> Client(
       const std::string& address, const common::ChannelSecurityOptions& o) {
     absl::StatusOr<common::ChannelSecurity> security =
         common::MakeChannelSecurity(o);
     EXPECT_TRUE(security.ok()) << security.status();
     if (!security.ok()) return nullptr;
-    return std::make_unique<RolloutClient>(address, "", *security);
+    absl::StatusOr<std::shared_ptr<client::RolloutClient>> c =
+        ConnectRollout(address, "", *security);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? *std::move(c) : nullptr;
+  }
+
+  // GetModelInfo as registration calls it: one try that waits up to 30 s
+  // for the rollout.
+  static absl::StatusOr<v1::ModelInfo> ModelInfo(client::RolloutClient& c) {
+    client::CallOptions call = client::CallOptions::Timeout(absl::Seconds(30));
+    call.wait_for_ready = true;
+    call.max_attempts = 1;
+    return c.GetModelInfo(call);
   }
 
   static common::ChannelSecurityOptions TrustingCa() {
@@ -85,21 +98,21 @@ class LearnerRolloutTlsTest : public ::testing::Test {
   }
 
   // Pushes the seed-2 weights as `version` with two tries.
-  PushResult Push(RolloutClient& client, uint64_t version) {
+  PushResult Push(client::RolloutClient& client, uint64_t version) {
     PushOptions o;
-    o.max_attempts = 2;
-    o.initial_backoff = absl::Milliseconds(50);
+    o.retry.max_attempts = 2;
+    o.retry.initial_backoff = absl::Milliseconds(50);
     o.attempt_timeout = absl::Seconds(30);
-    return client.PushWeights(tensors_, version, "learner_rollout_tls_test", o);
+    return PushWeights(client, tensors_, version, "learner_rollout_tls_test",
+                       o);
   }
 
   // The rollout's served version as a trusted client sees it.
   static int64_t ServedVersion(const std::string& address,
                                const common::ChannelSecurityOptions& o) {
-    std::unique_ptr<RolloutClient> client = Client(address, o);
+    std::shared_ptr<client::RolloutClient> client = Client(address, o);
     if (client == nullptr) return -1;
-    absl::StatusOr<v1::ModelInfo> info =
-        client->GetModelInfo(absl::Seconds(30), /*wait_for_ready=*/true);
+    absl::StatusOr<v1::ModelInfo> info = ModelInfo(*client);
     EXPECT_TRUE(info.ok()) << info.status();
     return info.ok() ? static_cast<int64_t>(info->weight_version()) : -1;
   }
@@ -163,7 +176,7 @@ TEST_F(LearnerRolloutTlsTest, PushesToATlsRolloutOnlyWhenItTrustsTheCa) {
            {"plaintext", {}},
            {"default roots", default_roots},
            {"rogue CA", rogue}}) {
-    std::unique_ptr<RolloutClient> client = Client(address, o);
+    std::shared_ptr<client::RolloutClient> client = Client(address, o);
     ASSERT_NE(client, nullptr);
     PushResult r = Push(*client, 1);
     EXPECT_TRUE(absl::IsUnavailable(r.status)) << what << ": " << r.status;
@@ -173,10 +186,9 @@ TEST_F(LearnerRolloutTlsTest, PushesToATlsRolloutOnlyWhenItTrustsTheCa) {
 
   // Trusting the CA: through the IP in the certificate, then with the
   // server name override (as learner_service --rollout_tls_server_name).
-  std::unique_ptr<RolloutClient> client = Client(address, TrustingCa());
+  std::shared_ptr<client::RolloutClient> client = Client(address, TrustingCa());
   ASSERT_NE(client, nullptr);
-  absl::StatusOr<v1::ModelInfo> info =
-      client->GetModelInfo(absl::Seconds(30), /*wait_for_ready=*/true);
+  absl::StatusOr<v1::ModelInfo> info = ModelInfo(*client);
   ASSERT_TRUE(info.ok()) << info.status();
   PushResult r = Push(*client, 1);
   ASSERT_TRUE(r.status.ok()) << r.status;
@@ -211,14 +223,14 @@ TEST_F(LearnerRolloutTlsTest, MutualTlsNeedsATrustedClientCertificate) {
            {"rogue client certificate",
             WithClientCert(TrustingCa(), "rogue_client")},
            {"plaintext", {}}}) {
-    std::unique_ptr<RolloutClient> client = Client(address, o);
+    std::shared_ptr<client::RolloutClient> client = Client(address, o);
     ASSERT_NE(client, nullptr);
     PushResult r = Push(*client, 1);
     EXPECT_TRUE(absl::IsUnavailable(r.status)) << what << ": " << r.status;
   }
   const common::ChannelSecurityOptions good = WithClientCert(TrustingCa());
   EXPECT_EQ(ServedVersion(address, good), 0);
-  std::unique_ptr<RolloutClient> client = Client(address, good);
+  std::shared_ptr<client::RolloutClient> client = Client(address, good);
   ASSERT_NE(client, nullptr);
   PushResult r = Push(*client, 1);
   ASSERT_TRUE(r.status.ok()) << r.status;

@@ -2,8 +2,10 @@
 // gets its documented gRPC code with a clear message, and the server keeps
 // serving the next good request. Also: health (per-service status),
 // reflection, and the bearer-token check.
+#include <cstring>
 #include <fstream>
 
+#include "absl/strings/match.h"
 #include "gtest/gtest.h"
 #include "tests/rollout_service/integration_util.h"
 
@@ -199,18 +201,21 @@ TEST(RolloutAuthTest, BearerTokenIsRequiredWhenConfigured) {
   TempDir dir("rollout-auth");
   MakeModel(common::TinyConfig(), 1, dir.Sub("m"));
   {
-    std::ofstream(dir.Sub("token")) << "s3cret\n";
+    // CRLF and a tab around the token are stripped like any whitespace.
+    std::ofstream(dir.Sub("token")) << "\ts3cret\r\n";
   }
   auto server = StartRollout(dir.Sub("m"), {"--auth_token_file=" + dir.Sub("token")});
   ASSERT_NE(server, nullptr);
   auto stub = Stub(server->grpc_address());
   const v1::GenerateRequest req = MakeRequest({1, 2, 3}, 1, 7, 4);
-  for (const char* token : {"", "Bearer wrong", "Bearer s3cret"}) {
+  for (const char* token : {"", "Bearer wrong", "Bearer s3cre", "Bearer s3cret!", "Bearers3cret",
+                            "Bearer s3cret", "bearer s3cret", "BEARER s3cret"}) {
     grpc::ClientContext ctx;
     if (*token) ctx.AddMetadata("authorization", token);
     v1::GenerateResponse resp;
     grpc::Status s = stub->Generate(&ctx, req, &resp);
-    if (std::string(token) == "Bearer s3cret") {
+    // The scheme is case-insensitive (RFC 7235); the token is not.
+    if (absl::EndsWithIgnoreCase(token, "Bearer s3cret") && std::strlen(token) == 13) {
       EXPECT_TRUE(s.ok()) << s.error_message();
     } else {
       EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAUTHENTICATED) << token;

@@ -11,7 +11,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
-#include "common/cuda_check.h"
+#include "common/model/cuda_check.h"
 #include "lockstep/v1/rollout.grpc.pb.h"
 #include "tests/testing/service_process.h"
 

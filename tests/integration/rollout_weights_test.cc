@@ -7,7 +7,7 @@
 #include <random>
 #include <thread>
 
-#include "common/transformer.h"
+#include "common/model/model.h"
 #include "gtest/gtest.h"
 #include "tests/rollout_service/integration_util.h"
 
@@ -62,7 +62,7 @@ std::set<uint64_t> CheckConsistent(
           ADD_FAILURE() << "unknown version " << v;
           return seen;
         }
-        auto s = it->second->ScoreSequences({seq}, {prompt.size()});
+        auto s = it->second->Score({seq}, {prompt.size()});
         EXPECT_TRUE(s.ok()) << s.status();
         scores[v] = s.ok() ? (*s)[0] : std::vector<float>();
       }

@@ -19,9 +19,9 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/simd.h"
+#include "kernels/cpu/threading.h"
 #include "kernels/dtype.h"
-#include "kernels/simd.h"
-#include "kernels/threading.h"
 #include "tests/testing/kernel_state.h"
 #include "tests/testing/random.h"
 

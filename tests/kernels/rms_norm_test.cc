@@ -12,9 +12,9 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cpu/simd.h"
+#include "kernels/cpu/threading.h"
 #include "kernels/dtype.h"
-#include "kernels/simd.h"
-#include "kernels/threading.h"
 #include "tests/testing/random.h"
 
 namespace lockstep::kernels {

@@ -1,6 +1,6 @@
-// Tests of the run-time SIMD level selection (kernels/simd.h).
+// Tests of the run-time SIMD level selection (kernels/cpu/simd.h).
 
-#include "kernels/simd.h"
+#include "kernels/cpu/simd.h"
 
 #include <cstdlib>
 

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "kernels/threading.h"
+#include "kernels/cpu/threading.h"
 #include "kernels/tree_reduce.h"
 #include "tests/testing/random.h"
 

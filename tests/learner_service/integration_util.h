@@ -26,7 +26,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "common/model_generator.h"
+#include "common/formats/model_generator.h"
 #include "gtest/gtest.h"
 #include "learner_service/tasks.h"
 #include "lockstep/v1/learner.grpc.pb.h"

@@ -16,9 +16,9 @@
 #include <prometheus/text_serializer.h>
 
 #include "absl/strings/str_cat.h"
-#include "common/model_generator.h"
-#include "common/transformer.h"
-#include "common/weight_stream.h"
+#include "common/formats/model_generator.h"
+#include "common/model/model.h"
+#include "common/wire/weight_stream.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "lockstep/v1/rollout.grpc.pb.h"
@@ -126,8 +126,8 @@ class LearnerCoreTest : public ::testing::Test {
     registry_ = std::make_shared<prometheus::Registry>();
     options_.trainer.model_dir = (*root_ / "tiny").string();
     options_.checkpoint_dir = (*root_ / ("ckpt_" + std::to_string(counter_++))).string();
-    options_.push.initial_backoff = absl::Milliseconds(10);
-    options_.push.max_attempts = 4;
+    options_.push.retry.initial_backoff = absl::Milliseconds(10);
+    options_.push.retry.max_attempts = 4;
     options_.register_timeout = absl::Seconds(2);
   }
 
@@ -155,7 +155,7 @@ class LearnerCoreTest : public ::testing::Test {
       for (int k = 0; k < 4; ++k) {
         t.completion_tokens.push_back(static_cast<int32_t>(rng() % 64));
       }
-      auto lp = (*model)->ScoreSequences(
+      auto lp = (*model)->Score(
           {[&] {
             auto s = t.prompt_tokens;
             s.insert(s.end(), t.completion_tokens.begin(), t.completion_tokens.end());
@@ -233,7 +233,8 @@ TEST_F(LearnerCoreTest, RetriesUnavailableThenSucceeds) {
 TEST_F(LearnerCoreTest, RolloutDownDuringPushIsReportedAndStepIsWhole) {
   auto learner = Make();
   auto a = std::make_unique<FakeServer>(learner->config());
-  ASSERT_TRUE(learner->RegisterRollouts({a->endpoint()}, false).ok());
+  const std::string endpoint = a->endpoint();
+  ASSERT_TRUE(learner->RegisterRollouts({endpoint}, false).ok());
   a.reset();  // the rollout goes away
   ASSERT_TRUE(learner->Submit(Group(*learner, "g", 3, 3)).ok());
   auto r = learner->TrainStep({});
@@ -241,7 +242,10 @@ TEST_F(LearnerCoreTest, RolloutDownDuringPushIsReportedAndStepIsWhole) {
   EXPECT_EQ(r->step.weight_version, 1);  // applied exactly once
   ASSERT_EQ(r->pushes.size(), 1u);
   EXPECT_EQ(r->pushes[0].status.code(), absl::StatusCode::kUnavailable);
-  EXPECT_EQ(r->pushes[0].attempts, options_.push.max_attempts);
+  EXPECT_EQ(r->pushes[0].attempts, options_.push.retry.max_attempts);
+  EXPECT_THAT(std::string(r->pushes[0].status.message()),
+              HasSubstr(absl::StrCat("push of version 1 to ", endpoint,
+                                     " (attempt 4): ")));
   const LearnerStatus st = learner->Status();
   EXPECT_EQ(st.buffered_trajectories, 0);
   ASSERT_EQ(st.rollouts.size(), 1u);
@@ -254,6 +258,22 @@ TEST_F(LearnerCoreTest, RolloutDownDuringPushIsReportedAndStepIsWhole) {
   ASSERT_TRUE(r2.ok());
   EXPECT_EQ(r2->step.weight_version, 2);
   EXPECT_TRUE(r2->pushes.empty());
+}
+
+// PushWeights sends the learner's version as it is, even 0: a rollout
+// already serving it refuses the push (it is not bumped to "served + 1").
+TEST_F(LearnerCoreTest, PushesTheLearnersOwnVersion) {
+  auto learner = Make();
+  FakeServer a(learner->config());
+  ASSERT_TRUE(learner->RegisterRollouts({a.endpoint()}, false).ok());
+  std::vector<PushResult> pushes = learner->PushWeights();
+  ASSERT_EQ(pushes.size(), 1u);
+  EXPECT_EQ(pushes[0].status.code(), absl::StatusCode::kFailedPrecondition)
+      << pushes[0].status;
+  EXPECT_EQ(pushes[0].attempts, 1);
+  EXPECT_EQ(pushes[0].endpoint, a.endpoint());
+  std::lock_guard<std::mutex> lock(a.service.mu_);
+  EXPECT_EQ(a.service.updates_, 0);
 }
 
 // A rollout that serves the same shapes with other arithmetic (RoPE base,

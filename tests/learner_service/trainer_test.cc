@@ -8,10 +8,11 @@
 #include <filesystem>
 #include <random>
 
-#include "common/model_generator.h"
-#include "common/transformer.h"
+#include "common/formats/model_generator.h"
+#include "common/model/model.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/common/model/paged_decode.h"
 #include "kernels/dtype.h"
 
 namespace lockstep::learner {
@@ -91,10 +92,31 @@ std::vector<Trajectory> MakeBatch(const common::Model& model, uint64_t seed,
       batch.push_back(std::move(t));
     }
   }
-  auto lps = model.ScoreSequences(seqs, prefix);
+  auto lps = model.Score(seqs, prefix);
   EXPECT_TRUE(lps.ok()) << lps.status();
   for (size_t i = 0; i < batch.size(); ++i) {
     batch[i].rollout_logprobs = (*lps)[i];
+  }
+  return batch;
+}
+
+// The same trajectories with the logprobs a rollout reports: token by token
+// through the paged KV cache, all sequences decoding together (another batch
+// composition and another attention path than the learner's full-sequence
+// forward).
+std::vector<Trajectory> WithDecodedLogprobs(const common::Model& model,
+                                            std::vector<Trajectory> batch) {
+  std::vector<std::vector<int32_t>> seqs;
+  for (const Trajectory& t : batch) {
+    std::vector<int32_t> s = t.prompt_tokens;
+    s.insert(s.end(), t.completion_tokens.begin(), t.completion_tokens.end());
+    seqs.push_back(std::move(s));
+  }
+  const auto all = common::testing::Incremental(model, seqs, /*chunk=*/1, /*page_size=*/4,
+                                                /*page_seed=*/5);
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const size_t p = batch[i].prompt_tokens.size();
+    batch[i].rollout_logprobs.assign(all[i].begin() + (p - 1), all[i].end());
   }
   return batch;
 }
@@ -225,6 +247,31 @@ TEST_F(TrainerTest, InvariantLogprobsMatchInferenceModelBitwise) {
   EXPECT_EQ(r->step, 1);
   EXPECT_EQ(r->weight_version, 1);
   EXPECT_GT(r->grad_norm, 0.0);
+}
+
+// A trainer step over trajectories whose logprobs came from the rollout's
+// paged decode of the same weights: invariant kernels compare 0 mismatched
+// tokens; the standard twin (same model, same trajectories) must not.
+TEST_F(TrainerTest, DecodedRolloutLogprobsMatchOnlyInInvariantMode) {
+  for (KernelMode mode : {KernelMode::kInvariant, KernelMode::kStandard}) {
+    TrainerOptions o;
+    o.mode = mode;
+    o.micro_batch_size = 3;
+    auto trainer = Make(o);
+    auto model = ModelOf(*trainer, mode);
+    std::vector<Trajectory> batch = WithDecodedLogprobs(*model, MakeBatch(*model, 11, 4, 4, 0));
+    auto r = trainer->Step(batch);
+    ASSERT_TRUE(r.ok()) << r.status();
+    int64_t tokens = 0;
+    for (const Trajectory& t : batch) tokens += t.completion_tokens.size();
+    EXPECT_EQ(r->mismatch.tokens_compared, tokens);
+    if (mode == KernelMode::kInvariant) {
+      EXPECT_EQ(r->mismatch.tokens_mismatched, 0);
+      EXPECT_EQ(r->clip_fraction, 0.0);
+    } else {
+      EXPECT_GT(r->mismatch.tokens_mismatched, 0) << "standard kernels matched every token";
+    }
+  }
 }
 
 TEST_F(TrainerTest, StepUpdatesWeightsAndSnapshotIsMasterCast) {

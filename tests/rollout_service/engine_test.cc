@@ -3,6 +3,7 @@
 // swaps, cancellation, deadlines, limits and validation.
 #include "rollout_service/engine.h"
 
+#include <atomic>
 #include <cstring>
 #include <map>
 #include <random>
@@ -345,13 +346,90 @@ TEST(EngineTest, CancellationAndDeadline) {
   EXPECT_EQ(e->in_flight(), 0);
 }
 
+// A large scoring request runs in pieces beside generation: a 1-token
+// Generate submitted meanwhile finishes long before the scoring does (it
+// waits at most one piece), and the pieces give the same numbers as scoring
+// every sequence alone.
+TEST(EngineTest, ScoringDoesNotBlockGeneration) {
+  FakeModelOptions f;
+  f.score_sleep_us = 20000;  // 20 ms per piece
+  EngineOptions o;
+  o.max_batch_tokens = 64;
+  auto e = MakeEngine(o, f);
+  std::mt19937 rng(3);
+  ScoreRequest sr;
+  for (int i = 0; i < 60; ++i) {  // 60 x 32 tokens: 30 pieces, >= 600 ms
+    sr.sequences.push_back(RandomPrompt(rng, 32));
+    sr.prompt_lens.push_back(4);
+  }
+  absl::StatusOr<ScoreResult> scored;
+  absl::Time score_done;
+  std::thread scorer([&] {
+    scored = e->Score(sr);
+    score_done = absl::Now();
+  });
+  absl::SleepFor(absl::Milliseconds(50));
+  const absl::Time t0 = absl::Now();
+  auto gen = RunJob(*e, Job({1, 2, 3}, 1, 5, 1));
+  const absl::Time gen_done = absl::Now();
+  scorer.join();
+  ASSERT_TRUE(gen.ok()) << gen.status();
+  ASSERT_TRUE(scored.ok()) << scored.status();
+  EXPECT_LT(gen_done - t0, absl::Milliseconds(300));
+  EXPECT_LT(gen_done, score_done);
+  FakeModel alone(FakeModelOptions{});
+  for (size_t i = 0; i < sr.sequences.size(); ++i) {
+    const auto want = alone.Score({sr.sequences[i]}, {sr.prompt_lens[i]}).value()[0];
+    ASSERT_EQ(scored->logprobs[i].size(), want.size());
+    EXPECT_EQ(std::memcmp(scored->logprobs[i].data(), want.data(), want.size() * 4), 0) << i;
+  }
+}
+
+// ComputeLogprobs honours its deadline and its caller's cancellation; the
+// engine drops the rest of the work and keeps serving.
+TEST(EngineTest, ScoringHonoursDeadlineAndCancellation) {
+  FakeModelOptions f;
+  f.score_sleep_us = 20000;
+  EngineOptions o;
+  o.max_batch_tokens = 32;
+  auto e = MakeEngine(o, f);
+  std::mt19937 rng(4);
+  ScoreRequest sr;
+  for (int i = 0; i < 50; ++i) {  // 50 pieces: ~1 s
+    sr.sequences.push_back(RandomPrompt(rng, 32));
+    sr.prompt_lens.push_back(1);
+  }
+  sr.deadline = absl::Now() + absl::Milliseconds(100);
+  const absl::Time t0 = absl::Now();
+  EXPECT_EQ(e->Score(sr).status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_LT(absl::Now() - t0, absl::Milliseconds(400));
+
+  std::atomic<bool> cancel{false};
+  sr.deadline = absl::InfiniteFuture();
+  sr.cancelled = [&] { return cancel.load(); };
+  std::thread canceller([&] {
+    absl::SleepFor(absl::Milliseconds(100));
+    cancel = true;
+  });
+  const absl::Time t1 = absl::Now();
+  EXPECT_EQ(e->Score(sr).status().code(), absl::StatusCode::kCancelled);
+  EXPECT_LT(absl::Now() - t1, absl::Milliseconds(400));
+  canceller.join();
+
+  ScoreRequest small;
+  small.sequences = {{1, 2, 3, 4}};
+  small.prompt_lens = {2};
+  EXPECT_TRUE(e->Score(small).ok());
+  EXPECT_TRUE(RunJob(*e, Job({1, 2}, 1, 1, 3)).ok());
+}
+
 // Reference logprobs of `tokens` (after prompt_len) under FakeModel weights w.
 std::vector<float> ScoreWith(uint64_t w, const std::vector<int32_t>& seq,
                              int64_t prompt_len) {
   FakeModelOptions f;
   f.weights = w;
   FakeModel m(f);
-  return m.ScoreSequences({seq}, {prompt_len}).value()[0];
+  return m.Score({seq}, {prompt_len}).value()[0];
 }
 
 TEST(EngineTest, WeightSwapMidGenerationNeverMixesVersions) {
@@ -424,9 +502,38 @@ class CountingObserver : public EngineObserver {
     mismatches += mismatched;
   }
   void OnWeightSwap(const SwapResult& r) override { swaps++; }
+  void OnOccupancy(int64_t waiting, int64_t running, double kv_usage) override {
+    last_running = running;
+    last_waiting = waiting;
+    last_kv_usage = kv_usage;
+  }
+  std::atomic<int64_t> last_running{-1}, last_waiting{-1};
+  std::atomic<double> last_kv_usage{-1.0};
   std::atomic<int64_t> steps{0}, sampled{0}, max_sequences{0}, checks{0},
       checked_tokens{0}, mismatches{0}, swaps{0};
 };
+
+// When every request is cancelled, the occupancy the gauges show returns to
+// zero at once (not at the next request's step).
+TEST(EngineTest, OccupancyReturnsToZeroWhenRequestsEnd) {
+  CountingObserver obs;
+  FakeModelOptions f;
+  f.forward_sleep_us = 1000;
+  EngineOptions o;
+  o.prefix_sharing = false;
+  auto e = MakeEngine(o, f, &obs);
+  std::vector<std::shared_ptr<RequestHandle>> hs;
+  for (int i = 0; i < 4; ++i) hs.push_back(*e->Submit(Job({1, 2, 3, i}, 2, i, 400)));
+  absl::SleepFor(absl::Milliseconds(30));
+  for (auto& h : hs) h->Cancel(absl::CancelledError("gone"));
+  for (auto& h : hs) EXPECT_EQ(Collect(*h).status().code(), absl::StatusCode::kCancelled);
+  for (int i = 0; i < 100 && obs.last_running.load() != 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(obs.last_running.load(), 0);
+  EXPECT_EQ(obs.last_waiting.load(), 0);
+  EXPECT_EQ(obs.last_kv_usage.load(), 0.0);
+}
 
 TEST(EngineTest, SelfCheckAndObserver) {
   CountingObserver obs;

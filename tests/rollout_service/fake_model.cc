@@ -67,7 +67,7 @@ absl::StatusOr<std::unique_ptr<common::KvCache>> FakeModel::CreateKvCache(
       new FakeKvCache(num_pages, page_size));
 }
 
-absl::StatusOr<std::vector<float>> FakeModel::Forward(
+absl::StatusOr<std::vector<float>> FakeModel::StepLogits(
     const common::ForwardBatch& b, common::KvCache* cache_base) const {
   forward_calls_.fetch_add(1);
   if (fake_.forward_sleep_us > 0) {
@@ -147,7 +147,7 @@ absl::StatusOr<std::vector<float>> FakeModel::Forward(
   return logits;
 }
 
-absl::StatusOr<std::vector<std::vector<float>>> FakeModel::ForwardFull(
+absl::StatusOr<std::vector<std::vector<float>>> FakeModel::SequenceLogits(
     const std::vector<std::vector<int32_t>>& sequences) const {
   std::vector<std::vector<float>> out;
   const int64_t vocab = config_.vocab_size;
@@ -163,10 +163,13 @@ absl::StatusOr<std::vector<std::vector<float>>> FakeModel::ForwardFull(
   return out;
 }
 
-absl::StatusOr<std::vector<std::vector<float>>> FakeModel::ScoreSequences(
+absl::StatusOr<std::vector<std::vector<float>>> FakeModel::Score(
     const std::vector<std::vector<int32_t>>& sequences,
     const std::vector<int64_t>& prefix_lens) const {
-  auto full = ForwardFull(sequences);
+  if (fake_.score_sleep_us > 0) {
+    std::this_thread::sleep_for(std::chrono::microseconds(fake_.score_sleep_us));
+  }
+  auto full = SequenceLogits(sequences);
   if (!full.ok()) return full.status();
   const int64_t vocab = config_.vocab_size;
   std::vector<std::vector<float>> out;

@@ -2,7 +2,7 @@
 // token prefix as read back from the paged KV cache, so any paging mistake
 // (wrong slot, wrong block table, a page shared that should not be, K/V
 // computed by other weights) changes the logits or fails the forward. Batch
-// invariant by construction; ScoreSequences computes the same values
+// invariant by construction; Score computes the same values
 // straight from the token sequence.
 #ifndef LOCKSTEP_TESTS_ROLLOUT_SERVICE_FAKE_MODEL_H_
 #define LOCKSTEP_TESTS_ROLLOUT_SERVICE_FAKE_MODEL_H_
@@ -12,7 +12,7 @@
 #include <memory>
 #include <vector>
 
-#include "common/transformer.h"
+#include "common/model/model.h"
 
 namespace lockstep::rollout::testing {
 
@@ -24,6 +24,8 @@ struct FakeModelOptions {
   uint64_t weights = 1;
   // Slows each Forward down (to hold requests in flight in tests).
   int64_t forward_sleep_us = 0;
+  // Slows each Score call down (one piece of a ComputeLogprobs request).
+  int64_t score_sleep_us = 0;
 };
 
 class FakeModel : public common::Model {
@@ -37,11 +39,11 @@ class FakeModel : public common::Model {
   }
   absl::StatusOr<std::unique_ptr<common::KvCache>> CreateKvCache(
       int64_t num_pages, int64_t page_size) const override;
-  absl::StatusOr<std::vector<float>> Forward(
+  absl::StatusOr<std::vector<float>> StepLogits(
       const common::ForwardBatch& batch, common::KvCache* cache) const override;
-  absl::StatusOr<std::vector<std::vector<float>>> ForwardFull(
+  absl::StatusOr<std::vector<std::vector<float>>> SequenceLogits(
       const std::vector<std::vector<int32_t>>& sequences) const override;
-  absl::StatusOr<std::vector<std::vector<float>>> ScoreSequences(
+  absl::StatusOr<std::vector<std::vector<float>>> Score(
       const std::vector<std::vector<int32_t>>& sequences,
       const std::vector<int64_t>& prefix_lens) const override;
   const common::TensorMap& tensors() const override { return tensors_; }

@@ -21,11 +21,12 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "common/model_config.h"
-#include "common/model_generator.h"
-#include "common/safetensors.h"
-#include "common/weight_stream.h"
+#include "common/formats/model_config.h"
+#include "common/formats/model_generator.h"
+#include "common/formats/safetensors.h"
+#include "common/wire/weight_stream.h"
 #include "gtest/gtest.h"
+#include "tests/testing/loopback_http.h"
 #include "lockstep/v1/rollout.grpc.pb.h"
 #include "tests/testing/service_process.h"
 
@@ -130,25 +131,7 @@ inline bool SameCompletion(const v1::Completion& a, const v1::Completion& b) {
 
 // HTTP GET http://127.0.0.1:port/path, body only ("" on failure).
 inline std::string HttpGet(int port, const std::string& path = "/metrics") {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return "";
-  }
-  const std::string req =
-      "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
-  (void)!write(fd, req.data(), req.size());
-  std::string out;
-  char buf[8192];
-  ssize_t n;
-  while ((n = read(fd, buf, sizeof(buf))) > 0) out.append(buf, n);
-  close(fd);
-  const size_t body = out.find("\r\n\r\n");
-  return body == std::string::npos ? "" : out.substr(body + 4);
+  return lockstep::testing::HttpGetBody(port, path);
 }
 
 // Value of the first sample line of /metrics starting with `series` (e.g.

@@ -11,10 +11,12 @@
 #include <vector>
 
 #include "absl/time/clock.h"
-#include "common/crc32c.h"
-#include "common/model_generator.h"
-#include "common/safetensors.h"
-#include "common/server_security.h"
+#include "common/wire/crc32c.h"
+#include "common/formats/model_generator.h"
+#include "common/formats/safetensors.h"
+#include "common/net/channel_security.h"
+#include "common/net/server_security.h"
+#include "common/wire/weight_stream.h"
 #include "gtest/gtest.h"
 #include "sdk/cpp/lockstep_client.h"
 #include "tests/sdk/fake_services.h"
@@ -116,6 +118,51 @@ TEST(RetryTest, GivesUpAfterMaxAttempts) {
   EXPECT_TRUE(
       absl::IsUnavailable((*client)->Generate(SmallRequest(), once).status()));
   EXPECT_EQ(server->rollout().calls.load(), 5);
+  // A per-call retry policy: its tries and backoff instead of the client's
+  // (100 ms, then 200 ms between the tries here).
+  CallOptions own;
+  own.retry = RetryPolicy();
+  own.retry->max_attempts = 3;
+  own.retry->initial_backoff = absl::Milliseconds(100);
+  own.retry->max_backoff = absl::InfiniteDuration();
+  own.retry->jitter = 0.0;
+  const absl::Time start = absl::Now();
+  absl::Status s = (*client)->Generate(SmallRequest(), own).status();
+  EXPECT_TRUE(absl::IsUnavailable(s)) << s;
+  EXPECT_NE(s.message().find("(gave up after 3 tries)"), std::string::npos)
+      << s;
+  EXPECT_EQ(server->rollout().calls.load(), 8);
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(300));
+  // CallOptions::max_attempts still wins.
+  own.max_attempts = 1;
+  EXPECT_TRUE(
+      absl::IsUnavailable((*client)->Generate(SmallRequest(), own).status()));
+  EXPECT_EQ(server->rollout().calls.load(), 9);
+}
+
+// CallOptions::attempt_timeout bounds each try; its DEADLINE_EXCEEDED is not
+// retried.
+TEST(DeadlineTest, AttemptTimeoutBoundsEachTry) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  server->rollout().script.sleep_ms = 1500;
+  auto client = RolloutClient::Create(Options(*server));
+  ASSERT_TRUE(client.ok());
+  CallOptions call = CallOptions::Timeout(absl::Seconds(10));
+  call.attempt_timeout = absl::Milliseconds(200);
+  const absl::Time start = absl::Now();
+  absl::Status s = (*client)->Generate(SmallRequest(), call).status();
+  EXPECT_TRUE(absl::IsDeadlineExceeded(s)) << s;
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(1200));
+  EXPECT_EQ(server->rollout().calls.load(), 1);
+  // The streaming iterator too.
+  std::unique_ptr<GenerateStreamReader> reader =
+      (*client)->StartGenerateStream(SmallRequest(), call);
+  v1::GenerateStreamResponse m;
+  while (reader->Next(&m)) {
+  }
+  EXPECT_TRUE(absl::IsDeadlineExceeded(reader->Finish()));
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(2400));
 }
 
 TEST(RetryTest, NeverRetriesOtherCodes) {
@@ -471,6 +518,49 @@ TEST(WeightsTest, UploadIsReplayedOnUnavailable) {
   EXPECT_EQ(r->weight_version(), 5u);
 }
 
+// A caller's own replayable stream (here common::StreamWeights over a
+// TensorMap): produced once per try, replayed on UNAVAILABLE; an error of
+// the producer itself is returned as is, without a retry.
+TEST(WeightsTest, ProducedStreamIsReplayedOncePerTry) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  server->rollout().script.weights_fail_first = 1;
+  auto client = RolloutClient::Create(Options(*server));
+  ASSERT_TRUE(client.ok());
+  common::TensorMap tensors;
+  tensors["w"].dtype = kernels::DType::kBF16;
+  tensors["w"].shape = {3};
+  tensors["w"].data = {1, 2, 3, 4, 5, 6};
+  common::WeightStreamOptions stream;
+  stream.chunk_bytes = 4;
+  int produced = 0;
+  absl::StatusOr<v1::UpdateWeightsResponse> r =
+      (*client)->UpdateWeights([&](const WeightSink& sink) {
+        ++produced;
+        return common::StreamWeights(tensors, 3, sink, stream);
+      });
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(produced, 2);
+  EXPECT_EQ(r->weight_version(), 3u);
+  ASSERT_EQ(server->rollout().last_weights().size(), 3u);  // header + 2
+  EXPECT_EQ(server->rollout().last_weights()[0].header().tensors(0).dtype(),
+            v1::DTYPE_BF16);
+  const int calls = server->rollout().calls.load();
+  produced = 0;
+  tensors["w"].data.pop_back();  // no longer 3 bf16 values
+  r = (*client)->UpdateWeights([&](const WeightSink& sink) {
+    ++produced;
+    return common::StreamWeights(tensors, 4, sink, stream);
+  });
+  EXPECT_TRUE(absl::IsInvalidArgument(r.status())) << r.status();
+  EXPECT_NE(r.status().message().find("tensor 'w' holds 5 bytes"),
+            std::string::npos)
+      << r.status();
+  EXPECT_EQ(produced, 1);
+  EXPECT_LE(server->rollout().calls.load(), calls + 1);
+  EXPECT_EQ(server->rollout().version.load(), 3u);
+}
+
 TEST(LearnerTest, SubmitTrainStatsAndWeights) {
   auto server = StartServer();
   ASSERT_NE(server, nullptr);
@@ -706,6 +796,36 @@ TEST_F(TlsTest, MutualTlsRequiresATrustedClientCertificate) {
   ASSERT_TRUE(good.ok());
   auto info = (*good)->GetModelInfo();
   ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(server->rollout().calls.load(), 1);
+}
+
+// Connection::Create over channel security the caller built (as
+// learner_service does from its --rollout_tls_* flags).
+TEST_F(TlsTest, GivenChannelSecurity) {
+  common::ServerSecurityOptions so;
+  so.tls_cert_file = Cert("server.pem");
+  so.tls_key_file = Cert("server.key");
+  auto server = StartServer(so);
+  ASSERT_NE(server, nullptr);
+  common::ChannelSecurityOptions tls;
+  tls.ca_file = Cert("ca.pem");
+  absl::StatusOr<common::ChannelSecurity> security =
+      common::MakeChannelSecurity(tls);
+  ASSERT_TRUE(security.ok()) << security.status();
+  ClientOptions o = Options(*server);
+  o.retry.max_attempts = 1;
+  auto connection = Connection::Create(o, *security);
+  ASSERT_TRUE(connection.ok()) << connection.status();
+  RolloutClient client(*connection);
+  EXPECT_TRUE(client.GetModelInfo().ok());
+  auto plain = Connection::Create(o, common::ChannelSecurity());
+  ASSERT_TRUE(plain.ok());
+  EXPECT_TRUE(
+      absl::IsUnavailable(RolloutClient(*plain).GetModelInfo().status()));
+  // TlsOptions and a given security do not mix.
+  o.tls.ca_file = Cert("ca.pem");
+  EXPECT_TRUE(
+      absl::IsInvalidArgument(Connection::Create(o, *security).status()));
   EXPECT_EQ(server->rollout().calls.load(), 1);
 }
 

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "common/server_security.h"
+#include "common/net/server_security.h"
 #include "lockstep/v1/learner.grpc.pb.h"
 #include "lockstep/v1/rollout.grpc.pb.h"
 

@@ -5,8 +5,8 @@
 
 #include <gtest/gtest.h>
 
-#include "kernels/simd.h"
-#include "kernels/threading.h"
+#include "kernels/cpu/simd.h"
+#include "kernels/cpu/threading.h"
 
 namespace lockstep::testing {
 

@@ -1,6 +1,6 @@
 #include "tests/testing/service_process.h"
 
-#include "common/directory_tree.h"
+#include "common/formats/directory_tree.h"
 
 #include <gtest/gtest.h>
 

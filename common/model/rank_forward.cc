@@ -1,0 +1,169 @@
+#include "common/model/rank_forward.h"
+
+#include <tuple>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status/status_macros.h"
+
+namespace lockstep::common {
+namespace {
+
+// The bf16 storage cast between ops, applied at the same points in every
+// forward and mode (through the op set, which may fuse it into a kernel).
+torch::Tensor Store(const ModelConfig& config, Ops& ops, torch::Tensor x) {
+  return config.dtype == kernels::DType::kBF16 ? ops.StoreBF16(std::move(x)) : x;
+}
+
+// x·wᵀ (+ bias): the bias add is elementwise, per row. A bf16 bias is
+// promoted to fp32 inside the add (exactly), so no converted copy is made.
+torch::Tensor LinearWithBias(Ops& ops, const torch::Tensor& x, const LinearWeight& w) {
+  auto y = ops.Linear(x, w);
+  if (w.bias.defined()) y = y + w.bias;
+  return y;
+}
+
+}  // namespace
+
+RopeTable MakeRopeTable(const ModelConfig& config, const torch::Device& device) {
+  const std::vector<double> inv = config.rope.InverseFrequencies(config.head_dim);
+  RopeTable t;
+  t.inv_freq = torch::tensor(inv, torch::TensorOptions().dtype(torch::kDouble)).to(device);
+  t.attention_factor = config.rope.EffectiveAttentionFactor();
+  return t;
+}
+
+absl::StatusOr<RankWeights> BuildRankWeights(const ModelConfig& c, int rank, int tp,
+                                             const WeightSource& source,
+                                             const LinearMaker& make_linear,
+                                             const torch::Device& device) {
+  const int64_t D = c.head_dim, Hq = c.num_attention_heads, Hkv = c.num_key_value_heads;
+  const int64_t q_local = Hq / tp;
+  const int64_t kv_local = Hkv >= tp ? Hkv / tp : 1;
+  const int64_t kv_begin = Hkv >= tp ? rank * kv_local : (rank * q_local) / (Hq / Hkv);
+  const int64_t inter_local = c.intermediate_size / tp, vocab_local = c.vocab_size / tp;
+  auto whole = [&](const std::string& name) { return source(name, -1, 0, 0); };
+  // A column-parallel layer's rows [begin, begin + count): weight and, when
+  // the family has one, bias.
+  auto column = [&](const std::string& prefix, int64_t begin, int64_t count,
+                    bool bias) -> absl::StatusOr<LinearWeight> {
+    LOCKSTEP_ASSIGN_OR_RETURN(torch::Tensor w, source(prefix + ".weight", 0, begin, count));
+    LOCKSTEP_ASSIGN_OR_RETURN(LinearWeight lw, make_linear(w));
+    if (bias) {
+      LOCKSTEP_ASSIGN_OR_RETURN(lw.bias, source(prefix + ".bias", 0, begin, count));
+    }
+    return lw;
+  };
+  auto row = [&](const std::string& name, int64_t begin,
+                 int64_t count) -> absl::StatusOr<LinearWeight> {
+    LOCKSTEP_ASSIGN_OR_RETURN(torch::Tensor w, source(name, 1, begin, count));
+    return make_linear(w);
+  };
+  RankWeights rw;
+  rw.q_heads = q_local;
+  rw.kv_heads = kv_local;
+  LOCKSTEP_ASSIGN_OR_RETURN(rw.embed, whole("model.embed_tokens.weight"));
+  LOCKSTEP_ASSIGN_OR_RETURN(rw.final_norm, whole("model.norm.weight"));
+  LOCKSTEP_ASSIGN_OR_RETURN(
+      rw.lm_head, column(c.tie_word_embeddings ? "model.embed_tokens" : "lm_head",
+                         rank * vocab_local, vocab_local, /*bias=*/false));
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = absl::StrCat("model.layers.", l, ".");
+    LayerWeights lw;
+    LOCKSTEP_ASSIGN_OR_RETURN(lw.input_norm, whole(p + "input_layernorm.weight"));
+    LOCKSTEP_ASSIGN_OR_RETURN(lw.post_norm, whole(p + "post_attention_layernorm.weight"));
+    LOCKSTEP_ASSIGN_OR_RETURN(
+        lw.q, column(p + "self_attn.q_proj", rank * q_local * D, q_local * D, c.qkv_bias));
+    LOCKSTEP_ASSIGN_OR_RETURN(
+        lw.k, column(p + "self_attn.k_proj", kv_begin * D, kv_local * D, c.qkv_bias));
+    LOCKSTEP_ASSIGN_OR_RETURN(
+        lw.v, column(p + "self_attn.v_proj", kv_begin * D, kv_local * D, c.qkv_bias));
+    LOCKSTEP_ASSIGN_OR_RETURN(lw.o,
+                              row(p + "self_attn.o_proj.weight", rank * q_local * D, q_local * D));
+    if (c.qk_norm) {
+      LOCKSTEP_ASSIGN_OR_RETURN(lw.q_norm, whole(p + "self_attn.q_norm.weight"));
+      LOCKSTEP_ASSIGN_OR_RETURN(lw.k_norm, whole(p + "self_attn.k_norm.weight"));
+    }
+    LOCKSTEP_ASSIGN_OR_RETURN(
+        lw.gate, column(p + "mlp.gate_proj", rank * inter_local, inter_local, false));
+    LOCKSTEP_ASSIGN_OR_RETURN(
+        lw.up, column(p + "mlp.up_proj", rank * inter_local, inter_local, false));
+    LOCKSTEP_ASSIGN_OR_RETURN(
+        lw.down, row(p + "mlp.down_proj.weight", rank * inter_local, inter_local));
+    rw.layers.push_back(std::move(lw));
+  }
+  rw.rope = MakeRopeTable(c, device);
+  return rw;
+}
+
+torch::Tensor RankForward(const ModelConfig& config, const RankWeights& weights,
+                          Ops& ops, const ForwardInput& input, Communicator* comm) {
+  const int64_t D = config.head_dim;
+  const double eps = config.rms_norm_eps;
+  const bool bf16 = config.dtype == kernels::DType::kBF16;
+  // Every activation is rounded to bf16 (bf16 models) at the same points as
+  // ever: after the embedding, each norm, projection, QK-norm, RoPE,
+  // attention, residual add and SwiGLU; the fused steps of Ops
+  // (torch_ops.h) say which of those they apply.
+  auto h = Store(config, ops, weights.embed.index_select(0, input.tokens).to(torch::kFloat));
+  // A layer's MLP output, added to h by the next norm: h = S(h + S(pending)).
+  torch::Tensor pending;
+  const torch::Tensor no_norm;
+  for (const LayerWeights& lw : weights.layers) {
+    torch::Tensor x;
+    std::tie(h, x) = ops.AddRmsNorm(std::move(h), std::move(pending), lw.input_norm, eps, bf16);
+    auto q = LinearWithBias(ops, x, lw.q);
+    auto k = LinearWithBias(ops, x, lw.k);
+    auto v = Store(config, ops, LinearWithBias(ops, x, lw.v));
+    q = ops.HeadNormRope(std::move(q), config.qk_norm ? lw.q_norm : no_norm, input.positions,
+                         weights.q_heads, D, weights.rope, eps, bf16);
+    k = ops.HeadNormRope(std::move(k), config.qk_norm ? lw.k_norm : no_norm, input.positions,
+                         weights.kv_heads, D, weights.rope, eps, bf16);
+    torch::Tensor attn;
+    if (input.paged != nullptr) {
+      const size_t layer = &lw - weights.layers.data();
+      attn = ops.PagedAttention(q, k, v, (*input.kv)[layer], *input.paged,
+                                weights.q_heads, weights.kv_heads, D);
+    } else {
+      std::vector<torch::Tensor> outs;
+      int64_t start = 0;
+      for (int64_t len : input.seq_lens) {
+        outs.push_back(ops.PrefillAttention(q.narrow(0, start, len), k.narrow(0, start, len),
+                                            v.narrow(0, start, len), weights.q_heads,
+                                            weights.kv_heads, D));
+        start += len;
+      }
+      attn = outs.size() == 1 ? outs[0] : torch::cat(outs, 0);
+    }
+    if (bf16) attn = ops.StoreBF16ForLinear(std::move(attn));
+    std::tie(h, x) = ops.AddRmsNorm(std::move(h), ops.RowParallelLinear(attn, lw.o, comm),
+                                    lw.post_norm, eps, bf16);
+    auto gate = ops.Linear(x, lw.gate);
+    auto up = ops.Linear(x, lw.up);
+    auto act = ops.SiluMulStore(std::move(gate), std::move(up), bf16);
+    pending = ops.RowParallelLinear(act, lw.down, comm);
+  }
+  if (input.logit_rows.numel() == 0) {
+    // A step that only fills the KV cache (e.g. a prefill chunk that samples
+    // nothing): no head, no collective (every rank sees the same batch).
+    return torch::empty({0, config.vocab_size}, h.options());
+  }
+  // The last residual add and the final norm are row-wise: they run on the
+  // logit rows only.
+  auto last = h.index_select(0, input.logit_rows);
+  if (pending.defined()) pending = pending.index_select(0, input.logit_rows);
+  auto x = ops.AddRmsNorm(std::move(last), std::move(pending), weights.final_norm, eps, bf16)
+               .second;
+  // The logits stay fp32 (the GEMM's accumulator) where transformers rounds
+  // them to bf16: the logprobs are computed from them, and that rounding
+  // alone costs up to half a bf16 ulp of the logit (0.016 nats at |logit|
+  // 4..8). Both services do the same, so they stay bit-identical.
+  auto local = ops.Linear(x, weights.lm_head);  // [R, V/t]
+  const int tp = comm == nullptr ? 1 : comm->size();
+  if (tp == 1) return local;
+  // Vocabulary shards are gathered as bytes and laid side by side.
+  auto gathered = AllGatherTensor(local, comm);
+  return gathered.permute({1, 0, 2}).reshape({local.size(0), tp * local.size(1)}).contiguous();
+}
+
+}  // namespace lockstep::common

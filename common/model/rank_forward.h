@@ -1,0 +1,83 @@
+// The functional decoder forward of one TP rank, written once against Ops
+// (torch_ops.h) and shared by the inference Model (incremental, paged) and
+// the learner (full sequences, differentiable).
+#ifndef LOCKSTEP_COMMON_MODEL_RANK_FORWARD_H_
+#define LOCKSTEP_COMMON_MODEL_RANK_FORWARD_H_
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "absl/status/statusor.h"
+#include "common/model/communicator.h"
+#include "common/formats/model_config.h"
+#include "common/model/torch_ops.h"
+
+namespace lockstep::common {
+
+// One decoder layer's weights as held by one rank. Column-parallel layers
+// (q, k, v, gate, up) hold this rank's output rows; row-parallel ones (o,
+// down) this rank's input columns.
+struct LayerWeights {
+  torch::Tensor input_norm;  // [H]
+  LinearWeight q, k, v, o;
+  torch::Tensor q_norm, k_norm;  // [D], undefined without QK-norm
+  torch::Tensor post_norm;       // [H]
+  LinearWeight gate, up, down;
+};
+
+// One rank's weights and its share of the heads and the vocabulary.
+struct RankWeights {
+  torch::Tensor embed;  // [V, H], replicated
+  std::vector<LayerWeights> layers;
+  torch::Tensor final_norm;  // [H]
+  LinearWeight lm_head;      // [V/t, H]: this rank's vocabulary rows
+  int64_t q_heads = 0;       // local query heads
+  int64_t kv_heads = 0;      // local KV heads
+  RopeTable rope;            // the model's RoPE, on this rank's device
+};
+
+// The RoPE table of `config` (RopeParameters::InverseFrequencies over the
+// whole head, float64) on `device`.
+RopeTable MakeRopeTable(const ModelConfig& config, const torch::Device& device);
+
+// Where BuildRankWeights takes a tensor from: the HF-named weight `name`,
+// rows [begin, begin + count) of dim `dim` (dim -1: the whole tensor).
+using WeightSource = std::function<absl::StatusOr<torch::Tensor>(
+    const std::string& name, int64_t dim, int64_t begin, int64_t count)>;
+// Turns a (sliced) matrix into a LinearWeight (device placement, packing).
+using LinearMaker = std::function<absl::StatusOr<LinearWeight>(torch::Tensor w)>;
+
+// Rank `rank` of `tp` of the model's weights, taking every tensor named by
+// ExpectedTensors(config) from `source`: column-parallel layers (q, k, v,
+// gate, up, lm_head) and their biases by output rows, row-parallel ones (o,
+// down) by input columns, norms and the embedding whole; a rank's KV heads
+// are its own slice, or the one head its query heads map to when ranks
+// outnumber KV heads. `device`: where the RoPE table goes. The one place
+// that maps HF weight names to the forward's weights.
+absl::StatusOr<RankWeights> BuildRankWeights(const ModelConfig& config, int rank, int tp,
+                                             const WeightSource& source,
+                                             const LinearMaker& make_linear,
+                                             const torch::Device& device);
+
+// Attention source of a forward: either whole sequences laid end to end
+// (seq_lens, full-sequence prefill), or a paged step (meta + per-layer KV).
+struct ForwardInput {
+  torch::Tensor tokens;     // int64 [T]
+  torch::Tensor positions;  // int32 [T]
+  std::vector<int64_t> seq_lens;           // full mode: lengths summing to T
+  const PagedAttentionMeta* paged = nullptr;  // paged mode
+  std::vector<LayerKv>* kv = nullptr;         // paged mode: [layers]
+  torch::Tensor logit_rows;  // int64 [R]: rows whose logits are computed
+};
+
+// Runs the decoder on one rank and returns logits [R, V] (float32, full
+// vocabulary on every rank: the vocabulary shards are all-gathered).
+torch::Tensor RankForward(const ModelConfig& config, const RankWeights& weights,
+                          Ops& ops, const ForwardInput& input, Communicator* comm);
+
+}  // namespace lockstep::common
+
+#endif  // LOCKSTEP_COMMON_MODEL_RANK_FORWARD_H_

@@ -1,0 +1,40 @@
+// Differentiable full-sequence forward for training (the learner), over the
+// same functional transformer the inference Model runs. In invariant mode
+// every op's forward value comes from the invariant kernels (autograd
+// functions whose backward uses ordinary LibTorch ops), so the values are
+// bit-identical to Model::Score with the same weights.
+#ifndef LOCKSTEP_COMMON_MODEL_SEQUENCE_LOGPROBS_H_
+#define LOCKSTEP_COMMON_MODEL_SEQUENCE_LOGPROBS_H_
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "absl/status/statusor.h"
+#include "common/formats/host_tensor.h"
+#include "common/model/kernel_mode.h"
+#include "common/formats/model_config.h"
+
+namespace lockstep::common {
+
+// HF name -> tensor in the config's storage dtype (float32 or bfloat16, CPU
+// or CUDA), possibly requiring grad (e.g. master_fp32.to(kBFloat16)).
+using TorchWeights = std::map<std::string, torch::Tensor>;
+
+// Token log-probabilities of each sequence: element i of result[s] is
+// log p(seq[i+1] | seq[0..i]) for i in [prefix_lens[s]-1, len-1), as a
+// float32 tensor that is differentiable w.r.t. the weights.
+absl::StatusOr<std::vector<torch::Tensor>> SequenceLogprobs(
+    const ModelConfig& config, const TorchWeights& weights, KernelMode mode,
+    const std::vector<std::vector<int32_t>>& sequences,
+    const std::vector<int64_t>& prefix_lens);
+
+// Host tensors -> torch tensors (copies) and back.
+TorchWeights ToTorch(const TensorMap& tensors);
+TensorMap FromTorch(const TorchWeights& weights);
+
+}  // namespace lockstep::common
+
+#endif  // LOCKSTEP_COMMON_MODEL_SEQUENCE_LOGPROBS_H_

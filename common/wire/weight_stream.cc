@@ -1,0 +1,432 @@
+#include "common/wire/weight_stream.h"
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/wire/crc32c.h"
+#include "common/status/status_macros.h"
+
+namespace lockstep::common {
+namespace {
+
+// absl::StrCat in Debian's Abseil does not take std::string_view.
+std::string DTypeStr(kernels::DType dtype) {
+  return std::string(kernels::DTypeName(dtype));
+}
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+template <typename Container>
+std::string ShapeString(const Container& shape) {
+  return ShapeString(std::vector<int64_t>(shape.begin(), shape.end()));
+}
+
+// Lists up to 8 names, then "... (N in all)".
+std::string NameList(const std::vector<std::string>& names) {
+  constexpr size_t kMax = 8;
+  std::vector<std::string> shown(names.begin(),
+                                 names.begin() + std::min(names.size(), kMax));
+  std::string out = absl::StrJoin(shown, ", ");
+  if (names.size() > kMax)
+    absl::StrAppend(&out, ", ... (", names.size(), " in all)");
+  return out;
+}
+
+}  // namespace
+
+v1::DType ToProtoDType(kernels::DType dtype) {
+  switch (dtype) {
+    case kernels::DType::kF32:
+      return v1::DTYPE_F32;
+    case kernels::DType::kBF16:
+      return v1::DTYPE_BF16;
+    default:
+      // fp16 has no wire dtype (fp16 checkpoints are widened to fp32 at
+      // load); UNSPECIFIED is refused by every receiver.
+      return v1::DTYPE_UNSPECIFIED;
+  }
+}
+
+int WireDTypeSize(v1::DType dtype) {
+  switch (dtype) {
+    case v1::DTYPE_F32:
+      return 4;
+    case v1::DTYPE_BF16:
+      return 2;
+    default:
+      return 0;
+  }
+}
+
+absl::StatusOr<kernels::DType> FromProtoDType(int dtype) {
+  switch (dtype) {
+    case v1::DTYPE_F32:
+      return kernels::DType::kF32;
+    case v1::DTYPE_BF16:
+      return kernels::DType::kBF16;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown or unspecified dtype ", dtype));
+  }
+}
+
+v1::ModelConfig ModelConfigToProto(const ModelConfig& config) {
+  v1::ModelConfig p;
+  p.set_model_type(config.model_type);
+  p.set_vocab_size(config.vocab_size);
+  p.set_hidden_size(config.hidden_size);
+  p.set_intermediate_size(config.intermediate_size);
+  p.set_num_hidden_layers(config.num_hidden_layers);
+  p.set_num_attention_heads(config.num_attention_heads);
+  p.set_num_key_value_heads(config.num_key_value_heads);
+  p.set_head_dim(config.head_dim);
+  p.set_rms_norm_eps(config.rms_norm_eps);
+  p.set_rope_theta(config.rope.rope_theta);
+  v1::RopeParameters* rope = p.mutable_rope();
+  rope->set_rope_type(config.rope.rope_type);
+  rope->set_rope_theta(config.rope.rope_theta);
+  rope->set_factor(config.rope.factor);
+  if (config.rope.rope_type == "llama3") {
+    rope->set_low_freq_factor(config.rope.low_freq_factor);
+    rope->set_high_freq_factor(config.rope.high_freq_factor);
+  }
+  rope->set_original_max_position_embeddings(config.rope.original_max_position_embeddings);
+  if (config.rope.rope_type == "yarn") {
+    rope->set_beta_fast(config.rope.beta_fast);
+    rope->set_beta_slow(config.rope.beta_slow);
+    rope->set_truncate(config.rope.truncate);
+  }
+  rope->set_attention_factor(config.rope.EffectiveAttentionFactor());
+  p.set_qkv_bias(config.qkv_bias);
+  p.set_checkpoint_dtype(config.checkpoint_dtype);
+  for (const std::string& key : config.ignored_keys) p.add_ignored_config_keys(key);
+  p.set_tie_word_embeddings(config.tie_word_embeddings);
+  p.set_max_position_embeddings(config.max_position_embeddings);
+  p.set_qk_norm(config.qk_norm);
+  p.set_dtype(ToProtoDType(config.dtype));
+  if (config.bos_token_id.has_value()) p.set_bos_token_id(*config.bos_token_id);
+  for (int64_t id : config.eos_token_ids) p.add_eos_token_ids(id);
+  p.set_config_json(config.ToJson());
+  p.set_num_parameters(config.NumParameters());
+  return p;
+}
+
+absl::Status CheckWireTensor(const WireTensor& t) {
+  const int size = WireDTypeSize(t.dtype);
+  if (size == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", t.name, "' has no valid dtype (f32 or bf16)"));
+  }
+  int64_t numel = 1;
+  for (int64_t d : t.shape) {
+    if (d < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", t.name, "' has a negative dim"));
+    }
+    numel *= d;
+  }
+  if (static_cast<uint64_t>(numel) * size != t.nbytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor '", t.name, "' holds ", t.nbytes, " bytes but its shape ",
+        ShapeString(t.shape), " and dtype ", DTypeStr(*FromProtoDType(t.dtype)),
+        " need ", numel * size));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<WireTensor> ToWireTensors(const TensorMap& tensors) {
+  std::vector<WireTensor> out;
+  out.reserve(tensors.size());
+  for (const auto& [name, t] : tensors) {
+    out.push_back(WireTensor{name, ToProtoDType(t.dtype), t.shape,
+                             t.data.data(), t.data.size()});
+  }
+  return out;
+}
+
+v1::WeightUpdateHeader WeightUpdateHeaderOf(
+    absl::Span<const WireTensor> tensors, uint64_t target_version,
+    const std::string& source) {
+  v1::WeightUpdateHeader header;
+  header.set_target_version(target_version);
+  header.set_source(source);
+  for (const WireTensor& t : tensors) {
+    v1::TensorManifestEntry* e = header.add_tensors();
+    e->set_name(t.name);
+    e->set_dtype(t.dtype);
+    for (int64_t d : t.shape) e->add_shape(d);
+    e->set_total_bytes(t.nbytes);
+    e->set_crc32c(Crc32c(t.data, t.nbytes));
+  }
+  return header;
+}
+
+absl::Status StreamWeights(
+    absl::Span<const WireTensor> tensors, uint64_t target_version,
+    const std::function<absl::Status(const v1::WeightUpdate&)>& sink,
+    const WeightStreamOptions& options) {
+  if (options.chunk_bytes < 1 || options.chunk_bytes > kMaxWeightChunkBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunk_bytes ", options.chunk_bytes, " outside [1, ",
+                     kMaxWeightChunkBytes, "]"));
+  }
+  for (const WireTensor& t : tensors) {
+    LOCKSTEP_RETURN_IF_ERROR(CheckWireTensor(t));
+  }
+  v1::WeightUpdate message;
+  *message.mutable_header() =
+      WeightUpdateHeaderOf(tensors, target_version, options.source);
+  LOCKSTEP_RETURN_IF_ERROR(sink(message));
+  for (const WireTensor& t : tensors) {
+    for (size_t off = 0; off < t.nbytes; off += options.chunk_bytes) {
+      const size_t n = std::min(options.chunk_bytes, t.nbytes - off);
+      message.Clear();
+      v1::TensorChunk* chunk = message.mutable_chunk();
+      chunk->set_name(t.name);
+      chunk->set_offset(off);
+      chunk->set_data(t.data + off, n);
+      chunk->set_crc32c(Crc32c(t.data + off, n));
+      LOCKSTEP_RETURN_IF_ERROR(sink(message));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::WeightUpdateHeader> MakeWeightUpdateHeader(
+    const TensorMap& tensors, uint64_t target_version,
+    const std::string& source) {
+  const std::vector<WireTensor> views = ToWireTensors(tensors);
+  for (const WireTensor& t : views) {
+    LOCKSTEP_RETURN_IF_ERROR(CheckWireTensor(t));
+  }
+  return WeightUpdateHeaderOf(views, target_version, source);
+}
+
+absl::Status StreamWeights(
+    const TensorMap& tensors, uint64_t target_version,
+    const std::function<absl::Status(const v1::WeightUpdate&)>& sink,
+    const WeightStreamOptions& options) {
+  return StreamWeights(ToWireTensors(tensors), target_version, sink, options);
+}
+
+absl::StatusOr<std::vector<v1::WeightUpdate>> SplitWeights(
+    const TensorMap& tensors, uint64_t target_version,
+    const WeightStreamOptions& options) {
+  std::vector<v1::WeightUpdate> out;
+  LOCKSTEP_RETURN_IF_ERROR(StreamWeights(
+      tensors, target_version,
+      [&out](const v1::WeightUpdate& m) {
+        out.push_back(m);
+        return absl::OkStatus();
+      },
+      options));
+  return out;
+}
+
+WeightStager::WeightStager(ModelConfig config) : config_(std::move(config)) {}
+
+absl::Status WeightStager::Fail(absl::Status status) {
+  error_ = status;
+  staged_.clear();  // release the shadow copy early
+  return status;
+}
+
+absl::Status WeightStager::Add(const v1::WeightUpdate& message) {
+  if (!error_.ok()) return error_;
+  if (finished_) {
+    return absl::FailedPreconditionError("weight stream already finished");
+  }
+  switch (message.kind_case()) {
+    case v1::WeightUpdate::kHeader:
+      return AddHeader(message.header());
+    case v1::WeightUpdate::kChunk:
+      return AddChunk(message.chunk());
+    default:
+      return Fail(absl::InvalidArgumentError(
+          "weight update message has neither a header nor a chunk"));
+  }
+}
+
+absl::Status WeightStager::AddHeader(const v1::WeightUpdateHeader& header) {
+  if (has_header_) {
+    return Fail(
+        absl::InvalidArgumentError("weight stream carries a second header"));
+  }
+  // Structural checks first (INVALID_ARGUMENT), then the match with the
+  // model (ABORTED).
+  std::map<std::string, const v1::TensorManifestEntry*> manifest;
+  for (const v1::TensorManifestEntry& e : header.tensors()) {
+    if (e.name().empty()) {
+      return Fail(absl::InvalidArgumentError(
+          "weight manifest has a tensor with an empty name"));
+    }
+    if (!manifest.emplace(e.name(), &e).second) {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("weight manifest lists tensor '", e.name(), "' twice")));
+    }
+    absl::StatusOr<kernels::DType> dtype = FromProtoDType(e.dtype());
+    if (!dtype.ok()) {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("weight manifest: tensor '", e.name(),
+                       "': ", dtype.status().message())));
+    }
+    uint64_t numel = 1;
+    for (int64_t d : e.shape()) {
+      if (d < 0 ||
+          (d > 0 && numel > (uint64_t{1} << 48) / static_cast<uint64_t>(d))) {
+        return Fail(absl::InvalidArgumentError(
+            absl::StrCat("weight manifest: tensor '", e.name(),
+                         "' has an invalid shape ", ShapeString(e.shape()))));
+      }
+      numel *= static_cast<uint64_t>(d);
+    }
+    if (numel * kernels::DTypeSize(*dtype) != e.total_bytes()) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat(
+          "weight manifest: tensor '", e.name(), "' announces ",
+          e.total_bytes(), " bytes but shape ", ShapeString(e.shape()), " of ",
+          DTypeStr(*dtype), " takes ", numel * kernels::DTypeSize(*dtype))));
+    }
+  }
+
+  const auto expected = ExpectedTensors(config_);
+  std::map<std::string, std::vector<int64_t>> expected_map(expected.begin(),
+                                                           expected.end());
+  std::vector<std::string> unknown, missing, mismatched;
+  for (const auto& [name, e] : manifest) {
+    auto it = expected_map.find(name);
+    if (it == expected_map.end()) {
+      unknown.push_back(name);
+      continue;
+    }
+    std::vector<int64_t> shape(e->shape().begin(), e->shape().end());
+    if (shape != it->second) {
+      mismatched.push_back(absl::StrCat(name, " (expected shape ",
+                                        ShapeString(it->second), ", got ",
+                                        ShapeString(shape), ")"));
+    } else if (e->dtype() != ToProtoDType(config_.dtype)) {
+      mismatched.push_back(
+          absl::StrCat(name, " (expected dtype ", DTypeStr(config_.dtype),
+                       ", got ", DTypeStr(*FromProtoDType(e->dtype())), ")"));
+    }
+  }
+  for (const auto& [name, shape] : expected) {
+    if (!manifest.count(name)) missing.push_back(name);
+  }
+  if (!unknown.empty() || !missing.empty() || !mismatched.empty()) {
+    std::string msg = "weight manifest does not match the model:";
+    if (!unknown.empty())
+      absl::StrAppend(&msg, " unknown tensors: ", NameList(unknown), ";");
+    if (!missing.empty())
+      absl::StrAppend(&msg, " missing tensors: ", NameList(missing), ";");
+    if (!mismatched.empty())
+      absl::StrAppend(&msg, " mismatched tensors: ", NameList(mismatched), ";");
+    msg.pop_back();
+    return Fail(absl::AbortedError(msg));
+  }
+
+  for (const auto& [name, e] : manifest) {
+    Staged& s = staged_[name];
+    s.tensor.dtype = *FromProtoDType(e->dtype());
+    s.tensor.shape.assign(e->shape().begin(), e->shape().end());
+    s.tensor.data.resize(e->total_bytes());
+    s.expected_crc = e->crc32c();
+    bytes_expected_ += e->total_bytes();
+  }
+  header_ = header;
+  has_header_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status WeightStager::AddChunk(const v1::TensorChunk& chunk) {
+  if (!has_header_) {
+    return Fail(absl::InvalidArgumentError(
+        "weight stream sent a chunk before its header"));
+  }
+  auto it = staged_.find(chunk.name());
+  if (it == staged_.end()) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "weight chunk names tensor '", chunk.name(), "' not in the manifest")));
+  }
+  Staged& s = it->second;
+  const std::string& data = chunk.data();
+  if (data.empty() || data.size() > kMaxWeightChunkBytes) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "weight chunk of '", chunk.name(), "' carries ", data.size(),
+        " bytes; chunks carry 1 to ", kMaxWeightChunkBytes)));
+  }
+  if (chunk.offset() != s.received) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "weight chunk of '", chunk.name(), "' at offset ", chunk.offset(),
+        " but the next expected byte is ", s.received,
+        " (chunks of a tensor must arrive in order without gaps or "
+        "overlaps)")));
+  }
+  if (data.size() > s.tensor.data.size() - s.received) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "weight chunk of '", chunk.name(), "' [", chunk.offset(), ", ",
+        chunk.offset() + data.size(), ") runs past the tensor's ",
+        s.tensor.data.size(), " bytes")));
+  }
+  const uint32_t crc = Crc32c(data.data(), data.size());
+  if (crc != chunk.crc32c()) {
+    return Fail(absl::AbortedError(
+        absl::StrCat("weight chunk of '", chunk.name(), "' at offset ",
+                     chunk.offset(), " failed its CRC-32C check (sent ",
+                     chunk.crc32c(), ", computed ", crc, ")")));
+  }
+  std::memcpy(s.tensor.data.data() + s.received, data.data(), data.size());
+  s.crc = Crc32c(data.data(), data.size(), s.crc);
+  s.received += data.size();
+  bytes_received_ += data.size();
+  if (s.received == s.tensor.data.size() && s.crc != s.expected_crc) {
+    return Fail(absl::AbortedError(
+        absl::StrCat("tensor '", chunk.name(),
+                     "' failed its whole-tensor CRC-32C check "
+                     "(manifest ",
+                     s.expected_crc, ", computed ", s.crc, ")")));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TensorMap> WeightStager::Finish() {
+  if (!error_.ok()) return error_;
+  if (finished_) {
+    return absl::FailedPreconditionError("weight stream already finished");
+  }
+  if (!has_header_) {
+    return Fail(
+        absl::InvalidArgumentError("weight stream ended without a header"));
+  }
+  std::vector<std::string> incomplete;
+  for (const auto& [name, s] : staged_) {
+    if (s.received != s.tensor.data.size()) {
+      incomplete.push_back(absl::StrCat(name, " (", s.received, " of ",
+                                        s.tensor.data.size(), " bytes)"));
+    }
+  }
+  if (!incomplete.empty()) {
+    return Fail(absl::AbortedError(
+        absl::StrCat("weight stream ended before every tensor arrived: ",
+                     NameList(incomplete))));
+  }
+  // Zero-byte tensors never see a chunk: check their CRC here.
+  for (const auto& [name, s] : staged_) {
+    if (s.tensor.data.empty() && s.expected_crc != 0) {
+      return Fail(absl::AbortedError(absl::StrCat(
+          "empty tensor '", name, "' has a non-zero CRC-32C in the manifest")));
+    }
+  }
+  finished_ = true;
+  TensorMap out;
+  for (auto& [name, s] : staged_) out.emplace(name, std::move(s.tensor));
+  staged_.clear();
+  return out;
+}
+
+}  // namespace lockstep::common

@@ -1,0 +1,179 @@
+// Weights on the wire: encoding tensors as an UpdateWeights stream
+// (lockstep.v1.WeightUpdate messages) and staging such a stream back into a
+// verified TensorMap. The one encoder of the stream: the learner (pushes,
+// GetWeights) and the client SDK (sdk/cpp/weights.h) send with it, the
+// rollout service receives with the stager.
+//
+// Stream layout: one WeightUpdateHeader (target version + manifest: name,
+// dtype, shape, total bytes and whole-tensor CRC-32C of every tensor), then
+// TensorChunks (name, offset, 1 byte..4 MiB of data, CRC-32C of the data).
+// A tensor's chunks arrive in increasing offset order without gaps or
+// overlaps; chunks of different tensors may interleave.
+#ifndef LOCKSTEP_COMMON_WIRE_WEIGHT_STREAM_H_
+#define LOCKSTEP_COMMON_WIRE_WEIGHT_STREAM_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "common/formats/host_tensor.h"
+#include "common/formats/model_config.h"
+#include "kernels/dtype.h"
+#include "lockstep/v1/common.pb.h"
+
+namespace lockstep::common {
+
+// Chunk payload size senders use by default (well under gRPC's default 4 MiB
+// message limit).
+inline constexpr size_t kDefaultWeightChunkBytes = size_t{1} << 20;
+// Largest chunk payload a WeightStager accepts.
+inline constexpr size_t kMaxWeightChunkBytes = size_t{4} << 20;
+
+// kernels::DType <-> lockstep.v1.DType. FromProtoDType: INVALID_ARGUMENT for
+// DTYPE_UNSPECIFIED or unknown values.
+v1::DType ToProtoDType(kernels::DType dtype);
+absl::StatusOr<kernels::DType> FromProtoDType(int dtype);
+
+// Bytes per element of a wire dtype: 4 for DTYPE_F32, 2 for DTYPE_BF16, 0
+// for anything else (no tensor travels as that).
+int WireDTypeSize(v1::DType dtype);
+
+// The wire form of a model config (config_json is config.ToJson()).
+v1::ModelConfig ModelConfigToProto(const ModelConfig& config);
+
+struct WeightStreamOptions {
+  // Payload bytes per chunk, in [1, kMaxWeightChunkBytes]; a tensor's last
+  // chunk (and a tensor smaller than this) is shorter.
+  size_t chunk_bytes = kDefaultWeightChunkBytes;
+  // Free text copied to WeightUpdateHeader.source.
+  std::string source;
+};
+
+// One tensor as the stream carries it, by reference: the bytes stay where
+// they are (a HostTensor, a mapped safetensors file, a caller's buffer) and
+// must outlive the call that reads them.
+struct WireTensor {
+  std::string name;                 // Hugging Face name, "model.norm.weight"
+  v1::DType dtype = v1::DTYPE_F32;  // as the manifest announces it
+  std::vector<int64_t> shape;       // row-major; empty for a scalar
+  const uint8_t* data = nullptr;    // [nbytes], little-endian, any alignment
+  size_t nbytes = 0;                // numel(shape) * WireDTypeSize(dtype)
+};
+
+// INVALID_ARGUMENT, naming the tensor, for a negative dim, a dtype without a
+// wire size, or nbytes other than numel(shape) * WireDTypeSize(dtype).
+absl::Status CheckWireTensor(const WireTensor& tensor);
+
+// Views of `tensors` in map (name) order, dtypes mapped by ToProtoDType (an
+// fp16 tensor gets DTYPE_UNSPECIFIED and fails CheckWireTensor). They point
+// into `tensors`, which must outlive them.
+std::vector<WireTensor> ToWireTensors(const TensorMap& tensors);
+
+// The header of a stream carrying `tensors`: the target version, `source`
+// and the manifest in the given order with each tensor's CRC-32C. The
+// tensors must pass CheckWireTensor (StreamWeights checks them; the TensorMap
+// overload of MakeWeightUpdateHeader below checks and then calls this).
+v1::WeightUpdateHeader WeightUpdateHeaderOf(
+    absl::Span<const WireTensor> tensors, uint64_t target_version,
+    const std::string& source);
+
+// Emits the whole stream for `tensors` to `sink`: the header, then every
+// tensor's chunks in the given order. Stops at and returns the first error
+// of `sink`. INVALID_ARGUMENT for a bad chunk_bytes or a tensor that fails
+// CheckWireTensor (before anything reaches `sink`).
+absl::Status StreamWeights(
+    absl::Span<const WireTensor> tensors, uint64_t target_version,
+    const std::function<absl::Status(const v1::WeightUpdate&)>& sink,
+    const WeightStreamOptions& options = {});
+
+// The TensorMap forms of the above, for senders that hold their weights in
+// one (the learner, tests): ToWireTensors(tensors), then the same stream.
+//
+// The header of a stream carrying `tensors` (manifest in map order, with each
+// tensor's CRC-32C). INVALID_ARGUMENT when a tensor fails CheckWireTensor.
+absl::StatusOr<v1::WeightUpdateHeader> MakeWeightUpdateHeader(
+    const TensorMap& tensors, uint64_t target_version,
+    const std::string& source = "");
+
+// Emits the whole stream for `tensors` to `sink`: the header, then every
+// tensor's chunks in map order. Stops at and returns the first error of
+// `sink`. INVALID_ARGUMENT for a bad chunk_bytes or a tensor that fails
+// CheckWireTensor.
+absl::Status StreamWeights(
+    const TensorMap& tensors, uint64_t target_version,
+    const std::function<absl::Status(const v1::WeightUpdate&)>& sink,
+    const WeightStreamOptions& options = {});
+
+// StreamWeights into a vector (tests, small models).
+absl::StatusOr<std::vector<v1::WeightUpdate>> SplitWeights(
+    const TensorMap& tensors, uint64_t target_version,
+    const WeightStreamOptions& options = {});
+
+// Receives one weight-update stream and yields the verified tensors. Error
+// codes (the first error is sticky: later calls return it again):
+//   INVALID_ARGUMENT  malformed stream: a chunk before the header, a second
+//                     header, an empty or duplicate manifest name, an unknown
+//                     dtype, total_bytes inconsistent with shape and dtype, a
+//                     chunk naming a tensor not in the manifest, an empty
+//                     chunk or one over kMaxWeightChunkBytes, a chunk whose
+//                     offset is not the next expected byte of its tensor
+//                     (gap, overlap, reorder) or that runs past its end, or
+//                     Finish() without a header;
+//   ABORTED           the manifest does not match the model (tensor names not
+//                     in the config's ExpectedTensors, expected tensors
+//                     missing, a shape or dtype different from the config's),
+//                     a chunk or whole-tensor CRC-32C mismatch, or Finish()
+//                     before every byte of every tensor arrived.
+// Not thread-safe; one stager per stream.
+class WeightStager {
+ public:
+  // Tensors are validated against ExpectedTensors(config) and config.dtype.
+  explicit WeightStager(ModelConfig config);
+
+  // Feeds the next message of the stream.
+  absl::Status Add(const v1::WeightUpdate& message);
+
+  // Checks that the stream is complete and returns the tensors (once; later
+  // calls return FAILED_PRECONDITION).
+  absl::StatusOr<TensorMap> Finish();
+
+  bool has_header() const { return has_header_; }
+  // The header's target version (0 before the header).
+  uint64_t target_version() const { return header_.target_version(); }
+  const v1::WeightUpdateHeader& header() const { return header_; }
+  // Tensor payload bytes accepted so far.
+  uint64_t bytes_received() const { return bytes_received_; }
+  // Total bytes the manifest announces.
+  uint64_t bytes_expected() const { return bytes_expected_; }
+
+ private:
+  struct Staged {
+    HostTensor tensor;
+    uint64_t received = 0;  // next expected offset
+    uint32_t crc = 0;       // running CRC-32C of bytes [0, received)
+    uint32_t expected_crc = 0;
+  };
+
+  absl::Status AddHeader(const v1::WeightUpdateHeader& header);
+  absl::Status AddChunk(const v1::TensorChunk& chunk);
+  absl::Status Fail(absl::Status status);
+
+  ModelConfig config_;
+  bool has_header_ = false;
+  bool finished_ = false;
+  absl::Status error_;
+  v1::WeightUpdateHeader header_;
+  std::map<std::string, Staged> staged_;
+  uint64_t bytes_received_ = 0;
+  uint64_t bytes_expected_ = 0;
+};
+
+}  // namespace lockstep::common
+
+#endif  // LOCKSTEP_COMMON_WIRE_WEIGHT_STREAM_H_

@@ -1,0 +1,375 @@
+// learner_service: the lockstep learner as a gRPC server, optionally driving
+// the RL loop itself (--drive). Prints exactly one line
+//   listening grpc=HOST:PORT metrics=HOST:PORT
+// once it serves (after the --rollout endpoints are registered); SIGTERM or
+// SIGINT drains (health NOT_SERVING, new calls UNAVAILABLE, in-flight calls
+// finish) and exits 0.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include <atomic>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+
+#include "absl/time/clock.h"
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "common/net/channel_security.h"
+#include "common/model/kernel_mode.h"
+#include "common/net/metrics.h"
+#include "common/net/server_host.h"
+#include "common/net/server_security.h"
+#include "learner_service/driver.h"
+#include "learner_service/server/learner_grpc_service.h"
+#include "learner_service/learner.h"
+
+ABSL_FLAG(std::string, host, "0.0.0.0",
+          "Address the gRPC and metrics servers bind (0.0.0.0: all)");
+ABSL_FLAG(int, port, 50052, "gRPC port (0: pick a free one)");
+ABSL_FLAG(int, metrics_port, 9092, "Prometheus /metrics port (0: pick)");
+ABSL_FLAG(std::string, model_dir, "",
+          "Directory with config.json and model.safetensors, or "
+          "model.safetensors.index.json + shards (required)");
+ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
+ABSL_FLAG(std::string, kernels, "invariant", "invariant or standard");
+ABSL_FLAG(std::string, compute_dtype, "",
+          "f32 or bf16: dtype of the compute copy pushed to rollouts "
+          "(default: the model config's torch_dtype; must match the "
+          "rollouts')");
+ABSL_FLAG(bool, drive, false,
+          "Run the built-in RL loop against the --rollout endpoints");
+ABSL_FLAG(int64_t, steps, 20, "--drive: training steps (0: until SIGTERM)");
+ABSL_FLAG(std::string, task, "reverse", "--drive: reverse or add");
+ABSL_FLAG(int, prompts_per_step, 16, "--drive: prompts per step");
+ABSL_FLAG(int, samples_per_prompt, 8,
+          "--drive: samples per prompt (the GRPO group size)");
+ABSL_FLAG(int, max_tokens, 0,
+          "--drive: max completion tokens (0: the task's maximum)");
+ABSL_FLAG(double, temperature, 1.0, "--drive: sampling temperature");
+ABSL_FLAG(uint64_t, seed, 1, "--drive: seed of prompts and sampling");
+ABSL_FLAG(bool, keep_serving, false,
+          "--drive: keep serving after the last step (until SIGTERM)");
+ABSL_FLAG(bool, fail_on_mismatch, false,
+          "--drive: exit with status 3 at the first step with a logprob "
+          "mismatch");
+ABSL_FLAG(std::string, checkpoint_dir, "",
+          "Root directory of Save/LoadCheckpoint (empty: disabled)");
+ABSL_FLAG(double, lr, 3e-3,
+          "AdamW learning rate (the default suits the tiny model's tasks)");
+ABSL_FLAG(double, weight_decay, 0.0, "AdamW weight decay");
+ABSL_FLAG(double, clip_ratio, 0.2, "PPO clip range (ratio in [1-c, 1+c])");
+ABSL_FLAG(double, kl_coef, 0.0,
+          "Weight of the k3 KL penalty to the initial policy (0: off)");
+ABSL_FLAG(double, max_grad_norm, 1.0, "Gradient-norm clip (<= 0: off)");
+ABSL_FLAG(int64_t, micro_batch_size, 16,
+          "Trajectories per forward/backward (gradients accumulate)");
+ABSL_FLAG(int64_t, max_buffered_trajectories, 65536,
+          "Trajectory buffer capacity");
+ABSL_FLAG(int, push_attempts, 5, "Weight push tries (UNAVAILABLE retried)");
+ABSL_FLAG(int, num_threads, 0,
+          "CPU threads of the invariant kernels (0: LOCKSTEP_NUM_THREADS or "
+          "all cores)");
+ABSL_FLAG(int, torch_threads, 0,
+          "LibTorch intra-op threads (0: LibTorch's default)");
+ABSL_FLAG(double, drain_announce_seconds, 2.0,
+          "On SIGTERM, seconds health answers NOT_SERVING before shutdown");
+ABSL_FLAG(std::string, rollout_auth_token_file, "",
+          "File with the bearer token the rollouts require (if any)");
+ABSL_FLAG(bool, rollout_tls, false,
+          "Dial the rollouts with TLS, verifying their certificates against "
+          "gRPC's default roots (implied by the other --rollout_tls_* files)");
+ABSL_FLAG(std::string, rollout_tls_ca, "",
+          "PEM CA bundle verifying the rollouts' certificates (rollouts "
+          "started with --tls_cert); implies TLS");
+ABSL_FLAG(std::string, rollout_tls_cert, "",
+          "PEM client certificate chain presented to the rollouts (needed by "
+          "rollouts started with --tls_ca); with --rollout_tls_key; implies "
+          "TLS");
+ABSL_FLAG(std::string, rollout_tls_key, "",
+          "PEM private key of --rollout_tls_cert");
+ABSL_FLAG(std::string, rollout_tls_server_name, "",
+          "Name checked against the rollouts' certificates instead of the "
+          "--rollout host (e.g. localhost when dialing 127.0.0.1); needs TLS");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve TLS");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM CA bundle: require and verify client certificates (mTLS)");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "File with the bearer token every call (except health and "
+          "reflection) must present");
+
+namespace {
+
+using lockstep::learner::Learner;
+
+// Pulls every --rollout=X / --rollout X out of argv (repeatable and comma
+// separated), leaving the rest for absl::ParseCommandLine.
+std::vector<std::string> ExtractRollouts(int* argc, char** argv) {
+  std::vector<std::string> out;
+  int w = 1;
+  for (int i = 1; i < *argc; ++i) {
+    std::string_view a = argv[i];
+    std::string value;
+    bool match = false;
+    for (std::string_view p : {"--rollout=", "-rollout="}) {
+      if (a.substr(0, p.size()) == p) {
+        value = std::string(a.substr(p.size()));
+        match = true;
+      }
+    }
+    if (!match && (a == "--rollout" || a == "-rollout") && i + 1 < *argc) {
+      value = argv[++i];
+      match = true;
+    }
+    if (match) {
+      for (absl::string_view e : absl::StrSplit(value, ',', absl::SkipEmpty())) {
+        out.emplace_back(e);
+      }
+      continue;
+    }
+    argv[w++] = argv[i];
+  }
+  *argc = w;
+  return out;
+}
+
+// Set by SIGTERM/SIGINT or by the end of --drive; may be set twice.
+class StopSignal {
+ public:
+  void Set() {
+    absl::MutexLock lock(&mu_);
+    set_ = true;
+  }
+  void Wait() {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(&set_));
+  }
+
+ private:
+  absl::Mutex mu_;
+  bool set_ = false;
+};
+
+int g_signal_pipe[2] = {-1, -1};
+
+void OnSignal(int) {
+  const char c = 's';
+  [[maybe_unused]] ssize_t n = write(g_signal_pipe[1], &c, 1);
+}
+
+int Fail(const absl::Status& s) {
+  std::cerr << "learner_service: " << s << std::endl;
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "lockstep learner service.\n"
+      "  learner_service --model_dir=DIR [--rollout=HOST:PORT ...] [--drive]");
+  std::vector<std::string> rollouts = ExtractRollouts(&argc, argv);
+  absl::ParseCommandLine(argc, argv);
+
+  // SIGTERM/SIGINT: the handler only writes to a pipe (async-signal-safe);
+  // a watcher thread turns that into the stop request. A handler rather than
+  // sigwait because threads started before main (by libraries) would not
+  // inherit a signal mask.
+  if (pipe(g_signal_pipe) != 0) {
+    return Fail(absl::InternalError("cannot create the signal pipe"));
+  }
+  struct sigaction sa = {};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  std::atomic<bool> stop{false};
+  StopSignal stop_requested;
+  // Set once the gRPC server runs, so that a signal turns health NOT_SERVING
+  // at once, even while a training step is still finishing.
+  std::atomic<lockstep::common::ServerHost*> live_server{nullptr};
+  std::thread([&] {
+    char c;
+    while (read(g_signal_pipe[0], &c, 1) < 0 && errno == EINTR) {
+    }
+    stop = true;
+    if (lockstep::common::ServerHost* h = live_server.load()) h->SetServing(false);
+    stop_requested.Set();
+  }).detach();
+
+  if (absl::GetFlag(FLAGS_model_dir).empty()) {
+    return Fail(absl::InvalidArgumentError("--model_dir is required"));
+  }
+  lockstep::learner::LearnerOptions options;
+  lockstep::learner::TrainerOptions& t = options.trainer;
+  t.model_dir = absl::GetFlag(FLAGS_model_dir);
+  absl::StatusOr<lockstep::common::KernelMode> mode =
+      lockstep::common::ParseKernelMode(absl::GetFlag(FLAGS_kernels));
+  if (!mode.ok()) return Fail(mode.status());
+  t.mode = *mode;
+  const std::string device = absl::GetFlag(FLAGS_device);
+  if (device == "cpu") {
+    t.device = lockstep::kernels::Device::kCpu;
+  } else if (device == "cuda") {
+    t.device = lockstep::kernels::Device::kCuda;
+  } else {
+    return Fail(absl::InvalidArgumentError("--device must be cpu or cuda"));
+  }
+  const std::string dtype = absl::GetFlag(FLAGS_compute_dtype);
+  if (dtype == "f32") {
+    t.compute_dtype = lockstep::kernels::DType::kF32;
+  } else if (dtype == "bf16") {
+    t.compute_dtype = lockstep::kernels::DType::kBF16;
+  } else if (!dtype.empty()) {
+    return Fail(absl::InvalidArgumentError("--compute_dtype must be f32 or bf16"));
+  }
+  t.learning_rate = absl::GetFlag(FLAGS_lr);
+  t.weight_decay = absl::GetFlag(FLAGS_weight_decay);
+  t.clip_ratio_low = t.clip_ratio_high = absl::GetFlag(FLAGS_clip_ratio);
+  t.kl_coef = absl::GetFlag(FLAGS_kl_coef);
+  t.max_grad_norm = absl::GetFlag(FLAGS_max_grad_norm);
+  t.micro_batch_size = absl::GetFlag(FLAGS_micro_batch_size);
+  options.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
+  options.max_buffered_trajectories =
+      absl::GetFlag(FLAGS_max_buffered_trajectories);
+  options.push.retry.max_attempts = absl::GetFlag(FLAGS_push_attempts);
+  t.num_threads = absl::GetFlag(FLAGS_num_threads);
+  t.torch_threads = absl::GetFlag(FLAGS_torch_threads);
+  if (const std::string f = absl::GetFlag(FLAGS_rollout_auth_token_file);
+      !f.empty()) {
+    absl::StatusOr<std::string> token =
+        lockstep::common::ReadTokenFile("--rollout_auth_token_file", f);
+    if (!token.ok()) return Fail(token.status());
+    options.rollout_auth_token = *std::move(token);
+  }
+  {
+    lockstep::common::ChannelSecurityOptions rollout_tls;
+    rollout_tls.enabled = absl::GetFlag(FLAGS_rollout_tls);
+    rollout_tls.ca_file = absl::GetFlag(FLAGS_rollout_tls_ca);
+    rollout_tls.cert_file = absl::GetFlag(FLAGS_rollout_tls_cert);
+    rollout_tls.key_file = absl::GetFlag(FLAGS_rollout_tls_key);
+    rollout_tls.server_name = absl::GetFlag(FLAGS_rollout_tls_server_name);
+    const lockstep::common::ChannelSecurityNames flags{
+        "--rollout_tls", "--rollout_tls_ca", "--rollout_tls_cert",
+        "--rollout_tls_key", "--rollout_tls_server_name"};
+    absl::StatusOr<lockstep::common::ChannelSecurity> rollout_security =
+        lockstep::common::MakeChannelSecurity(rollout_tls, flags);
+    if (!rollout_security.ok()) return Fail(rollout_security.status());
+    options.rollout_security = *std::move(rollout_security);
+    if (options.rollout_security.tls()) {
+      std::cerr << "learner_service: rollout channels: "
+                << options.rollout_security.Describe() << std::endl;
+    }
+  }
+
+  const std::string host = absl::GetFlag(FLAGS_host);
+  absl::StatusOr<std::unique_ptr<lockstep::common::MetricsServer>> metrics =
+      lockstep::common::MetricsServer::Start(host,
+                                             absl::GetFlag(FLAGS_metrics_port));
+  if (!metrics.ok()) return Fail(metrics.status());
+  lockstep::common::BuildInfo build_info;
+  build_info.role = "learner";
+  build_info.kernels = std::string(lockstep::common::KernelModeName(t.mode));
+  build_info.device = device;
+  absl::StatusOr<std::unique_ptr<Learner>> learner =
+      Learner::Create(options, (*metrics)->registry().get(), build_info);
+  if (!learner.ok()) return Fail(learner.status());
+  std::cerr << "learner_service: model " << (*learner)->config().Summary() << std::endl;
+
+  lockstep::learner::LearnerServiceImpl service(learner->get());
+  lockstep::common::ServerHostOptions host_options;
+  host_options.host = host;
+  host_options.port = absl::GetFlag(FLAGS_port);
+  host_options.security.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  host_options.security.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  host_options.security.tls_ca_file = absl::GetFlag(FLAGS_tls_ca);
+  host_options.security.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
+  host_options.max_receive_message_bytes = 64 << 20;
+  host_options.max_send_message_bytes = 64 << 20;
+  absl::StatusOr<std::unique_ptr<lockstep::common::ServerHost>> server =
+      lockstep::common::ServerHost::Start(host_options, {&service}, {lockstep::learner::kLearnerServiceName});
+  if (!server.ok()) return Fail(server.status());
+
+  if (!rollouts.empty()) {
+    // Rollouts may still be starting: registration waits for them.
+    absl::StatusOr<std::vector<lockstep::learner::PushResult>> reg =
+        (*learner)->RegisterRollouts(rollouts, /*push_now=*/true);
+    if (!reg.ok()) return Fail(reg.status());
+    for (const auto& p : *reg) {
+      if (!p.status.ok()) return Fail(p.status);
+    }
+  }
+  (*server)->SetServing(true);
+  live_server.store(server->get());
+  if (stop) (*server)->SetServing(false);  // a signal came during start-up
+  const std::string grpc_addr = (*server)->address();
+  std::printf("listening grpc=%s metrics=%s\n", grpc_addr.c_str(),
+              (*metrics)->address().c_str());
+  std::fflush(stdout);
+
+  int exit_code = 0;
+  if (absl::GetFlag(FLAGS_drive)) {
+    lockstep::learner::DriverOptions d;
+    d.task = absl::GetFlag(FLAGS_task);
+    d.steps = absl::GetFlag(FLAGS_steps);
+    d.prompts_per_step = absl::GetFlag(FLAGS_prompts_per_step);
+    d.samples_per_prompt = absl::GetFlag(FLAGS_samples_per_prompt);
+    d.seed = absl::GetFlag(FLAGS_seed);
+    d.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
+    d.max_tokens = absl::GetFlag(FLAGS_max_tokens);
+    d.fail_on_mismatch = absl::GetFlag(FLAGS_fail_on_mismatch);
+    d.out = &std::cout;
+    absl::StatusOr<lockstep::learner::DriveSummary> summary =
+        lockstep::learner::RunDriver(learner->get(), d, &stop);
+    if (!summary.ok()) {
+      std::cerr << "learner_service: drive: " << summary.status() << std::endl;
+      exit_code = absl::IsFailedPrecondition(summary.status()) &&
+                          d.fail_on_mismatch
+                      ? 3
+                      : 1;
+    } else {
+      const lockstep::learner::DriveSummary& s = *summary;
+      const double exact =
+          s.tokens_compared == 0
+              ? 100.0
+              : 100.0 * static_cast<double>(s.tokens_compared -
+                                            s.tokens_mismatched) /
+                    static_cast<double>(s.tokens_compared);
+      std::cout << absl::StrFormat(
+                       "summary kernels=%s steps=%d tokens_compared=%d "
+                       "tokens_mismatched=%d exact_pct=%.4f "
+                       "max_abs_diff=%.6g reward_first=%.4f reward_last=%.4f "
+                       "mean_push_ms=%.2f seconds=%.1f",
+                       std::string(lockstep::common::KernelModeName(t.mode)),
+                       s.steps.size(), s.tokens_compared, s.tokens_mismatched,
+                       exact, s.max_abs_diff, s.reward_first, s.reward_last,
+                       s.mean_push_ms, s.seconds)
+                << std::endl;
+    }
+    if (!absl::GetFlag(FLAGS_keep_serving)) stop_requested.Set();
+  }
+  stop_requested.Wait();
+
+  // Drain: refuse new work, keep answering health NOT_SERVING for
+  // --drain_announce_seconds (so probes and load balancers see it), let
+  // in-flight calls finish (bounded), exit.
+  (*server)->SetServing(false);
+  service.StartDraining();
+  absl::SleepFor(absl::Seconds(absl::GetFlag(FLAGS_drain_announce_seconds)));
+  live_server.store(nullptr);
+  (*server)->Shutdown(absl::Seconds(10));
+  return exit_code;
+}

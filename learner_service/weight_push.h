@@ -1,0 +1,80 @@
+// The learner's side of its rollouts, over the client SDK
+// (sdk/cpp/rollout_client.h): the client it dials a rollout with, and the
+// weight push after a step (UpdateWeights with retries) to one rollout or to
+// all of them in parallel.
+#ifndef LOCKSTEP_LEARNER_SERVICE_WEIGHT_PUSH_H_
+#define LOCKSTEP_LEARNER_SERVICE_WEIGHT_PUSH_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/formats/host_tensor.h"
+#include "common/net/channel_security.h"
+#include "sdk/cpp/rollout_client.h"
+
+namespace lockstep::learner {
+
+// Tries of one push: 5, only after UNAVAILABLE, the first retry after
+// 100 ms and every later one after twice the wait before it (no cap, no
+// jitter).
+client::RetryPolicy DefaultPushRetry();
+
+struct PushOptions {
+  // How often and how soon a push is tried again (max_attempts below 1
+  // counts as 1).
+  client::RetryPolicy retry = DefaultPushRetry();
+  // Deadline of one UpdateWeights call (each try).
+  absl::Duration attempt_timeout = absl::Seconds(120);
+  // Payload bytes per chunk (0: common::kDefaultWeightChunkBytes).
+  size_t chunk_bytes = 0;
+};
+
+// Outcome of pushing one version to one rollout.
+struct PushResult {
+  std::string endpoint;
+  absl::Status status;  // of the last attempt
+  int attempts = 0;
+  double seconds = 0.0;          // all attempts, backoff included
+  uint64_t bytes = 0;            // tensor bytes of the successful attempt
+  uint64_t rollout_version = 0;  // served version after a successful push
+};
+
+// A client of the rollout at `endpoint` ("HOST:PORT"), connecting lazily
+// over `security` (plaintext by default; TLS / mTLS for rollouts started
+// with --tls_cert / --tls_ca: build it with common::MakeChannelSecurity). A
+// non-empty `auth_token` is sent as "authorization: Bearer <token>" with
+// every call (rollout_service --auth_token_file). Every call the learner
+// makes sets its own deadline and tries; the channel takes responses up to
+// 256 MiB, sends no keepalive pings, reconnects after 0.1 s backing off to
+// 1 s, and gives a handshake 20 s. Errors of client::Connection::Create
+// (INVALID_ARGUMENT for an empty endpoint or a token that is not printable
+// ASCII).
+absl::StatusOr<std::shared_ptr<client::RolloutClient>> ConnectRollout(
+    const std::string& endpoint, const std::string& auth_token = "",
+    const common::ChannelSecurity& security = {});
+
+// Streams `tensors` as version `version` (UpdateWeights; `source` goes to
+// the header), retrying on UNAVAILABLE as options.retry says. `client`
+// should come from ConnectRollout (a client's default deadline would bound
+// the whole push). A failed push's message names the version, the rollout
+// and the last attempt.
+PushResult PushWeights(client::RolloutClient& client,
+                       const common::TensorMap& tensors, uint64_t version,
+                       const std::string& source, const PushOptions& options);
+
+// Pushes to every client in parallel (one thread each); results in the
+// clients' order.
+std::vector<PushResult> PushToAll(
+    const std::vector<client::RolloutClient*>& clients,
+    const common::TensorMap& tensors, uint64_t version,
+    const std::string& source, const PushOptions& options);
+
+}  // namespace lockstep::learner
+
+#endif  // LOCKSTEP_LEARNER_SERVICE_WEIGHT_PUSH_H_

@@ -1,0 +1,358 @@
+#include "rollout_service/server/rollout_grpc_service.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <limits>
+#include <mutex>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/net/metrics.h"
+#include "common/status/status_macros.h"
+#include "common/wire/grpc_status.h"
+#include "common/wire/weight_stream.h"
+
+namespace lockstep::rollout {
+
+namespace {
+
+absl::Time ToAbslDeadline(std::chrono::system_clock::time_point tp) {
+  if (tp == std::chrono::system_clock::time_point::max()) {
+    return absl::InfiniteFuture();
+  }
+  return absl::FromChrono(tp);
+}
+
+// A uint32 wire field as an int for the engine's range check (values past
+// INT_MAX stay out of range instead of wrapping).
+int SaturatedInt(uint32_t v) {
+  return static_cast<int>(std::min<uint32_t>(v, std::numeric_limits<int>::max()));
+}
+
+// Seeds for requests that set none: distinct per call, reported back.
+uint64_t DrawSeed() {
+  static std::mutex mu;
+  static std::mt19937_64 rng{std::random_device{}()};
+  std::lock_guard<std::mutex> lock(mu);
+  return rng();
+}
+
+// `max_samples` bounds prompts x n before anything is allocated per sample.
+absl::StatusOr<GenerateJob> ToJob(const v1::GenerateRequest& req,
+                                  absl::Time deadline, int64_t max_samples) {
+  GenerateJob job;
+  const v1::SamplingParams& sp = req.sampling();
+  const int64_t n = req.n() == 0 ? 1 : req.n();
+  const int64_t samples = n * req.prompts_size();
+  if (samples > max_samples) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the request has ", samples, " samples (",
+                     req.prompts_size(), " prompts x n = ", n, "); at most ",
+                     max_samples, " may wait for admission"));
+  }
+  job.sampling.temperature = sp.has_temperature() ? sp.temperature() : 1.0f;
+  job.sampling.top_k = sp.top_k();
+  job.sampling.top_p = sp.has_top_p() ? sp.top_p() : 1.0f;
+  job.sampling.max_tokens = sp.max_tokens();
+  job.sampling.stop_token_ids.assign(sp.stop_token_ids().begin(),
+                                     sp.stop_token_ids().end());
+  job.sampling.ignore_eos = sp.ignore_eos();
+  job.sampling.top_logprobs = SaturatedInt(sp.top_logprobs());
+  job.deadline = deadline;
+  const uint64_t base = sp.has_seed() ? sp.seed() : DrawSeed();
+  job.prompts.resize(req.prompts_size());
+  for (int i = 0; i < req.prompts_size(); ++i) {
+    const v1::Prompt& p = req.prompts(i);
+    PromptJob& pj = job.prompts[i];
+    pj.prompt.assign(p.token_ids().begin(), p.token_ids().end());
+    const uint64_t seed = p.has_seed() ? p.seed()
+                                       : base + static_cast<uint64_t>(i) *
+                                                    static_cast<uint64_t>(n);
+    pj.seeds.resize(n);
+    for (int64_t j = 0; j < n; ++j)
+      pj.seeds[j] = seed + static_cast<uint64_t>(j);
+  }
+  return job;
+}
+
+void AppendTop(const TopList& top, v1::TopLogprobs* out) {
+  for (const auto& [id, lp] : top) {
+    v1::TokenLogprob* e = out->add_entries();
+    e->set_token_id(id);
+    e->set_logprob(lp);
+  }
+}
+
+}  // namespace
+
+class RolloutGrpcServiceImpl final : public RolloutGrpcService {
+ public:
+  RolloutGrpcServiceImpl(Engine* engine, RolloutMetrics* metrics)
+      : engine_(engine), metrics_(metrics) {}
+
+  void SetDraining() override { draining_.store(true); }
+
+  grpc::Status Generate(grpc::ServerContext* ctx,
+                        const v1::GenerateRequest* req,
+                        v1::GenerateResponse* resp) override {
+    return Record("Generate", DoGenerate(ctx, req, resp, nullptr));
+  }
+
+  grpc::Status GenerateStream(
+      grpc::ServerContext* ctx, const v1::GenerateRequest* req,
+      grpc::ServerWriter<v1::GenerateStreamResponse>* writer) override {
+    return Record("GenerateStream", DoGenerate(ctx, req, nullptr, writer));
+  }
+
+  grpc::Status ComputeLogprobs(grpc::ServerContext* ctx,
+                               const v1::ComputeLogprobsRequest* req,
+                               v1::ComputeLogprobsResponse* resp) override {
+    return Record("ComputeLogprobs", DoComputeLogprobs(ctx, *req, resp));
+  }
+
+  grpc::Status UpdateWeights(grpc::ServerContext* ctx,
+                             grpc::ServerReader<v1::WeightUpdate>* reader,
+                             v1::UpdateWeightsResponse* resp) override {
+    return Record("UpdateWeights", DoUpdateWeights(ctx, reader, resp));
+  }
+
+  grpc::Status GetModelInfo(grpc::ServerContext* ctx,
+                            const v1::GetModelInfoRequest*,
+                            v1::ModelInfo* resp) override {
+    return Record("GetModelInfo", DoGetModelInfo(ctx, resp));
+  }
+
+ private:
+  grpc::Status Record(const char* method, const absl::Status& status) {
+    metrics_->RecordRequest(method, status.code());
+    return common::ToGrpcStatus(status);
+  }
+
+  // (The bearer token, when configured, was checked by gRPC's auth filter
+  // before the call got here.)
+  absl::Status CheckCall(grpc::ServerContext* ctx) const {
+    if (draining_.load()) {
+      return absl::UnavailableError("the rollout server is draining");
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status DoGenerate(
+      grpc::ServerContext* ctx, const v1::GenerateRequest* req,
+      v1::GenerateResponse* resp,
+      grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
+    LOCKSTEP_RETURN_IF_ERROR(CheckCall(ctx));
+    LOCKSTEP_ASSIGN_OR_RETURN(GenerateJob job,
+                              ToJob(*req, ToAbslDeadline(ctx->deadline()),
+                                    engine_->options().max_queue));
+    const int n = req->n() == 0 ? 1 : static_cast<int>(req->n());
+    struct SampleInfo {
+      uint32_t prompt_index;
+      uint32_t sample_index;
+      uint64_t seed;
+      uint32_t prompt_tokens;
+      absl::Time last;
+      bool started = false;
+    };
+    std::vector<SampleInfo> info;
+    int64_t prompt_tokens = 0;
+    for (size_t i = 0; i < job.prompts.size(); ++i) {
+      prompt_tokens += job.prompts[i].prompt.size();
+      for (int j = 0; j < n; ++j) {
+        info.push_back({static_cast<uint32_t>(i), static_cast<uint32_t>(j),
+                        job.prompts[i].seeds[j],
+                        static_cast<uint32_t>(job.prompts[i].prompt.size())});
+      }
+    }
+    LOCKSTEP_ASSIGN_OR_RETURN(std::shared_ptr<RequestHandle> handle,
+                              engine_->Submit(std::move(job)));
+    metrics_->prompt_tokens().Increment(static_cast<double>(prompt_tokens));
+    const absl::Time start = handle->submit_time();
+
+    if (resp != nullptr) {
+      resp->set_request_id(req->request_id());
+      for (const SampleInfo& s : info) {
+        v1::Completion* c = resp->add_completions();
+        c->set_prompt_index(s.prompt_index);
+        c->set_sample_index(s.sample_index);
+        c->set_seed(s.seed);
+        c->set_prompt_tokens(s.prompt_tokens);
+      }
+    }
+
+    bool client_gone = false;
+    std::vector<SampleUpdate> updates;
+    for (;;) {
+      updates.clear();
+      const bool done = handle->Wait(absl::Milliseconds(50), &updates);
+      for (SampleUpdate& u : updates) {
+        SampleInfo& s = info.at(u.sample);
+        // Latency metrics: first token of a sample, then the gaps.
+        if (!u.tokens.empty()) {
+          if (!s.started) {
+            metrics_->ttft().Observe(absl::ToDoubleSeconds(u.time - start));
+          } else {
+            const double gap = absl::ToDoubleSeconds(u.time - s.last) /
+                               static_cast<double>(u.tokens.size());
+            for (size_t k = 0; k < u.tokens.size(); ++k)
+              metrics_->itl().Observe(gap);
+          }
+          s.started = true;
+          s.last = u.time;
+        }
+        if (resp != nullptr) {
+          v1::Completion* c = resp->mutable_completions(u.sample);
+          for (size_t k = 0; k < u.tokens.size(); ++k) {
+            c->add_token_ids(u.tokens[k]);
+            c->add_logprobs(u.logprobs[k]);
+            c->add_token_weight_versions(u.versions[k]);
+            if (!u.top.empty()) AppendTop(u.top[k], c->add_top_logprobs());
+          }
+          if (!u.versions.empty()) c->set_weight_version(u.versions.back());
+          c->set_preemptions(u.preemptions);
+          if (u.finish != FinishReason::kNone) {
+            c->set_finish_reason(static_cast<v1::FinishReason>(u.finish));
+          }
+        } else if (!client_gone) {
+          v1::GenerateStreamResponse m;
+          m.set_prompt_index(s.prompt_index);
+          m.set_sample_index(s.sample_index);
+          m.set_seed(s.seed);
+          for (size_t k = 0; k < u.tokens.size(); ++k) {
+            m.add_token_ids(u.tokens[k]);
+            m.add_logprobs(u.logprobs[k]);
+            m.add_token_weight_versions(u.versions[k]);
+            if (!u.top.empty()) AppendTop(u.top[k], m.add_top_logprobs());
+          }
+          m.set_finish_reason(static_cast<v1::FinishReason>(u.finish));
+          if (!writer->Write(m)) {
+            client_gone = true;
+            handle->Cancel(absl::CancelledError("the client went away"));
+          }
+        }
+      }
+      if (done) break;
+      if (!client_gone && ctx->IsCancelled()) {
+        client_gone = true;
+        handle->Cancel(absl::Now() >= ToAbslDeadline(ctx->deadline())
+                           ? absl::DeadlineExceededError("deadline exceeded")
+                           : absl::CancelledError("the client cancelled"));
+      }
+    }
+    metrics_->request_duration().Observe(
+        absl::ToDoubleSeconds(absl::Now() - start));
+    absl::Status status = handle->status();
+    if (status.ok() && client_gone)
+      status = absl::CancelledError("the client went away");
+    if (!status.ok() && resp != nullptr) resp->Clear();
+    return status;
+  }
+
+  absl::Status DoComputeLogprobs(grpc::ServerContext* ctx,
+                                 const v1::ComputeLogprobsRequest& req,
+                                 v1::ComputeLogprobsResponse* resp) {
+    LOCKSTEP_RETURN_IF_ERROR(CheckCall(ctx));
+    ScoreRequest sr;
+    sr.top_n = SaturatedInt(req.top_logprobs());
+    if (req.has_weight_version()) sr.expected_version = req.weight_version();
+    sr.deadline = ToAbslDeadline(ctx->deadline());
+    sr.cancelled = [ctx] { return ctx->IsCancelled(); };
+    for (const v1::ScoredSequence& s : req.sequences()) {
+      sr.sequences.emplace_back(s.token_ids().begin(), s.token_ids().end());
+      sr.prompt_lens.push_back(s.prompt_len());
+    }
+    LOCKSTEP_ASSIGN_OR_RETURN(ScoreResult result, engine_->Score(sr));
+    resp->set_weight_version(result.version);
+    for (size_t i = 0; i < result.logprobs.size(); ++i) {
+      v1::SequenceLogprobs* out = resp->add_results();
+      for (float lp : result.logprobs[i]) out->add_logprobs(lp);
+      if (!result.top.empty()) {
+        for (const TopList& t : result.top[i])
+          AppendTop(t, out->add_top_logprobs());
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status DoUpdateWeights(grpc::ServerContext* ctx,
+                               grpc::ServerReader<v1::WeightUpdate>* reader,
+                               v1::UpdateWeightsResponse* resp) {
+    LOCKSTEP_RETURN_IF_ERROR(CheckCall(ctx));
+    LOCKSTEP_ASSIGN_OR_RETURN(std::unique_ptr<WeightUpdate> update,
+                              engine_->BeginWeightUpdate());
+    common::WeightStager stager(engine_->config());
+    v1::WeightUpdate message;
+    absl::Time start = absl::InfinitePast();
+    while (reader->Read(&message)) {
+      const bool was_header = stager.has_header();
+      LOCKSTEP_RETURN_IF_ERROR(stager.Add(message));
+      if (!was_header && stager.has_header()) {
+        start = absl::Now();
+        LOCKSTEP_RETURN_IF_ERROR(update->CheckVersion(stager.target_version()));
+      }
+    }
+    if (ctx->IsCancelled()) return absl::CancelledError("the client cancelled");
+    LOCKSTEP_ASSIGN_OR_RETURN(common::TensorMap tensors, stager.Finish());
+    const uint64_t tensor_count = tensors.size();
+    LOCKSTEP_ASSIGN_OR_RETURN(SwapResult swap,
+                              update->Commit(std::move(tensors), stager.target_version()));
+    const absl::Duration total = absl::Now() - start;
+    metrics_->weight_update().Observe(absl::ToDoubleSeconds(total));
+    resp->set_weight_version(swap.version);
+    resp->set_previous_version(swap.previous_version);
+    resp->set_tensors(tensor_count);
+    resp->set_bytes(stager.bytes_received());
+    resp->set_duration_seconds(absl::ToDoubleSeconds(total));
+    resp->set_swap_seconds(absl::ToDoubleSeconds(swap.pause));
+    resp->set_preempted_sequences(swap.preempted);
+    std::fprintf(stderr,
+                 "rollout: weights v%llu -> v%llu (%llu tensors, %llu bytes, "
+                 "%.3f s, source '%s')\n",
+                 static_cast<unsigned long long>(swap.previous_version),
+                 static_cast<unsigned long long>(swap.version),
+                 static_cast<unsigned long long>(tensor_count),
+                 static_cast<unsigned long long>(stager.bytes_received()),
+                 absl::ToDoubleSeconds(total), stager.header().source().c_str());
+    return absl::OkStatus();
+  }
+
+  absl::Status DoGetModelInfo(grpc::ServerContext* ctx, v1::ModelInfo* resp) {
+    std::shared_ptr<const common::Model> model = engine_->model();
+    *resp->mutable_config() = common::ModelConfigToProto(engine_->config());
+    resp->set_weight_version(engine_->weight_version());
+    resp->set_kernel_mode(model->options().mode ==
+                                  common::KernelMode::kInvariant
+                              ? v1::KERNEL_MODE_INVARIANT
+                              : v1::KERNEL_MODE_STANDARD);
+    resp->set_device(model->options().device == kernels::Device::kCuda
+                         ? v1::DEVICE_CUDA
+                         : v1::DEVICE_CPU);
+    resp->set_tp_size(model->options().tp_size);
+    resp->set_page_size(engine_->options().page_size);
+    resp->set_kv_cache_pages(engine_->num_pages());
+    resp->set_max_batch_tokens(engine_->options().max_batch_tokens);
+    resp->set_max_queue(engine_->options().max_queue);
+    resp->set_server_version(common::kLockstepVersion);
+    resp->set_max_context_tokens(engine_->max_sequence_tokens());
+    return absl::OkStatus();
+  }
+
+  Engine* const engine_;
+  RolloutMetrics* const metrics_;
+  std::atomic<bool> draining_{false};
+};
+
+std::unique_ptr<RolloutGrpcService> MakeRolloutGrpcService(Engine* engine,
+                                                           RolloutMetrics* metrics) {
+  return std::make_unique<RolloutGrpcServiceImpl>(engine, metrics);
+}
+
+}  // namespace lockstep::rollout

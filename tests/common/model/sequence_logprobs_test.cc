@@ -1,0 +1,212 @@
+// The learner's differentiable forward gives the rollout's bits.
+#include "common/model/sequence_logprobs.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "common/model/model.h"
+#include "tests/common/model/model_fixture.h"
+#include "tests/common/model/paged_decode.h"
+
+namespace lockstep::common {
+namespace {
+
+std::vector<int32_t> Tokens(int n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = rng() % 64;
+  return t;
+}
+
+class TorchModelTest : public ::testing::TestWithParam<kernels::DType> {};
+
+TEST_P(TorchModelTest, DifferentiableForwardMatchesInferenceBitwise) {
+  ModelConfig config = TinyConfig();
+  config.dtype = GetParam();
+  const TensorMap tensors = testing::RandomTensors(config, 3);
+  auto model = Model::Create(config, tensors, {});
+  ASSERT_TRUE(model.ok()) << model.status();
+  std::vector<std::vector<int32_t>> seqs = {Tokens(30, 1), Tokens(12, 2)};
+  std::vector<int64_t> prefix = {5, 1};
+  auto expected = (*model)->Score(seqs, prefix);
+  ASSERT_TRUE(expected.ok());
+
+  // Master weights in fp32 requiring grad; the compute copy is their cast.
+  TorchWeights master = ToTorch(tensors);
+  TorchWeights compute;
+  for (auto& [name, t] : master) {
+    t = t.to(torch::kFloat).set_requires_grad(true);
+    compute[name] = config.dtype == kernels::DType::kBF16 ? t.to(torch::kBFloat16) : t * 1.0f;
+  }
+  auto lp = SequenceLogprobs(config, compute, KernelMode::kInvariant, seqs, prefix);
+  ASSERT_TRUE(lp.ok()) << lp.status();
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    auto c = (*lp)[s].detach().contiguous();
+    ASSERT_EQ(c.numel(), static_cast<int64_t>((*expected)[s].size()));
+    EXPECT_EQ(0, std::memcmp(c.data_ptr<float>(), (*expected)[s].data(), c.numel() * 4));
+  }
+  // Gradients reach every master weight.
+  auto loss = -((*lp)[0].sum() + (*lp)[1].sum());
+  loss.backward();
+  for (auto& [name, t] : master) {
+    ASSERT_TRUE(t.grad().defined()) << name;
+    EXPECT_GT(t.grad().abs().sum().item<float>(), 0.0f) << name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(DTypes, TorchModelTest,
+                         ::testing::Values(kernels::DType::kF32, kernels::DType::kBF16));
+
+// What the guarantee is for: the learner's differentiable forward equals the
+// rollout's paged decode (one token a step, batched with another sequence)
+// bit for bit in invariant mode. The standard twin — same model, weights,
+// sequences and decode — differs: LibTorch's decode matvecs and the
+// learner's full-sequence GEMMs round differently.
+TEST(TorchModelTest, LearnerEqualsRolloutDecodeWithStandardTwin) {
+  ModelConfig config = testing::Config100MScaledDown();
+  const TensorMap tensors = testing::RandomTensors(config, 3);
+  std::mt19937_64 rng(4);
+  std::vector<std::vector<int32_t>> seqs(2);
+  for (auto& q : seqs) {
+    q.resize(40);
+    for (auto& t : q) t = static_cast<int32_t>(rng() % config.vocab_size);
+  }
+  for (KernelMode mode : {KernelMode::kInvariant, KernelMode::kStandard}) {
+    SCOPED_TRACE(KernelModeName(mode));
+    ModelOptions options;
+    options.mode = mode;
+    auto model = Model::Create(config, tensors, options);
+    ASSERT_TRUE(model.ok()) << model.status();
+    const auto rollout = testing::Incremental(**model, seqs, 1, 8, 5);
+    TorchWeights w = ToTorch(tensors);
+    for (auto& [name, t] : w) t.set_requires_grad(true);
+    auto learner = SequenceLogprobs(config, w, mode, seqs, {1, 1});
+    ASSERT_TRUE(learner.ok()) << learner.status();
+    int differing = 0;
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      auto c = (*learner)[s].detach().contiguous();
+      ASSERT_EQ(c.numel(), static_cast<int64_t>(rollout[s].size()));
+      const bool same =
+          std::memcmp(c.data_ptr<float>(), rollout[s].data(), c.numel() * sizeof(float)) == 0;
+      differing += !same;
+      if (mode == KernelMode::kInvariant) EXPECT_TRUE(same) << "sequence " << s;
+    }
+    if (mode == KernelMode::kStandard) EXPECT_GT(differing, 0);
+  }
+}
+
+TEST(TorchModelTest, GradientsMatchStandardModeClosely) {
+  const ModelConfig config = TinyConfig();
+  const TensorMap tensors = testing::RandomTensors(config, 3);
+  std::vector<std::vector<int32_t>> seqs = {Tokens(20, 1)};
+  std::map<std::string, torch::Tensor> grads[2];
+  int i = 0;
+  for (KernelMode mode : {KernelMode::kInvariant, KernelMode::kStandard}) {
+    TorchWeights w = ToTorch(tensors);
+    for (auto& [name, t] : w) t.set_requires_grad(true);
+    auto lp = SequenceLogprobs(config, w, mode, seqs, {1});
+    ASSERT_TRUE(lp.ok());
+    (*lp)[0].sum().backward();
+    for (auto& [name, t] : w) grads[i][name] = t.grad().clone();
+    ++i;
+  }
+  for (auto& [name, g] : grads[0]) {
+    EXPECT_TRUE(torch::allclose(g, grads[1][name], 1e-3, 1e-5)) << name;
+  }
+}
+
+TEST(TorchModelTest, BadInputs) {
+  const ModelConfig config = TinyConfig();
+  TorchWeights w = ToTorch(testing::RandomTensors(config, 3));
+  EXPECT_FALSE(SequenceLogprobs(config, w, KernelMode::kInvariant, {}, {}).ok());
+  EXPECT_FALSE(SequenceLogprobs(config, w, KernelMode::kInvariant, {{1, 100}}, {1}).ok());
+  EXPECT_FALSE(SequenceLogprobs(config, w, KernelMode::kInvariant, {{1, 2}}, {0}).ok());
+  w.erase("model.norm.weight");
+  EXPECT_FALSE(SequenceLogprobs(config, w, KernelMode::kInvariant, {{1, 2}}, {1}).ok());
+}
+
+}  // namespace
+}  // namespace lockstep::common
+
+namespace lockstep::common {
+namespace {
+
+// Sets LOCKSTEP_FUSED_KERNELS for its scope (torch_ops.h: "0" runs every
+// fused step as its chain of single ops).
+class FusedKernels {
+ public:
+  explicit FusedKernels(bool on) { setenv("LOCKSTEP_FUSED_KERNELS", on ? "1" : "0", 1); }
+  ~FusedKernels() { unsetenv("LOCKSTEP_FUSED_KERNELS"); }
+};
+
+// The fused kernels change no bit of the learner's forward nor of its
+// gradients: under autograd the fused steps run as the unfused chains, and
+// the no-grad forward (the rollout's) through the fused kernels gives the
+// same logprobs. Both dtypes, QK-norm (TinyConfig) and not (llama).
+TEST(TorchModelTest, FusedKernelsChangeNoBitOfLearnerForwardOrGradients) {
+  for (kernels::DType dtype : {kernels::DType::kF32, kernels::DType::kBF16}) {
+    for (bool qk_norm : {true, false}) {
+      SCOPED_TRACE(::testing::Message() << "dtype " << static_cast<int>(dtype) << " qk_norm "
+                                      << qk_norm);
+      ModelConfig config = TinyConfig();
+      config.dtype = dtype;
+      config.qk_norm = qk_norm;
+      const TensorMap tensors = testing::RandomTensors(config, 4);
+      const std::vector<std::vector<int32_t>> seqs = {Tokens(21, 5), Tokens(9, 6)};
+      const std::vector<int64_t> prefix = {3, 1};
+      std::vector<std::vector<float>> lps[2];
+      std::map<std::string, std::vector<float>> grads[2];
+      for (int fused = 0; fused < 2; ++fused) {
+        FusedKernels env(fused == 1);
+        TorchWeights master = ToTorch(tensors);
+        TorchWeights compute;
+        for (auto& [name, t] : master) {
+          t = t.to(torch::kFloat).set_requires_grad(true);
+          compute[name] = dtype == kernels::DType::kBF16 ? t.to(torch::kBFloat16) : t * 1.0f;
+        }
+        auto lp = SequenceLogprobs(config, compute, KernelMode::kInvariant, seqs, prefix);
+        ASSERT_TRUE(lp.ok()) << lp.status();
+        torch::Tensor loss = torch::zeros({});
+        for (const auto& t : *lp) {
+          loss = loss - t.sum();
+          auto c = t.detach().contiguous();
+          lps[fused].emplace_back(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+        }
+        loss.backward();
+        for (auto& [name, t] : master) {
+          auto g = t.grad().contiguous();
+          grads[fused][name].assign(g.data_ptr<float>(), g.data_ptr<float>() + g.numel());
+        }
+        // The no-grad forward (fused kernels when enabled) equals the
+        // differentiable one.
+        auto model = Model::Create(config, tensors, {});
+        ASSERT_TRUE(model.ok()) << model.status();
+        auto scored = (*model)->Score(seqs, prefix);
+        ASSERT_TRUE(scored.ok()) << scored.status();
+        for (size_t s = 0; s < seqs.size(); ++s) {
+          ASSERT_EQ((*scored)[s].size(), lps[fused][s].size());
+          EXPECT_EQ(0, std::memcmp((*scored)[s].data(), lps[fused][s].data(),
+                                   lps[fused][s].size() * 4));
+        }
+      }
+      for (size_t s = 0; s < seqs.size(); ++s) {
+        ASSERT_EQ(lps[0][s].size(), lps[1][s].size());
+        EXPECT_EQ(0, std::memcmp(lps[0][s].data(), lps[1][s].data(), lps[0][s].size() * 4));
+      }
+      for (const auto& [name, g] : grads[0]) {
+        const auto& f = grads[1][name];
+        ASSERT_EQ(g.size(), f.size()) << name;
+        EXPECT_EQ(0, std::memcmp(g.data(), f.data(), g.size() * 4)) << name;
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace lockstep::common
