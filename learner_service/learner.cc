@@ -101,26 +101,18 @@ bool ValidCheckpointName(const std::string& name) {
 }  // namespace
 
 Learner::Learner(LearnerOptions options, std::unique_ptr<Trainer> trainer,
-                 std::unique_ptr<LearnerMetrics> metrics)
-    : options_(std::move(options)),
-      trainer_(std::move(trainer)),
-      metrics_(std::move(metrics)) {}
+                 LearnerObserver* observer)
+    : options_(std::move(options)), trainer_(std::move(trainer)), observer_(observer) {}
 
-absl::StatusOr<std::unique_ptr<Learner>> Learner::Create(
-    const LearnerOptions& options, prometheus::Registry* registry,
-    const common::BuildInfo& build_info) {
+absl::StatusOr<std::unique_ptr<Learner>> Learner::Create(const LearnerOptions& options,
+                                                         LearnerObserver* observer) {
   if (options.max_buffered_trajectories <= 0) {
     return absl::InvalidArgumentError("max_buffered_trajectories must be > 0");
   }
   LOCKSTEP_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer,
                             Trainer::Create(options.trainer));
-  std::unique_ptr<LearnerMetrics> metrics;
-  if (registry != nullptr) {
-    metrics = std::make_unique<LearnerMetrics>(*registry, build_info);
-    metrics->SetWeightVersion(trainer->version());
-  }
-  return std::unique_ptr<Learner>(
-      new Learner(options, std::move(trainer), std::move(metrics)));
+  if (observer != nullptr) observer->OnWeightVersion(trainer->version());
+  return std::unique_ptr<Learner>(new Learner(options, std::move(trainer), observer));
 }
 
 void Learner::BufferCounts(SubmitResult* out) const {
@@ -207,7 +199,7 @@ absl::StatusOr<StepReport> Learner::TrainStep(const TrainStepOptions& options) {
                                  }),
                   buffer_.end());
   }
-  if (metrics_) metrics_->RecordStep(step);
+  if (observer_ != nullptr) observer_->OnStep(step);
   StepReport report;
   report.step = step;
   if (!options.skip_push) report.pushes = PushLocked({}, &report.push_seconds);
@@ -250,7 +242,7 @@ std::vector<PushResult> Learner::PushLocked(
   }
   std::lock_guard<std::mutex> lock(state_mu_);
   for (const PushResult& p : results) {
-    if (metrics_) metrics_->RecordPush(p);
+    if (observer_ != nullptr) observer_->OnPush(p);
     for (Rollout& r : rollouts_) {
       if (r.info.endpoint != p.endpoint) continue;
       if (p.status.ok()) {
@@ -429,7 +421,7 @@ absl::StatusOr<CheckpointInfo> Learner::LoadCheckpoint(
     info.dropped_trajectories = static_cast<int64_t>(buffer_.size());
     buffer_.clear();
   }
-  if (metrics_) metrics_->SetWeightVersion(trainer_->version());
+  if (observer_ != nullptr) observer_->OnWeightVersion(trainer_->version());
   return info;
 }
 

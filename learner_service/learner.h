@@ -20,7 +20,6 @@
 #include "absl/time/time.h"
 #include "common/net/channel_security.h"
 #include "common/formats/host_tensor.h"
-#include "learner_service/learner_metrics.h"
 #include "learner_service/mismatch.h"
 #include "learner_service/trainer.h"
 #include "learner_service/weight_push.h"
@@ -111,15 +110,25 @@ struct CheckpointHooks {
   std::function<absl::Status(const std::map<std::string, std::string>&)> load;
 };
 
+// What the learner reports as it works (the server's metrics implement it;
+// learner_service/server/learner_metrics.h). Called from the thread doing
+// the work; must not block.
+class LearnerObserver {
+ public:
+  virtual ~LearnerObserver() = default;
+  virtual void OnStep(const StepResult& step) {}
+  virtual void OnPush(const PushResult& push) {}
+  virtual void OnWeightVersion(int64_t version) {}
+};
+
 // Thread-safe. Steps, checkpoint operations and pushes are serialised; a
 // step's push finishes before the next step starts, so rollouts receive
 // versions in order. Submissions and reads run concurrently with a step.
 class Learner {
  public:
-  // `registry` may be null (no metrics).
-  static absl::StatusOr<std::unique_ptr<Learner>> Create(
-      const LearnerOptions& options, prometheus::Registry* registry,
-      const common::BuildInfo& build_info);
+  // `observer` may be null; it must outlive the learner.
+  static absl::StatusOr<std::unique_ptr<Learner>> Create(const LearnerOptions& options,
+                                                         LearnerObserver* observer = nullptr);
 
   // Validates every trajectory (Trainer::ValidateTrajectory); all or none are
   // buffered. INVALID_ARGUMENT (naming the index) / RESOURCE_EXHAUSTED.
@@ -184,8 +193,7 @@ class Learner {
     RolloutInfo info;
   };
 
-  Learner(LearnerOptions options, std::unique_ptr<Trainer> trainer,
-          std::unique_ptr<LearnerMetrics> metrics);
+  Learner(LearnerOptions options, std::unique_ptr<Trainer> trainer, LearnerObserver* observer);
 
   // Pushes to the given endpoints' rollouts (all when empty); caller holds
   // step_mu_.
@@ -196,7 +204,7 @@ class Learner {
 
   const LearnerOptions options_;
   std::unique_ptr<Trainer> trainer_;
-  std::unique_ptr<LearnerMetrics> metrics_;
+  LearnerObserver* const observer_;
 
   mutable std::mutex step_mu_;  // trainer mutations, pushes, checkpoints
   CheckpointHooks hooks_;       // guarded by step_mu_

@@ -31,6 +31,7 @@
 #include "common/model/kernel_mode.h"
 #include "common/net/metrics.h"
 #include "common/net/server_host.h"
+#include "learner_service/server/learner_metrics.h"
 #include "common/net/server_security.h"
 #include "learner_service/driver.h"
 #include "learner_service/server/learner_grpc_service.h"
@@ -284,8 +285,8 @@ int main(int argc, char** argv) {
   build_info.role = "learner";
   build_info.kernels = std::string(lockstep::common::KernelModeName(t.mode));
   build_info.device = device;
-  absl::StatusOr<std::unique_ptr<Learner>> learner =
-      Learner::Create(options, (*metrics)->registry().get(), build_info);
+  lockstep::learner::LearnerMetrics learner_metrics(*(*metrics)->registry(), build_info);
+  absl::StatusOr<std::unique_ptr<Learner>> learner = Learner::Create(options, &learner_metrics);
   if (!learner.ok()) return Fail(learner.status());
   std::cerr << "learner_service: model " << (*learner)->config().Summary() << std::endl;
 

@@ -3,6 +3,7 @@
 // with retries, a rollout that is down, buffer semantics, checkpoints by
 // name, and the exported metrics.
 #include "learner_service/learner.h"
+#include "learner_service/server/learner_metrics.h"
 
 #include <atomic>
 #include <filesystem>
@@ -136,7 +137,9 @@ class LearnerCoreTest : public ::testing::Test {
     info.role = "learner";
     info.kernels = "invariant";
     info.device = "cpu";
-    auto l = Learner::Create(options_, registry_.get(), info);
+    // One per learner made: each must outlive its learner.
+    metrics_.push_back(std::make_unique<LearnerMetrics>(*registry_, info));
+    auto l = Learner::Create(options_, metrics_.back().get());
     EXPECT_TRUE(l.ok()) << l.status();
     return l.ok() ? std::move(*l) : nullptr;
   }
@@ -181,6 +184,7 @@ class LearnerCoreTest : public ::testing::Test {
   static inline int counter_ = 0;
   LearnerOptions options_;
   std::shared_ptr<prometheus::Registry> registry_;
+  std::vector<std::unique_ptr<LearnerMetrics>> metrics_;
 };
 
 TEST_F(LearnerCoreTest, PushesEveryStepToRegisteredRollouts) {

@@ -1,7 +1,7 @@
 // The learner's Prometheus metrics (DESIGN.md §5): logprob mismatch against
 // the rollouts, step and push timing, loss and reward.
-#ifndef LOCKSTEP_LEARNER_SERVICE_LEARNER_METRICS_H_
-#define LOCKSTEP_LEARNER_SERVICE_LEARNER_METRICS_H_
+#ifndef LOCKSTEP_LEARNER_SERVICE_SERVER_LEARNER_METRICS_H_
+#define LOCKSTEP_LEARNER_SERVICE_SERVER_LEARNER_METRICS_H_
 
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
@@ -9,9 +9,7 @@
 #include <prometheus/registry.h>
 
 #include "common/net/metrics.h"
-#include "learner_service/mismatch.h"
-#include "learner_service/weight_push.h"
-#include "learner_service/trainer.h"
+#include "learner_service/learner.h"
 
 namespace lockstep::learner {
 
@@ -34,13 +32,13 @@ namespace lockstep::learner {
 //   lockstep_weight_version{role="learner"}
 //   lockstep_build_info{role="learner",version,kernels,device}
 // Thread-safe (prometheus-cpp metrics are).
-class LearnerMetrics {
+class LearnerMetrics : public LearnerObserver {
  public:
   LearnerMetrics(prometheus::Registry& registry, const common::BuildInfo& info);
 
-  void RecordStep(const StepResult& step);
-  void RecordPush(const PushResult& push);
-  void SetWeightVersion(int64_t version);
+  void OnStep(const StepResult& step) override;
+  void OnPush(const PushResult& push) override;
+  void OnWeightVersion(int64_t version) override;
 
  private:
   prometheus::Histogram& abs_diff_;
@@ -60,4 +58,4 @@ class LearnerMetrics {
 
 }  // namespace lockstep::learner
 
-#endif  // LOCKSTEP_LEARNER_SERVICE_LEARNER_METRICS_H_
+#endif  // LOCKSTEP_LEARNER_SERVICE_SERVER_LEARNER_METRICS_H_

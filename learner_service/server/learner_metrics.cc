@@ -1,4 +1,4 @@
-#include "learner_service/learner_metrics.h"
+#include "learner_service/server/learner_metrics.h"
 
 #include <cmath>
 #include <vector>
@@ -74,7 +74,7 @@ LearnerMetrics::LearnerMetrics(prometheus::Registry& registry,
   common::RegisterBuildInfo(registry, info);
 }
 
-void LearnerMetrics::RecordStep(const StepResult& step) {
+void LearnerMetrics::OnStep(const StepResult& step) {
   const MismatchStats& m = step.mismatch;
   std::vector<double> buckets(m.bucket_counts.begin(), m.bucket_counts.end());
   buckets.push_back(static_cast<double>(m.overflow));
@@ -91,7 +91,7 @@ void LearnerMetrics::RecordStep(const StepResult& step) {
   weight_version_.Set(static_cast<double>(step.weight_version));
 }
 
-void LearnerMetrics::RecordPush(const PushResult& push) {
+void LearnerMetrics::OnPush(const PushResult& push) {
   push_duration_.Observe(push.seconds);
   if (push.status.ok()) {
     push_bytes_.Increment(static_cast<double>(push.bytes));
@@ -100,7 +100,7 @@ void LearnerMetrics::RecordPush(const PushResult& push) {
   }
 }
 
-void LearnerMetrics::SetWeightVersion(int64_t version) {
+void LearnerMetrics::OnWeightVersion(int64_t version) {
   weight_version_.Set(static_cast<double>(version));
 }
 
