@@ -14,6 +14,27 @@ namespace lockstep::common {
 namespace {
 
 // absl::StrCat in Debian's Abseil does not take std::string_view.
+// Index of the first element whose exponent bits are all ones (inf or NaN),
+// or -1. Reads the bits, so that scanning a whole model is memory-bound.
+int64_t FirstNonFinite(const HostTensor& t) {
+  if (t.dtype == kernels::DType::kF32) {
+    const int64_t n = static_cast<int64_t>(t.data.size() / 4);
+    for (int64_t i = 0; i < n; ++i) {
+      uint32_t u;
+      std::memcpy(&u, t.data.data() + 4 * i, 4);
+      if ((u & 0x7f800000u) == 0x7f800000u) return i;
+    }
+  } else {  // bf16 (fp16 never reaches a stager: FromProtoDType refuses it)
+    const int64_t n = static_cast<int64_t>(t.data.size() / 2);
+    for (int64_t i = 0; i < n; ++i) {
+      uint16_t u;
+      std::memcpy(&u, t.data.data() + 2 * i, 2);
+      if ((u & 0x7f80u) == 0x7f80u) return i;
+    }
+  }
+  return -1;
+}
+
 std::string DTypeStr(kernels::DType dtype) {
   return std::string(kernels::DTypeName(dtype));
 }
@@ -260,6 +281,11 @@ absl::Status WeightStager::AddHeader(const v1::WeightUpdateHeader& header) {
   }
   // Structural checks first (INVALID_ARGUMENT), then the match with the
   // model (ABORTED).
+  if (header.target_version() > kMaxWeightVersion) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "weight update target_version ", header.target_version(), " is above the largest version ",
+        kMaxWeightVersion, " (it would leave no room for later updates)")));
+  }
   std::map<std::string, const v1::TensorManifestEntry*> manifest;
   for (const v1::TensorManifestEntry& e : header.tensors()) {
     if (e.name().empty()) {
@@ -420,6 +446,15 @@ absl::StatusOr<TensorMap> WeightStager::Finish() {
     if (s.tensor.data.empty() && s.expected_crc != 0) {
       return Fail(absl::AbortedError(absl::StrCat(
           "empty tensor '", name, "' has a non-zero CRC-32C in the manifest")));
+    }
+  }
+  // Weights that are not finite would be served (and pass every CRC): refuse.
+  for (const auto& [name, s] : staged_) {
+    const int64_t i = FirstNonFinite(s.tensor);
+    if (i >= 0) {
+      return Fail(absl::AbortedError(absl::StrCat(
+          "tensor '", name, "' holds a non-finite value (",
+          kernels::LoadAsF32(s.tensor.data.data(), s.tensor.dtype, i), ") at element ", i)));
     }
   }
   finished_ = true;

@@ -34,6 +34,9 @@ namespace lockstep::common {
 inline constexpr size_t kDefaultWeightChunkBytes = size_t{1} << 20;
 // Largest chunk payload a WeightStager accepts.
 inline constexpr size_t kMaxWeightChunkBytes = size_t{4} << 20;
+// The largest weight version a stream may announce (2^62, the learner's
+// limit too): a version near 2^64 would leave no room for later updates.
+inline constexpr uint64_t kMaxWeightVersion = uint64_t{1} << 62;
 
 // kernels::DType <-> lockstep.v1.DType. FromProtoDType: INVALID_ARGUMENT for
 // DTYPE_UNSPECIFIED or unknown values.

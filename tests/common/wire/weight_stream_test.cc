@@ -20,6 +20,10 @@ TensorMap RandomTensors(const ModelConfig& config, uint64_t seed) {
     t.shape = shape;
     t.data.resize(t.numel() * kernels::DTypeSize(config.dtype));
     for (auto& b : t.data) b = static_cast<uint8_t>(rng());
+    // Finite values only (the stager refuses inf/NaN): clear the top
+    // exponent bit of every element (the high byte, little-endian).
+    const size_t width = kernels::DTypeSize(config.dtype);
+    for (size_t i = width - 1; i < t.data.size(); i += width) t.data[i] &= 0xbf;
     out.emplace(name, std::move(t));
   }
   return out;
@@ -126,6 +130,41 @@ TEST_F(WeightStreamTest, InterleavedTensorsAreAccepted) {
   }
   WeightStager stager(config_);
   ASSERT_TRUE(Feed(stager, reordered).ok());
+  EXPECT_TRUE(stager.Finish().ok());
+}
+
+// inf or NaN with valid CRCs: ABORTED at Finish (old weights keep serving).
+TEST_F(WeightStreamTest, NonFiniteWeightsAreAborted) {
+  for (uint8_t high : {uint8_t{0x7f}, uint8_t{0xff}}) {  // +inf/NaN, -inf/NaN
+    TensorMap bad = tensors_;
+    HostTensor& t = bad.begin()->second;
+    const size_t width = kernels::DTypeSize(t.dtype);
+    const size_t element = 3;
+    for (size_t b = 0; b < width; ++b) t.data[element * width + b] = 0xff;
+    t.data[element * width + width - 1] = high;
+    auto msgs = SplitWeights(bad, 5, options_);
+    ASSERT_TRUE(msgs.ok()) << msgs.status();
+    WeightStager stager(config_);
+    ASSERT_TRUE(Feed(stager, *msgs).ok());
+    auto out = stager.Finish();
+    EXPECT_EQ(out.status().code(), absl::StatusCode::kAborted) << out.status();
+    EXPECT_NE(out.status().message().find("non-finite"), std::string::npos) << out.status();
+    EXPECT_NE(out.status().message().find("element 3"), std::string::npos) << out.status();
+  }
+}
+
+// A version near 2^64 would wedge every later update: refused at the header.
+TEST_F(WeightStreamTest, VersionsAboveTheCeilingAreInvalid) {
+  for (uint64_t v : {kMaxWeightVersion + 1, ~uint64_t{0}}) {
+    auto msgs = SplitWeights(tensors_, v, options_);
+    ASSERT_TRUE(msgs.ok()) << msgs.status();
+    WeightStager stager(config_);
+    EXPECT_EQ(Feed(stager, *msgs).code(), absl::StatusCode::kInvalidArgument) << v;
+  }
+  auto msgs = SplitWeights(tensors_, kMaxWeightVersion, options_);
+  ASSERT_TRUE(msgs.ok());
+  WeightStager stager(config_);
+  EXPECT_TRUE(Feed(stager, *msgs).ok());
   EXPECT_TRUE(stager.Finish().ok());
 }
 
