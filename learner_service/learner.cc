@@ -2,72 +2,22 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <set>
 #include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/status/status_macros.h"
 #include "common/wire/weight_stream.h"
+#include "kernels/build_id.h"
 
 namespace lockstep::learner {
 namespace {
-
-// The fields a rollout must share with the learner for a pushed tensor set
-// to be loadable and the logprobs to be comparable.
-absl::Status CheckSameModel(const common::ModelConfig& mine,
-                            const lockstep::v1::ModelConfig& theirs,
-                            const std::string& endpoint) {
-  const lockstep::v1::ModelConfig want = common::ModelConfigToProto(mine);
-  std::vector<std::string> diffs;
-  auto check = [&](const char* name, auto a, auto b) {
-    if (a != b) diffs.push_back(absl::StrCat(name, " ", b, " != ", a));
-  };
-  check("vocab_size", want.vocab_size(), theirs.vocab_size());
-  check("hidden_size", want.hidden_size(), theirs.hidden_size());
-  check("intermediate_size", want.intermediate_size(),
-        theirs.intermediate_size());
-  check("num_hidden_layers", want.num_hidden_layers(),
-        theirs.num_hidden_layers());
-  check("num_attention_heads", want.num_attention_heads(),
-        theirs.num_attention_heads());
-  check("num_key_value_heads", want.num_key_value_heads(),
-        theirs.num_key_value_heads());
-  check("head_dim", want.head_dim(), theirs.head_dim());
-  check("tie_word_embeddings", want.tie_word_embeddings(),
-        theirs.tie_word_embeddings());
-  check("qk_norm", want.qk_norm(), theirs.qk_norm());
-  check("dtype", static_cast<int>(want.dtype()),
-        static_cast<int>(theirs.dtype()));
-  // The arithmetic beyond the shapes: a different epsilon, RoPE or bias set
-  // would make every token mismatch while both sides look healthy.
-  check("model_type", want.model_type(), theirs.model_type());
-  check("qkv_bias", want.qkv_bias(), theirs.qkv_bias());
-  check("rms_norm_eps", want.rms_norm_eps(), theirs.rms_norm_eps());
-  check("rope_theta", want.rope_theta(), theirs.rope_theta());
-  check("rope.rope_type", want.rope().rope_type(), theirs.rope().rope_type());
-  check("rope.factor", want.rope().factor(), theirs.rope().factor());
-  check("rope.low_freq_factor", want.rope().low_freq_factor(),
-        theirs.rope().low_freq_factor());
-  check("rope.high_freq_factor", want.rope().high_freq_factor(),
-        theirs.rope().high_freq_factor());
-  check("rope.original_max_position_embeddings",
-        want.rope().original_max_position_embeddings(),
-        theirs.rope().original_max_position_embeddings());
-  check("rope.beta_fast", want.rope().beta_fast(), theirs.rope().beta_fast());
-  check("rope.beta_slow", want.rope().beta_slow(), theirs.rope().beta_slow());
-  check("rope.attention_factor", want.rope().attention_factor(),
-        theirs.rope().attention_factor());
-  check("rope.truncate", want.rope().truncate(), theirs.rope().truncate());
-  if (diffs.empty()) return absl::OkStatus();
-  return absl::FailedPreconditionError(
-      absl::StrCat("rollout ", endpoint,
-                   " serves another model than the learner's (theirs vs "
-                   "ours): ",
-                   absl::StrJoin(diffs, ", ")));
-}
 
 // "HOST:PORT" with a non-empty host and a port in [1, 65535] (IPv6 hosts in
 // brackets). INVALID_ARGUMENT otherwise.
@@ -98,16 +48,155 @@ bool ValidCheckpointName(const std::string& name) {
   return true;
 }
 
+// Printed values of a fingerprint field: doubles with every digit (two
+// epsilons that print alike under %g still differ), enums by name.
+std::string Show(double v) { return absl::StrFormat("%.17g", v); }
+std::string Show(int64_t v) { return absl::StrCat(v); }
+std::string Show(bool v) { return v ? "true" : "false"; }
+std::string Show(const std::string& v) { return absl::StrCat("\"", v, "\""); }
+
 }  // namespace
+
+std::vector<FingerprintDifference> CompareFingerprints(
+    const lockstep::v1::ModelInfo& learner,
+    const lockstep::v1::ModelInfo& rollout) {
+  std::vector<FingerprintDifference> diffs;
+  auto add = [&](const char* field, std::string a, std::string b) {
+    if (a != b) diffs.push_back({field, std::move(a), std::move(b)});
+  };
+  // Doubles by bits: -0.0 vs 0.0 or two NaNs must not pass as equal / differ
+  // by accident of ==.
+  auto add_double = [&](const char* field, double a, double b) {
+    if (std::memcmp(&a, &b, sizeof a) != 0) {
+      diffs.push_back({field, Show(a), Show(b)});
+    }
+  };
+  const lockstep::v1::ModelConfig& a = learner.config();
+  const lockstep::v1::ModelConfig& b = rollout.config();
+  add("model_type", Show(a.model_type()), Show(b.model_type()));
+  add("vocab_size", Show(a.vocab_size()), Show(b.vocab_size()));
+  add("hidden_size", Show(a.hidden_size()), Show(b.hidden_size()));
+  add("intermediate_size", Show(a.intermediate_size()),
+      Show(b.intermediate_size()));
+  add("num_hidden_layers", Show(a.num_hidden_layers()),
+      Show(b.num_hidden_layers()));
+  add("num_attention_heads", Show(a.num_attention_heads()),
+      Show(b.num_attention_heads()));
+  add("num_key_value_heads", Show(a.num_key_value_heads()),
+      Show(b.num_key_value_heads()));
+  add("head_dim", Show(a.head_dim()), Show(b.head_dim()));
+  add("tie_word_embeddings", Show(a.tie_word_embeddings()),
+      Show(b.tie_word_embeddings()));
+  add("qk_norm", Show(a.qk_norm()), Show(b.qk_norm()));
+  add("qkv_bias", Show(a.qkv_bias()), Show(b.qkv_bias()));
+  // The arithmetic beyond the shapes: a different epsilon or RoPE makes
+  // every token mismatch while both sides look healthy.
+  add_double("rms_norm_eps", a.rms_norm_eps(), b.rms_norm_eps());
+  add_double("rope_theta", a.rope_theta(), b.rope_theta());
+  const lockstep::v1::RopeParameters& ra = a.rope();
+  const lockstep::v1::RopeParameters& rb = b.rope();
+  add("rope.rope_type", Show(ra.rope_type()), Show(rb.rope_type()));
+  add_double("rope.rope_theta", ra.rope_theta(), rb.rope_theta());
+  add_double("rope.factor", ra.factor(), rb.factor());
+  add_double("rope.low_freq_factor", ra.low_freq_factor(),
+             rb.low_freq_factor());
+  add_double("rope.high_freq_factor", ra.high_freq_factor(),
+             rb.high_freq_factor());
+  add("rope.original_max_position_embeddings",
+      Show(ra.original_max_position_embeddings()),
+      Show(rb.original_max_position_embeddings()));
+  add_double("rope.beta_fast", ra.beta_fast(), rb.beta_fast());
+  add_double("rope.beta_slow", ra.beta_slow(), rb.beta_slow());
+  add_double("rope.attention_factor", ra.attention_factor(),
+             rb.attention_factor());
+  add("rope.truncate", Show(ra.truncate()), Show(rb.truncate()));
+  add("max_position_embeddings", Show(a.max_position_embeddings()),
+      Show(b.max_position_embeddings()));
+  add("bos_token_id",
+      a.has_bos_token_id() ? Show(a.bos_token_id()) : std::string("none"),
+      b.has_bos_token_id() ? Show(b.bos_token_id()) : std::string("none"));
+  add("eos_token_ids", absl::StrCat("[", absl::StrJoin(a.eos_token_ids(), ", "), "]"),
+      absl::StrCat("[", absl::StrJoin(b.eos_token_ids(), ", "), "]"));
+  add("dtype", lockstep::v1::DType_Name(a.dtype()),
+      lockstep::v1::DType_Name(b.dtype()));
+  add("kernel_mode", lockstep::v1::KernelMode_Name(learner.kernel_mode()),
+      lockstep::v1::KernelMode_Name(rollout.kernel_mode()));
+  add("device", lockstep::v1::Device_Name(learner.device()),
+      lockstep::v1::Device_Name(rollout.device()));
+  // Empty from a rollout built before these fields existed: unknown, so
+  // refused like any other value.
+  add("gpu_architecture", Show(learner.gpu_architecture()),
+      Show(rollout.gpu_architecture()));
+  add("kernel_build_id", Show(learner.kernel_build_id()),
+      Show(rollout.kernel_build_id()));
+  return diffs;
+}
+
+absl::Status CheckCompatible(const lockstep::v1::ModelInfo& learner,
+                             const lockstep::v1::ModelInfo& rollout,
+                             const std::string& endpoint) {
+  const std::vector<FingerprintDifference> diffs =
+      CompareFingerprints(learner, rollout);
+  if (diffs.empty()) return absl::OkStatus();
+  const FingerprintDifference& first = diffs.front();
+  std::string more;
+  if (diffs.size() > 1) {
+    std::vector<std::string> names;
+    for (size_t i = 1; i < diffs.size(); ++i) names.push_back(diffs[i].field);
+    more = absl::StrCat(" (and ", diffs.size() - 1, " more: ",
+                        absl::StrJoin(names, ", "), ")");
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "rollout ", endpoint,
+      " does not compute as the learner does, its logprobs would not match: ",
+      first.field, " differs (learner ", first.learner, ", rollout ",
+      first.rollout, ")", more));
+}
 
 Learner::Learner(LearnerOptions options, std::unique_ptr<Trainer> trainer,
                  LearnerObserver* observer)
-    : options_(std::move(options)), trainer_(std::move(trainer)), observer_(observer) {}
+    : options_(std::move(options)), trainer_(std::move(trainer)), observer_(observer) {
+  const TrainerOptions& t = trainer_->options();
+  *fingerprint_.mutable_config() = common::ModelConfigToProto(trainer_->config());
+  fingerprint_.set_kernel_mode(t.mode == common::KernelMode::kInvariant
+                                   ? lockstep::v1::KERNEL_MODE_INVARIANT
+                                   : lockstep::v1::KERNEL_MODE_STANDARD);
+  fingerprint_.set_device(t.device == kernels::Device::kCuda
+                              ? lockstep::v1::DEVICE_CUDA
+                              : lockstep::v1::DEVICE_CPU);
+  fingerprint_.set_tp_size(1);
+  fingerprint_.set_kernel_build_id(kernels::KernelBuildId());
+  fingerprint_.set_gpu_architecture(kernels::GpuArchitecture(t.device));
+}
+
+absl::Status Learner::CheckRollout(client::RolloutClient& client) const {
+  const std::string endpoint = client.connection().options().target;
+  client::CallOptions call;
+  call.timeout = options_.register_timeout;
+  call.max_attempts = 1;
+  absl::StatusOr<lockstep::v1::ModelInfo> info = client.GetModelInfo(call);
+  if (!info.ok()) {
+    return absl::Status(info.status().code(),
+                        absl::StrCat("rollout ", endpoint,
+                                     ": GetModelInfo before the push: ",
+                                     info.status().message()));
+  }
+  return CheckCompatible(fingerprint_, *info, endpoint);
+}
 
 absl::StatusOr<std::unique_ptr<Learner>> Learner::Create(const LearnerOptions& options,
                                                          LearnerObserver* observer) {
   if (options.max_buffered_trajectories <= 0) {
     return absl::InvalidArgumentError("max_buffered_trajectories must be > 0");
+  }
+  if (!options.checkpoint_dir.empty()) {
+    // What crashed saves of a previous run left behind.
+    absl::StatusOr<int> cleaned = CleanCheckpointLeftovers(options.checkpoint_dir);
+    if (!cleaned.ok()) {
+      std::fprintf(stderr, "learner: cleaning %s: %s\n",
+                   options.checkpoint_dir.c_str(),
+                   std::string(cleaned.status().message()).c_str());
+    }
   }
   LOCKSTEP_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer,
                             Trainer::Create(options.trainer));
@@ -230,11 +319,14 @@ std::vector<PushResult> Learner::PushLocked(
       trainer_->compute_weights();
   std::vector<client::RolloutClient*> raw;
   for (const auto& c : clients) raw.push_back(c.get());
+  // Every attempt first re-checks the rollout: it may have been restarted
+  // with another config since it registered.
+  PushOptions push = options_.push;
+  push.check = [this](client::RolloutClient& c) { return CheckRollout(c); };
   const auto start = std::chrono::steady_clock::now();
   std::vector<PushResult> results =
       PushToAll(raw, *weights, static_cast<uint64_t>(version),
-                absl::StrCat("learner step ", trainer_->step()),
-                options_.push);
+                absl::StrCat("learner step ", trainer_->step()), push);
   if (seconds != nullptr) {
     *seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() -
                                              start)
@@ -300,7 +392,7 @@ absl::StatusOr<std::vector<PushResult>> Learner::RegisterRollouts(
       }
       return absl::Status(info.status().code(), message);
     }
-    LOCKSTEP_RETURN_IF_ERROR(CheckSameModel(trainer_->config(), info->config(), e));
+    LOCKSTEP_RETURN_IF_ERROR(CheckCompatible(fingerprint_, *info, e));
     if (static_cast<int64_t>(info->weight_version()) > trainer_->version()) {
       // Its weights are not ones this learner produced (or it kept running
       // while the learner restarted): training on its samples would be
@@ -318,6 +410,7 @@ absl::StatusOr<std::vector<PushResult>> Learner::RegisterRollouts(
     r.info.mode = info->kernel_mode() == lockstep::v1::KERNEL_MODE_STANDARD
                       ? common::KernelMode::kStandard
                       : common::KernelMode::kInvariant;
+    r.info.tp_size = static_cast<int>(info->tp_size());
     fresh.push_back(std::move(r));
   }
   std::lock_guard<std::mutex> step_lock(step_mu_);
@@ -406,9 +499,8 @@ absl::StatusOr<CheckpointInfo> Learner::LoadCheckpoint(
     const std::string& name) {
   std::lock_guard<std::mutex> step_lock(step_mu_);
   LOCKSTEP_ASSIGN_OR_RETURN(std::string path, CheckpointPath(name));
-  if (!std::filesystem::exists(path)) {
-    return absl::NotFoundError(absl::StrCat("no checkpoint ", path));
-  }
+  // NOT_FOUND when absent (Trainer::LoadCheckpoint also finds the copy an
+  // interrupted save left).
   LOCKSTEP_ASSIGN_OR_RETURN(auto extra, trainer_->LoadCheckpoint(path));
   if (hooks_.load) LOCKSTEP_RETURN_IF_ERROR(hooks_.load(extra));
   CheckpointInfo info;

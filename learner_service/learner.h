@@ -48,9 +48,42 @@ struct LearnerOptions {
   // --rollout_tls_cert, --rollout_tls_key, --rollout_tls_server_name).
   common::ChannelSecurity rollout_security;
   // Deadline of the GetModelInfo call that registering a rollout makes (it
-  // waits for the endpoint to come up within this time).
+  // waits for the endpoint to come up within this time), and of the one
+  // that re-checks the rollout before every push attempt.
   absl::Duration register_timeout = absl::Seconds(10);
 };
+
+// One field in which a rollout's arithmetic differs from the learner's.
+struct FingerprintDifference {
+  std::string field;    // e.g. "rope_theta", "kernel_mode", "kernel_build_id"
+  std::string learner;  // the learner's value, printed
+  std::string rollout;  // the rollout's value, printed
+};
+
+// Compares everything that changes a token's logprob bits between the
+// learner's fingerprint and a rollout's GetModelInfo answer, in this order:
+// the model config (model_type, vocab_size, hidden_size, intermediate_size,
+// num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim,
+// tie_word_embeddings, qk_norm, qkv_bias, rms_norm_eps, rope_theta, every
+// rope.* field, max_position_embeddings, bos_token_id, eos_token_ids,
+// dtype), then kernel_mode, device, gpu_architecture and kernel_build_id.
+// Doubles are compared bit for bit. Not compared: config_json (text whose
+// parsed fields are compared), num_parameters (derived from the shapes),
+// checkpoint_dtype and ignored_config_keys (informational), tp_size (in
+// invariant mode the TP degree does not change any bit, docs/design.md
+// "Tensor parallelism"; in standard mode logprobs already depend on the
+// batch, so TP adds nothing to check) and the serving limits. Empty when
+// they agree.
+std::vector<FingerprintDifference> CompareFingerprints(
+    const lockstep::v1::ModelInfo& learner,
+    const lockstep::v1::ModelInfo& rollout);
+
+// OK when CompareFingerprints finds nothing; otherwise FAILED_PRECONDITION
+// naming `endpoint` and the first difference (field, learner value, rollout
+// value) and how many more there are.
+absl::Status CheckCompatible(const lockstep::v1::ModelInfo& learner,
+                             const lockstep::v1::ModelInfo& rollout,
+                             const std::string& endpoint);
 
 struct SubmitResult {
   int64_t accepted = 0;
@@ -78,6 +111,9 @@ struct RolloutInfo {
   std::string endpoint;
   int64_t weight_version = 0;  // last version known to be served
   common::KernelMode mode = common::KernelMode::kInvariant;
+  // Its tensor-parallel degree (recorded, not required to match: see
+  // CompareFingerprints).
+  int tp_size = 1;
   int64_t pushes_ok = 0;
   int64_t pushes_failed = 0;
   std::optional<PushResult> last_push;
@@ -146,11 +182,15 @@ class Learner {
 
   // Connects to each endpoint (ConnectRollout), asks it for its model
   // (GetModelInfo, waiting up to register_timeout for it to come up, one
-  // try), checks that it serves the learner's model config and compute
-  // dtype, and registers them all (or none, on the first error:
-  // INVALID_ARGUMENT for a malformed endpoint, UNAVAILABLE when unreachable,
-  // FAILED_PRECONDITION for another model or a rollout already serving a
-  // newer version than the learner's).
+  // try), checks that it computes exactly as the learner does
+  // (CheckCompatible against fingerprint()), and registers them all (or
+  // none, on the first error: INVALID_ARGUMENT for a malformed endpoint,
+  // UNAVAILABLE when unreachable, FAILED_PRECONDITION for an incompatible
+  // rollout, naming the first differing field, or for a rollout already
+  // serving a newer version than the learner's). Every later push attempt
+  // repeats the check first (PushOptions::check): a rollout restarted with
+  // another config is refused (FAILED_PRECONDITION push result, nothing
+  // sent).
   // Already registered endpoints are refreshed. With `push_now`, rollouts
   // behind the learner's version get the current weights.
   absl::StatusOr<std::vector<PushResult>> RegisterRollouts(
@@ -177,6 +217,11 @@ class Learner {
   std::vector<std::shared_ptr<client::RolloutClient>> rollout_clients() const;
 
   const common::ModelConfig& config() const { return trainer_->config(); }
+  // What the learner compares rollouts with: its model config (compute
+  // dtype), kernel mode, device, GPU architecture
+  // (kernels::GpuArchitecture), kernel build id (kernels::KernelBuildId) and
+  // tp_size 1, as a v1::ModelInfo (the other fields unset).
+  const lockstep::v1::ModelInfo& fingerprint() const { return fingerprint_; }
   const TrainerOptions& trainer_options() const { return trainer_->options(); }
   int64_t version() const { return trainer_->version(); }
 
@@ -202,8 +247,12 @@ class Learner {
   absl::StatusOr<std::string> CheckpointPath(const std::string& name) const;
   void BufferCounts(SubmitResult* out) const;  // caller holds buffer_mu_
 
+  // GetModelInfo + CheckCompatible against one rollout (PushOptions::check).
+  absl::Status CheckRollout(client::RolloutClient& client) const;
+
   const LearnerOptions options_;
   std::unique_ptr<Trainer> trainer_;
+  lockstep::v1::ModelInfo fingerprint_;
   LearnerObserver* const observer_;
 
   mutable std::mutex step_mu_;  // trainer mutations, pushes, checkpoints

@@ -10,10 +10,20 @@
 #include <sstream>
 #include <utility>
 
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include "absl/status/status.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/formats/checkpoint.h"
 #include "common/formats/directory_tree.h"
@@ -87,6 +97,83 @@ absl::Status WriteTensorMap(const fs::path& path, const TensorMap& tensors,
     infos.push_back(std::move(info));
   }
   return common::WriteSafetensors(path.string(), infos, meta);
+}
+
+// An errno-derived error: "<what>: <strerror>".
+absl::Status ErrnoError(int error_number, const std::string& what) {
+  return absl::Status(absl::ErrnoToStatusCode(error_number),
+                      absl::StrCat(what, ": ", std::strerror(error_number)));
+}
+
+// Flushes `path` (a file, or a directory's entries) to stable storage.
+absl::Status Fsync(const std::string& path, bool directory) {
+  const int fd =
+      ::open(path.c_str(), O_RDONLY | O_CLOEXEC | (directory ? O_DIRECTORY : 0));
+  if (fd < 0) {
+    const int e = errno;
+    return ErrnoError(e, absl::StrCat("cannot open ", path,
+                                                   " to fsync it"));
+  }
+  const int r = ::fsync(fd);
+  const int e = errno;
+  ::close(fd);
+  if (r != 0) return ErrnoError(e, absl::StrCat("fsync ", path));
+  return absl::OkStatus();
+}
+
+// Every regular file directly in `dir` (a checkpoint has no subdirectories),
+// then `dir` itself.
+absl::Status FsyncDirectoryAndFiles(const fs::path& dir) {
+  std::error_code ec;
+  for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
+    if (e.is_regular_file(ec)) {
+      LOCKSTEP_RETURN_IF_ERROR(Fsync(e.path().string(), false));
+    }
+  }
+  if (ec) {
+    return absl::InternalError(
+        absl::StrCat("cannot list ", dir.string(), ": ", ec.message()));
+  }
+  return Fsync(dir.string(), true);
+}
+
+// `dir` without trailing slashes ("a/b/" names the entry "b" of "a").
+std::string WithoutTrailingSlash(std::string dir) {
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  return dir;
+}
+
+fs::path ParentOf(const fs::path& dir) {
+  fs::path parent = dir.parent_path();
+  return parent.empty() ? fs::path(".") : parent;
+}
+
+// Splits "NAME.tmp-PID" / "NAME.old-PID" into (NAME, kind, PID).
+bool ParseLeftover(const std::string& entry, std::string* name,
+                   std::string* kind, int64_t* pid) {
+  for (const char* k : {".tmp-", ".old-"}) {
+    const size_t at = entry.rfind(k);
+    if (at == std::string::npos || at == 0) continue;
+    const std::string digits = entry.substr(at + 5);
+    if (digits.empty() ||
+        digits.find_first_not_of("0123456789") != std::string::npos ||
+        !absl::SimpleAtoi(digits, pid)) {
+      continue;
+    }
+    *name = entry.substr(0, at);
+    *kind = std::string(k + 1, 3);
+    return true;
+  }
+  return false;
+}
+
+// True when another live process (which may be saving right now) has this
+// PID. Our own PID is never "another": a learner restarted in a container
+// often gets the PID its previous incarnation had, and this process saves
+// one checkpoint at a time.
+bool OtherProcessAlive(int64_t pid) {
+  if (pid <= 0 || pid == static_cast<int64_t>(::getpid())) return false;
+  return ::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM;
 }
 
 absl::StatusOr<TensorMap> ReadTensorMap(const fs::path& path) {
@@ -501,9 +588,10 @@ TensorMap Trainer::MasterWeights() const {
 }
 
 absl::Status Trainer::SaveCheckpoint(
-    const std::string& dir,
+    const std::string& dir_arg,
     const std::map<std::string, std::string>& extra) const {
   const Impl& m = *impl_;
+  const std::string dir = WithoutTrailingSlash(dir_arg);
   const fs::path final_dir(dir);
   const fs::path tmp = fs::path(dir + ".tmp-" + std::to_string(::getpid()));
   std::error_code ec;
@@ -546,31 +634,160 @@ absl::Status Trainer::SaveCheckpoint(
   state["extra"] = extra;
   absl::Status s = WriteTextFile(tmp / kStateFile, state.dump(2));
   if (!s.ok()) return fail(s);
-  // Swap the finished directory into place; an old checkpoint of the same
-  // name is replaced only once the new one is complete.
-  const fs::path old = fs::path(dir + ".old-" + std::to_string(::getpid()));
-  if (fs::exists(final_dir, ec)) {
-    (void)common::RemoveDirectoryTree(old.string());
-    fs::rename(final_dir, old, ec);
-    if (ec) {
-      return fail(absl::InternalError(absl::StrCat(
-          "cannot move the old checkpoint aside: ", ec.message())));
+  // Durable before it is published: every file and the directory itself.
+  s = FsyncDirectoryAndFiles(tmp);
+  if (!s.ok()) return fail(s);
+  LOCKSTEP_RETURN_IF_ERROR(PublishCheckpointDir(tmp.string(), dir));
+  // Leftovers of earlier crashed saves of this name (never another live
+  // process's save in progress).
+  if (!final_dir.filename().empty()) {
+    (void)CleanCheckpointLeftovers(ParentOf(final_dir).string(),
+                                   final_dir.filename().string());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PublishCheckpointDir(const std::string& tmp,
+                                  const std::string& dir) {
+  const fs::path final_dir(dir);
+  const std::string parent = ParentOf(final_dir).string();
+  auto fail = [&](absl::Status s) {
+    (void)common::RemoveDirectoryTree(tmp);
+    return s;
+  };
+  std::error_code ec;
+  if (!fs::exists(final_dir, ec)) {
+    if (::rename(tmp.c_str(), dir.c_str()) != 0) {
+      const int e = errno;
+      return fail(
+          ErrnoError(e, absl::StrCat("cannot publish checkpoint ", dir)));
+    }
+    return Fsync(parent, true);
+  }
+  // Swap the finished directory with the old one in one step: at every
+  // moment `dir` is a complete checkpoint (the old, then the new one).
+  if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, dir.c_str(),
+                  RENAME_EXCHANGE) == 0) {
+    LOCKSTEP_RETURN_IF_ERROR(Fsync(parent, true));
+    // `tmp` now holds the old checkpoint.
+    (void)common::RemoveDirectoryTree(tmp);
+    return absl::OkStatus();
+  }
+  if (const int e = errno; e != EINVAL && e != ENOSYS && e != EOPNOTSUPP) {
+    return fail(ErrnoError(
+        e, absl::StrCat("cannot publish checkpoint ", dir)));
+  }
+  // A file system without RENAME_EXCHANGE: move the old one aside to
+  // DIR.old-PID first. Until the second rename lands `dir` is absent, and
+  // LoadCheckpoint / CleanCheckpointLeftovers fall back to that complete old
+  // copy.
+  const std::string old = dir + ".old-" + std::to_string(::getpid());
+  (void)common::RemoveDirectoryTree(old);
+  if (::rename(dir.c_str(), old.c_str()) != 0) {
+    const int e = errno;
+    return fail(ErrnoError(
+        e, absl::StrCat("cannot move the old checkpoint ", dir, " aside")));
+  }
+  LOCKSTEP_RETURN_IF_ERROR(Fsync(parent, true));
+  if (::rename(tmp.c_str(), dir.c_str()) != 0) {
+    const int e = errno;
+    (void)::rename(old.c_str(), dir.c_str());  // put the old one back
+    return fail(ErrnoError(
+        e, absl::StrCat("cannot publish checkpoint ", dir)));
+  }
+  LOCKSTEP_RETURN_IF_ERROR(Fsync(parent, true));
+  (void)common::RemoveDirectoryTree(old);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int> CleanCheckpointLeftovers(const std::string& root,
+                                             const std::string& only_name) {
+  DIR* d = ::opendir(root.c_str());
+  if (d == nullptr) {
+    const int e = errno;
+    if (e == ENOENT) return 0;
+    return ErrnoError(e, absl::StrCat("cannot list ", root));
+  }
+  std::vector<std::string> entries;
+  while (const struct dirent* e = ::readdir(d)) entries.emplace_back(e->d_name);
+  ::closedir(d);
+  // .old copies first: one may be the only complete copy of its name.
+  std::sort(entries.begin(), entries.end(),
+            [](const std::string& a, const std::string& b) {
+              const bool ao = a.find(".old-") != std::string::npos;
+              const bool bo = b.find(".old-") != std::string::npos;
+              return ao != bo ? ao : a < b;
+            });
+  absl::Status first_error;
+  int cleaned = 0;
+  for (const std::string& entry : entries) {
+    std::string name, kind;
+    int64_t pid = 0;
+    if (!ParseLeftover(entry, &name, &kind, &pid)) continue;
+    if (!only_name.empty() && name != only_name) continue;
+    if (OtherProcessAlive(pid)) continue;
+    const fs::path path = fs::path(root) / entry;
+    const fs::path published = fs::path(root) / name;
+    std::error_code ec;
+    if (kind == "old" && !fs::exists(published, ec) &&
+        fs::exists(path / kStateFile, ec)) {
+      // A save crashed between its two renames: the old copy is the
+      // checkpoint.
+      if (::rename(path.c_str(), published.c_str()) == 0) {
+        (void)Fsync(root, true);
+        ++cleaned;
+        continue;
+      }
+    }
+    absl::Status s = common::RemoveDirectoryTree(path.string());
+    if (s.ok()) {
+      ++cleaned;
+    } else if (first_error.ok()) {
+      first_error = s;
     }
   }
-  fs::rename(tmp, final_dir, ec);
-  if (ec) {
-    return fail(absl::InternalError(
-        absl::StrCat("cannot publish checkpoint ", dir, ": ", ec.message())));
+  if (cleaned > 0) (void)Fsync(root, true);
+  if (!first_error.ok()) return first_error;
+  return cleaned;
+}
+
+absl::StatusOr<std::string> ResolveCheckpointDir(const std::string& dir_arg) {
+  const std::string dir = WithoutTrailingSlash(dir_arg);
+  const fs::path final_dir(dir);
+  std::error_code ec;
+  if (fs::is_directory(final_dir, ec)) return dir;
+  // A save interrupted between the two renames of the fallback publish:
+  // the complete old copy DIR.old-PID.
+  const fs::path parent = ParentOf(final_dir);
+  const std::string base = final_dir.filename().string();
+  std::string found;
+  for (const fs::directory_entry& e : fs::directory_iterator(parent, ec)) {
+    std::string name, kind;
+    int64_t pid = 0;
+    const std::string entry = e.path().filename().string();
+    if (!ParseLeftover(entry, &name, &kind, &pid) || name != base ||
+        kind != "old") {
+      continue;
+    }
+    if (fs::exists(e.path() / kStateFile, ec)) found = e.path().string();
   }
-  (void)common::RemoveDirectoryTree(old.string());
-  return absl::OkStatus();
+  if (!found.empty()) return found;
+  return absl::NotFoundError(absl::StrCat("no checkpoint ", dir));
 }
 
 absl::StatusOr<std::map<std::string, std::string>> Trainer::LoadCheckpoint(
     const std::string& dir) {
   Impl& m = *impl_;
-  const fs::path root(dir);
-  LOCKSTEP_ASSIGN_OR_RETURN(std::string text, ReadTextFile(root / kStateFile));
+  LOCKSTEP_ASSIGN_OR_RETURN(const std::string resolved, ResolveCheckpointDir(dir));
+  const fs::path root(resolved);
+  // The directory exists: whatever is missing or unreadable in it is a
+  // damaged checkpoint (DATA_LOSS), not an absent one.
+  absl::StatusOr<std::string> text_or = ReadTextFile(root / kStateFile);
+  if (!text_or.ok()) {
+    return absl::DataLossError(absl::StrCat(
+        dir, ": checkpoint incomplete: ", text_or.status().message()));
+  }
+  const std::string& text = *text_or;
   nlohmann::json state = nlohmann::json::parse(text, nullptr, false);
   if (state.is_discarded() || !state.is_object() ||
       state.value("format", 0) != kStateFormat) {
@@ -601,7 +818,12 @@ absl::StatusOr<std::map<std::string, std::string>> Trainer::LoadCheckpoint(
         dir, ": checkpoint compute dtype ", state.value("compute_dtype", ""),
         " differs from the learner's ", dtype));
   }
-  LOCKSTEP_ASSIGN_OR_RETURN(TensorMap master, ReadTensorMap(root / kMasterFile));
+  absl::StatusOr<TensorMap> master_or = ReadTensorMap(root / kMasterFile);
+  if (!master_or.ok()) {
+    return absl::DataLossError(
+        absl::StrCat(dir, ": ", master_or.status().message()));
+  }
+  TensorMap master = *std::move(master_or);
   if (master.size() != m.names.size()) {
     return absl::DataLossError(
         absl::StrCat(dir, ": master.safetensors has the wrong tensors"));

@@ -146,19 +146,28 @@ class Trainer {
   // fp32 master weights (copies), for tests and checkpoint comparisons.
   common::TensorMap MasterWeights() const;
 
-  // Writes a checkpoint directory (replaced atomically: written to
-  // `dir`.tmp-*, then renamed): master.safetensors (fp32 master),
+  // Writes a checkpoint directory: master.safetensors (fp32 master),
   // optimizer.pt (AdamW state), trainer_state.json (step, version, options
   // that affect the math, `extra` — e.g. the driver's prompt RNG), plus
   // config.json + model.safetensors of the compute copy so that the
-  // directory is itself a model dir a rollout can load.
+  // directory is itself a model dir a rollout can load. Crash-safe: the
+  // files are written to `dir`.tmp-PID, every file and that directory are
+  // fsynced, and PublishCheckpointDir swaps it in; then the leftovers of
+  // earlier crashed saves of this name are removed
+  // (CleanCheckpointLeftovers). At no moment is there no loadable
+  // checkpoint of this name (once one was saved). Errors: errno-derived
+  // I/O errors, INTERNAL (LibTorch); the previous checkpoint is then kept.
   absl::Status SaveCheckpoint(
       const std::string& dir,
       const std::map<std::string, std::string>& extra) const;
 
-  // Restores weights, optimizer state, step and version from `dir`; returns
-  // the `extra` map it was saved with. NOT_FOUND / DATA_LOSS /
-  // INVALID_ARGUMENT (another model config) leave the trainer unchanged.
+  // Restores weights, optimizer state, step and version from `dir` (or,
+  // when a save was interrupted in its fallback publish, from the complete
+  // `dir`.old-PID it left: ResolveCheckpointDir); returns the `extra` map
+  // it was saved with. Errors leave the trainer unchanged: NOT_FOUND (no
+  // such checkpoint), DATA_LOSS (a file missing, truncated or corrupt:
+  // trainer_state.json, master.safetensors, optimizer.pt),
+  // INVALID_ARGUMENT (a checkpoint of another model or compute dtype).
   absl::StatusOr<std::map<std::string, std::string>> LoadCheckpoint(
       const std::string& dir);
 
@@ -176,6 +185,34 @@ class Trainer {
   explicit Trainer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// Replaces checkpoint directory `dir` by the complete, fsynced directory
+// `tmp` so that `dir` is never missing: renameat2(RENAME_EXCHANGE) swaps
+// them (then the old copy, now at `tmp`, is removed); on file systems
+// without it, the old `dir` is renamed to `dir`.old-PID, `tmp` to `dir`,
+// and the old copy removed (ResolveCheckpointDir and
+// CleanCheckpointLeftovers recover a crash between the two renames). The
+// parent directory is fsynced after each rename. On error `tmp` is removed
+// and the old checkpoint kept; errno-derived errors naming `dir`.
+absl::Status PublishCheckpointDir(const std::string& tmp,
+                                  const std::string& dir);
+
+// Removes what crashed saves left in `root`: NAME.tmp-PID directories
+// (possibly half-written) and NAME.old-PID copies, except that an .old copy
+// whose NAME is missing is renamed back to NAME (it is then the last
+// complete checkpoint). Entries of another live process (PID alive and not
+// ours: it may be saving now) are kept; our own PID counts as a previous
+// incarnation's (containers reuse PIDs). `only_name` non-empty: only that
+// NAME. Returns how many entries were removed or restored; OK (0) when
+// `root` does not exist; the first removal error otherwise (after trying
+// all). The learner calls it on `--checkpoint_dir` at start-up.
+absl::StatusOr<int> CleanCheckpointLeftovers(const std::string& root,
+                                             const std::string& only_name = "");
+
+// The directory holding checkpoint `dir`: `dir` itself when it exists,
+// else a complete `dir`.old-PID (one with trainer_state.json) left by an
+// interrupted publish; NOT_FOUND otherwise.
+absl::StatusOr<std::string> ResolveCheckpointDir(const std::string& dir);
 
 // common::LoadCheckpoint(dir) as a (config, tensors) pair: the same loader
 // as the rollout's Model::Load, so both services read a checkpoint (fp16

@@ -60,6 +60,18 @@ PushResult PushWeights(client::RolloutClient& client,
   absl::StatusOr<v1::UpdateWeightsResponse> response = client.UpdateWeights(
       [&](const client::WeightSink& sink) {
         ++result.attempts;
+        if (options.check) {
+          absl::Status checked = options.check(client);
+          if (absl::IsUnavailable(checked)) {
+            // The rollout is (re)starting: this attempt fails as a broken
+            // stream would and the retry policy decides.
+            return absl::AbortedError(checked.message());
+          }
+          if (!checked.ok()) {
+            local = checked;
+            return checked;
+          }
+        }
         bool sink_failed = false;
         absl::Status s = common::StreamWeights(
             tensors, version,

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -33,6 +34,13 @@ struct PushOptions {
   absl::Duration attempt_timeout = absl::Seconds(120);
   // Payload bytes per chunk (0: common::kDefaultWeightChunkBytes).
   size_t chunk_bytes = 0;
+  // When set, run at the start of every attempt, before any tensor is sent
+  // (the learner re-checks there that the rollout still computes as it
+  // does: one restarted with another config must be refused, not pushed
+  // to). UNAVAILABLE fails the attempt like a broken stream (retried as
+  // `retry` says); any other error ends the push with that status and
+  // nothing sent.
+  std::function<absl::Status(client::RolloutClient&)> check;
 };
 
 // Outcome of pushing one version to one rollout.

@@ -367,6 +367,18 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
                        spans[i - 1].begin, ", ", spans[i - 1].end, ")")));
     }
   }
+  // Bytes after the last tensor belong to nothing: the reference reader
+  // refuses them, and they would hide an appended or mis-concatenated file.
+  uint64_t used = 0;
+  for (const Span& span : spans) used = std::max(used, span.end);
+  if (used < data_size) {
+    return absl::InvalidArgumentError(FileError(
+        path, absl::StrCat(data_size - used,
+                           " trailing bytes after the last tensor's data (the "
+                           "data buffer is ",
+                           data_size, " bytes, tensors end at byte ", used,
+                           ")")));
+  }
   return file;
 }
 

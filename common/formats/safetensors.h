@@ -66,8 +66,10 @@ class SafetensorsFile {
   //     not two non-negative integers with begin <= end; the shape's byte
   //     size differs from end - begin; two tensors' bytes overlap; a tensor
   //     name is empty or duplicated (any duplicate JSON key is rejected);
-  //     "__metadata__" is not an object of strings.
-  // Gaps between tensors and trailing bytes after the last one are allowed.
+  //     "__metadata__" is not an object of strings; the data buffer
+  //     extends past the end of the last tensor (trailing bytes; the
+  //     message names the file and the byte count).
+  // Gaps between tensors are allowed.
   static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(
       const std::string& path);
 

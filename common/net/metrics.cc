@@ -15,12 +15,34 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
 namespace lockstep::common {
 namespace {
+
+// True when a header line of `request` is "Authorization: Bearer <token>"
+// (header name and scheme case-insensitive, the token compared exactly).
+bool HasBearer(const std::string& request, const std::string& token) {
+  for (absl::string_view line : absl::StrSplit(request, '\n')) {
+    line = absl::StripAsciiWhitespace(line);
+    const size_t colon = line.find(':');
+    if (colon == absl::string_view::npos) continue;
+    if (!absl::EqualsIgnoreCase(absl::StripAsciiWhitespace(line.substr(0, colon)),
+                                "authorization")) {
+      continue;
+    }
+    absl::string_view value = absl::StripAsciiWhitespace(line.substr(colon + 1));
+    if (value.size() > 7 && absl::EqualsIgnoreCase(value.substr(0, 7), "bearer ") &&
+        absl::StripAsciiWhitespace(value.substr(7)) == token) {
+      return true;
+    }
+  }
+  return false;
+}
 
 std::string HttpResponse(absl::string_view status, absl::string_view type, absl::string_view body,
                          bool head_only) {
@@ -32,14 +54,20 @@ std::string HttpResponse(absl::string_view status, absl::string_view type, absl:
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
-    const std::string& host, int port,
-    std::shared_ptr<prometheus::Registry> registry) {
+    const std::string& host, int port, std::shared_ptr<prometheus::Registry> registry) {
+  return Start(host, port, std::move(registry), "");
+}
+
+absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
+    const std::string& host, int port, std::shared_ptr<prometheus::Registry> registry,
+    const std::string& bearer_token) {
   if (port < 0 || port > 65535) {
     return absl::InvalidArgumentError(
         absl::StrCat("metrics port ", port, " outside [0, 65535]"));
   }
   std::unique_ptr<MetricsServer> server(new MetricsServer());
   server->host_ = host;
+  server->bearer_token_ = bearer_token;
   server->registry_ =
       registry ? std::move(registry) : std::make_shared<prometheus::Registry>();
 
@@ -206,6 +234,10 @@ std::string MetricsServer::Respond(const std::string& request) const {
   const bool head = method == "HEAD";
   if (method != "GET" && !head) {
     return HttpResponse("405 Method Not Allowed", "text/plain", "only GET\n", false);
+  }
+  if (!bearer_token_.empty() && path != "/healthz" && !HasBearer(request, bearer_token_)) {
+    return HttpResponse("401 Unauthorized", "text/plain",
+                        "missing or wrong \"Authorization: Bearer <token>\"\n", head);
   }
   if (path == "/metrics") {
     return HttpResponse("200 OK", "text/plain; version=0.0.4; charset=utf-8",

@@ -49,6 +49,13 @@ class MetricsServer {
   static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
       const std::string& host, int port,
       std::shared_ptr<prometheus::Registry> registry = nullptr);
+  // Same, and when `bearer_token` is not empty every request but /healthz
+  // must carry "Authorization: Bearer <token>" (scheme and header name
+  // case-insensitive; 401 otherwise). Prometheus sends it with
+  // `authorization: {credentials_file: ...}` in its scrape config.
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
+      const std::string& host, int port, std::shared_ptr<prometheus::Registry> registry,
+      const std::string& bearer_token);
 
   ~MetricsServer();
   // Limits per connection (see the class comment).
@@ -78,6 +85,7 @@ class MetricsServer {
 
   std::string host_;
   int port_ = 0;
+  std::string bearer_token_;  // empty: no token required
   std::shared_ptr<prometheus::Registry> registry_;
   int listen_fd_ = -1;
   int wake_fds_[2] = {-1, -1};  // self-pipe that stops Serve()

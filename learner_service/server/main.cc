@@ -41,6 +41,11 @@ ABSL_FLAG(std::string, host, "0.0.0.0",
           "Address the gRPC and metrics servers bind (0.0.0.0: all)");
 ABSL_FLAG(int, port, 50052, "gRPC port (0: pick a free one)");
 ABSL_FLAG(int, metrics_port, 9092, "Prometheus /metrics port (0: pick)");
+ABSL_FLAG(std::string, metrics_host, "",
+          "Address the /metrics endpoint binds (default: --host)");
+ABSL_FLAG(std::string, metrics_auth_token_file, "",
+          "When set, /metrics requires \"Authorization: Bearer <token>\" (the "
+          "file's content, whitespace stripped)");
 ABSL_FLAG(std::string, model_dir, "",
           "Directory with config.json and model.safetensors, or "
           "model.safetensors.index.json + shards (required)");
@@ -278,8 +283,19 @@ int main(int argc, char** argv) {
 
   const std::string host = absl::GetFlag(FLAGS_host);
   absl::StatusOr<std::unique_ptr<lockstep::common::MetricsServer>> metrics =
-      lockstep::common::MetricsServer::Start(host,
-                                             absl::GetFlag(FLAGS_metrics_port));
+      [&]() -> absl::StatusOr<std::unique_ptr<lockstep::common::MetricsServer>> {
+        std::string token;
+        if (const std::string f = absl::GetFlag(FLAGS_metrics_auth_token_file); !f.empty()) {
+          absl::StatusOr<std::string> read =
+              lockstep::common::ReadTokenFile("--metrics_auth_token_file", f);
+          if (!read.ok()) return read.status();
+          token = *std::move(read);
+        }
+        const std::string metrics_host = absl::GetFlag(FLAGS_metrics_host);
+        return lockstep::common::MetricsServer::Start(
+            metrics_host.empty() ? host : metrics_host, absl::GetFlag(FLAGS_metrics_port),
+            nullptr, token);
+      }();
   if (!metrics.ok()) return Fail(metrics.status());
   lockstep::common::BuildInfo build_info;
   build_info.role = "learner";

@@ -19,6 +19,7 @@
 #include "common/model/kernel_mode.h"
 #include "common/model/model.h"
 #include "kernels/cpu/threading.h"
+#include "common/net/channel_security.h"
 #include "kernels/device.h"
 #include "rollout_service/server/rollout_server.h"
 
@@ -26,6 +27,11 @@ ABSL_FLAG(std::string, host, "0.0.0.0", "Address to bind (gRPC and metrics)");
 ABSL_FLAG(int, port, 0, "gRPC port (0: pick a free port)");
 ABSL_FLAG(int, metrics_port, 0,
           "Prometheus /metrics port (0: pick a free port)");
+ABSL_FLAG(std::string, metrics_host, "",
+          "Address the /metrics endpoint binds (default: --host)");
+ABSL_FLAG(std::string, metrics_auth_token_file, "",
+          "When set, /metrics requires \"Authorization: Bearer <token>\" (the "
+          "file's content, whitespace stripped)");
 ABSL_FLAG(std::string, model_dir, "",
           "Directory with config.json and model.safetensors, or "
           "model.safetensors.index.json + shards (required)");
@@ -134,6 +140,13 @@ int main(int argc, char** argv) {
   server_options.host = absl::GetFlag(FLAGS_host);
   server_options.port = absl::GetFlag(FLAGS_port);
   server_options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  server_options.metrics_host = absl::GetFlag(FLAGS_metrics_host);
+  if (const std::string f = absl::GetFlag(FLAGS_metrics_auth_token_file); !f.empty()) {
+    absl::StatusOr<std::string> token =
+        lockstep::common::ReadTokenFile("--metrics_auth_token_file", f);
+    if (!token.ok()) return Fail(token.status().ToString());
+    server_options.metrics_bearer_token = *std::move(token);
+  }
   server_options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   server_options.device_name = device;
   server_options.security.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);

@@ -19,6 +19,7 @@
 #include "common/status/status_macros.h"
 #include "common/wire/grpc_status.h"
 #include "common/wire/weight_stream.h"
+#include "kernels/build_id.h"
 
 namespace lockstep::rollout {
 
@@ -342,6 +343,10 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
     resp->set_max_queue(engine_->options().max_queue);
     resp->set_server_version(common::kLockstepVersion);
     resp->set_max_context_tokens(engine_->max_sequence_tokens());
+    // What the learner's compatibility check compares beyond the config.
+    resp->set_kernel_build_id(kernels::KernelBuildId());
+    resp->set_gpu_architecture(
+        kernels::GpuArchitecture(model->options().device));
     return absl::OkStatus();
   }
 

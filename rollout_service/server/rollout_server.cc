@@ -24,8 +24,9 @@ absl::StatusOr<std::unique_ptr<RolloutServer>> RolloutServer::Start(
   info.device = options.device_name;
   s->metrics_ = std::make_unique<RolloutMetrics>(registry, info);
   LOCKSTEP_ASSIGN_OR_RETURN(s->metrics_server_,
-                            common::MetricsServer::Start(options.host, options.metrics_port,
-                                                         registry));
+                            common::MetricsServer::Start(
+                                options.metrics_host.empty() ? options.host : options.metrics_host,
+                                options.metrics_port, registry, options.metrics_bearer_token));
   LOCKSTEP_ASSIGN_OR_RETURN(s->engine_,
                             Engine::Create(std::move(model), engine_options, s->metrics_.get()));
   s->metrics_->SetWeightVersion(s->engine_->weight_version());

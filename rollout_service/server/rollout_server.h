@@ -27,6 +27,9 @@ struct ServerOptions {
   std::string host = "0.0.0.0";  // gRPC and metrics bind address
   int port = 0;                  // gRPC port (0: pick a free one)
   int metrics_port = 0;          // /metrics port (0: pick a free one)
+  std::string metrics_host;      // /metrics bind address (empty: `host`)
+  // When not empty, /metrics requires "Authorization: Bearer <token>".
+  std::string metrics_bearer_token;
   // Largest request message accepted (RESOURCE_EXHAUSTED past it). Weight
   // chunks carry at most 4 MiB.
   int max_message_bytes = 16 << 20;

@@ -5,8 +5,14 @@
 #include "learner_service/learner.h"
 #include "learner_service/server/learner_metrics.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <filesystem>
+#include <functional>
 #include <mutex>
 #include <random>
 
@@ -17,9 +23,11 @@
 #include <prometheus/text_serializer.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/formats/model_generator.h"
 #include "common/model/model.h"
 #include "common/wire/weight_stream.h"
+#include "kernels/build_id.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "lockstep/v1/rollout.grpc.pb.h"
@@ -32,7 +40,10 @@ namespace v1 = ::lockstep::v1;
 using ::testing::HasSubstr;
 
 // Serves GetModelInfo and UpdateWeights for `config`; fails the first
-// `fail_next` UpdateWeights calls with UNAVAILABLE.
+// `fail_next` UpdateWeights calls with UNAVAILABLE. GetModelInfo describes a
+// rollout built and run as this test's learner (CPU, invariant kernels,
+// this build's kernel id); `edit_info` may change the answer (a rollout on
+// other hardware, or one restarted with another config).
 class FakeRollout final : public v1::RolloutService::Service {
  public:
   explicit FakeRollout(common::ModelConfig config) : config_(std::move(config)) {}
@@ -43,6 +54,12 @@ class FakeRollout final : public v1::RolloutService::Service {
     *info->mutable_config() = common::ModelConfigToProto(config_);
     info->set_weight_version(version_);
     info->set_kernel_mode(v1::KERNEL_MODE_INVARIANT);
+    info->set_device(v1::DEVICE_CPU);
+    info->set_tp_size(1);
+    info->set_kernel_build_id(kernels::KernelBuildId());
+    info->set_gpu_architecture(kernels::GpuArchitecture(kernels::Device::kCpu));
+    if (edit_info) edit_info(info);
+    ++info_calls_;
     return grpc::Status::OK;
   }
 
@@ -80,6 +97,8 @@ class FakeRollout final : public v1::RolloutService::Service {
 
   std::atomic<int> fail_next_{0};
   std::mutex mu_;
+  std::function<void(v1::ModelInfo*)> edit_info;  // guarded by mu_
+  int info_calls_ = 0;                            // guarded by mu_
   common::ModelConfig config_;
   uint64_t version_ = 0;
   common::TensorMap tensors_;
@@ -306,6 +325,181 @@ TEST_F(LearnerCoreTest, RegistrationRefusesAnotherRopeOrEpsilon) {
   EXPECT_TRUE(learner->RegisterRollouts({same.endpoint()}, false).ok());
 }
 
+// Beyond the config, everything that changes the arithmetic is checked at
+// registration: kernel mode, device, GPU architecture, kernel build id. The
+// error names the first differing field and both values.
+TEST_F(LearnerCoreTest, RegistrationRefusesAnotherKernelDeviceArchOrBuild) {
+  auto learner = Make();
+  EXPECT_EQ(learner->fingerprint().kernel_build_id(), kernels::KernelBuildId());
+  EXPECT_EQ(learner->fingerprint().gpu_architecture(), "none");
+  EXPECT_EQ(learner->fingerprint().device(), v1::DEVICE_CPU);
+  struct Case {
+    std::string field;
+    std::function<void(v1::ModelInfo*)> edit;
+    std::vector<std::string> needles;  // besides the field name
+  };
+  const double eps = learner->config().rms_norm_eps;
+  const std::vector<Case> cases = {
+      {"rope_theta",
+       [](v1::ModelInfo* i) {
+         i->mutable_config()->set_rope_theta(i->config().rope_theta() * 2);
+         i->mutable_config()->mutable_rope()->set_rope_theta(
+             i->config().rope_theta());
+       },
+       {}},
+      // 1 ulp: both print as the same %g, the message still tells them apart.
+      {"rms_norm_eps",
+       [eps](v1::ModelInfo* i) {
+         i->mutable_config()->set_rms_norm_eps(std::nextafter(eps, 1.0));
+       },
+       {absl::StrFormat("learner %.17g, rollout %.17g", eps,
+                        std::nextafter(eps, 1.0))}},
+      {"kernel_mode",
+       [](v1::ModelInfo* i) { i->set_kernel_mode(v1::KERNEL_MODE_STANDARD); },
+       {"learner KERNEL_MODE_INVARIANT, rollout KERNEL_MODE_STANDARD"}},
+      {"device",
+       [](v1::ModelInfo* i) {
+         i->set_device(v1::DEVICE_CUDA);
+         i->set_gpu_architecture("sm_90");
+       },
+       // The first difference is named, the others counted.
+       {"learner DEVICE_CPU, rollout DEVICE_CUDA", "1 more: gpu_architecture"}},
+      {"gpu_architecture",
+       [](v1::ModelInfo* i) { i->set_gpu_architecture("sm_80"); },
+       {"learner \"none\", rollout \"sm_80\""}},
+      {"kernel_build_id",
+       [](v1::ModelInfo* i) { i->set_kernel_build_id("lockstep 0.0.9; gcc 9"); },
+       {kernels::KernelBuildId(), "lockstep 0.0.9; gcc 9"}},
+      // A rollout older than the field reports none: refused as unknown.
+      {"kernel_build_id", [](v1::ModelInfo* i) { i->clear_kernel_build_id(); },
+       {"rollout \"\""}},
+      {"dtype",
+       [](v1::ModelInfo* i) {
+         i->mutable_config()->set_dtype(i->config().dtype() == v1::DTYPE_F32
+                                            ? v1::DTYPE_BF16
+                                            : v1::DTYPE_F32);
+       },
+       {}},
+      {"eos_token_ids",
+       [](v1::ModelInfo* i) { i->mutable_config()->add_eos_token_ids(7); },
+       {}},
+  };
+  for (const Case& c : cases) {
+    FakeServer other(learner->config());
+    other.service.edit_info = c.edit;
+    auto reg = learner->RegisterRollouts({other.endpoint()}, false);
+    ASSERT_FALSE(reg.ok()) << c.field;
+    EXPECT_EQ(reg.status().code(), absl::StatusCode::kFailedPrecondition)
+        << c.field << ": " << reg.status();
+    const std::string message(reg.status().message());
+    EXPECT_THAT(message, HasSubstr(c.field + " differs")) << message;
+    EXPECT_THAT(message, HasSubstr(other.endpoint()));
+    for (const std::string& n : c.needles) {
+      EXPECT_THAT(message, HasSubstr(n)) << message;
+    }
+  }
+  EXPECT_TRUE(learner->Status().rollouts.empty());
+  // Another TP degree is only recorded: invariant kernels give the same bits.
+  FakeServer tp2(learner->config());
+  tp2.service.edit_info = [](v1::ModelInfo* i) { i->set_tp_size(2); };
+  auto reg = learner->RegisterRollouts({tp2.endpoint()}, false);
+  ASSERT_TRUE(reg.ok()) << reg.status();
+  ASSERT_EQ(learner->Status().rollouts.size(), 1u);
+  EXPECT_EQ(learner->Status().rollouts[0].tp_size, 2);
+  // Identical: OK.
+  FakeServer same(learner->config());
+  EXPECT_TRUE(learner->RegisterRollouts({same.endpoint()}, false).ok());
+}
+
+// Every push re-checks the rollout first: one restarted with another config
+// after it registered is refused, and nothing is sent to it.
+TEST_F(LearnerCoreTest, PushRefusesARolloutRestartedWithAnotherConfig) {
+  auto learner = Make();
+  FakeServer a(learner->config());
+  ASSERT_TRUE(learner->RegisterRollouts({a.endpoint()}, false).ok());
+  {
+    std::lock_guard<std::mutex> lock(a.service.mu_);
+    a.service.edit_info = [](v1::ModelInfo* i) {
+      i->mutable_config()->set_rms_norm_eps(i->config().rms_norm_eps() * 10);
+    };
+  }
+  ASSERT_TRUE(learner->Submit(Group(*learner, "g", 2, 11)).ok());
+  auto r = learner->TrainStep({});
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->pushes.size(), 1u);
+  EXPECT_EQ(r->pushes[0].status.code(), absl::StatusCode::kFailedPrecondition)
+      << r->pushes[0].status;
+  EXPECT_THAT(std::string(r->pushes[0].status.message()),
+              HasSubstr("rms_norm_eps differs"));
+  EXPECT_EQ(r->pushes[0].attempts, 1);  // not retried
+  {
+    std::lock_guard<std::mutex> lock(a.service.mu_);
+    EXPECT_EQ(a.service.updates_, 0);
+    EXPECT_EQ(a.service.version_, 0u);
+  }
+  EXPECT_EQ(learner->Status().rollouts[0].pushes_failed, 1);
+  // Another kernel build is refused the same way (PushWeights).
+  {
+    std::lock_guard<std::mutex> lock(a.service.mu_);
+    a.service.edit_info = [](v1::ModelInfo* i) { i->set_kernel_build_id("x"); };
+  }
+  std::vector<PushResult> pushes = learner->PushWeights();
+  ASSERT_EQ(pushes.size(), 1u);
+  EXPECT_EQ(pushes[0].status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(pushes[0].status.message()),
+              HasSubstr("kernel_build_id differs"));
+  // Back to the learner's config: the push goes through.
+  {
+    std::lock_guard<std::mutex> lock(a.service.mu_);
+    a.service.edit_info = nullptr;
+  }
+  pushes = learner->PushWeights();
+  ASSERT_EQ(pushes.size(), 1u);
+  EXPECT_TRUE(pushes[0].status.ok()) << pushes[0].status;
+  std::lock_guard<std::mutex> lock(a.service.mu_);
+  EXPECT_EQ(a.service.version_, 1u);
+  EXPECT_EQ(a.service.updates_, 1);
+}
+
+TEST(CompareFingerprintsTest, EveryFieldInOrderAndDoublesByBits) {
+  v1::ModelInfo a;
+  common::ModelConfig c = common::TinyConfig();
+  *a.mutable_config() = common::ModelConfigToProto(c);
+  a.set_kernel_mode(v1::KERNEL_MODE_INVARIANT);
+  a.set_device(v1::DEVICE_CPU);
+  a.set_kernel_build_id("id");
+  a.set_gpu_architecture("none");
+  v1::ModelInfo b = a;
+  // Not part of the arithmetic: ignored.
+  b.set_tp_size(4);
+  b.set_page_size(7);
+  b.set_weight_version(9);
+  b.mutable_config()->set_config_json("{}");
+  b.mutable_config()->add_ignored_config_keys("x");
+  EXPECT_TRUE(CompareFingerprints(a, b).empty());
+  EXPECT_TRUE(CheckCompatible(a, b, "h:1").ok());
+  b.mutable_config()->mutable_rope()->set_beta_fast(-0.0);  // vs +0.0
+  b.mutable_config()->set_bos_token_id(3);
+  if (a.config().has_bos_token_id()) b.mutable_config()->clear_bos_token_id();
+  b.mutable_config()->set_max_position_embeddings(
+      a.config().max_position_embeddings() + 1);
+  b.mutable_config()->set_head_dim(a.config().head_dim() * 2);
+  b.set_kernel_build_id("other");
+  const std::vector<FingerprintDifference> d = CompareFingerprints(a, b);
+  std::vector<std::string> fields;
+  for (const auto& x : d) fields.push_back(x.field);
+  EXPECT_THAT(fields, ::testing::ElementsAre("head_dim", "rope.beta_fast",
+                                             "max_position_embeddings",
+                                             "bos_token_id", "kernel_build_id"));
+  const absl::Status s = CheckCompatible(a, b, "h:1");
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr(absl::StrCat("head_dim differs (learner ",
+                                     a.config().head_dim(), ", rollout ",
+                                     b.config().head_dim(), ")")));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("4 more"));
+}
+
 TEST_F(LearnerCoreTest, RegistrationErrors) {
   auto learner = Make();
   auto bad = learner->RegisterRollouts({"no-port"}, false);
@@ -382,6 +576,39 @@ TEST_F(LearnerCoreTest, BufferSemantics) {
   EXPECT_EQ(r2->step.mismatch.tokens_stale, 12);
   EXPECT_EQ(r2->step.mismatch.tokens_compared, 0);
   EXPECT_THAT(Scrape(), HasSubstr("lockstep_tokens_stale_total 12"));
+}
+
+// A learner starting on a --checkpoint_dir that a crashed run left
+// leftovers in removes them (and restores a checkpoint that was moved aside
+// when the crash came between the two renames of a save).
+TEST_F(LearnerCoreTest, StartUpCleansCrashedSaves) {
+  {
+    auto learner = Make();
+    ASSERT_TRUE(learner->Submit(Group(*learner, "a", 2, 1)).ok());
+    ASSERT_TRUE(learner->TrainStep({}).ok());
+    ASSERT_TRUE(learner->SaveCheckpoint("a").ok());
+    ASSERT_TRUE(learner->SaveCheckpoint("b").ok());
+  }
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  ::waitpid(child, nullptr, 0);
+  const std::string dead = std::to_string(child);
+  const fs::path root(options_.checkpoint_dir);
+  fs::create_directories(root / ("a.tmp-" + dead));
+  fs::rename(root / "b", root / ("b.old-" + dead));
+  fs::create_directories(root / ("b.tmp-" + dead));
+  auto learner = Make();
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(root)) {
+    names.push_back(e.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  EXPECT_THAT(names, ::testing::ElementsAre("a", "b"));
+  for (const char* n : {"a", "b"}) {
+    auto loaded = learner->LoadCheckpoint(n);
+    ASSERT_TRUE(loaded.ok()) << n << ": " << loaded.status();
+    EXPECT_EQ(loaded->step, 1);
+  }
 }
 
 TEST_F(LearnerCoreTest, CheckpointsByName) {

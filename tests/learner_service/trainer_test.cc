@@ -3,9 +3,15 @@
 // input, gradient accumulation and bit-identical checkpoint resumption.
 #include "learner_service/trainer.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <functional>
 #include <random>
 
 #include "common/formats/model_generator.h"
@@ -526,6 +532,199 @@ TEST_F(TrainerTest, CorruptCheckpointLeavesTrainerUnchanged) {
   auto missing = trainer->LoadCheckpoint(ckpt.Sub("nope"));
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+}
+
+// The PID of a process that has exited (and been reaped).
+int64_t DeadPid() {
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  return child;
+}
+
+void WriteFile(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+}
+
+// Entries of `dir` whose names contain ".tmp-" or ".old-".
+std::vector<std::string> Leftovers(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string n = e.path().filename().string();
+    if (n.find(".tmp-") != std::string::npos ||
+        n.find(".old-") != std::string::npos) {
+      out.push_back(n);
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+int64_t SavedStep(Trainer& t, const std::string& path) {
+  auto r = t.LoadCheckpoint(path);
+  EXPECT_TRUE(r.ok()) << r.status();
+  return t.step();
+}
+
+// Overwriting a checkpoint leaves exactly the new one and nothing else;
+// leftovers of crashed saves of that name (dead PIDs, or a previous
+// incarnation with our own PID) are removed after the save, a live other
+// process's are kept, and other names are left alone.
+TEST_F(TrainerTest, SaveReplacesInPlaceAndCleansLeftovers) {
+  TempDir ckpt;
+  auto trainer = Make();
+  auto v0 = ModelOf(*trainer, KernelMode::kInvariant);
+  const std::string path = ckpt.Sub("c");
+  ASSERT_TRUE(trainer->SaveCheckpoint(path, {}).ok());
+  EXPECT_TRUE(Leftovers(ckpt.path()).empty());
+  const int64_t dead = DeadPid();
+  const std::string live = std::to_string(::getppid());
+  for (const std::string& n :
+       {"c.tmp-" + std::to_string(dead), "c.old-" + std::to_string(dead),
+        "c.tmp-" + std::to_string(::getpid()), "c.tmp-" + live,
+        "d.tmp-" + std::to_string(dead)}) {
+    fs::create_directories(ckpt.Sub(n));
+    WriteFile(ckpt.Sub(n) + "/master.safetensors", "half");
+  }
+  ASSERT_TRUE(trainer->Step(MakeBatch(*v0, 1, 2, 2, 0)).ok());
+  ASSERT_TRUE(trainer->SaveCheckpoint(path, {}).ok());
+  EXPECT_THAT(Leftovers(ckpt.path()),
+              ::testing::ElementsAre("c.tmp-" + live,
+                                     "d.tmp-" + std::to_string(dead)));
+  EXPECT_EQ(SavedStep(*trainer, path), 1);
+  // The whole directory (what the learner does at start-up).
+  auto cleaned = CleanCheckpointLeftovers(ckpt.path());
+  ASSERT_TRUE(cleaned.ok()) << cleaned.status();
+  EXPECT_EQ(*cleaned, 1);
+  EXPECT_THAT(Leftovers(ckpt.path()), ::testing::ElementsAre("c.tmp-" + live));
+  EXPECT_TRUE(fs::exists(ckpt.Sub("c/trainer_state.json")));
+  auto none = CleanCheckpointLeftovers(ckpt.Sub("absent"));
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(*none, 0);
+}
+
+// A crash mid-save never costs the last good checkpoint: a half-written
+// temp directory next to it is ignored and cleaned; a crash between the two
+// renames of the fallback publish (old moved aside, new not yet in place)
+// still loads the old copy, and start-up cleaning puts it back.
+TEST_F(TrainerTest, CrashMidSaveStillLoadsTheLastGoodCheckpoint) {
+  TempDir ckpt;
+  auto trainer = Make();
+  auto v0 = ModelOf(*trainer, KernelMode::kInvariant);
+  ASSERT_TRUE(trainer->Step(MakeBatch(*v0, 1, 2, 2, 0)).ok());
+  const std::string path = ckpt.Sub("c");
+  ASSERT_TRUE(trainer->SaveCheckpoint(path, {}).ok());
+  ASSERT_TRUE(trainer->Step(MakeBatch(*v0, 2, 2, 2, 0)).ok());
+  const std::string dead = std::to_string(DeadPid());
+  const std::string tmp = path + ".tmp-" + dead;
+
+  // Crash while writing the temp directory.
+  fs::create_directories(tmp);
+  WriteFile(tmp + "/master.safetensors", "half a file");
+  EXPECT_EQ(SavedStep(*trainer, path), 1);
+  ASSERT_TRUE(trainer->Step(MakeBatch(*v0, 3, 2, 2, 0)).ok());
+
+  // Crash after the old copy was moved aside, before the new one landed.
+  fs::rename(path, path + ".old-" + dead);
+  ASSERT_FALSE(fs::exists(path));
+  auto resolved = ResolveCheckpointDir(path);
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  EXPECT_EQ(*resolved, path + ".old-" + dead);
+  EXPECT_EQ(SavedStep(*trainer, path), 1);
+  auto cleaned = CleanCheckpointLeftovers(ckpt.path());
+  ASSERT_TRUE(cleaned.ok()) << cleaned.status();
+  EXPECT_EQ(*cleaned, 2);  // .old restored, .tmp removed
+  EXPECT_TRUE(Leftovers(ckpt.path()).empty());
+  ASSERT_TRUE(fs::exists(path + "/trainer_state.json"));
+  ASSERT_TRUE(trainer->Step(MakeBatch(*v0, 4, 2, 2, 0)).ok());
+  EXPECT_EQ(SavedStep(*trainer, path), 1);
+
+  // An .old copy next to a published checkpoint is just removed.
+  fs::create_directories(path + ".old-" + dead);
+  WriteFile(path + ".old-" + dead + "/trainer_state.json", "{}");
+  cleaned = CleanCheckpointLeftovers(ckpt.path());
+  ASSERT_TRUE(cleaned.ok());
+  EXPECT_EQ(*cleaned, 1);
+  EXPECT_EQ(SavedStep(*trainer, path), 1);
+}
+
+// The publish step on its own: a new directory, then a replacement; the
+// source is consumed and the destination always complete.
+TEST_F(TrainerTest, PublishCheckpointDirSwapsDirectories) {
+  TempDir d;
+  const std::string dst = d.Sub("ck");
+  fs::create_directories(d.Sub("a"));
+  WriteFile(d.Sub("a/f"), "one");
+  ASSERT_TRUE(PublishCheckpointDir(d.Sub("a"), dst).ok());
+  fs::create_directories(d.Sub("b"));
+  WriteFile(d.Sub("b/f"), "two");
+  ASSERT_TRUE(PublishCheckpointDir(d.Sub("b"), dst).ok());
+  EXPECT_FALSE(fs::exists(d.Sub("a")));
+  EXPECT_FALSE(fs::exists(d.Sub("b")));
+  std::ifstream in(dst + "/f");
+  std::string text;
+  in >> text;
+  EXPECT_EQ(text, "two");
+  EXPECT_TRUE(Leftovers(d.path()).empty());
+}
+
+// Damaged checkpoints are DATA_LOSS (whatever file is missing, truncated or
+// corrupt, safetensors with trailing bytes included); an absent one is
+// NOT_FOUND. The trainer is unchanged by every failed load.
+TEST_F(TrainerTest, DamagedCheckpointIsDataLossAbsentIsNotFound) {
+  TempDir ckpt;
+  auto trainer = Make();
+  auto v0 = ModelOf(*trainer, KernelMode::kInvariant);
+  ASSERT_TRUE(trainer->Step(MakeBatch(*v0, 1, 2, 2, 0)).ok());
+  const std::string good = ckpt.Sub("good");
+  ASSERT_TRUE(trainer->SaveCheckpoint(good, {}).ok());
+  ASSERT_TRUE(trainer->Step(MakeBatch(*v0, 2, 2, 2, 0)).ok());
+  const auto before = trainer->MasterWeights();
+  struct Damage {
+    std::string what;
+    std::function<void(const std::string&)> apply;
+  };
+  const std::vector<Damage> damages = {
+      {"trainer_state.json missing",
+       [](const std::string& d) { fs::remove(d + "/trainer_state.json"); }},
+      {"trainer_state.json corrupt",
+       [](const std::string& d) { WriteFile(d + "/trainer_state.json", "{\"fo"); }},
+      {"master.safetensors missing",
+       [](const std::string& d) { fs::remove(d + "/master.safetensors"); }},
+      {"master.safetensors truncated",
+       [](const std::string& d) {
+         fs::resize_file(d + "/master.safetensors",
+                         fs::file_size(d + "/master.safetensors") / 2);
+       }},
+      {"master.safetensors garbage",
+       [](const std::string& d) { WriteFile(d + "/master.safetensors", "garbage!"); }},
+      {"master.safetensors trailing bytes",
+       [](const std::string& d) {
+         std::ofstream(d + "/master.safetensors", std::ios::binary | std::ios::app)
+             << "xyz";
+       }},
+      {"optimizer.pt missing",
+       [](const std::string& d) { fs::remove(d + "/optimizer.pt"); }},
+  };
+  int i = 0;
+  for (const Damage& dmg : damages) {
+    const std::string copy = ckpt.Sub("copy" + std::to_string(i++));
+    fs::copy(good, copy);
+    dmg.apply(copy);
+    auto r = trainer->LoadCheckpoint(copy);
+    ASSERT_FALSE(r.ok()) << dmg.what;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss)
+        << dmg.what << ": " << r.status();
+    EXPECT_THAT(std::string(r.status().message()), ::testing::HasSubstr(copy));
+    EXPECT_EQ(trainer->version(), 2) << dmg.what;
+    EXPECT_TRUE(SameTensors(before, trainer->MasterWeights())) << dmg.what;
+  }
+  auto missing = trainer->LoadCheckpoint(ckpt.Sub("nope"));
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(missing.status().message()), ::testing::HasSubstr("nope"));
+  EXPECT_EQ(SavedStep(*trainer, good), 1);
 }
 
 }  // namespace

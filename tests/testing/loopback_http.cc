@@ -21,10 +21,10 @@ int ConnectLoopback(int port) {
   return fd;
 }
 
-std::string HttpGetResponse(int port, const std::string& path) {
+std::string HttpGetResponse(int port, const std::string& path, const std::string& headers) {
   const int fd = ConnectLoopback(port);
   if (fd < 0) return "";
-  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
+  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n" + headers + "\r\n";
   (void)!write(fd, req.data(), req.size());
   std::string out;
   char buf[8192];

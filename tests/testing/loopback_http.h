@@ -11,7 +11,8 @@ int ConnectLoopback(int port);
 
 // GET path from 127.0.0.1:port: the whole response (status line, headers,
 // body), read until the server closes; "" when the connection fails.
-std::string HttpGetResponse(int port, const std::string& path);
+// `headers`: extra request header lines, each ending in "\r\n".
+std::string HttpGetResponse(int port, const std::string& path, const std::string& headers = "");
 
 // The body of HttpGetResponse ("" on failure).
 std::string HttpGetBody(int port, const std::string& path = "/metrics");

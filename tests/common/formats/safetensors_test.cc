@@ -205,15 +205,53 @@ TEST_F(SafetensorsTest, GetUnknownNameIsNotFound) {
 }
 
 TEST_F(SafetensorsTest, ReadsHeaderPaddedWithSpacesAndGaps) {
-  // Hand-written, as another writer could produce it: spaces, a gap between
-  // tensors and trailing bytes.
+  // Hand-written, as another writer could produce it: spaces and a gap
+  // between tensors (but no trailing bytes: see the next test).
   const std::string header =
       R"({"b":{"dtype":"BF16","shape":[2],"data_offsets":[8,12]},)"
       R"("a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}    )";
-  const std::string p = WriteFile("ok.safetensors", header, 16);
+  const std::string p = WriteFile("ok.safetensors", header, 12);
   auto file = SafetensorsFile::Open(p);
   ASSERT_TRUE(file.ok()) << file.status();
   EXPECT_EQ((*file)->tensors().size(), 2u);
+}
+
+TEST_F(SafetensorsTest, TrailingBytesAfterTheDataAreInvalid) {
+  const std::string header =
+      R"({"b":{"dtype":"BF16","shape":[2],"data_offsets":[8,12]},)"
+      R"("a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})";
+  // 4 and 1 bytes past the end of tensor b, in a name that is not the last
+  // in the header.
+  ExpectOpenError(header, 16, absl::StatusCode::kInvalidArgument,
+                  {"4 trailing bytes", "tensors end at byte 12"});
+  ExpectOpenError(header, 13, absl::StatusCode::kInvalidArgument,
+                  {"1 trailing bytes"});
+  // No tensors at all: every data byte is trailing.
+  ExpectOpenError("{}", 3, absl::StatusCode::kInvalidArgument,
+                  {"3 trailing bytes"});
+  ExpectOpenError(R"({"e":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}})",
+                  2, absl::StatusCode::kInvalidArgument, {"2 trailing bytes"});
+  // Exactly the data: accepted.
+  ASSERT_TRUE(SafetensorsFile::Open(WriteFile("ok.safetensors", header, 12)).ok());
+  ASSERT_TRUE(SafetensorsFile::Open(WriteFile("empty.safetensors", "{}", 0)).ok());
+
+  // A file written by WriteSafetensors with bytes appended.
+  const std::vector<float> w = {1.0f, 2.0f};
+  const std::string p = Path("appended.safetensors");
+  ASSERT_TRUE(WriteSafetensors(p, {{"w", DType::kF32, {2},
+                                    reinterpret_cast<const uint8_t*>(w.data()), 8}},
+                               {})
+                  .ok());
+  ASSERT_TRUE(SafetensorsFile::Open(p).ok());
+  {
+    std::ofstream out(p, std::ios::binary | std::ios::app);
+    out << "garbage";
+  }
+  auto file = SafetensorsFile::Open(p);
+  ASSERT_FALSE(file.ok());
+  EXPECT_EQ(file.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(file.status().message()), HasSubstr(p));
+  EXPECT_THAT(std::string(file.status().message()), HasSubstr("7 trailing bytes"));
 }
 
 TEST_F(SafetensorsTest, MissingFileIsNotFound) {

@@ -91,6 +91,29 @@ TEST(MetricsServerTest, IdleAndSlowClientsCannotBlindTheScrape) {
   EXPECT_NE(HttpGet(port, "/metrics").find("200 OK"), std::string::npos);
 }
 
+// With a bearer token, /metrics answers 401 without it (or with a wrong
+// one) and 200 with it (header name and scheme in any case); /healthz stays
+// open for probes.
+TEST(MetricsServerTest, BearerTokenGuardsTheScrape) {
+  auto server = MetricsServer::Start("127.0.0.1", 0, nullptr, "tok3n");
+  ASSERT_TRUE(server.ok()) << server.status();
+  RegisterWeightVersion(*(*server)->registry(), "learner").Set(3);
+  const int port = (*server)->port();
+  using lockstep::testing::HttpGetResponse;
+  EXPECT_NE(HttpGetResponse(port, "/metrics").find("401"), std::string::npos);
+  EXPECT_NE(HttpGetResponse(port, "/metrics", "Authorization: Bearer wrong\r\n").find("401"),
+            std::string::npos);
+  EXPECT_NE(HttpGetResponse(port, "/metrics", "Authorization: Bearer tok3n!\r\n").find("401"),
+            std::string::npos);
+  for (const char* h : {"Authorization: Bearer tok3n\r\n", "authorization: bearer tok3n\r\n",
+                        "AUTHORIZATION:   BEARER tok3n  \r\n"}) {
+    const std::string r = HttpGetResponse(port, "/metrics", h);
+    EXPECT_NE(r.find("200 OK"), std::string::npos) << h;
+    EXPECT_NE(r.find("lockstep_weight_version{role=\"learner\"} 3"), std::string::npos) << r;
+  }
+  EXPECT_NE(HttpGetResponse(port, "/healthz").find("200 OK"), std::string::npos);
+}
+
 TEST(MetricsServerTest, BadPortsAreErrors) {
   EXPECT_EQ(MetricsServer::Start("127.0.0.1", 70000).status().code(),
             absl::StatusCode::kInvalidArgument);
