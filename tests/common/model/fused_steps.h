@@ -41,7 +41,6 @@ inline void ExpectSameBits(const torch::Tensor& a, const torch::Tensor& b, const
 // Runs every fused step on `device` for rows in {1, 3, 64}, round on and
 // off, bf16 and fp32 norm weights, with and without QK-norm.
 inline void CheckFusedStepsMatchChains(const torch::Device& device, bool bf16_activations) {
-  const auto f32 = torch::TensorOptions().dtype(torch::kFloat).device(device);
   const int64_t n = 384, heads = 3, head_dim = 64, inter = 200;
   RopeTable rope;
   rope.inv_freq = torch::pow(1.0e6, -torch::arange(0, head_dim, 2, torch::kDouble) / head_dim)

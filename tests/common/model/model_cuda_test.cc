@@ -86,10 +86,14 @@ TEST(TransformerCudaTest, DecodeAtAnyBatchSizeMatchesFullSequence) {
       const auto dec = DecodeBatch(*model, seqs);
       const bool same = dec.size() == (*full)[0].size() &&
                         std::memcmp(dec.data(), (*full)[0].data(), dec.size() * 4) == 0;
-      if (mode == KernelMode::kInvariant) EXPECT_TRUE(same) << "batch " << batch;
+      if (mode == KernelMode::kInvariant) {
+        EXPECT_TRUE(same) << "batch " << batch;
+      }
       differing += !same;
     }
-    if (mode == KernelMode::kStandard) EXPECT_GT(differing, 0);
+    if (mode == KernelMode::kStandard) {
+      EXPECT_GT(differing, 0);
+    }
   }
 }
 
@@ -121,10 +125,14 @@ TEST(TransformerCudaTest, LearnerLogprobsMatchRolloutDecode) {
       const auto dec = DecodeBatch(*model, seqs);
       ASSERT_EQ(static_cast<int64_t>(dec.size()), lp.numel());
       const bool same = std::memcmp(dec.data(), lp.data_ptr<float>(), dec.size() * 4) == 0;
-      if (mode == KernelMode::kInvariant) EXPECT_TRUE(same) << "batch " << batch;
+      if (mode == KernelMode::kInvariant) {
+        EXPECT_TRUE(same) << "batch " << batch;
+      }
       differing += !same;
     }
-    if (mode == KernelMode::kStandard) EXPECT_GT(differing, 0);
+    if (mode == KernelMode::kStandard) {
+      EXPECT_GT(differing, 0);
+    }
   }
 }
 
@@ -153,10 +161,14 @@ TEST(TransformerCudaTest, LongContextDecodeMatchesFullSequence) {
       const auto dec = DecodeBatch(*model, seqs);
       ASSERT_EQ(dec.size(), (*full)[0].size());
       const bool same = std::memcmp(dec.data(), (*full)[0].data(), dec.size() * 4) == 0;
-      if (mode == KernelMode::kInvariant) EXPECT_TRUE(same) << "batch " << batch;
+      if (mode == KernelMode::kInvariant) {
+        EXPECT_TRUE(same) << "batch " << batch;
+      }
       differing += !same;
     }
-    if (mode == KernelMode::kStandard) EXPECT_GT(differing, 0);
+    if (mode == KernelMode::kStandard) {
+      EXPECT_GT(differing, 0);
+    }
   }
 }
 

@@ -87,7 +87,9 @@ TEST_P(ModeTest, IncrementalMatchesFullSequenceBitwise) {
         }
       }
     }
-    if (mode == KernelMode::kStandard) EXPECT_GT(differing, 0);
+    if (mode == KernelMode::kStandard) {
+      EXPECT_GT(differing, 0);
+    }
   }
 }
 
@@ -167,7 +169,9 @@ TEST(TransformerTest, BiasesAndYarnInvariantAcrossPathsWithStandardTwin) {
       ++paths;
       const bool same = SameBits(got, alone);
       differing += !same;
-      if (mode == KernelMode::kInvariant) EXPECT_TRUE(same) << what;
+      if (mode == KernelMode::kInvariant) {
+        EXPECT_TRUE(same) << what;
+      }
     };
     for (int chunk : {1, 5, 70}) {
       check(Incremental(*model, {target}, chunk, 7, chunk)[0],

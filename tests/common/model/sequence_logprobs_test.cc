@@ -95,9 +95,13 @@ TEST(TorchModelTest, LearnerEqualsRolloutDecodeWithStandardTwin) {
       const bool same =
           std::memcmp(c.data_ptr<float>(), rollout[s].data(), c.numel() * sizeof(float)) == 0;
       differing += !same;
-      if (mode == KernelMode::kInvariant) EXPECT_TRUE(same) << "sequence " << s;
+      if (mode == KernelMode::kInvariant) {
+        EXPECT_TRUE(same) << "sequence " << s;
+      }
     }
-    if (mode == KernelMode::kStandard) EXPECT_GT(differing, 0);
+    if (mode == KernelMode::kStandard) {
+      EXPECT_GT(differing, 0);
+    }
   }
 }
 
