@@ -20,26 +20,23 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/net/server_security.h"
 
 namespace lockstep::common {
 namespace {
 
 // True when a header line of `request` is "Authorization: Bearer <token>"
-// (header name and scheme case-insensitive, the token compared exactly).
+// (header name case-insensitive; the value checked by BearerMatches).
 bool HasBearer(const std::string& request, const std::string& token) {
   for (absl::string_view line : absl::StrSplit(request, '\n')) {
-    line = absl::StripAsciiWhitespace(line);
     const size_t colon = line.find(':');
     if (colon == absl::string_view::npos) continue;
     if (!absl::EqualsIgnoreCase(absl::StripAsciiWhitespace(line.substr(0, colon)),
                                 "authorization")) {
       continue;
     }
-    absl::string_view value = absl::StripAsciiWhitespace(line.substr(colon + 1));
-    if (value.size() > 7 && absl::EqualsIgnoreCase(value.substr(0, 7), "bearer ") &&
-        absl::StripAsciiWhitespace(value.substr(7)) == token) {
-      return true;
-    }
+    const absl::string_view value = line.substr(colon + 1);
+    if (BearerMatches(std::string_view(value.data(), value.size()), token)) return true;
   }
   return false;
 }

@@ -57,14 +57,7 @@ struct TokenChecker {
         has_authorization = true;
       }
     }
-    // "Bearer <token>": the scheme is case-insensitive (RFC 7235), the
-    // token is compared in constant time.
-    constexpr std::string_view kScheme = "bearer ";
-    const bool token_ok =
-        has_authorization && authorization.size() >= kScheme.size() &&
-        absl::EqualsIgnoreCase(absl::string_view(authorization.data(), kScheme.size()),
-                               absl::string_view(kScheme.data(), kScheme.size())) &&
-        TimingSafeEqual(authorization.substr(kScheme.size()), self->token);
+    const bool token_ok = has_authorization && BearerMatches(authorization, self->token);
     if (IsAuthExemptMethod(path) || token_ok) {
       cb(user_data, nullptr, 0, nullptr, 0, GRPC_STATUS_OK, nullptr);
       return;
@@ -134,6 +127,18 @@ class CoreServerCredentials final : public grpc::ServerCredentials {
 };
 
 }  // namespace
+
+bool BearerMatches(std::string_view authorization, std::string_view token) {
+  const absl::string_view value =
+      absl::StripAsciiWhitespace(absl::string_view(authorization.data(), authorization.size()));
+  constexpr absl::string_view kScheme = "bearer ";
+  if (value.size() <= kScheme.size() ||
+      !absl::EqualsIgnoreCase(value.substr(0, kScheme.size()), kScheme)) {
+    return false;
+  }
+  const absl::string_view given = absl::StripLeadingAsciiWhitespace(value.substr(kScheme.size()));
+  return TimingSafeEqual(std::string_view(given.data(), given.size()), token);
+}
 
 bool IsAuthExemptMethod(std::string_view method) {
   for (std::string_view prefix :

@@ -76,6 +76,12 @@ inline constexpr absl::Duration kMinClientPingInterval = absl::Seconds(10);
 // `method` is the HTTP/2 :path, e.g. "/grpc.health.v1.Health/Check".
 bool IsAuthExemptMethod(std::string_view method);
 
+// True when `authorization` (a header or metadata value) is "Bearer <token>":
+// the scheme case-insensitive (RFC 7235), surrounding whitespace ignored, the
+// token compared in constant time. The one check of the gRPC auth filter and
+// the /metrics endpoint.
+bool BearerMatches(std::string_view authorization, std::string_view token);
+
 // The security a server was configured with. Cheap to copy (the credentials
 // are shared); immutable.
 class ServerSecurity {
