@@ -20,6 +20,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/net/server_host.h"
 #include "common/net/server_security.h"
 
 namespace lockstep::common {
@@ -247,12 +248,7 @@ std::string MetricsServer::Respond(const std::string& request) const {
                       head);
 }
 
-std::string MetricsServer::address() const {
-  if (host_.find(':') != std::string::npos) {
-    return absl::StrCat("[", host_, "]:", port_);
-  }
-  return absl::StrCat(host_, ":", port_);
-}
+std::string MetricsServer::address() const { return JoinHostPort(host_, port_); }
 
 void RegisterBuildInfo(prometheus::Registry& registry, const BuildInfo& info) {
   prometheus::BuildGauge()
