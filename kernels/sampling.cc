@@ -1,10 +1,12 @@
 #include "kernels/sampling.h"
 
+#include <cmath>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/sampling.h"
 #include "kernels/dispatch.h"
+#include "kernels/sampling_math.h"
 #if LOCKSTEP_WITH_CUDA
 #include "kernels/cuda/sampling.h"
 #endif
@@ -12,16 +14,11 @@
 namespace lockstep::kernels {
 namespace {
 
-constexpr uint32_t kPhiloxM0 = 0xD2511F53u;
-constexpr uint32_t kPhiloxM1 = 0xCD9E8D57u;
-constexpr uint32_t kPhiloxW0 = 0x9E3779B9u;
-constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;
-
 absl::Status CheckLogits(const char* op, const float* logits, int64_t ld,
-                         int64_t rows, int64_t vocab) {
-  if (rows < 0 || vocab <= 0 || vocab > std::numeric_limits<int32_t>::max()) {
+                         int64_t rows, int64_t vocab, int64_t max_vocab) {
+  if (rows < 0 || vocab <= 0 || vocab > max_vocab) {
     return absl::InvalidArgumentError(absl::StrCat(
-        op, ": need rows >= 0 and vocab in [1, 2^31), got rows=", rows,
+        op, ": need rows >= 0 and vocab in [1, ", max_vocab, "], got rows=", rows,
         " vocab=", vocab));
   }
   if (rows > 0 && logits == nullptr) {
@@ -35,44 +32,93 @@ absl::Status CheckLogits(const char* op, const float* logits, int64_t ld,
   return absl::OkStatus();
 }
 
+uint64_t Mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
 }  // namespace
 
 std::array<uint32_t, 4> Philox4x32(std::array<uint32_t, 4> counter,
                                    std::array<uint32_t, 2> key) {
-  for (int round = 0; round < 10; ++round) {
-    if (round > 0) {
-      key[0] += kPhiloxW0;
-      key[1] += kPhiloxW1;
-    }
-    const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * counter[0];
-    const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * counter[2];
-    const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32);
-    const uint32_t lo0 = static_cast<uint32_t>(p0);
-    const uint32_t hi1 = static_cast<uint32_t>(p1 >> 32);
-    const uint32_t lo1 = static_cast<uint32_t>(p1);
-    counter = {hi1 ^ counter[1] ^ key[0], lo1, hi0 ^ counter[3] ^ key[1], lo0};
-  }
-  return counter;
+  const sampling_math::Words4 w = sampling_math::Philox(
+      counter[0], counter[1], counter[2], counter[3], key[0], key[1]);
+  return {w.w[0], w.w[1], w.w[2], w.w[3]};
 }
 
-float PhiloxUniform(uint64_t seed, int64_t position, int64_t index) {
-  const uint64_t pos = static_cast<uint64_t>(position);
-  const std::array<uint32_t, 4> words = Philox4x32(
-      {static_cast<uint32_t>(pos), static_cast<uint32_t>(pos >> 32),
-       static_cast<uint32_t>(index / 4), 0u},
-      {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)});
-  return cpu::UniformFromWord(words[index % 4]);
+double PhiloxUniform(uint64_t key, int64_t position, int64_t index) {
+  return sampling_math::UniformFromBits(
+      sampling_math::StreamBits(key, position, index));
+}
+
+uint64_t SampleStreamKey(uint64_t seed, uint64_t prompt_index,
+                         uint64_t sample_index) {
+  // Each stage adds the golden-ratio increment before mixing, so (0, 0, 0)
+  // is not a fixed point and every input bit reaches every output bit.
+  uint64_t h = Mix64(seed + 0x9E3779B97F4A7C15ull);
+  h = Mix64(h ^ (prompt_index + 0x9E3779B97F4A7C15ull * 2));
+  return Mix64(h ^ (sample_index + 0x9E3779B97F4A7C15ull * 3));
+}
+
+absl::Status CheckSamplingParams(const SamplingParams& sp, int64_t row) {
+  if (!std::isfinite(sp.temperature) || sp.temperature < 0.0f) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Sample: params[", row, "].temperature = ", sp.temperature,
+                     " must be finite and >= 0"));
+  }
+  if (!(sp.top_p > 0.0f && sp.top_p <= 1.0f)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Sample: params[", row, "].top_p = ", sp.top_p, " is not in (0, 1]"));
+  }
+  if (!(sp.min_p >= 0.0f && sp.min_p <= 1.0f)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Sample: params[", row, "].min_p = ", sp.min_p, " is not in [0, 1]"));
+  }
+  if (sp.top_k < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Sample: params[", row, "].top_k = ", sp.top_k, " < 0"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckLogitAdjustment(const LogitAdjustment& e, int64_t vocab,
+                                  int64_t row) {
+  if (e.token < 0 || e.token >= vocab) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Sample: row ", row, " adjusts token ", e.token,
+                     " outside [0, ", vocab, ")"));
+  }
+  if (!std::isfinite(e.bias) || !std::isfinite(e.subtract) ||
+      !std::isfinite(e.repetition) || !(e.repetition > 0.0f)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Sample: row ", row, " token ", e.token, " adjustment (bias ", e.bias,
+        ", repetition ", e.repetition, ", subtract ", e.subtract,
+        ") must be finite with repetition > 0"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Sample(const SampleArgs& args, const ExecContext& ctx) {
-  absl::Status s =
-      CheckLogits("Sample", args.logits, args.ld, args.rows, args.vocab);
+  absl::Status s = CheckLogits("Sample", args.logits, args.ld, args.rows,
+                               args.vocab, sampling_math::kMaxSampleVocab);
   if (!s.ok()) return s;
   if (args.rows == 0) return absl::OkStatus();
-  if (args.params == nullptr || args.positions == nullptr ||
-      args.tokens_out == nullptr) {
+  if (args.params == nullptr) {
+    return absl::InvalidArgumentError("Sample: params must be non-null");
+  }
+  if (args.targets == nullptr &&
+      (args.positions == nullptr || args.tokens_out == nullptr)) {
     return absl::InvalidArgumentError(
-        "Sample: params, positions and tokens_out must be non-null");
+        "Sample: sampling needs positions and tokens_out");
+  }
+  if (args.adjust_offsets == nullptr && args.adjustments != nullptr) {
+    return absl::InvalidArgumentError("Sample: adjustments without adjust_offsets");
+  }
+  if (ctx.device == Device::kCuda && args.adjust_offsets != nullptr &&
+      args.workspace == nullptr) {
+    return absl::InvalidArgumentError(
+        "Sample: adjustments on CUDA need a [rows, vocab] workspace");
   }
   return LOCKSTEP_DISPATCH(ctx, cpu::Sample(args),
                            cuda::Sample(args, ctx.cuda_stream));
@@ -81,7 +127,8 @@ absl::Status Sample(const SampleArgs& args, const ExecContext& ctx) {
 absl::Status Argmax(const float* logits, int64_t ld, int64_t rows,
                     int64_t vocab, int32_t* tokens_out,
                     const ExecContext& ctx) {
-  absl::Status s = CheckLogits("Argmax", logits, ld, rows, vocab);
+  absl::Status s = CheckLogits("Argmax", logits, ld, rows, vocab,
+                               std::numeric_limits<int32_t>::max());
   if (!s.ok()) return s;
   if (rows == 0) return absl::OkStatus();
   if (tokens_out == nullptr) {

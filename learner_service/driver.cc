@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/sampling/sampling_proto.h"
 #include "common/status/status_macros.h"
 
 namespace lockstep::learner {
@@ -47,14 +48,15 @@ absl::StatusOr<lockstep::v1::GenerateResponse> Generate(
 std::string DriveHeaderLine() {
   return absl::StrFormat("%5s %5s %8s %10s %9s %8s %10s %9s", "step", "ver",
                          "reward", "loss", "compared", "exact%", "max|dlp|",
-                         "push_ms");
+                         "push_ms", "sampled", "s-mism");
 }
 
 std::string FormatDriveStep(const DriveStep& s) {
-  return absl::StrFormat("%5d %5d %8.4f %10.5f %9d %7.2f%% %10.3g %9.2f",
+  return absl::StrFormat("%5d %5d %8.4f %10.5f %9d %7.2f%% %10.3g %9.2f %9d %7d",
                          s.step, s.weight_version, s.reward_mean, s.loss,
                          s.tokens_compared, 100.0 * s.exact_fraction,
-                         s.max_abs_diff, s.push_ms);
+                         s.max_abs_diff, s.push_ms, s.sampled_compared,
+                         s.sampled_mismatched);
 }
 
 absl::StatusOr<DriveSummary> RunDriver(Learner* learner,
@@ -132,6 +134,9 @@ absl::StatusOr<DriveSummary> RunDriver(Learner* learner,
         req.set_request_id(absl::StrCat("learner-drive-", step_index, "-", r));
         lockstep::v1::SamplingParams* sp = req.mutable_sampling();
         sp->set_temperature(options.temperature);
+        sp->set_top_p(options.top_p);
+        sp->set_top_k(options.top_k);
+        sp->set_min_p(options.min_p);
         sp->set_max_tokens(static_cast<uint32_t>(max_tokens));
         sp->add_stop_token_ids(CharVocab::kEos);
         threads.emplace_back([&, r] {
@@ -158,6 +163,14 @@ absl::StatusOr<DriveSummary> RunDriver(Learner* learner,
         if (c.token_weight_versions_size() == c.token_ids_size()) {
           t.token_weight_versions.assign(c.token_weight_versions().begin(),
                                          c.token_weight_versions().end());
+        }
+        if (c.has_sampling()) {
+          // The distribution the rollout sampled from: the learner scores
+          // the tokens under it too.
+          LOCKSTEP_ASSIGN_OR_RETURN(
+              t.sampling, common::SamplingSpecFromProto(c.sampling(), learner->config().vocab_size));
+          t.rollout_sampled_logprobs.assign(c.sampled_logprobs().begin(),
+                                            c.sampled_logprobs().end());
         }
         t.reward = task->Reward(examples[p], t.completion_tokens);
         t.group_id = absl::StrCat("drive-", step_index, "-", p);
@@ -189,6 +202,8 @@ absl::StatusOr<DriveSummary> RunDriver(Learner* learner,
     line.tokens_mismatched = report.step.mismatch.tokens_mismatched;
     line.exact_fraction = report.step.mismatch.exact_fraction();
     line.max_abs_diff = report.step.mismatch.max_abs_diff;
+    line.sampled_compared = report.step.sampled_mismatch.tokens_compared;
+    line.sampled_mismatched = report.step.sampled_mismatch.tokens_mismatched;
     line.push_ms = report.push_seconds * 1e3;
     line.generate_ms = generate_ms;
     line.train_ms = train_ms;
@@ -198,6 +213,8 @@ absl::StatusOr<DriveSummary> RunDriver(Learner* learner,
     summary.steps.push_back(line);
     summary.tokens_compared += line.tokens_compared;
     summary.tokens_mismatched += line.tokens_mismatched;
+    summary.sampled_compared += line.sampled_compared;
+    summary.sampled_mismatched += line.sampled_mismatched;
     summary.max_abs_diff = std::max(summary.max_abs_diff, line.max_abs_diff);
     for (const PushResult& p : report.pushes) {
       if (!p.status.ok() && options.fail_on_push_error) return p.status;
@@ -209,6 +226,12 @@ absl::StatusOr<DriveSummary> RunDriver(Learner* learner,
           " tokens have a learner logprob that differs from the rollout's "
           "(max |diff| ",
           line.max_abs_diff, ")"));
+    }
+    if (options.fail_on_mismatch && line.sampled_mismatched > 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "step ", line.step, ": ", line.sampled_mismatched, " of ", line.sampled_compared,
+          " tokens have a learner sampled-distribution logprob that differs from the "
+          "rollout's"));
     }
   }
   summary.seconds =

@@ -25,12 +25,16 @@ struct DriverOptions {
   int samples_per_prompt = 8;  // GRPO group size
   uint64_t seed = 1;           // prompt generator and sampling seeds
   float temperature = 1.0f;
+  float top_p = 1.0f;  // the sampling distribution's filters (the learner
+  int top_k = 0;       // trains on the logprobs under it)
+  float min_p = 0.0f;
   int max_tokens = 0;  // 0: the task's max_completion_tokens()
   absl::Duration generate_timeout = absl::Seconds(300);
   // Per-step lines (and a header) go here; null: silent.
   std::ostream* out = nullptr;
   // Stop with FAILED_PRECONDITION at the first step that shows a mismatched
-  // token (meant for invariant kernels, where any mismatch is a bug).
+  // token, raw or sampled (meant for invariant kernels, where any mismatch
+  // is a bug).
   bool fail_on_mismatch = false;
   // A weight push that fails (after its retries) ends the loop with the
   // push's error: the rollouts would otherwise generate off-policy.
@@ -47,6 +51,9 @@ struct DriveStep {
   int64_t tokens_mismatched = 0;
   double exact_fraction = 1.0;
   double max_abs_diff = 0.0;
+  // The same for the logprobs under the sampling distribution.
+  int64_t sampled_compared = 0;
+  int64_t sampled_mismatched = 0;
   double push_ms = 0.0;
   double generate_ms = 0.0;
   double train_ms = 0.0;
@@ -56,6 +63,8 @@ struct DriveSummary {
   std::vector<DriveStep> steps;
   int64_t tokens_compared = 0;
   int64_t tokens_mismatched = 0;
+  int64_t sampled_compared = 0;
+  int64_t sampled_mismatched = 0;
   double max_abs_diff = 0.0;
   double reward_first = 0.0;  // mean reward of the first step
   double reward_last = 0.0;   // mean reward of the last step

@@ -295,6 +295,7 @@ absl::StatusOr<StepReport> Learner::TrainStep(const TrainStepOptions& options) {
   {
     std::lock_guard<std::mutex> lock(state_mu_);
     mismatch_total_.Merge(step.mismatch);
+    sampled_mismatch_total_.Merge(step.sampled_mismatch);
     last_step_ = report;
   }
   return report;
@@ -351,12 +352,14 @@ std::vector<PushResult> Learner::PushLocked(
 
 absl::StatusOr<std::vector<std::vector<float>>> Learner::ComputeLogprobs(
     const std::vector<std::vector<int32_t>>& sequences,
-    const std::vector<int64_t>& prefix_lens) {
+    const std::vector<int64_t>& prefix_lens,
+    const std::vector<const common::SamplingSpec*>& sampling,
+    std::vector<std::vector<float>>* sampled) {
   if (sequences.empty()) {
     return absl::InvalidArgumentError("no sequences to score");
   }
   std::lock_guard<std::mutex> lock(step_mu_);
-  return trainer_->ComputeLogprobs(sequences, prefix_lens);
+  return trainer_->ComputeLogprobs(sequences, prefix_lens, sampling, sampled);
 }
 
 absl::StatusOr<std::vector<PushResult>> Learner::RegisterRollouts(
@@ -533,6 +536,7 @@ LearnerStatus Learner::Status() const {
   }
   std::lock_guard<std::mutex> lock(state_mu_);
   s.mismatch_total = mismatch_total_;
+  s.sampled_mismatch_total = sampled_mismatch_total_;
   s.last_step = last_step_;
   for (const Rollout& r : rollouts_) s.rollouts.push_back(r.info);
   return s;

@@ -133,7 +133,8 @@ struct LearnerStatus {
   int64_t buffered_groups = 0;
   int64_t buffered_tokens = 0;
   int64_t max_buffered_trajectories = 0;
-  MismatchStats mismatch_total;  // all steps since start
+  MismatchStats mismatch_total;  // all steps since start (raw logprobs)
+  MismatchStats sampled_mismatch_total;  // the same, sampled-distribution
   std::optional<StepReport> last_step;
   std::vector<RolloutInfo> rollouts;
   double learning_rate = 0.0;
@@ -176,9 +177,14 @@ class Learner {
   // buffer and the weights are unchanged.
   absl::StatusOr<StepReport> TrainStep(const TrainStepOptions& options);
 
+  // `sampling` empty or one per sequence: for each non-null entry,
+  // (*sampled)[s] gets the logprobs under that sampling distribution
+  // (bit-identical to the rollout's sampled logprobs in invariant mode).
   absl::StatusOr<std::vector<std::vector<float>>> ComputeLogprobs(
       const std::vector<std::vector<int32_t>>& sequences,
-      const std::vector<int64_t>& prefix_lens);
+      const std::vector<int64_t>& prefix_lens,
+      const std::vector<const common::SamplingSpec*>& sampling = {},
+      std::vector<std::vector<float>>* sampled = nullptr);
 
   // Connects to each endpoint (ConnectRollout), asks it for its model
   // (GetModelInfo, waiting up to register_timeout for it to come up, one
@@ -265,6 +271,7 @@ class Learner {
   mutable std::mutex state_mu_;
   std::vector<Rollout> rollouts_;
   MismatchStats mismatch_total_;
+  MismatchStats sampled_mismatch_total_;
   std::optional<StepReport> last_step_;
 };
 

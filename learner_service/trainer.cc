@@ -190,6 +190,37 @@ absl::StatusOr<TensorMap> ReadTensorMap(const fs::path& path) {
   return out;
 }
 
+// Compares the learner's logprobs `learner` ([C], any device) of one
+// trajectory with the rollout's `rollout` into *stats: tokens of another
+// weight version than `version` count as stale, not compared.
+absl::Status AccountMismatch(const Trajectory& t, const torch::Tensor& learner,
+                             const std::vector<float>& rollout, int64_t version,
+                             MismatchStats* stats) {
+  const int64_t n = static_cast<int64_t>(t.completion_tokens.size());
+  if (t.token_weight_versions.empty() && t.weight_version != version) {
+    stats->tokens_stale += n;
+    return absl::OkStatus();
+  }
+  torch::Tensor lp = learner.detach().to(torch::kCPU, torch::kFloat32).contiguous();
+  if (lp.numel() != n) {
+    return absl::InternalError(absl::StrCat("the forward returned ", lp.numel(),
+                                            " logprobs for ", n, " completion tokens"));
+  }
+  const float* learner_lp = lp.data_ptr<float>();
+  if (t.token_weight_versions.empty()) {
+    CompareLogprobs(learner_lp, rollout.data(), n, stats);
+    return absl::OkStatus();
+  }
+  for (int64_t k = 0; k < n; ++k) {
+    if (t.token_weight_versions[k] == version) {
+      CompareLogprobs(learner_lp + k, rollout.data() + k, 1, stats);
+    } else {
+      ++stats->tokens_stale;
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::pair<common::ModelConfig, TensorMap>> LoadModelDir(
@@ -333,6 +364,23 @@ absl::Status Trainer::ValidateTrajectory(const Trajectory& t) const {
           absl::StrCat("rollout logprob ", lp, " is not a finite value <= 0"));
     }
   }
+  if (t.sampling.has_value()) {
+    LOCKSTEP_RETURN_IF_ERROR(common::CheckSamplingSpec(*t.sampling, vocab));
+    if (t.rollout_sampled_logprobs.size() != t.completion_tokens.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "rollout_sampled_logprobs has ", t.rollout_sampled_logprobs.size(),
+          " entries but the completion has ", t.completion_tokens.size(), " tokens"));
+    }
+    for (float lp : t.rollout_sampled_logprobs) {
+      if (!std::isfinite(lp) || lp > 0.0f) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "rollout sampled logprob ", lp, " is not a finite value <= 0"));
+      }
+    }
+  } else if (!t.rollout_sampled_logprobs.empty()) {
+    return absl::InvalidArgumentError(
+        "rollout_sampled_logprobs given without the sampling parameters");
+  }
   if (!std::isfinite(t.reward)) {
     return absl::InvalidArgumentError("reward is not finite");
   }
@@ -407,8 +455,10 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
           std::min(batch.size(), begin + static_cast<size_t>(o.micro_batch_size));
       std::vector<std::vector<int32_t>> seqs;
       std::vector<int64_t> prefix;
+      std::vector<const common::SamplingSpec*> sampling;
       std::vector<float> old_lp;
       std::vector<float> token_adv;
+      bool any_sampling = false;
       for (size_t i = begin; i < end; ++i) {
         const Trajectory& t = batch[i];
         std::vector<int32_t> s = t.prompt_tokens;
@@ -416,50 +466,44 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
                  t.completion_tokens.end());
         seqs.push_back(std::move(s));
         prefix.push_back(static_cast<int64_t>(t.prompt_tokens.size()));
-        old_lp.insert(old_lp.end(), t.rollout_logprobs.begin(),
-                      t.rollout_logprobs.end());
+        sampling.push_back(t.sampling.has_value() ? &*t.sampling : nullptr);
+        any_sampling = any_sampling || t.sampling.has_value();
+        // The behaviour policy: the distribution the rollout sampled from.
+        const std::vector<float>& behaviour =
+            t.sampling.has_value() ? t.rollout_sampled_logprobs : t.rollout_logprobs;
+        old_lp.insert(old_lp.end(), behaviour.begin(), behaviour.end());
         token_adv.insert(token_adv.end(), t.completion_tokens.size(), adv[i]);
       }
+      if (!any_sampling) sampling.clear();
       TorchWeights weights = m.ComputeCopy(/*detached=*/false);
-      absl::StatusOr<std::vector<torch::Tensor>> lps = common::SequenceLogprobs(
-          m.config, weights, o.mode, seqs, prefix);
-      if (!lps.ok()) {
+      absl::StatusOr<common::SequenceScores> scores =
+          common::ScoreSequences(m.config, weights, o.mode, seqs, prefix, sampling);
+      if (!scores.ok()) {
         m.optimizer->zero_grad();
-        return lps.status();
+        return scores.status();
       }
       // Mismatch accounting from this same forward: no extra pass.
       for (size_t i = begin; i < end; ++i) {
         const Trajectory& t = batch[i];
-        const int64_t n = static_cast<int64_t>(t.completion_tokens.size());
-        if (t.token_weight_versions.empty() && t.weight_version != m.version) {
-          result.mismatch.tokens_stale += n;
-          continue;
+        absl::Status s = AccountMismatch(t, scores->raw[i - begin], t.rollout_logprobs,
+                                         m.version, &result.mismatch);
+        if (s.ok() && t.sampling.has_value()) {
+          s = AccountMismatch(t, scores->sampled[i - begin], t.rollout_sampled_logprobs,
+                              m.version, &result.sampled_mismatch);
         }
-        torch::Tensor lp = (*lps)[i - begin].detach().to(torch::kCPU,
-                                                          torch::kFloat32)
-                               .contiguous();
-        if (lp.numel() != n) {
+        if (!s.ok()) {
           m.optimizer->zero_grad();
-          return absl::InternalError(absl::StrCat(
-              "SequenceLogprobs returned ", lp.numel(), " logprobs for ", n,
-              " completion tokens"));
-        }
-        const float* learner_lp = lp.data_ptr<float>();
-        if (t.token_weight_versions.empty()) {
-          CompareLogprobs(learner_lp, t.rollout_logprobs.data(), n,
-                          &result.mismatch);
-          continue;
-        }
-        for (int64_t k = 0; k < n; ++k) {
-          if (t.token_weight_versions[k] == m.version) {
-            CompareLogprobs(learner_lp + k, t.rollout_logprobs.data() + k, 1,
-                            &result.mismatch);
-          } else {
-            ++result.mismatch.tokens_stale;
-          }
+          return s;
         }
       }
-      torch::Tensor lp = torch::cat(*lps).to(torch::kFloat32);
+      // The policy logprob of every token: under its sampling distribution
+      // when the trajectory has one, else the raw one.
+      std::vector<torch::Tensor> policy;
+      for (size_t i = 0; i < seqs.size(); ++i) {
+        policy.push_back(!sampling.empty() && sampling[i] != nullptr ? scores->sampled[i]
+                                                                     : scores->raw[i]);
+      }
+      torch::Tensor lp = torch::cat(policy).to(torch::kFloat32);
       torch::Tensor old = FloatTensor(old_lp).to(m.device);
       torch::Tensor a = FloatTensor(token_adv).to(m.device);
       // Behaviour policy = the rollout's logprobs: in invariant mode they are
@@ -478,14 +522,16 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
         std::vector<torch::Tensor> ref;
         {
           torch::NoGradGuard no_grad;
-          absl::StatusOr<std::vector<torch::Tensor>> r =
-              common::SequenceLogprobs(m.config, m.reference, o.mode, seqs,
-                                       prefix);
+          absl::StatusOr<common::SequenceScores> r =
+              common::ScoreSequences(m.config, m.reference, o.mode, seqs, prefix, sampling);
           if (!r.ok()) {
             m.optimizer->zero_grad();
             return r.status();
           }
-          ref = std::move(*r);
+          for (size_t i = 0; i < seqs.size(); ++i) {
+            ref.push_back(!sampling.empty() && sampling[i] != nullptr ? r->sampled[i]
+                                                                      : r->raw[i]);
+          }
         }
         torch::Tensor d = torch::cat(ref).to(torch::kFloat32) - lp;
         d = torch::clamp(d, -20.0, 20.0);
@@ -537,10 +583,22 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
 
 absl::StatusOr<std::vector<std::vector<float>>> Trainer::ComputeLogprobs(
     const std::vector<std::vector<int32_t>>& sequences,
-    const std::vector<int64_t>& prefix_lens) {
+    const std::vector<int64_t>& prefix_lens,
+    const std::vector<const common::SamplingSpec*>& sampling,
+    std::vector<std::vector<float>>* sampled) {
   if (sequences.size() != prefix_lens.size()) {
     return absl::InvalidArgumentError(
         "sequences and prefix_lens differ in length");
+  }
+  if (!sampling.empty() && (sampling.size() != sequences.size() || sampled == nullptr)) {
+    return absl::InvalidArgumentError("sampling must be empty or one per sequence");
+  }
+  for (size_t s = 0; s < sampling.size(); ++s) {
+    if (sampling[s] == nullptr) continue;
+    absl::Status st = common::CheckSamplingSpec(*sampling[s], impl_->config.vocab_size);
+    if (!st.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": ", st.message()));
+    }
   }
   for (size_t s = 0; s < sequences.size(); ++s) {
     const int64_t len = static_cast<int64_t>(sequences[s].size());
@@ -561,12 +619,19 @@ absl::StatusOr<std::vector<std::vector<float>>> Trainer::ComputeLogprobs(
     torch::NoGradGuard no_grad;
     TorchWeights w = impl_->ComputeCopy(/*detached=*/true);
     LOCKSTEP_ASSIGN_OR_RETURN(
-        std::vector<torch::Tensor> lps,
-        common::SequenceLogprobs(impl_->config, w, impl_->options.mode,
-                                 sequences, prefix_lens));
-    for (const torch::Tensor& t : lps) {
+        common::SequenceScores scores,
+        common::ScoreSequences(impl_->config, w, impl_->options.mode, sequences, prefix_lens,
+                               sampling));
+    const auto host = [](const torch::Tensor& t) {
       torch::Tensor c = t.to(torch::kCPU, torch::kFloat32).contiguous();
-      out.emplace_back(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+      return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+    };
+    for (const torch::Tensor& t : scores.raw) out.push_back(host(t));
+    if (!sampling.empty()) {
+      sampled->assign(sequences.size(), {});
+      for (size_t s = 0; s < sampling.size(); ++s) {
+        if (sampling[s] != nullptr) (*sampled)[s] = host(scores.sampled[s]);
+      }
     }
   } catch (const c10::Error& e) {
     return TorchError("ComputeLogprobs", e);

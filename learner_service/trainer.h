@@ -24,6 +24,7 @@
 #include "kernels/device.h"
 #include "kernels/dtype.h"
 #include "learner_service/grpo.h"
+#include "common/sampling/sampling_spec.h"
 #include "learner_service/mismatch.h"
 
 namespace lockstep::learner {
@@ -85,6 +86,12 @@ struct Trajectory {
   // Trajectories with the same group id (the samples of one prompt) are
   // normalised together for the GRPO advantage.
   std::string group_id;
+  // The distribution the completion was sampled from. When set, the PPO
+  // ratio and the KL use the logprobs under it (the learner's own, from its
+  // forward, against rollout_sampled_logprobs); else the raw ones.
+  std::optional<common::SamplingSpec> sampling;
+  // [C] when `sampling` is set: the rollout's log q(completion[i] | prefix).
+  std::vector<float> rollout_sampled_logprobs;
 };
 
 // What one optimizer step did.
@@ -101,7 +108,8 @@ struct StepResult {
   int64_t num_tokens = 0;  // completion tokens trained on
   RewardStats reward;
   // Learner vs rollout logprobs from the training forward itself.
-  MismatchStats mismatch;
+  MismatchStats mismatch;          // raw logprobs
+  MismatchStats sampled_mismatch;  // sampled-distribution logprobs
   double seconds = 0.0;  // wall time of the step
 };
 
@@ -135,9 +143,14 @@ class Trainer {
   // The learner's logprobs of sequences[s][i+1] for i >= prefix_lens[s]-1
   // with the current compute weights (no grad). INVALID_ARGUMENT on bad
   // tokens or prefix lengths.
+  // `sampling` empty or one per sequence: for each non-null entry,
+  // (*sampled)[s] gets the logprobs under that sampling distribution
+  // (bit-identical to the rollout's sampled logprobs in invariant mode).
   absl::StatusOr<std::vector<std::vector<float>>> ComputeLogprobs(
       const std::vector<std::vector<int32_t>>& sequences,
-      const std::vector<int64_t>& prefix_lens);
+      const std::vector<int64_t>& prefix_lens,
+      const std::vector<const common::SamplingSpec*>& sampling = {},
+      std::vector<std::vector<float>>* sampled = nullptr);
 
   // The compute-dtype weights of version() with HF names: exactly the bytes
   // a weight push sends. Immutable snapshot, replaced after every step.

@@ -148,30 +148,7 @@ std::shared_ptr<const common::Model> Engine::model() const {
 absl::Status Engine::Validate(const GenerateJob& job) const {
   const int64_t vocab = config_.vocab_size;
   const int64_t context = config_.max_position_embeddings;
-  const SamplingOptions& s = job.sampling;
-  if (!(std::isfinite(s.temperature) && s.temperature >= 0.0f)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "temperature must be a finite number >= 0, got ", s.temperature));
-  }
-  if (!(std::isfinite(s.top_p) && s.top_p > 0.0f && s.top_p <= 1.0f)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("top_p must be in (0, 1], got ", s.top_p));
-  }
-  if (s.top_k < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("top_k must be >= 0, got ", s.top_k));
-  }
-  if (s.top_logprobs < 0 || s.top_logprobs > kMaxTopLogprobs) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("top_logprobs must be in [0, ", kMaxTopLogprobs, "], got ",
-                     s.top_logprobs));
-  }
-  if (s.max_tokens < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("max_tokens must be >= 0, got ", s.max_tokens));
-  }
-  LOCKSTEP_RETURN_IF_ERROR(
-      CheckTokenIds(s.stop_token_ids, vocab, "stop_token_ids"));
+  LOCKSTEP_RETURN_IF_ERROR(common::CheckSamplingSpec(job.sampling, vocab));
   if (job.prompts.empty()) {
     return absl::InvalidArgumentError("the request has no prompts");
   }
@@ -189,6 +166,13 @@ absl::Status Engine::Validate(const GenerateJob& job) const {
     }
     LOCKSTEP_RETURN_IF_ERROR(
         CheckTokenIds(pj.prompt, vocab, absl::StrCat("prompt ", p)));
+    if (pj.sampling.has_value()) {
+      absl::Status st = common::CheckSamplingSpec(*pj.sampling, vocab);
+      if (!st.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("prompt ", p, ": ", st.message()));
+      }
+    }
+    const common::SamplingSpec& s = pj.sampling.has_value() ? *pj.sampling : job.sampling;
     if (len >= context) {
       return absl::InvalidArgumentError(absl::StrCat(
           "prompt ", p, " has ", len, " tokens; the context length ", context,
@@ -239,7 +223,10 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerateJob job) {
   auto handle = std::make_shared<RequestHandle>(static_cast<int>(samples));
   auto request = std::make_shared<Request>();
   request->handle = handle;
-  request->sampling = job.sampling;
+  for (PromptJob& pj : job.prompts) {
+    request->specs.push_back(pj.sampling.has_value() ? std::move(*pj.sampling) : job.sampling);
+  }
+  request->eos = config_.eos_token_ids;
   request->deadline = job.deadline;
   absl::MutexLock lock(&mu_);
   if (!draining_.ok() || stop_) {
@@ -454,8 +441,9 @@ void Engine::Loop() {
 
 void Engine::AddRequest(std::shared_ptr<Request> request, GenerateJob job) {
   int32_t index = 0;
-  const SamplingOptions& s = request->sampling;
-  for (PromptJob& pj : job.prompts) {
+  for (size_t p = 0; p < job.prompts.size(); ++p) {
+    PromptJob& pj = job.prompts[p];
+    const common::SamplingSpec& s = request->specs[p];
     const int64_t len = static_cast<int64_t>(pj.prompt.size());
     const int n = static_cast<int>(pj.seeds.size());
     std::vector<int64_t> ids = scheduler_->AddGroup(pj.prompt, n);
@@ -465,10 +453,10 @@ void Engine::AddRequest(std::shared_ptr<Request> request, GenerateJob job) {
       st.index = index++;
       st.prompt_len = len;
       st.max_len = s.max_tokens > 0 ? len + s.max_tokens : max_sequence_tokens_;
-      st.params.temperature = s.temperature;
-      st.params.top_k = s.top_k;
-      st.params.top_p = s.top_p;
+      st.spec = &s;
+      st.params = s.params;
       st.params.seed = pj.seeds[j];
+      if (s.adjusts()) st.adjuster.emplace(s, request->eos, pj.prompt);
       samples_.emplace(ids[j], std::move(st));
       request->seq_ids.push_back(ids[j]);
     }
@@ -572,6 +560,18 @@ absl::Status Engine::ValidateScore(const ScoreRequest& request) const {
     LOCKSTEP_RETURN_IF_ERROR(CheckTokenIds(request.sequences[i], vocab,
                                            absl::StrCat("sequence ", i)));
   }
+  if (!request.sampling.empty()) {
+    if (request.sampling.size() != request.sequences.size()) {
+      return absl::InvalidArgumentError("sampling must be empty or one per sequence");
+    }
+    for (size_t i = 0; i < request.sampling.size(); ++i) {
+      if (!request.sampling[i].has_value()) continue;
+      absl::Status st = common::CheckSamplingSpec(*request.sampling[i], vocab);
+      if (!st.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("sequence ", i, ": ", st.message()));
+      }
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -606,6 +606,7 @@ absl::Status Engine::ScorePiece(ScoreJob& job) {
     job.partial.version = version;
     job.partial.logprobs.resize(request.sequences.size());
     if (request.top_n > 0) job.partial.top.resize(request.sequences.size());
+    if (!request.sampling.empty()) job.partial.sampled.resize(request.sequences.size());
     job.started = true;
   }
   // The next piece: sequences [begin, end) of at most max_batch_tokens tokens
@@ -631,21 +632,33 @@ absl::Status Engine::ScorePiece(ScoreJob& job) {
   for (size_t i = 0; i < scores.size(); ++i) {
     job.partial.logprobs[begin + i] = std::move(scores[i]);
   }
-  if (request.top_n > 0) {
-    for (size_t i = begin; i < end; ++i) {
-      const auto& seq = request.sequences[i];
-      const int64_t len = static_cast<int64_t>(seq.size());
-      const int64_t pl = request.prompt_lens[i];
-      LOCKSTEP_ASSIGN_OR_RETURN(auto full, model_->SequenceLogits({seq}));
-      const std::vector<float>& logits = full.at(0);
-      std::vector<float> rows(logits.begin() + (pl - 1) * vocab,
-                              logits.begin() + (len - 1) * vocab);
-      std::vector<int32_t> targets(seq.begin() + pl, seq.end());
+  for (size_t i = begin; i < end; ++i) {
+    const bool top = request.top_n > 0;
+    const bool sampled = !request.sampling.empty() && request.sampling[i].has_value();
+    if (!top && !sampled) continue;
+    // The logits of the scored positions (the same bits as the generate
+    // steps' in invariant mode), on the host.
+    const auto& seq = request.sequences[i];
+    const int64_t len = static_cast<int64_t>(seq.size());
+    const int64_t pl = request.prompt_lens[i];
+    LOCKSTEP_ASSIGN_OR_RETURN(auto full, model_->SequenceLogits({seq}));
+    const std::vector<float>& logits = full.at(0);
+    std::vector<float> rows(logits.begin() + (pl - 1) * vocab,
+                            logits.begin() + (len - 1) * vocab);
+    std::vector<int32_t> targets(seq.begin() + pl, seq.end());
+    if (top) {
       LOCKSTEP_ASSIGN_OR_RETURN(
           common::TokenLogprobs lp,
           common::ComputeTokenLogprobs(model_->options().mode, rows, vocab, targets,
                                        request.top_n));
       job.partial.top[i] = std::move(lp.top);
+    }
+    if (sampled) {
+      LOCKSTEP_ASSIGN_OR_RETURN(
+          job.partial.sampled[i],
+          common::SampledLogprobs(rows.data(), vocab, *request.sampling[i],
+                                  config_.eos_token_ids,
+                                  absl::MakeConstSpan(seq).subspan(0, pl), targets));
     }
   }
   job.next = end;
@@ -683,12 +696,23 @@ void Engine::Step() {
   if (rows > 0) {
     step.params.resize(rows);
     step.positions.resize(rows);
+    bool adjusted = false;
     for (int64_t i = 0; i < rows; ++i) {
       const SampleState& st = samples_.at(plan.sample_seqs[i]);
       step.params[i] = st.params;
       step.positions[i] =
           static_cast<int64_t>(scheduler_->tokens(plan.sample_seqs[i]).size());
-      step.top_n = std::max(step.top_n, st.request->sampling.top_logprobs);
+      step.top_n = std::max(step.top_n, st.spec->top_logprobs);
+      adjusted = adjusted || st.adjuster.has_value();
+    }
+    if (adjusted) {
+      step.adjust_offsets.reserve(rows + 1);
+      step.adjust_offsets.push_back(0);
+      for (int64_t i = 0; i < rows; ++i) {
+        const SampleState& st = samples_.at(plan.sample_seqs[i]);
+        if (st.adjuster.has_value()) st.adjuster->AppendAdjustments(&step.adjustments);
+        step.adjust_offsets.push_back(static_cast<int64_t>(step.adjustments.size()));
+      }
     }
   } else {
     step.targets.assign(plan.batch.logit_rows.size(), 0);  // the placeholder row
@@ -699,6 +723,12 @@ void Engine::Step() {
     std::cerr << "rollout engine: step failed: " << result.status() << "\n";
     FailEverything(absl::InternalError(
         absl::StrCat("forward step failed: ", result.status().message())));
+    return;
+  }
+  if (rows > 0 && (result->tokens.size() != static_cast<size_t>(rows) ||
+                   result->logprobs.target.size() != static_cast<size_t>(rows) ||
+                   result->logprobs.sampled.size() != static_cast<size_t>(rows))) {
+    FailEverything(absl::InternalError("the model's step returned the wrong row count"));
     return;
   }
   scheduler_->Commit(plan);
@@ -718,6 +748,7 @@ void Engine::Step() {
       std::shared_ptr<Request> request = st.request;
       const int32_t token = tokens[i];
       scheduler_->AppendToken(id, token);
+      if (st.adjuster.has_value()) st.adjuster->Append(token);
       if (options_.selfcheck_rate > 0.0) {  // only the self-check needs them
         st.logprobs.push_back(lp->target[i]);
         st.versions.push_back(version);
@@ -730,20 +761,26 @@ void Engine::Step() {
       u.sample = st.index;
       u.tokens.push_back(token);
       u.logprobs.push_back(lp->target[i]);
+      u.sampled_logprobs.push_back(lp->sampled[i]);
       u.versions.push_back(version);
-      if (request->sampling.top_logprobs > 0) {
-        u.top.push_back(Truncate(lp->top[i], request->sampling.top_logprobs));
+      if (st.spec->top_logprobs > 0) {
+        u.top.push_back(Truncate(lp->top[i], st.spec->top_logprobs));
       }
       u.preemptions = scheduler_->preemptions(id);
       u.time = now;
 
-      const SamplingOptions& so = request->sampling;
-      const int64_t len = static_cast<int64_t>(scheduler_->tokens(id).size());
+      const common::SamplingSpec& so = *st.spec;
+      const std::vector<int32_t>& all = scheduler_->tokens(id);
+      const int64_t len = static_cast<int64_t>(all.size());
+      const absl::Span<const int32_t> output =
+          absl::MakeConstSpan(all).subspan(static_cast<size_t>(st.prompt_len));
       if (std::find(so.stop_token_ids.begin(), so.stop_token_ids.end(),
                     token) != so.stop_token_ids.end() ||
           (!so.ignore_eos &&
            std::find(eos.begin(), eos.end(), static_cast<int64_t>(token)) !=
-               eos.end())) {
+               eos.end()) ||
+          (static_cast<int64_t>(output.size()) >= so.min_tokens &&
+           common::EndsWithStopSequence(so, output))) {
         u.finish = FinishReason::kStop;
       } else if (len >= st.max_len) {
         u.finish = FinishReason::kLength;

@@ -40,13 +40,14 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/model/model.h"
+#include "common/sampling/sampling_spec.h"
 #include "kernels/sampling.h"
 #include "rollout_service/scheduler.h"
 
 namespace lockstep::rollout {
 
 // Most alternatives a request may ask for per position.
-inline constexpr int kMaxTopLogprobs = 20;
+inline constexpr int kMaxTopLogprobs = common::kMaxTopLogprobs;
 
 // Why a sample stopped (values match lockstep.v1.FinishReason).
 enum class FinishReason : int { kNone = 0, kStop = 1, kLength = 2 };
@@ -54,29 +55,19 @@ enum class FinishReason : int { kNone = 0, kStop = 1, kLength = 2 };
 // (token id, logprob) alternatives at one position, best first.
 using TopList = std::vector<std::pair<int32_t, float>>;
 
-// How the samples of a job are drawn and when they stop.
-struct SamplingOptions {
-  float temperature = 1.0f;  // >= 0; 0 = greedy
-  int32_t top_k = 0;         // >= 0; 0 = off
-  float top_p = 1.0f;        // in (0, 1]
-  // Tokens to generate per sample; 0 = until a stop token, the context
-  // length or the KV-cache capacity, whichever comes first.
-  int64_t max_tokens = 0;
-  std::vector<int32_t> stop_token_ids;  // stop after sampling any of these
-  bool ignore_eos = false;              // do not stop at the model's EOS ids
-  int top_logprobs = 0;                 // alternatives per position, 0..20
-};
-
-// One prompt and the seeds of its samples (n = seeds.size() >= 1).
+// One prompt and the stream keys of its samples (n = seeds.size() >= 1;
+// kernels::SampleStreamKey), with its own sampling spec or the job's.
 struct PromptJob {
   std::vector<int32_t> prompt;
   std::vector<uint64_t> seeds;
+  std::optional<common::SamplingSpec> sampling;
 };
 
-// A generation request: every prompt's samples, with shared options.
+// A generation request: every prompt's samples; `sampling` serves the
+// prompts that have none of their own.
 struct GenerateJob {
   std::vector<PromptJob> prompts;
-  SamplingOptions sampling;
+  common::SamplingSpec sampling;
   // Past it the request fails with DEADLINE_EXCEEDED (checked every step).
   absl::Time deadline = absl::InfiniteFuture();
 };
@@ -86,7 +77,8 @@ struct SampleUpdate {
   // Flat sample index: the samples of prompt 0 in seed order, then prompt 1's.
   int32_t sample = 0;
   std::vector<int32_t> tokens;
-  std::vector<float> logprobs;     // one per token
+  std::vector<float> logprobs;     // one per token: raw (temperature 1)
+  std::vector<float> sampled_logprobs;  // one per token: sampling distribution
   std::vector<uint64_t> versions;  // weight version that sampled each token
   std::vector<TopList> top;        // one per token when top_logprobs > 0
   FinishReason finish = FinishReason::kNone;  // set on the sample's last update
@@ -141,6 +133,9 @@ struct ScoreRequest {
   std::vector<std::vector<int32_t>> sequences;
   std::vector<int64_t> prompt_lens;  // per sequence, in [1, len)
   int top_n = 0;                     // 0..20 alternatives per position
+  // Empty, or one per sequence: also score under that sampling distribution
+  // (nullopt: not this sequence).
+  std::vector<std::optional<common::SamplingSpec>> sampling;
   // FAILED_PRECONDITION unless this version is being served.
   std::optional<uint64_t> expected_version;
   // DEADLINE_EXCEEDED once this passes; CANCELLED once `cancelled` (polled
@@ -155,6 +150,9 @@ struct ScoreResult {
   std::vector<std::vector<float>> logprobs;
   // [sequence][len - prompt_len] when top_n > 0.
   std::vector<std::vector<TopList>> top;
+  // [sequence][len - prompt_len] for the sequences with sampling (else
+  // empty; the whole vector is empty when no sequence has any).
+  std::vector<std::vector<float>> sampled;
   uint64_t version = 0;
 };
 
@@ -310,7 +308,9 @@ class Engine {
     int32_t index = 0;  // flat sample index in the request
     int64_t prompt_len = 0;
     int64_t max_len = 0;  // stop (LENGTH) at this many tokens
-    kernels::SamplingParams params;
+    const common::SamplingSpec* spec = nullptr;  // in request->specs
+    kernels::SamplingParams params;              // spec's, seed = stream key
+    std::optional<common::LogitAdjuster> adjuster;  // when spec->adjusts()
     bool admitted = false;           // admitted at least once
     // Every generated token's logprob and version, kept only for the
     // self-check (selfcheck_rate > 0).
@@ -319,7 +319,8 @@ class Engine {
   };
   struct Request {
     std::shared_ptr<RequestHandle> handle;
-    SamplingOptions sampling;
+    std::deque<common::SamplingSpec> specs;  // one per prompt (stable addresses)
+    std::vector<int64_t> eos;                // the model's EOS ids
     absl::Time deadline;
     std::vector<int64_t> seq_ids;
     int remaining = 0;

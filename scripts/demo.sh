@@ -8,6 +8,9 @@
 #   DEMO_STEPS=N        training steps per mode (default 30)
 #   DEMO_TASK=reverse   built-in task (reverse | add)
 #   DEMO_LR=3e-3        learning rate
+#   DEMO_TEMPERATURE=0.8, DEMO_TOP_P=0.95
+#                       the sampling distribution (the learner trains on the
+#                       logprobs under it; both kinds are compared)
 #   DEMO_LINGER=S       keep both services of each mode up S seconds after the
 #                       run so that a local Prometheus can scrape them
 #   DEMO_KEEP=1         keep the work directory (logs, model)
@@ -19,6 +22,8 @@ BUILD_DIR=${1:-build}
 STEPS=${DEMO_STEPS:-30}
 TASK=${DEMO_TASK:-reverse}
 LR=${DEMO_LR:-3e-3}
+TEMPERATURE=${DEMO_TEMPERATURE:-0.8}
+TOP_P=${DEMO_TOP_P:-0.95}
 LINGER=${DEMO_LINGER:-0}
 PROMPTS=${DEMO_PROMPTS:-16}
 SAMPLES=${DEMO_SAMPLES:-8}
@@ -91,6 +96,7 @@ run_mode() {
   "$LEARNER" --model_dir="$WORK/model" --kernels="$mode" --device=cpu \
     --host=127.0.0.1 --port=0 --metrics_port=0 --rollout="$raddr" \
     --drive --steps="$STEPS" --task="$TASK" --lr="$LR" --seed=1 \
+    --temperature="$TEMPERATURE" --top_p="$TOP_P" \
     --prompts_per_step="$PROMPTS" --samples_per_prompt="$SAMPLES" \
     --keep_serving >"$llog" 2>&1 &
   local lpid=$!
@@ -124,13 +130,15 @@ run_mode() {
   # The same numbers as Prometheus sees them.
   local scrape
   scrape=$(curl -sf "http://$lmetrics/metrics" || true)
-  local cmp mis exact
+  local cmp mis exact smis
   cmp=$(metric lockstep_tokens_compared_total <<<"$scrape")
   mis=$(metric lockstep_tokens_mismatched_total <<<"$scrape")
+  smis=$(metric lockstep_sampled_tokens_mismatched_total <<<"$scrape")
   exact=$(awk '$1 ~ /^lockstep_logprob_abs_diff_bucket\{le="0"\}$/ { print $2; exit }' <<<"$scrape")
   echo "   /metrics: lockstep_tokens_compared_total=${cmp:-?}" \
        "lockstep_tokens_mismatched_total=${mis:-?}" \
-       "lockstep_logprob_abs_diff_bucket{le=\"0\"}=${exact:-?}"
+       "lockstep_logprob_abs_diff_bucket{le=\"0\"}=${exact:-?}" \
+       "lockstep_sampled_tokens_mismatched_total=${smis:-?}"
   SUMMARY[$mode]=$summary
   if ((LINGER > 0)); then
     echo "   (services stay up ${LINGER}s for scraping)"
@@ -147,25 +155,29 @@ run_mode standard
 field() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k { print $2; exit }'; }
 
 echo
-echo "== summary ($STEPS steps each)"
-printf '%-10s %10s %11s %9s %11s %9s %9s %9s\n' mode compared mismatched exact% \
-  'max|dlp|' reward0 rewardN push_ms
+echo "== summary ($STEPS steps each, temperature $TEMPERATURE, top_p $TOP_P)"
+printf '%-10s %10s %11s %9s %11s %9s %9s %9s %13s\n' mode compared mismatched exact% \
+  'max|dlp|' reward0 rewardN push_ms 'sampled-mism'
 for mode in invariant standard; do
   s=${SUMMARY[$mode]}
-  printf '%-10s %10s %11s %8.2f%% %11s %9s %9s %9s\n' "$mode" \
+  printf '%-10s %10s %11s %8.2f%% %11s %9s %9s %9s %13s\n' "$mode" \
     "$(field "$s" tokens_compared)" "$(field "$s" tokens_mismatched)" \
     "$(field "$s" exact_pct)" "$(field "$s" max_abs_diff)" \
     "$(field "$s" reward_first)" "$(field "$s" reward_last)" \
-    "$(field "$s" mean_push_ms)"
+    "$(field "$s" mean_push_ms)" "$(field "$s" sampled_mismatched)"
 done
 
 inv=${SUMMARY[invariant]}
 inv_cmp=$(field "$inv" tokens_compared)
 inv_mis=$(field "$inv" tokens_mismatched)
+inv_scmp=$(field "$inv" sampled_compared)
+inv_smis=$(field "$inv" sampled_mismatched)
 echo
-if [[ "${inv_cmp:-0}" -gt 0 && "${inv_mis:-1}" -eq 0 ]]; then
-  echo "invariant: all $inv_cmp compared tokens bit-identical between rollout and learner"
+if [[ "${inv_cmp:-0}" -gt 0 && "${inv_mis:-1}" -eq 0 && "${inv_scmp:-0}" -gt 0 &&
+      "${inv_smis:-1}" -eq 0 ]]; then
+  echo "invariant: all $inv_cmp compared tokens bit-identical between rollout and learner," \
+       "raw and under the sampling distribution ($inv_scmp)"
   exit 0
 fi
-echo "invariant: MISMATCH ($inv_mis of $inv_cmp tokens differ)" >&2
+echo "invariant: MISMATCH ($inv_mis raw and ${inv_smis:-?} sampled of $inv_cmp tokens differ)" >&2
 exit 1

@@ -17,11 +17,13 @@
 #include <list>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/model/device_adjustments.h"
 #include "common/model/device_step.h"
 #include "common/model/kernel_stream.h"
 #include "common/model/op_error.h"
@@ -65,8 +67,10 @@ struct Layout {
   int64_t targets = 0;     // int32 [R]
   int64_t tables = 0;      // int32 [N, W]
   int64_t total = 0;
-  // Results: tokens int32 [R] at 0, logprobs float [R] at out_logprobs.
+  // Results: tokens int32 [R] at 0, raw logprobs float [R] at out_logprobs,
+  // sampled-distribution logprobs float [R] at out_sampled.
   int64_t out_logprobs = 0;
+  int64_t out_sampled = 0;
   int64_t out_total = 0;
 };
 
@@ -93,7 +97,8 @@ Layout MakeLayout(int64_t t, int64_t n, int64_t w, int64_t r) {
   l.tables = take(n * w * 4);
   l.total = at;
   l.out_logprobs = AlignUp(r * 4);
-  l.out_total = l.out_logprobs + AlignUp(r * 4);
+  l.out_sampled = l.out_logprobs + AlignUp(r * 4);
+  l.out_total = l.out_sampled + AlignUp(r * 4);
   return l;
 }
 
@@ -330,7 +335,7 @@ class CudaDeviceStep : public DeviceStep {
   bool GraphShape(const ForwardBatch& b, const StepRequest& req, const DeviceKv& kv,
                   GraphKey* key) const {
     if (options_.step != CudaStep::kGraphs || options_.mode != KernelMode::kInvariant ||
-        req.top_n > 0) {
+        req.top_n > 0 || !req.adjust_offsets.empty()) {
       return false;
     }
     const int64_t t = b.tokens.size();
@@ -354,9 +359,12 @@ class CudaDeviceStep : public DeviceStep {
   // The forward, then sampling (or the given targets) and the target
   // logprobs of metadata laid out at `l` in `in`, results into `out`.
   // Returns the logits [l.r, vocab]; `keep`, when defined, receives a copy.
+  // `adjustments` (eager steps only) points the sampler at the request's
+  // logit adjustments on the device.
   absl::StatusOr<torch::Tensor> Body(const Layout& l, const torch::Tensor& in,
                                      const torch::Tensor& out, bool sampling,
-                                     const DeviceKv& kv, torch::Tensor* keep) {
+                                     const DeviceKv& kv, torch::Tensor* keep,
+                                     const DeviceAdjustments* adjustments = nullptr) {
     PagedAttentionMeta meta;
     meta.positions = View(in, l.positions, {l.t}, torch::kInt);
     meta.seq_ids = View(in, l.seq_ids, {l.t}, torch::kInt);
@@ -386,7 +394,10 @@ class CudaDeviceStep : public DeviceStep {
       a.vocab = options_.config->vocab_size;
       a.params = reinterpret_cast<const kernels::SamplingParams*>(base_in + l.params);
       a.positions = reinterpret_cast<const int64_t*>(base_in + l.sample_pos);
+      if (adjustments != nullptr) adjustments->Fill(&a);
       a.tokens_out = out_tokens;
+      a.logprobs_out =
+          reinterpret_cast<float*>(static_cast<uint8_t*>(out.data_ptr()) + l.out_sampled);
       LOCKSTEP_RETURN_IF_ERROR(kernels::Sample(a, ctx));
       targets = out_tokens;
     }
@@ -423,6 +434,8 @@ class CudaDeviceStep : public DeviceStep {
       result->tokens = req.targets;
     } else {
       result->tokens.assign(tokens, tokens + rows);
+      const auto* sampled = reinterpret_cast<const float*>(host_out + l.out_sampled);
+      result->logprobs.sampled.assign(sampled, sampled + rows);
     }
     result->logprobs.target.assign(logprobs, logprobs + rows);
   }
@@ -446,9 +459,15 @@ class CudaDeviceStep : public DeviceStep {
     LOCKSTEP_CUDA_OK(cudaEventRecord(start_, s));
     LOCKSTEP_CUDA_OK(cudaMemcpyAsync(eager_io_.dev_in().data_ptr(), eager_io_.host_in(), l.total,
                                      cudaMemcpyHostToDevice, s));
+    std::optional<DeviceAdjustments> adjustments;
+    if (!req.params.empty() && !req.adjust_offsets.empty()) {
+      // Queued on the step's stream (Run's stream guard).
+      adjustments.emplace(req, rows, options_.config->vocab_size, device_);
+    }
     LOCKSTEP_ASSIGN_OR_RETURN(torch::Tensor logits,
                               Body(l, eager_io_.dev_in(), eager_io_.dev_out(),
-                                   !req.params.empty(), kv, nullptr));
+                                   !req.params.empty(), kv, nullptr,
+                                   adjustments ? &*adjustments : nullptr));
     StepResult result;
     if (rows > 0) {
       LOCKSTEP_CUDA_OK(cudaMemcpyAsync(eager_io_.host_out(), eager_io_.dev_out().data_ptr(),

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/formats/checkpoint.h"
 #include "common/model/cuda_check.h"
+#include "common/model/device_adjustments.h"
 #include "common/model/device_step.h"
 #include "common/model/nccl_communicator.h"
 #include "common/model/op_error.h"
@@ -39,26 +40,6 @@ absl::StatusOr<TokenLogprobs> TokenLogprobsOf(KernelMode mode, const torch::Tens
 // device) under `mode`'s full log-softmax, descending (ties: lower id).
 absl::StatusOr<std::vector<std::vector<std::pair<int32_t, float>>>> TopLogprobsOf(
     KernelMode mode, const torch::Tensor& logits, int top_n);
-
-// INVALID_ARGUMENT unless every row's sampling parameters are usable (what
-// kernels::Sample checks, here on the host before the step is copied).
-absl::Status CheckSamplingParams(const std::vector<kernels::SamplingParams>& params) {
-  for (size_t r = 0; r < params.size(); ++r) {
-    const kernels::SamplingParams& p = params[r];
-    if (!std::isfinite(p.temperature) || p.temperature < 0.0f) {
-      return absl::InvalidArgumentError(absl::StrCat("params[", r, "].temperature = ",
-                                                     p.temperature, " must be finite and >= 0"));
-    }
-    if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("params[", r, "].top_p = ", p.top_p, " is not in (0, 1]"));
-    }
-    if (p.top_k < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("params[", r, "].top_k = ", p.top_k, " < 0"));
-    }
-  }
-  return absl::OkStatus();
-}
 
 // ModelOptions::cuda_step, unless LOCKSTEP_CUDA_STEP names another.
 absl::StatusOr<CudaStep> EffectiveCudaStep(CudaStep option) {
@@ -393,7 +374,6 @@ absl::StatusOr<StepResult> ModelImpl::Step(const ForwardBatch& b, KvCache* cache
   }
   LOCKSTEP_RETURN_IF_ERROR(ValidateBatch(b, *cache));
   LOCKSTEP_RETURN_IF_ERROR(CheckStepRequest(request, b.logit_rows.size(), config_.vocab_size));
-  LOCKSTEP_RETURN_IF_ERROR(CheckSamplingParams(request.params));
   DeviceKv kv;
   kv.layers = &cache->ranks_[0];
   kv.num_pages = cache->num_pages_;
@@ -417,7 +397,7 @@ absl::StatusOr<StepResult> ModelImpl::LegacyCudaStep(const ForwardBatch& b, KvCa
   try {
     c10::InferenceMode guard;
     const torch::Device dev = logits.device();
-    torch::Tensor targets;
+    torch::Tensor targets, sampled;
     if (!request.params.empty()) {
       // Parameters as raw bytes on the device, as kernels::Sample reads them.
       const int64_t pbytes = rows * static_cast<int64_t>(sizeof(kernels::SamplingParams));
@@ -428,6 +408,8 @@ absl::StatusOr<StepResult> ModelImpl::LegacyCudaStep(const ForwardBatch& b, KvCa
                                         torch::kLong)
                            .to(dev);
       auto tokens = torch::empty({rows}, torch::TensorOptions().dtype(torch::kInt).device(dev));
+      sampled = torch::empty({rows}, torch::TensorOptions().dtype(torch::kFloat).device(dev));
+      DeviceAdjustments adj(request, rows, config_.vocab_size, dev);
       kernels::SampleArgs a;
       a.logits = logits.data_ptr<float>();
       a.ld = logits.size(1);
@@ -435,7 +417,9 @@ absl::StatusOr<StepResult> ModelImpl::LegacyCudaStep(const ForwardBatch& b, KvCa
       a.vocab = config_.vocab_size;
       a.params = reinterpret_cast<const kernels::SamplingParams*>(params.data_ptr<uint8_t>());
       a.positions = positions.data_ptr<int64_t>();
+      adj.Fill(&a);
       a.tokens_out = tokens.data_ptr<int32_t>();
+      a.logprobs_out = sampled.data_ptr<float>();
       kernels::ExecContext ctx;
       ctx.device = kernels::Device::kCuda;
       LOCKSTEP_RETURN_IF_ERROR(kernels::Sample(a, ctx));
@@ -447,6 +431,10 @@ absl::StatusOr<StepResult> ModelImpl::LegacyCudaStep(const ForwardBatch& b, KvCa
     }
     LOCKSTEP_ASSIGN_OR_RETURN(out.logprobs,
                               TokenLogprobsOf(options_.mode, logits, targets, request.top_n));
+    if (sampled.defined()) {
+      auto host = sampled.cpu().contiguous();
+      out.logprobs.sampled.assign(host.data_ptr<float>(), host.data_ptr<float>() + rows);
+    }
     if (request.return_logits) {
       auto host = logits.cpu().contiguous();
       out.logits.assign(host.data_ptr<float>(), host.data_ptr<float>() + host.numel());
@@ -713,6 +701,28 @@ absl::Status CheckStepRequest(const StepRequest& request, int64_t rows, int64_t 
         static_cast<int64_t>(request.positions.size()) != rows) {
       return absl::InvalidArgumentError("sampling params/positions are not one per logit row");
     }
+    for (int64_t r = 0; r < rows; ++r) {
+      LOCKSTEP_RETURN_IF_ERROR(kernels::CheckSamplingParams(request.params[r], r));
+    }
+    if (!request.adjust_offsets.empty()) {
+      if (static_cast<int64_t>(request.adjust_offsets.size()) != rows + 1 ||
+          request.adjust_offsets.front() != 0 ||
+          request.adjust_offsets.back() != static_cast<int64_t>(request.adjustments.size())) {
+        return absl::InvalidArgumentError(
+            "adjust_offsets must be [rows + 1] from 0 to adjustments.size()");
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        if (request.adjust_offsets[r + 1] < request.adjust_offsets[r]) {
+          return absl::InvalidArgumentError("adjust_offsets decrease");
+        }
+        for (int64_t e = request.adjust_offsets[r]; e < request.adjust_offsets[r + 1]; ++e) {
+          LOCKSTEP_RETURN_IF_ERROR(
+              kernels::CheckLogitAdjustment(request.adjustments[e], vocab, r));
+        }
+      }
+    } else if (!request.adjustments.empty()) {
+      return absl::InvalidArgumentError("adjustments without adjust_offsets");
+    }
   } else {
     if (static_cast<int64_t>(request.targets.size()) != rows) {
       return absl::InvalidArgumentError("targets are not one per logit row");
@@ -766,8 +776,10 @@ absl::StatusOr<StepResult> Model::Step(const ForwardBatch& batch, KvCache* cache
   LOCKSTEP_ASSIGN_OR_RETURN(std::vector<float> logits, StepLogits(batch, cache));
   StepResult out;
   if (rows == 0) return out;
+  std::vector<float> sampled;
   if (!request.params.empty()) {
     out.tokens.assign(rows, 0);
+    sampled.assign(rows, 0.0f);
     kernels::SampleArgs a;
     a.logits = logits.data();
     a.ld = vocab;
@@ -775,13 +787,19 @@ absl::StatusOr<StepResult> Model::Step(const ForwardBatch& batch, KvCache* cache
     a.vocab = vocab;
     a.params = request.params.data();
     a.positions = request.positions.data();
+    if (!request.adjust_offsets.empty()) {
+      a.adjust_offsets = request.adjust_offsets.data();
+      a.adjustments = request.adjustments.data();
+    }
     a.tokens_out = out.tokens.data();
+    a.logprobs_out = sampled.data();
     LOCKSTEP_RETURN_IF_ERROR(kernels::Sample(a));
   } else {
     out.tokens = request.targets;
   }
   LOCKSTEP_ASSIGN_OR_RETURN(out.logprobs, ComputeTokenLogprobs(options().mode, logits, vocab,
                                                                out.tokens, request.top_n));
+  out.logprobs.sampled = std::move(sampled);
   if (request.return_logits) out.logits = std::move(logits);
   return out;
 }

@@ -111,7 +111,10 @@ class KvCache {
 // Log-probabilities of a step's tokens, and when top_n > 0 the top_n
 // (id, logprob) pairs per row in descending order (ties: lower id).
 struct TokenLogprobs {
-  std::vector<float> target;                     // [rows]
+  std::vector<float> target;                     // [rows] raw (temperature 1)
+  // [rows] when sampling: the sampled token's logprob under the distribution
+  // it was drawn from (kernels::SampleArgs::logprobs_out).
+  std::vector<float> sampled;
   std::vector<std::vector<std::pair<int32_t, float>>> top;  // [rows][top_n]
 };
 
@@ -121,6 +124,11 @@ struct TokenLogprobs {
 struct StepRequest {
   std::vector<kernels::SamplingParams> params;
   std::vector<int64_t> positions;
+  // Optional, when sampling: per-row logit adjustments in kernels::SampleArgs
+  // layout (offsets [rows + 1] into `adjustments`). A CUDA step with
+  // adjustments runs eagerly (no graph).
+  std::vector<int64_t> adjust_offsets;
+  std::vector<kernels::LogitAdjustment> adjustments;
   std::vector<int32_t> targets;
   int top_n = 0;
   // Also copy the step's logits to StepResult::logits (tests; costs a

@@ -13,9 +13,11 @@
 #include <torch/torch.h>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "common/formats/host_tensor.h"
 #include "common/model/kernel_mode.h"
 #include "common/formats/model_config.h"
+#include "common/sampling/sampling_spec.h"
 
 namespace lockstep::common {
 
@@ -30,6 +32,34 @@ absl::StatusOr<std::vector<torch::Tensor>> SequenceLogprobs(
     const ModelConfig& config, const TorchWeights& weights, KernelMode mode,
     const std::vector<std::vector<int32_t>>& sequences,
     const std::vector<int64_t>& prefix_lens);
+
+// Raw and sampled-distribution logprobs of the scored tokens.
+struct SequenceScores {
+  std::vector<torch::Tensor> raw;      // as SequenceLogprobs
+  // Per sequence: [len - prefix_len] logprobs under its SamplingSpec
+  // (kernels::Sample's value, bit-identical to the rollout's; differentiable
+  // through the renormalised softmax over the kept set), undefined for a
+  // sequence without one.
+  std::vector<torch::Tensor> sampled;
+};
+
+// SequenceLogprobs plus, for every sequence whose `sampling` entry is not
+// null (`sampling` empty or one per sequence), its sampled-distribution
+// logprobs: the adjustments of each position are rebuilt from the sequence
+// (common::CompletionAdjustments with the config's EOS ids).
+absl::StatusOr<SequenceScores> ScoreSequences(
+    const ModelConfig& config, const TorchWeights& weights, KernelMode mode,
+    const std::vector<std::vector<int32_t>>& sequences,
+    const std::vector<int64_t>& prefix_lens,
+    const std::vector<const SamplingSpec*>& sampling);
+
+// The sampled-distribution logprobs of `completion` under `spec` from
+// logits [n, vocab] (any device, possibly requiring grad; row i predicts
+// completion[i], given prompt and completion[0..i)).
+absl::StatusOr<torch::Tensor> SampledTargetLogprobs(
+    const torch::Tensor& logits, const SamplingSpec& spec,
+    absl::Span<const int64_t> eos_ids, absl::Span<const int32_t> prompt,
+    absl::Span<const int32_t> completion);
 
 // Host tensors -> torch tensors (copies) and back.
 TorchWeights ToTorch(const TensorMap& tensors);

@@ -199,6 +199,26 @@ function build() {
        [`sum(rate(lockstep_tokens_mismatched_total{${NS}}[${RATE}]))`, "mismatched/s"],
        [`sum(rate(lockstep_tokens_stale_total{${NS}}[${RATE}]))`, "stale/s"]], { min: 0 }));
 
+  // --- The same, under the sampling distribution ----------------------------------------------------
+  b.withRow(row("Logprob mismatch under the sampling distribution (temperature, top-k/p, min-p, penalties)"))
+    .withPanel(single("Exact sampled-distribution tokens (5m)",
+      "Share of compared tokens whose learner logprob under the distribution the token was drawn " +
+      "from equals the rollout's bit for bit. 100% in invariant mode.",
+      "percentunit",
+      `sum(increase(lockstep_sampled_logprob_abs_diff_bucket{le="0", ${NS}}[5m])) / ` +
+      `sum(increase(lockstep_sampled_logprob_abs_diff_count{${NS}}[5m]))`, "exact",
+      { decimals: 4, steps: [[null, "red"], [0.999999, "orange"], [1, "green"]] }))
+    .withPanel(single("Mismatched sampled-distribution tokens (range)",
+      "Tokens whose sampled-distribution logprobs differ, over the time range. Zero in invariant mode.",
+      "short", `sum(increase(lockstep_sampled_tokens_mismatched_total{${NS}}[$__range]))`, "mismatched",
+      { steps: [[null, "green"], [1, "red"]], decimals: 0 }))
+    .withPanel(ts("Sampled-distribution: compared/s, max |Δlogprob|, k3 KL",
+      "Tokens of trajectories that carry their sampling parameters, and the largest difference and " +
+      "k3 KL of the last step.", "short",
+      [[`sum(rate(lockstep_sampled_tokens_compared_total{${NS}}[${RATE}]))`, "compared/s"],
+       [`max(lockstep_sampled_logprob_abs_diff_max{${NS}})`, "max |Δlogprob|"],
+       [`max(lockstep_sampled_mismatch_kl_k3{${NS}})`, "k3 KL"]], { min: 0 }));
+
   // --- Training and weights -------------------------------------------------------------------------
   b.withRow(row("RL training and weights"))
     .withPanel(ts("Reward (mean)", "Mean reward of the last training step.", "short",

@@ -1,7 +1,6 @@
 #include "kernels/cpu/sampling.h"
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -10,9 +9,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/threading.h"
+#include "kernels/sampling_math.h"
 
 namespace lockstep::kernels::cpu {
 namespace {
+
+namespace sm = sampling_math;
 
 int32_t ArgmaxRow(const float* x, int64_t vocab) {
   int64_t best = -1;
@@ -23,150 +25,182 @@ int32_t ArgmaxRow(const float* x, int64_t vocab) {
   return static_cast<int32_t>(best < 0 ? 0 : best);
 }
 
-// Strict total order "value descending, ties lower index first", NaN values
-// after every number. Being total, it makes every sort below deterministic.
-struct Descending {
-  const float* v;
-  bool operator()(int32_t a, int32_t b) const {
-    const bool na = std::isnan(v[a]);
-    const bool nb = std::isnan(v[b]);
-    if (na != nb) return nb;
-    if (!na && v[a] != v[b]) return v[a] > v[b];
-    return a < b;
+float ApplyAdjustment(float v, const LogitAdjustment& e) {
+  if (e.banned) return -std::numeric_limits<float>::infinity();
+  v = v + e.bias;
+  if (e.repetition != 1.0f) v = v > 0.0f ? v / e.repetition : v * e.repetition;
+  return v - e.subtract;
+}
+
+struct Scratch {
+  explicit Scratch(int64_t vocab) : a(vocab), z(vocab), order(vocab), kept(vocab) {}
+  std::vector<float> a, z;
+  std::vector<int32_t> order;
+  std::vector<char> kept;
+};
+
+struct RowOut {
+  int32_t token = 0;
+  float logprob = 0.0f;
+  int32_t last_kept = 0;
+};
+
+// Order O on adjusted logits: larger key first.
+struct Earlier {
+  const float* a;
+  bool operator()(int32_t i, int32_t j) const {
+    return sm::OrderKey(a[i], i) > sm::OrderKey(a[j], j);
   }
 };
 
-// Sorts `order` far enough to know the kept set and returns its size n: the
-// first n entries of `order` are kept. `z` = x / T, `probs` is scratch.
-int64_t KeptPrefix(const float* x, const float* z, int64_t vocab, int32_t top_k,
-                   float top_p, std::vector<float>& probs,
-                   std::vector<int32_t>& order) {
-  const bool use_k = top_k > 0 && top_k < vocab;
-  const int64_t k_limit = use_k ? top_k : vocab;
-  std::iota(order.begin(), order.end(), 0);
-  const Descending cmp{x};
-  if (top_p >= 1.0f) {
-    std::nth_element(order.begin(), order.begin() + (k_limit - 1), order.end(),
-                     cmp);
-    return k_limit;
+RowOut SampleRow(const float* x, int64_t vocab, const SamplingParams& sp,
+                 int64_t position, const LogitAdjustment* adj, int64_t n_adj,
+                 int32_t target, Scratch& s) {
+  float* a = s.a.data();
+  std::copy(x, x + vocab, a);
+  for (int64_t e = 0; e < n_adj; ++e) a[adj[e].token] = ApplyAdjustment(a[adj[e].token], adj[e]);
+  RowOut out;
+  if (sp.temperature < kMinSamplingTemperature) {
+    const int32_t g = ArgmaxRow(a, vocab);
+    out.token = target >= 0 ? target : g;
+    out.last_kept = g;
+    out.logprob = out.token == g ? 0.0f : -std::numeric_limits<float>::infinity();
+    return out;
   }
-  float m = -std::numeric_limits<float>::infinity();
-  for (int64_t j = 0; j < vocab; ++j) m = z[j] > m ? z[j] : m;
-  float sum = 0.0f;
+  constexpr float kMax = std::numeric_limits<float>::max();
+  float* z = s.z.data();
+  char* kept = s.kept.data();
+  bool any = false;
+  float zmax = -kMax;
   for (int64_t j = 0; j < vocab; ++j) {
-    probs[j] = std::exp(z[j] - m);
-    sum = sum + probs[j];
+    const bool valid = !std::isnan(a[j]) && a[j] != -std::numeric_limits<float>::infinity();
+    kept[j] = valid;
+    if (!valid) continue;
+    z[j] = std::clamp(a[j] / sp.temperature, -kMax, kMax);
+    zmax = any ? std::max(zmax, z[j]) : z[j];
+    any = true;
   }
-  for (int64_t j = 0; j < vocab; ++j) probs[j] = probs[j] / sum;
-  // Probabilities never increase along the logit order, so the running sums
-  // at each prefix length equal those of the probability order (equal values
-  // only trade places): the prefix length is the one the contract defines.
-  // A growing head is sorted until the sum reaches top_p; the order is total,
-  // so the result never depends on the head size.
-  int64_t sorted = 0;
-  int64_t head = std::min<int64_t>(k_limit, 64);
-  float cum = 0.0f;
-  while (true) {
-    std::partial_sort(order.begin() + sorted, order.begin() + head, order.end(),
-                      cmp);
-    for (int64_t i = sorted; i < head; ++i) {
-      cum = cum + probs[order[i]];
-      if (cum >= top_p) return i + 1;
-    }
-    if (head == k_limit) return k_limit;
-    sorted = head;
-    head = std::min<int64_t>(k_limit, head * 4);
+  if (!any) {
+    out.token = target >= 0 ? target : ArgmaxRow(a, vocab);
+    out.last_kept = out.token;
+    out.logprob = -std::numeric_limits<float>::infinity();
+    return out;
   }
-}
-
-int32_t SampleRow(const float* x, int64_t vocab, const SamplingParams& sp,
-                  int64_t position, std::vector<float>& z,
-                  std::vector<float>& probs, std::vector<int32_t>& order,
-                  std::vector<char>& kept) {
-  if (sp.temperature == 0.0f) return ArgmaxRow(x, vocab);
-  for (int64_t j = 0; j < vocab; ++j) z[j] = x[j] / sp.temperature;
-  const bool filtered = (sp.top_k > 0 && sp.top_k < vocab) || sp.top_p < 1.0f;
-  if (filtered) {
-    const int64_t n =
-        KeptPrefix(x, z.data(), vocab, sp.top_k, sp.top_p, probs, order);
-    std::fill(kept.begin(), kept.end(), 0);
-    for (int64_t i = 0; i < n; ++i) kept[order[i]] = 1;
-  }
-  const std::array<uint32_t, 2> key = {static_cast<uint32_t>(sp.seed),
-                                       static_cast<uint32_t>(sp.seed >> 32)};
-  const uint64_t pos = static_cast<uint64_t>(position);
-  std::array<uint32_t, 4> words{};
-  int64_t words_block = -1;
-  int64_t best = -1;
-  float best_key = 0.0f;
-  for (int64_t j = 0; j < vocab; ++j) {
-    if (filtered && !kept[j]) continue;
-    // One Philox call serves four consecutive indices (counter word 2 is
-    // j / 4); it is recomputed only when the block changes.
-    if (j / 4 != words_block) {
-      words_block = j / 4;
-      words = Philox4x32(
-          {static_cast<uint32_t>(pos), static_cast<uint32_t>(pos >> 32),
-           static_cast<uint32_t>(words_block), 0u},
-          key);
-    }
-    const float u = UniformFromWord(words[j % 4]);
-    const float g = -std::log(-std::log(u));
-    const float k = z[j] + g;
-    if (std::isnan(k)) continue;
-    if (best < 0 || k > best_key) {
-      best = j;
-      best_key = k;
+  const double zmax_d = zmax;
+  // Step 4: min_p, a per-entry test that is monotone along O.
+  int64_t n = 0;
+  if (sp.min_p > 0.0f) {
+    const double log_min_p = sm::PortableLog(sp.min_p);
+    for (int64_t j = 0; j < vocab; ++j) {
+      if (kept[j] && !(static_cast<double>(z[j]) - zmax_d >= log_min_p)) kept[j] = 0;
     }
   }
-  if (best >= 0) return static_cast<int32_t>(best);
-  // Every kept key is NaN: fall back to the lowest kept index.
+  int32_t* order = s.order.data();
   for (int64_t j = 0; j < vocab; ++j) {
-    if (!filtered || kept[j]) return static_cast<int32_t>(j);
+    if (kept[j]) order[n++] = static_cast<int32_t>(j);
   }
-  return 0;
-}
-
-absl::Status CheckParams(const SamplingParams& sp, int64_t row) {
-  if (!std::isfinite(sp.temperature) || sp.temperature < 0.0f) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("Sample: params[", row, "].temperature = ", sp.temperature,
-                     " must be finite and >= 0"));
+  const Earlier earlier{a};
+  // Step 5: top-k. `head` = entries of `order` known to be sorted by O.
+  int64_t head = 0;
+  if (sp.top_k > 0 && sp.top_k < n) {
+    std::nth_element(order, order + (sp.top_k - 1), order + n, earlier);
+    for (int64_t i = sp.top_k; i < n; ++i) kept[order[i]] = 0;
+    n = sp.top_k;
   }
-  if (!(sp.top_p > 0.0f && sp.top_p <= 1.0f)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "Sample: params[", row, "].top_p = ", sp.top_p, " is not in (0, 1]"));
+  // Step 6: top-p over what is left, walking O as far as needed.
+  if (sp.top_p < 1.0f) {
+    uint64_t total = 0;
+    for (int64_t i = 0; i < n; ++i) total += sm::Mass(z[order[i]], zmax_d);
+    double want = std::ceil(static_cast<double>(sp.top_p) * static_cast<double>(total));
+    const uint64_t target_mass =
+        want < 1.0 ? 1 : std::min<uint64_t>(total, static_cast<uint64_t>(want));
+    uint64_t cum = 0;
+    int64_t len = n;
+    int64_t next = std::min<int64_t>(n, 64);
+    while (true) {
+      std::partial_sort(order + head, order + next, order + n, earlier);
+      bool done = false;
+      for (int64_t i = head; i < next; ++i) {
+        cum += sm::Mass(z[order[i]], zmax_d);
+        if (cum >= target_mass) {
+          len = i + 1;
+          done = true;
+          break;
+        }
+      }
+      head = next;
+      if (done || next == n) break;
+      next = std::min<int64_t>(n, next * 4);
+    }
+    for (int64_t i = len; i < n; ++i) kept[order[i]] = 0;
+    n = len;
   }
-  if (sp.top_k < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("Sample: params[", row, "].top_k = ", sp.top_k, " < 0"));
+  // The kept set is order[0, n): its mass and its last entry in O.
+  uint64_t kept_mass = 0;
+  int32_t last = order[0];
+  for (int64_t i = 0; i < n; ++i) {
+    kept_mass += sm::Mass(z[order[i]], zmax_d);
+    if (earlier(last, order[i])) last = order[i];
   }
-  return absl::OkStatus();
+  out.last_kept = last;
+  if (target >= 0) {
+    out.token = target;
+  } else {
+    // Step 7: Gumbel-max over the kept set in index order (ties: lower j).
+    int64_t best = -1;
+    double best_key = 0.0;
+    for (int64_t j = 0; j < vocab; ++j) {
+      if (!kept[j]) continue;
+      const double key = static_cast<double>(z[j]) + sm::Gumbel(sp.seed, position, j);
+      if (best < 0 || key > best_key) {
+        best = j;
+        best_key = key;
+      }
+    }
+    out.token = static_cast<int32_t>(best);
+  }
+  out.logprob = kept[out.token] ? sm::KeptLogprob(z[out.token], zmax_d, kept_mass)
+                                : -std::numeric_limits<float>::infinity();
+  return out;
 }
 
 }  // namespace
 
-float UniformFromWord(uint32_t w) {
-  // 23 bits so that the bin centre (k + 0.5) * 2^-23 is exact in fp32; with
-  // 24 bits the upper half would round, the top bin to 1.0 (log(1) = 0 gives
-  // an infinite Gumbel key).
-  return (static_cast<float>(w >> 9) + 0.5f) * 0x1p-23f;
-}
-
 absl::Status Sample(const SampleArgs& args) {
   for (int64_t r = 0; r < args.rows; ++r) {
-    absl::Status s = CheckParams(args.params[r], r);
-    if (!s.ok()) return s;
+    absl::Status st = CheckSamplingParams(args.params[r], r);
+    if (!st.ok()) return st;
+    if (args.targets != nullptr && (args.targets[r] < 0 || args.targets[r] >= args.vocab)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Sample: targets[", r, "] = ", args.targets[r], " is outside [0, ", args.vocab, ")"));
+    }
+    if (args.adjust_offsets == nullptr) continue;
+    const int64_t begin = args.adjust_offsets[r], end = args.adjust_offsets[r + 1];
+    if (begin < 0 || end < begin) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Sample: adjust_offsets[", r, "..", r + 1, "] = ", begin, ", ", end, " decrease"));
+    }
+    for (int64_t e = begin; e < end; ++e) {
+      st = CheckLogitAdjustment(args.adjustments[e], args.vocab, r);
+      if (!st.ok()) return st;
+    }
   }
   if (args.rows == 0) return absl::OkStatus();
   ParallelFor(args.rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> z(args.vocab), probs(args.vocab);
-    std::vector<int32_t> order(args.vocab);
-    std::vector<char> kept(args.vocab);
+    Scratch scratch(args.vocab);
     for (int64_t r = begin; r < end; ++r) {
-      args.tokens_out[r] =
-          SampleRow(args.logits + r * args.ld, args.vocab, args.params[r],
-                    args.positions[r], z, probs, order, kept);
+      const LogitAdjustment* adj = nullptr;
+      int64_t n_adj = 0;
+      if (args.adjust_offsets != nullptr) {
+        adj = args.adjustments + args.adjust_offsets[r];
+        n_adj = args.adjust_offsets[r + 1] - args.adjust_offsets[r];
+      }
+      const RowOut o = SampleRow(args.logits + r * args.ld, args.vocab, args.params[r],
+                                 args.positions != nullptr ? args.positions[r] : 0, adj, n_adj,
+                                 args.targets != nullptr ? args.targets[r] : -1, scratch);
+      if (args.tokens_out != nullptr) args.tokens_out[r] = o.token;
+      if (args.logprobs_out != nullptr) args.logprobs_out[r] = o.logprob;
+      if (args.last_kept_out != nullptr) args.last_kept_out[r] = o.last_kept;
     }
   });
   return absl::OkStatus();

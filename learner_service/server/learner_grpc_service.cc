@@ -2,7 +2,10 @@
 
 #include <grpcpp/server_context.h>
 
+#include <limits>
+
 #include "absl/strings/str_cat.h"
+#include "common/sampling/sampling_proto.h"
 #include "common/wire/grpc_status.h"
 #include "common/net/metrics.h"
 #include "common/wire/weight_stream.h"
@@ -60,6 +63,15 @@ absl::StatusOr<Trajectory> TrajectoryFromProto(const v1::Trajectory& p) {
   }
   t.reward = p.reward();
   t.group_id = p.group_id();
+  if (p.has_sampling()) {
+    // Ids are checked against the model's vocabulary by the trainer.
+    absl::StatusOr<common::SamplingSpec> spec = common::SamplingSpecFromProto(
+        p.sampling(), std::numeric_limits<int32_t>::max());
+    if (!spec.ok()) return spec.status();
+    t.sampling = *std::move(spec);
+  }
+  t.rollout_sampled_logprobs.assign(p.rollout_sampled_logprobs().begin(),
+                                    p.rollout_sampled_logprobs().end());
   return t;
 }
 
@@ -101,6 +113,7 @@ void StepReportToProto(const StepReport& r, v1::TrainStepResponse* out) {
   rw->set_min(s.reward.min);
   rw->set_max(s.reward.max);
   MismatchToProto(s.mismatch, out->mutable_mismatch());
+  MismatchToProto(s.sampled_mismatch, out->mutable_sampled_mismatch());
   for (const PushResult& p : r.pushes) PushResultToProto(p, out->add_pushes());
   out->set_step_seconds(s.seconds);
   out->set_push_seconds(r.push_seconds);
@@ -185,12 +198,48 @@ grpc::Status LearnerServiceImpl::ComputeLogprobs(
     seqs.emplace_back(s.token_ids().begin(), s.token_ids().end());
     prefix.push_back(static_cast<int64_t>(s.prompt_len()));
   }
+  // Sampling distributions: the request's, overridden per sequence.
+  const int64_t vocab = learner_->config().vocab_size;
+  std::vector<common::SamplingSpec> specs;
+  specs.reserve(request->sequences_size() + 1);
+  std::vector<const common::SamplingSpec*> sampling;
+  const common::SamplingSpec* shared = nullptr;
+  if (request->has_sampling()) {
+    absl::StatusOr<common::SamplingSpec> spec =
+        common::SamplingSpecFromProto(request->sampling(), vocab);
+    if (!spec.ok()) return common::ToGrpcStatus(spec.status());
+    specs.push_back(*std::move(spec));
+    shared = &specs.back();
+  }
+  bool any = shared != nullptr;
+  for (int i = 0; i < request->sequences_size(); ++i) {
+    const v1::ScoredSequence& s = request->sequences(i);
+    if (!s.has_sampling()) {
+      sampling.push_back(shared);
+      continue;
+    }
+    absl::StatusOr<common::SamplingSpec> spec =
+        common::SamplingSpecFromProto(s.sampling(), vocab);
+    if (!spec.ok()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          absl::StrCat("sequence ", i, ": ", spec.status().message()));
+    }
+    specs.push_back(*std::move(spec));
+    sampling.push_back(&specs.back());
+    any = true;
+  }
+  if (!any) sampling.clear();
   const int64_t version = learner_->version();
+  std::vector<std::vector<float>> sampled;
   absl::StatusOr<std::vector<std::vector<float>>> r =
-      learner_->ComputeLogprobs(seqs, prefix);
+      learner_->ComputeLogprobs(seqs, prefix, sampling, &sampled);
   if (!r.ok()) return common::ToGrpcStatus(r.status());
-  for (const std::vector<float>& lp : *r) {
-    response->add_results()->mutable_logprobs()->Add(lp.begin(), lp.end());
+  for (size_t i = 0; i < r->size(); ++i) {
+    v1::SequenceLogprobs* out = response->add_results();
+    out->mutable_logprobs()->Add((*r)[i].begin(), (*r)[i].end());
+    if (!sampling.empty() && sampling[i] != nullptr) {
+      out->mutable_sampled_logprobs()->Add(sampled[i].begin(), sampled[i].end());
+    }
   }
   response->set_weight_version(static_cast<uint64_t>(version));
   return grpc::Status::OK;
@@ -298,6 +347,7 @@ grpc::Status LearnerServiceImpl::GetStats(grpc::ServerContext*,
   response->set_max_buffered_trajectories(
       static_cast<uint64_t>(s.max_buffered_trajectories));
   MismatchToProto(s.mismatch_total, response->mutable_mismatch_total());
+  MismatchToProto(s.sampled_mismatch_total, response->mutable_sampled_mismatch_total());
   if (s.last_step.has_value()) {
     StepReportToProto(*s.last_step, response->mutable_last_step());
   }

@@ -1,6 +1,9 @@
 #include "learner_service/server/learner_metrics.h"
 
+#include "absl/strings/str_cat.h"
+
 #include <cmath>
+#include <string>
 #include <vector>
 
 namespace lockstep::learner {
@@ -11,18 +14,18 @@ prometheus::Histogram::BucketBoundaries AbsDiffBounds() {
                                                  kAbsDiffBucketBounds.end());
 }
 
-prometheus::Counter& MakeCounter(prometheus::Registry& r, const char* name,
-                                 const char* help) {
+prometheus::Counter& MakeCounter(prometheus::Registry& r, const std::string& name,
+                                 const std::string& help) {
   return prometheus::BuildCounter().Name(name).Help(help).Register(r).Add({});
 }
 
-prometheus::Gauge& MakeGauge(prometheus::Registry& r, const char* name,
-                             const char* help) {
+prometheus::Gauge& MakeGauge(prometheus::Registry& r, const std::string& name,
+                             const std::string& help) {
   return prometheus::BuildGauge().Name(name).Help(help).Register(r).Add({});
 }
 
 prometheus::Histogram& MakeHistogram(
-    prometheus::Registry& r, const char* name, const char* help,
+    prometheus::Registry& r, const std::string& name, const std::string& help,
     const prometheus::Histogram::BucketBoundaries& bounds) {
   return prometheus::BuildHistogram().Name(name).Help(help).Register(r).Add(
       {}, bounds);
@@ -30,29 +33,47 @@ prometheus::Histogram& MakeHistogram(
 
 }  // namespace
 
+LearnerMetrics::MismatchFamilies::MismatchFamilies(prometheus::Registry& registry,
+                                                   const char* prefix, const char* what)
+    : abs_diff(MakeHistogram(
+          registry, absl::StrCat(prefix, "logprob_abs_diff"),
+          absl::StrCat("Absolute difference between the learner's and the rollout's ", what,
+                       " logprob of each compared token (le=\"0\": bit-identical)"),
+          AbsDiffBounds())),
+      compared(MakeCounter(
+          registry, absl::StrCat(prefix, "tokens_compared_total"),
+          absl::StrCat("Trained tokens whose rollout weight version equals the learner's "
+                       "(their ", what, " logprobs are compared)"))),
+      mismatched(MakeCounter(
+          registry, absl::StrCat(prefix, "tokens_mismatched_total"),
+          absl::StrCat("Compared tokens whose learner and rollout ", what,
+                       " logprobs differ"))),
+      abs_diff_max(MakeGauge(
+          registry, absl::StrCat(prefix, "logprob_abs_diff_max"),
+          absl::StrCat("Largest |learner - rollout| ", what,
+                       " logprob difference of the last step"))),
+      kl_k3(MakeGauge(registry, absl::StrCat(prefix, "mismatch_kl_k3"),
+                      absl::StrCat("Mean k3 estimate of KL(rollout || learner) over the "
+                                   "compared tokens' ", what, " logprobs of the last step"))) {}
+
+void LearnerMetrics::MismatchFamilies::Observe(const MismatchStats& m) {
+  std::vector<double> buckets(m.bucket_counts.begin(), m.bucket_counts.end());
+  buckets.push_back(static_cast<double>(m.overflow));
+  // sum_abs_diff excludes NaN diffs; the count still includes them (+Inf).
+  abs_diff.ObserveMultiple(buckets, m.sum_abs_diff);
+  compared.Increment(static_cast<double>(m.tokens_compared));
+  mismatched.Increment(static_cast<double>(m.tokens_mismatched));
+  abs_diff_max.Set(m.max_abs_diff);
+  kl_k3.Set(m.kl_k3());
+}
+
 LearnerMetrics::LearnerMetrics(prometheus::Registry& registry,
                                const common::BuildInfo& info)
-    : abs_diff_(MakeHistogram(
-          registry, "lockstep_logprob_abs_diff",
-          "Absolute difference between the learner's and the rollout's "
-          "logprob of each compared token (le=\"0\": bit-identical)",
-          AbsDiffBounds())),
-      compared_(MakeCounter(
-          registry, "lockstep_tokens_compared_total",
-          "Trained tokens whose rollout weight version equals the learner's "
-          "(their logprobs are compared)")),
-      mismatched_(MakeCounter(
-          registry, "lockstep_tokens_mismatched_total",
-          "Compared tokens whose learner and rollout logprobs differ")),
+    : raw_(registry, "lockstep_", "raw (temperature-1)"),
+      sampled_(registry, "lockstep_sampled_", "sampled-distribution"),
       stale_(MakeCounter(registry, "lockstep_tokens_stale_total",
                          "Trained tokens generated with an older weight "
                          "version (policy lag; not compared)")),
-      abs_diff_max_(MakeGauge(
-          registry, "lockstep_logprob_abs_diff_max",
-          "Largest |learner - rollout| logprob difference of the last step")),
-      kl_k3_(MakeGauge(registry, "lockstep_mismatch_kl_k3",
-                       "Mean k3 estimate of KL(rollout || learner) over the "
-                       "compared tokens of the last step")),
       step_duration_(MakeHistogram(
           registry, "lockstep_learner_step_duration_seconds",
           "Wall time of one training step (forward, backward, optimizer)",
@@ -75,16 +96,9 @@ LearnerMetrics::LearnerMetrics(prometheus::Registry& registry,
 }
 
 void LearnerMetrics::OnStep(const StepResult& step) {
-  const MismatchStats& m = step.mismatch;
-  std::vector<double> buckets(m.bucket_counts.begin(), m.bucket_counts.end());
-  buckets.push_back(static_cast<double>(m.overflow));
-  // sum_abs_diff excludes NaN diffs; the count still includes them (+Inf).
-  abs_diff_.ObserveMultiple(buckets, m.sum_abs_diff);
-  compared_.Increment(static_cast<double>(m.tokens_compared));
-  mismatched_.Increment(static_cast<double>(m.tokens_mismatched));
-  stale_.Increment(static_cast<double>(m.tokens_stale));
-  abs_diff_max_.Set(m.max_abs_diff);
-  kl_k3_.Set(m.kl_k3());
+  raw_.Observe(step.mismatch);
+  sampled_.Observe(step.sampled_mismatch);
+  stale_.Increment(static_cast<double>(step.mismatch.tokens_stale));
   step_duration_.Observe(step.seconds);
   loss_.Set(step.loss);
   reward_mean_.Set(step.reward.mean);

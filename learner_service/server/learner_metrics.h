@@ -23,6 +23,12 @@ namespace lockstep::learner {
 //   lockstep_tokens_stale_total          counter (older weight version)
 //   lockstep_logprob_abs_diff_max        gauge, max |diff| of the last step
 //   lockstep_mismatch_kl_k3              gauge, mean k3 of the last step
+//   lockstep_sampled_logprob_abs_diff, lockstep_sampled_tokens_compared_total,
+//   lockstep_sampled_tokens_mismatched_total,
+//   lockstep_sampled_logprob_abs_diff_max, lockstep_sampled_mismatch_kl_k3
+//                                        the same five for the logprobs under
+//                                        the sampling distribution
+//                                        (trajectories with sampling params)
 //   lockstep_learner_step_duration_seconds histogram
 //   lockstep_learner_loss                gauge, loss of the last step
 //   lockstep_learner_reward_mean         gauge, mean reward of the last step
@@ -41,12 +47,19 @@ class LearnerMetrics : public LearnerObserver {
   void OnWeightVersion(int64_t version) override;
 
  private:
-  prometheus::Histogram& abs_diff_;
-  prometheus::Counter& compared_;
-  prometheus::Counter& mismatched_;
+  // The mismatch families of one kind of logprob (raw or sampled).
+  struct MismatchFamilies {
+    MismatchFamilies(prometheus::Registry& registry, const char* prefix, const char* what);
+    void Observe(const MismatchStats& m);
+    prometheus::Histogram& abs_diff;
+    prometheus::Counter& compared;
+    prometheus::Counter& mismatched;
+    prometheus::Gauge& abs_diff_max;
+    prometheus::Gauge& kl_k3;
+  };
+  MismatchFamilies raw_;
+  MismatchFamilies sampled_;
   prometheus::Counter& stale_;
-  prometheus::Gauge& abs_diff_max_;
-  prometheus::Gauge& kl_k3_;
   prometheus::Histogram& step_duration_;
   prometheus::Gauge& loss_;
   prometheus::Gauge& reward_mean_;

@@ -65,6 +65,9 @@ ABSL_FLAG(int, samples_per_prompt, 8,
 ABSL_FLAG(int, max_tokens, 0,
           "--drive: max completion tokens (0: the task's maximum)");
 ABSL_FLAG(double, temperature, 1.0, "--drive: sampling temperature");
+ABSL_FLAG(double, top_p, 1.0, "--drive: nucleus mass in (0, 1] (1: off)");
+ABSL_FLAG(int32_t, top_k, 0, "--drive: keep the top_k tokens (0: off)");
+ABSL_FLAG(double, min_p, 0.0, "--drive: min_p filter in [0, 1] (0: off)");
 ABSL_FLAG(uint64_t, seed, 1, "--drive: seed of prompts and sampling");
 ABSL_FLAG(bool, keep_serving, false,
           "--drive: keep serving after the last step (until SIGTERM)");
@@ -346,6 +349,9 @@ int main(int argc, char** argv) {
     d.samples_per_prompt = absl::GetFlag(FLAGS_samples_per_prompt);
     d.seed = absl::GetFlag(FLAGS_seed);
     d.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
+    d.top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
+    d.top_k = absl::GetFlag(FLAGS_top_k);
+    d.min_p = static_cast<float>(absl::GetFlag(FLAGS_min_p));
     d.max_tokens = absl::GetFlag(FLAGS_max_tokens);
     d.fail_on_mismatch = absl::GetFlag(FLAGS_fail_on_mismatch);
     d.out = &std::cout;
@@ -369,11 +375,13 @@ int main(int argc, char** argv) {
                        "summary kernels=%s steps=%d tokens_compared=%d "
                        "tokens_mismatched=%d exact_pct=%.4f "
                        "max_abs_diff=%.6g reward_first=%.4f reward_last=%.4f "
-                       "mean_push_ms=%.2f seconds=%.1f",
+                       "mean_push_ms=%.2f seconds=%.1f sampled_compared=%d "
+                       "sampled_mismatched=%d",
                        std::string(lockstep::common::KernelModeName(t.mode)),
                        s.steps.size(), s.tokens_compared, s.tokens_mismatched,
                        exact, s.max_abs_diff, s.reward_first, s.reward_last,
-                       s.mean_push_ms, s.seconds)
+                       s.mean_push_ms, s.seconds, s.sampled_compared,
+                       s.sampled_mismatched)
                 << std::endl;
     }
     if (!absl::GetFlag(FLAGS_keep_serving)) stop_requested.Set();

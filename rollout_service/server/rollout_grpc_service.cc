@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <limits>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <utility>
@@ -16,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/net/metrics.h"
+#include "common/sampling/sampling_proto.h"
 #include "common/status/status_macros.h"
 #include "common/wire/grpc_status.h"
 #include "common/wire/weight_stream.h"
@@ -46,41 +48,79 @@ uint64_t DrawSeed() {
   return rng();
 }
 
-// `max_samples` bounds prompts x n before anything is allocated per sample.
+// What the service reports about one sample besides its tokens.
+struct SampleInfo {
+  uint32_t prompt_index = 0;
+  uint32_t sample_index = 0;
+  uint64_t seed = 0;  // the request's or the prompt's seed
+  uint32_t prompt_tokens = 0;
+  const v1::SamplingParams* sampling = nullptr;  // effective, seed filled in
+  absl::Time last;
+  bool started = false;
+};
+
+// `max_samples` bounds the samples before anything is allocated per sample.
+// Fills `effective` (one message per prompt: the spec with its seed, what
+// Completion.sampling reports) and `info` (one per sample, prompt-major).
 absl::StatusOr<GenerateJob> ToJob(const v1::GenerateRequest& req,
-                                  absl::Time deadline, int64_t max_samples) {
+                                  absl::Time deadline, int64_t max_samples,
+                                  int64_t vocab,
+                                  std::vector<v1::SamplingParams>* effective,
+                                  std::vector<SampleInfo>* info) {
   GenerateJob job;
-  const v1::SamplingParams& sp = req.sampling();
-  const int64_t n = req.n() == 0 ? 1 : req.n();
-  const int64_t samples = n * req.prompts_size();
+  int64_t samples = 0;
+  for (const v1::Prompt& p : req.prompts()) {
+    const v1::SamplingParams& sp = p.has_sampling() ? p.sampling() : req.sampling();
+    samples += req.n() != 0 ? req.n() : sp.n() != 0 ? sp.n() : 1;
+  }
   if (samples > max_samples) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("the request has ", samples, " samples (",
-                     req.prompts_size(), " prompts x n = ", n, "); at most ",
-                     max_samples, " may wait for admission"));
+        absl::StrCat("the request has ", samples, " samples (", req.prompts_size(),
+                     " prompts); at most ", max_samples, " may wait for admission"));
   }
-  job.sampling.temperature = sp.has_temperature() ? sp.temperature() : 1.0f;
-  job.sampling.top_k = sp.top_k();
-  job.sampling.top_p = sp.has_top_p() ? sp.top_p() : 1.0f;
-  job.sampling.max_tokens = sp.max_tokens();
-  job.sampling.stop_token_ids.assign(sp.stop_token_ids().begin(),
-                                     sp.stop_token_ids().end());
-  job.sampling.ignore_eos = sp.ignore_eos();
-  job.sampling.top_logprobs = SaturatedInt(sp.top_logprobs());
+  {
+    absl::StatusOr<common::SamplingSpec> spec =
+        common::SamplingSpecFromProto(req.sampling(), vocab);
+    if (!spec.ok()) return spec.status();
+    job.sampling = *std::move(spec);
+  }
   job.deadline = deadline;
-  const uint64_t base = sp.has_seed() ? sp.seed() : DrawSeed();
+  const uint64_t base = req.sampling().has_seed() ? req.sampling().seed() : DrawSeed();
   job.prompts.resize(req.prompts_size());
+  effective->resize(req.prompts_size());
   for (int i = 0; i < req.prompts_size(); ++i) {
     const v1::Prompt& p = req.prompts(i);
     PromptJob& pj = job.prompts[i];
     pj.prompt.assign(p.token_ids().begin(), p.token_ids().end());
-    const uint64_t seed = p.has_seed() ? p.seed()
-                                       : base + static_cast<uint64_t>(i) *
-                                                    static_cast<uint64_t>(n);
+    const v1::SamplingParams& sp = p.has_sampling() ? p.sampling() : req.sampling();
+    if (p.has_sampling()) {
+      absl::StatusOr<common::SamplingSpec> spec = common::SamplingSpecFromProto(sp, vocab);
+      if (!spec.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("prompt ", i, ": ", spec.status().message()));
+      }
+      pj.sampling = *std::move(spec);
+    }
+    // A prompt with a seed of its own keys its streams by (seed, 0, j):
+    // the same wherever it sits in a request.
+    const bool own_seed = p.has_seed() || (p.has_sampling() && sp.has_seed());
+    const uint64_t seed = p.has_seed() ? p.seed() : own_seed ? sp.seed() : base;
+    const uint64_t prompt_key = own_seed ? 0 : static_cast<uint64_t>(i);
+    const int64_t n = req.n() != 0 ? req.n() : sp.n() != 0 ? sp.n() : 1;
+    common::SamplingSpecToProto(pj.sampling.has_value() ? *pj.sampling : job.sampling,
+                                seed, &(*effective)[i]);
     pj.seeds.resize(n);
-    for (int64_t j = 0; j < n; ++j)
-      pj.seeds[j] = seed + static_cast<uint64_t>(j);
+    for (int64_t j = 0; j < n; ++j) {
+      pj.seeds[j] = kernels::SampleStreamKey(seed, prompt_key, static_cast<uint64_t>(j));
+      SampleInfo s;
+      s.prompt_index = static_cast<uint32_t>(i);
+      s.sample_index = static_cast<uint32_t>(j);
+      s.seed = seed;
+      s.prompt_tokens = static_cast<uint32_t>(pj.prompt.size());
+      info->push_back(s);
+    }
   }
+  for (SampleInfo& s : *info) s.sampling = &(*effective)[s.prompt_index];
   return job;
 }
 
@@ -151,28 +191,14 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
       v1::GenerateResponse* resp,
       grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
     LOCKSTEP_RETURN_IF_ERROR(CheckCall(ctx));
-    LOCKSTEP_ASSIGN_OR_RETURN(GenerateJob job,
-                              ToJob(*req, ToAbslDeadline(ctx->deadline()),
-                                    engine_->options().max_queue));
-    const int n = req->n() == 0 ? 1 : static_cast<int>(req->n());
-    struct SampleInfo {
-      uint32_t prompt_index;
-      uint32_t sample_index;
-      uint64_t seed;
-      uint32_t prompt_tokens;
-      absl::Time last;
-      bool started = false;
-    };
+    std::vector<v1::SamplingParams> effective;
     std::vector<SampleInfo> info;
+    LOCKSTEP_ASSIGN_OR_RETURN(
+        GenerateJob job,
+        ToJob(*req, ToAbslDeadline(ctx->deadline()), engine_->options().max_queue,
+              engine_->config().vocab_size, &effective, &info));
     int64_t prompt_tokens = 0;
-    for (size_t i = 0; i < job.prompts.size(); ++i) {
-      prompt_tokens += job.prompts[i].prompt.size();
-      for (int j = 0; j < n; ++j) {
-        info.push_back({static_cast<uint32_t>(i), static_cast<uint32_t>(j),
-                        job.prompts[i].seeds[j],
-                        static_cast<uint32_t>(job.prompts[i].prompt.size())});
-      }
-    }
+    for (const PromptJob& pj : job.prompts) prompt_tokens += pj.prompt.size();
     LOCKSTEP_ASSIGN_OR_RETURN(std::shared_ptr<RequestHandle> handle,
                               engine_->Submit(std::move(job)));
     metrics_->prompt_tokens().Increment(static_cast<double>(prompt_tokens));
@@ -186,6 +212,7 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
         c->set_sample_index(s.sample_index);
         c->set_seed(s.seed);
         c->set_prompt_tokens(s.prompt_tokens);
+        *c->mutable_sampling() = *s.sampling;
       }
     }
 
@@ -196,6 +223,7 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
       const bool done = handle->Wait(absl::Milliseconds(50), &updates);
       for (SampleUpdate& u : updates) {
         SampleInfo& s = info.at(u.sample);
+        // (u.sample is the flat prompt-major index, as info is laid out.)
         // Latency metrics: first token of a sample, then the gaps.
         if (!u.tokens.empty()) {
           if (!s.started) {
@@ -214,6 +242,7 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
           for (size_t k = 0; k < u.tokens.size(); ++k) {
             c->add_token_ids(u.tokens[k]);
             c->add_logprobs(u.logprobs[k]);
+            c->add_sampled_logprobs(u.sampled_logprobs[k]);
             c->add_token_weight_versions(u.versions[k]);
             if (!u.top.empty()) AppendTop(u.top[k], c->add_top_logprobs());
           }
@@ -230,6 +259,7 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
           for (size_t k = 0; k < u.tokens.size(); ++k) {
             m.add_token_ids(u.tokens[k]);
             m.add_logprobs(u.logprobs[k]);
+            m.add_sampled_logprobs(u.sampled_logprobs[k]);
             m.add_token_weight_versions(u.versions[k]);
             if (!u.top.empty()) AppendTop(u.top[k], m.add_top_logprobs());
           }
@@ -266,9 +296,29 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
     if (req.has_weight_version()) sr.expected_version = req.weight_version();
     sr.deadline = ToAbslDeadline(ctx->deadline());
     sr.cancelled = [ctx] { return ctx->IsCancelled(); };
+    const int64_t vocab = engine_->config().vocab_size;
+    std::optional<common::SamplingSpec> shared;
+    if (req.has_sampling()) {
+      LOCKSTEP_ASSIGN_OR_RETURN(shared, common::SamplingSpecFromProto(req.sampling(), vocab));
+    }
+    bool any_sampling = shared.has_value();
     for (const v1::ScoredSequence& s : req.sequences()) {
       sr.sequences.emplace_back(s.token_ids().begin(), s.token_ids().end());
       sr.prompt_lens.push_back(s.prompt_len());
+      any_sampling = any_sampling || s.has_sampling();
+    }
+    if (any_sampling) {
+      sr.sampling.resize(req.sequences_size(), shared);
+      for (int i = 0; i < req.sequences_size(); ++i) {
+        if (!req.sequences(i).has_sampling()) continue;
+        absl::StatusOr<common::SamplingSpec> spec =
+            common::SamplingSpecFromProto(req.sequences(i).sampling(), vocab);
+        if (!spec.ok()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("sequence ", i, ": ", spec.status().message()));
+        }
+        sr.sampling[i] = *std::move(spec);
+      }
     }
     LOCKSTEP_ASSIGN_OR_RETURN(ScoreResult result, engine_->Score(sr));
     resp->set_weight_version(result.version);
@@ -278,6 +328,9 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
       if (!result.top.empty()) {
         for (const TopList& t : result.top[i])
           AppendTop(t, out->add_top_logprobs());
+      }
+      if (!result.sampled.empty()) {
+        for (float lp : result.sampled[i]) out->add_sampled_logprobs(lp);
       }
     }
     return absl::OkStatus();

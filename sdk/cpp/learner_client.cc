@@ -18,6 +18,12 @@ v1::Trajectory MakeTrajectory(const std::vector<int32_t>& prompt_token_ids,
   *t.mutable_token_weight_versions() = completion.token_weight_versions();
   t.set_reward(reward);
   t.set_group_id(group_id);
+  if (completion.has_sampling()) {
+    // The distribution the tokens were drawn from: the learner trains on
+    // the logprobs under it.
+    *t.mutable_sampling() = completion.sampling();
+    *t.mutable_rollout_sampled_logprobs() = completion.sampled_logprobs();
+  }
   return t;
 }
 

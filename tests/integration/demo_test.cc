@@ -31,7 +31,8 @@ TEST(DemoTest, ScriptRunsBothModes) {
   for (const char* want :
        {"== invariant kernels", "== standard kernels", "== summary",
         "learner_service grpc=127.0.0.1:", "metrics=http://127.0.0.1:",
-        "reward", "exact%", "push_ms", "invariant: all "}) {
+        "reward", "exact%", "push_ms", "invariant: all ",
+        "temperature 0.8, top_p 0.95", "raw and under the sampling distribution"}) {
     EXPECT_NE(s.find(want), std::string::npos) << "missing '" << want << "'";
   }
   // Three step lines per mode: "    1     1 ..." .. "    3     3 ...".
@@ -58,6 +59,9 @@ TEST(DemoTest, ScriptRunsBothModes) {
       standard_row = true;
       EXPECT_GT(compared, 0) << line;
       EXPECT_GT(mismatched, 0) << "standard kernels matched on every token: " << line;
+      // The last column: mismatches under the sampling distribution.
+      const std::string last = line.substr(line.find_last_of(' ') + 1);
+      EXPECT_GT(std::stol(last), 0) << "standard kernels matched every sampled logprob: " << line;
     }
   }
   EXPECT_TRUE(standard_row) << s;

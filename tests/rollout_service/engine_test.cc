@@ -67,7 +67,7 @@ GenerateJob Job(std::vector<int32_t> prompt, int n, uint64_t seed,
   for (int j = 0; j < n; ++j) p.seeds.push_back(seed + j);
   job.prompts.push_back(std::move(p));
   job.sampling.max_tokens = max_tokens;
-  job.sampling.temperature = temperature;
+  job.sampling.params.temperature = temperature;
   return job;
 }
 
@@ -118,7 +118,7 @@ TEST(EngineTest, SeededRequestIsTheSameAloneAndInABusyBatch) {
     for (int i = 0; i < others; ++i) {
       GenerateJob j = Job(RandomPrompt(rng, 1 + rng() % 40), 1 + rng() % 3,
                           rng(), 1 + rng() % 50);
-      j.sampling.top_k = static_cast<int>(rng() % 5);
+      j.sampling.params.top_k = static_cast<int>(rng() % 5);
       auto h = e->Submit(std::move(j));
       ASSERT_TRUE(h.ok());
       handles.push_back(*h);
@@ -276,12 +276,12 @@ TEST(EngineTest, InvalidRequestsAreRejected) {
   EXPECT_EQ(code(Job({1}, 1, 1, 5, NAN)), C::kInvalidArgument);
   EXPECT_EQ(code(Job({1}, 0, 1, 5)), C::kInvalidArgument);
   GenerateJob j = Job({1}, 1, 1, 5);
-  j.sampling.top_p = 0.0f;
+  j.sampling.params.top_p = 0.0f;
   EXPECT_EQ(code(j), C::kInvalidArgument);
-  j.sampling.top_p = 1.5f;
+  j.sampling.params.top_p = 1.5f;
   EXPECT_EQ(code(j), C::kInvalidArgument);
   j = Job({1}, 1, 1, 5);
-  j.sampling.top_k = -1;
+  j.sampling.params.top_k = -1;
   EXPECT_EQ(code(j), C::kInvalidArgument);
   j = Job({1}, 1, 1, 5);
   j.sampling.top_logprobs = 21;

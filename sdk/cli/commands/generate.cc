@@ -4,13 +4,16 @@
 #include <iostream>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "sdk/cli/client_flags.h"
 #include "sdk/cli/command.h"
 #include "sdk/cli/flags.h"
@@ -39,13 +42,19 @@ absl::StatusOr<int> RunGenerate(const Args& args) {
   absl::StatusOr<int64_t> seed = args.GetInt("seed", 0);
   absl::StatusOr<double> temperature = args.GetDouble("temperature", 1.0);
   absl::StatusOr<double> top_p = args.GetDouble("top_p", 1.0);
+  absl::StatusOr<double> min_p = args.GetDouble("min_p", 0.0);
+  absl::StatusOr<double> repetition = args.GetDouble("repetition_penalty", 1.0);
+  absl::StatusOr<double> presence = args.GetDouble("presence_penalty", 0.0);
+  absl::StatusOr<double> frequency = args.GetDouble("frequency_penalty", 0.0);
+  absl::StatusOr<int64_t> min_tokens = args.GetInt("min_tokens", 0);
   for (const absl::Status& s :
        {n.status(), max_tokens.status(), top_k.status(), top_logprobs.status(),
-        seed.status(), temperature.status(), top_p.status()}) {
+        seed.status(), temperature.status(), top_p.status(), min_p.status(),
+        repetition.status(), presence.status(), frequency.status(), min_tokens.status()}) {
     if (!s.ok()) return Usage(std::string(s.message()));
   }
-  if (*n < 1 || *max_tokens < 0 || *top_logprobs < 0) {
-    return Usage("--n must be >= 1, --max_tokens and --top_logprobs >= 0");
+  if (*n < 1 || *max_tokens < 0 || *top_logprobs < 0 || *min_tokens < 0) {
+    return Usage("--n must be >= 1, --max_tokens, --min_tokens and --top_logprobs >= 0");
   }
   request.set_n(static_cast<uint32_t>(*n));
   request.set_request_id(args.Get("request_id"));
@@ -55,6 +64,33 @@ absl::StatusOr<int> RunGenerate(const Args& args) {
     sp->set_temperature(static_cast<float>(*temperature));
   if (args.Has("top_p")) sp->set_top_p(static_cast<float>(*top_p));
   sp->set_top_k(static_cast<int32_t>(*top_k));
+  sp->set_min_p(static_cast<float>(*min_p));
+  if (args.Has("repetition_penalty")) {
+    sp->set_repetition_penalty(static_cast<float>(*repetition));
+  }
+  sp->set_presence_penalty(static_cast<float>(*presence));
+  sp->set_frequency_penalty(static_cast<float>(*frequency));
+  sp->set_min_tokens(static_cast<uint32_t>(*min_tokens));
+  if (args.Has("logit_bias")) {
+    // ID:BIAS,ID:BIAS,...
+    for (absl::string_view item : absl::StrSplit(args.Get("logit_bias"), ',')) {
+      std::pair<std::string, std::string> kv = absl::StrSplit(item, ':');
+      int32_t id = 0;
+      float bias = 0.0f;
+      if (!absl::SimpleAtoi(kv.first, &id) || !absl::SimpleAtof(kv.second, &bias)) {
+        return Usage(absl::StrCat("--logit_bias: expected ID:BIAS, got '", item, "'"));
+      }
+      (*sp->mutable_logit_bias())[id] = bias;
+    }
+  }
+  if (args.Has("stop_sequences")) {
+    // IDS;IDS;... (each comma separated)
+    for (absl::string_view seq : absl::StrSplit(args.Get("stop_sequences"), ';')) {
+      absl::StatusOr<std::vector<int32_t>> ids = ParseIdList(std::string(seq));
+      if (!ids.ok()) return Usage(std::string(ids.status().message()));
+      sp->add_stop_sequences()->mutable_token_ids()->Add(ids->begin(), ids->end());
+    }
+  }
   if (args.Has("seed")) sp->set_seed(static_cast<uint64_t>(*seed));
   sp->set_top_logprobs(static_cast<uint32_t>(*top_logprobs));
   sp->set_ignore_eos(args.GetBool("ignore_eos"));
@@ -124,10 +160,11 @@ absl::StatusOr<int> RunGenerate(const Args& args) {
     std::cout << absl::StrFormat(
         "prompt %d sample %d: %d tokens, finish=%s, weight_version=%d, "
         "seed=%d\n"
-        "  tokens:   %s\n  logprobs: %s\n",
+        "  tokens:   %s\n  logprobs: %s\n  sampled:  %s\n",
         c.prompt_index(), c.sample_index(), c.token_ids_size(),
         FinishName(c.finish_reason()), c.weight_version(), c.seed(),
-        absl::StrJoin(c.token_ids(), " "), Floats(c.logprobs()));
+        absl::StrJoin(c.token_ids(), " "), Floats(c.logprobs()),
+        Floats(c.sampled_logprobs()));
   }
   return 0;
 }
@@ -140,8 +177,8 @@ Command GenerateCommand() {
       "sample completions from a rollout (Generate / GenerateStream)",
       "--prompt=IDS [--prompt=IDS ...] [flags]",
       "Prints every completion's tokens and per-token logprobs (raw model\n"
-      "distribution). With --stream, tokens are printed as they are "
-      "sampled.\n"
+      "distribution, and under the sampling distribution). With --stream,\n"
+      "tokens are printed as they are sampled.\n"
       "Example: lockstep generate --rollout=127.0.0.1:50051 --prompt=1,2,3 "
       "--n=2 "
       "--max_tokens=8 --seed=7",
@@ -155,6 +192,13 @@ Command GenerateCommand() {
       {"temperature", "T", "sampling temperature (0: greedy)", "1"},
       {"top_k", "K", "keep the K most likely tokens (0: off)", "0"},
       {"top_p", "P", "nucleus mass in (0, 1]", "1"},
+      {"min_p", "P", "keep tokens with p >= P * p_max (0: off)", "0"},
+      {"repetition_penalty", "R", "vLLM repetition penalty (> 0; 1: off)", "1"},
+      {"presence_penalty", "X", "subtracted once per output token, [-2, 2]", "0"},
+      {"frequency_penalty", "X", "subtracted per occurrence, [-2, 2]", "0"},
+      {"logit_bias", "ID:B,...", "add B to the logit of ID"},
+      {"min_tokens", "N", "no EOS / stop token before N tokens", "0"},
+      {"stop_sequences", "IDS;IDS", "stop after any of these id sequences"},
       {"seed", "S", "base seed (unset: the server picks one)"},
       {"stop", "IDS", "stop token ids, comma separated"},
       {"ignore_eos", "", "do not stop at end-of-sequence ids"},

@@ -299,7 +299,7 @@ def make_trajectory(prompt_token_ids: Sequence[int], completion: rollout_pb2.Com
                     reward: float, group_id: str) -> learner_pb2.Trajectory:
     """A Trajectory from one Generate completion, its prompt, a reward and
     the GRPO group (one per prompt)."""
-    return learner_pb2.Trajectory(
+    t = learner_pb2.Trajectory(
         prompt_token_ids=list(prompt_token_ids),
         completion_token_ids=list(completion.token_ids),
         rollout_logprobs=list(completion.logprobs),
@@ -307,6 +307,12 @@ def make_trajectory(prompt_token_ids: Sequence[int], completion: rollout_pb2.Com
         token_weight_versions=list(completion.token_weight_versions),
         reward=reward,
         group_id=group_id)
+    if completion.HasField("sampling"):
+        # The distribution the tokens were drawn from: the learner trains on
+        # the logprobs under it.
+        t.sampling.CopyFrom(completion.sampling)
+        t.rollout_sampled_logprobs.extend(completion.sampled_logprobs)
+    return t
 
 
 def _scored_sequences(sequences) -> List[common_pb2.ScoredSequence]:
@@ -356,11 +362,20 @@ class RolloutClient(_Client):
     @staticmethod
     def make_request(prompts, n=1, max_tokens=16, temperature=None, top_k=0, top_p=None,
                      seed=None, stop_token_ids=(), ignore_eos=False, top_logprobs=0,
-                     request_id="") -> rollout_pb2.GenerateRequest:
-        """A GenerateRequest: `prompts` is a list of token-id lists."""
-        sampling = rollout_pb2.SamplingParams(
+                     request_id="", min_p=0.0, repetition_penalty=None, presence_penalty=0.0,
+                     frequency_penalty=0.0, logit_bias=None, min_tokens=0,
+                     stop_sequences=()) -> rollout_pb2.GenerateRequest:
+        """A GenerateRequest: `prompts` is a list of token-id lists;
+        logit_bias a {token id: bias} dict, stop_sequences lists of ids."""
+        sampling = common_pb2.SamplingParams(
             top_k=top_k, max_tokens=max_tokens, stop_token_ids=list(stop_token_ids),
-            ignore_eos=ignore_eos, top_logprobs=top_logprobs)
+            ignore_eos=ignore_eos, top_logprobs=top_logprobs, min_p=min_p,
+            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+            logit_bias=dict(logit_bias or {}), min_tokens=min_tokens,
+            stop_sequences=[common_pb2.TokenSequence(token_ids=list(s))
+                            for s in stop_sequences])
+        if repetition_penalty is not None:
+            sampling.repetition_penalty = repetition_penalty
         if temperature is not None:
             sampling.temperature = temperature
         if top_p is not None:
