@@ -112,6 +112,13 @@ def metrics(state):
         out += counter("lockstep_tokens_stale_total", "Tokens from older weights.", 0)
         out += gauge("lockstep_logprob_abs_diff_max", "Max |diff| of the last step.", 1e-3 if std else 0)
         out += gauge("lockstep_mismatch_kl_k3", "k3 KL of the last step.", 1e-7 if std else 0)
+        # The same families for the logprobs under the sampling distribution.
+        out += histogram("lockstep_sampled_logprob_abs_diff", "|learner - rollout| sampled logprob.",
+                         [0, 1e-6, 1e-4, 1e-2, 1, math.inf], diffs)
+        out += counter("lockstep_sampled_tokens_compared_total", "Sampled tokens compared.", compared)
+        out += counter("lockstep_sampled_tokens_mismatched_total", "Sampled mismatches.", mismatched)
+        out += gauge("lockstep_sampled_logprob_abs_diff_max", "Max sampled |diff|.", 1e-3 if std else 0)
+        out += gauge("lockstep_sampled_mismatch_kl_k3", "Sampled k3 KL.", 1e-7 if std else 0)
         out += histogram("lockstep_learner_step_duration_seconds", "Training step duration.",
                          [0.1, 0.5, 1, 5, math.inf], [a.step_seconds] * steps)
         out += gauge("lockstep_learner_loss", "Loss of the last step.", 1.0 / (1 + steps))

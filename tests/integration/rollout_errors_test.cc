@@ -4,6 +4,11 @@
 // reflection, and the bearer-token check.
 #include <cstring>
 #include <fstream>
+#include <functional>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "gtest/gtest.h"
@@ -79,8 +84,42 @@ TEST_F(RolloutErrorsTest, BadGenerateRequests) {
   r.mutable_sampling()->set_top_p(1.5f);
   ExpectGenerateError(r, C::INVALID_ARGUMENT, "top_p must be in (0, 1]");
   r = MakeRequest({1, 2}, 1, 1, 4);
-  r.mutable_sampling()->set_top_k(-1);
+  r.mutable_sampling()->set_top_k(-2);  // -1 is vLLM's "off"
   ExpectGenerateError(r, C::INVALID_ARGUMENT, "top_k");
+  // The parameters of issue 16, each out of range once.
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<std::pair<std::function<void(v1::SamplingParams*)>, std::string>> bad = {
+      {[&](v1::SamplingParams* p) { p->set_temperature(nan); }, "temperature"},
+      {[&](v1::SamplingParams* p) { p->set_top_p(nan); }, "top_p"},
+      {[&](v1::SamplingParams* p) { p->set_min_p(1.5f); }, "min_p"},
+      {[&](v1::SamplingParams* p) { p->set_min_p(-0.1f); }, "min_p"},
+      {[&](v1::SamplingParams* p) { p->set_repetition_penalty(0.0f); }, "repetition_penalty"},
+      {[&](v1::SamplingParams* p) { p->set_repetition_penalty(nan); }, "repetition_penalty"},
+      {[&](v1::SamplingParams* p) { p->set_presence_penalty(2.5f); }, "presence_penalty"},
+      {[&](v1::SamplingParams* p) { p->set_frequency_penalty(nan); }, "frequency_penalty"},
+      {[&](v1::SamplingParams* p) { (*p->mutable_logit_bias())[64] = 1.0f; }, "logit_bias"},
+      {[&](v1::SamplingParams* p) { (*p->mutable_logit_bias())[-3] = 1.0f; }, "logit_bias"},
+      {[&](v1::SamplingParams* p) { (*p->mutable_logit_bias())[3] = nan; }, "logit_bias"},
+      {[&](v1::SamplingParams* p) { p->set_min_tokens(5); }, "min_tokens"},
+      {[&](v1::SamplingParams* p) { p->add_stop_sequences(); }, "stop_sequences"},
+      {[&](v1::SamplingParams* p) { p->add_stop_sequences()->add_token_ids(64); },
+       "stop_sequences"},
+      {[&](v1::SamplingParams* p) {
+         for (int i = 0; i < 17; ++i) p->add_stop_sequences()->add_token_ids(1);
+       },
+       "stop_sequences"},
+  };
+  for (const auto& [mutate, needle] : bad) {
+    r = MakeRequest({1, 2}, 1, 1, 4);
+    mutate(r.mutable_sampling());
+    ExpectGenerateError(r, C::INVALID_ARGUMENT, needle);
+    // The same as a per-prompt override: the error names the prompt.
+    r = MakeRequest({1, 2}, 1, 1, 4);
+    v1::SamplingParams* own = r.mutable_prompts(0)->mutable_sampling();
+    own->set_max_tokens(4);
+    mutate(own);
+    ExpectGenerateError(r, C::INVALID_ARGUMENT, "prompt 0: ");
+  }
   r = MakeRequest({1, 2}, 1, 1, 4);
   r.mutable_sampling()->set_top_logprobs(21);
   ExpectGenerateError(r, C::INVALID_ARGUMENT, "top_logprobs");
@@ -121,6 +160,18 @@ TEST_F(RolloutErrorsTest, BadComputeLogprobsRequests) {
   EXPECT_NE(st.error_message().find("version 41"), std::string::npos);
   req.clear_weight_version();
   EXPECT_TRUE(call(req).ok());
+  // Bad sampling parameters, request-wide and per sequence.
+  req.mutable_sampling()->set_top_p(2.0f);
+  st = call(req);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("top_p"), std::string::npos) << st.error_message();
+  req.clear_sampling();
+  (*s->mutable_sampling()->mutable_logit_bias())[70] = 1.0f;
+  st = call(req);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("sequence 0: logit_bias"), std::string::npos)
+      << st.error_message();
+  s->clear_sampling();
   ExpectServing();
 }
 

@@ -4,7 +4,8 @@
 //    kernels), and differs for at least one case with standard kernels;
 //  - ComputeLogprobs of a generated sequence equals, bitwise, the logprobs
 //    returned during generation;
-//  - seeds: sample j of a request with seed s is sample 0 of seed s + j;
+//  - seeds: sample j of prompt i draws from the stream keyed by (seed, i, j)
+//    (a prompt's own seed: (seed, 0, j), wherever the prompt sits);
 //  - a TP=2 server returns the same bits as a TP=1 server.
 #include <random>
 #include <thread>
@@ -129,14 +130,36 @@ TEST_F(RolloutInvarianceTest, InvariantKernelsAreBitIdenticalUnderLoad) {
     }
   }
 
-  // Per-sample seeds: sample j of seed s == sample 0 of seed s + j.
+  // Streams: sample j of prompt i draws from the stream keyed by
+  // (seed, i, j). More samples leave the first ones as they were; a nearby
+  // seed is not a shifted copy of this one (as seed + j used to be); the
+  // Completion reports the request's seed.
+  v1::GenerateRequest more = target;
+  more.set_n(3);
+  v1::GenerateResponse third;
+  ASSERT_TRUE(Generate(*stub, more, &third).ok());
+  EXPECT_TRUE(SameCompletion(third.completions(1), alone.completions(1)));
   v1::GenerateRequest one = target;
   one.set_n(1);
   one.mutable_sampling()->set_seed(1235);
   v1::GenerateResponse second;
   ASSERT_TRUE(Generate(*stub, one, &second).ok());
-  EXPECT_TRUE(SameCompletion(second.completions(0), alone.completions(1)));
-  EXPECT_EQ(alone.completions(1).seed(), 1235u);
+  EXPECT_FALSE(SameCompletion(second.completions(0), alone.completions(1)));
+  EXPECT_EQ(alone.completions(1).seed(), 1234u);
+  // A prompt with its own seed is the same wherever it sits in a request.
+  v1::GenerateRequest own = target;
+  own.mutable_prompts(0)->set_seed(99);
+  v1::GenerateResponse own_first;
+  ASSERT_TRUE(Generate(*stub, own, &own_first).ok());
+  v1::GenerateRequest moved = own;
+  *moved.add_prompts() = own.prompts(0);
+  moved.mutable_prompts(0)->clear_seed();
+  v1::GenerateResponse own_second;
+  ASSERT_TRUE(Generate(*stub, moved, &own_second).ok());
+  ASSERT_EQ(own_second.completions_size(), 2 * own_first.completions_size());
+  EXPECT_TRUE(SameCompletion(own_second.completions(own_first.completions_size()),
+                             own_first.completions(0)));
+  EXPECT_EQ(own_first.completions(0).seed(), 99u);
   EXPECT_EQ(server->Stop().value_or(-1), 0);
 }
 

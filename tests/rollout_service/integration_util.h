@@ -126,7 +126,8 @@ inline bool SameBits(const google::protobuf::RepeatedField<float>& a,
 inline bool SameCompletion(const v1::Completion& a, const v1::Completion& b) {
   return std::equal(a.token_ids().begin(), a.token_ids().end(),
                     b.token_ids().begin(), b.token_ids().end()) &&
-         SameBits(a.logprobs(), b.logprobs());
+         SameBits(a.logprobs(), b.logprobs()) &&
+         SameBits(a.sampled_logprobs(), b.sampled_logprobs());
 }
 
 // HTTP GET http://127.0.0.1:port/path, body only ("" on failure).
