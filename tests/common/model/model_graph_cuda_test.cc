@@ -18,6 +18,7 @@
 #include <torch/torch.h>
 
 #include "common/model/model.h"
+#include "kernels/sampling.h"
 #include "tests/common/model/model_fixture.h"
 
 namespace lockstep::common {
@@ -88,6 +89,7 @@ Batch MakeBatch(int n, int max_prompt, int max_new, int vocab, uint64_t seed, bo
       p.temperature = temps[rng() % 4];
       p.top_k = rng() % 3 == 0 ? 5 : 0;
       p.top_p = rng() % 3 == 0 ? 0.9f : 1.0f;
+      p.min_p = rng() % 4 == 0 ? 0.05f : 0.0f;
     }
     p.seed = rng();
     b.params.push_back(p);
@@ -152,11 +154,14 @@ void Append(Batch* b, const std::vector<int>& which, const StepResult& r) {
   for (size_t i = 0; i < which.size(); ++i) b->seqs[which[i]].push_back(r.tokens[i]);
 }
 
-// memcmp of tokens, logprobs and logits.
+bool SameFloats(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// memcmp of tokens, logprobs (raw and sampled) and logits.
 bool SameBits(const StepResult& a, const StepResult& b) {
-  return a.tokens == b.tokens && a.logprobs.target.size() == b.logprobs.target.size() &&
-         std::memcmp(a.logprobs.target.data(), b.logprobs.target.data(),
-                     a.logprobs.target.size() * sizeof(float)) == 0 &&
+  return a.tokens == b.tokens && SameFloats(a.logprobs.target, b.logprobs.target) &&
+         SameFloats(a.logprobs.sampled, b.logprobs.sampled) &&
          a.logits.size() == b.logits.size() &&
          std::memcmp(a.logits.data(), b.logits.data(), a.logits.size() * sizeof(float)) == 0;
 }
@@ -236,6 +241,74 @@ TEST(ModelGraphCudaTest, GraphReplayMatchesEagerAtEveryBucket) {
 // page ids (0, 1, ...) and sit out while three others decode through a
 // padded graph (3 rows -> bucket 4) decode afterwards with the same bits as
 // on the eager model.
+// Issue 16: the device step's sampled tokens and sampled-distribution
+// logprobs (graphs for plain parameters; eager for rows with logit
+// adjustments) are the bits the CPU sampler computes from the same logits,
+// parameters and adjustments: one sampler arithmetic on both devices.
+TEST(ModelGraphCudaTest, DeviceSamplingIsTheHostSamplersBits) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const ModelConfig c = GpuConfig(/*qwen3=*/true);
+  const TensorMap w = testing::RandomTensors(c, 5);
+  auto m = MakeModel(c, w, KernelMode::kInvariant, CudaStep::kGraphs);
+  ASSERT_TRUE(m);
+  for (bool adjust : {false, true}) {
+    for (int n : {1, 7, 64, 200}) {
+      SCOPED_TRACE("adjust=" + std::to_string(adjust) + " n=" + std::to_string(n));
+      Batch b = MakeBatch(n, 20, 6, c.vocab_size, 900 + n, /*greedy=*/false);
+      auto cache = m->CreateKvCache(NumPages(b), kPage);
+      ASSERT_TRUE(cache.ok());
+      auto pre = Prefill(*m, cache->get(), b, All(b));
+      ASSERT_TRUE(pre.ok()) << pre.status();
+      Append(&b, All(b), *pre);
+      for (int step = 0; step < 3; ++step) {
+        std::vector<int64_t> from;
+        for (const auto& t : b.seqs) from.push_back(t.size() - 1);
+        StepRequest req;
+        req.return_logits = true;
+        ForwardBatch f = StepBatch(b, All(b), from, &req);
+        if (adjust) {
+          // Penalties, a bias and a ban on every row (distinct ids, sorted).
+          req.adjust_offsets.push_back(0);
+          for (int r = 0; r < n; ++r) {
+            for (int32_t id : {3, 11 + r % 7, 40}) {
+              kernels::LogitAdjustment e;
+              e.token = id;
+              e.bias = 0.5f * (r % 3);
+              e.repetition = 1.1f;
+              e.subtract = 0.25f;
+              e.banned = id == 40;
+              req.adjustments.push_back(e);
+            }
+            req.adjust_offsets.push_back(req.adjustments.size());
+          }
+        }
+        auto r = m->Step(f, cache->get(), req);
+        ASSERT_TRUE(r.ok()) << r.status();
+        ASSERT_EQ(r->logprobs.sampled.size(), static_cast<size_t>(n));
+        std::vector<int32_t> tokens(n);
+        std::vector<float> sampled(n);
+        kernels::SampleArgs a;
+        a.logits = r->logits.data();
+        a.ld = c.vocab_size;
+        a.rows = n;
+        a.vocab = c.vocab_size;
+        a.params = req.params.data();
+        a.positions = req.positions.data();
+        if (adjust) {
+          a.adjust_offsets = req.adjust_offsets.data();
+          a.adjustments = req.adjustments.data();
+        }
+        a.tokens_out = tokens.data();
+        a.logprobs_out = sampled.data();
+        ASSERT_TRUE(kernels::Sample(a).ok());
+        EXPECT_EQ(r->tokens, tokens);
+        EXPECT_TRUE(SameFloats(r->logprobs.sampled, sampled));
+        Append(&b, All(b), *r);
+      }
+    }
+  }
+}
+
 TEST(ModelGraphCudaTest, PaddingRowsNeverTouchOtherSequences) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   const ModelConfig c = GpuConfig(true);
