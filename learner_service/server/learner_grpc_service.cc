@@ -129,8 +129,18 @@ grpc::Status LearnerServiceImpl::SubmitTrajectories(
   v1::SubmitTrajectoriesRequest req;
   // Read the whole stream before buffering anything: all or nothing.
   absl::Status bad;
+  uint64_t announced = 0;
   while (reader->Read(&req)) {
     if (!bad.ok()) continue;  // drain the stream, report the first error
+    if (req.stream_trajectories() != 0) {
+      if (announced != 0 && announced != req.stream_trajectories()) {
+        bad = absl::InvalidArgumentError(absl::StrCat(
+            "stream_trajectories changed from ", announced, " to ",
+            req.stream_trajectories(), " within the stream"));
+        continue;
+      }
+      announced = req.stream_trajectories();
+    }
     for (const v1::Trajectory& p : req.trajectories()) {
       absl::StatusOr<Trajectory> t = TrajectoryFromProto(p);
       if (!t.ok()) {
@@ -147,6 +157,13 @@ grpc::Status LearnerServiceImpl::SubmitTrajectories(
   }
   if (context->IsCancelled()) {
     return grpc::Status(grpc::StatusCode::CANCELLED, "client cancelled");
+  }
+  if (bad.ok() && announced != 0 && announced != all.size()) {
+    // A message gRPC could not parse ends the stream early as if the client
+    // had finished: only the announced count tells the two apart.
+    bad = absl::InvalidArgumentError(absl::StrCat(
+        "the stream announced ", announced, " trajectories but carried ", all.size(),
+        " (a message was lost or could not be parsed); nothing was buffered"));
   }
   if (!bad.ok()) return common::ToGrpcStatus(bad);
   absl::StatusOr<SubmitResult> r = learner_->Submit(std::move(all));

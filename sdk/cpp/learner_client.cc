@@ -45,8 +45,11 @@ LearnerClient::SubmitTrajectories(
   if (trajectories.empty()) {
     return absl::InvalidArgumentError("no trajectories to submit");
   }
-  // Pack once; every try sends the same messages.
+  // Pack once; every try sends the same messages. The first announces the
+  // total, so a message lost in transit fails the call instead of
+  // committing part of it.
   std::vector<v1::SubmitTrajectoriesRequest> messages(1);
+  messages[0].set_stream_trajectories(trajectories.size());
   size_t bytes = 0;
   for (const v1::Trajectory& t : trajectories) {
     const size_t size = t.ByteSizeLong();

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <functional>
 
+#include <grpcpp/grpcpp.h>
+
 #include "gtest/gtest.h"
 #include "tests/learner_service/integration_util.h"
 
@@ -87,6 +89,32 @@ TEST_F(LearnerBadInputTest, BadTrajectoriesAreRejectedWhole) {
        [](v1::Trajectory* t) { t->add_token_weight_versions(0); }},
       {"version from the future", [](v1::Trajectory* t) { t->set_weight_version(99); }},
       {"empty group id", [](v1::Trajectory* t) { t->clear_group_id(); }},
+      {"sampled logprobs without sampling parameters",
+       [](v1::Trajectory* t) { *t->mutable_rollout_sampled_logprobs() = t->rollout_logprobs(); }},
+      {"sampling parameters without sampled logprobs",
+       [](v1::Trajectory* t) { t->mutable_sampling()->set_temperature(0.8f); }},
+      {"sampled logprobs of the wrong length",
+       [](v1::Trajectory* t) {
+         t->mutable_sampling()->set_temperature(0.8f);
+         *t->mutable_rollout_sampled_logprobs() = t->rollout_logprobs();
+         t->add_rollout_sampled_logprobs(-1.0f);
+       }},
+      {"NaN sampled logprob",
+       [](v1::Trajectory* t) {
+         t->mutable_sampling()->set_temperature(0.8f);
+         *t->mutable_rollout_sampled_logprobs() = t->rollout_logprobs();
+         t->set_rollout_sampled_logprobs(0, std::nanf(""));
+       }},
+      {"bad sampling parameters",
+       [](v1::Trajectory* t) {
+         t->mutable_sampling()->set_top_p(1.5f);
+         *t->mutable_rollout_sampled_logprobs() = t->rollout_logprobs();
+       }},
+      {"logit bias on an id outside the vocabulary",
+       [](v1::Trajectory* t) {
+         (*t->mutable_sampling()->mutable_logit_bias())[64] = 1.0f;
+         *t->mutable_rollout_sampled_logprobs() = t->rollout_logprobs();
+       }},
       {"longer than the context",
        [](v1::Trajectory* t) {
          for (int i = 0; i < 600; ++i) t->add_prompt_token_ids(5);
@@ -107,6 +135,38 @@ TEST_F(LearnerBadInputTest, BadTrajectoriesAreRejectedWhole) {
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
     EXPECT_EQ(Stats(*lstub_).buffered_trajectories(), before.buffered_trajectories());
   }
+  // A message the server cannot parse in the middle of the stream: gRPC ends
+  // the server's read there as if the client had finished; the announced
+  // count refuses the rest (issue 19 §6: no silent partial commit).
+  {
+    const v1::LearnerStats before = Stats(*lstub_);
+    v1::SubmitTrajectoriesRequest first, second;
+    first.add_trajectories()->CopyFrom(good[0]);
+    first.add_trajectories()->CopyFrom(good[1]);
+    first.set_stream_trajectories(4);
+    second.add_trajectories()->CopyFrom(good[2]);
+    second.add_trajectories()->CopyFrom(good[3]);
+    grpc::ClientContext ctx;
+    Deadline(&ctx);
+    grpc::ByteBuffer resp;
+    auto channel = Channel(learner_->grpc_address());
+    grpc::internal::RpcMethod method("/lockstep.v1.LearnerService/SubmitTrajectories",
+                                     grpc::internal::RpcMethod::CLIENT_STREAMING);
+    std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> w(
+        grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(channel.get(), method,
+                                                                      &ctx, &resp));
+    const auto bytes = [](const std::string& s) {
+      grpc::Slice slice(s);
+      return grpc::ByteBuffer(&slice, 1);
+    };
+    w->Write(bytes(first.SerializeAsString()));
+    w->Write(bytes(std::string("\x0a\xff\xff\xff\xff\x0f", 6)));  // truncated field
+    w->Write(bytes(second.SerializeAsString()));
+    w->WritesDone();
+    grpc::Status s = w->Finish();
+    EXPECT_NE(s.error_code(), grpc::StatusCode::OK) << "a partial stream was committed";
+    EXPECT_EQ(Stats(*lstub_).buffered_trajectories(), before.buffered_trajectories());
+  }
   // Empty submissions.
   ExpectSubmitFails({}, grpc::StatusCode::INVALID_ARGUMENT, "empty stream");
   // Too many for the buffer.
@@ -123,6 +183,35 @@ TEST_F(LearnerBadInputTest, BadTrajectoriesAreRejectedWhole) {
   grpc::Status s = TrainStep(*lstub_, v1::TrainStepRequest(), &r);
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_EQ(r.num_trajectories(), 4u);
+  // The twin of the unparsable-message case: without the announced count the
+  // same stream "succeeds" with the first message only -- what the count is
+  // there to catch (so the check above can fail).
+  {
+    const auto fresh = Good("twin", 9);
+    const v1::LearnerStats before = Stats(*lstub_);
+    v1::SubmitTrajectoriesRequest first;
+    first.add_trajectories()->CopyFrom(fresh[0]);
+    first.add_trajectories()->CopyFrom(fresh[1]);
+    grpc::ClientContext ctx;
+    Deadline(&ctx);
+    grpc::ByteBuffer resp;
+    auto channel = Channel(learner_->grpc_address());
+    grpc::internal::RpcMethod method("/lockstep.v1.LearnerService/SubmitTrajectories",
+                                     grpc::internal::RpcMethod::CLIENT_STREAMING);
+    std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> w(
+        grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(channel.get(), method,
+                                                                      &ctx, &resp));
+    const auto bytes = [](const std::string& str) {
+      grpc::Slice slice(str);
+      return grpc::ByteBuffer(&slice, 1);
+    };
+    w->Write(bytes(first.SerializeAsString()));
+    w->Write(bytes(std::string("\x0a\xff\xff\xff\xff\x0f", 6)));
+    w->WritesDone();
+    const grpc::Status st = w->Finish();
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(Stats(*lstub_).buffered_trajectories(), before.buffered_trajectories() + 2);
+  }
 }
 
 TEST_F(LearnerBadInputTest, TrainStepErrorsChangeNothing) {

@@ -524,6 +524,9 @@ class LearnerClient(_Client):
             current.append(t)
             size += n + 8
         messages.append(learner_pb2.SubmitTrajectoriesRequest(trajectories=current))
+        # The total, so a message lost in transit fails the call instead of
+        # committing part of it.
+        messages[0].stream_trajectories = len(trajectories)
         return self.connection.run(
             _call(call, timeout),
             lambda t, md, w: self.stub.SubmitTrajectories(iter(messages), timeout=t,
