@@ -124,6 +124,20 @@ absl::StatusOr<GenerateJob> ToJob(const v1::GenerateRequest& req,
   return job;
 }
 
+// Why a call whose context reports cancellation ended: DEADLINE_EXCEEDED
+// when its deadline has passed or is within kDeadlineSlack (gRPC's timer can
+// cancel a call a few milliseconds before the deadline as the server's clock
+// reads it; a client cancelling that close to its own deadline cannot be
+// told apart), else CANCELLED.
+constexpr absl::Duration kDeadlineSlack = absl::Milliseconds(100);
+absl::Status ClientGone(grpc::ServerContext* ctx) {
+  const absl::Time deadline = ToAbslDeadline(ctx->deadline());
+  if (deadline != absl::InfiniteFuture() && absl::Now() + kDeadlineSlack >= deadline) {
+    return absl::DeadlineExceededError("deadline exceeded");
+  }
+  return absl::CancelledError("the client cancelled");
+}
+
 void AppendTop(const TopList& top, v1::TopLogprobs* out) {
   for (const auto& [id, lp] : top) {
     v1::TokenLogprob* e = out->add_entries();
@@ -266,23 +280,23 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
           m.set_finish_reason(static_cast<v1::FinishReason>(u.finish));
           if (!writer->Write(m)) {
             client_gone = true;
-            handle->Cancel(absl::CancelledError("the client went away"));
+            handle->Cancel(ctx->IsCancelled() ? ClientGone(ctx)
+                                              : absl::CancelledError("the client went away"));
           }
         }
       }
       if (done) break;
       if (!client_gone && ctx->IsCancelled()) {
         client_gone = true;
-        handle->Cancel(absl::Now() >= ToAbslDeadline(ctx->deadline())
-                           ? absl::DeadlineExceededError("deadline exceeded")
-                           : absl::CancelledError("the client cancelled"));
+        handle->Cancel(ClientGone(ctx));
       }
     }
     metrics_->request_duration().Observe(
         absl::ToDoubleSeconds(absl::Now() - start));
     absl::Status status = handle->status();
-    if (status.ok() && client_gone)
-      status = absl::CancelledError("the client went away");
+    if (status.ok() && client_gone) {
+      status = ctx->IsCancelled() ? ClientGone(ctx) : absl::CancelledError("the client went away");
+    }
     if (!status.ok() && resp != nullptr) resp->Clear();
     return status;
   }

@@ -7,6 +7,7 @@
 //    in-flight stream completes, exit status 0.
 #include <cstdlib>
 #include <fstream>
+#include <mutex>
 #include <thread>
 
 #include "gtest/gtest.h"
@@ -95,6 +96,63 @@ TEST(RolloutMetricsTest, ScrapePassesPromtoolAndSelfCheckIsClean) {
   const int rc = pclose(p);
   EXPECT_EQ(rc, 0) << "promtool check metrics:\n" << out;
   EXPECT_EQ(server->Stop().value_or(-1), 0);
+}
+
+// Issue 19 §6: deadline expiries are counted as DEADLINE_EXCEEDED, client
+// cancellations as CANCELLED -- never one for the other.
+TEST(RolloutMetricsTest, DeadlinesAndCancellationsAreCountedApart) {
+  TempDir dir("rollout-deadlines");
+  MakeModel(common::TinyConfig(), 1, dir.Sub("m"));
+  auto server = StartRollout(dir.Sub("m"), {});
+  ASSERT_NE(server, nullptr);
+  auto stub = Stub(server->grpc_address());
+  constexpr int kCalls = 50;
+  int deadline = 0, cancelled = 0;
+  std::vector<std::thread> threads;
+  std::mutex mu;
+  for (int i = 0; i < kCalls; ++i) {
+    threads.emplace_back([&, i] {
+      // Far more tokens than fit in the time: every call ends on its clock.
+      v1::GenerateResponse resp;
+      grpc::Status s =
+          Generate(*stub, MakeRequest({1, 2, 3, i % 60}, 4, i, 400), &resp, 0.05 + 0.01 * (i % 5));
+      std::lock_guard<std::mutex> lock(mu);
+      deadline += s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+    });
+  }
+  for (int i = 0; i < 10; ++i) {
+    threads.emplace_back([&, i] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+      std::thread canceller([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(40 + 5 * i));
+        ctx.TryCancel();
+      });
+      v1::GenerateResponse resp;
+      grpc::Status s = stub->Generate(&ctx, MakeRequest({4, 5, i}, 4, i, 400), &resp);
+      canceller.join();
+      std::lock_guard<std::mutex> lock(mu);
+      cancelled += s.error_code() == grpc::StatusCode::CANCELLED;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(deadline, kCalls);
+  EXPECT_EQ(cancelled, 10);
+  // The server's count, once every call has been recorded.
+  std::string text;
+  for (int i = 0; i < 100; ++i) {
+    text = HttpGet(server->metrics_port());
+    if (MetricValue(text, "lockstep_rollout_requests_total{code=\"DEADLINE_EXCEEDED\",method=\"Generate\"}") +
+            MetricValue(text, "lockstep_rollout_requests_total{code=\"CANCELLED\",method=\"Generate\"}") >=
+        kCalls + 10) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(MetricValue(text, "lockstep_rollout_requests_total{code=\"DEADLINE_EXCEEDED\",method=\"Generate\"}"),
+            kCalls) << text;
+  EXPECT_EQ(MetricValue(text, "lockstep_rollout_requests_total{code=\"CANCELLED\",method=\"Generate\"}"), 10)
+      << text;
 }
 
 TEST(RolloutMetricsTest, StreamMatchesUnaryAndSigtermDrains) {
