@@ -93,7 +93,8 @@ struct SampleArgs {
   const int64_t* positions = nullptr;   // [rows] RNG counter (position of the
                                         // token being sampled)
   // Optional adjustments: row r owns entries [adjust_offsets[r],
-  // adjust_offsets[r + 1]) of `adjustments`, distinct tokens in [0, vocab).
+  // adjust_offsets[r + 1]) of `adjustments`, tokens in [0, vocab), strictly
+  // ascending within a row.
   const int64_t* adjust_offsets = nullptr;     // [rows + 1] or null
   const LogitAdjustment* adjustments = nullptr;  // [adjust_offsets[rows]];
                                                  // may be null when 0
@@ -110,8 +111,9 @@ struct SampleArgs {
 
 // Runs steps 1-8 for every row. INVALID_ARGUMENT on T < 0 or non-finite,
 // top_p outside (0, 1], min_p outside [0, 1], top_k < 0, NaN parameters,
-// vocab > 2^19, adjustment tokens outside [0, vocab) or non-finite
-// adjustment values, targets outside [0, vocab).
+// vocab > 2^19, adjustment tokens outside [0, vocab) or not strictly
+// ascending in their row, non-finite adjustment values, adjustments null
+// while a row has entries, targets outside [0, vocab).
 absl::Status Sample(const SampleArgs& args, const ExecContext& ctx = {});
 
 // tokens_out[i] = lowest j with x_j maximal (NaN never wins unless all are).

@@ -180,9 +180,17 @@ absl::Status Sample(const SampleArgs& args) {
       return absl::InvalidArgumentError(absl::StrCat(
           "Sample: adjust_offsets[", r, "..", r + 1, "] = ", begin, ", ", end, " decrease"));
     }
+    if (end > begin && args.adjustments == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Sample: row ", r, " has ", end - begin, " adjustments but adjustments is null"));
+    }
     for (int64_t e = begin; e < end; ++e) {
       st = CheckLogitAdjustment(args.adjustments[e], args.vocab, r);
       if (!st.ok()) return st;
+      if (e > begin && args.adjustments[e].token <= args.adjustments[e - 1].token) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "Sample: row ", r, " adjustment tokens must be distinct and ascending"));
+      }
     }
   }
   if (args.rows == 0) return absl::OkStatus();

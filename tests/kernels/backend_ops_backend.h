@@ -104,10 +104,10 @@ class Backend {
                                             int64_t leaf_len, int config);
 
   // out [count] (this backend's memory) = the uniforms of the backend's own
-  // Philox for (seed, position), i.e. PhiloxUniform(seed, position, i) as
-  // the backend's Sample computes them.
-  virtual absl::Status PhiloxUniforms(uint64_t seed, int64_t position,
-                                      int64_t count, float* out) = 0;
+  // Philox for (stream key, position), i.e. PhiloxUniform(key, position, i)
+  // as the backend's Sample computes them (52-bit doubles).
+  virtual absl::Status PhiloxUniforms(uint64_t key, int64_t position,
+                                      int64_t count, double* out) = 0;
 
   // True when the backend has a tensor-core attention path at all (CUDA).
   virtual bool HasTensorCoreAttention() const { return false; }

@@ -88,10 +88,10 @@ class CpuBackend : public Backend {
     return s.ok() ? restored : s;
   }
 
-  absl::Status PhiloxUniforms(uint64_t seed, int64_t position, int64_t count,
-                              float* out) override {
+  absl::Status PhiloxUniforms(uint64_t key, int64_t position, int64_t count,
+                              double* out) override {
     for (int64_t i = 0; i < count; ++i) {
-      out[i] = PhiloxUniform(seed, position, i);
+      out[i] = PhiloxUniform(key, position, i);
     }
     return absl::OkStatus();
   }

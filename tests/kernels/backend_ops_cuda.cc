@@ -87,9 +87,9 @@ class CudaBackend : public Backend {
     return cuda::LeafMatmul(args, leaves, leaf_len, &configs[config], nullptr);
   }
 
-  absl::Status PhiloxUniforms(uint64_t seed, int64_t position, int64_t count,
-                              float* out) override {
-    return cuda::PhiloxUniformDevice(seed, position, count, out, nullptr);
+  absl::Status PhiloxUniforms(uint64_t key, int64_t position, int64_t count,
+                              double* out) override {
+    return cuda::PhiloxUniformDevice(key, position, count, out, nullptr);
   }
 
   bool HasTensorCoreAttention() const override { return true; }
