@@ -1,10 +1,12 @@
 #include "learner_service/driver.h"
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "common/sampling/sampling_proto.h"
 #include "common/status/status_macros.h"
 
@@ -41,6 +43,32 @@ absl::StatusOr<lockstep::v1::GenerateResponse> Generate(
       response.status().code(),
       absl::StrCat("rollout ", rollout.connection().options().target,
                    ": Generate: ", response.status().message()));
+}
+
+// Generate on `rollout`, riding through its restarts: UNAVAILABLE is tried
+// again (backoff 100 ms doubling to 5 s) until options.retry_window has
+// passed, re-syncing the rollout's weights before every retry.
+absl::StatusOr<lockstep::v1::GenerateResponse> GenerateRiding(
+    Learner* learner, client::RolloutClient& rollout,
+    const lockstep::v1::GenerateRequest& request, const DriverOptions& options,
+    const std::atomic<bool>* stop) {
+  const absl::Time give_up = absl::Now() + options.retry_window;
+  absl::Duration backoff = absl::Milliseconds(100);
+  for (;;) {
+    absl::StatusOr<lockstep::v1::GenerateResponse> r =
+        Generate(rollout, request, options.generate_timeout);
+    if (r.ok() || !absl::IsUnavailable(r.status()) || absl::Now() + backoff > give_up ||
+        (stop != nullptr && stop->load()) || learner->shutting_down()) {
+      return r;
+    }
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(5));
+    if (learner->observer() != nullptr) learner->observer()->OnGenerateRetry();
+    // A rollout that came back serves its initial weights: it gets the
+    // current ones before it generates again (a failure here is retried by
+    // the next Generate attempt).
+    (void)learner->SyncRollout(rollout.connection().options().target);
+  }
 }
 
 }  // namespace
@@ -92,11 +120,16 @@ absl::StatusOr<DriveSummary> RunDriver(Learner* learner,
     Learner* l;
     ~HookReset() { l->SetCheckpointHooks({}); }
   } reset{learner};
+  if (auto it = options.resume_state.find("driver.prompt_rng");
+      it != options.resume_state.end()) {
+    LOCKSTEP_RETURN_IF_ERROR(generator->LoadState(it->second));
+  }
 
   if (options.out != nullptr) *options.out << DriveHeaderLine() << std::endl;
   DriveSummary summary;
   const auto run_start = Clock::now();
-  for (int64_t i = 0; options.steps == 0 || i < options.steps; ++i) {
+  for (;;) {
+    if (options.steps > 0 && learner->trainer().step() >= options.steps) break;
     if (stop != nullptr && stop->load()) break;
     std::vector<std::shared_ptr<client::RolloutClient>> rollouts =
         learner->rollout_clients();
@@ -140,8 +173,7 @@ absl::StatusOr<DriveSummary> RunDriver(Learner* learner,
         sp->set_max_tokens(static_cast<uint32_t>(max_tokens));
         sp->add_stop_token_ids(CharVocab::kEos);
         threads.emplace_back([&, r] {
-          responses[r] =
-              Generate(*rollouts[r], requests[r], options.generate_timeout);
+          responses[r] = GenerateRiding(learner, *rollouts[r], requests[r], options, stop);
         });
       }
       for (std::thread& t : threads) t.join();
@@ -218,6 +250,10 @@ absl::StatusOr<DriveSummary> RunDriver(Learner* learner,
     summary.max_abs_diff = std::max(summary.max_abs_diff, line.max_abs_diff);
     for (const PushResult& p : report.pushes) {
       if (!p.status.ok() && options.fail_on_push_error) return p.status;
+    }
+    if (options.checkpoint_every > 0 && line.step % options.checkpoint_every == 0) {
+      absl::StatusOr<CheckpointInfo> saved = learner->SaveCheckpoint("drive");
+      if (!saved.ok()) return saved.status();
     }
     if (options.fail_on_mismatch && line.tokens_mismatched > 0) {
       return absl::FailedPreconditionError(absl::StrCat(

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <ostream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -20,7 +21,10 @@ namespace lockstep::learner {
 
 struct DriverOptions {
   std::string task = "reverse";  // see MakeTask
-  int64_t steps = 20;            // 0: until stopped
+  // The learner's step count to reach (a fresh learner: the number of
+  // steps; one resumed from a checkpoint continues to the same total).
+  // 0: until stopped.
+  int64_t steps = 20;
   int prompts_per_step = 16;
   int samples_per_prompt = 8;  // GRPO group size
   uint64_t seed = 1;           // prompt generator and sampling seeds
@@ -30,6 +34,19 @@ struct DriverOptions {
   float min_p = 0.0f;
   int max_tokens = 0;  // 0: the task's max_completion_tokens()
   absl::Duration generate_timeout = absl::Seconds(300);
+  // A Generate that fails with UNAVAILABLE (a rollout restarting) is tried
+  // again with exponential backoff (100 ms doubling to 5 s) for this long;
+  // before each retry the rollout gets the learner's current weights if it
+  // serves another version (Learner::SyncRollout). Every retry is reported
+  // to the learner's observer (lockstep_learner_generate_retries_total).
+  absl::Duration retry_window = absl::Seconds(60);
+  // Save the checkpoint "drive" (under the learner's checkpoint_dir) after
+  // every this many steps (0: never); learner_service --resume continues
+  // from it.
+  int64_t checkpoint_every = 0;
+  // Extra state of a checkpoint loaded before the driver started
+  // (CheckpointInfo::extra): the prompt generator continues from it.
+  std::map<std::string, std::string> resume_state;
   // Per-step lines (and a header) go here; null: silent.
   std::ostream* out = nullptr;
   // Stop with FAILED_PRECONDITION at the first step that shows a mismatched

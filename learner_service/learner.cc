@@ -323,7 +323,10 @@ std::vector<PushResult> Learner::PushLocked(
   // Every attempt first re-checks the rollout: it may have been restarted
   // with another config since it registered.
   PushOptions push = options_.push;
-  push.check = [this](client::RolloutClient& c) { return CheckRollout(c); };
+  push.check = [this](client::RolloutClient& c) {
+    if (shutting_down()) return absl::CancelledError("the learner is shutting down");
+    return CheckRollout(c);
+  };
   const auto start = std::chrono::steady_clock::now();
   std::vector<PushResult> results =
       PushToAll(raw, *weights, static_cast<uint64_t>(version),
@@ -396,7 +399,8 @@ absl::StatusOr<std::vector<PushResult>> Learner::RegisterRollouts(
       return absl::Status(info.status().code(), message);
     }
     LOCKSTEP_RETURN_IF_ERROR(CheckCompatible(fingerprint_, *info, e));
-    if (static_cast<int64_t>(info->weight_version()) > trainer_->version()) {
+    if (static_cast<int64_t>(info->weight_version()) > trainer_->version() &&
+        !options_.adopt_newer_rollouts) {
       // Its weights are not ones this learner produced (or it kept running
       // while the learner restarted): training on its samples would be
       // off-policy from the start, and pushes would be refused as version
@@ -417,6 +421,18 @@ absl::StatusOr<std::vector<PushResult>> Learner::RegisterRollouts(
     fresh.push_back(std::move(r));
   }
   std::lock_guard<std::mutex> step_lock(step_mu_);
+  if (options_.adopt_newer_rollouts) {
+    // Resumed from a checkpoint while the rollouts kept newer weights: the
+    // learner's weights take a version past all of them (and are pushed).
+    int64_t newest = -1;
+    for (const Rollout& r : fresh) newest = std::max(newest, r.info.weight_version);
+    // (An equal version is the same weights: the checkpoint was saved after
+    // its push.)
+    if (newest > trainer_->version()) {
+      trainer_->AdvanceVersion(newest + 1);
+      if (observer_ != nullptr) observer_->OnWeightVersion(trainer_->version());
+    }
+  }
   std::vector<std::string> behind;
   {
     std::lock_guard<std::mutex> lock(state_mu_);
@@ -458,6 +474,33 @@ int Learner::UnregisterRollouts(const std::vector<std::string>& endpoints) {
 std::vector<PushResult> Learner::PushWeights() {
   std::lock_guard<std::mutex> step_lock(step_mu_);
   return PushLocked({}, nullptr);
+}
+
+absl::StatusOr<std::vector<PushResult>> Learner::SyncRollout(const std::string& endpoint) {
+  std::shared_ptr<client::RolloutClient> client;
+  {
+    std::lock_guard<std::mutex> lock(state_mu_);
+    for (const Rollout& r : rollouts_) {
+      if (r.info.endpoint == endpoint) client = r.client;
+    }
+  }
+  if (client == nullptr) {
+    return absl::NotFoundError(absl::StrCat("rollout ", endpoint, " is not registered"));
+  }
+  client::CallOptions call;
+  call.timeout = options_.register_timeout;
+  call.max_attempts = 1;
+  absl::StatusOr<lockstep::v1::ModelInfo> info = client->GetModelInfo(call);
+  if (!info.ok()) {
+    return absl::Status(info.status().code(), absl::StrCat("rollout ", endpoint, ": GetModelInfo: ",
+                                                           info.status().message()));
+  }
+  std::lock_guard<std::mutex> step_lock(step_mu_);
+  if (static_cast<int64_t>(info->weight_version()) == trainer_->version()) {
+    return std::vector<PushResult>{};
+  }
+  // Restarted from its initial weights (or behind after a failed push).
+  return PushLocked({endpoint}, nullptr);
 }
 
 std::pair<int64_t, std::shared_ptr<const common::TensorMap>> Learner::Weights()
@@ -508,6 +551,7 @@ absl::StatusOr<CheckpointInfo> Learner::LoadCheckpoint(
   if (hooks_.load) LOCKSTEP_RETURN_IF_ERROR(hooks_.load(extra));
   CheckpointInfo info;
   info.path = path;
+  info.extra = std::move(extra);
   info.step = trainer_->step();
   info.weight_version = trainer_->version();
   {

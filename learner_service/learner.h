@@ -51,6 +51,12 @@ struct LearnerOptions {
   // waits for the endpoint to come up within this time), and of the one
   // that re-checks the rollout before every push attempt.
   absl::Duration register_timeout = absl::Seconds(10);
+  // A learner restarted from a checkpoint (learner_service --resume) whose
+  // rollouts kept serving newer versions: instead of refusing them,
+  // registration labels the learner's weights with a version past every
+  // rollout's and pushes them (the rollouts then serve the checkpoint's
+  // weights; the lost steps are taken again).
+  bool adopt_newer_rollouts = false;
 };
 
 // One field in which a rollout's arithmetic differs from the learner's.
@@ -124,6 +130,10 @@ struct CheckpointInfo {
   int64_t step = 0;
   int64_t weight_version = 0;
   int64_t dropped_trajectories = 0;  // LoadCheckpoint only
+  // LoadCheckpoint only: the extra state saved beside the weights (what the
+  // checkpoint hooks saved, e.g. the driver's prompt generator), for a
+  // caller that installs its hooks later (learner_service --resume).
+  std::map<std::string, std::string> extra;
 };
 
 struct LearnerStatus {
@@ -156,6 +166,8 @@ class LearnerObserver {
   virtual void OnStep(const StepResult& step) {}
   virtual void OnPush(const PushResult& push) {}
   virtual void OnWeightVersion(int64_t version) {}
+  // The driver retried a Generate call (a rollout was unavailable).
+  virtual void OnGenerateRetry() {}
 };
 
 // Thread-safe. Steps, checkpoint operations and pushes are serialised; a
@@ -207,6 +219,21 @@ class Learner {
 
   // Pushes the current weights to every registered rollout now.
   std::vector<PushResult> PushWeights();
+
+  // For a rollout that may have restarted: when the version it serves
+  // differs from the learner's, re-checks it and pushes the current weights
+  // to it alone (an empty result when it was current). UNAVAILABLE when it
+  // does not answer; NOT_FOUND for an endpoint that is not registered.
+  absl::StatusOr<std::vector<PushResult>> SyncRollout(const std::string& endpoint);
+
+  // The process is shutting down: pushes waiting for an unavailable rollout
+  // give up at their next try (CANCELLED) instead of retrying for their
+  // whole window. Thread-safe, idempotent.
+  void BeginShutdown() { shutting_down_.store(true); }
+  bool shutting_down() const { return shutting_down_.load(); }
+
+  // The observer given at creation (may be null).
+  LearnerObserver* observer() const { return observer_; }
 
   // Current version and its compute-dtype weights.
   std::pair<int64_t, std::shared_ptr<const common::TensorMap>> Weights() const;
@@ -260,6 +287,7 @@ class Learner {
   std::unique_ptr<Trainer> trainer_;
   lockstep::v1::ModelInfo fingerprint_;
   LearnerObserver* const observer_;
+  std::atomic<bool> shutting_down_{false};
 
   mutable std::mutex step_mu_;  // trainer mutations, pushes, checkpoints
   CheckpointHooks hooks_;       // guarded by step_mu_

@@ -925,6 +925,9 @@ absl::StatusOr<std::map<std::string, std::string>> Trainer::LoadCheckpoint(
 }
 
 int64_t Trainer::step() const { return impl_->step; }
+void Trainer::AdvanceVersion(int64_t at_least) {
+  if (at_least > impl_->version) impl_->version = at_least;
+}
 int64_t Trainer::version() const { return impl_->version; }
 const common::ModelConfig& Trainer::config() const { return impl_->config; }
 const TrainerOptions& Trainer::options() const { return impl_->options; }

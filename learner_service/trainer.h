@@ -186,6 +186,10 @@ class Trainer {
 
   int64_t step() const;
   int64_t version() const;
+  // Labels the current weights with version max(version(), at_least): a
+  // learner resumed from a checkpoint older than what its rollouts serve
+  // pushes its weights under a version they accept. Nothing else changes.
+  void AdvanceVersion(int64_t at_least);
   // The model config with dtype = the compute dtype.
   const common::ModelConfig& config() const;
   const TrainerOptions& options() const;

@@ -54,6 +54,9 @@ PushResult PushWeights(client::RolloutClient& client,
   client::CallOptions call;
   call.attempt_timeout = options.attempt_timeout;
   call.retry = options.retry;
+  if (options.retry_window > absl::ZeroDuration()) {
+    call.deadline = absl::Now() + options.retry_window + options.attempt_timeout;
+  }
   // An error of the encoder itself (inconsistent tensors) is the learner's:
   // reported as is, and not retried.
   absl::Status local;

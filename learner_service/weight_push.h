@@ -32,6 +32,11 @@ struct PushOptions {
   client::RetryPolicy retry = DefaultPushRetry();
   // Deadline of one UpdateWeights call (each try).
   absl::Duration attempt_timeout = absl::Seconds(120);
+  // When > 0: tries continue (after UNAVAILABLE, with `retry`'s backoff, up
+  // to retry.max_attempts) until this much time has passed since the first
+  // one, so a rollout that restarts within the window gets the push. The
+  // last try may run attempt_timeout past it. 0: max_attempts alone bounds.
+  absl::Duration retry_window = absl::ZeroDuration();
   // Payload bytes per chunk (0: common::kDefaultWeightChunkBytes).
   size_t chunk_bytes = 0;
   // When set, run at the start of every attempt, before any tensor is sent

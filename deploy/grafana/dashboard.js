@@ -241,8 +241,14 @@ function build() {
           .map(([e, l]) => [e, `update ${l}`]))))
     .withPanel(ts("Weight push throughput", "Bytes of weights pushed to rollouts per second.", "Bps",
       [[`sum(rate(lockstep_weight_push_bytes_total{${NS}}[${RATE}]))`, "pushed"]], { min: 0 }))
-    .withPanel(ts("Weight push failures", "Failed weight pushes per interval.", "short",
-      [[`sum(increase(lockstep_weight_push_failures_total{${NS}}[${RATE}]))`, "failures"]], { min: 0 }));
+    .withPanel(ts("Weight push failures and retries",
+      "Failed weight pushes (after their retries), push retries and the driver's Generate retries " +
+      "per interval: retries without failures are rollouts that restarted and were ridden through.",
+      "short",
+      [[`sum(increase(lockstep_weight_push_failures_total{${NS}}[${RATE}]))`, "failures"],
+       [`sum(increase(lockstep_weight_push_retries_total{${NS}}[${RATE}]))`, "push retries"],
+       [`sum(increase(lockstep_learner_generate_retries_total{${NS}}[${RATE}]))`, "generate retries"]],
+      { min: 0 }));
 
   // --- Rollout serving ------------------------------------------------------------------------------
   b.withRow(row("Rollout serving"))

@@ -91,6 +91,12 @@ LearnerMetrics::LearnerMetrics(prometheus::Registry& registry,
       push_failures_(MakeCounter(
           registry, "lockstep_weight_push_failures_total",
           "Weight pushes that failed after their retries")),
+      push_retries_(MakeCounter(registry, "lockstep_weight_push_retries_total",
+                                "Weight push tries after the first (a rollout "
+                                "unavailable or restarting)")),
+      generate_retries_(MakeCounter(registry, "lockstep_learner_generate_retries_total",
+                                    "Generate calls the driver retried (a rollout "
+                                    "unavailable or restarting)")),
       weight_version_(common::RegisterWeightVersion(registry, "learner")) {
   common::RegisterBuildInfo(registry, info);
 }
@@ -105,8 +111,11 @@ void LearnerMetrics::OnStep(const StepResult& step) {
   weight_version_.Set(static_cast<double>(step.weight_version));
 }
 
+void LearnerMetrics::OnGenerateRetry() { generate_retries_.Increment(); }
+
 void LearnerMetrics::OnPush(const PushResult& push) {
   push_duration_.Observe(push.seconds);
+  if (push.attempts > 1) push_retries_.Increment(static_cast<double>(push.attempts - 1));
   if (push.status.ok()) {
     push_bytes_.Increment(static_cast<double>(push.bytes));
   } else {

@@ -35,6 +35,9 @@ namespace lockstep::learner {
 //   lockstep_weight_push_duration_seconds histogram, one per rollout push
 //   lockstep_weight_push_bytes_total     counter, bytes of successful pushes
 //   lockstep_weight_push_failures_total  counter, pushes failed after retries
+//   lockstep_weight_push_retries_total   counter, push tries after the first
+//   lockstep_learner_generate_retries_total counter, the driver's Generate
+//                                        retries (a rollout unavailable)
 //   lockstep_weight_version{role="learner"}
 //   lockstep_build_info{role="learner",version,kernels,device}
 // Thread-safe (prometheus-cpp metrics are).
@@ -45,6 +48,7 @@ class LearnerMetrics : public LearnerObserver {
   void OnStep(const StepResult& step) override;
   void OnPush(const PushResult& push) override;
   void OnWeightVersion(int64_t version) override;
+  void OnGenerateRetry() override;
 
  private:
   // The mismatch families of one kind of logprob (raw or sampled).
@@ -66,6 +70,8 @@ class LearnerMetrics : public LearnerObserver {
   prometheus::Histogram& push_duration_;
   prometheus::Counter& push_bytes_;
   prometheus::Counter& push_failures_;
+  prometheus::Counter& push_retries_;
+  prometheus::Counter& generate_retries_;
   prometheus::Gauge& weight_version_;
 };
 

@@ -14,6 +14,8 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <limits>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -87,7 +89,19 @@ ABSL_FLAG(int64_t, micro_batch_size, 16,
           "Trajectories per forward/backward (gradients accumulate)");
 ABSL_FLAG(int64_t, max_buffered_trajectories, 65536,
           "Trajectory buffer capacity");
-ABSL_FLAG(int, push_attempts, 5, "Weight push tries (UNAVAILABLE retried)");
+ABSL_FLAG(int, push_attempts, 0,
+          "Weight push tries, UNAVAILABLE retried (0: as many as "
+          "--push_retry_seconds allows)");
+ABSL_FLAG(double, push_retry_seconds, 60.0,
+          "Keep retrying a push to an unavailable (restarting) rollout this long");
+ABSL_FLAG(double, generate_retry_seconds, 60.0,
+          "--drive: keep retrying Generate on an unavailable rollout this long");
+ABSL_FLAG(int64_t, checkpoint_every, 0,
+          "--drive: save the checkpoint 'drive' every N steps (needs --checkpoint_dir)");
+ABSL_FLAG(bool, resume, false,
+          "Start from the checkpoint 'drive' under --checkpoint_dir when it "
+          "exists; rollouts that kept newer weights get the checkpoint's, "
+          "under a newer version");
 ABSL_FLAG(int, num_threads, 0,
           "CPU threads of the invariant kernels (0: LOCKSTEP_NUM_THREADS or "
           "all cores)");
@@ -210,12 +224,15 @@ int main(int argc, char** argv) {
   // Set once the gRPC server runs, so that a signal turns health NOT_SERVING
   // at once, even while a training step is still finishing.
   std::atomic<lockstep::common::ServerHost*> live_server{nullptr};
+  // Set once the learner exists: a signal also ends its push retries.
+  std::atomic<Learner*> live_learner{nullptr};
   std::thread([&] {
     char c;
     while (read(g_signal_pipe[0], &c, 1) < 0 && errno == EINTR) {
     }
     stop = true;
     if (lockstep::common::ServerHost* h = live_server.load()) h->SetServing(false);
+    if (Learner* l = live_learner.load()) l->BeginShutdown();
     stop_requested.Set();
   }).detach();
 
@@ -254,7 +271,16 @@ int main(int argc, char** argv) {
   options.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
   options.max_buffered_trajectories =
       absl::GetFlag(FLAGS_max_buffered_trajectories);
-  options.push.retry.max_attempts = absl::GetFlag(FLAGS_push_attempts);
+  {
+    const int attempts = absl::GetFlag(FLAGS_push_attempts);
+    options.push.retry.max_attempts = attempts > 0 ? attempts : std::numeric_limits<int>::max();
+    options.push.retry.max_backoff = absl::Seconds(2);
+    options.push.retry_window = absl::Seconds(absl::GetFlag(FLAGS_push_retry_seconds));
+  }
+  options.adopt_newer_rollouts = absl::GetFlag(FLAGS_resume);
+  if (absl::GetFlag(FLAGS_resume) && absl::GetFlag(FLAGS_checkpoint_dir).empty()) {
+    return Fail(absl::InvalidArgumentError("--resume needs --checkpoint_dir"));
+  }
   t.num_threads = absl::GetFlag(FLAGS_num_threads);
   t.torch_threads = absl::GetFlag(FLAGS_torch_threads);
   if (const std::string f = absl::GetFlag(FLAGS_rollout_auth_token_file);
@@ -307,6 +333,8 @@ int main(int argc, char** argv) {
   lockstep::learner::LearnerMetrics learner_metrics(*(*metrics)->registry(), build_info);
   absl::StatusOr<std::unique_ptr<Learner>> learner = Learner::Create(options, &learner_metrics);
   if (!learner.ok()) return Fail(learner.status());
+  live_learner.store(learner->get());
+  if (stop) (*learner)->BeginShutdown();
   std::cerr << "learner_service: model " << (*learner)->config().Summary() << std::endl;
 
   lockstep::learner::LearnerServiceImpl service(learner->get());
@@ -323,6 +351,17 @@ int main(int argc, char** argv) {
       lockstep::common::ServerHost::Start(host_options, {&service}, {lockstep::learner::kLearnerServiceName});
   if (!server.ok()) return Fail(server.status());
 
+  std::map<std::string, std::string> resume_state;
+  if (absl::GetFlag(FLAGS_resume)) {
+    absl::StatusOr<lockstep::learner::CheckpointInfo> loaded = (*learner)->LoadCheckpoint("drive");
+    if (loaded.ok()) {
+      std::cerr << "learner_service: resumed from " << loaded->path << " (step " << loaded->step
+                << ", version " << loaded->weight_version << ")" << std::endl;
+      resume_state = loaded->extra;
+    } else if (!absl::IsNotFound(loaded.status())) {
+      return Fail(loaded.status());
+    }
+  }
   if (!rollouts.empty()) {
     // Rollouts may still be starting: registration waits for them.
     absl::StatusOr<std::vector<lockstep::learner::PushResult>> reg =
@@ -354,6 +393,9 @@ int main(int argc, char** argv) {
     d.min_p = static_cast<float>(absl::GetFlag(FLAGS_min_p));
     d.max_tokens = absl::GetFlag(FLAGS_max_tokens);
     d.fail_on_mismatch = absl::GetFlag(FLAGS_fail_on_mismatch);
+    d.retry_window = absl::Seconds(absl::GetFlag(FLAGS_generate_retry_seconds));
+    d.checkpoint_every = absl::GetFlag(FLAGS_checkpoint_every);
+    d.resume_state = resume_state;
     d.out = &std::cout;
     absl::StatusOr<lockstep::learner::DriveSummary> summary =
         lockstep::learner::RunDriver(learner->get(), d, &stop);

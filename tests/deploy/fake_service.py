@@ -127,6 +127,8 @@ def metrics(state):
                          [0.01, 0.1, 1, math.inf], [0.02] * steps)
         out += counter("lockstep_weight_push_bytes_total", "Bytes pushed.", 65536 * steps)
         out += counter("lockstep_weight_push_failures_total", "Failed pushes.", 0)
+        out += counter("lockstep_weight_push_retries_total", "Push retries.", steps // 4)
+        out += counter("lockstep_learner_generate_retries_total", "Generate retries.", steps // 5)
     else:
         requests = 4 * steps
         out += ["# HELP lockstep_rollout_requests_total Requests by code.",

@@ -211,6 +211,9 @@ TEST_F(LearnerBadInputTest, BadTrajectoriesAreRejectedWhole) {
     const grpc::Status st = w->Finish();
     EXPECT_TRUE(st.ok()) << st.error_message();
     EXPECT_EQ(Stats(*lstub_).buffered_trajectories(), before.buffered_trajectories() + 2);
+    // Leave the buffer empty for the next test (the server is shared).
+    v1::TrainStepResponse drained;
+    ASSERT_TRUE(TrainStep(*lstub_, v1::TrainStepRequest(), &drained).ok());
   }
 }
 
