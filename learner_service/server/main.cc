@@ -36,6 +36,7 @@
 #include "learner_service/server/learner_metrics.h"
 #include "common/net/server_security.h"
 #include "learner_service/driver.h"
+#include "learner_service/membership.h"
 #include "learner_service/server/learner_grpc_service.h"
 #include "learner_service/learner.h"
 
@@ -98,6 +99,11 @@ ABSL_FLAG(double, generate_retry_seconds, 60.0,
           "--drive: keep retrying Generate on an unavailable rollout this long");
 ABSL_FLAG(int64_t, checkpoint_every, 0,
           "--drive: save the checkpoint 'drive' every N steps (needs --checkpoint_dir)");
+ABSL_FLAG(std::string, rollout_dns, "",
+          "HOST:PORT names (comma list) re-resolved every --rollout_resolve_seconds: "
+          "every address is a rollout (e.g. a Kubernetes headless Service); new ones "
+          "are registered and brought to the current version, vanished ones dropped");
+ABSL_FLAG(double, rollout_resolve_seconds, 10.0, "Period of --rollout_dns resolution");
 ABSL_FLAG(bool, resume, false,
           "Start from the checkpoint 'drive' under --checkpoint_dir when it "
           "exists; rollouts that kept newer weights get the checkpoint's, "
@@ -371,6 +377,23 @@ int main(int argc, char** argv) {
       if (!p.status.ok()) return Fail(p.status);
     }
   }
+  std::unique_ptr<lockstep::learner::Membership> membership;
+  if (const std::string names = absl::GetFlag(FLAGS_rollout_dns); !names.empty()) {
+    lockstep::learner::MembershipOptions m;
+    for (absl::string_view n : absl::StrSplit(names, ',', absl::SkipEmpty())) m.names.emplace_back(n);
+    m.period = absl::Seconds(absl::GetFlag(FLAGS_rollout_resolve_seconds));
+    membership = std::make_unique<lockstep::learner::Membership>(learner->get(), m);
+    // The first round before serving and driving, so that the members are
+    // known (and current) from the start; then one every period.
+    const lockstep::learner::MembershipRound first = membership->RunOnce();
+    for (const std::string& a : first.added) {
+      std::cerr << "learner_service: rollout " << a << " joined" << std::endl;
+    }
+    for (const std::string& e : first.errors) {
+      std::cerr << "learner_service: membership: " << e << std::endl;
+    }
+    membership->Start();
+  }
   (*server)->SetServing(true);
   live_server.store(server->get());
   if (stop) (*server)->SetServing(false);  // a signal came during start-up
@@ -429,6 +452,7 @@ int main(int argc, char** argv) {
     if (!absl::GetFlag(FLAGS_keep_serving)) stop_requested.Set();
   }
   stop_requested.Wait();
+  if (membership != nullptr) membership->Stop();
 
   // Drain: refuse new work, keep answering health NOT_SERVING for
   // --drain_announce_seconds (so probes and load balancers see it), let

@@ -182,8 +182,8 @@ function validateFile(args) {
         }
       }
       // The learner must point at rollouts that exist in this release, when it points into it.
-      for (const a of argv.filter((x) => x.startsWith("--rollout="))) {
-        const host = a.slice("--rollout=".length).split(":")[0].split(".")[0];
+      for (const a of argv.filter((x) => x.startsWith("--rollout=") || x.startsWith("--rollout_dns="))) {
+        const host = a.slice(a.indexOf("=") + 1).split(":")[0].split(".")[0];
         const own = services.find((s) => s.metadata.name === host);
         if (host.startsWith(w.metadata.name.replace(/-learner$/, ""))) {
           check(own, `${cid}: ${a} names no Service of this release`);

@@ -3,6 +3,8 @@
 // with retries, a rollout that is down, buffer semantics, checkpoints by
 // name, and the exported metrics.
 #include "learner_service/learner.h"
+#include "learner_service/membership.h"
+#include "absl/strings/match.h"
 #include "learner_service/server/learner_metrics.h"
 
 #include <sys/wait.h>
@@ -648,6 +650,78 @@ TEST_F(LearnerCoreTest, CheckpointsByName) {
   EXPECT_EQ(hook_state, "before");
   EXPECT_EQ(learner->version(), 1);
   EXPECT_EQ(learner->Status().buffered_trajectories, 0);
+}
+
+}  // namespace
+}  // namespace lockstep::learner
+
+namespace lockstep::learner {
+namespace {
+
+// Issue 19 §1: members follow what the name resolves to. A member that joins
+// behind gets the learner's current version at once; one that vanishes is
+// dropped (no more pushes to it); a resolve failure keeps the members.
+TEST_F(LearnerCoreTest, MembershipFollowsDnsAndSyncsNewMembers) {
+  auto learner = Make();
+  FakeServer a(learner->config()), b(learner->config());
+  std::vector<std::string> answer = {a.endpoint()};
+  bool fail = false;
+  MembershipOptions mo;
+  mo.names = {"rollouts.test:1"};
+  Membership m(learner.get(), mo, [&](const std::string& name) -> absl::StatusOr<std::vector<std::string>> {
+    EXPECT_EQ(name, "rollouts.test:1");
+    if (fail) return absl::NotFoundError("no such host");
+    return answer;
+  });
+  MembershipRound r = m.RunOnce();
+  EXPECT_EQ(r.added, std::vector<std::string>{a.endpoint()});
+  ASSERT_EQ(learner->Status().rollouts.size(), 1u);
+  // A step: version 1 on the member.
+  ASSERT_TRUE(learner->Submit(Group(*learner, "g", 2, 3)).ok());
+  ASSERT_TRUE(learner->TrainStep({}).ok());
+  // b appears (at version 0): registered and pushed version 1 in the round.
+  answer = {a.endpoint(), b.endpoint()};
+  r = m.RunOnce();
+  EXPECT_EQ(r.added, std::vector<std::string>{b.endpoint()});
+  {
+    std::lock_guard<std::mutex> lock(b.service.mu_);
+    EXPECT_EQ(b.service.version_, 1u);
+  }
+  EXPECT_EQ(learner->Status().rollouts.size(), 2u);
+  // A failing resolution changes nothing.
+  fail = true;
+  r = m.RunOnce();
+  EXPECT_EQ(r.errors.size(), 1u);
+  EXPECT_EQ(learner->Status().rollouts.size(), 2u);
+  fail = false;
+  // a vanishes: dropped; the next step pushes to b only.
+  answer = {b.endpoint()};
+  r = m.RunOnce();
+  EXPECT_EQ(r.removed, std::vector<std::string>{a.endpoint()});
+  ASSERT_EQ(learner->Status().rollouts.size(), 1u);
+  EXPECT_EQ(learner->Status().rollouts[0].endpoint, b.endpoint());
+  ASSERT_TRUE(learner->Submit(Group(*learner, "h", 2, 4)).ok());
+  auto step = learner->TrainStep({});
+  ASSERT_TRUE(step.ok());
+  ASSERT_EQ(step->pushes.size(), 1u);
+  EXPECT_EQ(step->pushes[0].endpoint, b.endpoint());
+  {
+    std::lock_guard<std::mutex> lock(a.service.mu_);
+    EXPECT_EQ(a.service.version_, 1u);
+  }
+}
+
+TEST(ResolveAllTest, LocalhostAndBadNames) {
+  auto r = ResolveAll("localhost:50051");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->empty());
+  for (const std::string& a : *r) EXPECT_TRUE(absl::EndsWith(a, ":50051")) << a;
+  auto ip = ResolveAll("127.0.0.1:7");
+  ASSERT_TRUE(ip.ok());
+  EXPECT_EQ(*ip, std::vector<std::string>{"127.0.0.1:7"});
+  EXPECT_EQ(ResolveAll("no-port").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ResolveAll("host:0").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ResolveAll("name.invalid:80").status().code(), absl::StatusCode::kNotFound);
 }
 
 }  // namespace

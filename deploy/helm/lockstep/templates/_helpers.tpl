@@ -114,8 +114,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 - --rollout_tls
 {{- end }}
-{{- with $r.serverName }}
-- --rollout_tls_server_name={{ . }}
+{{- if $r.serverName }}
+- --rollout_tls_server_name={{ $r.serverName }}
+{{- else if and (not $v.learner.rollouts) $v.rollout.enabled }}
+{{- /* Members are dialed by pod IP (--rollout_dns): check the Service's name. */}}
+- --rollout_tls_server_name={{ include "lockstep.fullname" . }}-rollout-headless.{{ .Release.Namespace }}.svc
 {{- end }}
 {{- else if or $r.serverName $r.clientCertificate $r.existingSecret }}
 {{- fail "learner.rolloutTls.serverName, clientCertificate and existingSecret need learner.rolloutTls.enabled or tls.enabled" }}
