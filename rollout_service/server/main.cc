@@ -16,8 +16,10 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "common/model/cuda_check.h"
 #include "common/model/kernel_mode.h"
 #include "common/model/model.h"
+#include "common/model/nccl_communicator.h"
 #include "kernels/cpu/threading.h"
 #include "common/net/channel_security.h"
 #include "kernels/device.h"
@@ -37,7 +39,11 @@ ABSL_FLAG(std::string, model_dir, "",
           "model.safetensors.index.json + shards (required)");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
 ABSL_FLAG(std::string, kernels, "invariant", "invariant or standard");
-ABSL_FLAG(int, tp, 1, "Tensor-parallel ranks (in-process): 1, 2, 4 or 8");
+ABSL_FLAG(int, tp, 1, "Tensor-parallel ranks: 1, 2, 4 or 8");
+ABSL_FLAG(std::string, tp_backend, "inprocess",
+          "How the TP ranks run: inprocess (threads on one device, e.g. to check TP "
+          "invariance on one GPU or on CPU) or nccl (rank r on GPU r of this pod; "
+          "needs --device=cuda and --tp visible GPUs)");
 ABSL_FLAG(int64_t, kv_cache_bytes, int64_t{512} << 20,
           "KV-cache budget in bytes (pages = budget / bytes per page)");
 ABSL_FLAG(int64_t, page_size, 16, "Tokens per KV-cache page");
@@ -106,6 +112,11 @@ int main(int argc, char** argv) {
   lockstep::common::ModelOptions model_options;
   model_options.mode = *mode;
   model_options.tp_size = absl::GetFlag(FLAGS_tp);
+  if (const std::string b = absl::GetFlag(FLAGS_tp_backend); b == "nccl") {
+    model_options.tp_backend = lockstep::common::TpBackend::kNccl;
+  } else if (b != "inprocess") {
+    return Fail(absl::StrCat("unknown --tp_backend=", b, " (inprocess or nccl)"));
+  }
   if (device == "cpu") {
     model_options.device = lockstep::kernels::Device::kCpu;
   } else if (device == "cuda") {
@@ -115,6 +126,20 @@ int main(int argc, char** argv) {
     model_options.device = lockstep::kernels::Device::kCuda;
   } else {
     return Fail(absl::StrCat("unknown --device=", device, " (cpu or cuda)"));
+  }
+  if (model_options.tp_backend == lockstep::common::TpBackend::kNccl) {
+    if (model_options.device != lockstep::kernels::Device::kCuda) {
+      return Fail("--tp_backend=nccl needs --device=cuda");
+    }
+    if (!lockstep::common::NcclBuilt()) {
+      return Fail("--tp_backend=nccl but this build has no NCCL");
+    }
+    const int gpus = lockstep::common::CudaDeviceCount();
+    if (gpus < model_options.tp_size) {
+      return Fail(absl::StrCat("--tp=", model_options.tp_size, " --tp_backend=nccl puts rank r on GPU r: ",
+                               model_options.tp_size, " GPUs are needed, ", gpus,
+                               " visible (CUDA_VISIBLE_DEVICES / the pod's nvidia.com/gpu limit)"));
+    }
   }
   if (absl::GetFlag(FLAGS_num_threads) > 0) {
     lockstep::kernels::SetNumThreads(absl::GetFlag(FLAGS_num_threads));

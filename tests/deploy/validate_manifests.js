@@ -174,6 +174,9 @@ function validateFile(args) {
               `${cid}: nvidia.com/gpu limit ${lim["nvidia.com/gpu"]} != ${gpuWanted[comp]}`);
         if (comp === "rollout" && gpuWanted[comp] > 0) {
           check(argv.includes(`--tp=${gpuWanted[comp]}`), `${cid}: GPUs per pod must equal --tp`);
+          if (gpuWanted[comp] > 1) {
+            check(argv.includes("--tp_backend=nccl"), `${cid}: ${gpuWanted[comp]} GPUs but the ranks do not use them (--tp_backend=nccl)`);
+          }
         }
         if (gpuWanted[comp] > 0) {
           const shm = (c.volumeMounts || []).find((m) => m.mountPath === "/dev/shm");

@@ -6,11 +6,14 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <sstream>
+#include <tuple>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "common/model/cuda_check.h"
 #include "gtest/gtest.h"
 #include "tests/rollout_service/integration_util.h"
 
@@ -275,6 +278,45 @@ TEST(RolloutAuthTest, BearerTokenIsRequiredWhenConfigured) {
   // Health stays open to probes.
   EXPECT_EQ(HealthStatus(server->grpc_address(), "lockstep.v1.RolloutService"), 1);
   EXPECT_EQ(server->Stop().value_or(-1), 0);
+}
+
+}  // namespace
+}  // namespace lockstep::rollout::itest
+
+namespace lockstep::rollout::itest {
+namespace {
+
+// Issue 19 §3: --tp_backend=nccl puts rank r on GPU r; without enough GPUs
+// (or without --device=cuda) the service refuses at start with a message
+// that says what is missing, instead of running every rank on one device.
+TEST(RolloutFlagsTest, TpBackendRefusesClearly) {
+  TempDir dir("rollout-tp-flags");
+  const std::string log = dir.Sub("stderr.txt");
+  const auto run = [&](const std::string& flags) {
+    const std::string cmd = RolloutBinary() + " --model_dir=" + dir.path() + " " + flags +
+                            " > " + log + " 2>&1";
+    const int rc = std::system(cmd.c_str());
+    std::ifstream in(log);
+    std::stringstream text;
+    text << in.rdbuf();
+    return std::make_pair(rc, text.str());
+  };
+  auto [rc, text] = run("--device=cpu --tp=2 --tp_backend=nccl");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(text.find("--tp_backend=nccl needs --device=cuda"), std::string::npos) << text;
+  std::tie(rc, text) = run("--tp_backend=mpi");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(text.find("unknown --tp_backend=mpi"), std::string::npos) << text;
+  if (lockstep::common::CudaDeviceCount() < 8) {
+    std::tie(rc, text) = run("--device=cuda --tp=8 --tp_backend=nccl");
+    EXPECT_NE(rc, 0);
+    // Without CUDA kernels or NCCL in the build the message says that; else
+    // it counts the GPUs.
+    EXPECT_TRUE(text.find("8 GPUs are needed") != std::string::npos ||
+                text.find("has no NCCL") != std::string::npos ||
+                text.find("no CUDA kernels") != std::string::npos)
+        << text;
+  }
 }
 
 }  // namespace
