@@ -146,8 +146,21 @@ absl::StatusOr<DriveSummary> RunDriver(Learner* learner,
     const size_t nr = std::min(rollouts.size(), examples.size());
     std::vector<lockstep::v1::GenerateRequest> requests(nr);
     std::vector<std::vector<size_t>> owned(nr);
+    // Spread by load: each prompt goes to the member with the fewest
+    // sequences (its waiting + running, GetLoad, plus what this step already
+    // gave it); equal loads give round-robin. The samples do not depend on
+    // the split (per-prompt seeds), only the time does.
+    std::vector<int64_t> load(nr, 0);
+    for (size_t r = 0; r < nr; ++r) {
+      absl::StatusOr<lockstep::v1::RolloutLoad> l =
+          rollouts[r]->GetLoad(client::CallOptions::Timeout(absl::Seconds(2)));
+      if (l.ok()) {
+        load[r] = static_cast<int64_t>(l->waiting_sequences() + l->running_sequences());
+      }
+    }
     for (size_t p = 0; p < examples.size(); ++p) {
-      const size_t r = p % nr;
+      const size_t r = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+      load[r] += options.samples_per_prompt;
       lockstep::v1::Prompt* prompt = requests[r].add_prompts();
       prompt->mutable_token_ids()->Add(examples[p].prompt.begin(),
                                        examples[p].prompt.end());
@@ -162,6 +175,10 @@ absl::StatusOr<DriveSummary> RunDriver(Learner* learner,
     {
       std::vector<std::thread> threads;
       for (size_t r = 0; r < nr; ++r) {
+        if (owned[r].empty()) {  // a busy member got nothing this step
+          responses[r] = lockstep::v1::GenerateResponse();
+          continue;
+        }
         lockstep::v1::GenerateRequest& req = requests[r];
         req.set_n(static_cast<uint32_t>(options.samples_per_prompt));
         req.set_request_id(absl::StrCat("learner-drive-", step_index, "-", r));

@@ -830,13 +830,29 @@ void Engine::Step() {
     reported_running_ = stats.running;
     reported_kv_usage_ = stats.kv_usage;
   }
+  load_waiting_.store(scheduler_->num_waiting_samples());
+  load_running_.store(scheduler_->num_running());
+  load_kv_usage_.store(scheduler_->blocks().usage());
+}
+
+Engine::Load Engine::load() const {
+  Load l;
+  // Samples never admitted include those not yet handed to the scheduler.
+  l.waiting = std::max(load_waiting_.load(), queued_.load());
+  l.running = load_running_.load();
+  l.kv_usage = load_kv_usage_.load();
+  l.in_flight = in_flight_.load();
+  return l;
 }
 
 void Engine::ReportOccupancy() {
-  if (observer_ == nullptr) return;
   const int64_t waiting = scheduler_->num_waiting_samples();
   const int64_t running = scheduler_->num_running();
   const double kv_usage = scheduler_->blocks().usage();
+  load_waiting_.store(waiting);
+  load_running_.store(running);
+  load_kv_usage_.store(kv_usage);
+  if (observer_ == nullptr) return;
   if (waiting == reported_waiting_ && running == reported_running_ &&
       kv_usage == reported_kv_usage_) {
     return;

@@ -301,6 +301,17 @@ class Engine {
   // Requests submitted and not yet complete.
   int64_t in_flight() const { return in_flight_.load(); }
 
+  // The engine's load as of its last step (or occupancy change), for
+  // routers: samples waiting for admission, sequences running, KV-cache
+  // pages in use. Thread-safe.
+  struct Load {
+    int64_t waiting = 0;
+    int64_t running = 0;
+    double kv_usage = 0.0;
+    int64_t in_flight = 0;  // requests
+  };
+  Load load() const;
+
  private:
   struct Request;
   struct SampleState {
@@ -388,6 +399,10 @@ class Engine {
   std::deque<SelfCheck> selfchecks_;
   std::deque<std::shared_ptr<ScoreJob>> active_scores_;  // in pieces
   double selfcheck_credit_ = 0.0;
+  // The occupancy as load() reads it (written by the engine thread).
+  std::atomic<int64_t> load_waiting_{0};
+  std::atomic<int64_t> load_running_{0};
+  std::atomic<double> load_kv_usage_{0.0};
   int64_t reported_waiting_ = 0;  // the occupancy last reported
   int64_t reported_running_ = 0;
   double reported_kv_usage_ = 0.0;

@@ -185,6 +185,11 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
     return Record("GetModelInfo", DoGetModelInfo(ctx, resp));
   }
 
+  grpc::Status GetLoad(grpc::ServerContext* ctx, const v1::GetLoadRequest*,
+                       v1::RolloutLoad* resp) override {
+    return Record("GetLoad", DoGetLoad(ctx, resp));
+  }
+
  private:
   grpc::Status Record(const char* method, const absl::Status& status) {
     metrics_->RecordRequest(method, status.code());
@@ -389,6 +394,18 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
                  static_cast<unsigned long long>(tensor_count),
                  static_cast<unsigned long long>(stager.bytes_received()),
                  absl::ToDoubleSeconds(total), stager.header().source().c_str());
+    return absl::OkStatus();
+  }
+
+  absl::Status DoGetLoad(grpc::ServerContext* ctx, v1::RolloutLoad* resp) {
+    LOCKSTEP_RETURN_IF_ERROR(CheckCall(ctx));
+    const Engine::Load l = engine_->load();
+    resp->set_waiting_sequences(static_cast<uint64_t>(l.waiting));
+    resp->set_running_sequences(static_cast<uint64_t>(l.running));
+    resp->set_kv_cache_usage(l.kv_usage);
+    resp->set_in_flight_requests(static_cast<uint64_t>(l.in_flight));
+    resp->set_weight_version(engine_->weight_version());
+    resp->set_max_queue(static_cast<uint64_t>(engine_->options().max_queue));
     return absl::OkStatus();
   }
 

@@ -207,6 +207,13 @@ absl::StatusOr<v1::ModelInfo> RolloutClient::GetModelInfo(
       });
 }
 
+absl::StatusOr<v1::RolloutLoad> RolloutClient::GetLoad(const CallOptions& call) {
+  return connection_->Unary<v1::RolloutLoad>(
+      call, [&](grpc::ClientContext* ctx, v1::RolloutLoad* response) {
+        return stub_->GetLoad(ctx, v1::GetLoadRequest(), response);
+      });
+}
+
 absl::StatusOr<v1::UpdateWeightsResponse> RolloutClient::UpdateWeights(
     const WeightStreamProducer& produce, const CallOptions& call) {
   v1::UpdateWeightsResponse response;

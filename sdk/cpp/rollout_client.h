@@ -119,6 +119,9 @@ class RolloutClient {
   // Model config, served weight version, kernel mode, device, engine limits.
   absl::StatusOr<v1::ModelInfo> GetModelInfo(const CallOptions& call = {});
 
+  // The engine's load now (waiting and running sequences, KV usage).
+  absl::StatusOr<v1::RolloutLoad> GetLoad(const CallOptions& call = {});
+
   // Uploads `weights` as options.target_version (0: served version + 1,
   // from a GetModelInfo first). The whole stream is replayed on
   // UNAVAILABLE. The tensors must match the model's names, shapes and

@@ -38,6 +38,13 @@ absl::StatusOr<int> RunStats(const Args& args) {
       s->buffered_trajectories(), s->buffered_groups(), s->buffered_tokens(),
       m.tokens_compared(), m.tokens_mismatched(), 100.0 * m.exact_fraction(),
       m.max_abs_diff(), m.mean_abs_diff(), m.kl_k3(), m.tokens_stale());
+  if (const v1::MismatchStats& sm = s->sampled_mismatch_total(); sm.tokens_compared() > 0) {
+    std::cout << absl::StrFormat(
+        "mismatch under the sampling distribution (all steps): %d tokens compared, "
+        "%d mismatched, exact %.4f%%, max |dlogprob|=%.6g\n",
+        sm.tokens_compared(), sm.tokens_mismatched(), 100.0 * sm.exact_fraction(),
+        sm.max_abs_diff());
+  }
   if (s->has_last_step()) {
     const v1::MismatchStats& l = s->last_step().mismatch();
     std::cout << absl::StrFormat(
