@@ -3,7 +3,7 @@ BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: deps build test test-asan demo observe bench clean
+.PHONY: deps build test test-asan soak demo observe bench clean
 
 deps:
 	scripts/install-deps.sh
@@ -18,7 +18,13 @@ build: deps $(BUILD_DIR)/CMakeCache.txt
 # UBSan (label `asan`, built as part of `build` via the asan_tests target).
 test: build
 	cmake --build $(BUILD_DIR) -j $(JOBS) --target asan_tests
-	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) -LE 'cuda|benchmark'
+	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) -LE 'cuda|benchmark|soak'
+
+# The fault soak (tests/integration/rl_soak_test.cc): 3 rollouts killed and
+# restarted under load while the learner trains, LOCKSTEP_SOAK_SECONDS long
+# (default 600).
+soak: build
+	cd $(BUILD_DIR) && LOCKSTEP_SOAK_SECONDS=$${LOCKSTEP_SOAK_SECONDS:-600} ctest --output-on-failure -V -L soak
 
 # Only the AddressSanitizer tests.
 test-asan: build

@@ -156,6 +156,11 @@ absl::StatusOr<DriveSummary> RunDriver(Learner* learner,
           rollouts[r]->GetLoad(client::CallOptions::Timeout(absl::Seconds(2)));
       if (l.ok()) {
         load[r] = static_cast<int64_t>(l->waiting_sequences() + l->running_sequences());
+        // A member that restarted since the last push serves its initial
+        // weights: it gets the current ones before this step's Generate.
+        if (static_cast<int64_t>(l->weight_version()) != learner->version()) {
+          (void)learner->SyncRollout(rollouts[r]->connection().options().target);
+        }
       }
     }
     for (size_t p = 0; p < examples.size(); ++p) {
@@ -197,8 +202,15 @@ absl::StatusOr<DriveSummary> RunDriver(Learner* learner,
     }
     const double generate_ms = MsSince(gen_start);
     std::vector<Trajectory> trajectories;
-    for (size_t r = 0; r < nr; ++r) {
-      if (!responses[r].ok()) return responses[r].status();
+    bool abandoned = false;  // shutdown cut a Generate short: no step
+    for (size_t r = 0; r < nr && !abandoned; ++r) {
+      if (!responses[r].ok()) {
+        if ((stop != nullptr && stop->load()) || learner->shutting_down()) {
+          abandoned = true;
+          break;
+        }
+        return responses[r].status();
+      }
       for (const lockstep::v1::Completion& c : responses[r]->completions()) {
         if (c.prompt_index() >= owned[r].size()) {
           return absl::InternalError("rollout returned an unknown prompt index");
@@ -227,6 +239,7 @@ absl::StatusOr<DriveSummary> RunDriver(Learner* learner,
         trajectories.push_back(std::move(t));
       }
     }
+    if (abandoned) break;
     std::vector<std::string> groups;
     for (const Trajectory& t : trajectories) {
       if (groups.empty() || groups.back() != t.group_id) {
@@ -265,8 +278,10 @@ absl::StatusOr<DriveSummary> RunDriver(Learner* learner,
     summary.sampled_compared += line.sampled_compared;
     summary.sampled_mismatched += line.sampled_mismatched;
     summary.max_abs_diff = std::max(summary.max_abs_diff, line.max_abs_diff);
+    const bool stopping = (stop != nullptr && stop->load()) || learner->shutting_down();
     for (const PushResult& p : report.pushes) {
-      if (!p.status.ok() && options.fail_on_push_error) return p.status;
+      // A push cut short by shutdown is not a failure of the run.
+      if (!p.status.ok() && options.fail_on_push_error && !stopping) return p.status;
     }
     if (options.checkpoint_every > 0 && line.step % options.checkpoint_every == 0) {
       absl::StatusOr<CheckpointInfo> saved = learner->SaveCheckpoint("drive");

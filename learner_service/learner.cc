@@ -357,11 +357,18 @@ absl::StatusOr<std::vector<std::vector<float>>> Learner::ComputeLogprobs(
     const std::vector<std::vector<int32_t>>& sequences,
     const std::vector<int64_t>& prefix_lens,
     const std::vector<const common::SamplingSpec*>& sampling,
-    std::vector<std::vector<float>>* sampled) {
+    std::vector<std::vector<float>>* sampled, std::optional<int64_t> expected_version,
+    int64_t* version_out) {
   if (sequences.empty()) {
     return absl::InvalidArgumentError("no sequences to score");
   }
   std::lock_guard<std::mutex> lock(step_mu_);
+  if (expected_version.has_value() && *expected_version != trainer_->version()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "weight version ", *expected_version, " requested; the learner is at ",
+        trainer_->version()));
+  }
+  if (version_out != nullptr) *version_out = trainer_->version();
   return trainer_->ComputeLogprobs(sequences, prefix_lens, sampling, sampled);
 }
 

@@ -192,11 +192,18 @@ class Learner {
   // `sampling` empty or one per sequence: for each non-null entry,
   // (*sampled)[s] gets the logprobs under that sampling distribution
   // (bit-identical to the rollout's sampled logprobs in invariant mode).
+  // Scores with the current weights, all under the step lock: when
+  // `expected_version` is set it must be the version scored with
+  // (FAILED_PRECONDITION otherwise, checked under the lock, so a step that
+  // lands meanwhile cannot slip in), and *version_out (when not null) gets
+  // the version the logprobs are of.
   absl::StatusOr<std::vector<std::vector<float>>> ComputeLogprobs(
       const std::vector<std::vector<int32_t>>& sequences,
       const std::vector<int64_t>& prefix_lens,
       const std::vector<const common::SamplingSpec*>& sampling = {},
-      std::vector<std::vector<float>>* sampled = nullptr);
+      std::vector<std::vector<float>>* sampled = nullptr,
+      std::optional<int64_t> expected_version = std::nullopt,
+      int64_t* version_out = nullptr);
 
   // Connects to each endpoint (ConnectRollout), asks it for its model
   // (GetModelInfo, waiting up to register_timeout for it to come up, one

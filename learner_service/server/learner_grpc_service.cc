@@ -3,6 +3,7 @@
 #include <grpcpp/server_context.h>
 
 #include <limits>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "common/sampling/sampling_proto.h"
@@ -202,12 +203,15 @@ grpc::Status LearnerServiceImpl::ComputeLogprobs(
                         "the learner does not return top_logprobs; ask a "
                         "rollout");
   }
-  if (request->has_weight_version() &&
-      request->weight_version() != static_cast<uint64_t>(learner_->version())) {
-    return grpc::Status(
-        grpc::StatusCode::FAILED_PRECONDITION,
-        absl::StrCat("weight version ", request->weight_version(),
-                     " requested; the learner is at ", learner_->version()));
+  constexpr uint64_t kMaxVersion = uint64_t{1} << 62;
+  std::optional<int64_t> expected;
+  if (request->has_weight_version()) {
+    if (request->weight_version() > kMaxVersion) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          absl::StrCat("weight version ", request->weight_version(),
+                                       " requested; the learner is at ", learner_->version()));
+    }
+    expected = static_cast<int64_t>(request->weight_version());
   }
   std::vector<std::vector<int32_t>> seqs;
   std::vector<int64_t> prefix;
@@ -246,10 +250,12 @@ grpc::Status LearnerServiceImpl::ComputeLogprobs(
     any = true;
   }
   if (!any) sampling.clear();
-  const int64_t version = learner_->version();
+  // The version is read with the weights, under the learner's step lock: a
+  // step landing during the call cannot make the reported version lie.
+  int64_t version = 0;
   std::vector<std::vector<float>> sampled;
   absl::StatusOr<std::vector<std::vector<float>>> r =
-      learner_->ComputeLogprobs(seqs, prefix, sampling, &sampled);
+      learner_->ComputeLogprobs(seqs, prefix, sampling, &sampled, expected, &version);
   if (!r.ok()) return common::ToGrpcStatus(r.status());
   for (size_t i = 0; i < r->size(); ++i) {
     v1::SequenceLogprobs* out = response->add_results();
