@@ -190,6 +190,11 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
     return Record("GetLoad", DoGetLoad(ctx, resp));
   }
 
+  grpc::Status Abort(grpc::ServerContext* ctx, const v1::AbortRequest* req,
+                     v1::AbortResponse* resp) override {
+    return Record("Abort", DoAbort(ctx, *req, resp));
+  }
+
  private:
   grpc::Status Record(const char* method, const absl::Status& status) {
     metrics_->RecordRequest(method, status.code());
@@ -220,6 +225,23 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
     for (const PromptJob& pj : job.prompts) prompt_tokens += pj.prompt.size();
     LOCKSTEP_ASSIGN_OR_RETURN(std::shared_ptr<RequestHandle> handle,
                               engine_->Submit(std::move(job)));
+    // Findable by Abort until this call returns.
+    Call call;
+    call.request_id = req->request_id();
+    call.handle = handle;
+    {
+      absl::MutexLock lock(&calls_mu_);
+      calls_.push_back(&call);
+    }
+    struct Unregister {
+      RolloutGrpcServiceImpl* self;
+      Call* call;
+      ~Unregister() {
+        absl::MutexLock lock(&self->calls_mu_);
+        self->calls_.erase(std::find(self->calls_.begin(), self->calls_.end(), call));
+      }
+    } unregister{this, &call};
+    std::vector<bool> finished(info.size(), false);
     metrics_->prompt_tokens().Increment(static_cast<double>(prompt_tokens));
     const absl::Time start = handle->submit_time();
 
@@ -270,7 +292,9 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
           if (u.finish != FinishReason::kNone) {
             c->set_finish_reason(static_cast<v1::FinishReason>(u.finish));
           }
+          if (u.finish != FinishReason::kNone) finished[u.sample] = true;
         } else if (!client_gone) {
+          if (u.finish != FinishReason::kNone) finished[u.sample] = true;
           v1::GenerateStreamResponse m;
           m.set_prompt_index(s.prompt_index);
           m.set_sample_index(s.sample_index);
@@ -301,6 +325,25 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
     absl::Status status = handle->status();
     if (status.ok() && client_gone) {
       status = ctx->IsCancelled() ? ClientGone(ctx) : absl::CancelledError("the client went away");
+    }
+    if (call.aborted.load() && !client_gone && absl::IsCancelled(status)) {
+      // Stopped by Abort: what was generated is the answer, the unfinished
+      // samples end with ABORT (a partial rollout).
+      for (size_t i = 0; i < info.size(); ++i) {
+        if (finished[i]) continue;
+        if (resp != nullptr) {
+          resp->mutable_completions(static_cast<int>(i))
+              ->set_finish_reason(v1::FINISH_REASON_ABORT);
+        } else {
+          v1::GenerateStreamResponse m;
+          m.set_prompt_index(info[i].prompt_index);
+          m.set_sample_index(info[i].sample_index);
+          m.set_seed(info[i].seed);
+          m.set_finish_reason(v1::FINISH_REASON_ABORT);
+          writer->Write(m);
+        }
+      }
+      return absl::OkStatus();
     }
     if (!status.ok() && resp != nullptr) resp->Clear();
     return status;
@@ -434,9 +477,42 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
     return absl::OkStatus();
   }
 
+  // A Generate call in flight, findable by its request id (Abort).
+  struct Call {
+    std::string request_id;
+    std::shared_ptr<RequestHandle> handle;
+    std::atomic<bool> aborted{false};
+  };
+
+  absl::Status DoAbort(grpc::ServerContext* ctx, const v1::AbortRequest& req,
+                       v1::AbortResponse* resp) {
+    LOCKSTEP_RETURN_IF_ERROR(CheckCall(ctx));
+    if (req.all() == (req.request_ids_size() > 0)) {
+      return absl::InvalidArgumentError(
+          "Abort needs request_ids or all (exactly one of them)");
+    }
+    for (const std::string& id : req.request_ids()) {
+      if (id.empty()) return absl::InvalidArgumentError("Abort: empty request id");
+    }
+    uint64_t aborted = 0;
+    absl::MutexLock lock(&calls_mu_);
+    for (Call* c : calls_) {
+      const bool match =
+          req.all() || std::find(req.request_ids().begin(), req.request_ids().end(),
+                                 c->request_id) != req.request_ids().end();
+      if (!match || c->aborted.exchange(true)) continue;
+      c->handle->Cancel(absl::CancelledError("aborted by RolloutService.Abort"));
+      ++aborted;
+    }
+    resp->set_aborted(aborted);
+    return absl::OkStatus();
+  }
+
   Engine* const engine_;
   RolloutMetrics* const metrics_;
   std::atomic<bool> draining_{false};
+  absl::Mutex calls_mu_;
+  std::vector<Call*> calls_ ABSL_GUARDED_BY(calls_mu_);
 };
 
 std::unique_ptr<RolloutGrpcService> MakeRolloutGrpcService(Engine* engine,

@@ -7,6 +7,7 @@
 #include <functional>
 #include <limits>
 #include <sstream>
+#include <thread>
 #include <tuple>
 #include <string>
 #include <utility>
@@ -135,6 +136,81 @@ TEST_F(RolloutErrorsTest, BadGenerateRequests) {
   // Over the 1 MiB message limit.
   std::vector<int32_t> huge(600000, 100000);  // 3-byte varints: ~1.8 MB
   ExpectGenerateError(MakeRequest(huge, 1, 1, 4), C::RESOURCE_EXHAUSTED, "");
+}
+
+// Issue 18 §3 (Abort): calls stop by request id at the next step and return
+// what they generated, unfinished samples ending with ABORT; other calls are
+// untouched; bad Abort requests are INVALID_ARGUMENT; aborting twice or an
+// unknown id aborts nothing; the engine ends idle.
+TEST_F(RolloutErrorsTest, AbortStopsCallsByIdAndKeepsTheirTokens) {
+  const auto abort = [&](const v1::AbortRequest& req, v1::AbortResponse* resp) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    return stub_->Abort(&ctx, req, resp);
+  };
+  v1::AbortResponse ar;
+  EXPECT_EQ(abort(v1::AbortRequest(), &ar).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  {
+    v1::AbortRequest both;
+    both.set_all(true);
+    both.add_request_ids("x");
+    EXPECT_EQ(abort(both, &ar).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    v1::AbortRequest empty_id;
+    empty_id.add_request_ids("");
+    EXPECT_EQ(abort(empty_id, &ar).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  v1::AbortRequest by_id;
+  by_id.add_request_ids("long-one");
+  ASSERT_TRUE(abort(by_id, &ar).ok());
+  EXPECT_EQ(ar.aborted(), 0u);  // nothing in flight by that id
+
+  v1::GenerateRequest long_req = MakeRequest({1, 2, 3}, 2, 11, 500);
+  long_req.set_request_id("long-one");
+  v1::GenerateRequest short_req = MakeRequest({4, 5}, 1, 12, 6);
+  short_req.set_request_id("short-one");
+  v1::GenerateResponse long_resp, short_resp;
+  grpc::Status long_status, short_status;
+  std::thread t([&] { long_status = Generate(*stub_, long_req, &long_resp); });
+  // Wait until it runs.
+  for (int i = 0; i < 200; ++i) {
+    v1::RolloutLoad load;
+    grpc::ClientContext ctx;
+    if (stub_->GetLoad(&ctx, v1::GetLoadRequest(), &load).ok() && load.running_sequences() > 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_TRUE(abort(by_id, &ar).ok());
+  EXPECT_EQ(ar.aborted(), 1u);
+  t.join();
+  ASSERT_TRUE(long_status.ok()) << long_status.error_message();
+  ASSERT_EQ(long_resp.completions_size(), 2);
+  for (const v1::Completion& c : long_resp.completions()) {
+    EXPECT_EQ(c.finish_reason(), v1::FINISH_REASON_ABORT);
+    EXPECT_LT(c.token_ids_size(), 500);
+    EXPECT_EQ(c.logprobs_size(), c.token_ids_size());
+    EXPECT_EQ(c.sampled_logprobs_size(), c.token_ids_size());
+  }
+  // Other calls are not affected; aborting again aborts nothing.
+  short_status = Generate(*stub_, short_req, &short_resp);
+  ASSERT_TRUE(short_status.ok());
+  EXPECT_EQ(short_resp.completions(0).token_ids_size(), 6);
+  EXPECT_EQ(short_resp.completions(0).finish_reason(), v1::FINISH_REASON_LENGTH);
+  ASSERT_TRUE(abort(by_id, &ar).ok());
+  EXPECT_EQ(ar.aborted(), 0u);
+  v1::AbortRequest all;
+  all.set_all(true);
+  ASSERT_TRUE(abort(all, &ar).ok());
+  EXPECT_EQ(ar.aborted(), 0u);
+  // The engine is idle: nothing running, no KV in use.
+  v1::RolloutLoad load;
+  for (int i = 0; i < 200; ++i) {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub_->GetLoad(&ctx, v1::GetLoadRequest(), &load).ok());
+    if (load.running_sequences() == 0 && load.kv_cache_usage() == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(load.running_sequences(), 0u);
+  EXPECT_EQ(load.kv_cache_usage(), 0.0);
+  ExpectServing();
 }
 
 TEST_F(RolloutErrorsTest, BadComputeLogprobsRequests) {
