@@ -45,7 +45,9 @@ def main(argv=None):
     p.add_argument("--prompts", type=int, default=4, help="prompts per step")
     p.add_argument("--samples", type=int, default=4, help="samples per prompt (group size)")
     p.add_argument("--max_tokens", type=int, default=6)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top_p", type=float, default=0.95,
+                   help="the learner trains on the logprobs under this sampling distribution")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=120.0, help="deadline of each call (s)")
     p.add_argument("--auth_token_file")
@@ -73,11 +75,12 @@ def main(argv=None):
             a.rollout, info.config.model_type, info.config.vocab_size, info.weight_version))
         if not a.no_register:
             learner.register_rollout([a.rollout], push_now=True)
-        compared = mismatched = 0
+        compared = mismatched = sampled_compared = sampled_mismatched = 0
         for step in range(a.steps):
             prompts = [make_prompt(rng, rng.randint(2, 4)) for _ in range(a.prompts)]
             out = rollout.generate(prompts, n=a.samples, max_tokens=a.max_tokens,
-                                   temperature=a.temperature, seed=rng.getrandbits(32),
+                                   temperature=a.temperature, top_p=a.top_p,
+                                   seed=rng.getrandbits(32),
                                    stop_token_ids=[EOS])
             batch, rewards = [], []
             for c in out.completions:
@@ -93,21 +96,27 @@ def main(argv=None):
             m = result.mismatch
             compared += m.tokens_compared
             mismatched += m.tokens_mismatched
+            # The same under the distribution the tokens were drawn from
+            # (make_trajectory carries Completion.sampling to the learner).
+            sampled_compared += result.sampled_mismatch.tokens_compared
+            sampled_mismatched += result.sampled_mismatch.tokens_mismatched
             print("step %d: version %d loss %.4f reward %.3f tokens compared %d mismatched %d"
                   " max|dlogprob| %.3g" % (step + 1, result.weight_version, result.loss,
                                           sum(rewards) / len(rewards), m.tokens_compared,
                                           m.tokens_mismatched, m.max_abs_diff))
         served = rollout.get_model_info().weight_version
         print("summary steps=%d tokens_compared=%d tokens_mismatched=%d rollout_version=%d"
-              % (a.steps, compared, mismatched, served))
+              " sampled_compared=%d sampled_mismatched=%d"
+              % (a.steps, compared, mismatched, served, sampled_compared, sampled_mismatched))
     except LockstepError as e:
         print("rl_driver: %s" % e, file=sys.stderr)
         return 1
     finally:
         rollout.close()
         learner.close()
-    if a.require_exact and mismatched > 0:
-        print("rl_driver: %d of %d tokens mismatched" % (mismatched, compared), file=sys.stderr)
+    if a.require_exact and (mismatched > 0 or sampled_mismatched > 0):
+        print("rl_driver: %d of %d tokens mismatched (%d under the sampling distribution)"
+              % (mismatched, compared, sampled_mismatched), file=sys.stderr)
         return 2
     return 0
 

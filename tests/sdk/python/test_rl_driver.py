@@ -24,11 +24,15 @@ class RlDriverTest(unittest.TestCase):
             sys.stderr.write(r.stdout + r.stderr)
             self.assertEqual(r.returncode, 0)
             m = re.search(r"summary steps=3 tokens_compared=(\d+) tokens_mismatched=(\d+) "
-                          r"rollout_version=(\d+)", r.stdout)
+                          r"rollout_version=(\d+) sampled_compared=(\d+) "
+                          r"sampled_mismatched=(\d+)", r.stdout)
             self.assertIsNotNone(m, r.stdout)
             self.assertGreater(int(m.group(1)), 0)
             self.assertEqual(int(m.group(2)), 0)
             self.assertEqual(int(m.group(3)), 3)  # the learner pushed every step
+            # At temperature 0.8 / top_p 0.95 both kinds match bit for bit.
+            self.assertGreater(int(m.group(4)), 0)
+            self.assertEqual(int(m.group(5)), 0)
         finally:
             stack.close()
 
