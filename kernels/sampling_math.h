@@ -164,6 +164,26 @@ LOCKSTEP_HD double PortableExpNonPositive(double x) {
   return p * DoubleFromBits(static_cast<uint64_t>(k + 1023) << 52);
 }
 
+// Step 1 of kernels/sampling.h for one entry (a LogitAdjustment's fields):
+// v + bias, then v / repetition when positive, v * repetition otherwise
+// (unless repetition is 1), then - subtract; banned entries are -inf.
+LOCKSTEP_HD float AdjustedLogit(float v, float bias, float repetition, float subtract,
+                                bool banned) {
+  if (banned) {
+    const uint32_t neg_inf = 0xff800000u;
+    float f;
+#if defined(__CUDA_ARCH__)
+    f = __int_as_float(static_cast<int>(neg_inf));
+#else
+    std::memcpy(&f, &neg_inf, sizeof f);
+#endif
+    return f;
+  }
+  v = v + bias;
+  if (repetition != 1.0f) v = v > 0.0f ? v / repetition : v * repetition;
+  return v - subtract;
+}
+
 // Gumbel noise -log(-log u) of the stream's uniform for entry j.
 LOCKSTEP_HD double Gumbel(uint64_t key, int64_t position, int64_t j) {
   const double u = UniformFromBits(StreamBits(key, position, j));

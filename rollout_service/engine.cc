@@ -226,7 +226,6 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerateJob job) {
   for (PromptJob& pj : job.prompts) {
     request->specs.push_back(pj.sampling.has_value() ? std::move(*pj.sampling) : job.sampling);
   }
-  request->eos = config_.eos_token_ids;
   request->deadline = job.deadline;
   absl::MutexLock lock(&mu_);
   if (!draining_.ok() || stop_) {
@@ -456,7 +455,7 @@ void Engine::AddRequest(std::shared_ptr<Request> request, GenerateJob job) {
       st.spec = &s;
       st.params = s.params;
       st.params.seed = pj.seeds[j];
-      if (s.adjusts()) st.adjuster.emplace(s, request->eos, pj.prompt);
+      if (s.adjusts()) st.adjuster.emplace(s, config_.eos_token_ids, pj.prompt);
       samples_.emplace(ids[j], std::move(st));
       request->seq_ids.push_back(ids[j]);
     }

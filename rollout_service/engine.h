@@ -331,7 +331,6 @@ class Engine {
   struct Request {
     std::shared_ptr<RequestHandle> handle;
     std::deque<common::SamplingSpec> specs;  // one per prompt (stable addresses)
-    std::vector<int64_t> eos;                // the model's EOS ids
     absl::Time deadline;
     std::vector<int64_t> seq_ids;
     int remaining = 0;

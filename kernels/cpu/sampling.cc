@@ -26,10 +26,7 @@ int32_t ArgmaxRow(const float* x, int64_t vocab) {
 }
 
 float ApplyAdjustment(float v, const LogitAdjustment& e) {
-  if (e.banned) return -std::numeric_limits<float>::infinity();
-  v = v + e.bias;
-  if (e.repetition != 1.0f) v = v > 0.0f ? v / e.repetition : v * e.repetition;
-  return v - e.subtract;
+  return sm::AdjustedLogit(v, e.bias, e.repetition, e.subtract, e.banned != 0);
 }
 
 struct Scratch {

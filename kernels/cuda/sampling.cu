@@ -174,14 +174,10 @@ __device__ __forceinline__ int32_t IndexOfKey(unsigned long long key) {
 // ---------------------------------------------------------------------------
 // Step 1 and 3 arithmetic, as kernels/cpu/sampling.cc writes it.
 
+// One definition for both devices (-fmad=false: no contraction here).
 __device__ __forceinline__ float ApplyAdjustment(float v,
                                                  const LogitAdjustment& e) {
-  if (e.banned) return NegInf();
-  v = __fadd_rn(v, e.bias);
-  if (e.repetition != 1.0f) {
-    v = v > 0.0f ? __fdiv_rn(v, e.repetition) : __fmul_rn(v, e.repetition);
-  }
-  return __fsub_rn(v, e.subtract);
+  return sampling_math::AdjustedLogit(v, e.bias, e.repetition, e.subtract, e.banned != 0);
 }
 
 __device__ __forceinline__ bool AdjustmentIsBad(const LogitAdjustment& e,

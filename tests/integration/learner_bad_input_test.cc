@@ -57,6 +57,28 @@ class LearnerBadInputTest : public ::testing::Test {
     EXPECT_EQ(after.weight_version(), before.weight_version()) << what;
   }
 
+  // A message gRPC cannot parse: field 1 whose length runs past the end.
+  static inline const std::string kUnparsable{"\x0a\xff\xff\xff\xff\x0f", 6};
+
+  // SubmitTrajectories with these raw messages (serialized or not), in order.
+  grpc::Status SubmitRaw(const std::vector<std::string>& messages) {
+    grpc::ClientContext ctx;
+    Deadline(&ctx);
+    grpc::ByteBuffer resp;
+    auto channel = Channel(learner_->grpc_address());
+    grpc::internal::RpcMethod method("/lockstep.v1.LearnerService/SubmitTrajectories",
+                                     grpc::internal::RpcMethod::CLIENT_STREAMING);
+    std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> w(
+        grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(channel.get(), method,
+                                                                      &ctx, &resp));
+    for (const std::string& m : messages) {
+      grpc::Slice slice(m);
+      w->Write(grpc::ByteBuffer(&slice, 1));
+    }
+    w->WritesDone();
+    return w->Finish();
+  }
+
   static inline TempDir* dir_ = nullptr;
   static inline lockstep::testing::ServiceProcess* rollout_ = nullptr;
   static inline lockstep::testing::ServiceProcess* learner_ = nullptr;
@@ -146,24 +168,8 @@ TEST_F(LearnerBadInputTest, BadTrajectoriesAreRejectedWhole) {
     first.set_stream_trajectories(4);
     second.add_trajectories()->CopyFrom(good[2]);
     second.add_trajectories()->CopyFrom(good[3]);
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
-    grpc::ByteBuffer resp;
-    auto channel = Channel(learner_->grpc_address());
-    grpc::internal::RpcMethod method("/lockstep.v1.LearnerService/SubmitTrajectories",
-                                     grpc::internal::RpcMethod::CLIENT_STREAMING);
-    std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> w(
-        grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(channel.get(), method,
-                                                                      &ctx, &resp));
-    const auto bytes = [](const std::string& s) {
-      grpc::Slice slice(s);
-      return grpc::ByteBuffer(&slice, 1);
-    };
-    w->Write(bytes(first.SerializeAsString()));
-    w->Write(bytes(std::string("\x0a\xff\xff\xff\xff\x0f", 6)));  // truncated field
-    w->Write(bytes(second.SerializeAsString()));
-    w->WritesDone();
-    grpc::Status s = w->Finish();
+    grpc::Status s = SubmitRaw({first.SerializeAsString(), kUnparsable,
+                                second.SerializeAsString()});
     EXPECT_NE(s.error_code(), grpc::StatusCode::OK) << "a partial stream was committed";
     EXPECT_EQ(Stats(*lstub_).buffered_trajectories(), before.buffered_trajectories());
   }
@@ -192,23 +198,7 @@ TEST_F(LearnerBadInputTest, BadTrajectoriesAreRejectedWhole) {
     v1::SubmitTrajectoriesRequest first;
     first.add_trajectories()->CopyFrom(fresh[0]);
     first.add_trajectories()->CopyFrom(fresh[1]);
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
-    grpc::ByteBuffer resp;
-    auto channel = Channel(learner_->grpc_address());
-    grpc::internal::RpcMethod method("/lockstep.v1.LearnerService/SubmitTrajectories",
-                                     grpc::internal::RpcMethod::CLIENT_STREAMING);
-    std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> w(
-        grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(channel.get(), method,
-                                                                      &ctx, &resp));
-    const auto bytes = [](const std::string& str) {
-      grpc::Slice slice(str);
-      return grpc::ByteBuffer(&slice, 1);
-    };
-    w->Write(bytes(first.SerializeAsString()));
-    w->Write(bytes(std::string("\x0a\xff\xff\xff\xff\x0f", 6)));
-    w->WritesDone();
-    const grpc::Status st = w->Finish();
+    const grpc::Status st = SubmitRaw({first.SerializeAsString(), kUnparsable});
     EXPECT_TRUE(st.ok()) << st.error_message();
     EXPECT_EQ(Stats(*lstub_).buffered_trajectories(), before.buffered_trajectories() + 2);
     // Leave the buffer empty for the next test (the server is shared).

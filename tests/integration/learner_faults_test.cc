@@ -19,33 +19,6 @@ namespace {
 
 constexpr int kSteps = 8;
 
-// A port nobody listens on now (the kernel's choice for an ephemeral bind).
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    socklen_t len = sizeof(addr);
-    getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-    port = ntohs(addr.sin_port);
-  }
-  close(fd);
-  return port;
-}
-
-std::unique_ptr<ServiceProcess> StartRolloutOnPort(const std::string& model_dir, int port) {
-  lockstep::testing::ServiceProcessOptions o;
-  o.binary = RolloutBinary();
-  o.default_flags = false;
-  o.args = {"--host=127.0.0.1", absl::StrCat("--port=", port), "--metrics_port=0",
-            "--model_dir=" + model_dir, "--kernels=invariant", "--num_threads=2"};
-  auto p = ServiceProcess::Start(o);
-  EXPECT_TRUE(p.ok()) << p.status();
-  return p.ok() ? std::move(*p) : nullptr;
-}
-
 std::vector<std::string> DriveFlags(const std::string& dir) {
   return {"--drive",
           absl::StrCat("--steps=", kSteps),

@@ -24,32 +24,6 @@
 namespace lockstep::learner::itest {
 namespace {
 
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    socklen_t len = sizeof(addr);
-    getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-    port = ntohs(addr.sin_port);
-  }
-  close(fd);
-  return port;
-}
-
-std::unique_ptr<ServiceProcess> StartOn(const std::string& model_dir, int port) {
-  lockstep::testing::ServiceProcessOptions o;
-  o.binary = RolloutBinary();
-  o.default_flags = false;
-  o.args = {"--host=127.0.0.1", absl::StrCat("--port=", port), "--metrics_port=0",
-            "--model_dir=" + model_dir, "--kernels=invariant", "--num_threads=1"};
-  auto p = ServiceProcess::Start(o);
-  EXPECT_TRUE(p.ok()) << p.status();
-  return p.ok() ? std::move(*p) : nullptr;
-}
-
 bool SameBits(const google::protobuf::RepeatedField<float>& a,
               const google::protobuf::RepeatedField<float>& b) {
   return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * 4) == 0);
@@ -74,7 +48,7 @@ TEST(RlSoakTest, MembersDieAndComeBackUnderLoad) {
   std::string endpoints;
   for (int i = 0; i < kRollouts; ++i) {
     ports.push_back(FreePort());
-    rollouts.push_back(StartOn(dir.Sub("tiny"), ports.back()));
+    rollouts.push_back(StartRolloutOnPort(dir.Sub("tiny"), ports.back(), 1));
     ASSERT_NE(rollouts.back(), nullptr);
     endpoints += (i ? "," : "") + rollouts.back()->grpc_address();
   }
@@ -203,7 +177,7 @@ TEST(RlSoakTest, MembersDieAndComeBackUnderLoad) {
         rollouts[victim].reset();
       }
       std::this_thread::sleep_for(std::chrono::seconds(2));
-      auto fresh = StartOn(dir.Sub("tiny"), ports[victim]);
+      auto fresh = StartRolloutOnPort(dir.Sub("tiny"), ports[victim], 1);
       ASSERT_NE(fresh, nullptr);
       std::lock_guard<std::mutex> lock(rollouts_mu);
       rollouts[victim] = std::move(fresh);

@@ -102,6 +102,38 @@ inline std::unique_ptr<ServiceProcess> StartLearner(
   return Start(LearnerBinary(), args);
 }
 
+// A loopback port nobody listens on now (the kernel's pick for an
+// ephemeral bind), for a service restarted on the same address.
+inline int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  int port = 0;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    socklen_t len = sizeof(addr);
+    getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+    port = ntohs(addr.sin_port);
+  }
+  close(fd);
+  return port;
+}
+
+// rollout_service (invariant kernels) on 127.0.0.1:`port`, so that a restart
+// comes back at the address the learner knows.
+inline std::unique_ptr<ServiceProcess> StartRolloutOnPort(const std::string& model_dir, int port,
+                                                          int num_threads = 2) {
+  lockstep::testing::ServiceProcessOptions o;
+  o.binary = RolloutBinary();
+  o.default_flags = false;
+  o.args = {"--host=127.0.0.1", absl::StrCat("--port=", port), "--metrics_port=0",
+            "--model_dir=" + model_dir, "--kernels=invariant",
+            absl::StrCat("--num_threads=", num_threads)};
+  auto p = ServiceProcess::Start(o);
+  EXPECT_TRUE(p.ok()) << p.status();
+  return p.ok() ? std::move(*p) : nullptr;
+}
+
 inline std::shared_ptr<grpc::Channel> Channel(const std::string& address) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
