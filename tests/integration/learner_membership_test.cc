@@ -32,10 +32,17 @@ TEST(LearnerMembershipTest, EveryResolvedMemberServesAndIsCurrent) {
        "--rollout_resolve_seconds=0.5", "--drive", "--steps=4", "--prompts_per_step=6",
        "--samples_per_prompt=2", "--keep_serving", "--fail_on_mismatch"});
   ASSERT_NE(learner, nullptr);
+  // The learner's version moves to 4 when step 4 trains; the members reach 4
+  // when that step's push completes, a moment later: wait for all three.
+  auto rollout_version = [](const ServiceProcess& r) {
+    return MetricValue(HttpGet(r.metrics_port()), "lockstep_weight_version{role=\"rollout\"}");
+  };
   std::string text;
   for (int i = 0; i < 1200; ++i) {
     text = HttpGet(learner->metrics_port());
-    if (MetricValue(text, "lockstep_weight_version{role=\"learner\"}") >= 4 || !learner->Running()) {
+    if (!learner->Running() ||
+        (MetricValue(text, "lockstep_weight_version{role=\"learner\"}") >= 4 &&
+         rollout_version(*a) >= 4 && rollout_version(*b) >= 4)) {
       break;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -52,13 +59,24 @@ TEST(LearnerMembershipTest, EveryResolvedMemberServesAndIsCurrent) {
   const std::string out = dir.Sub("stats.txt");
   const std::string cmd = std::string(LOCKSTEP_LOCKSTEP_BINARY) + " stats --learner=" +
                           learner->grpc_address() + " > " + out + " 2>&1";
-  ASSERT_EQ(std::system(cmd.c_str()), 0);
-  std::ifstream in(out);
-  std::stringstream s;
-  s << in.rdbuf();
+  // The learner records a member's version when its push returns, just after
+  // the member swapped: allow it a moment.
+  std::string listing;
+  for (int i = 0; i < 50; ++i) {
+    ASSERT_EQ(std::system(cmd.c_str()), 0);
+    std::ifstream in(out);
+    std::stringstream s;
+    s << in.rdbuf();
+    listing = s.str();
+    if (listing.find("rollout " + a->grpc_address() + ": version 4") != std::string::npos &&
+        listing.find("rollout " + b->grpc_address() + ": version 4") != std::string::npos) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
   for (auto* r : {a.get(), b.get()}) {
-    EXPECT_NE(s.str().find("rollout " + r->grpc_address() + ": version 4"), std::string::npos)
-        << s.str();
+    EXPECT_NE(listing.find("rollout " + r->grpc_address() + ": version 4"), std::string::npos)
+        << listing;
   }
   EXPECT_EQ(learner->Stop().value_or(-1), 0);
 }
