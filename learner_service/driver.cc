@@ -246,6 +246,21 @@ absl::StatusOr<DriveSummary> RunDriver(Learner* learner,
         groups.push_back(t.group_id);
       }
     }
+    double sleep_ms = 0.0;
+    uint64_t freed = 0;
+    if (options.colocate) {
+      // The rollouts give their memory back while the learner trains; the
+      // push below installs the new weights into the sleeping rollouts.
+      const auto sleep_start = Clock::now();
+      for (const auto& r : rollouts) {
+        absl::StatusOr<lockstep::v1::SleepResponse> slept =
+            r->Sleep(lockstep::v1::SLEEP_LEVEL_KV_CACHE_AND_WEIGHTS,
+                     client::CallOptions::Timeout(absl::Seconds(120)));
+        if (!slept.ok()) return slept.status();
+        freed += slept->device_bytes_freed();
+      }
+      sleep_ms = MsSince(sleep_start);
+    }
     const auto train_start = Clock::now();
     LOCKSTEP_RETURN_IF_ERROR(learner->Submit(std::move(trajectories)).status());
     TrainStepOptions step_options;
@@ -254,6 +269,16 @@ absl::StatusOr<DriveSummary> RunDriver(Learner* learner,
     LOCKSTEP_ASSIGN_OR_RETURN(StepReport report,
                               learner->TrainStep(step_options));
     const double train_ms = MsSince(train_start) - report.push_seconds * 1e3;
+    double wake_ms = 0.0;
+    if (options.colocate) {
+      const auto wake_start = Clock::now();
+      for (const auto& r : rollouts) {
+        absl::StatusOr<lockstep::v1::WakeUpResponse> woke =
+            r->WakeUp(client::CallOptions::Timeout(absl::Seconds(120)));
+        if (!woke.ok()) return woke.status();
+      }
+      wake_ms = MsSince(wake_start);
+    }
 
     DriveStep line;
     line.step = report.step.step;
@@ -269,8 +294,20 @@ absl::StatusOr<DriveSummary> RunDriver(Learner* learner,
     line.push_ms = report.push_seconds * 1e3;
     line.generate_ms = generate_ms;
     line.train_ms = train_ms;
+    line.sleep_ms = sleep_ms;
+    line.wake_ms = wake_ms;
+    line.device_bytes_freed = freed;
     if (options.out != nullptr) {
       *options.out << FormatDriveStep(line) << std::endl;
+      if (options.colocate) {
+        *options.out << absl::StrFormat(
+                            "colocate step %d: generate %.1f ms, sleep %.1f ms (%.3f GB of "
+                            "device memory freed), train %.1f ms, push %.1f ms, wake %.1f ms",
+                            line.step, line.generate_ms, line.sleep_ms,
+                            static_cast<double>(freed) / 1e9, line.train_ms, line.push_ms,
+                            line.wake_ms)
+                     << std::endl;
+      }
     }
     summary.steps.push_back(line);
     summary.tokens_compared += line.tokens_compared;

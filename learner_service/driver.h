@@ -56,6 +56,11 @@ struct DriverOptions {
   // A weight push that fails (after its retries) ends the loop with the
   // push's error: the rollouts would otherwise generate off-policy.
   bool fail_on_push_error = true;
+  // Colocation (the rollouts share the learner's GPU): after generating,
+  // every rollout sleeps with its KV cache and weights released, the learner
+  // trains, the push installs the new weights, and the rollouts wake up.
+  // Each step then also prints its time breakdown.
+  bool colocate = false;
 };
 
 // One driven step as printed.
@@ -74,6 +79,11 @@ struct DriveStep {
   double push_ms = 0.0;
   double generate_ms = 0.0;
   double train_ms = 0.0;
+  // --colocate: Sleep and WakeUp of all rollouts, and the device memory
+  // their Sleep gave back.
+  double sleep_ms = 0.0;
+  double wake_ms = 0.0;
+  uint64_t device_bytes_freed = 0;
 };
 
 struct DriveSummary {

@@ -1,6 +1,8 @@
 #include "learner_service/weight_push.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <thread>
 #include <utility>
 
@@ -42,10 +44,33 @@ client::RetryPolicy DefaultPushRetry() {
   return retry;
 }
 
+absl::StatusOr<WeightPathChoice> ParseWeightPathChoice(const std::string& name) {
+  if (name == "auto") return WeightPathChoice::kAuto;
+  if (name == "stream") return WeightPathChoice::kStream;
+  if (name == "shared_memory") return WeightPathChoice::kSharedMemory;
+  return absl::InvalidArgumentError(
+      absl::StrCat("weight path must be auto, stream or shared_memory, got '", name, "'"));
+}
+
 PushResult PushWeights(client::RolloutClient& client,
                        const common::TensorMap& tensors, uint64_t version,
-                       const std::string& source, const PushOptions& options) {
+                       const std::string& source, const PushOptions& options,
+                       const common::SharedWeightsFile* shared) {
+  if (shared != nullptr && options.path == WeightPathChoice::kAuto) {
+    PushOptions only_shared = options;
+    only_shared.path = WeightPathChoice::kSharedMemory;
+    PushResult first = PushWeights(client, tensors, version, source, only_shared, shared);
+    if (!absl::IsFailedPrecondition(first.status)) return first;
+    // The rollout could not read the buffer (another /dev/shm): the stream.
+    PushOptions stream = options;
+    stream.path = WeightPathChoice::kStream;
+    PushResult second = PushWeights(client, tensors, version, source, stream, nullptr);
+    second.attempts += first.attempts;
+    second.seconds += first.seconds;
+    return second;
+  }
   PushResult result;
+  result.path = shared != nullptr ? v1::WEIGHT_PATH_SHARED_MEMORY : v1::WEIGHT_PATH_STREAM;
   result.endpoint = client.connection().options().target;
   const auto start = std::chrono::steady_clock::now();
   common::WeightStreamOptions stream_options;
@@ -74,6 +99,11 @@ PushResult PushWeights(client::RolloutClient& client,
             local = checked;
             return checked;
           }
+        }
+        if (shared != nullptr) {
+          v1::WeightUpdate header;
+          *header.mutable_header() = shared->header();
+          return sink(header);
         }
         bool sink_failed = false;
         absl::Status s = common::StreamWeights(
@@ -111,17 +141,47 @@ std::vector<PushResult> PushToAll(
     const common::TensorMap& tensors, uint64_t version,
     const std::string& source, const PushOptions& options) {
   std::vector<PushResult> results(clients.size());
+  // Which rollouts share this host, and the buffer they read (written once).
+  std::vector<bool> same_host(clients.size(), options.path == WeightPathChoice::kSharedMemory);
+  const std::string here = common::HostId();
+  if (options.path == WeightPathChoice::kAuto && !here.empty()) {
+    client::CallOptions quick;
+    quick.attempt_timeout = absl::Seconds(5);
+    quick.max_attempts = 1;
+    for (size_t i = 0; i < clients.size(); ++i) {
+      absl::StatusOr<v1::ModelInfo> info = clients[i]->GetModelInfo(quick);
+      same_host[i] = info.ok() && info->host_id() == here;
+    }
+  }
+  std::unique_ptr<common::SharedWeightsFile> shared;
+  if (std::find(same_host.begin(), same_host.end(), true) != same_host.end()) {
+    absl::StatusOr<std::unique_ptr<common::SharedWeightsFile>> file =
+        common::SharedWeightsFile::Write(common::ToWireTensors(tensors), version, source);
+    if (file.ok()) {
+      shared = *std::move(file);
+    } else if (options.path == WeightPathChoice::kSharedMemory) {
+      for (size_t i = 0; i < clients.size(); ++i) {
+        results[i].endpoint = clients[i]->connection().options().target;
+        results[i].status = file.status();
+        results[i].path = v1::WEIGHT_PATH_SHARED_MEMORY;
+      }
+      return results;
+    } else {
+      std::fprintf(stderr, "learner: shared-memory weights unavailable (%s); streaming\n",
+                   std::string(file.status().message()).c_str());
+    }
+  }
+  auto push = [&](size_t i) {
+    results[i] = PushWeights(*clients[i], tensors, version, source, options,
+                             same_host[i] ? shared.get() : nullptr);
+  };
   if (clients.size() == 1) {
-    results[0] = PushWeights(*clients[0], tensors, version, source, options);
+    push(0);
     return results;
   }
   std::vector<std::thread> threads;
   threads.reserve(clients.size());
-  for (size_t i = 0; i < clients.size(); ++i) {
-    threads.emplace_back([&, i] {
-      results[i] = PushWeights(*clients[i], tensors, version, source, options);
-    });
-  }
+  for (size_t i = 0; i < clients.size(); ++i) threads.emplace_back(push, i);
   for (std::thread& t : threads) t.join();
   return results;
 }

@@ -17,6 +17,7 @@
 #include "absl/time/time.h"
 #include "common/formats/host_tensor.h"
 #include "common/net/channel_security.h"
+#include "common/wire/shared_weights.h"
 #include "sdk/cpp/rollout_client.h"
 
 namespace lockstep::learner {
@@ -25,6 +26,20 @@ namespace lockstep::learner {
 // 100 ms and every later one after twice the wait before it (no cap, no
 // jitter).
 client::RetryPolicy DefaultPushRetry();
+
+// How a push carries the bytes (--weight_path).
+enum class WeightPathChoice {
+  // Shared memory to rollouts on this host (ModelInfo.host_id equals
+  // common::HostId()), falling back to the stream when the rollout cannot
+  // read the buffer (FAILED_PRECONDITION: e.g. another /dev/shm); the
+  // stream to every other rollout.
+  kAuto,
+  kStream,        // the UpdateWeights stream to every rollout
+  kSharedMemory,  // shared memory only (a rollout that cannot read it fails)
+};
+
+// "auto", "stream", "shared_memory"; INVALID_ARGUMENT otherwise.
+absl::StatusOr<WeightPathChoice> ParseWeightPathChoice(const std::string& name);
 
 struct PushOptions {
   // How often and how soon a push is tried again (max_attempts below 1
@@ -39,6 +54,7 @@ struct PushOptions {
   absl::Duration retry_window = absl::ZeroDuration();
   // Payload bytes per chunk (0: common::kDefaultWeightChunkBytes).
   size_t chunk_bytes = 0;
+  WeightPathChoice path = WeightPathChoice::kAuto;
   // When set, run at the start of every attempt, before any tensor is sent
   // (the learner re-checks there that the rollout still computes as it
   // does: one restarted with another config must be refused, not pushed
@@ -56,6 +72,7 @@ struct PushResult {
   double seconds = 0.0;          // all attempts, backoff included
   uint64_t bytes = 0;            // tensor bytes of the successful attempt
   uint64_t rollout_version = 0;  // served version after a successful push
+  v1::WeightPath path = v1::WEIGHT_PATH_UNSPECIFIED;  // of the last attempt
 };
 
 // A client of the rollout at `endpoint` ("HOST:PORT"), connecting lazily
@@ -72,17 +89,22 @@ absl::StatusOr<std::shared_ptr<client::RolloutClient>> ConnectRollout(
     const std::string& endpoint, const std::string& auth_token = "",
     const common::ChannelSecurity& security = {});
 
-// Streams `tensors` as version `version` (UpdateWeights; `source` goes to
-// the header), retrying on UNAVAILABLE as options.retry says. `client`
-// should come from ConnectRollout (a client's default deadline would bound
-// the whole push). A failed push's message names the version, the rollout
-// and the last attempt.
+// Sends `tensors` as version `version` (UpdateWeights; `source` goes to
+// the header), retrying on UNAVAILABLE as options.retry says: through
+// `shared` when given (header only; in kAuto a FAILED_PRECONDITION from the
+// rollout sends the stream instead), else as a stream. `client` should come
+// from ConnectRollout (a client's default deadline would bound the whole
+// push). A failed push's message names the version, the rollout and the
+// last attempt.
 PushResult PushWeights(client::RolloutClient& client,
                        const common::TensorMap& tensors, uint64_t version,
-                       const std::string& source, const PushOptions& options);
+                       const std::string& source, const PushOptions& options,
+                       const common::SharedWeightsFile* shared = nullptr);
 
 // Pushes to every client in parallel (one thread each); results in the
-// clients' order.
+// clients' order. Chooses each client's path as options.path says (one
+// GetModelInfo per client in kAuto) and writes the shared buffer once for
+// all the clients that use it.
 std::vector<PushResult> PushToAll(
     const std::vector<client::RolloutClient*>& clients,
     const common::TensorMap& tensors, uint64_t version,

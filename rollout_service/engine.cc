@@ -72,6 +72,7 @@ Engine::Engine(std::shared_ptr<const common::Model> model,
                const EngineOptions& options, EngineObserver* observer)
     : options_(options),
       config_(model->config()),
+      model_options_(model->options()),
       observer_(observer),
       model_(std::move(model)) {
   published_model_ = model_;
@@ -173,6 +174,26 @@ absl::Status Engine::Validate(const GenerateJob& job) const {
       }
     }
     const common::SamplingSpec& s = pj.sampling.has_value() ? *pj.sampling : job.sampling;
+    if (!pj.resumed.empty()) {
+      if (pj.seeds.size() != 1) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("prompt ", p, " resumes one sample; it asks for ", pj.seeds.size()));
+      }
+      LOCKSTEP_RETURN_IF_ERROR(
+          CheckTokenIds(pj.resumed, vocab, absl::StrCat("prompt ", p, "'s resumed tokens")));
+      const int64_t done = static_cast<int64_t>(pj.resumed.size());
+      if (s.max_tokens > 0 && done >= s.max_tokens) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "prompt ", p, ": the resumed sample already has ", done,
+            " tokens, max_tokens is ", s.max_tokens, " (nothing left to generate)"));
+      }
+      if (len + done >= std::min(context, max_sequence_tokens_)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "prompt ", p, ": ", len, " prompt tokens + ", done,
+            " resumed tokens leave no room to generate (at most ",
+            std::min(context, max_sequence_tokens_), " tokens per sample)"));
+      }
+    }
     if (len >= context) {
       return absl::InvalidArgumentError(absl::StrCat(
           "prompt ", p, " has ", len, " tokens; the context length ", context,
@@ -319,10 +340,8 @@ absl::Status WeightUpdate::CheckVersion(uint64_t version) const {
 
 absl::StatusOr<SwapResult> WeightUpdate::Commit(common::TensorMap tensors, uint64_t version) {
   LOCKSTEP_RETURN_IF_ERROR(CheckVersion(version));
-  absl::StatusOr<std::shared_ptr<const common::Model>> model = [&] {
-    std::shared_ptr<const common::Model> current = engine_->model();
-    return common::Model::Create(engine_->config(), tensors, current->options());
-  }();
+  absl::StatusOr<std::shared_ptr<const common::Model>> model =
+      common::Model::Create(engine_->config(), tensors, engine_->model_options());
   tensors.clear();
   if (!model.ok()) {
     return absl::AbortedError(
@@ -359,8 +378,8 @@ void Engine::CancelAll(absl::Status reason) {
 
 bool Engine::HasWorkLocked() const {
   return stop_ || !incoming_.empty() || !swaps_.empty() || !scores_.empty() ||
-         !active_scores_.empty() ||
-         !cancel_all_.ok() || scheduler_->has_work() || !selfchecks_.empty();
+         !active_scores_.empty() || !controls_.empty() || !cancel_all_.ok() ||
+         (generating() && scheduler_->has_work()) || !selfchecks_.empty();
 }
 
 void Engine::Loop() {
@@ -368,14 +387,24 @@ void Engine::Loop() {
     std::vector<std::pair<std::shared_ptr<Request>, GenerateJob>> incoming;
     std::deque<SwapJob*> swaps;
     std::deque<std::shared_ptr<ScoreJob>> scores;
+    std::deque<ControlJob*> controls;
     absl::Status cancel_all;
     {
       absl::MutexLock lock(&mu_);
-      while (!HasWorkLocked()) work_cv_.Wait(&mu_);
+      while (!HasWorkLocked()) {
+        if (!requests_.empty()) {
+          // Paused or asleep with requests waiting: wake up now and then to
+          // apply their cancellations and deadlines.
+          work_cv_.WaitWithTimeout(&mu_, absl::Milliseconds(20));
+          break;
+        }
+        work_cv_.Wait(&mu_);
+      }
       if (stop_) break;
       incoming.swap(incoming_);
       swaps.swap(swaps_);
       scores.swap(scores_);
+      controls.swap(controls_);
       std::swap(cancel_all, cancel_all_);
     }
     for (auto& [request, job] : incoming) AddRequest(request, std::move(job));
@@ -384,6 +413,13 @@ void Engine::Loop() {
     for (SwapJob* job : swaps) {
       ApplySwap(*job);
       absl::MutexLock lock(&mu_);
+      job->done = true;
+      done_cv_.SignalAll();
+    }
+    for (ControlJob* job : controls) {
+      job->run();
+      absl::MutexLock lock(&mu_);
+      job->ran = true;
       job->done = true;
       done_cv_.SignalAll();
     }
@@ -429,6 +465,8 @@ void Engine::Loop() {
       job->done = true;
     }
     active_scores_.clear();
+    for (ControlJob* job : controls_) job->done = true;  // never run
+    controls_.clear();
     swaps_.clear();
     scores_.clear();
     done_cv_.SignalAll();
@@ -445,17 +483,23 @@ void Engine::AddRequest(std::shared_ptr<Request> request, GenerateJob job) {
     const common::SamplingSpec& s = request->specs[p];
     const int64_t len = static_cast<int64_t>(pj.prompt.size());
     const int n = static_cast<int>(pj.seeds.size());
-    std::vector<int64_t> ids = scheduler_->AddGroup(pj.prompt, n);
+    std::vector<int32_t> tokens = pj.prompt;
+    tokens.insert(tokens.end(), pj.resumed.begin(), pj.resumed.end());
+    std::vector<int64_t> ids = scheduler_->AddGroup(tokens, n);
     for (int j = 0; j < n; ++j) {
       SampleState st;
       st.request = request;
       st.index = index++;
       st.prompt_len = len;
+      st.resumed = static_cast<int64_t>(pj.resumed.size());
       st.max_len = s.max_tokens > 0 ? len + s.max_tokens : max_sequence_tokens_;
       st.spec = &s;
       st.params = s.params;
       st.params.seed = pj.seeds[j];
-      if (s.adjusts()) st.adjuster.emplace(s, config_.eos_token_ids, pj.prompt);
+      if (s.adjusts()) {
+        st.adjuster.emplace(s, config_.eos_token_ids, pj.prompt);
+        for (int32_t t : pj.resumed) st.adjuster->Append(t);
+      }
       samples_.emplace(ids[j], std::move(st));
       request->seq_ids.push_back(ids[j]);
     }
@@ -520,6 +564,8 @@ void Engine::ApplySwap(SwapJob& job) {
     published_model_ = model_;
   }
   version_.store(job.version, std::memory_order_release);
+  // Weights pushed while asleep without weights: WakeUp can now proceed.
+  if (sleep_ == SleepLevel::kKvCacheAndWeights) SetSleep(SleepLevel::kKvCache);
   SwapResult result;
   result.previous_version = current;
   result.version = job.version;
@@ -589,6 +635,10 @@ absl::Status Engine::ScorePiece(ScoreJob& job) {
   const ScoreRequest& request = *job.request;
   const int64_t vocab = config_.vocab_size;
   const uint64_t version = version_.load();
+  if (model_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "the rollout is asleep with its weights released: push weights first");
+  }
   if (job.started && job.partial.version != version) {
     // Weights changed between two pieces: every logprob must come from one
     // version, so start over at the served one.
@@ -665,7 +715,7 @@ absl::Status Engine::ScorePiece(ScoreJob& job) {
 }
 
 void Engine::Step() {
-  if (!scheduler_->has_work()) return;
+  if (!generating() || !scheduler_->has_work()) return;
   const absl::Time t0 = absl::Now();
   StepPlan plan = scheduler_->Schedule();
   for (const StepPiece& piece : plan.pieces) {
@@ -793,7 +843,7 @@ void Engine::Step() {
                 std::all_of(st.versions.begin(), st.versions.end(),
                             [&](uint64_t v) { return v == version; });
             if (one_version && selfchecks_.size() < 64) {
-              selfchecks_.push_back({scheduler_->tokens(id), st.prompt_len,
+              selfchecks_.push_back({scheduler_->tokens(id), st.prompt_len + st.resumed,
                                      st.logprobs, version});
             }
           }
@@ -866,7 +916,7 @@ void Engine::RunSelfCheck() {
   if (selfchecks_.empty()) return;
   SelfCheck check = std::move(selfchecks_.front());
   selfchecks_.pop_front();
-  if (check.version != version_.load()) return;  // weights changed since
+  if (check.version != version_.load() || model_ == nullptr) return;  // weights changed since
   absl::StatusOr<std::vector<std::vector<float>>> scores =
       model_->Score({check.tokens}, {check.prompt_len});
   if (!scores.ok() || scores->size() != 1 ||

@@ -61,6 +61,12 @@ struct PromptJob {
   std::vector<int32_t> prompt;
   std::vector<uint64_t> seeds;
   std::optional<common::SamplingSpec> sampling;
+  // A partial rollout: tokens an earlier, unfinished sample of this prompt
+  // generated (then seeds.size() == 1). The sample continues after them as
+  // if never interrupted: they count as output for max_tokens, min_tokens,
+  // stop sequences and penalties, and the Philox counters continue at their
+  // positions. Updates carry the new tokens only.
+  std::vector<int32_t> resumed;
 };
 
 // A generation request: every prompt's samples; `sampling` serves the
@@ -210,6 +216,42 @@ struct EngineOptions {
   uint64_t initial_version = 0;  // version of the initial weights
 };
 
+// What Pause does with the running samples.
+enum class PauseMode : int {
+  kKeep = 0,     // they keep their KV and continue on Resume
+  kRetract = 1,  // their KV is freed; recomputed on Resume
+};
+
+struct PauseResult {
+  bool was_paused = false;
+  int64_t held_requests = 0;  // requests in flight, waiting for Resume
+  int64_t running = 0;        // sequences holding KV
+  double kv_usage = 0.0;
+  uint64_t version = 0;
+};
+
+// Sleep levels (values match lockstep.v1.SleepLevel).
+enum class SleepLevel : int { kAwake = 0, kKvCache = 1, kKvCacheAndWeights = 2 };
+
+struct SleepResult {
+  SleepLevel level = SleepLevel::kAwake;  // now
+  int64_t kv_cache_bytes = 0;  // released by this call
+  int64_t weight_bytes = 0;
+  int64_t graph_bytes = 0;
+  int64_t device_bytes_freed = 0;  // free device memory after - before
+  int64_t device_free_bytes = 0;   // free device memory now (0 on CPU)
+  absl::Duration duration;
+  uint64_t version = 0;
+};
+
+struct WakeResult {
+  bool was_asleep = false;
+  int64_t kv_cache_bytes = 0;  // allocated
+  int64_t device_free_bytes = 0;
+  absl::Duration duration;
+  uint64_t version = 0;
+};
+
 class Engine;
 
 // The engine's single weight-update slot, held while a caller receives new
@@ -291,6 +333,33 @@ class Engine {
   // Longest sample (prompt + generated tokens) the engine runs.
   int64_t max_sequence_tokens() const { return max_sequence_tokens_; }
 
+  // Generation control (RolloutService Pause/Resume/Sleep/WakeUp); each
+  // runs on the engine thread at a step boundary and returns once done.
+  // While paused or asleep no generation step runs; submitted requests wait
+  // (cancellation and deadlines still apply), Score and SwapWeights keep
+  // working (Score: FAILED_PRECONDITION while the weights are released).
+  // UNAVAILABLE once the engine stops.
+  absl::StatusOr<PauseResult> Pause(PauseMode mode);
+  // Returns whether the engine was paused.
+  absl::StatusOr<bool> Resume();
+  // Retracts the running samples (they stay queued), frees the KV cache and
+  // the model's caches (CUDA graphs), and at kKvCacheAndWeights drops the
+  // weights; the freed device memory goes back to the driver. Sleeping
+  // deeper than now releases the rest; INVALID_ARGUMENT for kAwake.
+  absl::StatusOr<SleepResult> Sleep(SleepLevel level);
+  // Allocates the KV cache again and lets generation continue.
+  // FAILED_PRECONDITION while the weights are released (push weights with
+  // SwapWeights/WeightUpdate first: that installs them while asleep);
+  // RESOURCE_EXHAUSTED when the cache cannot be allocated (the engine stays
+  // asleep).
+  absl::StatusOr<WakeResult> WakeUp();
+  bool paused() const { return paused_flag_.load(std::memory_order_acquire); }
+  SleepLevel sleep_level() const {
+    return static_cast<SleepLevel>(sleep_flag_.load(std::memory_order_acquire));
+  }
+  // The served model's options (also while its weights are released).
+  const common::ModelOptions& model_options() const { return model_options_; }
+
   // Drain: Submit/Score/SwapWeights fail with `reason` (UNAVAILABLE) from now
   // on; requests in flight continue.
   void StopAdmitting(absl::Status reason);
@@ -318,6 +387,7 @@ class Engine {
     std::shared_ptr<Request> request;
     int32_t index = 0;  // flat sample index in the request
     int64_t prompt_len = 0;
+    int64_t resumed = 0;  // tokens generated before a resume (PromptJob::resumed)
     int64_t max_len = 0;  // stop (LENGTH) at this many tokens
     const common::SamplingSpec* spec = nullptr;  // in request->specs
     kernels::SamplingParams params;              // spec's, seed = stream key
@@ -354,6 +424,12 @@ class Engine {
     bool abandoned = false;  // guarded by mu_: the caller gave up
     bool running = false;    // guarded by mu_: a piece reads *request now
   };
+  // Work run on the engine thread at a step boundary (control RPCs).
+  struct ControlJob {
+    std::function<void()> run;
+    bool ran = false;   // guarded by mu_
+    bool done = false;  // guarded by mu_ (also set, unrun, when stopping)
+  };
   struct SelfCheck {
     std::vector<int32_t> tokens;
     int64_t prompt_len = 0;
@@ -379,12 +455,20 @@ class Engine {
   void FailEverything(const absl::Status& status);
   void Step();
   void RunSelfCheck();
+  // Queues `fn` for the engine thread and waits until it ran; UNAVAILABLE
+  // when the engine stops first.
+  absl::Status RunOnEngineThread(std::function<void()> fn);
+  // Engine thread: generation steps run (neither paused nor asleep).
+  bool generating() const { return !paused_ && sleep_ == SleepLevel::kAwake; }
+  void SetPaused(bool paused);
+  void SetSleep(SleepLevel level);
   // OnOccupancy when waiting/running/kv_usage differ from the last report.
   void ReportOccupancy();
   friend class WeightUpdate;
 
   const EngineOptions options_;
   const common::ModelConfig config_;
+  const common::ModelOptions model_options_;
   EngineObserver* const observer_;
   int64_t num_pages_ = 0;
   int64_t max_sequence_tokens_ = 0;
@@ -398,6 +482,11 @@ class Engine {
   std::deque<SelfCheck> selfchecks_;
   std::deque<std::shared_ptr<ScoreJob>> active_scores_;  // in pieces
   double selfcheck_credit_ = 0.0;
+  // Generation control (engine thread; mirrored in the atomics below).
+  bool paused_ = false;
+  SleepLevel sleep_ = SleepLevel::kAwake;
+  std::atomic<bool> paused_flag_{false};
+  std::atomic<int> sleep_flag_{0};
   // The occupancy as load() reads it (written by the engine thread).
   std::atomic<int64_t> load_waiting_{0};
   std::atomic<int64_t> load_running_{0};
@@ -413,6 +502,7 @@ class Engine {
   std::vector<std::pair<std::shared_ptr<Request>, GenerateJob>> incoming_;
   std::deque<SwapJob*> swaps_;
   std::deque<std::shared_ptr<ScoreJob>> scores_;
+  std::deque<ControlJob*> controls_;
   std::shared_ptr<const common::Model> published_model_;
   bool stop_ = false;
   absl::Status draining_;    // OK unless draining

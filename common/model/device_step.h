@@ -89,7 +89,12 @@ class DeviceStep {
                                          const TopLogprobsFn& top) = 0;
 
   virtual CudaGraphStats stats() const = 0;
+
+  // Drops every graph and the step's device and pinned buffers (Sleep); the
+  // next Run sets them up again. INTERNAL on CUDA errors.
+  virtual absl::Status Release() = 0;
 };
+
 
 }  // namespace lockstep::common
 

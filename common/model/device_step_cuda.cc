@@ -189,6 +189,12 @@ class IoBuffers {
   const torch::Tensor& dev_in() const { return dev_in_; }
   const torch::Tensor& dev_out() const { return dev_out_; }
 
+  // Frees both buffers; the next Reserve allocates anew.
+  void Release() {
+    Free();
+    in_cap_ = out_cap_ = 0;
+  }
+
  private:
   void Free() {
     if (host_in_ != nullptr) (void)cudaFreeHost(host_in_);
@@ -276,6 +282,19 @@ class CudaDeviceStep : public DeviceStep {
     last_host_ms_ =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     return out;
+  }
+
+  absl::Status Release() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    LOCKSTEP_CUDA_OK(cudaStreamSynchronize(stream_.stream()));
+    const bool had = !graphs_.empty();
+    DropAllGraphs();
+    graph_io_.Release();
+    eager_io_.Release();
+    refused_.clear();
+    kv_id_ = 0;  // the next step sets its cache up again
+    if (!had) c10::cuda::CUDACachingAllocator::emptyCache();
+    return absl::OkStatus();
   }
 
   CudaGraphStats stats() const override {
@@ -652,6 +671,27 @@ class CudaDeviceStep : public DeviceStep {
 };
 
 }  // namespace
+
+absl::Status ReleaseCachedDeviceMemory(kernels::Device device) {
+  if (device != kernels::Device::kCuda) return absl::OkStatus();
+  try {
+    LOCKSTEP_CUDA_OK(cudaDeviceSynchronize());
+    c10::cuda::CUDACachingAllocator::emptyCache();
+  } catch (const std::exception& e) {
+    return StatusFromException(e, "releasing cached device memory failed");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<DeviceMemory> DeviceMemoryInfo(kernels::Device device) {
+  if (device != kernels::Device::kCuda) return DeviceMemory();
+  size_t free_bytes = 0, total_bytes = 0;
+  LOCKSTEP_CUDA_OK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  DeviceMemory m;
+  m.free_bytes = static_cast<int64_t>(free_bytes);
+  m.total_bytes = static_cast<int64_t>(total_bytes);
+  return m;
+}
 
 absl::StatusOr<std::unique_ptr<DeviceStep>> DeviceStep::Create(DeviceStepOptions options) {
   if (options.config == nullptr || !options.forward) {

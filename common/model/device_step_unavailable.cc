@@ -4,6 +4,20 @@
 
 namespace lockstep::common {
 
+absl::Status ReleaseCachedDeviceMemory(kernels::Device device) {
+  if (device == kernels::Device::kCuda) {
+    return absl::FailedPreconditionError("this build's LibTorch has no CUDA");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<DeviceMemory> DeviceMemoryInfo(kernels::Device device) {
+  if (device == kernels::Device::kCuda) {
+    return absl::FailedPreconditionError("this build's LibTorch has no CUDA");
+  }
+  return DeviceMemory();
+}
+
 absl::StatusOr<std::unique_ptr<DeviceStep>> DeviceStep::Create(DeviceStepOptions) {
   return absl::UnimplementedError("this build's LibTorch has no CUDA: no device-resident step");
 }

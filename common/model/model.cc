@@ -132,6 +132,9 @@ class ModelImpl : public Model {
   CudaGraphStats cuda_graph_stats() const override {
     return device_step_ != nullptr ? device_step_->stats() : CudaGraphStats();
   }
+  absl::Status ReleaseCaches() const override {
+    return device_step_ != nullptr ? device_step_->Release() : absl::OkStatus();
+  }
 
  private:
   // INVALID_ARGUMENT unless `batch` is consistent and addresses only

@@ -218,7 +218,26 @@ class Model {
 
   // The CUDA graphs of this model (ModelOptions::cuda_step); zeros elsewhere.
   virtual CudaGraphStats cuda_graph_stats() const { return {}; }
+
+  // Drops what the model keeps besides its weights for faster steps (CUDA
+  // graphs, their memory pool, the device step's staging buffers), e.g.
+  // before the rollout sleeps; later steps rebuild them. Not concurrent with
+  // Step. INTERNAL on CUDA errors.
+  virtual absl::Status ReleaseCaches() const { return absl::OkStatus(); }
 };
+
+// Free and total memory of the current CUDA device (cudaMemGetInfo); zeros
+// for kernels::Device::kCpu. FAILED_PRECONDITION for kCuda in builds
+// without CUDA; INTERNAL on CUDA errors.
+struct DeviceMemory {
+  int64_t free_bytes = 0;
+  int64_t total_bytes = 0;
+};
+absl::StatusOr<DeviceMemory> DeviceMemoryInfo(kernels::Device device);
+
+// Hands the memory LibTorch's caching allocator holds but does not use back
+// to the driver (after tensors were freed). No-op for kCpu.
+absl::Status ReleaseCachedDeviceMemory(kernels::Device device);
 
 // Log-probabilities of `targets` under logits [rows, vocab] with the model's
 // kernel mode (the fixed segment tree in invariant mode, at::log_softmax in

@@ -1,13 +1,17 @@
 #include "common/wire/weight_stream.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <memory>
 #include <set>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/wire/crc32c.h"
+#include "common/wire/shared_weights.h"
 #include "common/status/status_macros.h"
 
 namespace lockstep::common {
@@ -356,12 +360,33 @@ absl::Status WeightStager::AddHeader(const v1::WeightUpdateHeader& header) {
     return Fail(absl::AbortedError(msg));
   }
 
+  if (header.has_shared()) {
+    // One buffer holds every tensor: each must lie inside it, none overlap.
+    absl::Status st = CheckSharedWeightsPath(header.shared().path());
+    if (!st.ok()) return Fail(st);
+    std::vector<std::pair<uint64_t, const v1::TensorManifestEntry*>> by_offset;
+    for (const auto& [name, e] : manifest) by_offset.emplace_back(e->offset(), e);
+    std::sort(by_offset.begin(), by_offset.end(),
+              [](const auto& a, const auto& b) { return a.first < b.first; });
+    uint64_t end = 0;
+    for (const auto& [offset, e] : by_offset) {
+      if (offset < end || offset > header.shared().size() ||
+          e->total_bytes() > header.shared().size() - offset) {
+        return Fail(absl::InvalidArgumentError(absl::StrCat(
+            "shared weights: tensor '", e->name(), "' at [", offset, ", ",
+            offset + e->total_bytes(), ") overlaps another or lies outside the ",
+            header.shared().size(), "-byte buffer")));
+      }
+      end = offset + e->total_bytes();
+    }
+  }
   for (const auto& [name, e] : manifest) {
     Staged& s = staged_[name];
     s.tensor.dtype = *FromProtoDType(e->dtype());
     s.tensor.shape.assign(e->shape().begin(), e->shape().end());
     s.tensor.data.resize(e->total_bytes());
     s.expected_crc = e->crc32c();
+    s.offset = e->offset();
     bytes_expected_ += e->total_bytes();
   }
   header_ = header;
@@ -373,6 +398,10 @@ absl::Status WeightStager::AddChunk(const v1::TensorChunk& chunk) {
   if (!has_header_) {
     return Fail(absl::InvalidArgumentError(
         "weight stream sent a chunk before its header"));
+  }
+  if (header_.has_shared()) {
+    return Fail(absl::InvalidArgumentError(
+        "a shared-memory weight update carries no chunks (its header names the buffer)"));
   }
   auto it = staged_.find(chunk.name());
   if (it == staged_.end()) {
@@ -420,6 +449,47 @@ absl::Status WeightStager::AddChunk(const v1::TensorChunk& chunk) {
   return absl::OkStatus();
 }
 
+absl::Status WeightStager::ReadShared() {
+  LOCKSTEP_ASSIGN_OR_RETURN(std::unique_ptr<SharedWeightsSource> source,
+                            SharedWeightsSource::Open(header_.shared()));
+  std::vector<Staged*> work;
+  std::vector<std::string> names;
+  for (auto& [name, s] : staged_) {
+    work.push_back(&s);
+    names.push_back(name);
+  }
+  // Tensors in parallel: read (a kernel copy out of the page cache) and CRC.
+  std::atomic<size_t> next{0};
+  std::vector<absl::Status> errors(work.size());
+  auto run = [&] {
+    for (size_t i = next.fetch_add(1); i < work.size(); i = next.fetch_add(1)) {
+      Staged& s = *work[i];
+      const uint64_t n = s.tensor.data.size();
+      absl::Status st = source->ReadAt(s.offset, s.tensor.data.data(), n);
+      if (st.ok()) {
+        s.crc = Crc32c(s.tensor.data.data(), n);
+        s.received = n;
+        if (s.crc != s.expected_crc) {
+          st = absl::AbortedError(absl::StrCat("tensor '", names[i],
+                                               "' failed its CRC-32C check in shared memory "
+                                               "(manifest ", s.expected_crc, ", computed ", s.crc,
+                                               ")"));
+        }
+      }
+      errors[i] = std::move(st);
+    }
+  };
+  const size_t threads =
+      std::min<size_t>(work.size(), std::max(1u, std::min(8u, std::thread::hardware_concurrency())));
+  std::vector<std::thread> pool;
+  for (size_t t = 1; t < threads; ++t) pool.emplace_back(run);
+  run();
+  for (std::thread& t : pool) t.join();
+  for (const absl::Status& st : errors) LOCKSTEP_RETURN_IF_ERROR(st);
+  bytes_received_ = bytes_expected_;
+  return absl::OkStatus();
+}
+
 absl::StatusOr<TensorMap> WeightStager::Finish() {
   if (!error_.ok()) return error_;
   if (finished_) {
@@ -428,6 +498,10 @@ absl::StatusOr<TensorMap> WeightStager::Finish() {
   if (!has_header_) {
     return Fail(
         absl::InvalidArgumentError("weight stream ended without a header"));
+  }
+  if (header_.has_shared()) {
+    absl::Status st = ReadShared();
+    if (!st.ok()) return Fail(st);
   }
   std::vector<std::string> incomplete;
   for (const auto& [name, s] : staged_) {

@@ -127,7 +127,12 @@ absl::StatusOr<std::vector<v1::WeightUpdate>> SplitWeights(
 //                     chunk or one over kMaxWeightChunkBytes, a chunk whose
 //                     offset is not the next expected byte of its tensor
 //                     (gap, overlap, reorder) or that runs past its end, or
-//                     Finish() without a header;
+//                     Finish() without a header; with a shared buffer
+//                     (WeightUpdateHeader.shared): a path outside
+//                     /dev/shm/lockstep-weights-*, tensors outside the
+//                     buffer or overlapping, any chunk;
+//   FAILED_PRECONDITION  a shared buffer this process cannot read (another
+//                     host, missing, wrong size: send the stream instead);
 //   ABORTED           the manifest does not match the model (tensor names not
 //                     in the config's ExpectedTensors, expected tensors
 //                     missing, a shape or dtype different from the config's),
@@ -154,6 +159,11 @@ class WeightStager {
   uint64_t bytes_received() const { return bytes_received_; }
   // Total bytes the manifest announces.
   uint64_t bytes_expected() const { return bytes_expected_; }
+  // How the bytes come: WEIGHT_PATH_SHARED_MEMORY when the header names a
+  // shared buffer (read in Finish, see shared_weights.h), else STREAM.
+  v1::WeightPath path() const {
+    return header_.has_shared() ? v1::WEIGHT_PATH_SHARED_MEMORY : v1::WEIGHT_PATH_STREAM;
+  }
 
  private:
   struct Staged {
@@ -161,11 +171,14 @@ class WeightStager {
     uint64_t received = 0;  // next expected offset
     uint32_t crc = 0;       // running CRC-32C of bytes [0, received)
     uint32_t expected_crc = 0;
+    uint64_t offset = 0;  // in the shared buffer (WeightUpdateHeader.shared)
   };
 
   absl::Status AddHeader(const v1::WeightUpdateHeader& header);
   absl::Status AddChunk(const v1::TensorChunk& chunk);
   absl::Status Fail(absl::Status status);
+  // Copies and verifies every tensor out of the header's shared buffer.
+  absl::Status ReadShared();
 
   ModelConfig config_;
   bool has_header_ = false;

@@ -94,6 +94,10 @@ LearnerMetrics::LearnerMetrics(prometheus::Registry& registry,
       push_retries_(MakeCounter(registry, "lockstep_weight_push_retries_total",
                                 "Weight push tries after the first (a rollout "
                                 "unavailable or restarting)")),
+      push_paths_(prometheus::BuildCounter()
+                      .Name("lockstep_weight_updates_total")
+                      .Help("Successful weight pushes, by how the bytes went")
+                      .Register(registry)),
       generate_retries_(MakeCounter(registry, "lockstep_learner_generate_retries_total",
                                     "Generate calls the driver retried (a rollout "
                                     "unavailable or restarting)")),
@@ -118,6 +122,10 @@ void LearnerMetrics::OnPush(const PushResult& push) {
   if (push.attempts > 1) push_retries_.Increment(static_cast<double>(push.attempts - 1));
   if (push.status.ok()) {
     push_bytes_.Increment(static_cast<double>(push.bytes));
+    push_paths_
+        .Add({{"role", "learner"},
+              {"path", push.path == v1::WEIGHT_PATH_SHARED_MEMORY ? "shared_memory" : "stream"}})
+        .Increment();
   } else {
     push_failures_.Increment();
   }

@@ -36,6 +36,8 @@ namespace lockstep::learner {
 //   lockstep_weight_push_bytes_total     counter, bytes of successful pushes
 //   lockstep_weight_push_failures_total  counter, pushes failed after retries
 //   lockstep_weight_push_retries_total   counter, push tries after the first
+//   lockstep_weight_updates_total{role="learner",path} counter, successful
+//                                        pushes by path (stream, shared_memory)
 //   lockstep_learner_generate_retries_total counter, the driver's Generate
 //                                        retries (a rollout unavailable)
 //   lockstep_weight_version{role="learner"}
@@ -71,6 +73,7 @@ class LearnerMetrics : public LearnerObserver {
   prometheus::Counter& push_bytes_;
   prometheus::Counter& push_failures_;
   prometheus::Counter& push_retries_;
+  prometheus::Family<prometheus::Counter>& push_paths_;
   prometheus::Counter& generate_retries_;
   prometheus::Gauge& weight_version_;
 };

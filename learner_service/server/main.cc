@@ -95,6 +95,13 @@ ABSL_FLAG(int, push_attempts, 0,
           "--push_retry_seconds allows)");
 ABSL_FLAG(double, push_retry_seconds, 60.0,
           "Keep retrying a push to an unavailable (restarting) rollout this long");
+ABSL_FLAG(std::string, weight_path, "auto",
+          "How pushes carry the weights: auto (shared memory to rollouts on this host, the "
+          "stream to others), stream, or shared_memory");
+ABSL_FLAG(bool, colocate, false,
+          "--drive: the rollouts share the learner's GPU: every step they generate, sleep "
+          "(KV cache and weights released) while the learner trains, get the new weights "
+          "and wake up");
 ABSL_FLAG(double, generate_retry_seconds, 60.0,
           "--drive: keep retrying Generate on an unavailable rollout this long");
 ABSL_FLAG(int64_t, checkpoint_every, 0,
@@ -282,6 +289,10 @@ int main(int argc, char** argv) {
     options.push.retry.max_attempts = attempts > 0 ? attempts : std::numeric_limits<int>::max();
     options.push.retry.max_backoff = absl::Seconds(2);
     options.push.retry_window = absl::Seconds(absl::GetFlag(FLAGS_push_retry_seconds));
+    absl::StatusOr<lockstep::learner::WeightPathChoice> path =
+        lockstep::learner::ParseWeightPathChoice(absl::GetFlag(FLAGS_weight_path));
+    if (!path.ok()) return Fail(path.status());
+    options.push.path = *path;
   }
   options.adopt_newer_rollouts = absl::GetFlag(FLAGS_resume);
   if (absl::GetFlag(FLAGS_resume) && absl::GetFlag(FLAGS_checkpoint_dir).empty()) {
@@ -416,6 +427,7 @@ int main(int argc, char** argv) {
     d.min_p = static_cast<float>(absl::GetFlag(FLAGS_min_p));
     d.max_tokens = absl::GetFlag(FLAGS_max_tokens);
     d.fail_on_mismatch = absl::GetFlag(FLAGS_fail_on_mismatch);
+    d.colocate = absl::GetFlag(FLAGS_colocate);
     d.retry_window = absl::Seconds(absl::GetFlag(FLAGS_generate_retry_seconds));
     d.checkpoint_every = absl::GetFlag(FLAGS_checkpoint_every);
     d.resume_state = resume_state;

@@ -20,6 +20,7 @@
 #include "common/sampling/sampling_proto.h"
 #include "common/status/status_macros.h"
 #include "common/wire/grpc_status.h"
+#include "common/wire/shared_weights.h"
 #include "common/wire/weight_stream.h"
 #include "kernels/build_id.h"
 
@@ -55,9 +56,47 @@ struct SampleInfo {
   uint64_t seed = 0;  // the request's or the prompt's seed
   uint32_t prompt_tokens = 0;
   const v1::SamplingParams* sampling = nullptr;  // effective, seed filled in
+  uint64_t stream_key = 0;
+  const v1::Completion* resume = nullptr;  // Prompt.resume, when resuming
   absl::Time last;
   bool started = false;
 };
+
+// INVALID_ARGUMENT unless prompt `i`'s resume is a consistent, unfinished
+// sample (the engine checks its token ids and lengths).
+absl::Status CheckResume(const v1::GenerateRequest& req, int i) {
+  const v1::Prompt& p = req.prompts(i);
+  const v1::Completion& r = p.resume();
+  auto bad = [i](const std::string& what) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt ", i, ": resume ", what));
+  };
+  if (p.has_sampling() || p.has_seed()) {
+    return bad("takes its sampling and seed from the completion; the prompt must set neither");
+  }
+  if (req.n() > 1) return bad(absl::StrCat("continues one sample; n is ", req.n()));
+  if (!r.has_sampling()) return bad("has no sampling parameters (Completion.sampling)");
+  if (!r.has_stream_key()) return bad("has no stream_key");
+  if (r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED &&
+      r.finish_reason() != v1::FINISH_REASON_ABORT) {
+    return bad("is a finished sample (finish_reason STOP or LENGTH)");
+  }
+  const int k = r.token_ids_size();
+  if (k == 0) return bad("has no tokens");
+  if (r.logprobs_size() != k || r.sampled_logprobs_size() != k ||
+      r.token_weight_versions_size() != k ||
+      (r.top_logprobs_size() != 0 && r.top_logprobs_size() != k)) {
+    return bad(absl::StrCat("has ", k, " tokens but ", r.logprobs_size(), " logprobs, ",
+                            r.sampled_logprobs_size(), " sampled_logprobs, ",
+                            r.token_weight_versions_size(), " versions and ",
+                            r.top_logprobs_size(), " top_logprobs"));
+  }
+  for (int t = 1; t < k; ++t) {
+    if (r.token_weight_versions(t) < r.token_weight_versions(t - 1)) {
+      return bad(absl::StrCat("has decreasing token_weight_versions at token ", t));
+    }
+  }
+  return absl::OkStatus();
+}
 
 // `max_samples` bounds the samples before anything is allocated per sample.
 // Fills `effective` (one message per prompt: the spec with its seed, what
@@ -69,7 +108,13 @@ absl::StatusOr<GenerateJob> ToJob(const v1::GenerateRequest& req,
                                   std::vector<SampleInfo>* info) {
   GenerateJob job;
   int64_t samples = 0;
-  for (const v1::Prompt& p : req.prompts()) {
+  for (int i = 0; i < req.prompts_size(); ++i) {
+    const v1::Prompt& p = req.prompts(i);
+    if (p.has_resume()) {
+      LOCKSTEP_RETURN_IF_ERROR(CheckResume(req, i));
+      ++samples;
+      continue;
+    }
     const v1::SamplingParams& sp = p.has_sampling() ? p.sampling() : req.sampling();
     samples += req.n() != 0 ? req.n() : sp.n() != 0 ? sp.n() : 1;
   }
@@ -92,6 +137,28 @@ absl::StatusOr<GenerateJob> ToJob(const v1::GenerateRequest& req,
     const v1::Prompt& p = req.prompts(i);
     PromptJob& pj = job.prompts[i];
     pj.prompt.assign(p.token_ids().begin(), p.token_ids().end());
+    if (p.has_resume()) {
+      // The earlier sample's parameters and stream, continued.
+      const v1::Completion& r = p.resume();
+      absl::StatusOr<common::SamplingSpec> spec = common::SamplingSpecFromProto(r.sampling(), vocab);
+      if (!spec.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("prompt ", i, ": resume.sampling: ", spec.status().message()));
+      }
+      pj.sampling = *std::move(spec);
+      pj.resumed.assign(r.token_ids().begin(), r.token_ids().end());
+      pj.seeds = {r.stream_key()};
+      (*effective)[i] = r.sampling();
+      SampleInfo s;
+      s.prompt_index = static_cast<uint32_t>(i);
+      s.sample_index = r.sample_index();
+      s.seed = r.seed();
+      s.prompt_tokens = static_cast<uint32_t>(pj.prompt.size());
+      s.stream_key = r.stream_key();
+      s.resume = &r;
+      info->push_back(s);
+      continue;
+    }
     const v1::SamplingParams& sp = p.has_sampling() ? p.sampling() : req.sampling();
     if (p.has_sampling()) {
       absl::StatusOr<common::SamplingSpec> spec = common::SamplingSpecFromProto(sp, vocab);
@@ -117,6 +184,7 @@ absl::StatusOr<GenerateJob> ToJob(const v1::GenerateRequest& req,
       s.sample_index = static_cast<uint32_t>(j);
       s.seed = seed;
       s.prompt_tokens = static_cast<uint32_t>(pj.prompt.size());
+      s.stream_key = pj.seeds[j];
       info->push_back(s);
     }
   }
@@ -195,6 +263,26 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
     return Record("Abort", DoAbort(ctx, *req, resp));
   }
 
+  grpc::Status Pause(grpc::ServerContext* ctx, const v1::PauseRequest* req,
+                     v1::PauseResponse* resp) override {
+    return Record("Pause", DoPause(ctx, *req, resp));
+  }
+
+  grpc::Status Resume(grpc::ServerContext* ctx, const v1::ResumeRequest*,
+                      v1::ResumeResponse* resp) override {
+    return Record("Resume", DoResume(ctx, resp));
+  }
+
+  grpc::Status Sleep(grpc::ServerContext* ctx, const v1::SleepRequest* req,
+                     v1::SleepResponse* resp) override {
+    return Record("Sleep", DoSleep(ctx, *req, resp));
+  }
+
+  grpc::Status WakeUp(grpc::ServerContext* ctx, const v1::WakeUpRequest*,
+                      v1::WakeUpResponse* resp) override {
+    return Record("WakeUp", DoWakeUp(ctx, resp));
+  }
+
  private:
   grpc::Status Record(const char* method, const absl::Status& status) {
     metrics_->RecordRequest(method, status.code());
@@ -254,6 +342,18 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
         c->set_seed(s.seed);
         c->set_prompt_tokens(s.prompt_tokens);
         *c->mutable_sampling() = *s.sampling;
+        c->set_stream_key(s.stream_key);
+        if (s.resume != nullptr) {
+          // The earlier tokens first, as the client sent them.
+          const v1::Completion& r = *s.resume;
+          c->mutable_token_ids()->CopyFrom(r.token_ids());
+          c->mutable_logprobs()->CopyFrom(r.logprobs());
+          c->mutable_sampled_logprobs()->CopyFrom(r.sampled_logprobs());
+          c->mutable_token_weight_versions()->CopyFrom(r.token_weight_versions());
+          c->mutable_top_logprobs()->CopyFrom(r.top_logprobs());
+          c->set_weight_version(r.token_weight_versions(r.token_weight_versions_size() - 1));
+          c->set_resumed_tokens(static_cast<uint32_t>(r.token_ids_size()));
+        }
       }
     }
 
@@ -299,6 +399,7 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
           m.set_prompt_index(s.prompt_index);
           m.set_sample_index(s.sample_index);
           m.set_seed(s.seed);
+          m.set_stream_key(s.stream_key);
           for (size_t k = 0; k < u.tokens.size(); ++k) {
             m.add_token_ids(u.tokens[k]);
             m.add_logprobs(u.logprobs[k]);
@@ -339,6 +440,7 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
           m.set_prompt_index(info[i].prompt_index);
           m.set_sample_index(info[i].sample_index);
           m.set_seed(info[i].seed);
+          m.set_stream_key(info[i].stream_key);
           m.set_finish_reason(v1::FINISH_REASON_ABORT);
           writer->Write(m);
         }
@@ -429,14 +531,18 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
     resp->set_duration_seconds(absl::ToDoubleSeconds(total));
     resp->set_swap_seconds(absl::ToDoubleSeconds(swap.pause));
     resp->set_preempted_sequences(swap.preempted);
+    resp->set_path(stager.path());
+    const bool shared = stager.path() == v1::WEIGHT_PATH_SHARED_MEMORY;
+    metrics_->RecordWeightPath(shared ? "shared_memory" : "stream");
     std::fprintf(stderr,
-                 "rollout: weights v%llu -> v%llu (%llu tensors, %llu bytes, "
+                 "rollout: weights v%llu -> v%llu (%llu tensors, %llu bytes%s, "
                  "%.3f s, source '%s')\n",
                  static_cast<unsigned long long>(swap.previous_version),
                  static_cast<unsigned long long>(swap.version),
                  static_cast<unsigned long long>(tensor_count),
                  static_cast<unsigned long long>(stager.bytes_received()),
-                 absl::ToDoubleSeconds(total), stager.header().source().c_str());
+                 shared ? " via shared memory" : "", absl::ToDoubleSeconds(total),
+                 stager.header().source().c_str());
     return absl::OkStatus();
   }
 
@@ -449,21 +555,102 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
     resp->set_in_flight_requests(static_cast<uint64_t>(l.in_flight));
     resp->set_weight_version(engine_->weight_version());
     resp->set_max_queue(static_cast<uint64_t>(engine_->options().max_queue));
+    resp->set_paused(engine_->paused());
+    resp->set_sleep_level(static_cast<v1::SleepLevel>(engine_->sleep_level()));
+    return absl::OkStatus();
+  }
+
+  absl::Status DoPause(grpc::ServerContext* ctx, const v1::PauseRequest& req,
+                       v1::PauseResponse* resp) {
+    LOCKSTEP_RETURN_IF_ERROR(CheckCall(ctx));
+    if (req.mode() != v1::PAUSE_MODE_ABORT && req.mode() != v1::PAUSE_MODE_KEEP &&
+        req.mode() != v1::PAUSE_MODE_RETRACT) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Pause needs mode ABORT, KEEP or RETRACT (got ", static_cast<int>(req.mode()), ")"));
+    }
+    // Paused first, so that nothing new is generated while the calls in
+    // flight are aborted.
+    LOCKSTEP_ASSIGN_OR_RETURN(
+        PauseResult r, engine_->Pause(req.mode() == v1::PAUSE_MODE_RETRACT ? PauseMode::kRetract
+                                                                          : PauseMode::kKeep));
+    metrics_->SetPaused(true);
+    uint64_t aborted = 0;
+    if (req.mode() == v1::PAUSE_MODE_ABORT) aborted = AbortCalls({}, /*all=*/true);
+    resp->set_was_paused(r.was_paused);
+    resp->set_aborted_requests(aborted);
+    resp->set_held_requests(static_cast<uint64_t>(std::max<int64_t>(0, r.held_requests -
+                                                                          static_cast<int64_t>(aborted))));
+    resp->set_running_sequences(static_cast<uint64_t>(r.running));
+    resp->set_kv_cache_usage(r.kv_usage);
+    resp->set_weight_version(r.version);
+    return absl::OkStatus();
+  }
+
+  absl::Status DoResume(grpc::ServerContext* ctx, v1::ResumeResponse* resp) {
+    LOCKSTEP_RETURN_IF_ERROR(CheckCall(ctx));
+    LOCKSTEP_ASSIGN_OR_RETURN(bool was_paused, engine_->Resume());
+    metrics_->SetPaused(false);
+    resp->set_was_paused(was_paused);
+    return absl::OkStatus();
+  }
+
+  absl::Status DoSleep(grpc::ServerContext* ctx, const v1::SleepRequest& req,
+                       v1::SleepResponse* resp) {
+    LOCKSTEP_RETURN_IF_ERROR(CheckCall(ctx));
+    if (req.level() != v1::SLEEP_LEVEL_KV_CACHE &&
+        req.level() != v1::SLEEP_LEVEL_KV_CACHE_AND_WEIGHTS) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Sleep needs level KV_CACHE or KV_CACHE_AND_WEIGHTS (got ",
+          static_cast<int>(req.level()), ")"));
+    }
+    LOCKSTEP_ASSIGN_OR_RETURN(SleepResult r,
+                              engine_->Sleep(static_cast<SleepLevel>(req.level())));
+    metrics_->SetSleepLevel(r.level);
+    resp->set_level(static_cast<v1::SleepLevel>(r.level));
+    resp->set_kv_cache_bytes(static_cast<uint64_t>(r.kv_cache_bytes));
+    resp->set_weight_bytes(static_cast<uint64_t>(r.weight_bytes));
+    resp->set_graph_bytes(static_cast<uint64_t>(r.graph_bytes));
+    resp->set_device_bytes_freed(static_cast<uint64_t>(r.device_bytes_freed));
+    resp->set_device_free_bytes(static_cast<uint64_t>(r.device_free_bytes));
+    resp->set_seconds(absl::ToDoubleSeconds(r.duration));
+    resp->set_weight_version(r.version);
+    std::fprintf(stderr,
+                 "rollout: asleep at level %d (released %lld KV + %lld weight + %lld graph "
+                 "bytes; %lld device bytes back with the driver) in %.3f s\n",
+                 static_cast<int>(r.level), static_cast<long long>(r.kv_cache_bytes),
+                 static_cast<long long>(r.weight_bytes), static_cast<long long>(r.graph_bytes),
+                 static_cast<long long>(r.device_bytes_freed), absl::ToDoubleSeconds(r.duration));
+    return absl::OkStatus();
+  }
+
+  absl::Status DoWakeUp(grpc::ServerContext* ctx, v1::WakeUpResponse* resp) {
+    LOCKSTEP_RETURN_IF_ERROR(CheckCall(ctx));
+    LOCKSTEP_ASSIGN_OR_RETURN(WakeResult r, engine_->WakeUp());
+    metrics_->SetSleepLevel(engine_->sleep_level());
+    resp->set_was_asleep(r.was_asleep);
+    resp->set_kv_cache_bytes(static_cast<uint64_t>(r.kv_cache_bytes));
+    resp->set_device_free_bytes(static_cast<uint64_t>(r.device_free_bytes));
+    resp->set_seconds(absl::ToDoubleSeconds(r.duration));
+    resp->set_weight_version(r.version);
+    if (r.was_asleep) {
+      std::fprintf(stderr, "rollout: awake (%lld KV bytes allocated) in %.3f s\n",
+                   static_cast<long long>(r.kv_cache_bytes), absl::ToDoubleSeconds(r.duration));
+    }
     return absl::OkStatus();
   }
 
   absl::Status DoGetModelInfo(grpc::ServerContext* ctx, v1::ModelInfo* resp) {
-    std::shared_ptr<const common::Model> model = engine_->model();
+    const common::ModelOptions& model = engine_->model_options();
     *resp->mutable_config() = common::ModelConfigToProto(engine_->config());
     resp->set_weight_version(engine_->weight_version());
-    resp->set_kernel_mode(model->options().mode ==
+    resp->set_kernel_mode(model.mode ==
                                   common::KernelMode::kInvariant
                               ? v1::KERNEL_MODE_INVARIANT
                               : v1::KERNEL_MODE_STANDARD);
-    resp->set_device(model->options().device == kernels::Device::kCuda
+    resp->set_device(model.device == kernels::Device::kCuda
                          ? v1::DEVICE_CUDA
                          : v1::DEVICE_CPU);
-    resp->set_tp_size(model->options().tp_size);
+    resp->set_tp_size(model.tp_size);
     resp->set_page_size(engine_->options().page_size);
     resp->set_kv_cache_pages(engine_->num_pages());
     resp->set_max_batch_tokens(engine_->options().max_batch_tokens);
@@ -473,7 +660,8 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
     // What the learner's compatibility check compares beyond the config.
     resp->set_kernel_build_id(kernels::KernelBuildId());
     resp->set_gpu_architecture(
-        kernels::GpuArchitecture(model->options().device));
+        kernels::GpuArchitecture(model.device));
+    resp->set_host_id(common::HostId());
     return absl::OkStatus();
   }
 
@@ -494,18 +682,22 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
     for (const std::string& id : req.request_ids()) {
       if (id.empty()) return absl::InvalidArgumentError("Abort: empty request id");
     }
+    resp->set_aborted(AbortCalls(
+        std::vector<std::string>(req.request_ids().begin(), req.request_ids().end()), req.all()));
+    return absl::OkStatus();
+  }
+
+  // Aborts the calls in flight with one of `ids` (or all); returns how many.
+  uint64_t AbortCalls(const std::vector<std::string>& ids, bool all) {
     uint64_t aborted = 0;
     absl::MutexLock lock(&calls_mu_);
     for (Call* c : calls_) {
-      const bool match =
-          req.all() || std::find(req.request_ids().begin(), req.request_ids().end(),
-                                 c->request_id) != req.request_ids().end();
+      const bool match = all || std::find(ids.begin(), ids.end(), c->request_id) != ids.end();
       if (!match || c->aborted.exchange(true)) continue;
       c->handle->Cancel(absl::CancelledError("aborted by RolloutService.Abort"));
       ++aborted;
     }
-    resp->set_aborted(aborted);
-    return absl::OkStatus();
+    return aborted;
   }
 
   Engine* const engine_;

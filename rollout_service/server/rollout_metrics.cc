@@ -106,7 +106,21 @@ RolloutMetrics::RolloutMetrics(std::shared_ptr<prometheus::Registry> registry,
               .Help("Tokens whose re-scored logprob differs bitwise")
               .Register(*registry_)
               .Add({})),
-      weight_version_(common::RegisterWeightVersion(*registry_, "rollout")) {
+      weight_version_(common::RegisterWeightVersion(*registry_, "rollout")),
+      paused_(prometheus::BuildGauge()
+                  .Name("lockstep_rollout_paused")
+                  .Help("1 while generation is paused (RolloutService.Pause)")
+                  .Register(*registry_)
+                  .Add({})),
+      sleep_level_(prometheus::BuildGauge()
+                       .Name("lockstep_rollout_sleep_level")
+                       .Help("0 awake, 1 KV cache released, 2 KV cache and weights released")
+                       .Register(*registry_)
+                       .Add({})),
+      weight_paths_(prometheus::BuildCounter()
+                        .Name("lockstep_weight_updates_total")
+                        .Help("Weight updates received, by how the bytes came")
+                        .Register(*registry_)) {
   common::RegisterBuildInfo(*registry_, info);
 }
 
@@ -151,6 +165,16 @@ void RolloutMetrics::RecordRequest(const char* method, absl::StatusCode code) {
 
 void RolloutMetrics::SetWeightVersion(uint64_t v) {
   weight_version_.Set(static_cast<double>(v));
+}
+
+void RolloutMetrics::SetPaused(bool paused) { paused_.Set(paused ? 1.0 : 0.0); }
+
+void RolloutMetrics::SetSleepLevel(SleepLevel level) {
+  sleep_level_.Set(static_cast<double>(static_cast<int>(level)));
+}
+
+void RolloutMetrics::RecordWeightPath(const char* path) {
+  weight_paths_.Add({{"role", "rollout"}, {"path", path}}).Increment();
 }
 
 }  // namespace lockstep::rollout

@@ -31,6 +31,11 @@ class RolloutMetrics : public EngineObserver {
   // One finished RPC of `method` with `code`.
   void RecordRequest(const char* method, absl::StatusCode code);
   void SetWeightVersion(uint64_t v);
+  // Pause / Sleep state (lockstep_rollout_paused, lockstep_rollout_sleep_level).
+  void SetPaused(bool paused);
+  void SetSleepLevel(SleepLevel level);
+  // A weight update that arrived by `path` ("stream", "shared_memory").
+  void RecordWeightPath(const char* path);
 
   prometheus::Counter& prompt_tokens() { return prompt_tokens_; }
   prometheus::Histogram& ttft() { return ttft_; }
@@ -59,6 +64,9 @@ class RolloutMetrics : public EngineObserver {
   prometheus::Counter& selfcheck_tokens_;
   prometheus::Counter& selfcheck_mismatched_tokens_;
   prometheus::Gauge& weight_version_;
+  prometheus::Gauge& paused_;
+  prometheus::Gauge& sleep_level_;
+  prometheus::Family<prometheus::Counter>& weight_paths_;
 };
 
 }  // namespace lockstep::rollout

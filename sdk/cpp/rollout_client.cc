@@ -214,6 +214,48 @@ absl::StatusOr<v1::RolloutLoad> RolloutClient::GetLoad(const CallOptions& call) 
       });
 }
 
+absl::StatusOr<v1::AbortResponse> RolloutClient::Abort(const v1::AbortRequest& request,
+                                                       const CallOptions& call) {
+  return connection_->Unary<v1::AbortResponse>(
+      call, [&](grpc::ClientContext* ctx, v1::AbortResponse* response) {
+        return stub_->Abort(ctx, request, response);
+      });
+}
+
+absl::StatusOr<v1::PauseResponse> RolloutClient::Pause(v1::PauseMode mode,
+                                                       const CallOptions& call) {
+  v1::PauseRequest request;
+  request.set_mode(mode);
+  return connection_->Unary<v1::PauseResponse>(
+      call, [&](grpc::ClientContext* ctx, v1::PauseResponse* response) {
+        return stub_->Pause(ctx, request, response);
+      });
+}
+
+absl::StatusOr<v1::ResumeResponse> RolloutClient::Resume(const CallOptions& call) {
+  return connection_->Unary<v1::ResumeResponse>(
+      call, [&](grpc::ClientContext* ctx, v1::ResumeResponse* response) {
+        return stub_->Resume(ctx, v1::ResumeRequest(), response);
+      });
+}
+
+absl::StatusOr<v1::SleepResponse> RolloutClient::Sleep(v1::SleepLevel level,
+                                                       const CallOptions& call) {
+  v1::SleepRequest request;
+  request.set_level(level);
+  return connection_->Unary<v1::SleepResponse>(
+      call, [&](grpc::ClientContext* ctx, v1::SleepResponse* response) {
+        return stub_->Sleep(ctx, request, response);
+      });
+}
+
+absl::StatusOr<v1::WakeUpResponse> RolloutClient::WakeUp(const CallOptions& call) {
+  return connection_->Unary<v1::WakeUpResponse>(
+      call, [&](grpc::ClientContext* ctx, v1::WakeUpResponse* response) {
+        return stub_->WakeUp(ctx, v1::WakeUpRequest(), response);
+      });
+}
+
 absl::StatusOr<v1::UpdateWeightsResponse> RolloutClient::UpdateWeights(
     const WeightStreamProducer& produce, const CallOptions& call) {
   v1::UpdateWeightsResponse response;

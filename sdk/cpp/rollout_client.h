@@ -122,6 +122,15 @@ class RolloutClient {
   // The engine's load now (waiting and running sequences, KV usage).
   absl::StatusOr<v1::RolloutLoad> GetLoad(const CallOptions& call = {});
 
+  // Generation control (see rollout.proto): Abort calls by request id (or
+  // all), Pause / Resume generation, Sleep / WakeUp for colocation.
+  absl::StatusOr<v1::AbortResponse> Abort(const v1::AbortRequest& request,
+                                          const CallOptions& call = {});
+  absl::StatusOr<v1::PauseResponse> Pause(v1::PauseMode mode, const CallOptions& call = {});
+  absl::StatusOr<v1::ResumeResponse> Resume(const CallOptions& call = {});
+  absl::StatusOr<v1::SleepResponse> Sleep(v1::SleepLevel level, const CallOptions& call = {});
+  absl::StatusOr<v1::WakeUpResponse> WakeUp(const CallOptions& call = {});
+
   // Uploads `weights` as options.target_version (0: served version + 1,
   // from a GetModelInfo first). The whole stream is replayed on
   // UNAVAILABLE. The tensors must match the model's names, shapes and

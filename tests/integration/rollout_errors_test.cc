@@ -213,6 +213,99 @@ TEST_F(RolloutErrorsTest, AbortStopsCallsByIdAndKeepsTheirTokens) {
   ExpectServing();
 }
 
+// Issue 18 §3/§4: bad Pause / Sleep values and inconsistent partial
+// rollouts are INVALID_ARGUMENT, with the server serving the next request.
+TEST_F(RolloutErrorsTest, BadControlRequestsAndResumes) {
+  using C = grpc::StatusCode;
+  auto deadline = [](grpc::ClientContext* ctx) {
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  };
+  for (int mode : {0, 4, -1}) {
+    grpc::ClientContext ctx;
+    deadline(&ctx);
+    v1::PauseRequest req;
+    req.set_mode(static_cast<v1::PauseMode>(mode));
+    v1::PauseResponse resp;
+    EXPECT_EQ(stub_->Pause(&ctx, req, &resp).error_code(), C::INVALID_ARGUMENT) << mode;
+  }
+  for (int level : {0, 3}) {
+    grpc::ClientContext ctx;
+    deadline(&ctx);
+    v1::SleepRequest req;
+    req.set_level(static_cast<v1::SleepLevel>(level));
+    v1::SleepResponse resp;
+    EXPECT_EQ(stub_->Sleep(&ctx, req, &resp).error_code(), C::INVALID_ARGUMENT) << level;
+  }
+  {
+    // Resume and WakeUp of an engine that runs change nothing.
+    grpc::ClientContext a, b;
+    deadline(&a);
+    deadline(&b);
+    v1::ResumeResponse r;
+    v1::WakeUpResponse w;
+    ASSERT_TRUE(stub_->Resume(&a, v1::ResumeRequest(), &r).ok());
+    EXPECT_FALSE(r.was_paused());
+    ASSERT_TRUE(stub_->WakeUp(&b, v1::WakeUpRequest(), &w).ok());
+    EXPECT_FALSE(w.was_asleep());
+  }
+  ExpectServing();
+  // A real partial completion to break in different ways.
+  v1::GenerateResponse first;
+  ASSERT_TRUE(Generate(*stub_, MakeRequest({1, 2, 3}, 1, 5, 6), &first).ok());
+  v1::Completion partial = first.completions(0);
+  partial.set_finish_reason(v1::FINISH_REASON_ABORT);
+  auto resume = [&](const std::function<void(v1::GenerateRequest*)>& edit) {
+    v1::GenerateRequest req = MakeRequest({1, 2, 3}, 0, 5, 6);
+    req.clear_n();
+    *req.mutable_prompts(0)->mutable_resume() = partial;
+    edit(&req);
+    return req;
+  };
+  ExpectGenerateError(resume([](v1::GenerateRequest* r) { r->set_n(2); }), C::INVALID_ARGUMENT,
+                      "continues one sample");
+  ExpectGenerateError(resume([](v1::GenerateRequest* r) {
+                        r->mutable_prompts(0)->mutable_resume()->set_finish_reason(
+                            v1::FINISH_REASON_LENGTH);
+                      }),
+                      C::INVALID_ARGUMENT, "finished sample");
+  ExpectGenerateError(resume([](v1::GenerateRequest* r) {
+                        r->mutable_prompts(0)->mutable_resume()->mutable_logprobs()->RemoveLast();
+                      }),
+                      C::INVALID_ARGUMENT, "logprobs");
+  ExpectGenerateError(resume([](v1::GenerateRequest* r) {
+                        r->mutable_prompts(0)->mutable_resume()->clear_stream_key();
+                      }),
+                      C::INVALID_ARGUMENT, "stream_key");
+  ExpectGenerateError(resume([](v1::GenerateRequest* r) {
+                        r->mutable_prompts(0)->mutable_resume()->clear_sampling();
+                      }),
+                      C::INVALID_ARGUMENT, "no sampling");
+  ExpectGenerateError(resume([](v1::GenerateRequest* r) {
+                        r->mutable_prompts(0)->set_seed(3);
+                      }),
+                      C::INVALID_ARGUMENT, "must set neither");
+  ExpectGenerateError(resume([](v1::GenerateRequest* r) {
+                        r->mutable_prompts(0)->mutable_resume()->set_token_ids(0, 64);
+                      }),
+                      C::INVALID_ARGUMENT, "outside the vocabulary");
+  ExpectGenerateError(resume([](v1::GenerateRequest* r) {
+                        auto* v = r->mutable_prompts(0)->mutable_resume()
+                                      ->mutable_token_weight_versions();
+                        v->Set(0, 9);
+                      }),
+                      C::INVALID_ARGUMENT, "decreasing");
+  // All six tokens were generated: max_tokens 6 leaves nothing to do.
+  ExpectGenerateError(resume([](v1::GenerateRequest*) {}), C::INVALID_ARGUMENT,
+                      "nothing left to generate");
+  ExpectGenerateError(resume([](v1::GenerateRequest* r) {
+                        r->mutable_prompts(0)->mutable_resume()->clear_token_ids();
+                        r->mutable_prompts(0)->mutable_resume()->clear_logprobs();
+                        r->mutable_prompts(0)->mutable_resume()->clear_sampled_logprobs();
+                        r->mutable_prompts(0)->mutable_resume()->clear_token_weight_versions();
+                      }),
+                      C::INVALID_ARGUMENT, "no tokens");
+}
+
 TEST_F(RolloutErrorsTest, BadComputeLogprobsRequests) {
   auto call = [&](const v1::ComputeLogprobsRequest& req) {
     v1::ComputeLogprobsResponse resp;

@@ -12,6 +12,7 @@
 #include "common/sampling/sampling_spec.h"
 #include "gtest/gtest.h"
 #include "rollout_service/engine.h"
+#include "tests/rollout_service/engine_testing.h"
 #include "tests/rollout_service/fake_model.h"
 
 namespace lockstep::rollout {
@@ -20,35 +21,10 @@ namespace {
 using testing::FakeModel;
 using testing::FakeModelOptions;
 
-struct Output {
-  std::vector<int32_t> tokens;
-  std::vector<float> raw, sampled;
-  FinishReason finish = FinishReason::kNone;
-};
-
-bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() &&
-         (a.empty() || std::memcmp(a.data(), b.data(), a.size() * 4) == 0);
-}
-
-absl::StatusOr<std::vector<Output>> Collect(RequestHandle& h) {
-  std::vector<Output> out(h.num_samples());
-  std::vector<SampleUpdate> updates;
-  for (;;) {
-    updates.clear();
-    const bool done = h.Wait(absl::Milliseconds(100), &updates);
-    for (SampleUpdate& u : updates) {
-      Output& o = out.at(u.sample);
-      o.tokens.insert(o.tokens.end(), u.tokens.begin(), u.tokens.end());
-      o.raw.insert(o.raw.end(), u.logprobs.begin(), u.logprobs.end());
-      o.sampled.insert(o.sampled.end(), u.sampled_logprobs.begin(), u.sampled_logprobs.end());
-      if (u.finish != FinishReason::kNone) o.finish = u.finish;
-    }
-    if (done) break;
-  }
-  if (!h.status().ok()) return h.status();
-  return out;
-}
+using testing::Collect;
+using testing::Output;
+using testing::RandomPrompt;
+using testing::SameBits;
 
 std::unique_ptr<Engine> MakeEngine(int64_t max_batch_tokens = 64) {
   EngineOptions o;
@@ -60,11 +36,6 @@ std::unique_ptr<Engine> MakeEngine(int64_t max_batch_tokens = 64) {
   return std::move(e).value();
 }
 
-std::vector<int32_t> RandomPrompt(std::mt19937& rng, int len) {
-  std::vector<int32_t> p(len);
-  for (auto& t : p) t = static_cast<int32_t>(rng() % 64);
-  return p;
-}
 
 // Every parameter at a non-default value.
 common::SamplingSpec Everything() {
@@ -125,7 +96,7 @@ TEST(EngineSamplingTest, EveryParameterIsBatchInvariant) {
     ASSERT_FALSE(o.tokens.empty());
     ASSERT_EQ(o.sampled.size(), o.tokens.size());
     for (size_t k = 0; k < o.tokens.size(); ++k) {
-      differ += std::memcmp(&o.raw[k], &o.sampled[k], 4) != 0;
+      differ += std::memcmp(&o.logprobs[k], &o.sampled[k], 4) != 0;
       EXPECT_LE(o.sampled[k], 0.0f);
     }
   }
@@ -148,7 +119,7 @@ TEST(EngineSamplingTest, EveryParameterIsBatchInvariant) {
     ASSERT_TRUE(busy.ok()) << busy.status();
     for (int s = 0; s < 3; ++s) {
       EXPECT_EQ((*alone)[s].tokens, (*busy)[s].tokens) << "others=" << others;
-      EXPECT_TRUE(SameBits((*alone)[s].raw, (*busy)[s].raw)) << "others=" << others;
+      EXPECT_TRUE(SameBits((*alone)[s].logprobs, (*busy)[s].logprobs)) << "others=" << others;
       EXPECT_TRUE(SameBits((*alone)[s].sampled, (*busy)[s].sampled)) << "others=" << others;
       EXPECT_EQ((*alone)[s].finish, (*busy)[s].finish);
     }
@@ -178,7 +149,7 @@ TEST(EngineSamplingTest, SampledLogprobsAreTheHostScorersAndScoreAgrees) {
   ASSERT_EQ(scored->sampled.size(), out->size());
   for (size_t i = 0; i < out->size(); ++i) {
     EXPECT_TRUE(SameBits(scored->sampled[i], (*out)[i].sampled)) << "sample " << i;
-    EXPECT_TRUE(SameBits(scored->logprobs[i], (*out)[i].raw)) << "sample " << i;
+    EXPECT_TRUE(SameBits(scored->logprobs[i], (*out)[i].logprobs)) << "sample " << i;
   }
 }
 

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "gtest/gtest.h"
+#include "tests/rollout_service/engine_testing.h"
 #include "tests/rollout_service/fake_model.h"
 
 namespace lockstep::rollout {
@@ -18,46 +19,11 @@ namespace {
 using testing::FakeModel;
 using testing::FakeModelOptions;
 
-struct Output {
-  std::vector<int32_t> tokens;
-  std::vector<float> logprobs;
-  std::vector<uint64_t> versions;
-  std::vector<TopList> top;
-  FinishReason finish = FinishReason::kNone;
-  int preemptions = 0;
-};
-
-bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() &&
-         (a.empty() || std::memcmp(a.data(), b.data(), a.size() * 4) == 0);
-}
-
-bool Same(const Output& a, const Output& b) {
-  return a.tokens == b.tokens && SameBits(a.logprobs, b.logprobs) &&
-         a.versions == b.versions && a.finish == b.finish;
-}
-
-// Waits for the handle and returns its per-sample outputs (or its error).
-absl::StatusOr<std::vector<Output>> Collect(RequestHandle& h) {
-  std::vector<Output> out(h.num_samples());
-  std::vector<SampleUpdate> updates;
-  for (;;) {
-    updates.clear();
-    const bool done = h.Wait(absl::Milliseconds(100), &updates);
-    for (SampleUpdate& u : updates) {
-      Output& o = out.at(u.sample);
-      o.tokens.insert(o.tokens.end(), u.tokens.begin(), u.tokens.end());
-      o.logprobs.insert(o.logprobs.end(), u.logprobs.begin(), u.logprobs.end());
-      o.versions.insert(o.versions.end(), u.versions.begin(), u.versions.end());
-      o.top.insert(o.top.end(), u.top.begin(), u.top.end());
-      if (u.finish != FinishReason::kNone) o.finish = u.finish;
-      o.preemptions = u.preemptions;
-    }
-    if (done) break;
-  }
-  if (!h.status().ok()) return h.status();
-  return out;
-}
+using testing::Collect;
+using testing::Output;
+using testing::RandomPrompt;
+using testing::Same;
+using testing::SameBits;
 
 GenerateJob Job(std::vector<int32_t> prompt, int n, uint64_t seed,
                 int64_t max_tokens, float temperature = 1.0f) {
@@ -71,11 +37,6 @@ GenerateJob Job(std::vector<int32_t> prompt, int n, uint64_t seed,
   return job;
 }
 
-std::vector<int32_t> RandomPrompt(std::mt19937& rng, int len) {
-  std::vector<int32_t> p(len);
-  for (auto& t : p) t = static_cast<int32_t>(rng() % 64);
-  return p;
-}
 
 std::unique_ptr<Engine> MakeEngine(EngineOptions o = {},
                                    FakeModelOptions f = {},
