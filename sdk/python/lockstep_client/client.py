@@ -365,7 +365,8 @@ class RolloutClient(_Client):
                      request_id="", min_p=0.0, repetition_penalty=None, presence_penalty=0.0,
                      frequency_penalty=0.0, logit_bias=None, min_tokens=0,
                      stop_sequences=()) -> rollout_pb2.GenerateRequest:
-        """A GenerateRequest: `prompts` is a list of token-id lists;
+        """A GenerateRequest: `prompts` is a list of token-id lists (or
+        rollout_pb2.Prompt messages, taken as they are: e.g. resume_prompt());
         logit_bias a {token id: bias} dict, stop_sequences lists of ids."""
         sampling = common_pb2.SamplingParams(
             top_k=top_k, max_tokens=max_tokens, stop_token_ids=list(stop_token_ids),
@@ -382,9 +383,30 @@ class RolloutClient(_Client):
             sampling.top_p = top_p
         if seed is not None:
             sampling.seed = seed
-        return rollout_pb2.GenerateRequest(
-            prompts=[rollout_pb2.Prompt(token_ids=list(p)) for p in prompts], n=n,
-            sampling=sampling, request_id=request_id)
+        messages = [p if isinstance(p, rollout_pb2.Prompt)
+                    else rollout_pb2.Prompt(token_ids=list(p)) for p in prompts]
+        return rollout_pb2.GenerateRequest(prompts=messages, n=n, sampling=sampling,
+                                           request_id=request_id)
+
+    @staticmethod
+    def resume_prompt(prompt_token_ids, completion: rollout_pb2.Completion) -> rollout_pb2.Prompt:
+        """A Prompt that continues `completion`, an unfinished sample of
+        `prompt_token_ids` as Generate returned it (FINISH_REASON_ABORT, e.g.
+        after abort() or pause("abort")): a partial rollout. Pass it among the
+        prompts of generate() / make_request() with n=1; the sample is drawn
+        with completion.sampling and completion.stream_key, so with unchanged
+        weights it continues exactly as the uninterrupted sample would have.
+        The returned Completion holds the earlier tokens (with their logprobs
+        and versions) and then the new ones; resumed_tokens says where the
+        new ones start."""
+        if not isinstance(completion, rollout_pb2.Completion):
+            raise TypeError("resume_prompt needs a rollout_pb2.Completion")
+        if completion.finish_reason not in (rollout_pb2.FINISH_REASON_UNSPECIFIED,
+                                            rollout_pb2.FINISH_REASON_ABORT):
+            raise ValueError("only an unfinished sample (FINISH_REASON_ABORT) can be resumed; "
+                             "this one ended with %s"
+                             % rollout_pb2.FinishReason.Name(completion.finish_reason))
+        return rollout_pb2.Prompt(token_ids=list(prompt_token_ids), resume=completion)
 
     def generate(self, prompts_or_request, *, timeout=None, call=None,
                  **sampling) -> rollout_pb2.GenerateResponse:
@@ -492,8 +514,77 @@ class RolloutClient(_Client):
         return self.update_weights(tensors, target_version=target_version, source=source,
                                    chunk_bytes=chunk_bytes, call=call)
 
+    def get_load(self, *, timeout=None, call=None) -> rollout_pb2.RolloutLoad:
+        """The engine's load now (queue, running sequences, KV usage, calls in
+        flight, served version, paused, sleep_level); never waits for a step."""
+        return self._unary(self.stub.GetLoad, rollout_pb2.GetLoadRequest(), call, timeout)
+
+    # Generation control. Every call below is idempotent on the server, so
+    # the retry on UNAVAILABLE is safe.
+
+    def abort(self, request_ids=(), *, all=False, timeout=None,
+              call=None) -> rollout_pb2.AbortResponse:
+        """Stops the Generate / GenerateStream calls with these
+        GenerateRequest.request_id values (or, with all=True, every call in
+        flight) at the next engine step; they return what they generated, the
+        unfinished samples with FINISH_REASON_ABORT (see resume_prompt).
+        `aborted` counts the calls stopped."""
+        if isinstance(request_ids, str):
+            request_ids = [request_ids]
+        request = rollout_pb2.AbortRequest(request_ids=list(request_ids), all=all)
+        return self._unary(self.stub.Abort, request, call, timeout)
+
+    def pause(self, mode="keep", *, timeout=None, call=None) -> rollout_pb2.PauseResponse:
+        """Pauses generation at the next step boundary and returns once paused.
+        mode: "keep" (running samples keep their KV and continue on resume()),
+        "retract" (their KV is freed; recomputed on resume(), same tokens),
+        "abort" (every call in flight returns, as abort(all=True)), or a
+        rollout_pb2.PauseMode value. Calls that arrive meanwhile wait;
+        ComputeLogprobs and weight updates keep working."""
+        return self._unary(self.stub.Pause, rollout_pb2.PauseRequest(mode=_pause_mode(mode)),
+                           call, timeout)
+
+    def resume(self, *, timeout=None, call=None) -> rollout_pb2.ResumeResponse:
+        """Continues generation after pause() (was_paused says whether it was)."""
+        return self._unary(self.stub.Resume, rollout_pb2.ResumeRequest(), call, timeout)
+
+    def sleep(self, level=1, *, timeout=None, call=None) -> rollout_pb2.SleepResponse:
+        """Frees the rollout's memory for a colocated trainer and returns once
+        it is back with the device's driver: level 1 (SLEEP_LEVEL_KV_CACHE)
+        the KV cache and CUDA graphs, level 2
+        (SLEEP_LEVEL_KV_CACHE_AND_WEIGHTS) the weights too. Running samples
+        are retracted and recomputed after wake_up(); Generate calls wait. After
+        level 2, push weights (update_weights*, or the learner's push) before
+        wake_up()."""
+        if level not in (rollout_pb2.SLEEP_LEVEL_KV_CACHE,
+                         rollout_pb2.SLEEP_LEVEL_KV_CACHE_AND_WEIGHTS):
+            raise ValueError("sleep level must be 1 (KV cache) or 2 (KV cache and weights), "
+                             "not %r" % (level,))
+        return self._unary(self.stub.Sleep, rollout_pb2.SleepRequest(level=level), call,
+                           timeout)
+
+    def wake_up(self, *, timeout=None, call=None) -> rollout_pb2.WakeUpResponse:
+        """Allocates the KV cache again and continues generation
+        (FAILED_PRECONDITION after sleep(2) until weights were pushed)."""
+        return self._unary(self.stub.WakeUp, rollout_pb2.WakeUpRequest(), call, timeout)
+
     def health(self, *, timeout=None, call=None) -> str:
         return self.connection.check_health(ROLLOUT_SERVICE, call=call, timeout=timeout)
+
+
+_PAUSE_MODES = {"abort": rollout_pb2.PAUSE_MODE_ABORT, "keep": rollout_pb2.PAUSE_MODE_KEEP,
+                "retract": rollout_pb2.PAUSE_MODE_RETRACT}
+
+
+def _pause_mode(mode) -> int:
+    if isinstance(mode, str):
+        if mode.lower() not in _PAUSE_MODES:
+            raise ValueError("pause mode must be one of %s, not %r"
+                             % (", ".join(sorted(_PAUSE_MODES)), mode))
+        return _PAUSE_MODES[mode.lower()]
+    if mode not in _PAUSE_MODES.values():
+        raise ValueError("not a PauseMode: %r" % (mode,))
+    return mode
 
 
 class LearnerClient(_Client):
