@@ -518,11 +518,16 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
       }
     }
     if (ctx->IsCancelled()) return absl::CancelledError("the client cancelled");
+    const absl::Time received = absl::Now();
     LOCKSTEP_ASSIGN_OR_RETURN(common::TensorMap tensors, stager.Finish());
+    const absl::Time verified = absl::Now();
     const uint64_t tensor_count = tensors.size();
     LOCKSTEP_ASSIGN_OR_RETURN(SwapResult swap,
                               update->Commit(std::move(tensors), stager.target_version()));
     const absl::Duration total = absl::Now() - start;
+    resp->set_receive_seconds(absl::ToDoubleSeconds(received - start));
+    resp->set_verify_seconds(absl::ToDoubleSeconds(verified - received));
+    resp->set_build_seconds(absl::ToDoubleSeconds(absl::Now() - verified - swap.pause));
     metrics_->weight_update().Observe(absl::ToDoubleSeconds(total));
     resp->set_weight_version(swap.version);
     resp->set_previous_version(swap.previous_version);
@@ -536,13 +541,14 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
     metrics_->RecordWeightPath(shared ? "shared_memory" : "stream");
     std::fprintf(stderr,
                  "rollout: weights v%llu -> v%llu (%llu tensors, %llu bytes%s, "
-                 "%.3f s, source '%s')\n",
+                 "%.3f s: receive %.3f, verify %.3f, build %.3f, swap %.3f; source '%s')\n",
                  static_cast<unsigned long long>(swap.previous_version),
                  static_cast<unsigned long long>(swap.version),
                  static_cast<unsigned long long>(tensor_count),
                  static_cast<unsigned long long>(stager.bytes_received()),
                  shared ? " via shared memory" : "", absl::ToDoubleSeconds(total),
-                 stager.header().source().c_str());
+                 resp->receive_seconds(), resp->verify_seconds(), resp->build_seconds(),
+                 resp->swap_seconds(), stager.header().source().c_str());
     return absl::OkStatus();
   }
 
