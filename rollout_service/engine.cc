@@ -341,8 +341,7 @@ absl::Status WeightUpdate::CheckVersion(uint64_t version) const {
 absl::StatusOr<SwapResult> WeightUpdate::Commit(common::TensorMap tensors, uint64_t version) {
   LOCKSTEP_RETURN_IF_ERROR(CheckVersion(version));
   absl::StatusOr<std::shared_ptr<const common::Model>> model =
-      common::Model::Create(engine_->config(), tensors, engine_->model_options());
-  tensors.clear();
+      common::Model::Create(engine_->config(), std::move(tensors), engine_->model_options());
   if (!model.ok()) {
     return absl::AbortedError(
         absl::StrCat("the model rejected the weights: ", model.status().message()));

@@ -107,7 +107,9 @@ class ModelImpl : public Model {
   ModelImpl(ModelConfig config, ModelOptions options)
       : config_(std::move(config)), options_(options) {}
 
-  absl::Status Init(const TensorMap& tensors);
+  // Takes the tensors over (those already in the config's dtype are moved,
+  // not copied).
+  absl::Status Init(TensorMap tensors);
 
   const ModelConfig& config() const override { return config_; }
   const ModelOptions& options() const override { return options_; }
@@ -179,7 +181,7 @@ class ModelImpl : public Model {
   std::unique_ptr<DeviceStep> device_step_;
 };
 
-absl::Status ModelImpl::Init(const TensorMap& tensors) {
+absl::Status ModelImpl::Init(TensorMap tensors) {
   const ModelConfig& c = config_;
   const int t = options_.tp_size;
   if (!kernels::IsValidTreeSplit(t)) {
@@ -223,12 +225,13 @@ absl::Status ModelImpl::Init(const TensorMap& tensors) {
     shapes[name] = tensor.shape;
   }
   LOCKSTEP_RETURN_IF_ERROR(CheckTensorShapes(c, shapes));
-  for (const auto& [name, tensor] : tensors) {
+  for (auto& [name, tensor] : tensors) {
     if (name.find("rotary_emb.inv_freq") != std::string::npos) continue;
     // A tied model's stored copy of the embedding is not kept twice.
     if (c.tie_word_embeddings && name == "lm_head.weight") continue;
-    tensors_[name] = ConvertTensor(tensor, c.dtype);
+    tensors_[name] = tensor.dtype == c.dtype ? std::move(tensor) : ConvertTensor(tensor, c.dtype);
   }
+  tensors.clear();
 
   // Standard mode multiplies in fp32 through LibTorch: keep fp32 copies of the
   // (bf16-valued) matrices so no per-call conversion happens.
@@ -254,7 +257,12 @@ absl::Status ModelImpl::Init(const TensorMap& tensors) {
                               int64_t count) -> absl::StatusOr<torch::Tensor> {
       auto it = tensors_.find(name);
       if (it == tensors_.end()) return absl::InvalidArgumentError("missing weight " + name);
-      torch::Tensor w = HostToTorch(it->second);
+      // A view of the host copy (kept in tensors_ for the model's lifetime):
+      // the device upload, a narrowed shard's copy or the CPU kernels'
+      // packing below is the only copy made.
+      const HostTensor& h = it->second;
+      torch::Tensor w = torch::from_blob(const_cast<uint8_t*>(h.data.data()), h.shape,
+                                         torch::TensorOptions().dtype(TorchType(h.dtype)));
       if (dim >= 0) w = w.narrow(dim, begin, count);
       return w.contiguous().to(dev);
     };
@@ -637,9 +645,15 @@ absl::StatusOr<std::vector<std::vector<float>>> ModelImpl::Score(
 absl::StatusOr<std::shared_ptr<const Model>> Model::Create(const ModelConfig& config,
                                                            const TensorMap& tensors,
                                                            const ModelOptions& options) {
+  return Create(config, TensorMap(tensors), options);
+}
+
+absl::StatusOr<std::shared_ptr<const Model>> Model::Create(const ModelConfig& config,
+                                                           TensorMap&& tensors,
+                                                           const ModelOptions& options) {
   auto model = std::make_shared<ModelImpl>(config, options);
   try {
-    LOCKSTEP_RETURN_IF_ERROR(model->Init(tensors));
+    LOCKSTEP_RETURN_IF_ERROR(model->Init(std::move(tensors)));
   } catch (const c10::Error& e) {
     return StatusFromException(e, "building the model failed");
   }
@@ -649,7 +663,7 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(const ModelConfig& co
 absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const std::string& dir,
                                                          const ModelOptions& options) {
   LOCKSTEP_ASSIGN_OR_RETURN(Checkpoint checkpoint, LoadCheckpoint(dir));
-  return Create(checkpoint.config, checkpoint.tensors, options);
+  return Create(checkpoint.config, std::move(checkpoint.tensors), options);
 }
 
 namespace {

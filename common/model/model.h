@@ -162,6 +162,10 @@ class Model {
   static absl::StatusOr<std::shared_ptr<const Model>> Create(
       const ModelConfig& config, const TensorMap& tensors,
       const ModelOptions& options);
+  // The same, taking the tensors over: those already in the config's dtype
+  // become the model's host copy without a copy (a weight update's path).
+  static absl::StatusOr<std::shared_ptr<const Model>> Create(
+      const ModelConfig& config, TensorMap&& tensors, const ModelOptions& options);
 
   // Loads dir/config.json and the weights of `dir` through
   // SafetensorsCheckpoint: dir/model.safetensors, or

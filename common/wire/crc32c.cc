@@ -120,4 +120,50 @@ uint32_t Crc32c(const void* data, size_t n, uint32_t crc) {
              : internal::Crc32cSoftware(data, n, crc);
 }
 
+namespace {
+
+// a * b modulo the (reflected) polynomial: bit 31 is x^0.
+uint32_t MultModP(uint32_t a, uint32_t b) {
+  uint32_t m = 1u << 31;
+  uint32_t p = 0;
+  for (;;) {
+    if (a & m) {
+      p ^= b;
+      if ((a & (m - 1)) == 0) break;
+    }
+    m >>= 1;
+    b = (b & 1u) ? (b >> 1) ^ kPolyReflected : b >> 1;
+  }
+  return p;
+}
+
+// kX2n[k] = x^(2^k) modulo the polynomial.
+struct X2nTable {
+  std::array<uint32_t, 32> t{};
+  X2nTable() {
+    uint32_t p = 1u << 30;  // x^1
+    t[0] = p;
+    for (int k = 1; k < 32; ++k) t[k] = p = MultModP(p, p);
+  }
+};
+
+// x^(n * 2^k) modulo the polynomial.
+uint32_t X2nModP(uint64_t n, unsigned k) {
+  static const X2nTable table;
+  uint32_t p = 1u << 31;  // x^0
+  while (n != 0) {
+    if (n & 1) p = MultModP(table.t[k & 31], p);
+    n >>= 1;
+    ++k;
+  }
+  return p;
+}
+
+}  // namespace
+
+uint32_t Crc32cCombine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b) {
+  // Appending len_b bytes multiplies A's remainder by x^(8 len_b).
+  return MultModP(X2nModP(len_b, 3), crc_a) ^ crc_b;
+}
+
 }  // namespace lockstep::common

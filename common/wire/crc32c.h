@@ -17,6 +17,14 @@ namespace lockstep::common {
 // `data` may be null when `n` is 0.
 uint32_t Crc32c(const void* data, size_t n, uint32_t crc = 0);
 
+// The CRC-32C of A followed by B from crc_a = Crc32c(A), crc_b = Crc32c(B)
+// and len_b = |B|, without reading either (GF(2) arithmetic modulo the
+// polynomial, O(log len_b)):
+//   Crc32cCombine(Crc32c(a, na), Crc32c(b, nb), nb) == Crc32c(ab, na + nb).
+// What lets a sender checksum each chunk once and derive the whole tensor's
+// CRC from the chunks', and a receiver verify both in one pass.
+uint32_t Crc32cCombine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
+
 namespace internal {
 
 // Portable slicing-by-8 implementation (same contract as Crc32c).

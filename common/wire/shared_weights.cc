@@ -14,6 +14,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "common/wire/crc32c.h"
+#include "common/wire/parallel_tensors.h"
 
 namespace lockstep::common {
 namespace {
@@ -96,14 +98,21 @@ absl::StatusOr<std::unique_ptr<SharedWeightsFile>> SharedWeightsFile::Write(
   }
   close(fd);
   if (!status.ok()) return status;
-  std::vector<WireTensor> placed(tensors.begin(), tensors.end());
-  for (size_t i = 0; i < placed.size(); ++i) {
-    if (placed[i].nbytes > 0) std::memcpy(map + offsets[i], placed[i].data, placed[i].nbytes);
-    placed[i].data = map + offsets[i];
-  }
-  // The CRCs of what the receiver will read.
-  file->header_ = WeightUpdateHeaderOf(placed, target_version, source);
+  // Tensors in parallel; each copied and checksummed in 1 MiB blocks, so the
+  // CRC reads what the copy just brought into the cache.
+  std::vector<uint32_t> crcs(tensors.size(), 0);
+  (void)ForEachTensorInParallel(tensors.size(), [&](size_t i) {
+    const WireTensor& t = tensors[i];
+    constexpr size_t kBlock = size_t{1} << 20;
+    for (size_t off = 0; off < t.nbytes; off += kBlock) {
+      const size_t n = std::min(kBlock, t.nbytes - off);
+      std::memcpy(map + offsets[i] + off, t.data + off, n);
+      crcs[i] = Crc32c(map + offsets[i] + off, n, crcs[i]);
+    }
+    return absl::OkStatus();
+  });
   if (map != nullptr) munmap(map, size);
+  file->header_ = WeightUpdateHeaderOf(tensors, target_version, source, &crcs);
   for (int i = 0; i < file->header_.tensors_size(); ++i) {
     file->header_.mutable_tensors(i)->set_offset(offsets[i]);
   }

@@ -1,16 +1,15 @@
 #include "common/wire/weight_stream.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 #include <memory>
 #include <set>
-#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/wire/crc32c.h"
+#include "common/wire/parallel_tensors.h"
 #include "common/wire/shared_weights.h"
 #include "common/status/status_macros.h"
 
@@ -175,21 +174,61 @@ std::vector<WireTensor> ToWireTensors(const TensorMap& tensors) {
   return out;
 }
 
-v1::WeightUpdateHeader WeightUpdateHeaderOf(
-    absl::Span<const WireTensor> tensors, uint64_t target_version,
-    const std::string& source) {
+namespace {
+
+// The header of `tensors` with the given whole-tensor CRCs.
+v1::WeightUpdateHeader HeaderWithCrcs(absl::Span<const WireTensor> tensors,
+                                      const std::vector<uint32_t>& crcs, uint64_t target_version,
+                                      const std::string& source) {
   v1::WeightUpdateHeader header;
   header.set_target_version(target_version);
   header.set_source(source);
-  for (const WireTensor& t : tensors) {
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const WireTensor& t = tensors[i];
     v1::TensorManifestEntry* e = header.add_tensors();
     e->set_name(t.name);
     e->set_dtype(t.dtype);
     for (int64_t d : t.shape) e->add_shape(d);
     e->set_total_bytes(t.nbytes);
-    e->set_crc32c(Crc32c(t.data, t.nbytes));
+    e->set_crc32c(crcs[i]);
   }
   return header;
+}
+
+// CRC-32C of every chunk of every tensor ([tensor][chunk]), tensors in
+// parallel, and each tensor's CRC combined from its chunks'.
+void ChunkCrcs(absl::Span<const WireTensor> tensors, size_t chunk_bytes,
+               std::vector<std::vector<uint32_t>>* chunks, std::vector<uint32_t>* whole) {
+  chunks->assign(tensors.size(), {});
+  whole->assign(tensors.size(), 0);
+  (void)ForEachTensorInParallel(tensors.size(), [&](size_t i) {
+    const WireTensor& t = tensors[i];
+    uint32_t crc = 0;
+    for (size_t off = 0; off < t.nbytes; off += chunk_bytes) {
+      const size_t n = std::min(chunk_bytes, t.nbytes - off);
+      const uint32_t c = Crc32c(t.data + off, n);
+      (*chunks)[i].push_back(c);
+      crc = Crc32cCombine(crc, c, n);
+    }
+    (*whole)[i] = crc;
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace
+
+v1::WeightUpdateHeader WeightUpdateHeaderOf(
+    absl::Span<const WireTensor> tensors, uint64_t target_version,
+    const std::string& source, const std::vector<uint32_t>* crcs) {
+  if (crcs != nullptr && crcs->size() == tensors.size()) {
+    return HeaderWithCrcs(tensors, *crcs, target_version, source);
+  }
+  std::vector<uint32_t> computed(tensors.size());
+  (void)ForEachTensorInParallel(tensors.size(), [&](size_t i) {
+    computed[i] = Crc32c(tensors[i].data, tensors[i].nbytes);
+    return absl::OkStatus();
+  });
+  return HeaderWithCrcs(tensors, computed, target_version, source);
 }
 
 absl::Status StreamWeights(
@@ -204,19 +243,26 @@ absl::Status StreamWeights(
   for (const WireTensor& t : tensors) {
     LOCKSTEP_RETURN_IF_ERROR(CheckWireTensor(t));
   }
+  // Every byte is checksummed once: the chunks' CRCs, and the tensors' CRCs
+  // in the header combined from them.
+  std::vector<std::vector<uint32_t>> chunk_crcs;
+  std::vector<uint32_t> tensor_crcs;
+  ChunkCrcs(tensors, options.chunk_bytes, &chunk_crcs, &tensor_crcs);
   v1::WeightUpdate message;
   *message.mutable_header() =
-      WeightUpdateHeaderOf(tensors, target_version, options.source);
+      HeaderWithCrcs(tensors, tensor_crcs, target_version, options.source);
   LOCKSTEP_RETURN_IF_ERROR(sink(message));
-  for (const WireTensor& t : tensors) {
-    for (size_t off = 0; off < t.nbytes; off += options.chunk_bytes) {
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const WireTensor& t = tensors[i];
+    size_t k = 0;
+    for (size_t off = 0; off < t.nbytes; off += options.chunk_bytes, ++k) {
       const size_t n = std::min(options.chunk_bytes, t.nbytes - off);
       message.Clear();
       v1::TensorChunk* chunk = message.mutable_chunk();
       chunk->set_name(t.name);
       chunk->set_offset(off);
       chunk->set_data(t.data + off, n);
-      chunk->set_crc32c(Crc32c(t.data + off, n));
+      chunk->set_crc32c(chunk_crcs[i][k]);
       LOCKSTEP_RETURN_IF_ERROR(sink(message));
     }
   }
@@ -436,7 +482,8 @@ absl::Status WeightStager::AddChunk(const v1::TensorChunk& chunk) {
                      chunk.crc32c(), ", computed ", crc, ")")));
   }
   std::memcpy(s.tensor.data.data() + s.received, data.data(), data.size());
-  s.crc = Crc32c(data.data(), data.size(), s.crc);
+  // The tensor's running CRC from the chunk's (no second pass over the data).
+  s.crc = Crc32cCombine(s.crc, crc, data.size());
   s.received += data.size();
   bytes_received_ += data.size();
   if (s.received == s.tensor.data.size() && s.crc != s.expected_crc) {
@@ -452,40 +499,23 @@ absl::Status WeightStager::AddChunk(const v1::TensorChunk& chunk) {
 absl::Status WeightStager::ReadShared() {
   LOCKSTEP_ASSIGN_OR_RETURN(std::unique_ptr<SharedWeightsSource> source,
                             SharedWeightsSource::Open(header_.shared()));
-  std::vector<Staged*> work;
-  std::vector<std::string> names;
-  for (auto& [name, s] : staged_) {
-    work.push_back(&s);
-    names.push_back(name);
-  }
+  std::vector<std::pair<const std::string*, Staged*>> work;
+  for (auto& [name, s] : staged_) work.emplace_back(&name, &s);
   // Tensors in parallel: read (a kernel copy out of the page cache) and CRC.
-  std::atomic<size_t> next{0};
-  std::vector<absl::Status> errors(work.size());
-  auto run = [&] {
-    for (size_t i = next.fetch_add(1); i < work.size(); i = next.fetch_add(1)) {
-      Staged& s = *work[i];
-      const uint64_t n = s.tensor.data.size();
-      absl::Status st = source->ReadAt(s.offset, s.tensor.data.data(), n);
-      if (st.ok()) {
-        s.crc = Crc32c(s.tensor.data.data(), n);
-        s.received = n;
-        if (s.crc != s.expected_crc) {
-          st = absl::AbortedError(absl::StrCat("tensor '", names[i],
-                                               "' failed its CRC-32C check in shared memory "
-                                               "(manifest ", s.expected_crc, ", computed ", s.crc,
-                                               ")"));
-        }
-      }
-      errors[i] = std::move(st);
+  LOCKSTEP_RETURN_IF_ERROR(ForEachTensorInParallel(work.size(), [&](size_t i) {
+    Staged& s = *work[i].second;
+    const uint64_t n = s.tensor.data.size();
+    LOCKSTEP_RETURN_IF_ERROR(source->ReadAt(s.offset, s.tensor.data.data(), n));
+    s.crc = Crc32c(s.tensor.data.data(), n);
+    s.received = n;
+    if (s.crc != s.expected_crc) {
+      return absl::AbortedError(absl::StrCat("tensor '", *work[i].first,
+                                             "' failed its CRC-32C check in shared memory "
+                                             "(manifest ", s.expected_crc, ", computed ", s.crc,
+                                             ")"));
     }
-  };
-  const size_t threads =
-      std::min<size_t>(work.size(), std::max(1u, std::min(8u, std::thread::hardware_concurrency())));
-  std::vector<std::thread> pool;
-  for (size_t t = 1; t < threads; ++t) pool.emplace_back(run);
-  run();
-  for (std::thread& t : pool) t.join();
-  for (const absl::Status& st : errors) LOCKSTEP_RETURN_IF_ERROR(st);
+    return absl::OkStatus();
+  }));
   bytes_received_ = bytes_expected_;
   return absl::OkStatus();
 }
@@ -523,13 +553,19 @@ absl::StatusOr<TensorMap> WeightStager::Finish() {
     }
   }
   // Weights that are not finite would be served (and pass every CRC): refuse.
-  for (const auto& [name, s] : staged_) {
-    const int64_t i = FirstNonFinite(s.tensor);
-    if (i >= 0) {
-      return Fail(absl::AbortedError(absl::StrCat(
-          "tensor '", name, "' holds a non-finite value (",
-          kernels::LoadAsF32(s.tensor.data.data(), s.tensor.dtype, i), ") at element ", i)));
-    }
+  {
+    std::vector<std::pair<const std::string*, const Staged*>> all;
+    for (const auto& [name, s] : staged_) all.emplace_back(&name, &s);
+    absl::Status finite = ForEachTensorInParallel(all.size(), [&](size_t k) {
+      const HostTensor& t = all[k].second->tensor;
+      const int64_t i = FirstNonFinite(t);
+      if (i < 0) return absl::OkStatus();
+      return absl::AbortedError(absl::StrCat("tensor '", *all[k].first,
+                                             "' holds a non-finite value (",
+                                             kernels::LoadAsF32(t.data.data(), t.dtype, i),
+                                             ") at element ", i));
+    });
+    if (!finite.ok()) return Fail(finite);
   }
   finished_ = true;
   TensorMap out;

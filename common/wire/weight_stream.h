@@ -82,9 +82,11 @@ std::vector<WireTensor> ToWireTensors(const TensorMap& tensors);
 // and the manifest in the given order with each tensor's CRC-32C. The
 // tensors must pass CheckWireTensor (StreamWeights checks them; the TensorMap
 // overload of MakeWeightUpdateHeader below checks and then calls this).
+// `crcs`, when given, holds the tensors' CRC-32Cs already computed (one per
+// tensor, in order) and replaces the pass over their bytes.
 v1::WeightUpdateHeader WeightUpdateHeaderOf(
     absl::Span<const WireTensor> tensors, uint64_t target_version,
-    const std::string& source);
+    const std::string& source, const std::vector<uint32_t>* crcs = nullptr);
 
 // Emits the whole stream for `tensors` to `sink`: the header, then every
 // tensor's chunks in the given order. Stops at and returns the first error

@@ -26,6 +26,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "common/wire/weight_stream.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
@@ -98,6 +99,9 @@ ABSL_FLAG(double, push_retry_seconds, 60.0,
 ABSL_FLAG(std::string, weight_path, "auto",
           "How pushes carry the weights: auto (shared memory to rollouts on this host, the "
           "stream to others), stream, or shared_memory");
+ABSL_FLAG(int64_t, push_chunk_bytes, int64_t{4} << 20,
+          "Payload bytes per chunk of a streamed push, 1..4194304 (the rollout's "
+          "--max_message_bytes must hold one)");
 ABSL_FLAG(bool, colocate, false,
           "--drive: the rollouts share the learner's GPU: every step they generate, sleep "
           "(KV cache and weights released) while the learner trains, get the new weights "
@@ -293,6 +297,12 @@ int main(int argc, char** argv) {
         lockstep::learner::ParseWeightPathChoice(absl::GetFlag(FLAGS_weight_path));
     if (!path.ok()) return Fail(path.status());
     options.push.path = *path;
+    const int64_t chunk = absl::GetFlag(FLAGS_push_chunk_bytes);
+    if (chunk < 1 || chunk > static_cast<int64_t>(lockstep::common::kMaxWeightChunkBytes)) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat(
+          "--push_chunk_bytes must be in [1, ", lockstep::common::kMaxWeightChunkBytes, "]")));
+    }
+    options.push.chunk_bytes = static_cast<size_t>(chunk);
   }
   options.adopt_newer_rollouts = absl::GetFlag(FLAGS_resume);
   if (absl::GetFlag(FLAGS_resume) && absl::GetFlag(FLAGS_checkpoint_dir).empty()) {

@@ -99,5 +99,27 @@ TEST(Crc32cTest, DetectsSingleBitFlips) {
   }
 }
 
+TEST(Crc32cTest, CombineEqualsTheCrcOfTheConcatenation) {
+  const std::vector<uint8_t> data = Bytes(70000, 11);
+  for (size_t split : {size_t{0}, size_t{1}, size_t{7}, size_t{4096}, size_t{65536},
+                       size_t{69999}, size_t{70000}}) {
+    const uint32_t a = Crc32c(data.data(), split);
+    const uint32_t b = Crc32c(data.data() + split, data.size() - split);
+    EXPECT_EQ(Crc32cCombine(a, b, data.size() - split), Crc32c(data.data(), data.size()))
+        << split;
+  }
+  // Folding chunk CRCs gives the whole buffer's (what the stream does).
+  uint32_t folded = 0;
+  for (size_t off = 0; off < data.size(); off += 1000) {
+    const size_t n = std::min<size_t>(1000, data.size() - off);
+    folded = Crc32cCombine(folded, Crc32c(data.data() + off, n), n);
+  }
+  EXPECT_EQ(folded, Crc32c(data.data(), data.size()));
+  // A different length gives a different (wrong) answer.
+  const uint32_t a = Crc32c(data.data(), 100);
+  const uint32_t b = Crc32c(data.data() + 100, 200);
+  EXPECT_NE(Crc32cCombine(a, b, 199), Crc32c(data.data(), 300));
+}
+
 }  // namespace
 }  // namespace lockstep::common
