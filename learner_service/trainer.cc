@@ -229,6 +229,65 @@ absl::StatusOr<std::pair<common::ModelConfig, TensorMap>> LoadModelDir(
   return std::make_pair(std::move(checkpoint.config), std::move(checkpoint.tensors));
 }
 
+absl::StatusOr<LossAggregation> ParseLossAggregation(const std::string& name) {
+  if (name == "token-mean") return LossAggregation::kTokenMean;
+  if (name == "seq-mean-token-mean") return LossAggregation::kSequenceMeanTokenMean;
+  if (name == "seq-mean-token-sum") return LossAggregation::kSequenceMeanTokenSum;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "loss aggregation must be token-mean, seq-mean-token-mean or seq-mean-token-sum, got '",
+      name, "'"));
+}
+
+absl::StatusOr<KlEstimator> ParseKlEstimator(const std::string& name) {
+  if (name == "k1") return KlEstimator::kK1;
+  if (name == "k2") return KlEstimator::kK2;
+  if (name == "k3") return KlEstimator::kK3;
+  return absl::InvalidArgumentError(
+      absl::StrCat("KL estimator must be k1, k2 or k3, got '", name, "'"));
+}
+
+absl::StatusOr<LrSchedule> ParseLrSchedule(const std::string& name) {
+  if (name == "constant") return LrSchedule::kConstant;
+  if (name == "linear") return LrSchedule::kLinear;
+  if (name == "cosine") return LrSchedule::kCosine;
+  return absl::InvalidArgumentError(
+      absl::StrCat("learning-rate schedule must be constant, linear or cosine, got '", name, "'"));
+}
+
+namespace {
+
+// KL(pi || ref) per token from d = log ref - log pi (clamped like the ratio).
+torch::Tensor KlPerToken(KlEstimator estimator, torch::Tensor d) {
+  d = torch::clamp(d, -20.0, 20.0);
+  switch (estimator) {
+    case KlEstimator::kK1:
+      return -d;
+    case KlEstimator::kK2:
+      return 0.5 * d * d;
+    case KlEstimator::kK3:
+      break;
+  }
+  return torch::exp(d) - d - 1.0;
+}
+
+// The schedule's learning rate of step `s` (0-based).
+double ScheduledLearningRate(const TrainerOptions& o, int64_t s) {
+  const double base = o.learning_rate;
+  if (o.lr_warmup_steps > 0 && s < o.lr_warmup_steps) {
+    return base * static_cast<double>(s + 1) / static_cast<double>(o.lr_warmup_steps);
+  }
+  if (o.lr_schedule == LrSchedule::kConstant) return base;
+  const double span = static_cast<double>(o.lr_total_steps - o.lr_warmup_steps);
+  const double progress =
+      std::min(1.0, static_cast<double>(s - o.lr_warmup_steps) / std::max(1.0, span));
+  const double shape = o.lr_schedule == LrSchedule::kLinear
+                           ? 1.0 - progress
+                           : 0.5 * (1.0 + std::cos(3.14159265358979323846 * progress));
+  return base * (o.min_lr_ratio + (1.0 - o.min_lr_ratio) * shape);
+}
+
+}  // namespace
+
 struct Trainer::Impl {
   TrainerOptions options;
   common::ModelConfig config;  // dtype = compute dtype
@@ -268,15 +327,68 @@ struct Trainer::Impl {
     return absl::OkStatus();
   }
 
+  // AdamW over `params` (in `names` order). With weight decay and the
+  // default exclusions: two groups, the 2-D+ tensors with decay, the 1-D
+  // ones (norm weights, biases) without.
   std::unique_ptr<torch::optim::AdamW> MakeOptimizer(
       const std::vector<torch::Tensor>& params) const {
     auto opts = torch::optim::AdamWOptions(options.learning_rate)
                     .betas({options.adam_beta1, options.adam_beta2})
                     .eps(options.adam_eps)
                     .weight_decay(options.weight_decay);
-    return std::make_unique<torch::optim::AdamW>(params, opts);
+    if (options.weight_decay == 0.0 || options.decay_norms_and_biases) {
+      return std::make_unique<torch::optim::AdamW>(params, opts);
+    }
+    std::vector<torch::Tensor> decay, keep;
+    for (const torch::Tensor& p : params) (p.dim() >= 2 ? decay : keep).push_back(p);
+    auto no_decay = std::make_unique<torch::optim::AdamWOptions>(opts);
+    no_decay->weight_decay(0.0);
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(opts));
+    groups.emplace_back(keep, std::move(no_decay));
+    return std::make_unique<torch::optim::AdamW>(std::move(groups), opts);
   }
+
+  // KL per token of every trajectory of `batch` to the reference (no grad),
+  // under the distribution each one is trained with.
+  absl::StatusOr<std::vector<torch::Tensor>> ReferenceLogprobs(
+      const std::vector<Trajectory>& batch) const;
 };
+
+absl::StatusOr<std::vector<torch::Tensor>> Trainer::Impl::ReferenceLogprobs(
+    const std::vector<Trajectory>& batch) const {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> out;
+  out.reserve(batch.size());
+  for (size_t begin = 0; begin < batch.size();
+       begin += static_cast<size_t>(options.micro_batch_size)) {
+    const size_t end =
+        std::min(batch.size(), begin + static_cast<size_t>(options.micro_batch_size));
+    std::vector<std::vector<int32_t>> seqs;
+    std::vector<int64_t> prefix;
+    std::vector<const common::SamplingSpec*> sampling;
+    bool any_sampling = false;
+    for (size_t i = begin; i < end; ++i) {
+      const Trajectory& t = batch[i];
+      std::vector<int32_t> seq = t.prompt_tokens;
+      seq.insert(seq.end(), t.completion_tokens.begin(), t.completion_tokens.end());
+      seqs.push_back(std::move(seq));
+      prefix.push_back(static_cast<int64_t>(t.prompt_tokens.size()));
+      sampling.push_back(t.sampling.has_value() ? &*t.sampling : nullptr);
+      any_sampling = any_sampling || t.sampling.has_value();
+    }
+    if (!any_sampling) sampling.clear();
+    LOCKSTEP_ASSIGN_OR_RETURN(
+        common::SequenceScores r,
+        common::ScoreSequences(config, reference, options.mode, seqs, prefix, sampling));
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      const torch::Tensor& lp =
+          !sampling.empty() && sampling[i] != nullptr ? r.sampled[i] : r.raw[i];
+      out.push_back(lp.to(torch::kFloat32));
+    }
+  }
+  return out;
+}
 
 Trainer::Trainer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Trainer::~Trainer() = default;
@@ -296,6 +408,27 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
   }
   if (options.kl_coef < 0 || !std::isfinite(options.kl_coef)) {
     return absl::InvalidArgumentError("kl_coef must be >= 0");
+  }
+  if (!(options.clip_ratio_c == 0.0 || options.clip_ratio_c > 1.0) ||
+      !std::isfinite(options.clip_ratio_c)) {
+    return absl::InvalidArgumentError("clip_ratio_c (dual clip) must be 0 (off) or > 1");
+  }
+  if (options.weight_decay < 0 || !std::isfinite(options.weight_decay)) {
+    return absl::InvalidArgumentError("weight_decay must be >= 0");
+  }
+  if (options.lr_warmup_steps < 0) {
+    return absl::InvalidArgumentError("lr_warmup_steps must be >= 0");
+  }
+  if (options.lr_schedule != LrSchedule::kConstant &&
+      options.lr_total_steps <= options.lr_warmup_steps) {
+    return absl::InvalidArgumentError(
+        "a linear or cosine schedule needs lr_total_steps > lr_warmup_steps");
+  }
+  if (!(options.min_lr_ratio >= 0.0 && options.min_lr_ratio <= 1.0)) {
+    return absl::InvalidArgumentError("min_lr_ratio must be in [0, 1]");
+  }
+  if (!options.reference_model_dir.empty() && options.kl_coef == 0.0) {
+    return absl::InvalidArgumentError("a reference model needs kl_coef > 0");
   }
   LOCKSTEP_ASSIGN_OR_RETURN(auto loaded, LoadModelDir(options.model_dir));
   auto impl = std::make_unique<Impl>();
@@ -323,13 +456,37 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
                                  .set_requires_grad(true));
     }
     impl->optimizer = impl->MakeOptimizer(impl->master);
-    if (options.kl_coef > 0) {
+    if (options.kl_coef > 0 && options.reference_model_dir.empty()) {
       for (auto& [name, t] : impl->ComputeCopy(/*detached=*/true)) {
         impl->reference.emplace(name, t.clone());
       }
     }
   } catch (const c10::Error& e) {
     return TorchError("building the master weights", e);
+  }
+  if (!options.reference_model_dir.empty()) {
+    // The frozen reference: its own checkpoint, of the same model.
+    LOCKSTEP_ASSIGN_OR_RETURN(auto ref, LoadModelDir(options.reference_model_dir));
+    common::ModelConfig ref_config = ref.first;
+    ref_config.dtype = impl->config.dtype;
+    if (ref_config != impl->config) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the reference model ", options.reference_model_dir,
+          " has another config than the trained model"));
+    }
+    try {
+      const torch::Dtype dt = TorchDType(impl->config.dtype);
+      for (auto& [name, t] : common::ToTorch(ref.second)) {
+        impl->reference.emplace(name, t.to(impl->device, torch::kFloat32).to(dt).contiguous());
+      }
+    } catch (const c10::Error& e) {
+      return TorchError("loading the reference model", e);
+    }
+    if (impl->reference.size() != impl->names.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the reference model ", options.reference_model_dir, " has ",
+          impl->reference.size(), " tensors, the trained model ", impl->names.size()));
+    }
   }
   LOCKSTEP_RETURN_IF_ERROR(impl->RefreshSnapshot());
   return std::unique_ptr<Trainer>(new Trainer(std::move(impl)));
@@ -384,6 +541,29 @@ absl::Status Trainer::ValidateTrajectory(const Trajectory& t) const {
   if (!std::isfinite(t.reward)) {
     return absl::InvalidArgumentError("reward is not finite");
   }
+  if (!t.loss_mask.empty()) {
+    if (t.loss_mask.size() != t.completion_tokens.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "loss_mask has ", t.loss_mask.size(), " entries but the completion has ",
+          t.completion_tokens.size(), " tokens"));
+    }
+    bool any = false;
+    for (uint8_t m : t.loss_mask) {
+      if (m > 1) return absl::InvalidArgumentError("loss_mask entries must be 0 or 1");
+      any = any || m == 1;
+    }
+    if (!any) return absl::InvalidArgumentError("loss_mask trains on no token");
+  }
+  if (!t.advantages.empty()) {
+    if (t.advantages.size() != t.completion_tokens.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "advantages has ", t.advantages.size(), " entries but the completion has ",
+          t.completion_tokens.size(), " tokens"));
+    }
+    for (float a : t.advantages) {
+      if (!std::isfinite(a)) return absl::InvalidArgumentError("an advantage is not finite");
+    }
+  }
   if (t.group_id.empty()) {
     return absl::InvalidArgumentError("empty group id");
   }
@@ -428,26 +608,75 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
   std::vector<std::string> group_ids;
   rewards.reserve(batch.size());
   group_ids.reserve(batch.size());
+  // Trained tokens (loss_mask 1) per trajectory and in all.
+  std::vector<int64_t> trained(batch.size());
   int64_t total_tokens = 0;
-  for (const Trajectory& t : batch) {
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const Trajectory& t = batch[i];
     rewards.push_back(t.reward);
     group_ids.push_back(t.group_id);
-    total_tokens += static_cast<int64_t>(t.completion_tokens.size());
+    trained[i] = t.loss_mask.empty()
+                     ? static_cast<int64_t>(t.completion_tokens.size())
+                     : std::count(t.loss_mask.begin(), t.loss_mask.end(), uint8_t{1});
+    total_tokens += trained[i];
   }
   const std::vector<int64_t> groups = GroupIndices(group_ids);
-  const std::vector<float> adv =
-      GroupRelativeAdvantages(rewards, groups, o.advantages);
   result.num_trajectories = static_cast<int64_t>(batch.size());
   result.num_groups =
       groups.empty() ? 0 : *std::max_element(groups.begin(), groups.end()) + 1;
   result.num_tokens = total_tokens;
   result.reward = ComputeRewardStats(rewards);
+  result.learning_rate = ScheduledLearningRate(o, m.step);
 
-  const double inv_tokens = 1.0 / static_cast<double>(total_tokens);
+  // Each token's weight in the step's loss (the aggregation mode), masked
+  // tokens 0: loss = sum over tokens of weight * per-token loss.
+  const double num_seqs = static_cast<double>(batch.size());
+  auto token_scale = [&](size_t i) {
+    switch (o.loss_aggregation) {
+      case LossAggregation::kSequenceMeanTokenMean:
+        return 1.0 / (static_cast<double>(trained[i]) * num_seqs);
+      case LossAggregation::kSequenceMeanTokenSum:
+        return 1.0 / num_seqs;
+      case LossAggregation::kTokenMean:
+        break;
+    }
+    return 1.0 / static_cast<double>(total_tokens);
+  };
+  // The behaviour policy of a trajectory: the distribution it was sampled from.
+  auto behaviour = [](const Trajectory& t) -> const std::vector<float>& {
+    return t.sampling.has_value() ? t.rollout_sampled_logprobs : t.rollout_logprobs;
+  };
+  auto mask_of = [](const Trajectory& t) {
+    std::vector<float> mask(t.completion_tokens.size(), 1.0f);
+    for (size_t k = 0; k < t.loss_mask.size(); ++k) mask[k] = t.loss_mask[k];
+    return mask;
+  };
+
   double policy_sum = 0.0;
-  double kl_sum = 0.0;
+  double kl_sum = 0.0;  // sum over trained tokens of the per-token KL
   int64_t clipped = 0;
   try {
+    std::vector<torch::Tensor> reference;  // [trajectory] logprobs, kl_coef > 0
+    if (o.kl_coef > 0) {
+      LOCKSTEP_ASSIGN_OR_RETURN(reference, m.ReferenceLogprobs(batch));
+    }
+    if (o.kl_coef > 0 && o.kl_in_reward) {
+      // The penalty goes into the rewards (the rollout's logprobs as the
+      // policy: the distribution that produced the tokens), then the
+      // advantages; the loss then has no KL term.
+      torch::NoGradGuard no_grad;
+      for (size_t i = 0; i < batch.size(); ++i) {
+        const Trajectory& t = batch[i];
+        torch::Tensor pi = FloatTensor(behaviour(t)).to(m.device);
+        torch::Tensor k = KlPerToken(o.kl_estimator, reference[i] - pi) *
+                          FloatTensor(mask_of(t)).to(m.device);
+        const double seq_kl = k.sum().item<double>();
+        kl_sum += seq_kl;
+        rewards[i] = static_cast<float>(rewards[i] - o.kl_coef * seq_kl);
+      }
+    }
+    const std::vector<float> adv = GroupRelativeAdvantages(rewards, groups, o.advantages);
+
     m.optimizer->zero_grad();
     for (size_t begin = 0; begin < batch.size();
          begin += static_cast<size_t>(o.micro_batch_size)) {
@@ -458,6 +687,7 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
       std::vector<const common::SamplingSpec*> sampling;
       std::vector<float> old_lp;
       std::vector<float> token_adv;
+      std::vector<float> token_weight;
       bool any_sampling = false;
       for (size_t i = begin; i < end; ++i) {
         const Trajectory& t = batch[i];
@@ -468,11 +698,15 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
         prefix.push_back(static_cast<int64_t>(t.prompt_tokens.size()));
         sampling.push_back(t.sampling.has_value() ? &*t.sampling : nullptr);
         any_sampling = any_sampling || t.sampling.has_value();
-        // The behaviour policy: the distribution the rollout sampled from.
-        const std::vector<float>& behaviour =
-            t.sampling.has_value() ? t.rollout_sampled_logprobs : t.rollout_logprobs;
-        old_lp.insert(old_lp.end(), behaviour.begin(), behaviour.end());
-        token_adv.insert(token_adv.end(), t.completion_tokens.size(), adv[i]);
+        const std::vector<float>& b = behaviour(t);
+        old_lp.insert(old_lp.end(), b.begin(), b.end());
+        if (!t.advantages.empty()) {
+          token_adv.insert(token_adv.end(), t.advantages.begin(), t.advantages.end());
+        } else {
+          token_adv.insert(token_adv.end(), t.completion_tokens.size(), adv[i]);
+        }
+        const double scale = token_scale(i);
+        for (float mk : mask_of(t)) token_weight.push_back(static_cast<float>(mk * scale));
       }
       if (!any_sampling) sampling.clear();
       TorchWeights weights = m.ComputeCopy(/*detached=*/false);
@@ -506,6 +740,7 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
       torch::Tensor lp = torch::cat(policy).to(torch::kFloat32);
       torch::Tensor old = FloatTensor(old_lp).to(m.device);
       torch::Tensor a = FloatTensor(token_adv).to(m.device);
+      torch::Tensor w = FloatTensor(token_weight).to(m.device);
       // Behaviour policy = the rollout's logprobs: in invariant mode they are
       // the learner's own bits, so the ratio is exactly 1 on-policy and the
       // clip only acts on genuinely stale tokens.
@@ -515,29 +750,22 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
       torch::Tensor pg2 =
           -a * torch::clamp(ratio, 1.0 - o.clip_ratio_low, 1.0 + o.clip_ratio_high);
       torch::Tensor pg = torch::max(pg1, pg2);
-      torch::Tensor loss = pg.sum() * inv_tokens;
-      policy_sum += pg.detach().sum().item<double>();
-      clipped += (pg2 > pg1).sum().item<int64_t>();
-      if (o.kl_coef > 0) {
-        std::vector<torch::Tensor> ref;
-        {
-          torch::NoGradGuard no_grad;
-          absl::StatusOr<common::SequenceScores> r =
-              common::ScoreSequences(m.config, m.reference, o.mode, seqs, prefix, sampling);
-          if (!r.ok()) {
-            m.optimizer->zero_grad();
-            return r.status();
-          }
-          for (size_t i = 0; i < seqs.size(); ++i) {
-            ref.push_back(!sampling.empty() && sampling[i] != nullptr ? r->sampled[i]
-                                                                      : r->raw[i]);
-          }
-        }
-        torch::Tensor d = torch::cat(ref).to(torch::kFloat32) - lp;
-        d = torch::clamp(d, -20.0, 20.0);
-        torch::Tensor k3 = torch::exp(d) - d - 1.0;
-        kl_sum += k3.detach().sum().item<double>();
-        loss = loss + k3.sum() * (o.kl_coef * inv_tokens);
+      torch::Tensor active = pg2 > pg1;
+      if (o.clip_ratio_c > 0) {
+        // Dual clip: a negative advantage's loss is bounded by -A * c.
+        torch::Tensor pg3 = -a * o.clip_ratio_c;
+        torch::Tensor capped = torch::min(pg, pg3);
+        active = active | ((a < 0) & (pg3 < pg));
+        pg = torch::where(a < 0, capped, pg);
+      }
+      torch::Tensor loss = (pg * w).sum();
+      policy_sum += (pg * w).detach().sum().item<double>();
+      clipped += (active & (w > 0)).sum().item<int64_t>();
+      if (o.kl_coef > 0 && !o.kl_in_reward) {
+        std::vector<torch::Tensor> ref(reference.begin() + begin, reference.begin() + end);
+        torch::Tensor k = KlPerToken(o.kl_estimator, torch::cat(ref) - lp);
+        kl_sum += (k.detach() * (w > 0).to(torch::kFloat32)).sum().item<double>();
+        loss = loss + (k * w).sum() * o.kl_coef;
       }
       loss.backward();
     }
@@ -556,6 +784,9 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
           "non-finite gradient norm; the update was not applied");
     }
     result.grad_norm = norm;
+    for (auto& group : m.optimizer->param_groups()) {
+      static_cast<torch::optim::AdamWOptions&>(group.options()).lr(result.learning_rate);
+    }
     m.optimizer->step();
     m.optimizer->zero_grad();
   } catch (const c10::Error& e) {
@@ -569,9 +800,9 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
   absl::Status snap = m.RefreshSnapshot();
   result.step = m.step;
   result.weight_version = m.version;
-  result.policy_loss = policy_sum * inv_tokens;
-  result.kl = kl_sum * inv_tokens;
-  result.loss = result.policy_loss + o.kl_coef * result.kl;
+  result.policy_loss = policy_sum;
+  result.kl = kl_sum / static_cast<double>(total_tokens);
+  result.loss = o.kl_in_reward ? result.policy_loss : result.policy_loss + o.kl_coef * result.kl;
   result.clip_fraction =
       static_cast<double>(clipped) / static_cast<double>(total_tokens);
   result.seconds = std::chrono::duration<double>(

@@ -29,6 +29,26 @@
 
 namespace lockstep::learner {
 
+// How per-token losses become the step's loss (verl's loss_agg_mode).
+enum class LossAggregation {
+  kTokenMean,              // sum over every trained token / their count
+  kSequenceMeanTokenMean,  // mean over sequences of each one's token mean
+  kSequenceMeanTokenSum,   // mean over sequences of each one's token sum (Dr. GRPO)
+};
+// "token-mean", "seq-mean-token-mean", "seq-mean-token-sum".
+absl::StatusOr<LossAggregation> ParseLossAggregation(const std::string& name);
+
+// Estimators of KL(policy || reference) per token from d = log ref - log pi
+// (Schulman's k1, k2, k3; k3 is verl's "low_var_kl").
+enum class KlEstimator { kK1, kK2, kK3 };
+// "k1", "k2", "k3".
+absl::StatusOr<KlEstimator> ParseKlEstimator(const std::string& name);
+
+// Learning-rate schedule after a linear warmup.
+enum class LrSchedule { kConstant, kLinear, kCosine };
+// "constant", "linear", "cosine".
+absl::StatusOr<LrSchedule> ParseLrSchedule(const std::string& name);
+
 struct TrainerOptions {
   // Directory with config.json and the weights, as model.safetensors or as
   // model.safetensors.index.json + shards (Hugging Face layout; see
@@ -48,12 +68,36 @@ struct TrainerOptions {
   double adam_beta2 = 0.999;
   double adam_eps = 1e-8;
   double weight_decay = 0.0;
+  // Weight decay also on norm weights and biases (1-D tensors); false
+  // excludes them, as Hugging Face's Trainer and verl do.
+  bool decay_norms_and_biases = false;
+  // The learning rate of step s (0-based): learning_rate * (s + 1) /
+  // lr_warmup_steps during the warmup, then constant, or decaying linearly
+  // or by a half cosine to learning_rate * min_lr_ratio at lr_total_steps
+  // (held there after).
+  LrSchedule lr_schedule = LrSchedule::kConstant;
+  int64_t lr_warmup_steps = 0;
+  int64_t lr_total_steps = 0;  // > lr_warmup_steps for kLinear / kCosine
+  double min_lr_ratio = 0.0;   // in [0, 1]
 
   // PPO clip range: the ratio is clipped to [1 - low, 1 + high].
   double clip_ratio_low = 0.2;
   double clip_ratio_high = 0.2;
-  // > 0: adds kl_coef * mean k3(KL(learner || initial policy)) per token.
+  // Dual-clip PPO: for negative advantages the per-token loss is also
+  // capped at -A * clip_ratio_c. 0: off; else > 1 (3 is usual).
+  double clip_ratio_c = 0.0;
+  LossAggregation loss_aggregation = LossAggregation::kTokenMean;
+  // > 0: a KL penalty to the reference policy, kl_coef * KL per token with
+  // `kl_estimator`: in the loss (aggregated like the policy loss), or, with
+  // kl_in_reward, subtracted from each trajectory's reward (summed over its
+  // trained tokens, with the rollout's logprobs as the policy) before the
+  // advantages.
   double kl_coef = 0.0;
+  KlEstimator kl_estimator = KlEstimator::kK3;
+  bool kl_in_reward = false;
+  // The frozen reference policy: a model directory of the same config
+  // (loaded once, kept on `device`); empty: the initial weights.
+  std::string reference_model_dir;
   AdvantageOptions advantages;
   // Global L2 gradient-norm clip; <= 0 disables clipping (the norm is still
   // reported).
@@ -92,6 +136,13 @@ struct Trajectory {
   std::optional<common::SamplingSpec> sampling;
   // [C] when `sampling` is set: the rollout's log q(completion[i] | prefix).
   std::vector<float> rollout_sampled_logprobs;
+  // Empty, or [C] 0/1: tokens with 0 are not trained on (tool output, an
+  // environment's turns); at least one 1. They still count in the mismatch
+  // statistics.
+  std::vector<uint8_t> loss_mask;
+  // Empty, or [C] the client's per-token advantages (finite), used as given
+  // instead of the group-relative advantage of `reward`.
+  std::vector<float> advantages;
 };
 
 // What one optimizer step did.
@@ -102,10 +153,11 @@ struct StepResult {
   double policy_loss = 0.0;    // clipped surrogate, mean over tokens
   double kl = 0.0;             // mean k3 KL to the initial policy (kl_coef>0)
   double grad_norm = 0.0;      // global L2 norm before clipping
-  double clip_fraction = 0.0;  // fraction of tokens where the clip was active
+  double clip_fraction = 0.0;  // fraction of trained tokens where a clip was active
+  double learning_rate = 0.0;  // the step's (after the schedule)
   int64_t num_trajectories = 0;
   int64_t num_groups = 0;
-  int64_t num_tokens = 0;  // completion tokens trained on
+  int64_t num_tokens = 0;  // completion tokens trained on (loss_mask 1)
   RewardStats reward;
   // Learner vs rollout logprobs from the training forward itself.
   MismatchStats mismatch;          // raw logprobs

@@ -2,6 +2,7 @@
 
 #include <grpcpp/server_context.h>
 
+#include <algorithm>
 #include <limits>
 #include <optional>
 
@@ -73,6 +74,9 @@ absl::StatusOr<Trajectory> TrajectoryFromProto(const v1::Trajectory& p) {
   }
   t.rollout_sampled_logprobs.assign(p.rollout_sampled_logprobs().begin(),
                                     p.rollout_sampled_logprobs().end());
+  // Values above 1 stay above 1 (2), for the trainer to refuse.
+  for (uint32_t m : p.loss_mask()) t.loss_mask.push_back(static_cast<uint8_t>(std::min(m, 2u)));
+  t.advantages.assign(p.advantages().begin(), p.advantages().end());
   return t;
 }
 
@@ -118,6 +122,7 @@ void StepReportToProto(const StepReport& r, v1::TrainStepResponse* out) {
   for (const PushResult& p : r.pushes) PushResultToProto(p, out->add_pushes());
   out->set_step_seconds(s.seconds);
   out->set_push_seconds(r.push_seconds);
+  out->set_learning_rate(s.learning_rate);
 }
 
 grpc::Status LearnerServiceImpl::SubmitTrajectories(

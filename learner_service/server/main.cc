@@ -84,6 +84,28 @@ ABSL_FLAG(double, lr, 3e-3,
           "AdamW learning rate (the default suits the tiny model's tasks)");
 ABSL_FLAG(double, weight_decay, 0.0, "AdamW weight decay");
 ABSL_FLAG(double, clip_ratio, 0.2, "PPO clip range (ratio in [1-c, 1+c])");
+ABSL_FLAG(double, clip_ratio_low, -1.0, "PPO clip below 1 (overrides --clip_ratio; < 0: it)");
+ABSL_FLAG(double, clip_ratio_high, -1.0,
+          "PPO clip above 1 (overrides --clip_ratio, e.g. DAPO's 0.28; < 0: it)");
+ABSL_FLAG(double, clip_ratio_c, 0.0, "Dual-clip bound for negative advantages (0: off; > 1)");
+ABSL_FLAG(std::string, loss_aggregation, "token-mean",
+          "token-mean, seq-mean-token-mean or seq-mean-token-sum");
+ABSL_FLAG(std::string, kl_estimator, "k3", "KL estimator of the penalty: k1, k2 or k3");
+ABSL_FLAG(bool, kl_in_reward, false,
+          "Subtract kl_coef * KL from the rewards (before the advantages) instead of adding "
+          "it to the loss");
+ABSL_FLAG(std::string, ref_model_dir, "",
+          "Frozen reference policy for the KL (a model dir of the same config; empty: the "
+          "initial weights)");
+ABSL_FLAG(std::string, advantage_norm, "grpo",
+          "grpo ((r - mean) / std per group) or drgrpo (r - mean, Dr. GRPO)");
+ABSL_FLAG(std::string, lr_schedule, "constant", "constant, linear or cosine (after the warmup)");
+ABSL_FLAG(int64_t, lr_warmup_steps, 0, "Linear learning-rate warmup steps");
+ABSL_FLAG(int64_t, lr_total_steps, 0,
+          "Steps of a linear or cosine schedule (0 with --drive: --steps)");
+ABSL_FLAG(double, min_lr_ratio, 0.0, "Final learning rate of the schedule / --lr");
+ABSL_FLAG(bool, decay_norms_and_biases, false,
+          "Apply --weight_decay to norm weights and biases too");
 ABSL_FLAG(double, kl_coef, 0.0,
           "Weight of the k3 KL penalty to the initial policy (0: off)");
 ABSL_FLAG(double, max_grad_norm, 1.0, "Gradient-norm clip (<= 0: off)");
@@ -282,6 +304,34 @@ int main(int argc, char** argv) {
   t.learning_rate = absl::GetFlag(FLAGS_lr);
   t.weight_decay = absl::GetFlag(FLAGS_weight_decay);
   t.clip_ratio_low = t.clip_ratio_high = absl::GetFlag(FLAGS_clip_ratio);
+  if (absl::GetFlag(FLAGS_clip_ratio_low) >= 0) t.clip_ratio_low = absl::GetFlag(FLAGS_clip_ratio_low);
+  if (absl::GetFlag(FLAGS_clip_ratio_high) >= 0) {
+    t.clip_ratio_high = absl::GetFlag(FLAGS_clip_ratio_high);
+  }
+  t.clip_ratio_c = absl::GetFlag(FLAGS_clip_ratio_c);
+  {
+    auto agg = lockstep::learner::ParseLossAggregation(absl::GetFlag(FLAGS_loss_aggregation));
+    if (!agg.ok()) return Fail(agg.status());
+    t.loss_aggregation = *agg;
+    auto kl = lockstep::learner::ParseKlEstimator(absl::GetFlag(FLAGS_kl_estimator));
+    if (!kl.ok()) return Fail(kl.status());
+    t.kl_estimator = *kl;
+    auto sched = lockstep::learner::ParseLrSchedule(absl::GetFlag(FLAGS_lr_schedule));
+    if (!sched.ok()) return Fail(sched.status());
+    t.lr_schedule = *sched;
+    const std::string norm = absl::GetFlag(FLAGS_advantage_norm);
+    if (norm != "grpo" && norm != "drgrpo") {
+      return Fail(absl::InvalidArgumentError("--advantage_norm must be grpo or drgrpo"));
+    }
+    t.advantages.scale_by_std = norm == "grpo";
+  }
+  t.kl_in_reward = absl::GetFlag(FLAGS_kl_in_reward);
+  t.reference_model_dir = absl::GetFlag(FLAGS_ref_model_dir);
+  t.lr_warmup_steps = absl::GetFlag(FLAGS_lr_warmup_steps);
+  t.lr_total_steps = absl::GetFlag(FLAGS_lr_total_steps);
+  if (t.lr_total_steps == 0 && absl::GetFlag(FLAGS_drive)) t.lr_total_steps = absl::GetFlag(FLAGS_steps);
+  t.min_lr_ratio = absl::GetFlag(FLAGS_min_lr_ratio);
+  t.decay_norms_and_biases = absl::GetFlag(FLAGS_decay_norms_and_biases);
   t.kl_coef = absl::GetFlag(FLAGS_kl_coef);
   t.max_grad_norm = absl::GetFlag(FLAGS_max_grad_norm);
   t.micro_batch_size = absl::GetFlag(FLAGS_micro_batch_size);

@@ -141,6 +141,23 @@ TEST_F(LearnerBadInputTest, BadTrajectoriesAreRejectedWhole) {
        [](v1::Trajectory* t) {
          for (int i = 0; i < 600; ++i) t->add_prompt_token_ids(5);
        }},
+      {"loss_mask of another length",
+       [](v1::Trajectory* t) {
+         for (int i = 0; i <= t->completion_token_ids_size(); ++i) t->add_loss_mask(1);
+       }},
+      {"loss_mask value 7",
+       [](v1::Trajectory* t) {
+         for (int i = 0; i < t->completion_token_ids_size(); ++i) t->add_loss_mask(7);
+       }},
+      {"loss_mask with no token",
+       [](v1::Trajectory* t) {
+         for (int i = 0; i < t->completion_token_ids_size(); ++i) t->add_loss_mask(0);
+       }},
+      {"advantages of another length", [](v1::Trajectory* t) { t->add_advantages(1.0f); }},
+      {"a NaN advantage",
+       [](v1::Trajectory* t) {
+         for (int i = 0; i < t->completion_token_ids_size(); ++i) t->add_advantages(std::nanf(""));
+       }},
   };
   const auto good = Good("g", 1);
   for (const auto& [what, mutate] : cases) {
