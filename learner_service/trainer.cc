@@ -427,6 +427,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
   if (!(options.min_lr_ratio >= 0.0 && options.min_lr_ratio <= 1.0)) {
     return absl::InvalidArgumentError("min_lr_ratio must be in [0, 1]");
   }
+  if (options.entropy_coef < 0 || !std::isfinite(options.entropy_coef)) {
+    return absl::InvalidArgumentError("entropy_coef must be >= 0");
+  }
   if (!options.reference_model_dir.empty() && options.kl_coef == 0.0) {
     return absl::InvalidArgumentError("a reference model needs kl_coef > 0");
   }
@@ -654,6 +657,7 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
 
   double policy_sum = 0.0;
   double kl_sum = 0.0;  // sum over trained tokens of the per-token KL
+  double entropy_sum = 0.0;
   int64_t clipped = 0;
   try {
     std::vector<torch::Tensor> reference;  // [trajectory] logprobs, kl_coef > 0
@@ -710,8 +714,8 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
       }
       if (!any_sampling) sampling.clear();
       TorchWeights weights = m.ComputeCopy(/*detached=*/false);
-      absl::StatusOr<common::SequenceScores> scores =
-          common::ScoreSequences(m.config, weights, o.mode, seqs, prefix, sampling);
+      absl::StatusOr<common::SequenceScores> scores = common::ScoreSequences(
+          m.config, weights, o.mode, seqs, prefix, sampling, o.entropy_coef > 0);
       if (!scores.ok()) {
         m.optimizer->zero_grad();
         return scores.status();
@@ -767,6 +771,11 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
         kl_sum += (k.detach() * (w > 0).to(torch::kFloat32)).sum().item<double>();
         loss = loss + (k * w).sum() * o.kl_coef;
       }
+      if (o.entropy_coef > 0) {
+        torch::Tensor h = torch::cat(scores->entropy);
+        entropy_sum += (h.detach() * (w > 0).to(torch::kFloat32)).sum().item<double>();
+        loss = loss - (h * w).sum() * o.entropy_coef;
+      }
       loss.backward();
     }
     std::vector<torch::Tensor> grads_present;
@@ -802,7 +811,11 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
   result.weight_version = m.version;
   result.policy_loss = policy_sum;
   result.kl = kl_sum / static_cast<double>(total_tokens);
-  result.loss = o.kl_in_reward ? result.policy_loss : result.policy_loss + o.kl_coef * result.kl;
+  result.entropy = entropy_sum / static_cast<double>(total_tokens);
+  result.loss = (o.kl_in_reward ? result.policy_loss : result.policy_loss + o.kl_coef * result.kl);
+  // The bonus in the loss is aggregated like the policy loss; reported as
+  // the mean per token. With token-mean aggregation the two agree.
+  if (o.entropy_coef > 0) result.loss -= o.entropy_coef * result.entropy;
   result.clip_fraction =
       static_cast<double>(clipped) / static_cast<double>(total_tokens);
   result.seconds = std::chrono::duration<double>(

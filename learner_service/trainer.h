@@ -94,6 +94,9 @@ struct TrainerOptions {
   // advantages.
   double kl_coef = 0.0;
   KlEstimator kl_estimator = KlEstimator::kK3;
+  // > 0: an entropy bonus, -entropy_coef * entropy per token (aggregated
+  // like the policy loss; common::SequenceScores::entropy).
+  double entropy_coef = 0.0;
   bool kl_in_reward = false;
   // The frozen reference policy: a model directory of the same config
   // (loaded once, kept on `device`); empty: the initial weights.
@@ -149,9 +152,10 @@ struct Trajectory {
 struct StepResult {
   int64_t step = 0;            // optimizer steps taken so far (after this one)
   int64_t weight_version = 0;  // version of the new weights
-  double loss = 0.0;           // policy_loss + kl_coef * kl
+  double loss = 0.0;  // policy_loss + kl_coef * kl (in the loss) - entropy_coef * entropy
   double policy_loss = 0.0;    // clipped surrogate, mean over tokens
-  double kl = 0.0;             // mean k3 KL to the initial policy (kl_coef>0)
+  double kl = 0.0;             // mean per-token KL to the reference (kl_coef > 0)
+  double entropy = 0.0;        // mean per-token entropy (entropy_coef > 0)
   double grad_norm = 0.0;      // global L2 norm before clipping
   double clip_fraction = 0.0;  // fraction of trained tokens where a clip was active
   double learning_rate = 0.0;  // the step's (after the schedule)

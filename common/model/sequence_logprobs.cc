@@ -153,7 +153,7 @@ absl::StatusOr<SequenceScores> ScoreSequences(
     const ModelConfig& config, const TorchWeights& weights, KernelMode mode,
     const std::vector<std::vector<int32_t>>& sequences,
     const std::vector<int64_t>& prefix_lens,
-    const std::vector<const SamplingSpec*>& sampling) {
+    const std::vector<const SamplingSpec*>& sampling, bool with_entropy) {
   if (sequences.empty()) return absl::InvalidArgumentError("no sequences");
   if (prefix_lens.size() != sequences.size()) {
     return absl::InvalidArgumentError("prefix_lens and sequences differ in count");
@@ -222,6 +222,19 @@ absl::StatusOr<SequenceScores> ScoreSequences(
               SampledTargetLogprobs(logits.narrow(0, k, n), *sampling[s], config.eos_token_ids,
                                     seq.subspan(0, prefix_lens[s]),
                                     seq.subspan(prefix_lens[s])));
+        }
+      }
+      if (with_entropy) {
+        if (n <= 0) {
+          out.entropy.push_back(empty());
+        } else {
+          const float t = !sampling.empty() && sampling[s] != nullptr &&
+                                  sampling[s]->params.temperature > 0.0f
+                              ? sampling[s]->params.temperature
+                              : 1.0f;
+          torch::Tensor z = logits.narrow(0, k, n).to(torch::kFloat) / t;
+          torch::Tensor logp = torch::log_softmax(z, /*dim=*/1);
+          out.entropy.push_back(-(logp.exp() * logp).sum(1));
         }
       }
       k += std::max<int64_t>(n, 0);

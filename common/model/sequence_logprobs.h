@@ -41,6 +41,11 @@ struct SequenceScores {
   // through the renormalised softmax over the kept set), undefined for a
   // sequence without one.
   std::vector<torch::Tensor> sampled;
+  // When asked for: per sequence [len - prefix_len] the entropy of the
+  // distribution each scored token came from, softmax(logits / T) with the
+  // sequence's sampling temperature (1 without a spec or at T = 0; no
+  // truncation, as verl computes it), float32 and differentiable.
+  std::vector<torch::Tensor> entropy;
 };
 
 // SequenceLogprobs plus, for every sequence whose `sampling` entry is not
@@ -51,7 +56,7 @@ absl::StatusOr<SequenceScores> ScoreSequences(
     const ModelConfig& config, const TorchWeights& weights, KernelMode mode,
     const std::vector<std::vector<int32_t>>& sequences,
     const std::vector<int64_t>& prefix_lens,
-    const std::vector<const SamplingSpec*>& sampling);
+    const std::vector<const SamplingSpec*>& sampling, bool with_entropy = false);
 
 // The sampled-distribution logprobs of `completion` under `spec` from
 // logits [n, vocab] (any device, possibly requiring grad; row i predicts

@@ -123,6 +123,7 @@ void StepReportToProto(const StepReport& r, v1::TrainStepResponse* out) {
   out->set_step_seconds(s.seconds);
   out->set_push_seconds(r.push_seconds);
   out->set_learning_rate(s.learning_rate);
+  out->set_entropy(s.entropy);
 }
 
 grpc::Status LearnerServiceImpl::SubmitTrajectories(

@@ -225,7 +225,9 @@ class RolloutSleepTest : public ::testing::Test {
     stub_ = Stub(server_->grpc_address());
   }
   void TearDown() override {
-    if (server_ != nullptr) EXPECT_EQ(server_->Stop().value_or(-1), 0);
+    if (server_ != nullptr) {
+      EXPECT_EQ(server_->Stop().value_or(-1), 0);
+    }
   }
 
   v1::GenerateResponse Run(const v1::GenerateRequest& req) {

@@ -233,6 +233,25 @@ TEST_F(TrainerLossTest, KlToAFrozenReferenceInTheLossOrInTheReward) {
   EXPECT_TRUE(absl::IsInvalidArgument(Trainer::Create(bad).status()));
 }
 
+TEST_F(TrainerLossTest, EntropyBonus) {
+  const std::vector<Trajectory> batch = Batch(39);
+  StepResult plain, bonus;
+  const auto w0 = After({}, batch, &plain);
+  TrainerOptions o;
+  o.entropy_coef = 0.01;
+  const auto w1 = After(o, batch, &bonus);
+  EXPECT_EQ(plain.entropy, 0.0);
+  // Near-uniform logits of a random tiny model over 64 ids: entropy near ln 64.
+  EXPECT_GT(bonus.entropy, 0.5 * std::log(64.0));
+  EXPECT_LE(bonus.entropy, std::log(64.0) + 1e-6);
+  EXPECT_NEAR(bonus.loss, bonus.policy_loss - 0.01 * bonus.entropy, 1e-9);
+  EXPECT_FALSE(SameTensors(w0, w1));
+  TrainerOptions bad;
+  bad.model_dir = *model_dir_;
+  bad.entropy_coef = -1;
+  EXPECT_TRUE(absl::IsInvalidArgument(Trainer::Create(bad).status()));
+}
+
 TEST_F(TrainerLossTest, WarmupThenCosineSchedule) {
   TrainerOptions o;
   o.learning_rate = 1e-2;
