@@ -296,9 +296,12 @@ def _options(target_or_options, defaults: dict) -> ClientOptions:
 
 
 def make_trajectory(prompt_token_ids: Sequence[int], completion: rollout_pb2.Completion,
-                    reward: float, group_id: str) -> learner_pb2.Trajectory:
+                    reward: float, group_id: str, loss_mask: Optional[Sequence[int]] = None,
+                    advantages: Optional[Sequence[float]] = None) -> learner_pb2.Trajectory:
     """A Trajectory from one Generate completion, its prompt, a reward and
-    the GRPO group (one per prompt)."""
+    the GRPO group (one per prompt). Optional, one per completion token:
+    `loss_mask` (0: not trained on, e.g. tool output) and `advantages`
+    (used as given instead of the group-relative advantage)."""
     t = learner_pb2.Trajectory(
         prompt_token_ids=list(prompt_token_ids),
         completion_token_ids=list(completion.token_ids),
@@ -312,6 +315,10 @@ def make_trajectory(prompt_token_ids: Sequence[int], completion: rollout_pb2.Com
         # the logprobs under it.
         t.sampling.CopyFrom(completion.sampling)
         t.rollout_sampled_logprobs.extend(completion.sampled_logprobs)
+    if loss_mask is not None:
+        t.loss_mask.extend(int(m) for m in loss_mask)
+    if advantages is not None:
+        t.advantages.extend(float(a) for a in advantages)
     return t
 
 

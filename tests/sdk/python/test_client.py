@@ -161,10 +161,23 @@ class ClientTest(unittest.TestCase):
         out = self.rollout.generate(PROMPTS, n=3, max_tokens=6, seed=8, stop_token_ids=[EOS])
         batch = [make_trajectory(PROMPTS[c.prompt_index], c, float(len(c.token_ids) % 2),
                                  "py-%d" % c.prompt_index) for c in out.completions]
+        # The first trajectory trains on its first token only (loss_mask).
+        first = out.completions[0]
+        batch[0] = make_trajectory(PROMPTS[first.prompt_index], first, 0.0,
+                                   "py-%d" % first.prompt_index,
+                                   loss_mask=[1] + [0] * (len(first.token_ids) - 1))
+        # A mask of the wrong length is refused and nothing is buffered.
+        with self.assertRaises(LockstepError) as e:
+            self.learner.submit_trajectories([make_trajectory(
+                PROMPTS[first.prompt_index], first, 0.0, "bad",
+                loss_mask=[1] * (len(first.token_ids) + 1))])
+        self.assertEqual(e.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
         sub = self.learner.submit_trajectories(batch)
         self.assertEqual(sub.accepted, len(batch))
         step = self.learner.train_step(expected_version=version)
         self.assertEqual(step.weight_version, version + 1)
+        self.assertEqual(step.num_tokens,
+                         sum(len(c.token_ids) for c in out.completions) - (len(first.token_ids) - 1))
         self.assertGreater(step.mismatch.tokens_compared, 0)
         self.assertEqual(step.mismatch.tokens_mismatched, 0)
         self.assertEqual([p.code for p in step.pushes], [0])
