@@ -714,8 +714,11 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
       }
       if (!any_sampling) sampling.clear();
       TorchWeights weights = m.ComputeCopy(/*detached=*/false);
+      common::ScoreOptions score_options;
+      score_options.entropy = o.entropy_coef > 0;
+      score_options.checkpoint_layers = o.checkpoint_layers;
       absl::StatusOr<common::SequenceScores> scores = common::ScoreSequences(
-          m.config, weights, o.mode, seqs, prefix, sampling, o.entropy_coef > 0);
+          m.config, weights, o.mode, seqs, prefix, sampling, score_options);
       if (!scores.ok()) {
         m.optimizer->zero_grad();
         return scores.status();
@@ -777,6 +780,13 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
         loss = loss - (h * w).sum() * o.entropy_coef;
       }
       loss.backward();
+      if (scores->checkpoint != nullptr) {
+        absl::Status back = scores->checkpoint->Backward();
+        if (!back.ok()) {
+          m.optimizer->zero_grad();
+          return back;
+        }
+      }
     }
     std::vector<torch::Tensor> grads_present;
     for (const torch::Tensor& p : m.master) {

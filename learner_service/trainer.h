@@ -108,6 +108,10 @@ struct TrainerOptions {
   // Trajectories per forward/backward; gradients accumulate over the
   // micro-batches of one step, which is a single optimizer update.
   int64_t micro_batch_size = 16;
+  // Activation checkpointing (common/model/layer_checkpoints.h): keep only
+  // each layer's input and recompute the layer in the backward; the same
+  // bits, one layer's activations in memory instead of all.
+  bool checkpoint_layers = false;
   // CPU threads of the invariant kernels (process-wide; 0: their default,
   // LOCKSTEP_NUM_THREADS or all cores). Thread counts never change their
   // bits.

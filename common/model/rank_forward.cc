@@ -96,53 +96,58 @@ absl::StatusOr<RankWeights> BuildRankWeights(const ModelConfig& c, int rank, int
   return rw;
 }
 
-torch::Tensor RankForward(const ModelConfig& config, const RankWeights& weights,
-                          Ops& ops, const ForwardInput& input, Communicator* comm) {
+torch::Tensor EmbedTokens(const ModelConfig& config, const RankWeights& weights, Ops& ops,
+                          const torch::Tensor& tokens) {
+  return Store(config, ops, weights.embed.index_select(0, tokens).to(torch::kFloat));
+}
+
+std::pair<torch::Tensor, torch::Tensor> DecoderLayer(const ModelConfig& config,
+                                                     const RankWeights& weights, size_t layer,
+                                                     Ops& ops, const ForwardInput& input,
+                                                     Communicator* comm, torch::Tensor h,
+                                                     torch::Tensor pending) {
   const int64_t D = config.head_dim;
   const double eps = config.rms_norm_eps;
   const bool bf16 = config.dtype == kernels::DType::kBF16;
-  // Every activation is rounded to bf16 (bf16 models) at the same points as
-  // ever: after the embedding, each norm, projection, QK-norm, RoPE,
-  // attention, residual add and SwiGLU; the fused steps of Ops
-  // (torch_ops.h) say which of those they apply.
-  auto h = Store(config, ops, weights.embed.index_select(0, input.tokens).to(torch::kFloat));
-  // A layer's MLP output, added to h by the next norm: h = S(h + S(pending)).
-  torch::Tensor pending;
   const torch::Tensor no_norm;
-  for (const LayerWeights& lw : weights.layers) {
-    torch::Tensor x;
-    std::tie(h, x) = ops.AddRmsNorm(std::move(h), std::move(pending), lw.input_norm, eps, bf16);
-    auto q = LinearWithBias(ops, x, lw.q);
-    auto k = LinearWithBias(ops, x, lw.k);
-    auto v = Store(config, ops, LinearWithBias(ops, x, lw.v));
-    q = ops.HeadNormRope(std::move(q), config.qk_norm ? lw.q_norm : no_norm, input.positions,
-                         weights.q_heads, D, weights.rope, eps, bf16);
-    k = ops.HeadNormRope(std::move(k), config.qk_norm ? lw.k_norm : no_norm, input.positions,
-                         weights.kv_heads, D, weights.rope, eps, bf16);
-    torch::Tensor attn;
-    if (input.paged != nullptr) {
-      const size_t layer = &lw - weights.layers.data();
-      attn = ops.PagedAttention(q, k, v, (*input.kv)[layer], *input.paged,
-                                weights.q_heads, weights.kv_heads, D);
-    } else {
-      std::vector<torch::Tensor> outs;
-      int64_t start = 0;
-      for (int64_t len : input.seq_lens) {
-        outs.push_back(ops.PrefillAttention(q.narrow(0, start, len), k.narrow(0, start, len),
-                                            v.narrow(0, start, len), weights.q_heads,
-                                            weights.kv_heads, D));
-        start += len;
-      }
-      attn = outs.size() == 1 ? outs[0] : torch::cat(outs, 0);
+  const LayerWeights& lw = weights.layers[layer];
+  torch::Tensor x;
+  std::tie(h, x) = ops.AddRmsNorm(std::move(h), std::move(pending), lw.input_norm, eps, bf16);
+  auto q = LinearWithBias(ops, x, lw.q);
+  auto k = LinearWithBias(ops, x, lw.k);
+  auto v = Store(config, ops, LinearWithBias(ops, x, lw.v));
+  q = ops.HeadNormRope(std::move(q), config.qk_norm ? lw.q_norm : no_norm, input.positions,
+                       weights.q_heads, D, weights.rope, eps, bf16);
+  k = ops.HeadNormRope(std::move(k), config.qk_norm ? lw.k_norm : no_norm, input.positions,
+                       weights.kv_heads, D, weights.rope, eps, bf16);
+  torch::Tensor attn;
+  if (input.paged != nullptr) {
+    attn = ops.PagedAttention(q, k, v, (*input.kv)[layer], *input.paged, weights.q_heads,
+                              weights.kv_heads, D);
+  } else {
+    std::vector<torch::Tensor> outs;
+    int64_t start = 0;
+    for (int64_t len : input.seq_lens) {
+      outs.push_back(ops.PrefillAttention(q.narrow(0, start, len), k.narrow(0, start, len),
+                                          v.narrow(0, start, len), weights.q_heads,
+                                          weights.kv_heads, D));
+      start += len;
     }
-    if (bf16) attn = ops.StoreBF16ForLinear(std::move(attn));
-    std::tie(h, x) = ops.AddRmsNorm(std::move(h), ops.RowParallelLinear(attn, lw.o, comm),
-                                    lw.post_norm, eps, bf16);
-    auto gate = ops.Linear(x, lw.gate);
-    auto up = ops.Linear(x, lw.up);
-    auto act = ops.SiluMulStore(std::move(gate), std::move(up), bf16);
-    pending = ops.RowParallelLinear(act, lw.down, comm);
+    attn = outs.size() == 1 ? outs[0] : torch::cat(outs, 0);
   }
+  if (bf16) attn = ops.StoreBF16ForLinear(std::move(attn));
+  std::tie(h, x) = ops.AddRmsNorm(std::move(h), ops.RowParallelLinear(attn, lw.o, comm),
+                                  lw.post_norm, eps, bf16);
+  auto gate = ops.Linear(x, lw.gate);
+  auto up = ops.Linear(x, lw.up);
+  auto act = ops.SiluMulStore(std::move(gate), std::move(up), bf16);
+  return {std::move(h), ops.RowParallelLinear(act, lw.down, comm)};
+}
+
+torch::Tensor DecoderHead(const ModelConfig& config, const RankWeights& weights, Ops& ops,
+                          const ForwardInput& input, Communicator* comm, const torch::Tensor& h,
+                          torch::Tensor pending) {
+  const bool bf16 = config.dtype == kernels::DType::kBF16;
   if (input.logit_rows.numel() == 0) {
     // A step that only fills the KV cache (e.g. a prefill chunk that samples
     // nothing): no head, no collective (every rank sees the same batch).
@@ -152,7 +157,8 @@ torch::Tensor RankForward(const ModelConfig& config, const RankWeights& weights,
   // logit rows only.
   auto last = h.index_select(0, input.logit_rows);
   if (pending.defined()) pending = pending.index_select(0, input.logit_rows);
-  auto x = ops.AddRmsNorm(std::move(last), std::move(pending), weights.final_norm, eps, bf16)
+  auto x = ops.AddRmsNorm(std::move(last), std::move(pending), weights.final_norm,
+                          config.rms_norm_eps, bf16)
                .second;
   // The logits stay fp32 (the GEMM's accumulator) where transformers rounds
   // them to bf16: the logprobs are computed from them, and that rounding
@@ -164,6 +170,22 @@ torch::Tensor RankForward(const ModelConfig& config, const RankWeights& weights,
   // Vocabulary shards are gathered as bytes and laid side by side.
   auto gathered = AllGatherTensor(local, comm);
   return gathered.permute({1, 0, 2}).reshape({local.size(0), tp * local.size(1)}).contiguous();
+}
+
+torch::Tensor RankForward(const ModelConfig& config, const RankWeights& weights,
+                          Ops& ops, const ForwardInput& input, Communicator* comm) {
+  // Every activation is rounded to bf16 (bf16 models) at the same points as
+  // ever: after the embedding, each norm, projection, QK-norm, RoPE,
+  // attention, residual add and SwiGLU; the fused steps of Ops
+  // (torch_ops.h) say which of those they apply.
+  torch::Tensor h = EmbedTokens(config, weights, ops, input.tokens);
+  // A layer's MLP output, added to h by the next norm: h = S(h + S(pending)).
+  torch::Tensor pending;
+  for (size_t layer = 0; layer < weights.layers.size(); ++layer) {
+    std::tie(h, pending) =
+        DecoderLayer(config, weights, layer, ops, input, comm, std::move(h), std::move(pending));
+  }
+  return DecoderHead(config, weights, ops, input, comm, h, std::move(pending));
 }
 
 }  // namespace lockstep::common

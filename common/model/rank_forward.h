@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <torch/torch.h>
@@ -72,6 +73,23 @@ struct ForwardInput {
   std::vector<LayerKv>* kv = nullptr;         // paged mode: [layers]
   torch::Tensor logit_rows;  // int64 [R]: rows whose logits are computed
 };
+
+// The pieces of RankForward, for forwards that run the layers one at a time
+// (activation checkpointing): the embedding h [T, H] of `tokens`; decoder
+// layer `layer` from (h, pending) — pending is the previous layer's MLP
+// output [T, H], added to h by this layer's first norm (undefined before
+// layer 0) — to the next (h, pending); the final norm and lm_head on the
+// logit rows.
+torch::Tensor EmbedTokens(const ModelConfig& config, const RankWeights& weights, Ops& ops,
+                          const torch::Tensor& tokens);
+std::pair<torch::Tensor, torch::Tensor> DecoderLayer(const ModelConfig& config,
+                                                     const RankWeights& weights, size_t layer,
+                                                     Ops& ops, const ForwardInput& input,
+                                                     Communicator* comm, torch::Tensor h,
+                                                     torch::Tensor pending);
+torch::Tensor DecoderHead(const ModelConfig& config, const RankWeights& weights, Ops& ops,
+                          const ForwardInput& input, Communicator* comm, const torch::Tensor& h,
+                          torch::Tensor pending);
 
 // Runs the decoder on one rank and returns logits [R, V] (float32, full
 // vocabulary on every rank: the vocabulary shards are all-gathered).

@@ -153,7 +153,8 @@ absl::StatusOr<SequenceScores> ScoreSequences(
     const ModelConfig& config, const TorchWeights& weights, KernelMode mode,
     const std::vector<std::vector<int32_t>>& sequences,
     const std::vector<int64_t>& prefix_lens,
-    const std::vector<const SamplingSpec*>& sampling, bool with_entropy) {
+    const std::vector<const SamplingSpec*>& sampling, const ScoreOptions& options) {
+  const bool with_entropy = options.entropy;
   if (sequences.empty()) return absl::InvalidArgumentError("no sequences");
   if (prefix_lens.size() != sequences.size()) {
     return absl::InvalidArgumentError("prefix_lens and sequences differ in count");
@@ -201,7 +202,13 @@ absl::StatusOr<SequenceScores> ScoreSequences(
       in.positions = torch::tensor(positions, torch::kInt).to(dev);
       in.seq_lens = lens;
       in.logit_rows = torch::tensor(rows, torch::kLong).to(dev);
-      logits = RankForward(config, rw, *ops, in, nullptr);
+      if (options.checkpoint_layers && torch::GradMode::is_enabled()) {
+        LOCKSTEP_ASSIGN_OR_RETURN(auto forward, LayerCheckpoints::Forward(config, rw, mode, in));
+        logits = std::move(forward.first);
+        out.checkpoint = std::move(forward.second);
+      } else {
+        logits = RankForward(config, rw, *ops, in, nullptr);
+      }
       lp = ops->TargetLogprobs(logits, torch::tensor(targets, torch::kLong).to(dev));
     }
     int64_t k = 0;

@@ -7,6 +7,7 @@
 #define LOCKSTEP_COMMON_MODEL_SEQUENCE_LOGPROBS_H_
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,7 @@
 #include "absl/types/span.h"
 #include "common/formats/host_tensor.h"
 #include "common/model/kernel_mode.h"
+#include "common/model/layer_checkpoints.h"
 #include "common/formats/model_config.h"
 #include "common/sampling/sampling_spec.h"
 
@@ -46,6 +48,14 @@ struct SequenceScores {
   // sequence's sampling temperature (1 without a spec or at T = 0; no
   // truncation, as verl computes it), float32 and differentiable.
   std::vector<torch::Tensor> entropy;
+  // With ScoreOptions::checkpoint_layers: run checkpoint->Backward() after
+  // the loss's backward (the layers' gradients; see layer_checkpoints.h).
+  std::shared_ptr<LayerCheckpoints> checkpoint;
+};
+
+struct ScoreOptions {
+  bool entropy = false;            // fill SequenceScores::entropy
+  bool checkpoint_layers = false;  // activation checkpointing (one rank)
 };
 
 // SequenceLogprobs plus, for every sequence whose `sampling` entry is not
@@ -56,7 +66,7 @@ absl::StatusOr<SequenceScores> ScoreSequences(
     const ModelConfig& config, const TorchWeights& weights, KernelMode mode,
     const std::vector<std::vector<int32_t>>& sequences,
     const std::vector<int64_t>& prefix_lens,
-    const std::vector<const SamplingSpec*>& sampling, bool with_entropy = false);
+    const std::vector<const SamplingSpec*>& sampling, const ScoreOptions& options = {});
 
 // The sampled-distribution logprobs of `completion` under `spec` from
 // logits [n, vocab] (any device, possibly requiring grad; row i predicts

@@ -105,6 +105,9 @@ ABSL_FLAG(int64_t, lr_warmup_steps, 0, "Linear learning-rate warmup steps");
 ABSL_FLAG(int64_t, lr_total_steps, 0,
           "Steps of a linear or cosine schedule (0 with --drive: --steps)");
 ABSL_FLAG(double, min_lr_ratio, 0.0, "Final learning rate of the schedule / --lr");
+ABSL_FLAG(bool, checkpoint_layers, false,
+          "Activation checkpointing: keep only each layer's input, recompute it in the "
+          "backward (the same bits; less memory)");
 ABSL_FLAG(bool, decay_norms_and_biases, false,
           "Apply --weight_decay to norm weights and biases too");
 ABSL_FLAG(double, kl_coef, 0.0,
@@ -334,6 +337,7 @@ int main(int argc, char** argv) {
   if (t.lr_total_steps == 0 && absl::GetFlag(FLAGS_drive)) t.lr_total_steps = absl::GetFlag(FLAGS_steps);
   t.min_lr_ratio = absl::GetFlag(FLAGS_min_lr_ratio);
   t.decay_norms_and_biases = absl::GetFlag(FLAGS_decay_norms_and_biases);
+  t.checkpoint_layers = absl::GetFlag(FLAGS_checkpoint_layers);
   t.kl_coef = absl::GetFlag(FLAGS_kl_coef);
   t.max_grad_norm = absl::GetFlag(FLAGS_max_grad_norm);
   t.micro_batch_size = absl::GetFlag(FLAGS_micro_batch_size);
