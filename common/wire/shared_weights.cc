@@ -1,12 +1,15 @@
 #include "common/wire/shared_weights.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <algorithm>
 #include <fstream>
 #include <random>
@@ -75,9 +78,12 @@ absl::StatusOr<std::unique_ptr<SharedWeightsFile>> SharedWeightsFile::Write(
   std::unique_ptr<SharedWeightsFile> file(new SharedWeightsFile());
   file->path_ = absl::StrCat(kSharedWeightsDir, kSharedWeightsPrefix, RandomSuffix());
   file->size_ = size;
+  RemoveStaleSharedWeights();
   const int fd = open(file->path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) return Errno(absl::StrCat("creating ", file->path_));
-  // From here the destructor unlinks the file.
+  // From here the destructor unlinks the file. The lock marks it as owned
+  // for as long as this process lives (RemoveStaleSharedWeights).
+  (void)flock(fd, LOCK_EX | LOCK_NB);
   uint8_t* map = nullptr;
   absl::Status status;
   if (size > 0) {
@@ -96,8 +102,11 @@ absl::StatusOr<std::unique_ptr<SharedWeightsFile>> SharedWeightsFile::Write(
       }
     }
   }
-  close(fd);
-  if (!status.ok()) return status;
+  if (!status.ok()) {
+    close(fd);
+    return status;
+  }
+  file->lock_fd_ = fd;
   // Tensors in parallel; each copied and checksummed in 1 MiB blocks, so the
   // CRC reads what the copy just brought into the cache.
   std::vector<uint32_t> crcs(tensors.size(), 0);
@@ -125,6 +134,33 @@ absl::StatusOr<std::unique_ptr<SharedWeightsFile>> SharedWeightsFile::Write(
 
 SharedWeightsFile::~SharedWeightsFile() {
   if (!path_.empty()) unlink(path_.c_str());
+  if (lock_fd_ >= 0) close(lock_fd_);
+}
+
+int RemoveStaleSharedWeights() {
+  DIR* dir = opendir(kSharedWeightsDir);
+  if (dir == nullptr) return 0;
+  int removed = 0;
+  const std::string prefix = kSharedWeightsPrefix;
+  while (dirent* e = readdir(dir)) {
+    const std::string name = e->d_name;
+    if (name.rfind(prefix, 0) != 0) continue;
+    const std::string path = std::string(kSharedWeightsDir) + name;
+    const int fd = open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) continue;
+    struct stat st;
+    // A writer takes its lock right after creating the file: skip files
+    // younger than a minute rather than race with one.
+    const bool old_enough = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+                            time(nullptr) - st.st_mtime > 60;
+    if (old_enough && flock(fd, LOCK_EX | LOCK_NB) == 0) {
+      // Nobody holds it: its writer died before unlinking it.
+      if (unlink(path.c_str()) == 0) ++removed;
+    }
+    close(fd);
+  }
+  closedir(dir);
+  return removed;
 }
 
 absl::StatusOr<std::unique_ptr<SharedWeightsSource>> SharedWeightsSource::Open(

@@ -37,8 +37,15 @@ std::string HostId();
 // + [A-Za-z0-9._-]+.
 absl::Status CheckSharedWeightsPath(const std::string& path);
 
-// A weights file written by the sender; unlinked when destroyed (the
-// receiver's mapping, if any, stays valid until it unmaps).
+// Unlinks the weights files in /dev/shm that no living writer holds (each
+// writer keeps an flock on its file; a process that crashed before unlinking
+// its file left it unlocked) and that are older than a minute. Works across
+// PID namespaces (the lock is the kernel's, per file). Returns how many were
+// removed. SharedWeightsFile::Write calls it first.
+int RemoveStaleSharedWeights();
+
+// A weights file written by the sender; unlinked when destroyed (a
+// receiver's open descriptor stays valid until it closes it).
 class SharedWeightsFile {
  public:
   // Writes `tensors` (CheckWireTensor-valid) at 64-byte aligned offsets into
@@ -61,6 +68,7 @@ class SharedWeightsFile {
   SharedWeightsFile() = default;
   std::string path_;
   uint64_t size_ = 0;
+  int lock_fd_ = -1;  // holds the flock while the file exists
   v1::WeightUpdateHeader header_;
 };
 

@@ -3,8 +3,10 @@
 // its documented code.
 #include "common/wire/shared_weights.h"
 
+#include <sys/time.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <functional>
 #include <random>
 
@@ -61,6 +63,40 @@ TEST(SharedWeightsTest, StagesTheSameTensorsAsTheStream) {
   EXPECT_EQ(access(path.c_str(), F_OK), 0);
   file->reset();
   EXPECT_NE(access(path.c_str(), F_OK), 0);  // unlinked
+}
+
+TEST(SharedWeightsTest, FilesOfDeadWritersAreRemovedLiveOnesKept) {
+  auto backdate = [](const std::string& path) {
+    struct timeval old[2];
+    gettimeofday(&old[0], nullptr);
+    old[0].tv_sec -= 120;
+    old[1] = old[0];
+    ASSERT_EQ(utimes(path.c_str(), old), 0);
+  };
+  const ModelConfig config = TinyConfig();
+  auto live = SharedWeightsFile::Write(ToWireTensors(Tensors(config)), 1, "");
+  ASSERT_TRUE(live.ok());
+  // A crashed writer's file: nobody holds its lock.
+  const std::string stale = std::string(kSharedWeightsDir) + kSharedWeightsPrefix + "stale-test";
+  {
+    std::FILE* f = std::fopen(stale.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs("x", f);
+    std::fclose(f);
+  }
+  const std::string young = std::string(kSharedWeightsDir) + kSharedWeightsPrefix + "young-test";
+  {
+    std::FILE* f = std::fopen(young.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fclose(f);
+  }
+  backdate(stale);
+  backdate((*live)->path());
+  EXPECT_GE(RemoveStaleSharedWeights(), 1);
+  EXPECT_NE(access(stale.c_str(), F_OK), 0);           // removed
+  EXPECT_EQ(access((*live)->path().c_str(), F_OK), 0);  // locked by its writer
+  EXPECT_EQ(access(young.c_str(), F_OK), 0);            // too young to judge
+  unlink(young.c_str());
 }
 
 TEST(SharedWeightsTest, PathsOutsideTheSharedDirectoryAreRefused) {
