@@ -98,6 +98,7 @@ void PushResultToProto(const PushResult& p, v1::WeightPushResult* out) {
   out->set_duration_seconds(p.seconds);
   out->set_bytes(p.bytes);
   out->set_weight_version(p.rollout_version);
+  out->set_path(p.path);
 }
 
 void StepReportToProto(const StepReport& r, v1::TrainStepResponse* out) {

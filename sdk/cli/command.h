@@ -22,6 +22,8 @@ struct Command {
   // Runs the command on its parsed flags: the exit status, or an error (a
   // Usage() error, or the failed call's).
   absl::StatusOr<int> (*run)(const Args& args);
+  // Takes words besides flags (Args::positional); others refuse them.
+  bool takes_arguments = false;
 };
 
 // A usage error (exit status 2): INVALID_ARGUMENT whose message starts with

@@ -17,6 +17,7 @@
 #include "sdk/cli/commands/demo.h"
 #include "sdk/cli/commands/generate.h"
 #include "sdk/cli/commands/health.h"
+#include "sdk/cli/commands/control.h"
 #include "sdk/cli/commands/push_weights.h"
 #include "sdk/cli/commands/score.h"
 #include "sdk/cli/commands/stats.h"
@@ -30,7 +31,7 @@ namespace {
 std::vector<Command> Commands() {
   return {GenerateCommand(),  ScoreCommand(), PushWeightsCommand(),
           TrainStepCommand(), StatsCommand(), HealthCommand(),
-          DemoCommand()};
+          ControlCommand(),   DemoCommand()};
 }
 
 std::string MainHelp(const std::vector<Command>& commands) {
@@ -88,7 +89,7 @@ int Main(int argc, char** argv) {
               << FlagHelp(command->flags);
     return 0;
   }
-  if (name != "push-weights" && !args->positional().empty()) {
+  if (!command->takes_arguments && !args->positional().empty()) {
     std::cerr << "lockstep " << name << ": unexpected argument '"
               << args->positional()[0] << "' (see lockstep " << name
               << " --help)\n";

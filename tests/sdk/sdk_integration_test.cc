@@ -381,7 +381,7 @@ TEST_F(CliTest, HelpForEveryCommand) {
   CommandResult r = RunCli({"--help"});
   EXPECT_EQ(r.exit_code, 0);
   for (const char* c : {"generate", "score", "push-weights", "train-step",
-                        "stats", "health", "demo"}) {
+                        "stats", "health", "control", "demo"}) {
     EXPECT_TRUE(absl::StrContains(r.out, c)) << c;
     CommandResult h = RunCli({c, "--help"});
     EXPECT_EQ(h.exit_code, 0) << c << ": " << h.err;
@@ -396,6 +396,48 @@ TEST_F(CliTest, HelpForEveryCommand) {
   r = RunCli({"generate"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_TRUE(absl::StrContains(r.err, "--prompt")) << r.err;
+}
+
+// `lockstep control`: pause / resume / sleep / wake-up / abort / load
+// against the real rollout, and usage errors (exit 2) for bad actions and
+// values.
+TEST_F(CliTest, ControlActions) {
+  auto json = [&](std::vector<std::string> argv, google::protobuf::Message* m) {
+    argv.push_back(R());
+    argv.push_back("--json");
+    CommandResult r = RunCli(argv);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(r.out, m).ok()) << r.out;
+  };
+  v1::PauseResponse paused;
+  json({"control", "pause", "--mode=retract"}, &paused);
+  EXPECT_FALSE(paused.was_paused());
+  v1::RolloutLoad load;
+  json({"control", "load"}, &load);
+  EXPECT_TRUE(load.paused());
+  v1::ResumeResponse resumed;
+  json({"control", "resume"}, &resumed);
+  EXPECT_TRUE(resumed.was_paused());
+  v1::SleepResponse slept;
+  json({"control", "sleep", "--level=1"}, &slept);
+  EXPECT_EQ(slept.level(), v1::SLEEP_LEVEL_KV_CACHE);
+  EXPECT_GT(slept.kv_cache_bytes(), 0u);
+  v1::WakeUpResponse woke;
+  json({"control", "wake-up"}, &woke);
+  EXPECT_TRUE(woke.was_asleep());
+  v1::AbortResponse aborted;
+  json({"control", "abort", "--request_id=nobody,nothing"}, &aborted);
+  EXPECT_EQ(aborted.aborted(), 0u);
+  for (std::vector<std::string> bad :
+       {std::vector<std::string>{"control"}, {"control", "explode"},
+        {"control", "pause", "--mode=gently"}, {"control", "sleep", "--level=3"},
+        {"control", "abort"}, {"control", "abort", "--all", "--request_id=x"}}) {
+    bad.push_back(R());
+    EXPECT_EQ(RunCli(bad).exit_code, 2) << bad[1];
+  }
+  // The rollout still generates.
+  CommandResult r = RunCli({"generate", R(), "--prompt=1,4,5", "--max_tokens=3", "--seed=1"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
 TEST_F(CliTest, HealthGenerateScoreStats) {

@@ -67,7 +67,8 @@ Command PushWeightsCommand() {
             "--no_convert.\n"
             "Example: lockstep push-weights /tmp/model --version=5",
             ConnectionFlags(true, false),
-            RunPushWeights};
+            RunPushWeights,
+            /*takes_arguments=*/true};
   std::vector<FlagSpec> own = {
       {"version", "V", "target weight version (0: served version + 1)", "0"},
       {"source", "TEXT", "free text for the server's log",
