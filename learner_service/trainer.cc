@@ -256,6 +256,36 @@ absl::StatusOr<LrSchedule> ParseLrSchedule(const std::string& name) {
 
 namespace {
 
+// What ScoreSequences gets for trajectories [begin, end) of a batch.
+struct ScoreInputs {
+  std::vector<std::vector<int32_t>> seqs;  // prompt + completion
+  std::vector<int64_t> prefix;             // prompt lengths
+  // One per sequence (null: none), or empty when no trajectory has one.
+  std::vector<const common::SamplingSpec*> sampling;
+
+  // Sequence i's policy logprobs in `scores`: under its sampling
+  // distribution when it has one, else the raw ones.
+  const torch::Tensor& Policy(const common::SequenceScores& scores, size_t i) const {
+    return !sampling.empty() && sampling[i] != nullptr ? scores.sampled[i] : scores.raw[i];
+  }
+};
+
+ScoreInputs InputsOf(const std::vector<Trajectory>& batch, size_t begin, size_t end) {
+  ScoreInputs in;
+  bool any_sampling = false;
+  for (size_t i = begin; i < end; ++i) {
+    const Trajectory& t = batch[i];
+    std::vector<int32_t> seq = t.prompt_tokens;
+    seq.insert(seq.end(), t.completion_tokens.begin(), t.completion_tokens.end());
+    in.seqs.push_back(std::move(seq));
+    in.prefix.push_back(static_cast<int64_t>(t.prompt_tokens.size()));
+    in.sampling.push_back(t.sampling.has_value() ? &*t.sampling : nullptr);
+    any_sampling = any_sampling || t.sampling.has_value();
+  }
+  if (!any_sampling) in.sampling.clear();
+  return in;
+}
+
 // KL(pi || ref) per token from d = log ref - log pi (clamped like the ratio).
 torch::Tensor KlPerToken(KlEstimator estimator, torch::Tensor d) {
   d = torch::clamp(d, -20.0, 20.0);
@@ -349,8 +379,8 @@ struct Trainer::Impl {
     return std::make_unique<torch::optim::AdamW>(std::move(groups), opts);
   }
 
-  // KL per token of every trajectory of `batch` to the reference (no grad),
-  // under the distribution each one is trained with.
+  // The reference policy's logprobs of every trajectory of `batch` (no
+  // grad), under the distribution each one is trained with.
   absl::StatusOr<std::vector<torch::Tensor>> ReferenceLogprobs(
       const std::vector<Trajectory>& batch) const;
 };
@@ -364,28 +394,11 @@ absl::StatusOr<std::vector<torch::Tensor>> Trainer::Impl::ReferenceLogprobs(
        begin += static_cast<size_t>(options.micro_batch_size)) {
     const size_t end =
         std::min(batch.size(), begin + static_cast<size_t>(options.micro_batch_size));
-    std::vector<std::vector<int32_t>> seqs;
-    std::vector<int64_t> prefix;
-    std::vector<const common::SamplingSpec*> sampling;
-    bool any_sampling = false;
-    for (size_t i = begin; i < end; ++i) {
-      const Trajectory& t = batch[i];
-      std::vector<int32_t> seq = t.prompt_tokens;
-      seq.insert(seq.end(), t.completion_tokens.begin(), t.completion_tokens.end());
-      seqs.push_back(std::move(seq));
-      prefix.push_back(static_cast<int64_t>(t.prompt_tokens.size()));
-      sampling.push_back(t.sampling.has_value() ? &*t.sampling : nullptr);
-      any_sampling = any_sampling || t.sampling.has_value();
-    }
-    if (!any_sampling) sampling.clear();
+    const ScoreInputs in = InputsOf(batch, begin, end);
     LOCKSTEP_ASSIGN_OR_RETURN(
         common::SequenceScores r,
-        common::ScoreSequences(config, reference, options.mode, seqs, prefix, sampling));
-    for (size_t i = 0; i < seqs.size(); ++i) {
-      const torch::Tensor& lp =
-          !sampling.empty() && sampling[i] != nullptr ? r.sampled[i] : r.raw[i];
-      out.push_back(lp.to(torch::kFloat32));
-    }
+        common::ScoreSequences(config, reference, options.mode, in.seqs, in.prefix, in.sampling));
+    for (size_t i = 0; i < in.seqs.size(); ++i) out.push_back(in.Policy(r, i).to(torch::kFloat32));
   }
   return out;
 }
@@ -686,22 +699,12 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
          begin += static_cast<size_t>(o.micro_batch_size)) {
       const size_t end =
           std::min(batch.size(), begin + static_cast<size_t>(o.micro_batch_size));
-      std::vector<std::vector<int32_t>> seqs;
-      std::vector<int64_t> prefix;
-      std::vector<const common::SamplingSpec*> sampling;
+      const ScoreInputs in = InputsOf(batch, begin, end);
       std::vector<float> old_lp;
       std::vector<float> token_adv;
       std::vector<float> token_weight;
-      bool any_sampling = false;
       for (size_t i = begin; i < end; ++i) {
         const Trajectory& t = batch[i];
-        std::vector<int32_t> s = t.prompt_tokens;
-        s.insert(s.end(), t.completion_tokens.begin(),
-                 t.completion_tokens.end());
-        seqs.push_back(std::move(s));
-        prefix.push_back(static_cast<int64_t>(t.prompt_tokens.size()));
-        sampling.push_back(t.sampling.has_value() ? &*t.sampling : nullptr);
-        any_sampling = any_sampling || t.sampling.has_value();
         const std::vector<float>& b = behaviour(t);
         old_lp.insert(old_lp.end(), b.begin(), b.end());
         if (!t.advantages.empty()) {
@@ -712,13 +715,12 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
         const double scale = token_scale(i);
         for (float mk : mask_of(t)) token_weight.push_back(static_cast<float>(mk * scale));
       }
-      if (!any_sampling) sampling.clear();
       TorchWeights weights = m.ComputeCopy(/*detached=*/false);
       common::ScoreOptions score_options;
       score_options.entropy = o.entropy_coef > 0;
       score_options.checkpoint_layers = o.checkpoint_layers;
       absl::StatusOr<common::SequenceScores> scores = common::ScoreSequences(
-          m.config, weights, o.mode, seqs, prefix, sampling, score_options);
+          m.config, weights, o.mode, in.seqs, in.prefix, in.sampling, score_options);
       if (!scores.ok()) {
         m.optimizer->zero_grad();
         return scores.status();
@@ -740,10 +742,7 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
       // The policy logprob of every token: under its sampling distribution
       // when the trajectory has one, else the raw one.
       std::vector<torch::Tensor> policy;
-      for (size_t i = 0; i < seqs.size(); ++i) {
-        policy.push_back(!sampling.empty() && sampling[i] != nullptr ? scores->sampled[i]
-                                                                     : scores->raw[i]);
-      }
+      for (size_t i = 0; i < in.seqs.size(); ++i) policy.push_back(in.Policy(*scores, i));
       torch::Tensor lp = torch::cat(policy).to(torch::kFloat32);
       torch::Tensor old = FloatTensor(old_lp).to(m.device);
       torch::Tensor a = FloatTensor(token_adv).to(m.device);

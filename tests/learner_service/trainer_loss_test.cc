@@ -86,6 +86,18 @@ size_t Long(const std::vector<Trajectory>& batch) {
   return 0;
 }
 
+// The group-relative advantage of every trajectory (what the trainer
+// computes from the rewards).
+std::vector<float> GroupAdvantages(const std::vector<Trajectory>& batch) {
+  std::vector<float> rewards;
+  std::vector<std::string> ids;
+  for (const Trajectory& t : batch) {
+    rewards.push_back(t.reward);
+    ids.push_back(t.group_id);
+  }
+  return GroupRelativeAdvantages(rewards, GroupIndices(ids), {});
+}
+
 TEST_F(TrainerLossTest, MaskedTokensDoNotTrain) {
   std::vector<Trajectory> batch = Batch(31);
   const size_t i = Long(batch);
@@ -109,13 +121,7 @@ TEST_F(TrainerLossTest, MaskedTokensDoNotTrain) {
 TEST_F(TrainerLossTest, ClientAdvantagesReplaceTheGroupAdvantages) {
   std::vector<Trajectory> batch = Batch(32);
   const common::TensorMap base = After({}, batch);
-  std::vector<float> rewards;
-  std::vector<std::string> ids;
-  for (const Trajectory& t : batch) {
-    rewards.push_back(t.reward);
-    ids.push_back(t.group_id);
-  }
-  const std::vector<float> adv = GroupRelativeAdvantages(rewards, GroupIndices(ids), {});
+  const std::vector<float> adv = GroupAdvantages(batch);
   std::vector<Trajectory> given = batch;
   for (size_t i = 0; i < given.size(); ++i) {
     given[i].advantages.assign(given[i].completion_tokens.size(), adv[i]);
@@ -169,13 +175,7 @@ TEST_F(TrainerLossTest, DualClipBoundsTheLossOfNegativeAdvantages) {
   for (Trajectory& t : batch) {
     for (float& lp : t.rollout_logprobs) lp -= std::log(5.0f);
   }
-  std::vector<float> rewards;
-  std::vector<std::string> ids;
-  for (const Trajectory& t : batch) {
-    rewards.push_back(t.reward);
-    ids.push_back(t.group_id);
-  }
-  const std::vector<float> adv = GroupRelativeAdvantages(rewards, GroupIndices(ids), {});
+  const std::vector<float> adv = GroupAdvantages(batch);
   auto expected = [&](double c) {
     double sum = 0;
     int64_t n = 0;

@@ -76,26 +76,11 @@ void WaitForTokens(RequestHandle& h, std::vector<SampleUpdate>* seen) {
   FAIL() << "no token arrived";
 }
 
-// Appends the updates of `seen` and the rest of the request to one Output.
+// The request's single sample: the updates of `seen`, then the rest.
 absl::StatusOr<Output> Finish(RequestHandle& h, const std::vector<SampleUpdate>& seen) {
-  Output out;
-  for (const SampleUpdate& u : seen) {
-    out.tokens.insert(out.tokens.end(), u.tokens.begin(), u.tokens.end());
-    out.logprobs.insert(out.logprobs.end(), u.logprobs.begin(), u.logprobs.end());
-    out.sampled.insert(out.sampled.end(), u.sampled_logprobs.begin(), u.sampled_logprobs.end());
-    out.versions.insert(out.versions.end(), u.versions.begin(), u.versions.end());
-    if (u.finish != FinishReason::kNone) out.finish = u.finish;
-  }
-  absl::StatusOr<std::vector<Output>> rest = Collect(h);
-  if (!rest.ok()) return rest.status();
-  const Output& r = rest->at(0);
-  out.tokens.insert(out.tokens.end(), r.tokens.begin(), r.tokens.end());
-  out.logprobs.insert(out.logprobs.end(), r.logprobs.begin(), r.logprobs.end());
-  out.sampled.insert(out.sampled.end(), r.sampled.begin(), r.sampled.end());
-  out.versions.insert(out.versions.end(), r.versions.begin(), r.versions.end());
-  if (r.finish != FinishReason::kNone) out.finish = r.finish;
-  out.preemptions = r.preemptions;
-  return out;
+  absl::StatusOr<std::vector<Output>> all = Collect(h, seen);
+  if (!all.ok()) return all.status();
+  return all->at(0);
 }
 
 // No update arrives for `d`.

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -35,13 +36,14 @@ inline bool Same(const Output& a, const Output& b) {
          SameBits(a.sampled, b.sampled) && a.versions == b.versions && a.finish == b.finish;
 }
 
-// Waits for the handle and returns its per-sample outputs (or its error).
-inline absl::StatusOr<std::vector<Output>> Collect(RequestHandle& h) {
+// Waits for the handle and returns its per-sample outputs (or its error);
+// `received` are updates already taken from the handle, counted first.
+inline absl::StatusOr<std::vector<Output>> Collect(RequestHandle& h,
+                                                   std::vector<SampleUpdate> received = {}) {
   std::vector<Output> out(h.num_samples());
-  std::vector<SampleUpdate> updates;
-  for (;;) {
-    updates.clear();
-    const bool done = h.Wait(absl::Milliseconds(100), &updates);
+  std::vector<SampleUpdate> updates = std::move(received);
+  for (bool done = false; !done;) {
+    done = h.Wait(absl::Milliseconds(100), &updates);
     for (SampleUpdate& u : updates) {
       Output& o = out.at(u.sample);
       o.tokens.insert(o.tokens.end(), u.tokens.begin(), u.tokens.end());
@@ -52,7 +54,7 @@ inline absl::StatusOr<std::vector<Output>> Collect(RequestHandle& h) {
       if (u.finish != FinishReason::kNone) o.finish = u.finish;
       o.preemptions = u.preemptions;
     }
-    if (done) break;
+    updates.clear();
   }
   if (!h.status().ok()) return h.status();
   return out;
