@@ -32,6 +32,7 @@
 #include "common/formats/model_generator.h"
 #include "common/model/cuda_check.h"
 #include "common/model/model.h"
+#include "common/model/moe_forward.h"
 
 namespace {
 
@@ -131,7 +132,7 @@ int Run(const Flags& f) {
   ModelConfig c = *cfg;
   c.dtype = lockstep::kernels::DType::kBF16;
   const auto t0 = std::chrono::steady_clock::now();
-  const TensorMap weights = RandomWeights(c);
+  TensorMap weights = RandomWeights(c);
   std::printf("random weights: %.1f s\n",
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   auto mode = lockstep::common::ParseKernelMode(f.mode);
@@ -142,6 +143,7 @@ int Run(const Flags& f) {
   const int64_t page = 16, B = f.batch;
   const int64_t blocks = (f.context + f.warmup + f.steps + page) / page;
   std::vector<Row> rows;
+  double experts_per_layer = 0;  // MoE: mean experts a decode step's layer read
   for (const std::string& variant : f.variants) {
     // "<variant>-unfused": the same step with the fused kernels off
     // (LOCKSTEP_FUSED_KERNELS=0, common/model/torch_ops.h), the before of
@@ -159,7 +161,10 @@ int Run(const Flags& f) {
     o.cuda_step = v == "legacy" ? CudaStep::kLegacy
                   : v == "eager" ? CudaStep::kEager
                                  : CudaStep::kGraphs;
-    auto model = Model::Create(c, weights, o);
+    // One variant: the weights are handed over (a 30B MoE's 61 GB must not
+    // be held twice on the host).
+    auto model = f.variants.size() == 1 ? Model::Create(c, std::move(weights), o)
+                                        : Model::Create(c, weights, o);
     if (!model.ok()) {
       std::fprintf(stderr, "%s\n", model.status().ToString().c_str());
       return 1;
@@ -208,12 +213,18 @@ int Run(const Flags& f) {
     step(true);
     for (int i = 0; i < f.warmup; ++i) step(false);
     std::vector<double> wall, dev, host;
+    const lockstep::common::MoeCounters moe0 = lockstep::common::ReadMoeCounters();
     for (int i = 0; i < f.steps; ++i) {
       const double ms = step(false);
       const auto st = (*model)->cuda_graph_stats();
       wall.push_back(ms);
       dev.push_back(st.last_step_device_ms);
       host.push_back(ms - st.last_step_device_ms);
+    }
+    const lockstep::common::MoeCounters moe1 = lockstep::common::ReadMoeCounters();
+    if (moe1.layer_calls > moe0.layer_calls) {
+      experts_per_layer = static_cast<double>(moe1.experts_touched - moe0.experts_touched) /
+                          static_cast<double>(moe1.layer_calls - moe0.layer_calls);
     }
     const auto st = (*model)->cuda_graph_stats();
     rows.push_back({variant, Percentile(wall, 0.5), Percentile(wall, 0.9), Percentile(dev, 0.5),
@@ -231,7 +242,18 @@ int Run(const Flags& f) {
   // Bytes read once per step: every weight (a tied model's lm_head is the
   // embedding, read whole by the head; the lookup reads only B rows) and
   // the K/V of the batch's contexts at the mean measured position.
-  const double params_bytes = static_cast<double>(c.NumParameters()) * 2;
+  // A mixture-of-experts layer reads its router and the experts the step's
+  // tokens chose (measured), not all of them.
+  double params = static_cast<double>(c.NumParameters());
+  if (c.IsMoe()) {
+    int64_t sparse = 0;
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) sparse += c.IsSparseLayer(l);
+    const double expert = 3.0 * c.hidden_size * c.moe_intermediate_size;
+    params -= sparse * (c.num_experts - experts_per_layer) * expert;
+    std::printf("MoE: %.1f of %lld experts read per sparse layer and step\n", experts_per_layer,
+                static_cast<long long>(c.num_experts));
+  }
+  const double params_bytes = params * 2;
   const double mean_ctx = f.context + f.warmup + f.steps / 2.0;
   const double kv_bytes = 2.0 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 2 *
                           mean_ctx * B;

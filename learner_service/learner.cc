@@ -89,6 +89,14 @@ std::vector<FingerprintDifference> CompareFingerprints(
       Show(b.tie_word_embeddings()));
   add("qk_norm", Show(a.qk_norm()), Show(b.qk_norm()));
   add("qkv_bias", Show(a.qkv_bias()), Show(b.qkv_bias()));
+  add("num_experts", Show(a.num_experts()), Show(b.num_experts()));
+  add("num_experts_per_tok", Show(a.num_experts_per_tok()), Show(b.num_experts_per_tok()));
+  add("moe_intermediate_size", Show(a.moe_intermediate_size()),
+      Show(b.moe_intermediate_size()));
+  add("norm_topk_prob", Show(a.norm_topk_prob()), Show(b.norm_topk_prob()));
+  add("decoder_sparse_step", Show(a.decoder_sparse_step()), Show(b.decoder_sparse_step()));
+  add("mlp_only_layers", absl::StrCat("[", absl::StrJoin(a.mlp_only_layers(), ", "), "]"),
+      absl::StrCat("[", absl::StrJoin(b.mlp_only_layers(), ", "), "]"));
   // The arithmetic beyond the shapes: a different epsilon or RoPE makes
   // every token mismatch while both sides look healthy.
   add_double("rms_norm_eps", a.rms_norm_eps(), b.rms_norm_eps());

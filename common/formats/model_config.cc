@@ -47,6 +47,13 @@ const std::vector<FamilyKeys>& UnderstoodConfigKeys() {
       {"qwen2", {"use_sliding_window", "sliding_window", "max_window_layers"}},
       {"qwen3",
        {"attention_bias", "use_sliding_window", "sliding_window", "max_window_layers"}},
+      // output_router_logits only makes transformers return the router's
+      // logits; router_aux_loss_coef is the training loss's coefficient.
+      {"qwen3_moe",
+       {"attention_bias", "use_sliding_window", "sliding_window", "max_window_layers",
+        "num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
+        "decoder_sparse_step", "mlp_only_layers", "output_router_logits",
+        "router_aux_loss_coef"}},
   };
   return *table;
 }
@@ -81,6 +88,7 @@ bool Understood(const std::string& model_type, const std::string& key) {
 
 const char* Architecture(const std::string& model_type) {
   if (model_type == "qwen3") return "Qwen3ForCausalLM";
+  if (model_type == "qwen3_moe") return "Qwen3MoeForCausalLM";
   if (model_type == "qwen2") return "Qwen2ForCausalLM";
   if (model_type == "mistral") return "MistralForCausalLM";
   return "LlamaForCausalLM";
@@ -131,6 +139,7 @@ absl::StatusOr<std::vector<std::string>> LayerTypes(const json& j, int64_t layer
 // different model than the checkpoint's.
 absl::Status CheckUnimplemented(const json& j, const ModelConfig& c) {
   for (const char* key : kRefusedConfigKeys) {
+    if (Understood(c.model_type, key)) continue;  // e.g. qwen3_moe's num_experts
     if (const json* v = FindConfigKey(j, key); v != nullptr) {
       if ((v->is_number() && v->get<double>() == 0.0) || (v->is_boolean() && !v->get<bool>())) {
         continue;  // e.g. "num_experts": 0, "final_logit_softcapping": false
@@ -188,6 +197,46 @@ absl::StatusOr<int64_t> RequiredInt(const json& j, const char* key) {
   return *v;
 }
 
+bool QkNormFamily(const std::string& model_type) {
+  return model_type == "qwen3" || model_type == "qwen3_moe";
+}
+
+// The mixture-of-experts keys of a qwen3_moe config.json, with
+// transformers' Qwen3MoeConfig defaults for absent ones.
+absl::Status ParseMoe(const json& j, ModelConfig& c) {
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<int64_t> e, OptionalConfigInt(j, "num_experts"));
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<int64_t> k,
+                            OptionalConfigInt(j, "num_experts_per_tok"));
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<int64_t> ie,
+                            OptionalConfigInt(j, "moe_intermediate_size"));
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<bool> norm, OptionalConfigBool(j, "norm_topk_prob"));
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<int64_t> step,
+                            OptionalConfigInt(j, "decoder_sparse_step"));
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<double> aux,
+                            OptionalConfigDouble(j, "router_aux_loss_coef"));
+  c.num_experts = e.value_or(128);
+  c.num_experts_per_tok = k.value_or(8);
+  c.moe_intermediate_size = ie.value_or(768);
+  c.norm_topk_prob = norm.value_or(false);
+  c.decoder_sparse_step = step.value_or(1);
+  c.router_aux_loss_coef = aux.value_or(0.001);
+  c.mlp_only_layers.clear();
+  if (const json* layers = FindConfigKey(j, "mlp_only_layers"); layers != nullptr) {
+    if (!layers->is_array()) {
+      return ConfigError(
+          absl::StrCat("\"mlp_only_layers\" must be a list, got ", layers->dump()));
+    }
+    for (const json& l : *layers) {
+      if (!l.is_number_integer()) {
+        return ConfigError(absl::StrCat("\"mlp_only_layers\" must hold integers, got ",
+                                        layers->dump()));
+      }
+      c.mlp_only_layers.push_back(l.get<int64_t>());
+    }
+  }
+  return absl::OkStatus();
+}
+
 std::string SupportedModelTypes() {
   std::vector<std::string> names;
   for (const FamilyKeys& f : UnderstoodConfigKeys()) names.push_back(f.model_type);
@@ -214,8 +263,9 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(std::string_view text) {
     return ConfigError(absl::StrCat("unsupported model_type '", c.model_type,
                                     "' (supported: ", SupportedModelTypes(), ")"));
   }
-  c.qk_norm = c.model_type == "qwen3";
+  c.qk_norm = QkNormFamily(c.model_type);
   c.qkv_bias = c.model_type == "qwen2";
+  if (c.model_type == "qwen3_moe") LOCKSTEP_RETURN_IF_ERROR(ParseMoe(j, c));
 
   LOCKSTEP_ASSIGN_OR_RETURN(c.vocab_size, RequiredInt(j, "vocab_size"));
   LOCKSTEP_ASSIGN_OR_RETURN(c.hidden_size, RequiredInt(j, "hidden_size"));
@@ -342,10 +392,38 @@ absl::Status ModelConfig::Validate() const {
     return ConfigError(absl::StrCat("\"head_dim\" ", head_dim,
                                     " must be even (RoPE rotates pairs)"));
   }
-  if (qk_norm != (model_type == "qwen3")) {
+  if (qk_norm != QkNormFamily(model_type)) {
     return ConfigError(absl::StrCat("qk_norm must be ",
-                                    model_type == "qwen3" ? "true" : "false",
+                                    QkNormFamily(model_type) ? "true" : "false",
                                     " for model_type '", model_type, "'"));
+  }
+  if (model_type == "qwen3_moe") {
+    if (num_experts <= 0 || num_experts > 4096) {
+      return ConfigError(
+          absl::StrCat("\"num_experts\" must be in [1, 4096], got ", num_experts));
+    }
+    if (num_experts_per_tok < 1 || num_experts_per_tok > num_experts) {
+      return ConfigError(absl::StrCat("\"num_experts_per_tok\" must be in [1, num_experts ",
+                                      num_experts, "], got ", num_experts_per_tok));
+    }
+    if (moe_intermediate_size <= 0 || moe_intermediate_size > (int64_t{1} << 24)) {
+      return ConfigError(absl::StrCat("\"moe_intermediate_size\" must be > 0, got ",
+                                      moe_intermediate_size));
+    }
+    if (decoder_sparse_step < 1) {
+      return ConfigError(absl::StrCat("\"decoder_sparse_step\" must be >= 1, got ",
+                                      decoder_sparse_step));
+    }
+    for (int64_t l : mlp_only_layers) {
+      if (l < 0 || l >= num_hidden_layers) {
+        return ConfigError(absl::StrCat("\"mlp_only_layers\" entry ", l,
+                                        " is outside [0, num_hidden_layers ",
+                                        num_hidden_layers, ")"));
+      }
+    }
+  } else if (num_experts != 0 || num_experts_per_tok != 0 || moe_intermediate_size != 0) {
+    return ConfigError(absl::StrCat("model_type '", model_type,
+                                    "' has no experts (num_experts must be 0)"));
   }
   if (!(rms_norm_eps > 0.0) || !std::isfinite(rms_norm_eps)) {
     return ConfigError(
@@ -394,6 +472,15 @@ std::string ModelConfig::ToJson() const {
   j["dtype"] = dtype == kernels::DType::kF32 ? "float32" : "bfloat16";
   j["hidden_act"] = "silu";
   if (model_type != "qwen2" && model_type != "mistral") j["attention_bias"] = false;
+  if (model_type == "qwen3_moe") {
+    j["num_experts"] = num_experts;
+    j["num_experts_per_tok"] = num_experts_per_tok;
+    j["moe_intermediate_size"] = moe_intermediate_size;
+    j["norm_topk_prob"] = norm_topk_prob;
+    j["decoder_sparse_step"] = decoder_sparse_step;
+    j["mlp_only_layers"] = mlp_only_layers;
+    j["router_aux_loss_coef"] = router_aux_loss_coef;
+  }
   if (bos_token_id.has_value()) j["bos_token_id"] = *bos_token_id;
   if (eos_token_ids.size() == 1) {
     j["eos_token_id"] = eos_token_ids[0];
@@ -410,10 +497,25 @@ std::string ModelConfig::Summary() const {
       model_type, ": ", num_hidden_layers, " layers, hidden ", hidden_size, ", ",
       num_attention_heads, "/", num_key_value_heads, " heads x ", head_dim, ", vocab ",
       vocab_size, qkv_bias ? ", q/k/v biases" : "", qk_norm ? ", q/k norm" : "",
-      tie_word_embeddings ? ", tied embeddings" : "", "; rope ", rope.rope_type, " ",
+      tie_word_embeddings ? ", tied embeddings" : "",
+      IsMoe() ? absl::StrCat(", ", num_experts, " experts of width ", moe_intermediate_size,
+                             " (top ", num_experts_per_tok,
+                             norm_topk_prob ? ", renormalised" : "",
+                             "; decoder_sparse_step ", decoder_sparse_step,
+                             mlp_only_layers.empty() ? "" : ", dense layers ",
+                             absl::StrJoin(mlp_only_layers, ","), ")")
+              : "",
+      "; rope ", rope.rope_type, " ",
       rope.ToJson().dump(), " (attention factor ", rope.EffectiveAttentionFactor(),
       "); dtype ", dtype_note, "; ignored config keys: ",
       ignored_keys.empty() ? "none" : absl::StrJoin(ignored_keys, ", "));
+}
+
+bool ModelConfig::IsSparseLayer(int64_t layer) const {
+  if (num_experts <= 0 || decoder_sparse_step <= 0) return false;
+  if ((layer + 1) % decoder_sparse_step != 0) return false;
+  return std::find(mlp_only_layers.begin(), mlp_only_layers.end(), layer) ==
+         mlp_only_layers.end();
 }
 
 int64_t ModelConfig::NumParameters() const {
@@ -438,7 +540,12 @@ bool operator==(const ModelConfig& a, const ModelConfig& b) {
          a.tie_word_embeddings == b.tie_word_embeddings &&
          a.max_position_embeddings == b.max_position_embeddings &&
          a.qk_norm == b.qk_norm && a.dtype == b.dtype &&
-         a.bos_token_id == b.bos_token_id && a.eos_token_ids == b.eos_token_ids;
+         a.bos_token_id == b.bos_token_id && a.eos_token_ids == b.eos_token_ids &&
+         a.num_experts == b.num_experts && a.num_experts_per_tok == b.num_experts_per_tok &&
+         a.moe_intermediate_size == b.moe_intermediate_size &&
+         a.norm_topk_prob == b.norm_topk_prob &&
+         a.decoder_sparse_step == b.decoder_sparse_step &&
+         a.mlp_only_layers == b.mlp_only_layers;
 }
 
 std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
@@ -464,6 +571,17 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
       out.push_back({p + "self_attn.k_norm.weight", {c.head_dim}});
     }
     out.push_back({p + "post_attention_layernorm.weight", {h}});
+    if (c.IsSparseLayer(l)) {
+      const int64_t ie = c.moe_intermediate_size;
+      out.push_back({p + "mlp.gate.weight", {c.num_experts, h}});
+      for (int64_t e = 0; e < c.num_experts; ++e) {
+        const std::string x = absl::StrCat(p, "mlp.experts.", e, ".");
+        out.push_back({x + "gate_proj.weight", {ie, h}});
+        out.push_back({x + "up_proj.weight", {ie, h}});
+        out.push_back({x + "down_proj.weight", {h, ie}});
+      }
+      continue;
+    }
     out.push_back({p + "mlp.gate_proj.weight", {i, h}});
     out.push_back({p + "mlp.up_proj.weight", {i, h}});
     out.push_back({p + "mlp.down_proj.weight", {h, i}});

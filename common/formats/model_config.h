@@ -1,5 +1,5 @@
 // Model hyper-parameters of the supported decoder-only transformers (Llama,
-// Mistral, Qwen2, Qwen3 families), read from and written to Hugging Face
+// Mistral, Qwen2, Qwen3 and Qwen3-MoE families), read from and written to Hugging Face
 // `config.json` (transformers 4 and 5 forms), and the weight names and
 // shapes they imply.
 #ifndef LOCKSTEP_COMMON_FORMATS_MODEL_CONFIG_H_
@@ -24,10 +24,10 @@
 namespace lockstep::common {
 
 // Hyper-parameters of a pre-norm RMSNorm / RoPE / GQA / SwiGLU transformer
-// (q/k/v biases in Qwen2 only). Field names follow Hugging Face's
-// config.json keys.
+// (q/k/v biases in Qwen2 only; mixture-of-experts MLPs in Qwen3-MoE only).
+// Field names follow Hugging Face's config.json keys.
 struct ModelConfig {
-  // "llama", "mistral", "qwen2" or "qwen3".
+  // "llama", "mistral", "qwen2", "qwen3" or "qwen3_moe".
   std::string model_type = "llama";
   int64_t vocab_size = 0;         // V
   int64_t hidden_size = 0;        // H
@@ -44,8 +44,27 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   int64_t max_position_embeddings = 2048;
   // Per-head RMSNorm of q and k before RoPE (q_norm / k_norm weights [D]).
-  // Derived: true exactly when model_type is "qwen3".
+  // Derived: true exactly when model_type is "qwen3" or "qwen3_moe".
   bool qk_norm = false;
+  // Mixture of experts (model_type "qwen3_moe" only; 0 elsewhere). A sparse
+  // layer's MLP is a router [E, H] choosing num_experts_per_tok of
+  // num_experts SwiGLU experts of width moe_intermediate_size per token;
+  // IsSparseLayer says which layers are sparse (the others keep the dense
+  // MLP of width intermediate_size). Defaults when config.json omits a key
+  // are transformers' Qwen3MoeConfig defaults (128, 8, 768, false, 1, []).
+  int64_t num_experts = 0;            // E
+  int64_t num_experts_per_tok = 0;    // k
+  int64_t moe_intermediate_size = 0;  // Ie
+  // Renormalise the k chosen probabilities to sum to 1.
+  bool norm_topk_prob = false;
+  // Every decoder_sparse_step-th layer (1-based) is sparse ...
+  int64_t decoder_sparse_step = 1;
+  // ... except these (0-based layer indices).
+  std::vector<int64_t> mlp_only_layers;
+  // The coefficient of the load-balancing loss the checkpoint was trained
+  // with (router_aux_loss_coef; the learner's default for its own option).
+  // Informational: not compared by ==.
+  double router_aux_loss_coef = 0.0;
   // Biases on q_proj, k_proj and v_proj (q/k/v_proj.bias [out]).
   // Derived: true exactly when model_type is "qwen2".
   bool qkv_bias = false;
@@ -91,7 +110,9 @@ struct ModelConfig {
   static absl::StatusOr<ModelConfig> FromFile(const std::string& path);
 
   // InvalidArgument unless: model_type is supported; every size is > 0;
-  // Hq % Hkv == 0; head_dim is even; qk_norm == (model_type == "qwen3");
+  // Hq % Hkv == 0; head_dim is even; qk_norm == (model_type is "qwen3" or
+  // "qwen3_moe"); for qwen3_moe 1 <= k <= E, Ie > 0, decoder_sparse_step >= 1
+  // and mlp_only_layers within [0, layers), elsewhere num_experts == 0;
   // qkv_bias == (model_type == "qwen2"); rms_norm_eps > 0 (finite);
   // rope.Validate(); token ids in [0, V).
   absl::Status Validate() const;
@@ -113,6 +134,13 @@ struct ModelConfig {
   // Total number of weights (sum of the numel of ExpectedTensors()).
   int64_t NumParameters() const;
 
+  // True when layer `layer`'s MLP is a mixture of experts: num_experts > 0,
+  // (layer + 1) % decoder_sparse_step == 0 and layer not in mlp_only_layers
+  // (transformers' rule).
+  bool IsSparseLayer(int64_t layer) const;
+  // True for a family with sparse layers (model_type "qwen3_moe").
+  bool IsMoe() const { return num_experts > 0; }
+
   friend bool operator==(const ModelConfig& a, const ModelConfig& b);
   friend bool operator!=(const ModelConfig& a, const ModelConfig& b) {
     return !(a == b);
@@ -132,8 +160,13 @@ struct ModelConfig {
 //     self_attn.o_proj.weight                         [H, Hq*D]
 //     self_attn.q_norm.weight, self_attn.k_norm.weight [D]  (qk_norm only)
 //     post_attention_layernorm.weight                 [H]
-//     mlp.gate_proj.weight, mlp.up_proj.weight        [I, H]
-//     mlp.down_proj.weight                            [H, I]
+//     dense layers:
+//       mlp.gate_proj.weight, mlp.up_proj.weight      [I, H]
+//       mlp.down_proj.weight                          [H, I]
+//     sparse layers (IsSparseLayer), for each expert e in [0, E):
+//       mlp.gate.weight                               [E, H]  (the router)
+//       mlp.experts.<e>.gate_proj.weight, .up_proj.weight  [Ie, H]
+//       mlp.experts.<e>.down_proj.weight              [H, Ie]
 //   model.norm.weight                                 [H]
 //   lm_head.weight                                    [V, H]  (unless tied)
 // Linear weights are [out_features, in_features] as in torch.nn.Linear.

@@ -258,8 +258,40 @@ ModelConfig Qwen3_8BConfig() {
   return c;
 }
 
+ModelConfig TinyMoeConfig() {
+  ModelConfig c = TinyConfig();
+  c.model_type = "qwen3_moe";
+  c.num_hidden_layers = 3;
+  c.num_experts = 8;
+  c.num_experts_per_tok = 2;
+  c.moe_intermediate_size = 32;
+  c.norm_topk_prob = true;
+  c.decoder_sparse_step = 1;
+  c.mlp_only_layers = {1};
+  c.router_aux_loss_coef = 0.001;
+  return c;
+}
+
+ModelConfig Qwen3_30B_A3BConfig() {
+  ModelConfig c = Qwen3Base();
+  c.model_type = "qwen3_moe";
+  c.hidden_size = 2048;
+  c.intermediate_size = 6144;
+  c.num_hidden_layers = 48;
+  c.num_attention_heads = 32;
+  c.num_key_value_heads = 4;
+  c.tie_word_embeddings = false;
+  c.num_experts = 128;
+  c.num_experts_per_tok = 8;
+  c.moe_intermediate_size = 768;
+  c.norm_topk_prob = true;
+  c.decoder_sparse_step = 1;
+  c.router_aux_loss_coef = 0.001;
+  return c;
+}
+
 std::vector<std::string> PresetNames() {
-  return {"tiny", "100m", "qwen3-1.7b", "qwen3-8b"};
+  return {"tiny", "100m", "qwen3-1.7b", "qwen3-8b", "qwen3-moe-tiny", "qwen3-30b-a3b"};
 }
 
 absl::StatusOr<ModelConfig> PresetConfig(std::string_view name) {
@@ -267,6 +299,8 @@ absl::StatusOr<ModelConfig> PresetConfig(std::string_view name) {
   if (name == "100m") return Config100M();
   if (name == "qwen3-1.7b") return Qwen3_1_7BConfig();
   if (name == "qwen3-8b") return Qwen3_8BConfig();
+  if (name == "qwen3-moe-tiny") return TinyMoeConfig();
+  if (name == "qwen3-30b-a3b") return Qwen3_30B_A3BConfig();
   return absl::NotFoundError(
       absl::StrCat("unknown model preset '", std::string(name),
                    "' (choices: ", absl::StrJoin(PresetNames(), ", "), ")"));

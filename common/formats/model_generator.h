@@ -33,7 +33,18 @@ ModelConfig Qwen3_1_7BConfig();
 // The shapes of Qwen/Qwen3-8B (8.19B parameters), bfloat16.
 ModelConfig Qwen3_8BConfig();
 
-// Names accepted by PresetConfig: "tiny", "100m", "qwen3-1.7b", "qwen3-8b".
+// Qwen3-MoE toy model: TinyConfig's attention with 3 layers, 8 experts of
+// width 32, top 2 renormalised, layer 1 dense (mlp_only_layers {1}),
+// float32.
+ModelConfig TinyMoeConfig();
+
+// The shapes of Qwen/Qwen3-30B-A3B (30.5B parameters, 3.3B active: 48
+// layers, hidden 2048, 32 / 4 heads of 128, 128 experts of width 768, top 8
+// renormalised), bfloat16.
+ModelConfig Qwen3_30B_A3BConfig();
+
+// Names accepted by PresetConfig: "tiny", "100m", "qwen3-1.7b", "qwen3-8b",
+// "qwen3-moe-tiny", "qwen3-30b-a3b".
 std::vector<std::string> PresetNames();
 
 // The preset called `name` (see PresetNames); NotFound naming the choices

@@ -19,6 +19,7 @@
 #include "kernels/matmul.h"
 #include "kernels/rms_norm.h"
 #include "kernels/rope.h"
+#include "kernels/router.h"
 #include "kernels/softmax.h"
 #include "kernels/tree_reduce.h"
 
@@ -480,6 +481,28 @@ class InvariantOps : public Ops {
     a.ld_out = out.size(1);
     Check(kernels::LogSoftmax(a, ContextOf(logits)));
     return out;
+  }
+
+  std::pair<torch::Tensor, torch::Tensor> RouteTopK(const torch::Tensor& logits_in, int64_t k,
+                                                    bool normalize) override {
+    auto logits = logits_in.detach().to(torch::kFloat).contiguous();
+    auto weights = torch::empty({logits.size(0), k}, logits.options());
+    auto ids = torch::empty({logits.size(0), k}, logits.options().dtype(torch::kInt));
+    kernels::RouteTopKArgs a;
+    a.logits = logits.data_ptr<float>();
+    a.ld = logits.size(1);
+    a.rows = logits.size(0);
+    a.experts = logits.size(1);
+    a.k = k;
+    a.normalize = normalize;
+    a.weights = weights.data_ptr<float>();
+    a.ids = ids.data_ptr<int32_t>();
+    Check(kernels::RouteTopK(a, ContextOf(logits)));
+    auto ids64 = ids.to(torch::kLong);
+    if (NeedsGrad({&logits_in})) {
+      weights = OverrideValue(reference::RoutingWeights(logits_in, ids64, normalize), weights);
+    }
+    return {weights, ids64};
   }
 
  private:

@@ -202,6 +202,11 @@ absl::Status ModelImpl::Init(TensorMap tensors) {
         "intermediate_size and num_attention_heads*head_dim must be multiples of 8 "
         "(and intermediate_size of 8*tp_size) for the TP-invariant reduction tree");
   }
+  if (c.IsMoe() && c.moe_intermediate_size % (kernels::kTreeLeaves * t) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "moe_intermediate_size ", c.moe_intermediate_size,
+        " must be a multiple of 8*tp_size for the TP-invariant reduction tree"));
+  }
   if (c.vocab_size % t != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "tp_size ", t, " does not divide vocab_size ", c.vocab_size));
@@ -274,7 +279,10 @@ absl::Status ModelImpl::Init(TensorMap tensors) {
     DeviceStepOptions so;
     so.config = &config_;
     so.mode = options_.mode;
-    so.step = step;
+    // A mixture-of-experts layer groups the tokens by expert on the host
+    // (the routing is read back each layer), which a CUDA graph cannot
+    // capture: MoE models run the device-resident step op by op.
+    so.step = c.IsMoe() && step == CudaStep::kGraphs ? CudaStep::kEager : step;
     so.max_rows = std::max(1, std::min(options_.cuda_graph_max_rows, 4096));
     so.max_graphs = std::max(1, options_.cuda_graph_max_graphs);
     so.max_bytes = options_.cuda_graph_max_bytes;

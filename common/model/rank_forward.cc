@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/model/moe_forward.h"
 #include "common/status/status_macros.h"
 
 namespace lockstep::common {
@@ -41,7 +42,7 @@ absl::StatusOr<RankWeights> BuildRankWeights(const ModelConfig& c, int rank, int
   const int64_t q_local = Hq / tp;
   const int64_t kv_local = Hkv >= tp ? Hkv / tp : 1;
   const int64_t kv_begin = Hkv >= tp ? rank * kv_local : (rank * q_local) / (Hq / Hkv);
-  const int64_t inter_local = c.intermediate_size / tp, vocab_local = c.vocab_size / tp;
+  const int64_t vocab_local = c.vocab_size / tp;
   auto whole = [&](const std::string& name) { return source(name, -1, 0, 0); };
   // A column-parallel layer's rows [begin, begin + count): weight and, when
   // the family has one, bias.
@@ -84,12 +85,27 @@ absl::StatusOr<RankWeights> BuildRankWeights(const ModelConfig& c, int rank, int
       LOCKSTEP_ASSIGN_OR_RETURN(lw.q_norm, whole(p + "self_attn.q_norm.weight"));
       LOCKSTEP_ASSIGN_OR_RETURN(lw.k_norm, whole(p + "self_attn.k_norm.weight"));
     }
-    LOCKSTEP_ASSIGN_OR_RETURN(
-        lw.gate, column(p + "mlp.gate_proj", rank * inter_local, inter_local, false));
-    LOCKSTEP_ASSIGN_OR_RETURN(
-        lw.up, column(p + "mlp.up_proj", rank * inter_local, inter_local, false));
-    LOCKSTEP_ASSIGN_OR_RETURN(
-        lw.down, row(p + "mlp.down_proj.weight", rank * inter_local, inter_local));
+    // A SwiGLU MLP of width `width` under `prefix` (mlp. or mlp.experts.<e>.).
+    auto mlp = [&](const std::string& prefix, int64_t width) -> absl::StatusOr<MlpWeights> {
+      const int64_t local = width / tp;
+      MlpWeights m;
+      LOCKSTEP_ASSIGN_OR_RETURN(m.gate, column(prefix + "gate_proj", rank * local, local, false));
+      LOCKSTEP_ASSIGN_OR_RETURN(m.up, column(prefix + "up_proj", rank * local, local, false));
+      LOCKSTEP_ASSIGN_OR_RETURN(m.down, row(prefix + "down_proj.weight", rank * local, local));
+      return m;
+    };
+    if (c.IsSparseLayer(l)) {
+      LOCKSTEP_ASSIGN_OR_RETURN(torch::Tensor router, whole(p + "mlp.gate.weight"));
+      LOCKSTEP_ASSIGN_OR_RETURN(lw.router, make_linear(router));
+      for (int64_t e = 0; e < c.num_experts; ++e) {
+        LOCKSTEP_ASSIGN_OR_RETURN(
+            MlpWeights expert,
+            mlp(absl::StrCat(p, "mlp.experts.", e, "."), c.moe_intermediate_size));
+        lw.experts.push_back(std::move(expert));
+      }
+    } else {
+      LOCKSTEP_ASSIGN_OR_RETURN(lw.mlp, mlp(p + "mlp.", c.intermediate_size));
+    }
     rw.layers.push_back(std::move(lw));
   }
   rw.rope = MakeRopeTable(c, device);
@@ -138,10 +154,10 @@ std::pair<torch::Tensor, torch::Tensor> DecoderLayer(const ModelConfig& config,
   if (bf16) attn = ops.StoreBF16ForLinear(std::move(attn));
   std::tie(h, x) = ops.AddRmsNorm(std::move(h), ops.RowParallelLinear(attn, lw.o, comm),
                                   lw.post_norm, eps, bf16);
-  auto gate = ops.Linear(x, lw.gate);
-  auto up = ops.Linear(x, lw.up);
-  auto act = ops.SiluMulStore(std::move(gate), std::move(up), bf16);
-  return {std::move(h), ops.RowParallelLinear(act, lw.down, comm)};
+  if (!lw.experts.empty()) {
+    return {std::move(h), SparseMlp(config, lw, ops, x, comm, input.routing)};
+  }
+  return {std::move(h), SwiGluMlp(config, lw.mlp, ops, x, comm)};
 }
 
 torch::Tensor DecoderHead(const ModelConfig& config, const RankWeights& weights, Ops& ops,

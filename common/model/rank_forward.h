@@ -13,10 +13,18 @@
 
 #include "absl/status/statusor.h"
 #include "common/model/communicator.h"
+#include "common/model/moe_routing.h"
 #include "common/formats/model_config.h"
 #include "common/model/torch_ops.h"
 
 namespace lockstep::common {
+
+// One SwiGLU MLP (dense, or one expert of a sparse layer) on one rank:
+// gate/up hold this rank's output rows [I/t, H], down its input columns
+// [H, I/t].
+struct MlpWeights {
+  LinearWeight gate, up, down;
+};
 
 // One decoder layer's weights as held by one rank. Column-parallel layers
 // (q, k, v, gate, up) hold this rank's output rows; row-parallel ones (o,
@@ -26,7 +34,11 @@ struct LayerWeights {
   LinearWeight q, k, v, o;
   torch::Tensor q_norm, k_norm;  // [D], undefined without QK-norm
   torch::Tensor post_norm;       // [H]
-  LinearWeight gate, up, down;
+  MlpWeights mlp;                // dense layers
+  // Sparse layers (ModelConfig::IsSparseLayer): the router [E, H]
+  // (replicated) and the E experts; `mlp` is then empty.
+  LinearWeight router;
+  std::vector<MlpWeights> experts;
 };
 
 // One rank's weights and its share of the heads and the vocabulary.
@@ -72,6 +84,9 @@ struct ForwardInput {
   const PagedAttentionMeta* paged = nullptr;  // paged mode
   std::vector<LayerKv>* kv = nullptr;         // paged mode: [layers]
   torch::Tensor logit_rows;  // int64 [R]: rows whose logits are computed
+  // When set, each sparse layer appends its routing (moe_forward.h), e.g.
+  // for the learner's load-balancing loss.
+  std::vector<MoeRouting>* routing = nullptr;
 };
 
 // The pieces of RankForward, for forwards that run the layers one at a time

@@ -64,6 +64,12 @@ torch::Tensor TargetLogprobs(const torch::Tensor& logits, const torch::Tensor& t
   return torch::log_softmax(logits, -1).gather(1, targets.unsqueeze(1)).squeeze(1);
 }
 
+torch::Tensor RoutingWeights(const torch::Tensor& logits, const torch::Tensor& ids,
+                             bool normalize) {
+  auto w = torch::softmax(logits.to(torch::kFloat), -1).gather(1, ids);
+  return normalize ? w / w.sum(-1, /*keepdim=*/true) : w;
+}
+
 namespace {
 
 // Upper bound on one attention chunk's fp32 K, V, scores and probabilities.
@@ -184,6 +190,14 @@ class StandardOps : public Ops {
 
   torch::Tensor LogSoftmax(const torch::Tensor& logits) override {
     return torch::log_softmax(logits, -1);
+  }
+
+  // transformers' router: softmax, topk, renormalisation.
+  std::pair<torch::Tensor, torch::Tensor> RouteTopK(const torch::Tensor& logits, int64_t k,
+                                                    bool normalize) override {
+    auto [w, ids] = torch::topk(torch::softmax(logits.to(torch::kFloat), -1), k, -1);
+    if (normalize) w = w / w.sum(-1, /*keepdim=*/true);
+    return {w, ids};
   }
 };
 

@@ -24,6 +24,10 @@ torch::Tensor Attention(const torch::Tensor& q, const torch::Tensor& k,
                         int64_t q_heads, int64_t kv_heads, int64_t head_dim);
 torch::Tensor TargetLogprobs(const torch::Tensor& logits,
                              const torch::Tensor& targets);
+// The routing weights [T, k] of the experts `ids` (int64 [T, k]) under
+// router logits [T, E]: softmax, gathered, renormalised when `normalize`.
+torch::Tensor RoutingWeights(const torch::Tensor& logits, const torch::Tensor& ids,
+                             bool normalize);
 
 // The standard-mode op set.
 std::unique_ptr<Ops> CreateStandardOps();

@@ -162,6 +162,11 @@ absl::StatusOr<SequenceScores> ScoreSequences(
   if (!sampling.empty() && sampling.size() != sequences.size()) {
     return absl::InvalidArgumentError("sampling must be empty or one per sequence");
   }
+  if (options.routing && options.checkpoint_layers) {
+    return absl::InvalidArgumentError(
+        "the router's logits are not kept by a checkpointed forward (routing with "
+        "checkpoint_layers)");
+  }
   LOCKSTEP_ASSIGN_OR_RETURN(RankWeights rw, SingleRank(config, weights));
   const torch::Device dev = rw.embed.device();
   std::vector<int64_t> tokens, lens, rows, targets;
@@ -202,6 +207,7 @@ absl::StatusOr<SequenceScores> ScoreSequences(
       in.positions = torch::tensor(positions, torch::kInt).to(dev);
       in.seq_lens = lens;
       in.logit_rows = torch::tensor(rows, torch::kLong).to(dev);
+      if (options.routing) in.routing = &out.routing;
       if (options.checkpoint_layers && torch::GradMode::is_enabled()) {
         LOCKSTEP_ASSIGN_OR_RETURN(auto forward, LayerCheckpoints::Forward(config, rw, mode, in));
         logits = std::move(forward.first);

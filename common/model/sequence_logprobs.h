@@ -18,6 +18,7 @@
 #include "common/formats/host_tensor.h"
 #include "common/model/kernel_mode.h"
 #include "common/model/layer_checkpoints.h"
+#include "common/model/moe_routing.h"
 #include "common/formats/model_config.h"
 #include "common/sampling/sampling_spec.h"
 
@@ -48,6 +49,9 @@ struct SequenceScores {
   // sequence's sampling temperature (1 without a spec or at T = 0; no
   // truncation, as verl computes it), float32 and differentiable.
   std::vector<torch::Tensor> entropy;
+  // With ScoreOptions::routing: every sparse layer's routing of the
+  // forward's tokens (moe_routing.h), for the load-balancing loss.
+  std::vector<MoeRouting> routing;
   // With ScoreOptions::checkpoint_layers: run checkpoint->Backward() after
   // the loss's backward (the layers' gradients; see layer_checkpoints.h).
   std::shared_ptr<LayerCheckpoints> checkpoint;
@@ -56,6 +60,9 @@ struct SequenceScores {
 struct ScoreOptions {
   bool entropy = false;            // fill SequenceScores::entropy
   bool checkpoint_layers = false;  // activation checkpointing (one rank)
+  // Fill SequenceScores::routing (mixture-of-experts models; not with
+  // checkpoint_layers, whose forward keeps no graph: INVALID_ARGUMENT).
+  bool routing = false;
 };
 
 // SequenceLogprobs plus, for every sequence whose `sampling` entry is not

@@ -93,6 +93,13 @@ class Ops {
                                        int64_t q_heads, int64_t kv_heads,
                                        int64_t head_dim) = 0;
 
+  // Mixture-of-experts routing (kernels/router.h's contract in the invariant
+  // set) of router logits [T, E] (float32): {weights float32 [T, k], expert
+  // ids int64 [T, k]}, ranks in order. The weights are differentiable in the
+  // logits; the ids are not.
+  virtual std::pair<torch::Tensor, torch::Tensor> RouteTopK(const torch::Tensor& logits,
+                                                            int64_t k, bool normalize) = 0;
+
   // Log-probabilities of `targets` (int64 [R]) under logits [R, V] → [R].
   virtual torch::Tensor TargetLogprobs(const torch::Tensor& logits,
                                        const torch::Tensor& targets) = 0;

@@ -133,6 +133,12 @@ v1::ModelConfig ModelConfigToProto(const ModelConfig& config) {
   p.set_tie_word_embeddings(config.tie_word_embeddings);
   p.set_max_position_embeddings(config.max_position_embeddings);
   p.set_qk_norm(config.qk_norm);
+  p.set_num_experts(config.num_experts);
+  p.set_num_experts_per_tok(config.num_experts_per_tok);
+  p.set_moe_intermediate_size(config.moe_intermediate_size);
+  p.set_norm_topk_prob(config.norm_topk_prob);
+  p.set_decoder_sparse_step(config.IsMoe() ? config.decoder_sparse_step : 0);
+  for (int64_t l : config.mlp_only_layers) p.add_mlp_only_layers(l);
   p.set_dtype(ToProtoDType(config.dtype));
   if (config.bos_token_id.has_value()) p.set_bos_token_id(*config.bos_token_id);
   for (int64_t id : config.eos_token_ids) p.add_eos_token_ids(id);

@@ -86,6 +86,7 @@ class LearnerMismatchTest : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = new TempDir("learner-mismatch");
     MakeTinyModel(dir_->Sub("tiny"));
+    MakeModel(dir_->Sub("moe"), common::TinyMoeConfig());
   }
   static void TearDownTestSuite() { delete dir_; }
   static inline TempDir* dir_ = nullptr;
@@ -137,6 +138,23 @@ TEST_F(LearnerMismatchTest, StandardKernelsShowTheMismatch) {
             static_cast<double>(t.mismatched));
   EXPECT_LT(MetricValue(t.scrape, "lockstep_logprob_abs_diff_bucket{le=\"0\"}"),
             static_cast<double>(t.compared));
+}
+
+// The same loop on the mixture-of-experts preset (qwen3_moe: 8 experts,
+// top 2, a dense middle layer): routing and the expert GEMMs are as exactly
+// on-policy as the dense model; the standard twin mismatches.
+TEST_F(LearnerMismatchTest, MoeInvariantKernelsAreExactlyOnPolicy) {
+  const LoopTotals t = RunLoop(dir_->Sub("moe"), "invariant");
+  EXPECT_GE(t.compared, 2000u);
+  EXPECT_EQ(t.mismatched, 0u);
+  EXPECT_EQ(t.max_abs_diff, 0.0);
+  EXPECT_EQ(MetricValue(t.scrape, "lockstep_tokens_mismatched_total"), 0.0);
+}
+
+TEST_F(LearnerMismatchTest, MoeStandardKernelsShowTheMismatch) {
+  const LoopTotals t = RunLoop(dir_->Sub("moe"), "standard");
+  EXPECT_GE(t.compared, 2000u);
+  EXPECT_GT(t.mismatched, 0u) << "standard kernels agreed bitwise on every MoE token";
 }
 
 }  // namespace

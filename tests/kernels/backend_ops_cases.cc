@@ -96,7 +96,7 @@ const std::vector<CaseEntry>& AllCases() {
   static const std::vector<CaseEntry>* cases = [] {
     auto* all = new std::vector<CaseEntry>();
     for (auto family : {ElementwiseCases, SoftmaxCases, SamplingCases,
-                        MatmulCases, AttentionCases, FusedCases}) {
+                        MatmulCases, AttentionCases, FusedCases, RouterCases}) {
       for (CaseEntry& e : family()) all->push_back(std::move(e));
     }
     return all;

@@ -170,6 +170,7 @@ std::vector<CaseEntry> SamplingCases();
 std::vector<CaseEntry> MatmulCases();  // matmul, tree matmul, tree combine
 std::vector<CaseEntry> AttentionCases();
 std::vector<CaseEntry> FusedCases();  // add_rms_norm, head_norm_rope, silu_mul_round
+std::vector<CaseEntry> RouterCases();  // route_top_k (mixture of experts)
 
 // Helpers shared by the families.
 

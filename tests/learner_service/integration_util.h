@@ -62,13 +62,19 @@ inline std::string LearnerBinary() {
 // A temporary directory removed at destruction.
 using TempDir = ::lockstep::testing::ScopedTempDir;
 
+// A seeded random checkpoint of `config` at `dir`.
+inline void MakeModel(const std::string& dir, const common::ModelConfig& config,
+                      uint64_t seed = 1) {
+  absl::Status s = common::GenerateModel(config, seed, dir);
+  ASSERT_TRUE(s.ok()) << s;
+}
+
 // The tiny preset (vocab 64, f32 unless `dtype` says otherwise) at `dir`.
 inline void MakeTinyModel(const std::string& dir, uint64_t seed = 1,
                           kernels::DType dtype = kernels::DType::kF32) {
   common::ModelConfig config = common::TinyConfig();
   config.dtype = dtype;
-  absl::Status s = common::GenerateModel(config, seed, dir);
-  ASSERT_TRUE(s.ok()) << s;
+  MakeModel(dir, config, seed);
 }
 
 inline std::unique_ptr<ServiceProcess> Start(const std::string& binary,

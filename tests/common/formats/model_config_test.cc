@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_join.h"
+#include "common/formats/model_generator.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -25,6 +27,7 @@ using json = nlohmann::json;
 using testing::kLlama31RopeScaling;
 using testing::kLlama3_8B;
 using testing::kQwen3_1_7B;
+using testing::kQwen3_30B_A3B;
 
 json Qwen() { return json::parse(kQwen3_1_7B); }
 
@@ -503,6 +506,76 @@ TEST(ModelConfigTest, ValidateChecksStructs) {
   EXPECT_EQ(c.Validate().code(), absl::StatusCode::kInvalidArgument);
   c = *ModelConfig::FromJson(kQwen3_1_7B);
   c.hidden_size = int64_t{1} << 40;
+  EXPECT_EQ(c.Validate().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ModelConfigTest, ParsesQwen3MoeAndItsExpertTensors) {
+  auto c = ModelConfig::FromJson(kQwen3_30B_A3B);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->model_type, "qwen3_moe");
+  EXPECT_TRUE(c->qk_norm);
+  EXPECT_EQ(c->num_experts, 128);
+  EXPECT_EQ(c->num_experts_per_tok, 8);
+  EXPECT_EQ(c->moe_intermediate_size, 768);
+  EXPECT_TRUE(c->norm_topk_prob);
+  EXPECT_EQ(c->decoder_sparse_step, 1);
+  EXPECT_TRUE(c->mlp_only_layers.empty());
+  EXPECT_DOUBLE_EQ(c->router_aux_loss_coef, 0.001);
+  EXPECT_TRUE(c->ignored_keys.empty()) << absl::StrJoin(c->ignored_keys, ", ");
+  // The generator's preset is this config.
+  EXPECT_EQ(*c, Qwen3_30B_A3BConfig());
+  for (int64_t l = 0; l < 48; ++l) EXPECT_TRUE(c->IsSparseLayer(l)) << l;
+  // 30.5B parameters, 3 x 128 expert matrices and a router per layer.
+  EXPECT_EQ(c->NumParameters(), 30532122624);
+  const auto tensors = ExpectedTensors(*c);
+  std::map<std::string, std::vector<int64_t>> by_name(tensors.begin(), tensors.end());
+  EXPECT_EQ(by_name.at("model.layers.0.mlp.gate.weight"), (std::vector<int64_t>{128, 2048}));
+  EXPECT_EQ(by_name.at("model.layers.47.mlp.experts.127.down_proj.weight"),
+            (std::vector<int64_t>{2048, 768}));
+  EXPECT_EQ(by_name.at("model.layers.3.mlp.experts.5.gate_proj.weight"),
+            (std::vector<int64_t>{768, 2048}));
+  EXPECT_EQ(by_name.count("model.layers.0.mlp.gate_proj.weight"), 0u);
+  // ToJson writes the MoE keys back.
+  auto again = ModelConfig::FromJson(c->ToJson());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(*again, *c);
+  EXPECT_NE(c->Summary().find("128 experts"), std::string::npos) << c->Summary();
+
+  // Dense layers: decoder_sparse_step and mlp_only_layers, as transformers.
+  json j = json::parse(kQwen3_30B_A3B);
+  j["num_hidden_layers"] = 6;
+  j["max_window_layers"] = 6;
+  j["decoder_sparse_step"] = 2;
+  j["mlp_only_layers"] = {3};
+  auto d = ModelConfig::FromJson(j.dump());
+  ASSERT_TRUE(d.ok()) << d.status();
+  std::vector<bool> sparse;
+  for (int64_t l = 0; l < 6; ++l) sparse.push_back(d->IsSparseLayer(l));
+  EXPECT_EQ(sparse, (std::vector<bool>{false, true, false, false, false, true}));
+  const auto dt = ExpectedTensors(*d);
+  std::map<std::string, std::vector<int64_t>> dn(dt.begin(), dt.end());
+  EXPECT_EQ(dn.at("model.layers.3.mlp.gate_proj.weight"), (std::vector<int64_t>{6144, 2048}));
+  EXPECT_EQ(dn.count("model.layers.3.mlp.gate.weight"), 0u);
+  EXPECT_EQ(dn.count("model.layers.5.mlp.gate.weight"), 1u);
+}
+
+TEST(ModelConfigTest, BadMoeKeysAreInvalid) {
+  const std::vector<std::pair<std::string, json>> bad = {
+      {"num_experts_per_tok", 129}, {"num_experts_per_tok", 0}, {"num_experts", 0},
+      {"moe_intermediate_size", 0}, {"decoder_sparse_step", 0}, {"mlp_only_layers", {48}},
+      {"mlp_only_layers", {-1}},    {"mlp_only_layers", "all"}, {"num_experts", "many"},
+      {"norm_topk_prob", 1}};
+  for (const auto& [key, value] : bad) {
+    json j = json::parse(kQwen3_30B_A3B);
+    j[key] = value;
+    ExpectInvalid(j, {key});
+  }
+  // A dense family never takes experts (num_experts stays refused there).
+  json q = Qwen();
+  q["num_experts"] = 8;
+  ExpectInvalid(q, {"num_experts"});
+  ModelConfig c = TinyConfig();
+  c.num_experts = 4;
   EXPECT_EQ(c.Validate().code(), absl::StatusCode::kInvalidArgument);
 }
 
