@@ -17,6 +17,8 @@
 //                    [--steps=40] [--warmup=5] [--variants=legacy,eager,graphs]
 //                    (a variant "<v>-unfused" runs <v> with the fused kernels off)
 //                    [--mode=invariant] [--copy_tbps=4.2]
+//                    [--layers=N] (the preset cut to N decoder layers: a 30B MoE's
+//                    fp32 standard-mode copy must fit the GPU)
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -53,6 +55,7 @@ struct Flags {
   std::vector<std::string> variants = {"legacy", "eager", "graphs"};
   std::string mode = "invariant";
   double copy_tbps = 4.2;
+  int layers = 0;  // > 0: the preset with this many decoder layers
 };
 
 uint64_t SplitMix(uint64_t& s) {
@@ -131,6 +134,7 @@ int Run(const Flags& f) {
   }
   ModelConfig c = *cfg;
   c.dtype = lockstep::kernels::DType::kBF16;
+  if (f.layers > 0) c.num_hidden_layers = f.layers;
   const auto t0 = std::chrono::steady_clock::now();
   TensorMap weights = RandomWeights(c);
   std::printf("random weights: %.1f s\n",
@@ -258,8 +262,9 @@ int Run(const Flags& f) {
   const double kv_bytes = 2.0 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 2 *
                           mean_ctx * B;
   const double floor_ms = (params_bytes + kv_bytes) / (f.copy_tbps * 1e12) * 1e3;
-  std::printf("\n%s, batch %d, context %d..%d, mode %s\n", f.config.c_str(), f.batch,
-              f.context + f.warmup, f.context + f.warmup + f.steps, f.mode.c_str());
+  std::printf("\n%s (%lld layers), batch %d, context %d..%d, mode %s\n", f.config.c_str(),
+              static_cast<long long>(c.num_hidden_layers), f.batch, f.context + f.warmup,
+              f.context + f.warmup + f.steps, f.mode.c_str());
   std::printf("roofline: (%.2f GB weights + %.2f GB K/V) / %.1f TB/s = %.3f ms/step "
               "(%.0f tokens/s)\n",
               params_bytes / 1e9, kv_bytes / 1e9, f.copy_tbps, floor_ms, B / floor_ms * 1e3);
@@ -291,6 +296,8 @@ int main(int argc, char** argv) {
       f.batch = std::stoi(v);
     } else if (const char* v = value("context")) {
       f.context = std::stoi(v);
+    } else if (const char* v = value("layers")) {
+      f.layers = std::stoi(v);
     } else if (const char* v = value("steps")) {
       f.steps = std::stoi(v);
     } else if (const char* v = value("warmup")) {
