@@ -51,7 +51,8 @@ const std::vector<FamilyKeys>& UnderstoodConfigKeys() {
       // logits; router_aux_loss_coef is the training loss's coefficient.
       {"qwen3_moe",
        {"attention_bias", "use_sliding_window", "sliding_window", "max_window_layers",
-        "num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
+        "num_experts", "num_local_experts", "num_experts_per_tok", "moe_intermediate_size",
+        "norm_topk_prob",
         "decoder_sparse_step", "mlp_only_layers", "output_router_logits",
         "router_aux_loss_coef"}},
   };
@@ -202,9 +203,18 @@ bool QkNormFamily(const std::string& model_type) {
 }
 
 // The mixture-of-experts keys of a qwen3_moe config.json, with
-// transformers' Qwen3MoeConfig defaults for absent ones.
+// transformers' Qwen3MoeConfig defaults for absent ones. The expert count is
+// "num_experts" in Hub checkpoints (transformers 4) and "num_local_experts"
+// in what transformers 5 writes; both present, they must agree.
 absl::Status ParseMoe(const json& j, ModelConfig& c) {
   LOCKSTEP_ASSIGN_OR_RETURN(std::optional<int64_t> e, OptionalConfigInt(j, "num_experts"));
+  LOCKSTEP_ASSIGN_OR_RETURN(std::optional<int64_t> local,
+                            OptionalConfigInt(j, "num_local_experts"));
+  if (e.has_value() && local.has_value() && *e != *local) {
+    return ConfigError(absl::StrCat("\"num_experts\" ", *e, " and \"num_local_experts\" ",
+                                    *local, " disagree"));
+  }
+  if (!e.has_value()) e = local;
   LOCKSTEP_ASSIGN_OR_RETURN(std::optional<int64_t> k,
                             OptionalConfigInt(j, "num_experts_per_tok"));
   LOCKSTEP_ASSIGN_OR_RETURN(std::optional<int64_t> ie,
@@ -473,7 +483,10 @@ std::string ModelConfig::ToJson() const {
   j["hidden_act"] = "silu";
   if (model_type != "qwen2" && model_type != "mistral") j["attention_bias"] = false;
   if (model_type == "qwen3_moe") {
+    // Both spellings: transformers 4 reads num_experts, 5 writes
+    // num_local_experts (and reads either).
     j["num_experts"] = num_experts;
+    j["num_local_experts"] = num_experts;
     j["num_experts_per_tok"] = num_experts_per_tok;
     j["moe_intermediate_size"] = moe_intermediate_size;
     j["norm_topk_prob"] = norm_topk_prob;

@@ -147,7 +147,7 @@ TEST_P(HfFixtureServicesTest, GreedyGenerateMatchesTransformersAndLearner) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, HfFixtureServicesTest,
-                         ::testing::Values("qwen3_tied_f32", "qwen2_bias_f32",
+                         ::testing::Values("qwen3_tied_f32", "qwen2_bias_f32", "qwen3_moe_f32",
                                            "llama31_f32", "llama_yarn_f32",
                                            "llama_linear_f32"),
                          [](const ::testing::TestParamInfo<std::string>& info) {

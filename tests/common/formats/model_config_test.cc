@@ -570,6 +570,16 @@ TEST(ModelConfigTest, BadMoeKeysAreInvalid) {
     j[key] = value;
     ExpectInvalid(j, {key});
   }
+  // transformers 5 writes the expert count as num_local_experts.
+  json v5 = json::parse(kQwen3_30B_A3B);
+  v5.erase("num_experts");
+  v5["num_local_experts"] = 64;
+  auto c5 = ModelConfig::FromJson(v5.dump());
+  ASSERT_TRUE(c5.ok()) << c5.status();
+  EXPECT_EQ(c5->num_experts, 64);
+  EXPECT_TRUE(c5->ignored_keys.empty()) << absl::StrJoin(c5->ignored_keys, ", ");
+  v5["num_experts"] = 128;
+  ExpectInvalid(v5, {"num_experts", "num_local_experts", "disagree"});
   // A dense family never takes experts (num_experts stays refused there).
   json q = Qwen();
   q["num_experts"] = 8;

@@ -65,8 +65,9 @@ using ::lockstep::testing::HfFixture;
 constexpr const char* kExpectedFixtures[] = {
     "llama31_bf16",     "llama31_f32",     "llama_linear_bf16",
     "llama_linear_f32", "llama_yarn_bf16", "llama_yarn_f32",
-    "qwen2_bias_bf16",  "qwen2_bias_f32",  "qwen3_tied_bf16",
-    "qwen3_tied_f32"};
+    "qwen2_bias_bf16",  "qwen2_bias_f32",  "qwen3_moe_bf16",
+    "qwen3_moe_f32",    "qwen3_moe_step2_bf16", "qwen3_moe_step2_f32",
+    "qwen3_tied_bf16",  "qwen3_tied_f32"};
 
 // Float32 lockstep vs float32 transformers: both round in float32 but in a
 // different order (and through different attention/matmul kernels), which
@@ -336,8 +337,13 @@ TEST_P(HfParityTest, ScoresMatchTransformers) {
     // against float64 must not exceed transformers' own. The max over ~200
     // tokens of rounding noise is itself noisy (measured ratios 0.53-1.10
     // over these fixtures, docs/models.md): it must stay within 1.25x.
+    // Mixture of experts: a bf16 router whose top-k boundary is a near tie
+    // can pick another expert than float64 does, which moves that token's
+    // logprob by 0.1-0.2 nats in transformers and lockstep alike, at
+    // different tokens (qwen3_moe_bf16: max 0.107 vs 0.177, mean 0.0074 vs
+    // 0.0069): the max then measures where a flip lands, so it gets 2x.
     EXPECT_LE(vs_f64.mean, fixture_.tf_err_mean);
-    EXPECT_LE(vs_f64.max, 1.25 * fixture_.tf_err_max);
+    EXPECT_LE(vs_f64.max, (model->config().IsMoe() ? 2.0 : 1.25) * fixture_.tf_err_max);
   }
 }
 
