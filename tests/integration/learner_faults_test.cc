@@ -80,13 +80,17 @@ TEST_F(LearnerFaultsTest, RolloutRestartDuringDrive) {
                 MetricValue(text, "lockstep_weight_push_retries_total"),
             0)
       << text;
-  // The restarted rollout serves the learner's last version.
+  // The restarted rollout serves the learner's last version. The learner's
+  // version gauge moves when a step has trained, before its push reaches the
+  // rollout, so the last push may still be in flight here: wait for it.
   v1::ModelInfo info;
-  {
-    auto stub = v1::RolloutService::NewStub(Channel(rollout->grpc_address()));
+  auto stub = v1::RolloutService::NewStub(Channel(rollout->grpc_address()));
+  for (int i = 0; i < 300; ++i) {
     grpc::ClientContext ctx;
     Deadline(&ctx);
     ASSERT_TRUE(stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
+    if (info.weight_version() >= static_cast<uint64_t>(kSteps)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   EXPECT_EQ(info.weight_version(), static_cast<uint64_t>(kSteps));
   EXPECT_EQ(learner->Stop().value_or(-1), 0);  // the drive succeeded
@@ -122,7 +126,15 @@ TEST_F(LearnerFaultsTest, LearnerRestartResumesFromItsCheckpoint) {
   }
   ASSERT_TRUE(learner->Running()) << "the resumed drive failed";
   auto lstub = v1::LearnerService::NewStub(Channel(learner->grpc_address()));
-  const v1::LearnerStats stats = Stats(*lstub);
+  // The step counter moves when a step has trained, before its push reaches
+  // the rollout: wait for the rollout to report the learner's version.
+  v1::LearnerStats stats = Stats(*lstub);
+  for (int i = 0; i < 300 && stats.rollouts_size() == 1 &&
+                  stats.rollouts(0).weight_version() != stats.weight_version();
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    stats = Stats(*lstub);
+  }
   EXPECT_EQ(stats.step(), static_cast<uint64_t>(kSteps));
   const double taken = MetricValue(text, "lockstep_learner_step_duration_seconds_count");
   // 3 or 4 steps were taken before the kill (the checkpoint of the last one
