@@ -694,57 +694,50 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
     }
     const std::vector<float> adv = GroupRelativeAdvantages(rewards, groups, o.advantages);
 
+    // One forward and backward per trajectory, its gradient added to
+    // grad_sum in batch order: each trajectory's gradient is computed alone
+    // (the weight gradients' sums over tokens never mix two trajectories),
+    // and the contributions are summed in one fixed order, so the update
+    // does not depend on how trajectories would be grouped into micro-
+    // batches. The per-token weights (token_scale) and the advantages are
+    // batch-global, so each trajectory's loss is the same whatever the
+    // grouping. Memory: grad_sum plus one trajectory's gradient.
     m.optimizer->zero_grad();
-    for (size_t begin = 0; begin < batch.size();
-         begin += static_cast<size_t>(o.micro_batch_size)) {
-      const size_t end =
-          std::min(batch.size(), begin + static_cast<size_t>(o.micro_batch_size));
-      const ScoreInputs in = InputsOf(batch, begin, end);
-      std::vector<float> old_lp;
-      std::vector<float> token_adv;
+    for (torch::Tensor& p : m.master) p.mutable_grad() = torch::Tensor();
+    std::vector<torch::Tensor> grad_sum(m.master.size());
+    auto fail = [&](absl::Status s) {
+      grad_sum.clear();
+      m.optimizer->zero_grad();
+      return s;
+    };
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const Trajectory& t = batch[i];
+      const ScoreInputs in = InputsOf(batch, i, i + 1);
+      const std::vector<float> token_adv =
+          t.advantages.empty() ? std::vector<float>(t.completion_tokens.size(), adv[i])
+                               : t.advantages;
       std::vector<float> token_weight;
-      for (size_t i = begin; i < end; ++i) {
-        const Trajectory& t = batch[i];
-        const std::vector<float>& b = behaviour(t);
-        old_lp.insert(old_lp.end(), b.begin(), b.end());
-        if (!t.advantages.empty()) {
-          token_adv.insert(token_adv.end(), t.advantages.begin(), t.advantages.end());
-        } else {
-          token_adv.insert(token_adv.end(), t.completion_tokens.size(), adv[i]);
-        }
-        const double scale = token_scale(i);
-        for (float mk : mask_of(t)) token_weight.push_back(static_cast<float>(mk * scale));
-      }
+      const double scale = token_scale(i);
+      for (float mk : mask_of(t)) token_weight.push_back(static_cast<float>(mk * scale));
       TorchWeights weights = m.ComputeCopy(/*detached=*/false);
       common::ScoreOptions score_options;
       score_options.entropy = o.entropy_coef > 0;
       score_options.checkpoint_layers = o.checkpoint_layers;
       absl::StatusOr<common::SequenceScores> scores = common::ScoreSequences(
           m.config, weights, o.mode, in.seqs, in.prefix, in.sampling, score_options);
-      if (!scores.ok()) {
-        m.optimizer->zero_grad();
-        return scores.status();
-      }
+      if (!scores.ok()) return fail(scores.status());
       // Mismatch accounting from this same forward: no extra pass.
-      for (size_t i = begin; i < end; ++i) {
-        const Trajectory& t = batch[i];
-        absl::Status s = AccountMismatch(t, scores->raw[i - begin], t.rollout_logprobs,
-                                         m.version, &result.mismatch);
-        if (s.ok() && t.sampling.has_value()) {
-          s = AccountMismatch(t, scores->sampled[i - begin], t.rollout_sampled_logprobs,
-                              m.version, &result.sampled_mismatch);
-        }
-        if (!s.ok()) {
-          m.optimizer->zero_grad();
-          return s;
-        }
+      absl::Status s =
+          AccountMismatch(t, scores->raw[0], t.rollout_logprobs, m.version, &result.mismatch);
+      if (s.ok() && t.sampling.has_value()) {
+        s = AccountMismatch(t, scores->sampled[0], t.rollout_sampled_logprobs, m.version,
+                            &result.sampled_mismatch);
       }
+      if (!s.ok()) return fail(s);
       // The policy logprob of every token: under its sampling distribution
       // when the trajectory has one, else the raw one.
-      std::vector<torch::Tensor> policy;
-      for (size_t i = 0; i < in.seqs.size(); ++i) policy.push_back(in.Policy(*scores, i));
-      torch::Tensor lp = torch::cat(policy).to(torch::kFloat32);
-      torch::Tensor old = FloatTensor(old_lp).to(m.device);
+      torch::Tensor lp = in.Policy(*scores, 0).to(torch::kFloat32);
+      torch::Tensor old = FloatTensor(behaviour(t)).to(m.device);
       torch::Tensor a = FloatTensor(token_adv).to(m.device);
       torch::Tensor w = FloatTensor(token_weight).to(m.device);
       // Behaviour policy = the rollout's logprobs: in invariant mode they are
@@ -764,29 +757,43 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
         active = active | ((a < 0) & (pg3 < pg));
         pg = torch::where(a < 0, capped, pg);
       }
+      // The reported sums: per trajectory, added in batch order (doubles),
+      // like the gradients.
       torch::Tensor loss = (pg * w).sum();
-      policy_sum += (pg * w).detach().sum().item<double>();
+      policy_sum += loss.detach().item<double>();
       clipped += (active & (w > 0)).sum().item<int64_t>();
       if (o.kl_coef > 0 && !o.kl_in_reward) {
-        std::vector<torch::Tensor> ref(reference.begin() + begin, reference.begin() + end);
-        torch::Tensor k = KlPerToken(o.kl_estimator, torch::cat(ref) - lp);
+        torch::Tensor k = KlPerToken(o.kl_estimator, reference[i] - lp);
         kl_sum += (k.detach() * (w > 0).to(torch::kFloat32)).sum().item<double>();
         loss = loss + (k * w).sum() * o.kl_coef;
       }
       if (o.entropy_coef > 0) {
-        torch::Tensor h = torch::cat(scores->entropy);
+        const torch::Tensor& h = scores->entropy[0];
         entropy_sum += (h.detach() * (w > 0).to(torch::kFloat32)).sum().item<double>();
         loss = loss - (h * w).sum() * o.entropy_coef;
       }
       loss.backward();
       if (scores->checkpoint != nullptr) {
         absl::Status back = scores->checkpoint->Backward();
-        if (!back.ok()) {
-          m.optimizer->zero_grad();
-          return back;
+        if (!back.ok()) return fail(back);
+      }
+      // p.grad is this trajectory's gradient alone (it was undefined before
+      // the backward); move it into the sum.
+      for (size_t k = 0; k < m.master.size(); ++k) {
+        torch::Tensor& g = m.master[k].mutable_grad();
+        if (!g.defined()) continue;
+        if (grad_sum[k].defined()) {
+          grad_sum[k].add_(g);
+        } else {
+          grad_sum[k] = g;
         }
+        g = torch::Tensor();
       }
     }
+    for (size_t k = 0; k < m.master.size(); ++k) {
+      m.master[k].mutable_grad() = std::move(grad_sum[k]);
+    }
+    grad_sum.clear();
     std::vector<torch::Tensor> grads_present;
     for (const torch::Tensor& p : m.master) {
       if (p.grad().defined()) grads_present.push_back(p);

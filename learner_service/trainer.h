@@ -1,7 +1,8 @@
 // The trainer: fp32 master weights with AdamW, a compute-dtype copy that is
 // exactly what rollouts receive, GRPO advantages with the PPO clipped
-// objective (and an optional k3 KL penalty to the initial policy), micro-
-// batches with gradient accumulation, gradient clipping, mismatch accounting
+// objective (and an optional k3 KL penalty to the initial policy), gradient
+// accumulation over the trajectories in a fixed order (the update does not
+// depend on micro_batch_size), gradient clipping, mismatch accounting
 // against the rollout's logprobs, and checkpoints that resume bit-identically.
 //
 // No gRPC here; LibTorch stays behind the pimpl so that includers do not pay
@@ -105,8 +106,18 @@ struct TrainerOptions {
   // Global L2 gradient-norm clip; <= 0 disables clipping (the norm is still
   // reported).
   double max_grad_norm = 1.0;
-  // Trajectories per forward/backward; gradients accumulate over the
-  // micro-batches of one step, which is a single optimizer update.
+  // Trajectories per no-grad forward of a step (the reference policy's
+  // logprobs when kl_coef > 0). The gradient pass runs one forward and
+  // backward per trajectory and sums the trajectories' gradients in batch
+  // order (fp32, acc += g_i), so a step is a single optimizer update whose
+  // bits do not depend on micro_batch_size: the same batch gives the same
+  // weights, optimizer state, loss, grad norm and statistics, bit for bit,
+  // for every micro_batch_size >= 1 (invariant mode; in standard mode too
+  // without a KL penalty: only the batched reference logprobs go through
+  // LibTorch's batch-dependent ops). The loss weights (loss_aggregation)
+  // and advantages are computed over the whole batch first. Memory: one
+  // trajectory's activations, the running sum and one trajectory's gradient
+  // (two fp32 gradient buffers).
   int64_t micro_batch_size = 16;
   // Activation checkpointing (common/model/layer_checkpoints.h): keep only
   // each layer's input and recompute the layer in the backward; the same

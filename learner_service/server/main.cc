@@ -114,7 +114,10 @@ ABSL_FLAG(double, kl_coef, 0.0,
           "Weight of the k3 KL penalty to the initial policy (0: off)");
 ABSL_FLAG(double, max_grad_norm, 1.0, "Gradient-norm clip (<= 0: off)");
 ABSL_FLAG(int64_t, micro_batch_size, 16,
-          "Trajectories per forward/backward (gradients accumulate)");
+          "Trajectories per no-grad forward of the KL's reference logprobs "
+          "(the gradient pass runs one trajectory at a time and sums the "
+          "gradients in batch order: the split never changes the update "
+          "in invariant mode)");
 ABSL_FLAG(int64_t, max_buffered_trajectories, 65536,
           "Trajectory buffer capacity");
 ABSL_FLAG(int, push_attempts, 0,
