@@ -706,7 +706,6 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
     for (torch::Tensor& p : m.master) p.mutable_grad() = torch::Tensor();
     std::vector<torch::Tensor> grad_sum(m.master.size());
     auto fail = [&](absl::Status s) {
-      grad_sum.clear();
       m.optimizer->zero_grad();
       return s;
     };
@@ -793,7 +792,6 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
     for (size_t k = 0; k < m.master.size(); ++k) {
       m.master[k].mutable_grad() = std::move(grad_sum[k]);
     }
-    grad_sum.clear();
     std::vector<torch::Tensor> grads_present;
     for (const torch::Tensor& p : m.master) {
       if (p.grad().defined()) grads_present.push_back(p);
