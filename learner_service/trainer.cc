@@ -30,6 +30,7 @@
 #include "common/model/op_error.h"
 #include "common/formats/safetensors.h"
 #include "common/status/status_macros.h"
+#include "common/model/moe_forward.h"
 #include "common/model/sequence_logprobs.h"
 #include "kernels/cpu/threading.h"
 
@@ -443,6 +444,13 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
   if (options.entropy_coef < 0 || !std::isfinite(options.entropy_coef)) {
     return absl::InvalidArgumentError("entropy_coef must be >= 0");
   }
+  if (options.router_aux_loss_coef < 0 || !std::isfinite(options.router_aux_loss_coef)) {
+    return absl::InvalidArgumentError("router_aux_loss_coef must be >= 0");
+  }
+  if (options.router_aux_loss_coef > 0 && options.checkpoint_layers) {
+    return absl::InvalidArgumentError(
+        "router_aux_loss_coef > 0 needs the router logits, which checkpoint_layers does not keep");
+  }
   if (!options.reference_model_dir.empty() && options.kl_coef == 0.0) {
     return absl::InvalidArgumentError("a reference model needs kl_coef > 0");
   }
@@ -450,6 +458,11 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   impl->config = std::move(loaded.first);
+  if (options.router_aux_loss_coef > 0 && !impl->config.IsMoe()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "router_aux_loss_coef > 0 needs a mixture-of-experts model; ", options.model_dir,
+        " is ", impl->config.model_type));
+  }
   if (options.compute_dtype.has_value()) {
     impl->config.dtype = *options.compute_dtype;
   }
@@ -671,6 +684,8 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
   double policy_sum = 0.0;
   double kl_sum = 0.0;  // sum over trained tokens of the per-token KL
   double entropy_sum = 0.0;
+  double aux_sum = 0.0;  // sum over trajectories of the load-balancing loss
+  const bool aux = o.router_aux_loss_coef > 0;
   int64_t clipped = 0;
   try {
     std::vector<torch::Tensor> reference;  // [trajectory] logprobs, kl_coef > 0
@@ -722,6 +737,7 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
       common::ScoreOptions score_options;
       score_options.entropy = o.entropy_coef > 0;
       score_options.checkpoint_layers = o.checkpoint_layers;
+      score_options.routing = aux;
       absl::StatusOr<common::SequenceScores> scores = common::ScoreSequences(
           m.config, weights, o.mode, in.seqs, in.prefix, in.sampling, score_options);
       if (!scores.ok()) return fail(scores.status());
@@ -770,6 +786,11 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
         const torch::Tensor& h = scores->entropy[0];
         entropy_sum += (h.detach() * (w > 0).to(torch::kFloat32)).sum().item<double>();
         loss = loss - (h * w).sum() * o.entropy_coef;
+      }
+      if (aux && !scores->routing.empty()) {
+        torch::Tensor lb = common::LoadBalancingLoss(scores->routing, m.config.num_experts);
+        aux_sum += lb.detach().item<double>();
+        loss = loss + lb * (o.router_aux_loss_coef / static_cast<double>(batch.size()));
       }
       loss.backward();
       if (scores->checkpoint != nullptr) {
@@ -830,6 +851,8 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
   // The bonus in the loss is aggregated like the policy loss; reported as
   // the mean per token. With token-mean aggregation the two agree.
   if (o.entropy_coef > 0) result.loss -= o.entropy_coef * result.entropy;
+  result.router_aux_loss = aux_sum / static_cast<double>(batch.size());
+  if (aux) result.loss += o.router_aux_loss_coef * result.router_aux_loss;
   result.clip_fraction =
       static_cast<double>(clipped) / static_cast<double>(total_tokens);
   result.seconds = std::chrono::duration<double>(

@@ -98,6 +98,11 @@ struct TrainerOptions {
   // > 0: an entropy bonus, -entropy_coef * entropy per token (aggregated
   // like the policy loss; common::SequenceScores::entropy).
   double entropy_coef = 0.0;
+  // > 0 (mixture-of-experts models only): adds router_aux_loss_coef times
+  // transformers' load-balancing loss (common::LoadBalancingLoss over every
+  // sparse layer's routing of a trajectory's tokens), averaged over the
+  // batch's trajectories; not with checkpoint_layers.
+  double router_aux_loss_coef = 0.0;
   bool kl_in_reward = false;
   // The frozen reference policy: a model directory of the same config
   // (loaded once, kept on `device`); empty: the initial weights.
@@ -171,6 +176,7 @@ struct StepResult {
   double policy_loss = 0.0;    // clipped surrogate, mean over tokens
   double kl = 0.0;             // mean per-token KL to the reference (kl_coef > 0)
   double entropy = 0.0;        // mean per-token entropy (entropy_coef > 0)
+  double router_aux_loss = 0.0;  // mean load-balancing loss (router_aux_loss_coef > 0)
   double grad_norm = 0.0;      // global L2 norm before clipping
   double clip_fraction = 0.0;  // fraction of trained tokens where a clip was active
   double learning_rate = 0.0;  // the step's (after the schedule)

@@ -125,6 +125,7 @@ void StepReportToProto(const StepReport& r, v1::TrainStepResponse* out) {
   out->set_push_seconds(r.push_seconds);
   out->set_learning_rate(s.learning_rate);
   out->set_entropy(s.entropy);
+  out->set_router_aux_loss(s.router_aux_loss);
 }
 
 grpc::Status LearnerServiceImpl::SubmitTrajectories(

@@ -92,6 +92,8 @@ ABSL_FLAG(std::string, loss_aggregation, "token-mean",
           "token-mean, seq-mean-token-mean or seq-mean-token-sum");
 ABSL_FLAG(std::string, kl_estimator, "k3", "KL estimator of the penalty: k1, k2 or k3");
 ABSL_FLAG(double, entropy_coef, 0.0, "Entropy bonus coefficient (>= 0)");
+ABSL_FLAG(double, router_aux_loss_coef, 0.0,
+          "Mixture-of-experts load-balancing loss coefficient (>= 0; 0: off)");
 ABSL_FLAG(bool, kl_in_reward, false,
           "Subtract kl_coef * KL from the rewards (before the advantages) instead of adding "
           "it to the loss");
@@ -334,6 +336,7 @@ int main(int argc, char** argv) {
   }
   t.kl_in_reward = absl::GetFlag(FLAGS_kl_in_reward);
   t.entropy_coef = absl::GetFlag(FLAGS_entropy_coef);
+  t.router_aux_loss_coef = absl::GetFlag(FLAGS_router_aux_loss_coef);
   t.reference_model_dir = absl::GetFlag(FLAGS_ref_model_dir);
   t.lr_warmup_steps = absl::GetFlag(FLAGS_lr_warmup_steps);
   t.lr_total_steps = absl::GetFlag(FLAGS_lr_total_steps);

@@ -252,6 +252,44 @@ TEST_F(TrainerLossTest, EntropyBonus) {
   EXPECT_TRUE(absl::IsInvalidArgument(Trainer::Create(bad).status()));
 }
 
+// The load-balancing loss of a mixture-of-experts model: E * sum_e f_e P_e
+// is >= 1 (equality for perfectly balanced routing), enters the loss with
+// its coefficient and moves the routers; the experts the batch chose train
+// either way. Refused on a dense model and with checkpoint_layers.
+TEST_F(TrainerLossTest, RouterLoadBalancingLossOnAMixtureOfExperts) {
+  common::ModelConfig moe = common::TinyMoeConfig();
+  const std::string moe_dir = dir_->Sub("moe");
+  ASSERT_TRUE(common::GenerateModel(moe, 4, moe_dir).ok());
+  TrainerOptions o;
+  o.model_dir = moe_dir;
+  auto t = Make(o);
+  ASSERT_NE(t, nullptr);
+  const std::vector<Trajectory> batch =
+      MakeBatch(*ModelOf(*t, common::KernelMode::kInvariant), 41, 3, 4, 0);
+  StepResult plain, balanced;
+  const auto w0 = After(o, batch, &plain);
+  o.router_aux_loss_coef = 0.5;
+  const auto w1 = After(o, batch, &balanced);
+  EXPECT_EQ(plain.router_aux_loss, 0.0);
+  EXPECT_GE(balanced.router_aux_loss, 1.0 - 1e-6);
+  EXPECT_LE(balanced.router_aux_loss, static_cast<double>(moe.num_experts));
+  EXPECT_NEAR(balanced.loss, balanced.policy_loss + 0.5 * balanced.router_aux_loss, 1e-9);
+  // The policy loss is the same forward's: only the routers' update differs
+  // in direction, so the router weights change and differ between the runs.
+  EXPECT_EQ(plain.policy_loss, balanced.policy_loss);
+  const std::string router = "model.layers.0.mlp.gate.weight";
+  EXPECT_FALSE(SameTensors({{router, w0.at(router)}}, {{router, w1.at(router)}}));
+  TrainerOptions bad = o;
+  bad.checkpoint_layers = true;
+  EXPECT_TRUE(absl::IsInvalidArgument(Trainer::Create(bad).status()));
+  bad = o;
+  bad.router_aux_loss_coef = -1;
+  EXPECT_TRUE(absl::IsInvalidArgument(Trainer::Create(bad).status()));
+  bad.model_dir = *model_dir_;  // dense
+  bad.router_aux_loss_coef = 0.1;
+  EXPECT_TRUE(absl::IsInvalidArgument(Trainer::Create(bad).status()));
+}
+
 TEST_F(TrainerLossTest, WarmupThenCosineSchedule) {
   TrainerOptions o;
   o.learning_rate = 1e-2;
