@@ -8,10 +8,6 @@ namespace {
 
 std::atomic<int64_t> g_layer_calls{0}, g_experts_touched{0}, g_routed_rows{0};
 
-torch::Tensor Store(const ModelConfig& config, Ops& ops, torch::Tensor x) {
-  return config.dtype == kernels::DType::kBF16 ? ops.StoreBF16(std::move(x)) : x;
-}
-
 torch::Tensor LongTensor(const std::vector<int64_t>& v, const torch::Device& device) {
   return torch::tensor(v, torch::TensorOptions().dtype(torch::kLong)).to(device);
 }
@@ -66,7 +62,7 @@ torch::Tensor SparseMlp(const ModelConfig& config, const LayerWeights& lw, Ops& 
   const int64_t E = static_cast<int64_t>(lw.experts.size());
   auto opts = torch::TensorOptions().dtype(torch::kFloat).device(x.device());
   if (T == 0) return torch::zeros({0, H}, opts);
-  torch::Tensor logits = Store(config, ops, ops.Linear(x, lw.router));  // [T, E]
+  torch::Tensor logits = StoreActivation(config, ops, ops.Linear(x, lw.router));  // [T, E]
   auto [weights, ids] = ops.RouteTopK(logits, k, config.norm_topk_prob);
   if (routing != nullptr) {
     routing->push_back({static_cast<int64_t>(routing->size()), logits, ids});
@@ -83,7 +79,7 @@ torch::Tensor SparseMlp(const ModelConfig& config, const LayerWeights& lw, Ops& 
     std::vector<int64_t> tokens(pos.size());
     for (size_t i = 0; i < pos.size(); ++i) tokens[i] = pos[i] / k;
     auto xe = x.index_select(0, LongTensor(tokens, x.device()));
-    outputs.push_back(Store(config, ops, SwiGluMlp(config, lw.experts[e], ops, xe, comm)));
+    outputs.push_back(StoreActivation(config, ops, SwiGluMlp(config, lw.experts[e], ops, xe, comm)));
     order.insert(order.end(), pos.begin(), pos.end());
   }
   g_layer_calls.fetch_add(1, std::memory_order_relaxed);
@@ -96,7 +92,7 @@ torch::Tensor SparseMlp(const ModelConfig& config, const LayerWeights& lw, Ops& 
   auto w = weights.to(torch::kFloat);
   torch::Tensor out;
   for (int64_t r = 0; r < k; ++r) {
-    auto c = Store(config, ops, y.select(1, r) * w.select(1, r).unsqueeze(1));
+    auto c = StoreActivation(config, ops, y.select(1, r) * w.select(1, r).unsqueeze(1));
     out = r == 0 ? c : out + c;
   }
   return out.contiguous();

@@ -10,12 +10,6 @@
 namespace lockstep::common {
 namespace {
 
-// The bf16 storage cast between ops, applied at the same points in every
-// forward and mode (through the op set, which may fuse it into a kernel).
-torch::Tensor Store(const ModelConfig& config, Ops& ops, torch::Tensor x) {
-  return config.dtype == kernels::DType::kBF16 ? ops.StoreBF16(std::move(x)) : x;
-}
-
 // x·wᵀ (+ bias): the bias add is elementwise, per row. A bf16 bias is
 // promoted to fp32 inside the add (exactly), so no converted copy is made.
 torch::Tensor LinearWithBias(Ops& ops, const torch::Tensor& x, const LinearWeight& w) {
@@ -25,6 +19,10 @@ torch::Tensor LinearWithBias(Ops& ops, const torch::Tensor& x, const LinearWeigh
 }
 
 }  // namespace
+
+torch::Tensor StoreActivation(const ModelConfig& config, Ops& ops, torch::Tensor x) {
+  return config.dtype == kernels::DType::kBF16 ? ops.StoreBF16(std::move(x)) : x;
+}
 
 RopeTable MakeRopeTable(const ModelConfig& config, const torch::Device& device) {
   const std::vector<double> inv = config.rope.InverseFrequencies(config.head_dim);
@@ -114,7 +112,7 @@ absl::StatusOr<RankWeights> BuildRankWeights(const ModelConfig& c, int rank, int
 
 torch::Tensor EmbedTokens(const ModelConfig& config, const RankWeights& weights, Ops& ops,
                           const torch::Tensor& tokens) {
-  return Store(config, ops, weights.embed.index_select(0, tokens).to(torch::kFloat));
+  return StoreActivation(config, ops, weights.embed.index_select(0, tokens).to(torch::kFloat));
 }
 
 std::pair<torch::Tensor, torch::Tensor> DecoderLayer(const ModelConfig& config,
@@ -131,7 +129,7 @@ std::pair<torch::Tensor, torch::Tensor> DecoderLayer(const ModelConfig& config,
   std::tie(h, x) = ops.AddRmsNorm(std::move(h), std::move(pending), lw.input_norm, eps, bf16);
   auto q = LinearWithBias(ops, x, lw.q);
   auto k = LinearWithBias(ops, x, lw.k);
-  auto v = Store(config, ops, LinearWithBias(ops, x, lw.v));
+  auto v = StoreActivation(config, ops, LinearWithBias(ops, x, lw.v));
   q = ops.HeadNormRope(std::move(q), config.qk_norm ? lw.q_norm : no_norm, input.positions,
                        weights.q_heads, D, weights.rope, eps, bf16);
   k = ops.HeadNormRope(std::move(k), config.qk_norm ? lw.k_norm : no_norm, input.positions,

@@ -52,6 +52,11 @@ struct RankWeights {
   RopeTable rope;            // the model's RoPE, on this rank's device
 };
 
+// The bf16 storage cast between ops (Ops::StoreBF16 for a bf16 model, the
+// identity otherwise), applied at the same points in every forward and
+// mode; x is a float32 activation [rows, features].
+torch::Tensor StoreActivation(const ModelConfig& config, Ops& ops, torch::Tensor x);
+
 // The RoPE table of `config` (RopeParameters::InverseFrequencies over the
 // whole head, float64) on `device`.
 RopeTable MakeRopeTable(const ModelConfig& config, const torch::Device& device);

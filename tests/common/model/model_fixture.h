@@ -63,6 +63,24 @@ inline ModelConfig Config100MScaledDown() {
   return c;
 }
 
+// A Qwen3-MoE config wide enough that LibTorch's BLAS rounds with the shape
+// of the call: TinyMoeConfig's 3 layers (layer 1 dense) with hidden 256,
+// 4 heads of 64, 16 experts of width 128, top 4 renormalised.
+inline ModelConfig WideMoeConfig(kernels::DType dtype) {
+  ModelConfig c = TinyMoeConfig();
+  c.hidden_size = 256;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 4;
+  c.head_dim = 64;
+  c.intermediate_size = 512;
+  c.vocab_size = 512;
+  c.num_experts = 16;
+  c.num_experts_per_tok = 4;
+  c.moe_intermediate_size = 128;
+  c.dtype = dtype;
+  return c;
+}
+
 }  // namespace lockstep::common::testing
 
 #endif  // LOCKSTEP_TESTS_COMMON_MODEL_MODEL_FIXTURE_H_

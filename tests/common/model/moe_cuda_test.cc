@@ -21,20 +21,12 @@
 namespace lockstep::common {
 namespace {
 
-// 16 experts of width 128, top 4 renormalised, layer 1 dense, bf16.
+// The model tests' wide MoE in bf16 with grouped-query attention (2 KV
+// heads) and room for 800-token sequences.
 ModelConfig GpuMoeConfig() {
-  ModelConfig c = TinyMoeConfig();
-  c.hidden_size = 256;
-  c.num_attention_heads = 4;
+  ModelConfig c = testing::WideMoeConfig(kernels::DType::kBF16);
   c.num_key_value_heads = 2;
-  c.head_dim = 64;
-  c.intermediate_size = 512;
-  c.vocab_size = 512;
-  c.num_experts = 16;
-  c.num_experts_per_tok = 4;
-  c.moe_intermediate_size = 128;
   c.max_position_embeddings = 2048;
-  c.dtype = kernels::DType::kBF16;
   return c;
 }
 

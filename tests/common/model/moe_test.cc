@@ -23,30 +23,14 @@
 #include "common/model/torch_ops.h"
 #include "tests/common/model/model_fixture.h"
 #include "tests/common/model/paged_decode.h"
+#include "tests/testing/random.h"
 
 namespace lockstep::common {
 namespace {
 
 using testing::Incremental;
 using testing::RandomTensors;
-
-// Wide enough that LibTorch's BLAS rounds with the shape of the call: 16
-// experts of width 128, top 4 renormalised, 3 layers (layer 1 dense).
-ModelConfig WideMoeConfig(kernels::DType dtype) {
-  ModelConfig c = TinyMoeConfig();
-  c.hidden_size = 256;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 4;
-  c.head_dim = 64;
-  c.intermediate_size = 512;
-  c.vocab_size = 512;
-  c.num_experts = 16;
-  c.num_experts_per_tok = 4;
-  c.moe_intermediate_size = 128;
-  c.dtype = dtype;
-  EXPECT_TRUE(c.Validate().ok()) << c.Validate();
-  return c;
-}
+using testing::WideMoeConfig;
 
 // Random weights whose layer-0 router gives experts 2 and 5 the same row:
 // every token's probabilities of the two tie exactly, so whenever either is
@@ -64,10 +48,6 @@ std::vector<int32_t> RandomTokens(int n, int vocab, uint64_t seed) {
   std::vector<int32_t> t(n);
   for (auto& x : t) x = static_cast<int32_t>(rng() % vocab);
   return t;
-}
-
-bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
 bool SameRow(const torch::Tensor& a, int64_t i, const torch::Tensor& b, int64_t j) {
@@ -233,7 +213,7 @@ TEST_P(MoeModelTest, InvariantAcrossPathsWithStandardTwin) {
     int paths = 0, differing = 0;
     auto check = [&](const std::vector<float>& got, const std::string& what) {
       ++paths;
-      const bool same = SameBits(got, alone);
+      const bool same = ::lockstep::testing::SameBits(got, alone);
       differing += !same;
       if (mode == KernelMode::kInvariant) EXPECT_TRUE(same) << what;
     };
@@ -302,6 +282,7 @@ INSTANTIATE_TEST_SUITE_P(DTypes, MoeModelTest,
 TEST(MoeModelTest, TinyPresetLayout) {
   const ModelConfig c = TinyMoeConfig();
   ASSERT_TRUE(c.Validate().ok()) << c.Validate();
+  ASSERT_TRUE(WideMoeConfig(kernels::DType::kBF16).Validate().ok());
   EXPECT_TRUE(c.IsSparseLayer(0));
   EXPECT_FALSE(c.IsSparseLayer(1));
   EXPECT_TRUE(c.IsSparseLayer(2));
