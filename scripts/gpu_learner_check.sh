@@ -9,27 +9,15 @@
 # decode step (issue 15). For the device tool:
 #   bash scripts/gpu_learner_check.sh     (logs under $OUT or ./gpu-out)
 # Knobs: STEPS=4 PROMPTS=32 SAMPLES=8 MAX_TOKENS=100 STD_STEPS=1 NCU=1.
-set -u
-OUT=${OUT:-$PWD/gpu-out}
-mkdir -p "$OUT"
-export NCCL_NVLS_ENABLE=0
-T0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/summary.txt"; }
-source .device/device-env.sh
-for d in .device/extra/*.deb; do [ -e "$d" ] && dpkg -x "$d" /opt/deps; done
-WORK=${WORK:-$PWD/gpu-work}
-mkdir -p "$WORK"
+source scripts/gpu_env.sh
 stamp configure
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
-  -DLOCKSTEP_BUILD_BENCH=ON -DLOCKSTEP_CUDA=ON > "$OUT/build.log" 2>&1 \
-  || { echo "CONFIGURE FAILED"; tail -40 "$OUT/build.log"; exit 1; }
+gpu_configure
 stamp build
 cmake --build build-gpu -j16 --target rollout_service learner_service lockstep_make_model \
   >> "$OUT/build.log" 2>&1 || { echo "BUILD FAILED"; grep -m20 -B2 -A8 "error" "$OUT/build.log"; exit 1; }
 ( cmake --build build-gpu -j8 --target common_hf_parity_test model_step_bench \
     > "$OUT/build_more.log" 2>&1; echo "rc=$?" >> "$OUT/build_more.log" ) &
 MORE=$!
-bin() { find build-gpu -name "$1" -type f -perm -u+x | head -1; }
 stamp "model qwen3-1.7b"
 "$(bin lockstep_make_model)" --preset qwen3-1.7b --seed 1 --dtype bf16 \
   --max_shard_bytes=5000000000 --out "$WORK/m" > "$OUT/make_model.log" 2>&1

@@ -23,18 +23,9 @@
 #   STEP_BENCH=1  also builds and runs bench/model_step_bench (decode step of
 #                 Model::Step per implementation: wall, device and host time;
 #                 STEP_BENCH_ARGS passes flags), before the rollout benchmark
-set -u
-OUT=${OUT:-$PWD/gpu-out}
-mkdir -p "$OUT"
-export NCCL_NVLS_ENABLE=0
-T0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/summary.txt"; }
+source scripts/gpu_env.sh
 
-source .device/device-env.sh
-for d in .device/extra/*.deb; do [ -e "$d" ] && dpkg -x "$d" /opt/deps; done
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/summary.txt" 2>&1
-WORK=${WORK:-$PWD/gpu-work}
-mkdir -p "$WORK"
 # The real-width HF fixtures are written by transformers on the GPU while
 # the CPU builds (the GPU is idle then); waited for before the HF test.
 HF_GEN_PID=
@@ -47,9 +38,7 @@ if [ "${SKIP_HF:-0}" != 1 ]; then
   HF_GEN_PID=$!
 fi
 stamp configure
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
-  -DLOCKSTEP_BUILD_BENCH=ON -DLOCKSTEP_CUDA=ON > "$OUT/build.log" 2>&1 \
-  || { echo "CONFIGURE FAILED"; tail -40 "$OUT/build.log"; exit 1; }
+gpu_configure
 # TESTS="" (set but empty) runs no cuda test; unset: the default three.
 TESTS=${TESTS-"common_model_cuda_test common_model_graph_cuda_test common_nccl_tp_cuda_test integration_rollout_greedy_cuda_test"}
 stamp build

@@ -12,17 +12,9 @@
 # Knobs: SKIP_BENCH=1, BENCH_BATCHES="1 64", BENCH_STEPS=8, BENCH_LAYERS=24
 #        (of 48: standard mode keeps fp32 weights, 122 GB for all 48),
 #        SKIP_GREEDY=1.
-set -u
-OUT=${OUT:-$PWD/gpu-out}
-mkdir -p "$OUT"
-export NCCL_NVLS_ENABLE=0
-T0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/summary.txt"; }
+source scripts/gpu_env.sh
 
-source .device/device-env.sh
-for d in .device/extra/*.deb; do [ -e "$d" ] && dpkg -x "$d" /opt/deps; done
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/summary.txt" 2>&1
-WORK=${WORK:-$PWD/gpu-work}
 mkdir -p "$WORK/fixtures"
 
 stamp "fixtures (transformers, CPU) in the background"
@@ -32,9 +24,7 @@ stamp "fixtures (transformers, CPU) in the background"
 GEN=$!
 
 stamp configure
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
-  -DLOCKSTEP_BUILD_BENCH=ON -DLOCKSTEP_CUDA=ON > "$OUT/build.log" 2>&1 \
-  || { echo "CONFIGURE FAILED"; tail -40 "$OUT/build.log"; exit 1; }
+gpu_configure
 stamp build
 cmake --build build-gpu -j16 --target kernels_backend_ops_test common_moe_cuda_test \
   common_moe_test common_hf_parity_test integration_rollout_greedy_cuda_test rollout_service \
@@ -42,7 +32,6 @@ cmake --build build-gpu -j16 --target kernels_backend_ops_test common_moe_cuda_t
   || { echo "BUILD FAILED"; grep -m20 -B2 -A8 "error" "$OUT/build.log"; exit 1; }
 stamp built
 export LOCKSTEP_BUILD_DIR=$PWD/build-gpu LOCKSTEP_SOURCE_DIR=$PWD
-bin() { find build-gpu -name "$1" -type f -perm -u+x | head -1; }
 
 stamp "router kernel cases (CPU and CUDA backends)"
 timeout 120 "$(bin kernels_backend_ops_test)" --gtest_filter='*route_top_k*' \

@@ -10,25 +10,14 @@
 #   bash scripts/gpu_sync_check.sh      (logs under $OUT or ./gpu-out)
 # Knobs: PRESETS="qwen3-1.7b qwen3-8b", KV_GB=40, SKIP_COLOCATE=1,
 #        COLOCATE_PRESET=qwen3-1.7b, COLOCATE_STEPS=2.
-set -u
-OUT=${OUT:-$PWD/gpu-out}
-mkdir -p "$OUT"
-export NCCL_NVLS_ENABLE=0
-T0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/summary.txt"; }
+source scripts/gpu_env.sh
 
-source .device/device-env.sh
-for d in .device/extra/*.deb; do [ -e "$d" ] && dpkg -x "$d" /opt/deps; done
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv >> "$OUT/summary.txt" 2>&1
 df -h /dev/shm >> "$OUT/summary.txt" 2>&1
 nproc >> "$OUT/summary.txt"
-WORK=${WORK:-$PWD/gpu-work}
-mkdir -p "$WORK"
 
 stamp configure
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
-  -DLOCKSTEP_BUILD_BENCH=ON -DLOCKSTEP_CUDA=ON > "$OUT/build.log" 2>&1 \
-  || { echo "CONFIGURE FAILED"; tail -40 "$OUT/build.log"; exit 1; }
+gpu_configure
 stamp build
 cmake --build build-gpu -j16 --target rollout_service lockstep_make_model weight_sync_bench \
   >> "$OUT/build.log" 2>&1 || { echo "BUILD FAILED"; grep -m20 -B2 -A8 "error" "$OUT/build.log"; exit 1; }
