@@ -10,6 +10,8 @@
 //   ITL p50 / p99    gaps between consecutive streamed tokens of a sample
 //                    (bursty when the server batches several steps' tokens
 //                    into back-to-back messages, hence TPOT too).
+// --samples_per_prompt=n asks n samples of each prompt (GenerateRequest.n,
+// the RL shape: 128 clients x 1 prompt x n = 8); gaps and TPOT are per sample.
 // Results are Google Benchmark counters (one benchmark per config/mode/C,
 // manual time = wall time) plus a markdown table with the
 // invariant/standard throughput ratio at the end.
@@ -19,7 +21,8 @@
 //
 //   rollout_bench [--configs=tiny,100m] [--modes=invariant,standard]
 //                 [--concurrency=1,8,32,64] [--prompt_len=32] [--max_tokens=64]
-//                 [--requests_per_client=2] [--rollout_binary=PATH]
+//                 [--requests_per_client=2] [--samples_per_prompt=1]
+//                 [--rollout_binary=PATH]
 //                 [--step_variants=legacy,eager,graphs]
 //                 [--threads=N] [benchmark flags...]
 #include <benchmark/benchmark.h>
@@ -61,6 +64,7 @@ struct Flags {
   int prompt_len = 32;
   int max_tokens = 64;
   int requests_per_client = 2;
+  int samples_per_prompt = 1;  // GenerateRequest.n (the RL shape: 8)
   int threads = 0;  // kernel threads of the server (0: its default)
   std::string binary;
   std::string work_dir;
@@ -202,33 +206,37 @@ LevelResult RunLevel(const std::string& address, int concurrency,
         req.mutable_sampling()->set_seed(rng());
         req.mutable_sampling()->set_max_tokens(g_flags.max_tokens);
         req.mutable_sampling()->set_ignore_eos(true);
+        req.set_n(g_flags.samples_per_prompt);
         grpc::ClientContext ctx;
         auto reader = stub->GenerateStream(&ctx, req);
         lockstep::v1::GenerateStreamResponse m;
-        bool first = true;
-        const auto t_start = std::chrono::steady_clock::now();
-        auto last = t_start, first_time = t_start;
-        int64_t request_tokens = 0;
+        // Per sample of the request: first and last token times, tokens.
+        struct SampleClock {
+          std::chrono::steady_clock::time_point first, last;
+          int64_t tokens = 0;
+        };
+        std::map<uint32_t, SampleClock> samples;
         while (reader->Read(&m)) {
           const auto now = std::chrono::steady_clock::now();
           if (m.token_ids_size() == 0) continue;
-          if (!first) {
+          SampleClock& sc = samples[m.sample_index()];
+          if (sc.tokens > 0) {
             const double gap =
-                std::chrono::duration<double>(now - last).count() /
+                std::chrono::duration<double>(now - sc.last).count() /
                 m.token_ids_size();
             for (int k = 0; k < m.token_ids_size(); ++k) gaps.push_back(gap);
           } else {
-            first_time = now;
+            sc.first = now;
           }
-          first = false;
-          last = now;
+          sc.last = now;
+          sc.tokens += m.token_ids_size();
           tokens += m.token_ids_size();
-          request_tokens += m.token_ids_size();
         }
-        if (request_tokens > 1) {
-          tpot.push_back(
-              std::chrono::duration<double>(last - first_time).count() /
-              (request_tokens - 1));
+        for (const auto& [index, sc] : samples) {
+          if (sc.tokens > 1) {
+            tpot.push_back(std::chrono::duration<double>(sc.last - sc.first).count() /
+                           (sc.tokens - 1));
+          }
         }
         if (!reader->Finish().ok()) ++errors;
       }
@@ -318,6 +326,8 @@ void ParseFlags(int* argc, char** argv) {
       g_flags.max_tokens = std::stoi(v);
     } else if (const char* v = value("requests_per_client")) {
       g_flags.requests_per_client = std::stoi(v);
+    } else if (const char* v = value("samples_per_prompt")) {
+      g_flags.samples_per_prompt = std::stoi(v);
     } else if (const char* v = value("threads")) {
       g_flags.threads = std::stoi(v);
     } else if (const char* v = value("rollout_binary")) {

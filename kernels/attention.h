@@ -84,6 +84,12 @@ struct PagedAttentionArgs {
   const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq] page ids
   int64_t num_seqs = 0;
   int64_t max_blocks_per_seq = 0;    // p / page_size must be < this
+  // CUDA tensor-core path: choose the keys per split from the batch and the
+  // context bound (StandardSplitKeys in cuda/attention_tc.h, FlashDecoding's
+  // policy) instead of the fixed kTcSplitKeys. A row's bits then depend on
+  // the batch: the standard mode's choice, never the invariant one's. The
+  // CPU and SIMT paths ignore it.
+  bool batch_dependent_splits = false;
 };
 
 absl::Status PagedAttention(const PagedAttentionArgs& args,

@@ -27,6 +27,7 @@
 #include "common/model/device_step.h"
 #include "common/model/kernel_stream.h"
 #include "common/model/op_error.h"
+#include "common/model/serving_standard_ops.h"
 #include "common/status/status_macros.h"
 #include "kernels/sampling.h"
 #include "kernels/softmax.h"
@@ -331,7 +332,7 @@ class CudaDeviceStep : public DeviceStep {
     max_width_ = (options_.config->max_position_embeddings + kv.page_size - 1) / kv.page_size;
     const int64_t rows = NextPow2(std::max(1, options_.max_rows));
     const Layout l = MakeLayout(rows, rows, max_width_, rows);
-    if (options_.step == CudaStep::kGraphs && options_.mode == KernelMode::kInvariant) {
+    if (Capturable()) {
       LOCKSTEP_RETURN_IF_ERROR(graph_io_.Reserve(l.total, l.out_total, device_));
     }
     return absl::OkStatus();
@@ -350,11 +351,20 @@ class CudaDeviceStep : public DeviceStep {
     capture_bytes_ = 0;
   }
 
+  // True when decode steps replay graphs: the invariant set, or the serving
+  // standard set (neither reads device data back inside the forward; the
+  // reference standard set does).
+  bool Capturable() const {
+    return options_.step == CudaStep::kGraphs &&
+           (options_.mode == KernelMode::kInvariant ||
+            UsesServingStandardOps(options_.mode, kernels::Device::kCuda,
+                                   options_.config->dtype == kernels::DType::kBF16));
+  }
+
   // True for a decode-only step a graph can run; `key` gets its padded shape.
   bool GraphShape(const ForwardBatch& b, const StepRequest& req, const DeviceKv& kv,
                   GraphKey* key) const {
-    if (options_.step != CudaStep::kGraphs || options_.mode != KernelMode::kInvariant ||
-        req.top_n > 0 || !req.adjust_offsets.empty()) {
+    if (!Capturable() || req.top_n > 0 || !req.adjust_offsets.empty()) {
       return false;
     }
     const int64_t t = b.tokens.size();

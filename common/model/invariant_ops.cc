@@ -446,6 +446,7 @@ class InvariantOps : public Ops {
     a.block_tables = meta.block_tables.data_ptr<int32_t>();
     a.num_seqs = meta.block_tables.size(0);
     a.max_blocks_per_seq = meta.block_tables.size(1);
+    a.batch_dependent_splits = meta.batch_dependent_splits;
     Check(kernels::PagedAttention(a, ContextOf(q)));
     return y;
   }

@@ -25,6 +25,7 @@
 #include "common/status/status_macros.h"
 #include "common/model/torch_ops.h"
 #include "common/model/rank_forward.h"
+#include "common/model/serving_standard_ops.h"
 #include "kernels/tree_reduce.h"
 
 namespace lockstep::common {
@@ -238,16 +239,19 @@ absl::Status ModelImpl::Init(TensorMap tensors) {
   }
   tensors.clear();
 
-  // Standard mode multiplies in fp32 through LibTorch: keep fp32 copies of the
-  // (bf16-valued) matrices so no per-call conversion happens.
-  const bool standard = options_.mode == KernelMode::kStandard;
+  // The reference standard set multiplies in fp32 through LibTorch: keep
+  // fp32 copies of the (bf16-valued) matrices so no per-call conversion
+  // happens. The serving standard set (CUDA, bf16) multiplies bf16 by cuBLAS.
+  const bool standard = options_.mode == KernelMode::kStandard &&
+                        !UsesServingStandardOps(options_.mode, options_.device,
+                                                c.dtype == kernels::DType::kBF16);
   torch::Device dev = RankDevice(0);
   auto linear = [&](torch::Tensor w) -> absl::StatusOr<LinearWeight> {
     LinearWeight lw;
     w = w.contiguous();
     if (standard) w = w.to(torch::kFloat);
     lw.w = w.to(dev);
-    if (!standard && options_.device == kernels::Device::kCpu) {
+    if (options_.mode == KernelMode::kInvariant && options_.device == kernels::Device::kCpu) {
       LOCKSTEP_ASSIGN_OR_RETURN(
           lw.packed, kernels::PackedWeight::Pack(w.data_ptr(), w.scalar_type() == torch::kFloat
                                                                    ? kernels::DType::kF32
@@ -287,7 +291,8 @@ absl::Status ModelImpl::Init(TensorMap tensors) {
     so.max_graphs = std::max(1, options_.cuda_graph_max_graphs);
     so.max_bytes = options_.cuda_graph_max_bytes;
     so.forward = [this](const ForwardInput& in) {
-      auto ops = CreateOps(options_.mode, config_.dtype == kernels::DType::kBF16);
+      auto ops = CreateForwardOps(options_.mode, options_.device,
+                                config_.dtype == kernels::DType::kBF16);
       return RankForward(config_, ranks_[0], *ops, in, nullptr);
     };
     absl::StatusOr<std::unique_ptr<DeviceStep>> ds = DeviceStep::Create(std::move(so));
@@ -543,7 +548,8 @@ absl::StatusOr<torch::Tensor> ModelImpl::StepLogitsTensor(const ForwardBatch& b,
     in.paged = &meta;
     in.kv = &cache->ranks_[r];
     in.logit_rows = host_rows.to(dev);
-    auto ops = CreateOps(options_.mode, config_.dtype == kernels::DType::kBF16);
+    auto ops = CreateForwardOps(options_.mode, options_.device,
+                                config_.dtype == kernels::DType::kBF16);
     return RankForward(config_, ranks_[r], *ops, in, comm);
   }));
   return logits;
@@ -578,7 +584,8 @@ absl::StatusOr<torch::Tensor> ModelImpl::SequenceLogitsTensor(const std::vector<
     in.positions = pos.to(dev);
     in.seq_lens = lens;
     in.logit_rows = row_t.to(dev);
-    auto ops = CreateOps(options_.mode, config_.dtype == kernels::DType::kBF16);
+    auto ops = CreateForwardOps(options_.mode, options_.device,
+                                config_.dtype == kernels::DType::kBF16);
     return RankForward(config_, ranks_[r], *ops, in, comm);
   });
 }

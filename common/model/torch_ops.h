@@ -45,6 +45,9 @@ struct PagedAttentionMeta {
   torch::Tensor seq_ids;       // int32 [T]
   torch::Tensor slots;         // int64 [T]
   torch::Tensor block_tables;  // int32 [num_seqs, max_blocks]
+  // kernels::PagedAttentionArgs::batch_dependent_splits (the serving
+  // standard set's FlashDecoding splits; never in invariant mode).
+  bool batch_dependent_splits = false;
 };
 
 // One layer's KV pages on one rank: [num_pages, page_size, kv_heads, head_dim].

@@ -61,6 +61,7 @@ struct TcParams {
   int group;
   int vec;         // 16-byte cp.async legal for K/V rows
   int max_splits;  // paged: splits per token in the grid
+  int split_blocks;  // paged: key blocks per split (kBlocksPerSplit when invariant)
   float c;         // scale * log2(e)
   float* part_o;   // paged, max_splits > 1: [tokens, hq, max_splits, D]
   float* part_ml;  // [tokens, hq, max_splits, 2]
@@ -587,7 +588,7 @@ __device__ __forceinline__ int TokenSplits(const TcParams& p, int pos, int seq) 
   if (pos < 0 || seq < 0 || seq >= p.num_seqs || pos / p.page_size >= p.max_blocks) {
     return 0;
   }
-  return pos / kTcSplitKeys + 1;
+  return pos / (p.split_blocks * kTcKeyBlock) + 1;
 }
 
 // One warp per (token, KV head, split). K and V of a block are staged in
@@ -661,8 +662,8 @@ __global__ void __launch_bounds__(32) PagedTcKernel(const TcParams p) {
     const int64_t hi = __shfl_sync(0xffffffffu, off_hi, r & 31);
     return r < 32 ? lo : hi;
   };
-  const int b_begin = sp * kBlocksPerSplit;
-  const int b_end = min(b_begin + kBlocksPerSplit, pos / kTcKeyBlock + 1);
+  const int b_begin = sp * p.split_blocks;
+  const int b_end = min(b_begin + p.split_blocks, pos / kTcKeyBlock + 1);
   offsets(b_begin * kTcKeyBlock);
   StageRows<D>(p, p.k, kbuf, b_begin * kTcKeyBlock, pos, lane, 32, row_off);
   CpAsyncCommit();
@@ -861,6 +862,7 @@ TcParams CommonParams(const float* q, int64_t ldq, float* out, int64_t ldo, cons
   p.group = p.hq / p.hkv;
   p.vec = reinterpret_cast<uintptr_t>(k) % 16 == 0 && reinterpret_cast<uintptr_t>(v) % 16 == 0;
   p.c = Log2eScale(scale);
+  p.split_blocks = kBlocksPerSplit;
   return p;
 }
 
@@ -892,8 +894,13 @@ absl::Status PagedAttentionTc(const PagedAttentionArgs& args, void* stream) {
   p.page_size = c.page_size;
   p.num_pages = c.num_pages;
   const int64_t max_keys = args.max_blocks_per_seq * c.page_size;
+  const int64_t split_keys =
+      args.batch_dependent_splits
+          ? StandardSplitKeys(args.tokens, c.num_kv_heads, max_keys, SmCount() * kPagedWarpsPerSm)
+          : kTcSplitKeys;
+  p.split_blocks = static_cast<int>(split_keys / kTcKeyBlock);
   p.max_splits = static_cast<int>(
-      std::max<int64_t>(1, (max_keys + kTcSplitKeys - 1) / kTcSplitKeys));
+      std::max<int64_t>(1, (max_keys + split_keys - 1) / split_keys));
   if (c.head_dim == 64) return LaunchPaged<64>(p, AsStream(stream));
   return LaunchPaged<128>(p, AsStream(stream));
 }

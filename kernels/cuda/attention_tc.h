@@ -39,6 +39,25 @@ namespace lockstep::kernels::cuda {
 inline constexpr int kTcKeyBlock = 64;
 inline constexpr int kTcSplitKeys = 512;
 
+// Warps of the paged kernel resident per SM (36 KB of staging each at
+// head_dim 128).
+inline constexpr int kPagedWarpsPerSm = 6;
+
+// The standard mode's keys per split (PagedAttentionArgs::
+// batch_dependent_splits), FlashDecoding's policy: enough (token, KV head,
+// split) warps to fill `warp_slots` resident warps once, but no split
+// shorter than one 64-key block and none when the batch fills the GPU
+// alone. Depends on the batch, so a row's bits do too.
+inline int64_t StandardSplitKeys(int64_t tokens, int64_t kv_heads, int64_t max_keys,
+                                 int64_t warp_slots) {
+  const int64_t blocks = (max_keys + kTcKeyBlock - 1) / kTcKeyBlock;
+  const int64_t items = tokens * kv_heads;
+  int64_t splits = items <= 0 ? 1 : (warp_slots + items - 1) / items;
+  splits = splits < 1 ? 1 : (splits > blocks ? blocks : splits);
+  const int64_t per_split = (blocks + splits - 1) / splits;
+  return (per_split < 1 ? 1 : per_split) * kTcKeyBlock;
+}
+
 // True when the tensor-core path serves attention of this shape: bf16 K/V,
 // head_dim 64 or 128, at most 16 query heads per KV head.
 bool TcAttentionApplies(DType kv_dtype, int64_t head_dim, int64_t group);

@@ -47,6 +47,13 @@ struct AttnSpec {
   int32_t good_pos = 0, bad_pos = 0;
   int64_t bad_block = 0;
   int32_t bad_page = 0;
+  // The standard mode's FlashDecoding splits (PagedAttentionArgs::
+  // batch_dependent_splits): invariance holds only within the first key
+  // block (Batchings); CheckProperties checks
+  // every query decoded alone (the most splits) against float64 and, on a
+  // tensor-core backend, that some query's bits change with the batch (the
+  // negative control of the invariant splits).
+  bool batch_dependent_splits = false;
 };
 
 class AttentionCase : public OpCase {
@@ -198,6 +205,13 @@ class AttentionCase : public OpCase {
 
   std::vector<Batch> Batchings() const override {
     std::vector<Batch> out;
+    if (s_.batch_dependent_splits) {
+      // Queries within the first 64-key block have one split under every
+      // policy, so these keep the prefill's bits; the rest is checked in
+      // CheckProperties.
+      for (int32_t p : {0, 1, 31, 63}) out.push_back({absl::StrCat("decode p=", p), {p}, false});
+      return out;
+    }
     // Decode: one query at a time.
     std::vector<int32_t> decode = s_.decode;
     if (decode.empty()) {
@@ -239,6 +253,7 @@ class AttentionCase : public OpCase {
           << "this shape must take the tensor-core path";
     }
     if (s_.bad_page_check) CheckBadPage(b);
+    if (s_.batch_dependent_splits) CheckBatchDependentSplits(b);
   }
 
  private:
@@ -273,8 +288,35 @@ class AttentionCase : public OpCase {
     a.block_tables = tables.as<int32_t>();
     a.num_seqs = num_seqs_;
     a.max_blocks_per_seq = max_blocks_;
+    a.batch_dependent_splits = s_.batch_dependent_splits;
     LOCKSTEP_RETURN_IF_ERROR(PagedAttention(a, b.context()));
     return DownloadOutput(b, out.as<float>(), OutType::kF32, n, row_);
+  }
+
+  // Every query of sequence 0 decoded alone, within the tolerance of float64;
+  // the same queries in one batch with the others' (fewer splits each) differ
+  // in some bit on a tensor-core backend.
+  void CheckBatchDependentSplits(Backend& b) {
+    std::vector<std::pair<int32_t, int32_t>> batch;
+    std::vector<double> alone;
+    std::vector<uint8_t> alone_bits;
+    for (int32_t p = 0; p < s_.tokens; ++p) {
+      absl::StatusOr<Output> one = RunPaged(b, {{0, p}}, dtables_);
+      ASSERT_TRUE(one.ok()) << one.status();
+      const std::vector<double> v = one->Values();
+      alone.insert(alone.end(), v.begin(), v.end());
+      alone_bits.insert(alone_bits.end(), one->bytes.begin(), one->bytes.end());
+      batch.push_back({0, p});
+    }
+    EXPECT_LE(RelErr(Reference(), alone), Tolerance(b)) << "decode alone vs float64";
+    for (const auto& f : fillers_) batch.push_back(f);
+    absl::StatusOr<Output> all = RunPaged(b, batch, dtables_);
+    ASSERT_TRUE(all.ok()) << all.status();
+    const bool same =
+        std::memcmp(all->bytes.data(), alone_bits.data(), alone_bits.size()) == 0;
+    if (b.TensorCoreAttention(s_.dtype, s_.d, s_.hq / s_.hkv)) {
+      EXPECT_FALSE(same) << "batch-dependent splits gave the invariant bits";
+    }
   }
 
   // A block table pointing outside the cache never reads out of place:
@@ -371,6 +413,24 @@ std::vector<CaseEntry> AttentionCases() {
     s.shuffle_seed = 8;
     s.expect_tensor_cores = true;
     add(s, "long", false);
+  }
+  // StandardSplitsAreAccurateAndBatchVariant: 1100 tokens, the Qwen3 head
+  // layout (16 query heads on 8 KV heads at head_dim 128; 2 on 1 here to
+  // keep the CPU side quick).
+  {
+    AttnSpec s;
+    s.d = 128;
+    s.hq = 2;
+    s.hkv = 1;
+    s.tokens = 1100;
+    s.seed = 123;
+    s.others = 1;
+    s.world_seed = 4343;
+    s.filler_every = 1;
+    s.filler_seqs = 1;
+    s.filler_stride = 13;
+    s.batch_dependent_splits = true;
+    add(s, "long,standard_splits", false);
   }
   // BadPageGivesNaNRowOnly: sequence 1's first page invalid.
   {
