@@ -173,7 +173,11 @@ absl::Status DispatchSm90(const GemmTileConfig& cfg, int lpw, int leaves,
     case 2201281: return LaunchSm90<2, 128, 1, 2>(a, b, p, s);
     case 2201282: return LaunchSm90<2, 128, 2, 2>(a, b, p, s);
     case 2201284: return LaunchSm90<2, 128, 4, 2>(a, b, p, s);
+    case 1100160: return LaunchSm90<1, 16, 0>(a, b, p, s);
     case 1100320: return LaunchSm90<1, 32, 0>(a, b, p, s);
+    case 1200321: return LaunchSm90<2, 32, 1>(a, b, p, s);
+    case 1200322: return LaunchSm90<2, 32, 2>(a, b, p, s);
+    case 1200324: return LaunchSm90<2, 32, 4>(a, b, p, s);
     case 1100640: return LaunchSm90<1, 64, 0>(a, b, p, s);
     case 1101280: return LaunchSm90<1, 128, 0>(a, b, p, s);
     case 1200640: return LaunchSm90<2, 64, 0>(a, b, p, s);
@@ -501,9 +505,9 @@ __global__ void ZeroFillKernel(void* y, int64_t ldy, int y_bf16, int64_t m,
 
 std::vector<GemmTileConfig> Bf16GemmConfigs(int leaves) {
   if (leaves <= 1) {
-    return {{1, 32}, {1, 64}, {1, 128}, {2, 64}, {2, 128}, {2, 256}};
+    return {{1, 16}, {1, 32}, {1, 64}, {1, 128}, {2, 64}, {2, 128}, {2, 256}};
   }
-  return {{2, 64}, {2, 128}, {2, 128, 2}, {2, 128, 1, true}};
+  return {{2, 32}, {2, 64}, {2, 128}, {2, 128, 2}, {2, 128, 1, true}};
 }
 
 GemmTileConfig ChooseBf16GemmConfig(int64_t m, int64_t n, int leaves) {

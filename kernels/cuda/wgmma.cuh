@@ -15,6 +15,25 @@ __device__ __forceinline__ void Wgmma(float (&d)[N / 2], uint64_t desc_a,
                                       uint64_t desc_b, int scale_d);
 
 template <>
+__device__ __forceinline__ void Wgmma<16>(float (&d)[8], uint64_t desc_a,
+                                         uint64_t desc_b, int scale_d) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %10, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7}, "
+      "%8, %9, p, 1, 1, 0, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+#else
+  __trap();
+#endif
+}
+
+template <>
 __device__ __forceinline__ void Wgmma<32>(float (&d)[16], uint64_t desc_a,
                                          uint64_t desc_b, int scale_d) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
