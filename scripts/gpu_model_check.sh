@@ -22,7 +22,18 @@
 #                 (LOCKSTEP_CUDA_STEP, common/model/model.h) in the same run
 #   STEP_BENCH=1  also builds and runs bench/model_step_bench (decode step of
 #                 Model::Step per implementation: wall, device and host time;
-#                 STEP_BENCH_ARGS passes flags), before the rollout benchmark
+#                 STEP_BENCH_ARGS passes flags; STEP_BENCH_MODES=invariant,standard
+#                 runs it once per kernel mode), before the rollout benchmark
+#   BENCH_CONFIGS=qwen3-1.7b,qwen3-8b  presets benchmarked (checkpoints written
+#                 in the background, seed 1); BENCH_PROMPT=64 BENCH_NEW=128
+#                 BENCH_REQUESTS=2 (per client) BENCH_KV_BYTES BENCH_BATCH_TOKENS
+#   RL_BENCH=1    after the decode benchmark, the RL-shaped run: 128 clients x 1
+#                 prompt x n = 8 samples (RL_PROMPT=512, RL_NEW=1024), temperature 1
+#   HF_PEER=1     after each config's benchmark, bench/hf_peer_decode.py
+#                 (transformers on the same checkpoint; HF_PEER_METHODS,
+#                 HF_PEER_BATCHES, HF_PEER_BUDGET seconds)
+#   KERNEL_BENCH="gemm attention"  also builds and runs gemm_cuda_bench /
+#                 attention_cuda_bench (KERNEL_BENCH_ARGS, e.g. --quick)
 source scripts/gpu_env.sh
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/summary.txt" 2>&1
@@ -47,17 +58,22 @@ BENCH_TARGET=rollout_bench; [ "${SKIP_BENCH:-0}" = 1 ] && BENCH_TARGET=
 SERVICE_TARGETS=; [ -n "$TESTS$BENCH_TARGET" ] && SERVICE_TARGETS="rollout_service lockstep_make_model"
 HF_TARGET=common_hf_parity_test; [ "${SKIP_HF:-0}" = 1 ] && HF_TARGET=
 STEP_TARGET=; [ "${STEP_BENCH:-0}" = 1 ] && STEP_TARGET=model_step_bench
-TARGETS="$TESTS $SERVICE_TARGETS $BENCH_TARGET $HF_TARGET $STEP_TARGET"
-# The 1.7B checkpoint (3.4 GB of seeded bf16, the benchmark's seed 1) is
-# written on one core while the rest builds and the GPU tests run: its
-# generator (formats only) is built first.
+KERNEL_TARGETS=; for k in ${KERNEL_BENCH:-}; do KERNEL_TARGETS="$KERNEL_TARGETS ${k}_cuda_bench"; done
+TARGETS="$TESTS $SERVICE_TARGETS $BENCH_TARGET $HF_TARGET $STEP_TARGET $KERNEL_TARGETS"
+BENCH_CONFIGS=${BENCH_CONFIGS:-qwen3-1.7b}
+# The checkpoints (3.4 GB of seeded bf16 for 1.7B, 16 GB for 8B; the
+# benchmark's seed 1) are written one after the other while the rest builds
+# and the GPU tests run: their generator (formats only) is built first.
 GEN_PID=
-if [ "${SKIP_BENCH:-0}" != 1 ] && [ ! -f "$WORK/qwen3-1.7b/config.json" ]; then
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
   cmake --build build-gpu -j16 --target lockstep_make_model >> "$OUT/build.log" 2>&1
-  stamp "generate qwen3-1.7b (background)"
-  ( g0=$(date +%s); build-gpu/common/lockstep_make_model --preset qwen3-1.7b --seed 1 \
-      --out "$WORK/qwen3-1.7b" > "$OUT/generate.log" 2>&1
-    echo "generate: rc=$? $(( $(date +%s) - g0 )) s" >> "$OUT/generate.log" ) &
+  stamp "generate $BENCH_CONFIGS (background)"
+  ( for cfg in ${BENCH_CONFIGS//,/ }; do
+      [ -f "$WORK/$cfg/config.json" ] && continue
+      g0=$(date +%s); build-gpu/common/lockstep_make_model --preset "$cfg" --seed 1 \
+        --out "$WORK/$cfg" >> "$OUT/generate.log" 2>&1
+      echo "generate $cfg: rc=$? $(( $(date +%s) - g0 )) s" >> "$OUT/generate.log"
+    done ) &
   GEN_PID=$!
 fi
 if [ -n "${TARGETS// /}" ]; then
@@ -146,26 +162,62 @@ if [ "${SKIP_HF:-0}" != 1 ]; then
 fi
 if [ "${STEP_BENCH:-0}" = 1 ]; then
   if [ -x build-gpu/bench/model_step_bench ]; then
-    stamp "model_step_bench ${STEP_BENCH_ARGS:-}"
-    timeout "${STEP_BENCH_TIMEOUT:-240}" build-gpu/bench/model_step_bench ${STEP_BENCH_ARGS:-} \
-      > "$OUT/model_step_bench.log" 2>&1
-    echo "model_step_bench rc=$?" | tee -a "$OUT/summary.txt"
+    for mode in $(echo "${STEP_BENCH_MODES:-invariant}" | tr , " "); do
+      stamp "model_step_bench --mode=$mode ${STEP_BENCH_ARGS:-}"
+      timeout "${STEP_BENCH_TIMEOUT:-240}" build-gpu/bench/model_step_bench --mode="$mode" \
+        ${STEP_BENCH_ARGS:-} >> "$OUT/model_step_bench.log" 2>&1
+      echo "model_step_bench $mode rc=$?" | tee -a "$OUT/summary.txt"
+    done
     grep -E "^\||^roofline" "$OUT/model_step_bench.log" | tee -a "$OUT/summary.txt"
   else
     stamp "model_step_bench NOT BUILT"
   fi
 fi
+for k in ${KERNEL_BENCH:-}; do
+  if [ -x "build-gpu/bench/${k}_cuda_bench" ]; then
+    stamp "${k}_cuda_bench ${KERNEL_BENCH_ARGS:-}"
+    timeout "${KERNEL_BENCH_TIMEOUT:-200}" "build-gpu/bench/${k}_cuda_bench" ${KERNEL_BENCH_ARGS:-} \
+      > "$OUT/${k}_cuda_bench.log" 2>&1
+    echo "${k}_cuda_bench rc=$?" | tee -a "$OUT/summary.txt"
+    grep -E "^\||^#|ceiling|bandwidth|peak" "$OUT/${k}_cuda_bench.log" | tee -a "$OUT/summary.txt"
+  else
+    stamp "${k}_cuda_bench NOT BUILT"
+  fi
+done
+# One rollout_bench run of `config` with the given flags, into $OUT/$2.log.
+rollout_run() {  # $1: config, $2: log name, then rollout_bench flags
+  local cfg=$1 log=$2; shift 2
+  timeout "${BENCH_TIMEOUT:-400}" build-gpu/bench/rollout_bench --configs="$cfg" \
+    --modes="${BENCH_MODES:-invariant,standard}" \
+    ${BENCH_VARIANTS:+--step_variants=$BENCH_VARIANTS} --device=cuda --work_dir="$WORK" \
+    --server_args=--kv_cache_bytes=${BENCH_KV_BYTES:-17179869184},--max_batch_tokens=${BENCH_BATCH_TOKENS:-4096} \
+    --rollout_binary=build-gpu/rollout_service/rollout_service "$@" >> "$OUT/$log.log" 2>&1
+  echo "rollout_bench $cfg $log rc=$?" | tee -a "$OUT/summary.txt"
+}
 if [ -x build-gpu/bench/rollout_bench ] && [ "${SKIP_BENCH:-0}" != 1 ]; then
-  [ -n "$GEN_PID" ] && { stamp "wait for the checkpoint"; wait "$GEN_PID"; cat "$OUT/generate.log"; }
-  stamp "rollout_bench qwen3-1.7b concurrency ${BENCH_CONCURRENCY:-64}"
-  timeout "${BENCH_TIMEOUT:-400}" build-gpu/bench/rollout_bench --configs=qwen3-1.7b \
-    --modes="${BENCH_MODES:-invariant,standard}" --concurrency="${BENCH_CONCURRENCY:-64}" \
-    ${BENCH_VARIANTS:+--step_variants=$BENCH_VARIANTS} --device=cuda \
-    --max_tokens=128 --prompt_len=64 --requests_per_client=2 --work_dir="$WORK" \
-    --server_args=--kv_cache_bytes=17179869184,--max_batch_tokens=4096 \
-    --rollout_binary=build-gpu/rollout_service/rollout_service \
-    > "$OUT/rollout_bench.log" 2>&1
-  echo "rollout_bench rc=$?" | tee -a "$OUT/summary.txt"
-  grep -E "^\|" "$OUT/rollout_bench.log" | tee -a "$OUT/summary.txt"
+  [ -n "$GEN_PID" ] && { stamp "wait for the checkpoints"; wait "$GEN_PID"; cat "$OUT/generate.log"; }
+  for cfg in ${BENCH_CONFIGS//,/ }; do
+    stamp "rollout_bench $cfg concurrency ${BENCH_CONCURRENCY:-64} prompt ${BENCH_PROMPT:-64} new ${BENCH_NEW:-128}"
+    rollout_run "$cfg" rollout_bench --concurrency="${BENCH_CONCURRENCY:-64}" \
+      --max_tokens="${BENCH_NEW:-128}" --prompt_len="${BENCH_PROMPT:-64}" \
+      --requests_per_client="${BENCH_REQUESTS:-2}"
+    grep -E "^\|" "$OUT/rollout_bench.log" | tail -n +1 | tee -a "$OUT/summary.txt"
+    if [ "${RL_BENCH:-0}" = 1 ]; then
+      stamp "rollout_bench $cfg RL shape: 128 prompts x n=8, prompt ${RL_PROMPT:-512}, new ${RL_NEW:-1024}"
+      rollout_run "$cfg" rollout_bench_rl --concurrency=128 --samples_per_prompt=8 \
+        --max_tokens="${RL_NEW:-1024}" --prompt_len="${RL_PROMPT:-512}" --requests_per_client=1
+      grep -E "^\|" "$OUT/rollout_bench_rl.log" | tee -a "$OUT/summary.txt"
+    fi
+    if [ "${HF_PEER:-0}" = 1 ]; then
+      stamp "hf_peer_decode $cfg"
+      timeout "${HF_PEER_TIMEOUT:-400}" python3 bench/hf_peer_decode.py --model "$WORK/$cfg" \
+        --batches "${HF_PEER_BATCHES:-1,16,64,256}" --prompt_len "${BENCH_PROMPT:-64}" \
+        --new_tokens "${BENCH_NEW:-128}" --methods "${HF_PEER_METHODS:-static_compile,generate_batch}" \
+        --time_budget_s "${HF_PEER_BUDGET:-240}" --out "$OUT/hf_peer_$cfg.json" \
+        >> "$OUT/hf_peer.log" 2>&1
+      echo "hf_peer_decode $cfg rc=$?" | tee -a "$OUT/summary.txt"
+      grep -E "^\|" "$OUT/hf_peer.log" | tail -12 | tee -a "$OUT/summary.txt"
+    fi
+  done
 fi
 stamp done
