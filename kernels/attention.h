@@ -20,7 +20,7 @@
 // On CUDA, bf16 K/V with head_dim 64 or 128 (the shapes of real models) run
 // on tensor cores under a second contract, spelled out in
 // kernels/cuda/attention_tc.h: q rounded to bf16, mma dot products, 64-key
-// blocks grouped into fixed 512-key splits folded in order. The path is
+// blocks grouped into fixed 128-key splits folded in order. The path is
 // chosen from (device, KV dtype, head_dim, heads per KV head) only, so every
 // guarantee above (prefill = chunked prefill = decode, any page layout or
 // batch) holds on it too; CPU and CUDA results are not bitwise equal to each

@@ -23,7 +23,7 @@ for prof in ${PROFILES:-invariant:1 invariant:64}; do
     > "$csv" 2> "$OUT/ncu.stderr"
   stamp "ncu rc=$?"
   python3 - "$csv" "$mode" "$batch" <<'PY' | tee -a "$OUT/summary.txt"
-import csv, collections, sys
+import csv, collections, re, sys
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
 if not rows:
     print("no ncu rows"); sys.exit(0)
@@ -37,7 +37,7 @@ start = samp[-2] + 1 if len(samp) >= 2 else 0
 step = rows[start:samp[-1] + 1] if samp else rows
 tot = collections.Counter(); cnt = collections.Counter()
 for r in step:
-    name = r[ki].split("(")[0].split("<")[0][:40]
+    name = re.sub(r"\(.*", "", r[ki].replace("(anonymous namespace)::", ""))[:60]
     grid = r[gi] if gi is not None else ""
     key = f"{name} grid={grid}"
     tot[key] += float(r[vi].replace(",", "")) / 1000.0  # ns -> us

@@ -14,7 +14,7 @@
 // and read K/V there alone, every op treats rows independently, and their
 // outputs are dropped, so a real row's bits are those of the unpadded eager
 // step. The attention launch depends on the block-table width only (split-KV
-// grid of the table's 512-key splits; a row skips the splits past its
+// grid of the table's 128-key splits; a row skips the splits past its
 // position), so a replay computes what an eager step of the same padded shape
 // would. Graphs are captured lazily (after an eager warm-up of the same shape
 // on padding rows only), into one private memory pool shared by all graphs of

@@ -33,7 +33,7 @@
 namespace lockstep::kernels::cuda {
 namespace {
 
-constexpr int kBlocksPerSplit = kTcSplitKeys / kTcKeyBlock;  // 8
+constexpr int kBlocksPerSplit = kTcSplitKeys / kTcKeyBlock;  // 2
 constexpr int kPrefillWarps = 8;
 constexpr int kPrefillStages = 4;  // K/V block buffers per prefill CTA
 static_assert(kPrefillStages >= 2, "blocks are prefetched");

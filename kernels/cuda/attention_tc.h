@@ -9,7 +9,7 @@
 // g (scale = args.scale, c = scale * log2(e) rounded to fp32):
 //   q is rounded to bf16 (exact for bf16 models, whose activations are bf16).
 //   Keys are visited in blocks of kTcKeyBlock = 64 at absolute positions
-//   [64b, 64b + 64), grouped into splits of kTcSplitKeys = 512 keys.
+//   [64b, 64b + 64), grouped into splits of kTcSplitKeys = 128 keys.
 //   Within a block: s_j = mma.m16n8k16 bf16 dot of q and k_j, chained over
 //   head_dim in 16-wide steps in index order (fp32 accumulate), keys j > p set
 //   to -inf; m' = max(m, max_j s_j); alpha = 1 if m' == m else
@@ -37,7 +37,7 @@
 namespace lockstep::kernels::cuda {
 
 inline constexpr int kTcKeyBlock = 64;
-inline constexpr int kTcSplitKeys = 512;
+inline constexpr int kTcSplitKeys = 128;
 
 // Warps of the paged kernel resident per SM (36 KB of staging each at
 // head_dim 128).

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
@@ -515,12 +516,19 @@ GemmTileConfig ChooseBf16GemmConfig(int64_t m, int64_t n, int leaves) {
   auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
   if (leaves <= 1 && m <= 64) {
     // Weight-bandwidth bound. Measured on the H100 (docs/benchmarks.md): the
-    // widest tile that still gives about a third of the SMs a column tile
-    // streams fastest (larger TMA boxes beat more, smaller CTAs).
-    for (int bn : {128, 64}) {
-      if (ceil_div(n, bn) * 3 >= sms) return {1, bn};
+    // widest tile that still gives about 1/d of the SMs a column tile
+    // streams fastest (larger TMA boxes beat more, smaller CTAs); d = 3.
+    // LOCKSTEP_GEMM_SMALL_M_SM_DIVISOR=d overrides it for measurements (any
+    // configuration gives the same bits, so this never changes a result).
+    static const int divisor = [] {
+      const char* v = std::getenv("LOCKSTEP_GEMM_SMALL_M_SM_DIVISOR");
+      const int d = v == nullptr ? 3 : std::atoi(v);
+      return d >= 1 && d <= 8 ? d : 3;
+    }();
+    for (int bn : {128, 64, 32}) {
+      if (ceil_div(n, bn) * divisor >= sms) return {1, bn};
     }
-    return {1, 32};
+    return {1, divisor == 3 ? 32 : 16};
   }
   if (leaves > 1 && ceil_div(m, 128) * ceil_div(n, 128) >= 8 * sms) {
     // Row tree: 128x128 tiles whose two warpgroups share the B box (the

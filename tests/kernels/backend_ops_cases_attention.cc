@@ -392,7 +392,7 @@ std::vector<CaseEntry> AttentionCases() {
       add(s, "", false);
     }
   }
-  // LongContextsAgreeBitwiseAcrossSplits: 1100 tokens (past the 512-key
+  // LongContextsAgreeBitwiseAcrossSplits: 1100 tokens (past the 128-key
   // splits of the tensor-core path), decode at split boundaries.
   for (const auto& [d, hq, hkv] :
        {std::make_tuple(int64_t{128}, int64_t{4}, int64_t{2}),
@@ -405,7 +405,7 @@ std::vector<CaseEntry> AttentionCases() {
     s.seed = 91 + d;
     s.others = 1;
     s.world_seed = 4242;
-    s.decode = {0, 63, 64, 510, 511, 512, 513, 1000, 1023, 1024, 1099};
+    s.decode = {0, 63, 64, 127, 128, 129, 255, 256, 510, 511, 512, 513, 1000, 1023, 1024, 1099};
     s.chunks = {700, 1, 61, 338};
     s.filler_every = 3;
     s.filler_seqs = 1;
@@ -457,7 +457,7 @@ std::vector<CaseEntry> AttentionCases() {
     s.seed = 5;
     s.others = 1;
     s.world_seed = 78;
-    s.decode = {0, 511, 512, 1050, 1099};
+    s.decode = {0, 127, 128, 511, 512, 1050, 1099};
     s.chunks = {700, 1, 61, 338};
     s.filler_every = 3;
     s.filler_seqs = 1;

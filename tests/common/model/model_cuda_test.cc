@@ -139,7 +139,7 @@ TEST(TransformerCudaTest, LearnerLogprobsMatchRolloutDecode) {
   }
 }
 
-// Contexts longer than one attention split (512 keys): decode at batch 1 and
+// Contexts longer than one attention split (128 keys): decode at batch 1 and
 // 3 still reproduces the full-sequence forward bit for bit; the standard twin
 // (same weights and sequences, cuBLAS + LibTorch softmax) does not.
 TEST(TransformerCudaTest, LongContextDecodeMatchesFullSequence) {
