@@ -10,6 +10,7 @@
 #include <fstream>
 #include <map>
 #include <set>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -24,6 +25,12 @@ namespace {
 constexpr double kWeightStd = 0.02;
 constexpr double kNormStd = 0.01;
 constexpr size_t kChunkBytes = size_t{4} << 20;
+
+int64_t Numel(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
 
 uint64_t SplitMix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
@@ -402,25 +409,46 @@ absl::Status WriteWeightsFile(
   LOCKSTEP_ASSIGN_OR_RETURN(
       auto writer, SafetensorsWriter::Create(path, std::move(specs), metadata));
 
+  // Every tensor has its own seeded stream, so tensors are generated in
+  // parallel (a window of whole tensors at a time, bounded in count and
+  // bytes) and appended in file order: the bytes do not depend on the
+  // thread count.
   const int64_t elem = kernels::DTypeSize(config.dtype);
-  const int64_t chunk_elems = static_cast<int64_t>(kChunkBytes) / elem;
-  std::vector<uint8_t> buffer(kChunkBytes);
-  for (size_t index : indices) {
-    const auto& [name, shape] = expected[index];
-    int64_t numel = 1;
-    for (int64_t d : shape) numel *= d;
-    const bool is_norm = EndsWith(name, "norm.weight");
-    const double mean = is_norm ? 1.0 : 0.0;
-    const double stddev = is_norm ? kNormStd : kWeightStd;
-    internal::NormalStream normals(TensorSeed(seed, name));
-    for (int64_t start = 0; start < numel; start += chunk_elems) {
-      const int64_t n = std::min(chunk_elems, numel - start);
-      for (int64_t i = 0; i < n; ++i) {
-        const float v = static_cast<float>(mean + stddev * normals.Next());
-        kernels::StoreFromF32(buffer.data(), config.dtype, i, v);
+  const size_t threads = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 16);
+  constexpr int64_t kWindowBytes = int64_t{4} << 30;
+  for (size_t w = 0; w < indices.size();) {
+    std::vector<size_t> window;
+    int64_t window_bytes = 0;
+    for (; w < indices.size() && window.size() < threads; ++w) {
+      const int64_t bytes = Numel(expected[indices[w]].second) * elem;
+      if (!window.empty() && window_bytes + bytes > kWindowBytes) break;
+      window.push_back(indices[w]);
+      window_bytes += bytes;
+    }
+    std::vector<std::vector<uint8_t>> buffers(window.size());
+    std::vector<std::thread> workers;
+    for (size_t j = 0; j < window.size(); ++j) {
+      workers.emplace_back([&, j] {
+        const auto& [name, shape] = expected[window[j]];
+        const bool is_norm = EndsWith(name, "norm.weight");
+        const double mean = is_norm ? 1.0 : 0.0;
+        const double stddev = is_norm ? kNormStd : kWeightStd;
+        internal::NormalStream normals(TensorSeed(seed, name));
+        const int64_t numel = Numel(shape);
+        buffers[j].resize(static_cast<size_t>(numel * elem));
+        for (int64_t i = 0; i < numel; ++i) {
+          const float v = static_cast<float>(mean + stddev * normals.Next());
+          kernels::StoreFromF32(buffers[j].data(), config.dtype, i, v);
+        }
+      });
+    }
+    for (std::thread& t : workers) t.join();
+    for (std::vector<uint8_t>& b : buffers) {
+      for (size_t off = 0; off < b.size(); off += kChunkBytes) {
+        LOCKSTEP_RETURN_IF_ERROR(
+            writer->Append(b.data() + off, std::min(kChunkBytes, b.size() - off)));
       }
-      LOCKSTEP_RETURN_IF_ERROR(
-          writer->Append(buffer.data(), static_cast<size_t>(n * elem)));
+      std::vector<uint8_t>().swap(b);
     }
   }
   return writer->Finish();
