@@ -11,7 +11,8 @@
 //    the query heads of that KV head (GQA packing), K/V rows are looked up
 //    through the block table. A token with one split writes its output; with
 //    more, each split writes (m, l, o) and CombineTcKernel folds them in
-//    split order.
+//    split order. When the batch alone fills the GPU (whole-token mode), one
+//    warp per (token, KV head) walks all splits and folds them inline.
 // mma.m16n8k16 computes every output element from its own row of A and
 // column of B, so which other rows share a tile never changes a row's bits;
 // keys beyond a row's position get p = 0 and alpha = 1 exactly, so visiting
@@ -22,6 +23,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
 #include <set>
 #include <type_traits>
@@ -60,8 +62,9 @@ struct TcParams {
   int hkv;
   int group;
   int vec;         // 16-byte cp.async legal for K/V rows
-  int max_splits;  // paged: splits per token in the grid
+  int max_splits;  // paged: splits per token in the grid (1 in whole-token mode)
   int split_blocks;  // paged: key blocks per split (kBlocksPerSplit when invariant)
+  int whole_tokens;  // paged: one warp folds all splits of a (token, KV head) inline
   float c;         // scale * log2(e)
   float* part_o;   // paged, max_splits > 1: [tokens, hq, max_splits, D]
   float* part_ml;  // [tokens, hq, max_splits, 2]
@@ -346,12 +349,12 @@ __device__ __forceinline__ float FoldValue(const FoldStep& f, float acc, float x
   return __fmaf_rn(x, f.fb, __fmul_rn(acc, f.fa));
 }
 
-// Folds a tile's split state into the merged state: M/L in registers, O in
-// shared memory as [n-tile][c][lane] floats of this warp (each thread only
-// touches its own values).
-template <int D>
-__device__ __forceinline__ void FoldTile(float (&big_m)[2], float (&big_l)[2], float* big_o,
-                                         const RowState<D>& split, float c, int lane) {
+// Folds a tile's split state into the merged state (M, L, O): M/L in
+// registers, O wherever slot(nt, e) points (the thread's own values: shared
+// memory in prefill, registers in the paged kernel's whole-token mode).
+template <int D, typename Slot>
+__device__ __forceinline__ void FoldTileInto(float (&big_m)[2], float (&big_l)[2], Slot slot,
+                                             const RowState<D>& split, float c) {
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const FoldStep f = FoldPlan(big_m[r], split.m[r], c);
@@ -365,8 +368,8 @@ __device__ __forceinline__ void FoldTile(float (&big_m)[2], float (&big_l)[2], f
       for (int nt = 0; nt < RowState<D>::kNT; ++nt) {
 #pragma unroll
         for (int e = 2 * r; e < 2 * r + 2; ++e) {
-          float* slot = big_o + (nt * 4 + e) * 32 + lane;
-          *slot = FoldValue(fm, *slot, split.o[nt][e]);
+          float& o = slot(nt, e);
+          o = FoldValue(fm, o, split.o[nt][e]);
         }
       }
     };
@@ -377,6 +380,16 @@ __device__ __forceinline__ void FoldTile(float (&big_m)[2], float (&big_l)[2], f
     }
     big_m[r] = f.m_new;
   }
+}
+
+// FoldTileInto with O in shared memory as [n-tile][c][lane] floats of this
+// warp.
+template <int D>
+__device__ __forceinline__ void FoldTile(float (&big_m)[2], float (&big_l)[2], float* big_o,
+                                         const RowState<D>& split, float c, int lane) {
+  FoldTileInto<D>(
+      big_m, big_l, [&](int nt, int e) -> float& { return big_o[(nt * 4 + e) * 32 + lane]; },
+      split, c);
 }
 
 // Stages kRows q rows (fp32 -> bf16, round to nearest even) into a tile
@@ -591,12 +604,18 @@ __device__ __forceinline__ int TokenSplits(const TcParams& p, int pos, int seq) 
   return pos / (p.split_blocks * kTcKeyBlock) + 1;
 }
 
-// One warp per (token, KV head, split). K and V of a block are staged in
+// One warp per (token, KV head, split), or, in whole-token mode, per (token,
+// KV head): the warp then walks every split of the token and folds each into
+// registers with the prefill kernel's FoldTile arithmetic, in split order —
+// the same operations on the same values as CombineTcKernel, so the mode
+// never changes a bit; it only trades parallelism within a token for fewer
+// warps, no partials and no second kernel when the batch fills the GPU.
+// K and V of a block are staged in
 // separate cp.async groups into single buffers, so K of block b+1 loads while
 // the warp computes p·V of block b and V of block b+1 while it computes the
 // scores of b+1 (36 KB of shared memory per warp at head_dim 128: 6 warps
 // per SM).
-template <int D>
+template <int D, bool kWhole>
 __global__ void __launch_bounds__(32) PagedTcKernel(const TcParams p) {
   using L = Layout<D>;
   extern __shared__ __align__(16) uint8_t smem[];
@@ -625,13 +644,14 @@ __global__ void __launch_bounds__(32) PagedTcKernel(const TcParams p) {
   }
   const int64_t part_base =
       (static_cast<int64_t>(tok) * p.hq + static_cast<int64_t>(g) * p.group) * p.max_splits + sp;
+  const bool direct = nspl <= 1 || kWhole;  // writes out, not partials
   if (bad) {  // poison: NaN output (or NaN partials, which fold to NaN)
     const float nan = __int_as_float(0x7fc00000);
     for (int i = lane; i < p.group * D; i += 32) {
       const int r = i / D;
       const int d = i - r * D;
       const int h = g * p.group + r;
-      if (nspl <= 1) {
+      if (direct) {
         p.out[static_cast<int64_t>(tok) * p.ldo + static_cast<int64_t>(h) * D + d] = nan;
       } else {
         const int64_t pi = part_base + static_cast<int64_t>(r) * p.max_splits;
@@ -662,8 +682,9 @@ __global__ void __launch_bounds__(32) PagedTcKernel(const TcParams p) {
     const int64_t hi = __shfl_sync(0xffffffffu, off_hi, r & 31);
     return r < 32 ? lo : hi;
   };
-  const int b_begin = sp * p.split_blocks;
-  const int b_end = min(b_begin + p.split_blocks, pos / kTcKeyBlock + 1);
+  const int b_begin = kWhole ? 0 : sp * p.split_blocks;
+  const int b_end =
+      kWhole ? pos / kTcKeyBlock + 1 : min(b_begin + p.split_blocks, pos / kTcKeyBlock + 1);
   offsets(b_begin * kTcKeyBlock);
   StageRows<D>(p, p.k, kbuf, b_begin * kTcKeyBlock, pos, lane, 32, row_off);
   CpAsyncCommit();
@@ -685,6 +706,16 @@ __global__ void __launch_bounds__(32) PagedTcKernel(const TcParams p) {
 
   RowState<D> st;
   st.Reset();
+  // Whole-token mode: the folded state of the splits so far.
+  float big_o[RowState<D>::kNT][4];
+#pragma unroll
+  for (int nt = 0; nt < RowState<D>::kNT; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) big_o[nt][e] = 0.0f;
+  }
+  float big_m[2] = {NegInf(), NegInf()};
+  float big_l[2] = {0.0f, 0.0f};
+  auto big_slot = [&](int nt, int e) -> float& { return big_o[nt][e]; };
   for (int b = b_begin; b < b_end; ++b) {
     const int key0 = b * kTcKeyBlock;
     const bool more = b + 1 < b_end;
@@ -706,6 +737,10 @@ __global__ void __launch_bounds__(32) PagedTcKernel(const TcParams p) {
     __syncwarp();
     if (more) StageRows<D>(p, p.v, vbuf, key0 + kTcKeyBlock, pos, lane, 32, row_off);
     CpAsyncCommit();
+    if (kWhole && ((b + 1) % p.split_blocks == 0 || !more)) {
+      FoldTileInto<D>(big_m, big_l, big_slot, st, p.c);
+      st.Reset();
+    }
   }
   CpAsyncWait<0>();
   const int t = lane & 3;
@@ -716,7 +751,11 @@ __global__ void __launch_bounds__(32) PagedTcKernel(const TcParams p) {
       const int r = rr + 8 * (e >> 1);
       if (r >= p.group) continue;
       const int d = 8 * nt + 2 * t + (e & 1);
-      if (nspl == 1) {
+      if (kWhole) {
+        p.out[static_cast<int64_t>(tok) * p.ldo +
+              static_cast<int64_t>(g * p.group + r) * D + d] =
+            __fdiv_rn(big_o[nt][e], big_l[e >> 1]);
+      } else if (nspl == 1) {
         p.out[static_cast<int64_t>(tok) * p.ldo +
               static_cast<int64_t>(g * p.group + r) * D + d] =
             __fdiv_rn(st.o[nt][e], st.l[e >> 1]);
@@ -814,7 +853,7 @@ template <int D>
 absl::Status LaunchPaged(TcParams p, cudaStream_t stream) {
   using L = Layout<D>;
   const size_t smem = 16 * L::kStride + 2 * L::kTile;
-  auto kernel = PagedTcKernel<D>;
+  auto kernel = p.whole_tokens ? PagedTcKernel<D, true> : PagedTcKernel<D, false>;
   if (absl::Status s = AllowSmem(kernel, smem); !s.ok()) return s;
   const int64_t items = static_cast<int64_t>(p.tokens) * p.hkv * p.max_splits;
   if (items > 0x7fffffff) {
@@ -843,6 +882,20 @@ absl::Status LaunchPaged(TcParams p, cudaStream_t stream) {
         absl::StrCat("PagedTcKernel launch: ", cudaGetErrorString(launch)));
   }
   return absl::OkStatus();
+}
+
+// (token, KV head) warps from which the invariant paged kernel runs in
+// whole-token mode: half a wave of resident warps. Measured on the H200
+// (model_step_bench, Qwen3-1.7B shape, context 768): whole-token mode is
+// faster from batch 64 (512 warps: 7.40 vs 7.82 ms per step) and at 256
+// (17.08 vs 21.28 ms). LOCKSTEP_PAGED_WHOLE_TOKEN_MIN_WARPS=n overrides it
+// for measurements (0: always, a huge n: never); no value changes a bit.
+int64_t WholeTokenMinWarps() {
+  static const int64_t from_env = [] {
+    const char* v = std::getenv("LOCKSTEP_PAGED_WHOLE_TOKEN_MIN_WARPS");
+    return v == nullptr || *v == '\0' ? int64_t{-1} : std::max<int64_t>(0, std::atoll(v));
+  }();
+  return from_env >= 0 ? from_env : int64_t{SmCount()} * kPagedWarpsPerSm / 2;
 }
 
 // The fields prefill and paged attention share; vec: K/V bases 16-byte
@@ -901,6 +954,11 @@ absl::Status PagedAttentionTc(const PagedAttentionArgs& args, void* stream) {
   p.split_blocks = static_cast<int>(split_keys / kTcKeyBlock);
   p.max_splits = static_cast<int>(
       std::max<int64_t>(1, (max_keys + split_keys - 1) / split_keys));
+  if (p.max_splits > 1 && !args.batch_dependent_splits &&
+      args.tokens * c.num_kv_heads >= WholeTokenMinWarps()) {
+    p.whole_tokens = 1;
+    p.max_splits = 1;
+  }
   if (c.head_dim == 64) return LaunchPaged<64>(p, AsStream(stream));
   return LaunchPaged<128>(p, AsStream(stream));
 }

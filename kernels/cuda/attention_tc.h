@@ -24,7 +24,11 @@
 // Prefill folds splits inline; PagedAttention runs one warp per (token, KV
 // head, split) and folds the per-split partials in a second kernel with the
 // same arithmetic, which is how decode of a long context fills the GPU at
-// small batch (split-KV with one fixed split size).
+// small batch (split-KV with one fixed split size). When tokens x KV heads
+// reach half a wave of resident warps, it runs one warp per (token, KV head)
+// that folds the token's splits inline instead (whole-token mode): the same
+// splits, the same fold, in the same order, so the choice never changes a
+// bit; it saves the partials' bytes and the second kernel at large batch.
 #ifndef LOCKSTEP_KERNELS_CUDA_ATTENTION_TC_H_
 #define LOCKSTEP_KERNELS_CUDA_ATTENTION_TC_H_
 

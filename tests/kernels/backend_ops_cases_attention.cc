@@ -320,10 +320,22 @@ class AttentionCase : public OpCase {
   }
 
   // A block table pointing outside the cache never reads out of place:
-  // the backend refuses the call, or poisons only that query's output.
+  // the backend refuses the call, or poisons only that query's output; alone
+  // and crowded by filler queries (>= 2,048 (token, KV head) pairs: the
+  // paged kernel's whole-token mode on any GPU up to 682 SMs).
   void CheckBadPage(Backend& b) {
-    const std::vector<std::pair<int32_t, int32_t>> queries = {{0, s_.good_pos},
-                                                              {1, s_.bad_pos}};
+    std::vector<std::pair<int32_t, int32_t>> queries = {{0, s_.good_pos}, {1, s_.bad_pos}};
+    CheckBadPage(b, queries);
+    for (size_t i = 0; static_cast<int64_t>(queries.size()) * s_.hkv < 2048; ++i) {
+      queries.push_back(fillers_[i % fillers_.size()]);
+    }
+    CheckBadPage(b, queries);
+  }
+
+  // CheckBadPage for one batch whose first two rows are (0, good_pos) and
+  // (1, bad_pos).
+  void CheckBadPage(Backend& b, const std::vector<std::pair<int32_t, int32_t>>& queries) {
+    SCOPED_TRACE(absl::StrCat(queries.size(), " queries"));
     absl::StatusOr<Output> good = RunPaged(b, queries, dtables_);
     ASSERT_TRUE(good.ok()) << good.status();
     std::vector<int32_t> bad = tables_;
@@ -393,7 +405,12 @@ std::vector<CaseEntry> AttentionCases() {
     }
   }
   // LongContextsAgreeBitwiseAcrossSplits: 1100 tokens (past the 128-key
-  // splits of the tensor-core path), decode at split boundaries.
+  // splits of the tensor-core path), decode at split boundaries. Decode
+  // alone and the short chunks (<= 122 (token, KV head) pairs) split a
+  // token's keys across warps; the mixed batch (1,467 tokens) and the
+  // 700-token chunk reach the 396 pairs (half a wave of 6 warps on 132 SMs) from
+  // which the paged kernel folds a token's splits in one warp (whole-token
+  // mode): the memcmp against prefill covers both modes.
   for (const auto& [d, hq, hkv] :
        {std::make_tuple(int64_t{128}, int64_t{4}, int64_t{2}),
         std::make_tuple(int64_t{64}, int64_t{16}, int64_t{1})}) {
