@@ -15,7 +15,8 @@ Methods:
   static_compile  model.generate with a static KV cache and model.forward
                   wrapped in torch.compile(mode="reduce-overhead", fullgraph=True,
                   dynamic=False) (CUDA graphs; retried with fullgraph=False if
-                  it fails). transformers' own auto-compile is disabled so the
+                  it fails); every call marks a new CUDA-graph step and clones
+                  its logits, which generate keeps across steps. transformers' own auto-compile is disabled so the
                   wrapper above is the only compilation. Per batch: a warm-up
                   generate (compile_s = its wall time, compilation + one run),
                   a timed generate, and a timed generate with max_new_tokens=1
@@ -126,9 +127,21 @@ def timed_generate(model, input_ids, new_tokens, seed):
 
 
 def compile_forward(model, fullgraph, mode):
+    """model.forward compiled; each call starts a new CUDA-graph step (so the
+    graph may reuse its output buffers) and returns its logits cloned (so
+    generate may keep them while the next step runs)."""
     model.__dict__.pop("forward", None)
     torch._dynamo.reset()
-    model.forward = torch.compile(model.forward, mode=mode, fullgraph=fullgraph, dynamic=False)
+    compiled = torch.compile(model.forward, mode=mode, fullgraph=fullgraph, dynamic=False)
+
+    def forward(*args, **kwargs):
+        torch.compiler.cudagraph_mark_step_begin()
+        out = compiled(*args, **kwargs)
+        if getattr(out, "logits", None) is not None:
+            out.logits = out.logits.clone()
+        return out
+
+    model.forward = forward
 
 
 def run_static_compile(model, prompts, args, state):
