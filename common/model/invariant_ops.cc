@@ -4,10 +4,12 @@
 // reference graph (reference_ops.h) and overwrite its output values with the
 // kernel's, so the forward bits are the kernel's and the backward is the
 // reference op's derivative.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "common/model/kernel_stream.h"
 #include "common/model/op_error.h"
@@ -156,14 +158,24 @@ struct LinearFn : public torch::autograd::Function<LinearFn> {
   }
 };
 
-bool FusedKernelsEnabled() {
-  const char* v = std::getenv("LOCKSTEP_FUSED_KERNELS");
-  return v == nullptr || std::strcmp(v, "0") != 0;
-}
-
 // A dense float32 [rows, cols] tensor a fused kernel can take as is.
 bool DenseF32(const torch::Tensor& t) {
   return t.defined() && t.dim() == 2 && t.scalar_type() == torch::kFloat && t.is_contiguous();
+}
+
+// A float32 [rows, cols] tensor whose rows are dense (a column slice of a
+// StackedLinear output, or a dense tensor): a kernel takes it with row
+// stride RowStride(t).
+bool RowMajorF32(const torch::Tensor& t) {
+  return t.defined() && t.dim() == 2 && t.scalar_type() == torch::kFloat &&
+         (t.stride(1) == 1 || t.size(1) <= 1) && (t.stride(0) >= t.size(1) || t.size(0) <= 1);
+}
+
+int64_t RowStride(const torch::Tensor& t) { return std::max(t.stride(0), t.size(1)); }
+
+// t itself when its rows are dense float32 rows, else a dense copy.
+torch::Tensor RowMajor(const torch::Tensor& t) {
+  return RowMajorF32(t) ? t.detach() : t.detach().contiguous();
 }
 
 class InvariantOps : public Ops {
@@ -176,8 +188,8 @@ class InvariantOps : public Ops {
   // instead, so the training graph is the unfused one.
 
   torch::Tensor StoreBF16(torch::Tensor x) override {
-    if (!fused_ || NeedsGrad({&x}) || !DenseF32(x)) return Ops::StoreBF16(std::move(x));
-    Check(kernels::RoundRowsToBF16(x.data_ptr<float>(), x.size(1), x.size(0), x.size(1),
+    if (!fused_ || NeedsGrad({&x}) || !RowMajorF32(x)) return Ops::StoreBF16(std::move(x));
+    Check(kernels::RoundRowsToBF16(x.data_ptr<float>(), RowStride(x), x.size(0), x.size(1),
                                    ContextOf(x)));
     return x;
   }
@@ -222,7 +234,7 @@ class InvariantOps : public Ops {
   torch::Tensor HeadNormRope(torch::Tensor x, const torch::Tensor& norm_w,
                              const torch::Tensor& positions, int64_t heads, int64_t head_dim,
                              const RopeTable& rope, double eps, bool round) override {
-    if (!fused_ || NeedsGrad({&x, &norm_w}) || !DenseF32(x) ||
+    if (!fused_ || NeedsGrad({&x, &norm_w}) || !RowMajorF32(x) ||
         x.size(1) != heads * head_dim) {
       return Ops::HeadNormRope(std::move(x), norm_w, positions, heads, head_dim, rope, eps,
                                round);
@@ -234,7 +246,7 @@ class InvariantOps : public Ops {
     torch::Tensor wc;
     kernels::HeadNormRopeArgs a;
     a.x = x.data_ptr<float>();
-    a.ldx = x.size(1);
+    a.ldx = RowStride(x);
     a.positions = pos.data_ptr<int32_t>();
     a.tokens = x.size(0);
     a.heads = heads;
@@ -253,7 +265,7 @@ class InvariantOps : public Ops {
   }
 
   torch::Tensor SiluMulStore(torch::Tensor gate, torch::Tensor up, bool round) override {
-    if (!fused_ || NeedsGrad({&gate, &up}) || !DenseF32(gate) || !DenseF32(up) ||
+    if (!fused_ || NeedsGrad({&gate, &up}) || !RowMajorF32(gate) || !RowMajorF32(up) ||
         !gate.sizes().equals(up.sizes())) {
       return Ops::SiluMulStore(std::move(gate), std::move(up), round);
     }
@@ -262,9 +274,9 @@ class InvariantOps : public Ops {
                           gate.options().dtype(bf16_out ? torch::kBFloat16 : torch::kFloat));
     kernels::SiluMulRoundArgs a;
     a.gate = gate.data_ptr<float>();
-    a.ld_gate = gate.size(1);
+    a.ld_gate = RowStride(gate);
     a.up = up.data_ptr<float>();
-    a.ld_up = up.size(1);
+    a.ld_up = RowStride(up);
     a.out = y.data_ptr();
     a.out_dtype = bf16_out ? kernels::DType::kBF16 : kernels::DType::kF32;
     a.ld_out = y.size(1);
@@ -273,6 +285,16 @@ class InvariantOps : public Ops {
     a.round_bf16 = round;
     Check(kernels::SiluMulRound(a, ContextOf(y)));
     return y;
+  }
+
+  // One GEMM over the stacked weight (packed as a whole on the CPU), the
+  // bias added in place, and column views of the output.
+  std::vector<torch::Tensor> StackedLinear(const torch::Tensor& x, const LinearWeight& w,
+                                           const std::vector<int64_t>& splits) override {
+    if (!fused_ || NeedsGrad({&x, &w.w, &w.bias})) return Ops::StackedLinear(x, w, splits);
+    auto y = RawMatmul(x, w.w, w.packed.get(), bf16_activations_);
+    if (w.bias.defined()) y.add_(w.bias);
+    return SplitColumns(y, splits);
   }
 
   torch::Tensor Linear(const torch::Tensor& x, const LinearWeight& w) override {
@@ -372,24 +394,27 @@ class InvariantOps : public Ops {
   torch::Tensor PrefillAttention(const torch::Tensor& q_in, const torch::Tensor& k_in,
                                  const torch::Tensor& v_in, int64_t q_heads,
                                  int64_t kv_heads, int64_t head_dim) override {
-    auto q = q_in.detach().contiguous();
+    auto q = RowMajor(q_in);
     // A bf16 model's K/V hold bf16 values; on the GPU they go in as bf16, as
     // they sit in its paged cache, so prefill takes the same attention path
     // (the tensor-core kernel) as decode. The conversion is exact.
     const bool bf16_kv = bf16_activations_ && q.is_cuda();
-    auto k = k_in.detach().contiguous();
-    auto v = v_in.detach().contiguous();
+    auto k = RowMajor(k_in);
+    auto v = RowMajor(v_in);
     if (bf16_kv) {
-      k = k.to(torch::kBFloat16);
-      v = v.to(torch::kBFloat16);
+      k = k.to(torch::kBFloat16).contiguous();
+      v = v.to(torch::kBFloat16).contiguous();
+    } else if (RowStride(k) != RowStride(v)) {  // one row stride for both
+      k = k.contiguous();
+      v = v.contiguous();
     }
-    auto y = torch::empty_like(q);
+    auto y = torch::empty({q.size(0), q.size(1)}, q.options());
     kernels::PrefillAttentionArgs a;
     a.q = q.data_ptr<float>();
-    a.ldq = q.size(1);
+    a.ldq = RowStride(q);
     a.k = k.data_ptr();
     a.v = v.data_ptr();
-    a.ldk = k.size(1);
+    a.ldk = RowStride(k);
     a.kv_dtype = bf16_kv ? kernels::DType::kBF16 : kernels::DType::kF32;
     a.out = y.data_ptr<float>();
     a.ldo = y.size(1);
@@ -411,9 +436,10 @@ class InvariantOps : public Ops {
                                const torch::Tensor& v_in, LayerKv& kv,
                                const PagedAttentionMeta& meta, int64_t q_heads,
                                int64_t kv_heads, int64_t head_dim) override {
-    auto q = q_in.detach().contiguous();
-    auto k = k_in.detach().contiguous();
-    auto v = v_in.detach().contiguous();
+    // q, k, v may be column slices of one QKV GEMM output: taken in place.
+    auto q = RowMajor(q_in);
+    auto k = RowMajor(k_in);
+    auto v = RowMajor(v_in);
     kernels::PagedKvCache cache;
     cache.k = kv.k.data_ptr();
     cache.v = kv.v.data_ptr();
@@ -425,17 +451,17 @@ class InvariantOps : public Ops {
     kernels::KvWriteArgs w;
     w.cache = cache;
     w.k = k.data_ptr<float>();
-    w.ldk = k.size(1);
+    w.ldk = RowStride(k);
     w.v = v.data_ptr<float>();
-    w.ldv = v.size(1);
+    w.ldv = RowStride(v);
     w.slots = meta.slots.data_ptr<int64_t>();
     w.tokens = k.size(0);
     Check(kernels::WriteKv(w, ContextOf(q)));
-    auto y = torch::empty_like(q);
+    auto y = torch::empty({q.size(0), q.size(1)}, q.options());
     kernels::PagedAttentionArgs a;
     a.cache = cache;
     a.q = q.data_ptr<float>();
-    a.ldq = q.size(1);
+    a.ldq = RowStride(q);
     a.out = y.data_ptr<float>();
     a.ldo = y.size(1);
     a.tokens = q.size(0);
@@ -517,6 +543,11 @@ class InvariantOps : public Ops {
 
 }  // namespace
 
+bool FusedKernelsEnabled() {
+  const char* v = std::getenv("LOCKSTEP_FUSED_KERNELS");
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
 std::unique_ptr<Ops> CreateOps(KernelMode mode, bool bf16_activations) {
   if (mode == KernelMode::kStandard) return reference::CreateStandardOps();
   return std::make_unique<InvariantOps>(bf16_activations, FusedKernelsEnabled());
@@ -553,6 +584,38 @@ torch::Tensor Ops::HeadNormRope(torch::Tensor x, const torch::Tensor& norm_w,
 torch::Tensor Ops::SiluMulStore(torch::Tensor gate, torch::Tensor up, bool round) {
   auto s = [&](torch::Tensor t) { return round ? StoreBF16(std::move(t)) : t; };
   return s(SiluMul(s(std::move(gate)), s(std::move(up))));
+}
+
+std::vector<torch::Tensor> Ops::StackedLinear(const torch::Tensor& x, const LinearWeight& w,
+                                              const std::vector<int64_t>& splits) {
+  std::vector<torch::Tensor> out;
+  int64_t begin = 0;
+  for (int64_t n : splits) {
+    // A view of the block's rows (dense: the stacked weight is); the CPU
+    // packing of the whole weight does not apply to it.
+    LinearWeight block;
+    block.w = w.w.narrow(0, begin, n);
+    auto y = Linear(x, block);
+    if (w.bias.defined()) y = y + w.bias.narrow(0, begin, n);
+    out.push_back(std::move(y));
+    begin += n;
+  }
+  TORCH_CHECK(begin == w.w.size(0), "StackedLinear: splits sum to ", begin, ", weight has ",
+              w.w.size(0), " rows");
+  return out;
+}
+
+std::vector<torch::Tensor> SplitColumns(const torch::Tensor& y,
+                                        const std::vector<int64_t>& splits) {
+  std::vector<torch::Tensor> out;
+  int64_t begin = 0;
+  for (int64_t n : splits) {
+    out.push_back(y.narrow(1, begin, n));
+    begin += n;
+  }
+  TORCH_CHECK(begin == y.size(1), "StackedLinear: splits sum to ", begin, ", output has ",
+              y.size(1), " columns");
+  return out;
 }
 
 namespace {

@@ -267,15 +267,21 @@ absl::Status ModelImpl::Init(TensorMap tensors) {
       auto it = tensors_.find(name);
       if (it == tensors_.end()) return absl::InvalidArgumentError("missing weight " + name);
       // A view of the host copy (kept in tensors_ for the model's lifetime):
-      // the device upload, a narrowed shard's copy or the CPU kernels'
-      // packing below is the only copy made.
+      // the device upload or a narrowed shard's copy is the only copy made,
+      // besides the stacked q/k/v and gate/up matrices (which replace their
+      // parts: on a GPU the parts' uploads are dropped; on the CPU the stack
+      // is one host copy more, beside the CPU kernels' packing below).
       const HostTensor& h = it->second;
       torch::Tensor w = torch::from_blob(const_cast<uint8_t*>(h.data.data()), h.shape,
                                          torch::TensorOptions().dtype(TorchType(h.dtype)));
       if (dim >= 0) w = w.narrow(dim, begin, count);
       return w.contiguous().to(dev);
     };
-    LOCKSTEP_ASSIGN_OR_RETURN(RankWeights rw, BuildRankWeights(c, r, t, source, linear, dev));
+    // q/k/v and gate/up stacked (one GEMM each where the op set fuses),
+    // packed as a whole on the CPU.
+    LOCKSTEP_ASSIGN_OR_RETURN(RankWeights rw,
+                              BuildRankWeights(c, r, t, source, linear, dev,
+                                               /*stack_projections=*/true));
     ranks_.push_back(std::move(rw));
   }
   LOCKSTEP_ASSIGN_OR_RETURN(const CudaStep step, EffectiveCudaStep(options_.cuda_step));

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <utility>
+#include <vector>
 
 namespace lockstep::common {
 namespace {
@@ -17,8 +18,17 @@ torch::Tensor LongTensor(const std::vector<int64_t>& v, const torch::Device& dev
 torch::Tensor SwiGluMlp(const ModelConfig& config, const MlpWeights& mlp, Ops& ops,
                         const torch::Tensor& x, Communicator* comm) {
   const bool bf16 = config.dtype == kernels::DType::kBF16;
-  auto gate = ops.Linear(x, mlp.gate);
-  auto up = ops.Linear(x, mlp.up);
+  torch::Tensor gate, up;
+  if (mlp.gate_up.w.defined()) {
+    // The two halves of one [T, 2n] output where the op set fuses.
+    const int64_t n = mlp.gate_up.w.size(0) / 2;
+    std::vector<torch::Tensor> gu = ops.StackedLinear(x, mlp.gate_up, {n, n});
+    gate = std::move(gu[0]);
+    up = std::move(gu[1]);
+  } else {
+    gate = ops.Linear(x, mlp.gate);
+    up = ops.Linear(x, mlp.up);
+  }
   auto act = ops.SiluMulStore(std::move(gate), std::move(up), bf16);
   return ops.RowParallelLinear(act, mlp.down, comm);
 }

@@ -2,6 +2,7 @@
 
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/model/moe_forward.h"
@@ -35,7 +36,8 @@ RopeTable MakeRopeTable(const ModelConfig& config, const torch::Device& device) 
 absl::StatusOr<RankWeights> BuildRankWeights(const ModelConfig& c, int rank, int tp,
                                              const WeightSource& source,
                                              const LinearMaker& make_linear,
-                                             const torch::Device& device) {
+                                             const torch::Device& device,
+                                             bool stack_projections) {
   const int64_t D = c.head_dim, Hq = c.num_attention_heads, Hkv = c.num_key_value_heads;
   const int64_t q_local = Hq / tp;
   const int64_t kv_local = Hkv >= tp ? Hkv / tp : 1;
@@ -51,6 +53,30 @@ absl::StatusOr<RankWeights> BuildRankWeights(const ModelConfig& c, int rank, int
     if (bias) {
       LOCKSTEP_ASSIGN_OR_RETURN(lw.bias, source(prefix + ".bias", 0, begin, count));
     }
+    return lw;
+  };
+  // Column-parallel layers reading one input, stacked: rows [begin, begin +
+  // count) of each, laid one after the other. The shards are only views or
+  // single copies, so the stacked matrix is the one copy that stays.
+  struct Block {
+    std::string prefix;
+    int64_t begin, count;
+  };
+  auto stacked = [&](const std::vector<Block>& blocks,
+                     bool bias) -> absl::StatusOr<LinearWeight> {
+    std::vector<torch::Tensor> ws, bs;
+    for (const Block& b : blocks) {
+      LOCKSTEP_ASSIGN_OR_RETURN(torch::Tensor w, source(b.prefix + ".weight", 0, b.begin, b.count));
+      ws.push_back(std::move(w));
+      if (bias) {
+        LOCKSTEP_ASSIGN_OR_RETURN(torch::Tensor t, source(b.prefix + ".bias", 0, b.begin, b.count));
+        bs.push_back(std::move(t));
+      }
+    }
+    torch::Tensor w = torch::cat(ws, 0);
+    ws.clear();
+    LOCKSTEP_ASSIGN_OR_RETURN(LinearWeight lw, make_linear(std::move(w)));
+    if (bias) lw.bias = torch::cat(bs, 0);
     return lw;
   };
   auto row = [&](const std::string& name, int64_t begin,
@@ -71,12 +97,20 @@ absl::StatusOr<RankWeights> BuildRankWeights(const ModelConfig& c, int rank, int
     LayerWeights lw;
     LOCKSTEP_ASSIGN_OR_RETURN(lw.input_norm, whole(p + "input_layernorm.weight"));
     LOCKSTEP_ASSIGN_OR_RETURN(lw.post_norm, whole(p + "post_attention_layernorm.weight"));
-    LOCKSTEP_ASSIGN_OR_RETURN(
-        lw.q, column(p + "self_attn.q_proj", rank * q_local * D, q_local * D, c.qkv_bias));
-    LOCKSTEP_ASSIGN_OR_RETURN(
-        lw.k, column(p + "self_attn.k_proj", kv_begin * D, kv_local * D, c.qkv_bias));
-    LOCKSTEP_ASSIGN_OR_RETURN(
-        lw.v, column(p + "self_attn.v_proj", kv_begin * D, kv_local * D, c.qkv_bias));
+    if (stack_projections) {
+      LOCKSTEP_ASSIGN_OR_RETURN(
+          lw.qkv, stacked({{p + "self_attn.q_proj", rank * q_local * D, q_local * D},
+                           {p + "self_attn.k_proj", kv_begin * D, kv_local * D},
+                           {p + "self_attn.v_proj", kv_begin * D, kv_local * D}},
+                          c.qkv_bias));
+    } else {
+      LOCKSTEP_ASSIGN_OR_RETURN(
+          lw.q, column(p + "self_attn.q_proj", rank * q_local * D, q_local * D, c.qkv_bias));
+      LOCKSTEP_ASSIGN_OR_RETURN(
+          lw.k, column(p + "self_attn.k_proj", kv_begin * D, kv_local * D, c.qkv_bias));
+      LOCKSTEP_ASSIGN_OR_RETURN(
+          lw.v, column(p + "self_attn.v_proj", kv_begin * D, kv_local * D, c.qkv_bias));
+    }
     LOCKSTEP_ASSIGN_OR_RETURN(lw.o,
                               row(p + "self_attn.o_proj.weight", rank * q_local * D, q_local * D));
     if (c.qk_norm) {
@@ -87,8 +121,15 @@ absl::StatusOr<RankWeights> BuildRankWeights(const ModelConfig& c, int rank, int
     auto mlp = [&](const std::string& prefix, int64_t width) -> absl::StatusOr<MlpWeights> {
       const int64_t local = width / tp;
       MlpWeights m;
-      LOCKSTEP_ASSIGN_OR_RETURN(m.gate, column(prefix + "gate_proj", rank * local, local, false));
-      LOCKSTEP_ASSIGN_OR_RETURN(m.up, column(prefix + "up_proj", rank * local, local, false));
+      if (stack_projections) {
+        LOCKSTEP_ASSIGN_OR_RETURN(m.gate_up, stacked({{prefix + "gate_proj", rank * local, local},
+                                                      {prefix + "up_proj", rank * local, local}},
+                                                     /*bias=*/false));
+      } else {
+        LOCKSTEP_ASSIGN_OR_RETURN(m.gate,
+                                  column(prefix + "gate_proj", rank * local, local, false));
+        LOCKSTEP_ASSIGN_OR_RETURN(m.up, column(prefix + "up_proj", rank * local, local, false));
+      }
       LOCKSTEP_ASSIGN_OR_RETURN(m.down, row(prefix + "down_proj.weight", rank * local, local));
       return m;
     };
@@ -127,9 +168,21 @@ std::pair<torch::Tensor, torch::Tensor> DecoderLayer(const ModelConfig& config,
   const LayerWeights& lw = weights.layers[layer];
   torch::Tensor x;
   std::tie(h, x) = ops.AddRmsNorm(std::move(h), std::move(pending), lw.input_norm, eps, bf16);
-  auto q = LinearWithBias(ops, x, lw.q);
-  auto k = LinearWithBias(ops, x, lw.k);
-  auto v = StoreActivation(config, ops, LinearWithBias(ops, x, lw.v));
+  torch::Tensor q, k, v;
+  if (lw.qkv.w.defined()) {
+    // Column slices of one [T, (Hq + 2·Hkv)·D] output where the op set fuses;
+    // the ops below take them in place.
+    std::vector<torch::Tensor> qkv = ops.StackedLinear(
+        x, lw.qkv, {weights.q_heads * D, weights.kv_heads * D, weights.kv_heads * D});
+    q = std::move(qkv[0]);
+    k = std::move(qkv[1]);
+    v = std::move(qkv[2]);
+  } else {
+    q = LinearWithBias(ops, x, lw.q);
+    k = LinearWithBias(ops, x, lw.k);
+    v = LinearWithBias(ops, x, lw.v);
+  }
+  v = StoreActivation(config, ops, std::move(v));
   q = ops.HeadNormRope(std::move(q), config.qk_norm ? lw.q_norm : no_norm, input.positions,
                        weights.q_heads, D, weights.rope, eps, bf16);
   k = ops.HeadNormRope(std::move(k), config.qk_norm ? lw.k_norm : no_norm, input.positions,

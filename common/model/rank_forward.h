@@ -21,17 +21,23 @@ namespace lockstep::common {
 
 // One SwiGLU MLP (dense, or one expert of a sparse layer) on one rank:
 // gate/up hold this rank's output rows [I/t, H], down its input columns
-// [H, I/t].
+// [H, I/t]. Stacked (BuildRankWeights' stack_projections): gate_up holds
+// gate's rows then up's, [2·I/t, H], and gate, up are empty.
 struct MlpWeights {
   LinearWeight gate, up, down;
+  LinearWeight gate_up;
 };
 
 // One decoder layer's weights as held by one rank. Column-parallel layers
 // (q, k, v, gate, up) hold this rank's output rows; row-parallel ones (o,
-// down) this rank's input columns.
+// down) this rank's input columns. Stacked (BuildRankWeights'
+// stack_projections): qkv holds q's rows, then k's, then v's,
+// [(q_heads + 2·kv_heads)·D, H] with the biases likewise, and q, k, v are
+// empty.
 struct LayerWeights {
   torch::Tensor input_norm;  // [H]
   LinearWeight q, k, v, o;
+  LinearWeight qkv;
   torch::Tensor q_norm, k_norm;  // [D], undefined without QK-norm
   torch::Tensor post_norm;       // [H]
   MlpWeights mlp;                // dense layers
@@ -75,10 +81,18 @@ using LinearMaker = std::function<absl::StatusOr<LinearWeight>(torch::Tensor w)>
 // are its own slice, or the one head its query heads map to when ranks
 // outnumber KV heads. `device`: where the RoPE table goes. The one place
 // that maps HF weight names to the forward's weights.
+// `stack_projections`: each layer's q, k, v and each MLP's (experts' too)
+// gate, up become one stacked matrix of this rank's rows (LayerWeights::qkv,
+// MlpWeights::gate_up), made by one make_linear call; the forward then runs
+// them through Ops::StackedLinear (one GEMM each where the op set fuses) and
+// the separate matrices are not kept. The inference Model stacks; the
+// learner's differentiable forward does not (its parameters are the HF
+// tensors themselves). Either way the forward has the same bits.
 absl::StatusOr<RankWeights> BuildRankWeights(const ModelConfig& config, int rank, int tp,
                                              const WeightSource& source,
                                              const LinearMaker& make_linear,
-                                             const torch::Device& device);
+                                             const torch::Device& device,
+                                             bool stack_projections = false);
 
 // Attention source of a forward: either whole sequences laid end to end
 // (seq_lens, full-sequence prefill), or a paged step (meta + per-layer KV).

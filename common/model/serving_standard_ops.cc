@@ -1,6 +1,7 @@
 #include "common/model/serving_standard_ops.h"
 
 #include <utility>
+#include <vector>
 
 #include "common/model/reference_ops.h"
 
@@ -18,6 +19,15 @@ class ServingStandardOps : public Ops {
     const auto dtype = w.w.scalar_type();
     auto xb = x.scalar_type() == dtype ? x : x.to(dtype);
     return torch::matmul(xb, w.w.t()).to(torch::kFloat);
+  }
+
+  // One cuBLAS GEMM for q, k, v (gate, up), as a serving stack runs them.
+  std::vector<torch::Tensor> StackedLinear(const torch::Tensor& x, const LinearWeight& w,
+                                           const std::vector<int64_t>& splits) override {
+    if (!FusedKernelsEnabled()) return Ops::StackedLinear(x, w, splits);
+    auto y = Linear(x, w);
+    if (w.bias.defined()) y.add_(w.bias);
+    return SplitColumns(y, splits);
   }
 
   torch::Tensor RowParallelLinear(const torch::Tensor& x, const LinearWeight& w,

@@ -2,7 +2,9 @@
 // (vLLM/SGLang-style serving arithmetic), so that invariant / standard is
 // the cost of invariance and not of a slow baseline (issue 15 item 5).
 //  - GEMMs: cuBLAS on bf16 activations and bf16 weights (fp32 accumulate,
-//    bf16 out, which the forward's storage cast would round to anyway);
+//    bf16 out, which the forward's storage cast would round to anyway), one
+//    GEMM for q/k/v and one for gate/up (Ops::StackedLinear) like the
+//    invariant set;
 //    cuBLAS picks its kernel, split-K included, by the shape, so a row's bits
 //    depend on the batch. TP sums are plain all-reduces.
 //  - Paged decode attention: the tensor-core kernel with FlashDecoding's

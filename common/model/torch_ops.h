@@ -3,14 +3,16 @@
 //  - InvariantOps: every value from the invariant kernels (kernels/); when an
 //    input requires grad, an autograd graph whose backward uses LibTorch ops;
 //  - StandardOps: ordinary LibTorch ops (BLAS matmul, softmax, ...).
-// Activations are float32 tensors, 2-D [rows, features], contiguous, on the
-// model's device. Op failures throw c10::Error (callers at the module
+// Activations are float32 tensors, 2-D [rows, features], contiguous (but
+// StackedLinear's outputs: column slices of one GEMM output), on the model's
+// device. Op failures throw c10::Error (callers at the module
 // boundary convert to absl::Status).
 #ifndef LOCKSTEP_COMMON_MODEL_TORCH_OPS_H_
 #define LOCKSTEP_COMMON_MODEL_TORCH_OPS_H_
 
 #include <memory>
 #include <utility>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -116,9 +118,11 @@ class Ops {
   // defaults below run exactly that chain (the unfused forward, and the
   // training graph), and InvariantOps replaces them, outside autograd, by one
   // kernel with the same bits. Inputs are float32 [rows, features] tensors
-  // that the forward does not use again: an implementation may overwrite
-  // them. Outputs documented as "Linear input" may be bf16 tensors holding
-  // the same values, to be consumed by Linear / RowParallelLinear only.
+  // (rows possibly strided, as StackedLinear returns them) that the forward
+  // does not use again: an implementation may overwrite them in place.
+  // Outputs documented as "Linear input" may be bf16 tensors holding the
+  // same values, to be consumed by Linear / RowParallelLinear only. The
+  // attention ops take q, k, v with strided rows too.
 
   // S(x) = RoundToBF16(x).
   virtual torch::Tensor StoreBF16(torch::Tensor x);
@@ -140,15 +144,40 @@ class Ops {
                                      bool round);
   // S(SiluMul(S(gate), S(up))) of gate/up [T, n], a Linear input.
   virtual torch::Tensor SiluMulStore(torch::Tensor gate, torch::Tensor up, bool round);
+  // The projections that read one input, held as one weight: w.w
+  // [n_0 + ... + n_{b-1}, in] stacks the row blocks w_i [n_i, in]
+  // (`splits` = {n_0, ..., n_{b-1}}), w.bias [sum n_i] (when defined) their
+  // biases. Returns y_i = x·w_iᵀ (+ bias_i, the fp32 add of Linear's
+  // callers) for x [T, in]: float32 [T, n_i] each, possibly column slices of
+  // one [T, sum n_i] tensor (stride(1) == 1, stride(0) == sum n_i) that the
+  // consumers may overwrite in place. The default runs one Linear per block
+  // on a view of w's rows (the unfused chain); InvariantOps runs one GEMM on
+  // the whole weight, which gives every block the bits of its own GEMM
+  // (kernels/matmul.h: an output element depends on its input row and
+  // weight row alone, in a fixed k order).
+  virtual std::vector<torch::Tensor> StackedLinear(const torch::Tensor& x,
+                                                   const LinearWeight& w,
+                                                   const std::vector<int64_t>& splits);
 };
 
 // Creates the op set of `mode`. `bf16_activations`: the forward rounds every
 // activation to bf16 (model dtype bf16), so GPU matmuls may take them as bf16.
-// The invariant set uses the fused kernels (kernels/fused.h) unless the
-// environment variable LOCKSTEP_FUSED_KERNELS is "0": then every fused step
-// runs as its chain of single ops, which tests compare bitwise with the fused
-// forward (the value is read at each call).
+// The invariant set uses the fused kernels (kernels/fused.h) and one GEMM
+// per StackedLinear unless FusedKernelsEnabled() is false: then every fused
+// step runs as its chain of single ops, which tests compare bitwise with the
+// fused forward (the switch is read at each call).
 std::unique_ptr<Ops> CreateOps(KernelMode mode, bool bf16_activations = false);
+
+// False when the environment variable LOCKSTEP_FUSED_KERNELS is "0" (read at
+// each call): op sets then run every fused step, StackedLinear included, as
+// its chain of single ops.
+bool FusedKernelsEnabled();
+
+// The column slices y[:, b_i : b_i + n_i] of y [T, sum n_i] for `splits` =
+// {n_i} (b_i the sum of the n before): views, row stride y.stride(0), as a
+// StackedLinear of one GEMM returns them.
+std::vector<torch::Tensor> SplitColumns(const torch::Tensor& y,
+                                        const std::vector<int64_t>& splits);
 
 // Gathers x [m, n] (float32) from every rank of `comm` into [t, m, n] on x's
 // device, in rank order. Moves bytes only. Stages through host memory when

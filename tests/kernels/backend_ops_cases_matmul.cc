@@ -5,9 +5,11 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status/status_macros.h"
 #include "gtest/gtest.h"
 #include "kernels/activation.h"
@@ -432,6 +434,158 @@ class TreeCombineCase : public OpCase {
   std::vector<float> p_;  // [t, m, n]
 };
 
+// Stacked projections (q/k/v and gate/up held as one weight: the inference
+// model's Ops::StackedLinear). The full problem is ONE Matmul of x [m, k]
+// with the stacked weight [n_0 + n_1 + ..., k]; its properties: for every
+// prefix batch M of kStackedPrefixes, column block i of the stacked GEMM has
+// the bits of the separate Matmul x · w_iᵀ with w_i in a buffer of its own
+// (how the unfused forward holds it), under the backend's own tile choice
+// (which depends on n, hence differs between the two) and under every GEMM
+// configuration of the backend. The stacked GEMM itself also runs every
+// configuration and batching (GemmLeaves, DefaultBatchings).
+constexpr int64_t kStackedPrefixes[] = {1, 3, 16, 64, 200};
+
+struct StackedSpec {
+  int64_t m = 200, k = 0;
+  std::vector<int64_t> splits;  // n_i
+  DType x = DType::kBF16, w = DType::kBF16;
+  uint64_t seed = 0;
+};
+
+class StackedMatmulCase : public OpCase {
+ public:
+  explicit StackedMatmulCase(const StackedSpec& s)
+      : s_(s),
+        n_(Total(s.splits)),
+        xv_(Values(s.m * s.k, s.seed, s.x)),
+        wv_(Values(n_ * s.k, s.seed + 1, s.w)),
+        x_(StoreAs(xv_, s.x), s.k * DTypeSize(s.x)) {}
+
+  int64_t rows() const override { return s_.m; }
+  absl::Status Prepare(Backend& b) override {
+    LOCKSTEP_ASSIGN_OR_RETURN(w_, b.Upload(StoreAs(wv_, s_.w)));
+    int64_t row = 0;
+    for (int64_t nb : s_.splits) {
+      const std::vector<float> block(wv_.begin() + row * s_.k,
+                                     wv_.begin() + (row + nb) * s_.k);
+      LOCKSTEP_ASSIGN_OR_RETURN(Buffer buf, b.Upload(StoreAs(block, s_.w)));
+      blocks_.push_back(std::move(buf));
+      row += nb;
+    }
+    return x_.Upload(b);
+  }
+  absl::StatusOr<Output> Run(Backend& b, const Batch& batch) override {
+    Buffer s;
+    LOCKSTEP_ASSIGN_OR_RETURN(const uint8_t* x, x_.Rows(b, batch, &s));
+    const int64_t m = static_cast<int64_t>(batch.rows.size());
+    LOCKSTEP_ASSIGN_OR_RETURN(Buffer y, b.Alloc(m * n_ * 4));
+    LOCKSTEP_RETURN_IF_ERROR(
+        Matmul(Args(x, m, w_.data(), n_, y.data()), b.context()));
+    return DownloadOutput(b, y.as<float>(), OutType::kF32, m, n_);
+  }
+  std::vector<double> Reference() const override {
+    return RefMatmul(xv_, wv_, s_.m, n_, s_.k);
+  }
+  double Tolerance(const Backend& b) const override {
+    return s_.x == DType::kBF16 && s_.w == DType::kBF16 && b.name() != "cpu"
+               ? 1e-2
+               : 1e-5;
+  }
+  int GemmLeaves() const override { return 1; }
+  absl::StatusOr<Output> RunGemmConfig(Backend& b, int config) override {
+    LOCKSTEP_ASSIGN_OR_RETURN(Buffer y, b.Alloc(s_.m * n_ * 4));
+    LOCKSTEP_RETURN_IF_ERROR(b.LeafMatmulWithConfig(
+        Args(x_.full(), s_.m, w_.data(), n_, y.data()), 1, s_.k, config));
+    return DownloadOutput(b, y.as<float>(), OutType::kF32, s_.m, n_);
+  }
+  CpuContract cpu_contract() const override {
+    return s_.x == DType::kBF16 && s_.w == DType::kBF16
+               ? CpuContract::kWithinTolerance
+               : CpuContract::kBitwise;
+  }
+  void CheckProperties(Backend& b, const Output& full) override {
+    const int configs = static_cast<int>(b.GemmConfigs(1).size());
+    for (int64_t m : kStackedPrefixes) {
+      if (m > s_.m) continue;
+      SCOPED_TRACE(::testing::Message() << "M=" << m);
+      // The stacked GEMM on the first m rows alone (a batch of m).
+      absl::StatusOr<Output> stacked = Run(b, Slice(0, m));
+      ASSERT_TRUE(stacked.ok()) << stacked.status();
+      ASSERT_EQ(0, std::memcmp(stacked->bytes.data(), full.bytes.data(),
+                               stacked->bytes.size()))
+          << "the stacked GEMM's first rows depend on M";
+      int64_t col = 0;
+      for (size_t i = 0; i < s_.splits.size(); ++i) {
+        const int64_t nb = s_.splits[i];
+        // config -1: the backend's own choice for [m, nb].
+        for (int config = -1; config < configs; ++config) {
+          absl::StatusOr<Buffer> y = b.Alloc(m * nb * 4);
+          ASSERT_TRUE(y.ok()) << y.status();
+          const MatmulArgs a =
+              Args(x_.full(), m, blocks_[i].data(), nb, y->data());
+          const absl::Status st =
+              config < 0 ? Matmul(a, b.context())
+                         : b.LeafMatmulWithConfig(a, 1, s_.k, config);
+          ASSERT_TRUE(st.ok()) << st;
+          absl::StatusOr<std::vector<float>> sep = b.Download(y->as<float>(), m * nb);
+          ASSERT_TRUE(sep.ok()) << sep.status();
+          int64_t differing = 0;
+          for (int64_t r = 0; r < m; ++r) {
+            differing += std::memcmp(stacked->row(r) + col * 4,
+                                     sep->data() + r * nb, nb * 4) != 0;
+          }
+          EXPECT_EQ(differing, 0)
+              << "block " << i << " (n=" << nb << ", "
+              << (config < 0 ? std::string("own choice")
+                             : b.GemmConfigs(1)[config])
+              << "): rows differing from the stacked GEMM's columns";
+        }
+        col += nb;
+      }
+    }
+  }
+
+ private:
+  static int64_t Total(const std::vector<int64_t>& v) {
+    int64_t t = 0;
+    for (int64_t x : v) t += x;
+    return t;
+  }
+  MatmulArgs Args(const void* x, int64_t m, const void* w, int64_t n,
+                  void* y) const {
+    MatmulArgs a;
+    a.x = x;
+    a.x_dtype = s_.x;
+    a.ldx = s_.k;
+    a.w = w;
+    a.w_dtype = s_.w;
+    a.ldw = s_.k;
+    a.y = y;
+    a.y_dtype = DType::kF32;
+    a.ldy = n;
+    a.m = m;
+    a.n = n;
+    a.k = s_.k;
+    return a;
+  }
+
+  StackedSpec s_;
+  int64_t n_;
+  std::vector<float> xv_, wv_;  // stored values; wv_ is the stacked weight
+  RowInput<uint8_t> x_;
+  Buffer w_;                    // the stacked weight
+  std::vector<Buffer> blocks_;  // the separate weights
+};
+
+void AddStacked(std::vector<CaseEntry>& cases, const StackedSpec& s,
+                bool heavy, absl::string_view note) {
+  std::string vars = absl::StrCat("m=", s.m, ",n=", absl::StrJoin(s.splits, "_"),
+                                  ",k=", s.k, ",x=", DName(s.x), ",w=", DName(s.w),
+                                  ",", note);
+  cases.push_back({"stacked_matmul", vars, heavy,
+                   [s] { return std::make_unique<StackedMatmulCase>(s); }});
+}
+
 void AddMatmul(std::vector<CaseEntry>& cases, const MatmulSpec& s, bool heavy,
                absl::string_view note = "") {
   std::string vars =
@@ -552,6 +706,39 @@ std::vector<CaseEntry> MatmulCases() {
     s.w_seed = 42;
     s.every_row_alone = true;
     AddMatmul(cases, s, false, "twin_data");
+  }
+
+  // Stacked projections (Ops::StackedLinear), shapes of the Qwen3 family
+  // scaled down and at size: q, k, v (GQA: k and v narrower than q) and
+  // gate, up; blocks that are not multiples of any tile width (16..256) or
+  // of the CPU's 32-column panel; k not a multiple of the 64-wide k-block,
+  // and not of 8 (the CUDA path then repacks the operands); the fp32-model
+  // mixes (fma chains everywhere).
+  struct Stacked {
+    std::vector<int64_t> splits;
+    int64_t k;
+    DType x, w;
+    bool heavy;
+    const char* note;
+  };
+  const DType kB = DType::kBF16, kF = DType::kF32;
+  for (const Stacked& c :
+       {Stacked{{256, 128, 128}, 256, kB, kB, false, "qkv"},
+        Stacked{{512, 512}, 256, kB, kB, false, "gate_up"},
+        Stacked{{96, 40, 40}, 200, kB, kB, false, "qkv_ragged"},
+        Stacked{{200, 200}, 100, kB, kB, false, "gate_up_k100"},
+        Stacked{{64, 32, 32}, 96, kF, kF, false, "qkv_f32"},
+        Stacked{{64, 32, 32}, 96, kF, kB, false, "qkv_mixed"},
+        Stacked{{2048, 1024, 1024}, 2048, kB, kB, true, "qkv_qwen3_1_7b"},
+        Stacked{{6144, 6144}, 2048, kB, kB, true, "gate_up_qwen3_1_7b"},
+        Stacked{{512, 256, 256}, 2048, kB, kB, true, "qkv_qwen3_1_7b_tp4"}}) {
+    StackedSpec s;
+    s.splits = c.splits;
+    s.k = c.k;
+    s.x = c.x;
+    s.w = c.w;
+    s.seed = 300 + c.k + c.splits[0];
+    AddStacked(cases, s, c.heavy, c.note);
   }
 
   // tree_reduce_cuda_test IdenticalBitsForTp1248AndAccurate: leaf 64: whole

@@ -305,6 +305,83 @@ TEST_F(MatmulTest, PackedMatchesUnpackedBitwise) {
   }
 }
 
+// Stacked projections (q/k/v, gate/up held as one weight, the inference
+// model's Ops::StackedLinear): one GEMM over the stacked weight gives each
+// column block exactly the bits of that block's own GEMM on a weight of its
+// own, packed or not, at every M, SIMD level and thread count; block sizes
+// that are not multiples of the 32-column panel included.
+TEST_F(MatmulTest, StackedWeightGivesEachBlockItsOwnGemmBits) {
+  struct Stack {
+    std::vector<int64_t> splits;
+    int64_t k;
+  };
+  const Stack stacks[] = {{{256, 128, 128}, 256},  // qwen3-style q, k, v (scaled)
+                          {{96, 40, 40}, 200},     // blocks off the panel grid
+                          {{200, 200}, 128},       // gate, up
+                          {{1, 33, 7}, 65}};
+  int seed = 0;
+  for (SimdLevel level : SupportedLevels()) {
+    ASSERT_TRUE(SetSimdLevel(level).ok());
+    for (int threads : {1, 3}) {
+      SetNumThreads(threads);
+      for (const Stack& st : stacks) {
+        for (DType xd : {DType::kF32, DType::kBF16}) {
+          for (DType wd : {DType::kF32, DType::kBF16}) {
+            ++seed;
+            int64_t n = 0;
+            for (int64_t b : st.splits) n += b;
+            // The separate weights, each in its own buffer, and their stack.
+            std::vector<Matrix> blocks;
+            Matrix stacked{wd, n, st.k, st.k, {}};
+            for (size_t i = 0; i < st.splits.size(); ++i) {
+              blocks.push_back(RandomMatrix(st.splits[i], st.k, st.k, wd, 700 + 10 * seed + i));
+              stacked.bytes.insert(stacked.bytes.end(), blocks.back().bytes.begin(),
+                                   blocks.back().bytes.end());
+            }
+            auto packed = PackedWeight::Pack(stacked.data(), wd, st.k, n, st.k);
+            ASSERT_TRUE(packed.ok()) << packed.status();
+            const Matrix pool = RandomMatrix(200, st.k, st.k, xd, 900 + seed);
+            for (int64_t m : {1, 3, 16, 64, 200}) {
+              SCOPED_TRACE(::testing::Message()
+                           << "level=" << SimdLevelName(level) << " threads=" << threads
+                           << " n=" << n << " k=" << st.k << " m=" << m
+                           << " x=" << DTypeName(xd) << " w=" << DTypeName(wd));
+              Matrix x = pool;
+              x.rows = m;
+              Matrix y = OutputMatrix(m, n, n, DType::kF32);
+              Matrix yp = OutputMatrix(m, n, n, DType::kF32);
+              ASSERT_TRUE(Matmul(Args(x, stacked, y)).ok());
+              MatmulArgs a = Args(x, stacked, yp);
+              a.w = nullptr;  // ignored by MatmulPacked
+              ASSERT_TRUE(MatmulPacked(a, **packed).ok());
+              ASSERT_EQ(y.bytes, yp.bytes) << "stacked: packed vs unpacked";
+              int64_t col = 0;
+              for (size_t i = 0; i < blocks.size(); ++i) {
+                const int64_t nb = blocks[i].rows;
+                Matrix yb = OutputMatrix(m, nb, nb, DType::kF32);
+                ASSERT_TRUE(Matmul(Args(x, blocks[i], yb)).ok());
+                auto pb = PackedWeight::Pack(blocks[i].data(), wd, st.k, nb, st.k);
+                ASSERT_TRUE(pb.ok()) << pb.status();
+                Matrix ybp = OutputMatrix(m, nb, nb, DType::kF32);
+                MatmulArgs ab = Args(x, blocks[i], ybp);
+                ab.w = nullptr;
+                ASSERT_TRUE(MatmulPacked(ab, **pb).ok());
+                ASSERT_EQ(yb.bytes, ybp.bytes) << "block " << i << ": packed vs unpacked";
+                for (int64_t r = 0; r < m; ++r) {
+                  ASSERT_EQ(0, std::memcmp(y.bytes.data() + (r * n + col) * 4,
+                                           yb.bytes.data() + r * nb * 4, nb * 4))
+                      << "block " << i << " row " << r;
+                }
+                col += nb;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_F(MatmulTest, BadArgumentsAreInvalid) {
   const Matrix x = RandomMatrix(4, 8, 8, DType::kF32, 1);
   const Matrix w = RandomMatrix(5, 8, 8, DType::kF32, 2);

@@ -4,6 +4,7 @@
 // of several attention splits. Skips without a GPU.
 #include <cstring>
 #include <random>
+#include <string>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -190,17 +191,35 @@ TEST(FusedKernelsCudaTest, FusedStepsMatchTheirChainsBitwise) {
   testing::CheckFusedStepsMatchChains(torch::Device(torch::kCUDA), /*bf16_activations=*/false);
 }
 
+// StackedLinear (one GEMM for q/k/v and for gate/up) and the steps that
+// take its row-strided outputs in place give the bits of their chains, on
+// the GPU (tensor-core GEMM with bf16 activations, SIMT GEMM without).
+TEST(FusedKernelsCudaTest, StackedLinearMatchesItsChainBitwise) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  testing::CheckStackedLinearMatchesChain(torch::Device(torch::kCUDA), /*bf16_activations=*/true);
+  testing::CheckStackedLinearMatchesChain(torch::Device(torch::kCUDA), /*bf16_activations=*/false);
+}
+
 // The rollout's decode (device step, CUDA graphs) and Score with the fused
-// kernels equal the unfused forward bit for bit, at batch 1 and 64, for the
-// llama-style model and a qwen3-style one (QK-norm, GQA 2:1).
+// kernels (and the fused QKV and gate/up GEMMs) equal the unfused forward bit
+// for bit, at batch 1 and 64, for the llama-style model, a qwen3-style one
+// (QK-norm, GQA 2:1) and a qwen2-style one (q/k/v biases, GQA 2:1); bf16
+// (tensor-core GEMMs) and fp32 (SIMT GEMMs).
 TEST(FusedKernelsCudaTest, FusedDecodeEqualsUnfusedBitwise) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
-  for (bool qk_norm : {false, true}) {
-    SCOPED_TRACE(::testing::Message() << "qk_norm " << qk_norm);
+  for (int variant = 0; variant < 6; ++variant) {
+    const std::string family = variant % 3 == 0 ? "llama" : variant % 3 == 1 ? "qwen3" : "qwen2";
+    const bool fp32 = variant >= 3;
+    SCOPED_TRACE(::testing::Message() << family << (fp32 ? " fp32" : " bf16"));
     ModelConfig c = GpuConfig();
-    if (qk_norm) {
+    if (fp32) c.dtype = kernels::DType::kF32;
+    if (family == "qwen3") {
       c.model_type = "qwen3";
       c.qk_norm = true;
+      c.num_key_value_heads = 2;
+    } else if (family == "qwen2") {
+      c.model_type = "qwen2";
+      c.qkv_bias = true;
       c.num_key_value_heads = 2;
     }
     std::mt19937_64 rng(9);

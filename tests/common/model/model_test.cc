@@ -429,16 +429,27 @@ TEST(FusedKernelsTest, FusedStepsMatchTheirChainsBitwiseOnCpu) {
   testing::CheckFusedStepsMatchChains(torch::Device(torch::kCPU), /*bf16_activations=*/true);
 }
 
-// The whole forward with the fused kernels equals the unfused forward bit
-// for bit: full sequence (learner), chunked prefill and decode (rollout),
-// TP 1 and 2, QK-norm (qwen3-style) and llama-style, fp32 and bf16.
+// StackedLinear (one GEMM for q/k/v and for gate/up) and the steps that
+// take its row-strided outputs in place give the bits of their chains, on
+// the CPU.
+TEST(FusedKernelsTest, StackedLinearMatchesItsChainBitwiseOnCpu) {
+  testing::CheckStackedLinearMatchesChain(torch::Device(torch::kCPU), /*bf16_activations=*/false);
+  testing::CheckStackedLinearMatchesChain(torch::Device(torch::kCPU), /*bf16_activations=*/true);
+}
+
+// The whole forward with the fused kernels (and the fused QKV and gate/up
+// GEMMs of the model's stacked weights) equals the unfused forward bit for
+// bit: full sequence (learner), chunked prefill and decode (rollout), TP 1
+// and 2, QK-norm (qwen3-style), llama-style, and q/k/v biases (qwen2-style,
+// YaRN), fp32 and bf16.
 TEST(FusedKernelsTest, FusedForwardEqualsUnfusedBitwise) {
   for (kernels::DType dtype : {kernels::DType::kF32, kernels::DType::kBF16}) {
-    for (ModelConfig config : {TpConfig(), Config100MScaledDown()}) {
+    for (ModelConfig config : {TpConfig(), Config100MScaledDown(), Qwen2YarnConfig()}) {
       config.dtype = dtype;
       for (int tp : {1, 2}) {
         SCOPED_TRACE(::testing::Message() << "dtype " << static_cast<int>(dtype) << " qk_norm "
-                                          << config.qk_norm << " tp " << tp);
+                                          << config.qk_norm << " qkv_bias " << config.qkv_bias
+                                          << " tp " << tp);
         const std::vector<std::vector<int32_t>> seqs = {RandomTokens(40, config.vocab_size, 3),
                                                         RandomTokens(23, config.vocab_size, 4)};
         std::vector<std::vector<float>> full[2], inc[2];
