@@ -292,7 +292,18 @@ def make_static_cache(model, batch, max_len):
     params = inspect.signature(StaticCache.__init__).parameters
     offered = dict(config=model.config, max_batch_size=batch, batch_size=batch,
                    max_cache_len=max_len, device=model.device, dtype=model.dtype)
-    return StaticCache(**{k: v for k, v in offered.items() if k in params})
+    used = {k: v for k, v in offered.items() if k in params}
+    cache = StaticCache(**used)
+    if not state_printed:
+        state_printed.append(1)
+        print(f"  StaticCache{inspect.signature(StaticCache.__init__)} given {sorted(used)}; "
+              f"layers {[type(l).__name__ for l in getattr(cache, 'layers', [])][:2]} "
+              f"max_cache_len {[getattr(l, 'max_cache_len', None) for l in getattr(cache, 'layers', [])][:2]}; "
+              f"forward params {list(inspect.signature(model.forward).parameters)}", flush=True)
+    return cache
+
+
+state_printed = []
 
 
 def run_static_graphs(model, prompts, args, state):
