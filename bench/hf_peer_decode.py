@@ -20,6 +20,9 @@ Methods:
                   without Inductor's fusion of the elementwise ops). Prefill is
                   one eager forward. decode tok/s = B * (new_tokens - 1) /
                   decode_s over the replays, TPOT = decode_s / (new_tokens - 1).
+                  Not yet working on transformers 5.17 (device-side index_copy_
+                  assert; its forward takes no cache_position), so it is not
+                  in the default --methods.
   static_compile  model.generate with a static KV cache and model.forward
                   wrapped in torch.compile(mode="reduce-overhead", fullgraph=True,
                   dynamic=False) (CUDA graphs; retried with fullgraph=False if
@@ -70,7 +73,7 @@ def parse_args():
     p.add_argument("--batches", default="1,16,64,256")
     p.add_argument("--prompt_len", type=int, default=512)
     p.add_argument("--new_tokens", type=int, default=512)
-    p.add_argument("--methods", default="static_graphs,static_compile,generate_batch")
+    p.add_argument("--methods", default="static_compile,generate_batch")
     p.add_argument("--time_budget_s", type=float, default=240.0)
     p.add_argument("--out", default="results.json")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
@@ -285,25 +288,24 @@ def run_generate_batch(model, prompts, args, state):
     return res
 
 
-def make_static_cache(model, batch, max_len):
+def make_static_cache(model, batch, max_len, state):
     """transformers.StaticCache for `batch` rows of up to `max_len` tokens,
-    with the constructor arguments this transformers version takes."""
+    with the constructor arguments this transformers version takes; the first
+    call (per run: `state` is the method's state dict) prints what it used."""
     from transformers import StaticCache
     params = inspect.signature(StaticCache.__init__).parameters
     offered = dict(config=model.config, max_batch_size=batch, batch_size=batch,
                    max_cache_len=max_len, device=model.device, dtype=model.dtype)
     used = {k: v for k, v in offered.items() if k in params}
     cache = StaticCache(**used)
-    if not state_printed:
-        state_printed.append(1)
+    if not state.get("printed"):
+        state["printed"] = True
+        layers = getattr(cache, "layers", [])[:2]
         print(f"  StaticCache{inspect.signature(StaticCache.__init__)} given {sorted(used)}; "
-              f"layers {[type(l).__name__ for l in getattr(cache, 'layers', [])][:2]} "
-              f"max_cache_len {[getattr(l, 'max_cache_len', None) for l in getattr(cache, 'layers', [])][:2]}; "
+              f"layers {[type(l).__name__ for l in layers]} "
+              f"max_cache_len {[getattr(l, 'max_cache_len', None) for l in layers]}; "
               f"forward params {list(inspect.signature(model.forward).parameters)}", flush=True)
     return cache
-
-
-state_printed = []
 
 
 def run_static_graphs(model, prompts, args, state):
@@ -315,7 +317,7 @@ def run_static_graphs(model, prompts, args, state):
     ids = prompts.cuda()
     torch.manual_seed(args.seed)
     t0 = now()
-    cache = make_static_cache(model, batch, plen + n)
+    cache = make_static_cache(model, batch, plen + n, state)
     tok = torch.zeros(batch, 1, dtype=torch.long, device="cuda")
     cpos = torch.zeros(1, dtype=torch.long, device="cuda")
     out_tokens = torch.zeros(batch, n, dtype=torch.long, device="cuda")
