@@ -20,9 +20,10 @@ Methods:
                   without Inductor's fusion of the elementwise ops). Prefill is
                   one eager forward. decode tok/s = B * (new_tokens - 1) /
                   decode_s over the replays, TPOT = decode_s / (new_tokens - 1).
-                  Not yet working on transformers 5.17 (device-side index_copy_
-                  assert; its forward takes no cache_position), so it is not
-                  in the default --methods.
+                  transformers 5.x's StaticLayer writes each update at its own
+                  device counter (cumulative_length, advanced in place, so it
+                  is graph-safe) and takes positions from position_ids; the
+                  counters are restored after the warm-up and the capture.
   static_compile  model.generate with a static KV cache and model.forward
                   wrapped in torch.compile(mode="reduce-overhead", fullgraph=True,
                   dynamic=False) (CUDA graphs; retried with fullgraph=False if
@@ -73,7 +74,7 @@ def parse_args():
     p.add_argument("--batches", default="1,16,64,256")
     p.add_argument("--prompt_len", type=int, default=512)
     p.add_argument("--new_tokens", type=int, default=512)
-    p.add_argument("--methods", default="static_compile,generate_batch")
+    p.add_argument("--methods", default="static_graphs,generate_batch")
     p.add_argument("--time_budget_s", type=float, default=240.0)
     p.add_argument("--out", default="results.json")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
@@ -319,7 +320,7 @@ def run_static_graphs(model, prompts, args, state):
     t0 = now()
     cache = make_static_cache(model, batch, plen + n, state)
     tok = torch.zeros(batch, 1, dtype=torch.long, device="cuda")
-    cpos = torch.zeros(1, dtype=torch.long, device="cuda")
+    cpos = torch.zeros(1, 1, dtype=torch.long, device="cuda")   # position_ids, one for all rows
     out_tokens = torch.zeros(batch, n, dtype=torch.long, device="cuda")
 
     def sample_into(logits):
@@ -328,7 +329,7 @@ def run_static_graphs(model, prompts, args, state):
         out_tokens.scatter_(1, (cpos - plen).view(1, 1).expand(batch, 1), tok)
 
     with torch.inference_mode():
-        prefill_kwargs = dict(input_ids=ids, cache_position=torch.arange(plen, device="cuda"),
+        prefill_kwargs = dict(input_ids=ids, position_ids=torch.arange(plen, device="cuda")[None],
                               past_key_values=cache, use_cache=True)
         if "logits_to_keep" in inspect.signature(model.forward).parameters:
             prefill_kwargs["logits_to_keep"] = 1   # not [B, prompt, vocab] logits
@@ -339,12 +340,15 @@ def run_static_graphs(model, prompts, args, state):
         prefill_s = t1 - t0
 
         def step():
-            lg = model(input_ids=tok, cache_position=cpos, past_key_values=cache,
+            lg = model(input_ids=tok, position_ids=cpos, past_key_values=cache,
                        use_cache=True).logits[:, -1, :]
             cpos.add_(1)
             sample_into(lg)
 
         saved_tok, saved_pos = tok.clone(), cpos.clone()
+        counters = [layer.cumulative_length for layer in getattr(cache, "layers", [])
+                    if torch.is_tensor(getattr(layer, "cumulative_length", None))]
+        saved_counters = [c.clone() for c in counters]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):   # warm-up outside the graph (lazy inits)
@@ -356,6 +360,8 @@ def run_static_graphs(model, prompts, args, state):
             step()
         tok.copy_(saved_tok)
         cpos.copy_(saved_pos)   # the warm-up's K/V slots are rewritten by the timed steps
+        for c, v in zip(counters, saved_counters):
+            c.copy_(v)
         capture_s = now() - t1
         d0 = now()
         for _ in range(n - 1):
