@@ -81,6 +81,8 @@ def parse_args():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile_mode", default="reduce-overhead")
     p.add_argument("--cb_max_batch_tokens", type=int, default=8192)
+    p.add_argument("--waves", type=int, default=1,
+                   help="static_graphs: batches of B prompts run one after the other")
     return p.parse_args()
 
 
@@ -311,44 +313,60 @@ def make_static_cache(model, batch, max_len, state):
 
 def run_static_graphs(model, prompts, args, state):
     """One batch size: eager prefill into a StaticCache, then the decode step
-    captured in a CUDA graph and replayed new_tokens - 1 times."""
+    captured in a CUDA graph and replayed new_tokens - 1 times. With --waves W
+    the same cache and graph serve W batches of B fresh prompts one after the
+    other (an RL batch larger than one cache); the times are the sums."""
     if getattr(model.config, "_attn_implementation", "sdpa") != "sdpa":
         model.set_attn_implementation("sdpa")
     batch, plen, n = prompts.shape[0], prompts.shape[1], args.new_tokens
-    ids = prompts.cuda()
     torch.manual_seed(args.seed)
     t0 = now()
     cache = make_static_cache(model, batch, plen + n, state)
     tok = torch.zeros(batch, 1, dtype=torch.long, device="cuda")
     cpos = torch.zeros(1, 1, dtype=torch.long, device="cuda")   # position_ids, one for all rows
     out_tokens = torch.zeros(batch, n, dtype=torch.long, device="cuda")
+    use_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+    counters = []
 
     def sample_into(logits):
         u = torch.rand_like(logits, dtype=torch.float32).clamp_(min=1e-20)
         tok.copy_(torch.argmax(logits.float() - torch.log(-torch.log(u)), dim=-1, keepdim=True))
         out_tokens.scatter_(1, (cpos - plen).view(1, 1).expand(batch, 1), tok)
 
-    with torch.inference_mode():
-        prefill_kwargs = dict(input_ids=ids, position_ids=torch.arange(plen, device="cuda")[None],
-                              past_key_values=cache, use_cache=True)
-        if "logits_to_keep" in inspect.signature(model.forward).parameters:
-            prefill_kwargs["logits_to_keep"] = 1   # not [B, prompt, vocab] logits
-        logits = model(**prefill_kwargs).logits[:, -1, :]
+    def prefill(ids):
+        for c in counters:   # a new wave writes from slot 0 again
+            c.zero_()
+        kwargs = dict(input_ids=ids, position_ids=torch.arange(plen, device="cuda")[None],
+                      past_key_values=cache, use_cache=True)
+        if use_keep:
+            kwargs["logits_to_keep"] = 1   # not [B, prompt, vocab] logits
+        logits = model(**kwargs).logits[:, -1, :]
         cpos.fill_(plen)
         sample_into(logits)
-        t1 = now()
-        prefill_s = t1 - t0
 
-        def step():
-            lg = model(input_ids=tok, position_ids=cpos, past_key_values=cache,
-                       use_cache=True).logits[:, -1, :]
-            cpos.add_(1)
-            sample_into(lg)
+    def step():
+        lg = model(input_ids=tok, position_ids=cpos, past_key_values=cache,
+                   use_cache=True).logits[:, -1, :]
+        cpos.add_(1)
+        sample_into(lg)
 
-        saved_tok, saved_pos = tok.clone(), cpos.clone()
+    def check():
+        last = out_tokens[:, n - 1]
+        if int(cpos.item()) != plen + n - 1 or bool((last < 0).any()) or \
+                bool((last >= model.config.vocab_size).any()):
+            raise RuntimeError(f"decode ended at position {int(cpos.item())}, "
+                               f"expected {plen + n - 1}, or sampled an out-of-range id")
+
+    with torch.inference_mode():
+        prefill(prompts.cuda())
+        # transformers 5.x: each StaticLayer writes at its own device counter,
+        # advanced in place by every update (graph-safe); saved and restored
+        # around the warm-up and the capture.
         counters = [layer.cumulative_length for layer in getattr(cache, "layers", [])
                     if torch.is_tensor(getattr(layer, "cumulative_length", None))]
-        saved_counters = [c.clone() for c in counters]
+        t1 = now()
+        prefill_s = t1 - t0
+        saved = [tok.clone(), cpos.clone()] + [c.clone() for c in counters]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):   # warm-up outside the graph (lazy inits)
@@ -358,27 +376,31 @@ def run_static_graphs(model, prompts, args, state):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             step()
-        tok.copy_(saved_tok)
-        cpos.copy_(saved_pos)   # the warm-up's K/V slots are rewritten by the timed steps
-        for c, v in zip(counters, saved_counters):
-            c.copy_(v)
+        for dst, src in zip([tok, cpos] + counters, saved):
+            dst.copy_(src)   # the warm-up's K/V slots are rewritten by the timed steps
         capture_s = now() - t1
-        d0 = now()
-        for _ in range(n - 1):
-            graph.replay()
-        decode_s = now() - d0
-    last = out_tokens[:, n - 1]
-    if int(cpos.item()) != plen + n - 1 or bool((last < 0).any()) or \
-            bool((last >= model.config.vocab_size).any()):
-        raise RuntimeError(f"decode ended at position {int(cpos.item())}, "
-                           f"expected {plen + n - 1}, or sampled an out-of-range id")
-    steps = max(n - 1, 1)
+        decode_s = 0.0
+        for wave in range(args.waves):
+            if wave > 0:
+                w0 = now()
+                prefill(make_prompts(batch, plen, model.config.vocab_size,
+                                     args.seed + 7919 * wave).cuda())
+                prefill_s += now() - w0
+            d0 = now()
+            for _ in range(n - 1):
+                graph.replay()
+            decode_s += now() - d0
+            check()
+    steps = max(n - 1, 1) * args.waves
     del graph, cache
+    rows = batch * args.waves
     return dict(compile_s=capture_s, prefill_s=prefill_s, total_s=prefill_s + decode_s,
                 decode_s=decode_s, decode_tok_s=batch * steps / decode_s,
-                tpot_ms=1e3 * decode_s / steps,
-                output_tok_s_wall=batch * n / (prefill_s + decode_s),
-                note="CUDA graph of forward+sampling, no Inductor; compile_s = warm-up+capture")
+                tpot_ms=1e3 * decode_s / steps, waves=args.waves,
+                output_tok_s_wall=rows * n / (prefill_s + decode_s),
+                note=f"CUDA graph of forward+sampling, no Inductor; compile_s = warm-up+capture"
+                     + (f"; {args.waves} waves of {batch}: {rows * n / (prefill_s + decode_s):.0f}"
+                        f" output tok/s over prefill+decode" if args.waves > 1 else ""))
 
 
 METHODS = {"static_compile": run_static_compile, "generate_batch": run_generate_batch,

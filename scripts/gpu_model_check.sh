@@ -31,7 +31,9 @@
 #                 prompt x n = 8 samples (RL_PROMPT=512, RL_NEW=1024), temperature 1
 #   HF_PEER=1     after each config's benchmark, bench/hf_peer_decode.py
 #                 (transformers on the same checkpoint; HF_PEER_METHODS,
-#                 HF_PEER_BATCHES, HF_PEER_BUDGET seconds)
+#                 HF_PEER_BATCHES, HF_PEER_BUDGET seconds); with RL_BENCH=1
+#                 also the RL shape through it: the 1,024 samples as waves of
+#                 HF_RL_BATCH (256) prompts sharing one static cache and graph
 #   KERNEL_BENCH="gemm attention"  also builds and runs gemm_cuda_bench /
 #                 attention_cuda_bench (KERNEL_BENCH_ARGS, e.g. --quick)
 source scripts/gpu_env.sh
@@ -212,11 +214,21 @@ if [ -x build-gpu/bench/rollout_bench ] && [ "${SKIP_BENCH:-0}" != 1 ]; then
       stamp "hf_peer_decode $cfg"
       timeout "${HF_PEER_TIMEOUT:-400}" python3 bench/hf_peer_decode.py --model "$WORK/$cfg" \
         --batches "${HF_PEER_BATCHES:-1,16,64,256}" --prompt_len "${BENCH_PROMPT:-64}" \
-        --new_tokens "${BENCH_NEW:-128}" --methods "${HF_PEER_METHODS:-static_compile,generate_batch}" \
+        --new_tokens "${BENCH_NEW:-128}" --methods "${HF_PEER_METHODS:-static_graphs}" \
         --time_budget_s "${HF_PEER_BUDGET:-240}" --out "$OUT/hf_peer_$cfg.json" \
         >> "$OUT/hf_peer.log" 2>&1
       echo "hf_peer_decode $cfg rc=$?" | tee -a "$OUT/summary.txt"
       grep -E "^\|" "$OUT/hf_peer.log" | tail -12 | tee -a "$OUT/summary.txt"
+      if [ "${RL_BENCH:-0}" = 1 ]; then
+        hb=${HF_RL_BATCH:-256}
+        stamp "hf_peer_decode $cfg RL shape: $((1024 / hb)) waves of $hb"
+        timeout "${HF_PEER_TIMEOUT:-400}" python3 bench/hf_peer_decode.py --model "$WORK/$cfg" \
+          --batches "$hb" --waves $((1024 / hb)) --prompt_len "${RL_PROMPT:-512}" \
+          --new_tokens "${RL_NEW:-1024}" --methods static_graphs --time_budget_s 600 \
+          --out "$OUT/hf_peer_rl_$cfg.json" >> "$OUT/hf_peer.log" 2>&1
+        echo "hf_peer_decode $cfg RL rc=$?" | tee -a "$OUT/summary.txt"
+        grep -E "^\|" "$OUT/hf_peer.log" | tail -3 | tee -a "$OUT/summary.txt"
+      fi
     fi
   done
 fi
