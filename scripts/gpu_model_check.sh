@@ -17,6 +17,8 @@
 #                 committed fixtures; one log, $OUT/hf_parity.log
 #                 (HF_GEN_TIMEOUT, HF_TIMEOUT: seconds per step)
 #   SKIP_BENCH=1  skips the rollout benchmark (and its checkpoint)
+#   SKIP_DECODE=1 keeps the checkpoint and the RL stage, skips the decode table
+#   BENCH_SERVER_EXTRA=--max_running=512  further rollout_service flags
 #   BENCH_CONCURRENCY=64,256  BENCH_MODES=invariant,standard
 #   BENCH_VARIANTS=legacy,graphs  one server per Model::Step implementation
 #                 (LOCKSTEP_CUDA_STEP, common/model/model.h) in the same run
@@ -192,7 +194,7 @@ rollout_run() {  # $1: config, $2: log name, then rollout_bench flags
   timeout "${BENCH_TIMEOUT:-400}" build-gpu/bench/rollout_bench --configs="$cfg" \
     --modes="${BENCH_MODES:-invariant,standard}" \
     ${BENCH_VARIANTS:+--step_variants=$BENCH_VARIANTS} --device=cuda --work_dir="$WORK" \
-    --server_args=--kv_cache_bytes=${BENCH_KV_BYTES:-17179869184},--max_batch_tokens=${BENCH_BATCH_TOKENS:-4096} \
+    --server_args=--kv_cache_bytes=${BENCH_KV_BYTES:-17179869184},--max_batch_tokens=${BENCH_BATCH_TOKENS:-4096}${BENCH_SERVER_EXTRA:+,$BENCH_SERVER_EXTRA} \
     --rollout_binary=build-gpu/rollout_service/rollout_service "$@" >> "$OUT/$log.log" 2>&1
   echo "rollout_bench $cfg $log rc=$?" | tee -a "$OUT/summary.txt"
 }
@@ -200,17 +202,19 @@ if [ -x build-gpu/bench/rollout_bench ] && [ "${SKIP_BENCH:-0}" != 1 ]; then
   [ -n "$GEN_PID" ] && { stamp "wait for the checkpoints"; wait "$GEN_PID"; cat "$OUT/generate.log"; }
   for cfg in ${BENCH_CONFIGS//,/ }; do
     stamp "rollout_bench $cfg concurrency ${BENCH_CONCURRENCY:-64} prompt ${BENCH_PROMPT:-64} new ${BENCH_NEW:-128}"
-    rollout_run "$cfg" rollout_bench --concurrency="${BENCH_CONCURRENCY:-64}" \
-      --max_tokens="${BENCH_NEW:-128}" --prompt_len="${BENCH_PROMPT:-64}" \
-      --requests_per_client="${BENCH_REQUESTS:-2}"
-    grep -E "^\|" "$OUT/rollout_bench.log" | tail -n +1 | tee -a "$OUT/summary.txt"
+    if [ "${SKIP_DECODE:-0}" != 1 ]; then
+      rollout_run "$cfg" rollout_bench --concurrency="${BENCH_CONCURRENCY:-64}" \
+        --max_tokens="${BENCH_NEW:-128}" --prompt_len="${BENCH_PROMPT:-64}" \
+        --requests_per_client="${BENCH_REQUESTS:-2}"
+      grep -E "^\|" "$OUT/rollout_bench.log" | tail -n +1 | tee -a "$OUT/summary.txt"
+    fi
     if [ "${RL_BENCH:-0}" = 1 ]; then
       stamp "rollout_bench $cfg RL shape: 128 prompts x n=8, prompt ${RL_PROMPT:-512}, new ${RL_NEW:-1024}"
       rollout_run "$cfg" rollout_bench_rl --concurrency=128 --samples_per_prompt=8 \
         --max_tokens="${RL_NEW:-1024}" --prompt_len="${RL_PROMPT:-512}" --requests_per_client=1
       grep -E "^\|" "$OUT/rollout_bench_rl.log" | tee -a "$OUT/summary.txt"
     fi
-    if [ "${HF_PEER:-0}" = 1 ]; then
+    if [ "${HF_PEER:-0}" = 1 ] && [ "${SKIP_DECODE:-0}" != 1 ]; then
       stamp "hf_peer_decode $cfg"
       timeout "${HF_PEER_TIMEOUT:-400}" python3 bench/hf_peer_decode.py --model "$WORK/$cfg" \
         --batches "${HF_PEER_BATCHES:-1,16,64,256}" --prompt_len "${BENCH_PROMPT:-64}" \
@@ -219,16 +223,16 @@ if [ -x build-gpu/bench/rollout_bench ] && [ "${SKIP_BENCH:-0}" != 1 ]; then
         >> "$OUT/hf_peer.log" 2>&1
       echo "hf_peer_decode $cfg rc=$?" | tee -a "$OUT/summary.txt"
       grep -E "^\|" "$OUT/hf_peer.log" | tail -12 | tee -a "$OUT/summary.txt"
-      if [ "${RL_BENCH:-0}" = 1 ]; then
-        hb=${HF_RL_BATCH:-256}
-        stamp "hf_peer_decode $cfg RL shape: $((1024 / hb)) waves of $hb"
+    fi
+    if [ "${HF_PEER:-0}" = 1 ] && [ "${RL_BENCH:-0}" = 1 ]; then
+        hb=${HF_RL_BATCH:-256} hw=${HF_RL_WAVES:-$((1024 / ${HF_RL_BATCH:-256}))}
+        stamp "hf_peer_decode $cfg RL shape: $hw waves of $hb"
         timeout "${HF_PEER_TIMEOUT:-400}" python3 bench/hf_peer_decode.py --model "$WORK/$cfg" \
-          --batches "$hb" --waves $((1024 / hb)) --prompt_len "${RL_PROMPT:-512}" \
+          --batches "$hb" --waves "$hw" --prompt_len "${RL_PROMPT:-512}" \
           --new_tokens "${RL_NEW:-1024}" --methods static_graphs --time_budget_s 600 \
           --out "$OUT/hf_peer_rl_$cfg.json" >> "$OUT/hf_peer.log" 2>&1
         echo "hf_peer_decode $cfg RL rc=$?" | tee -a "$OUT/summary.txt"
         grep -E "^\|" "$OUT/hf_peer.log" | tail -3 | tee -a "$OUT/summary.txt"
-      fi
     fi
   done
 fi
