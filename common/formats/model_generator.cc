@@ -255,6 +255,16 @@ ModelConfig Qwen3_1_7BConfig() {
   return c;
 }
 
+ModelConfig Qwen3_4BConfig() {
+  ModelConfig c = Qwen3Base();
+  c.hidden_size = 2560;
+  c.intermediate_size = 9728;
+  c.num_hidden_layers = 36;
+  c.num_attention_heads = 32;
+  c.tie_word_embeddings = true;
+  return c;
+}
+
 ModelConfig Qwen3_8BConfig() {
   ModelConfig c = Qwen3Base();
   c.hidden_size = 4096;
@@ -298,13 +308,14 @@ ModelConfig Qwen3_30B_A3BConfig() {
 }
 
 std::vector<std::string> PresetNames() {
-  return {"tiny", "100m", "qwen3-1.7b", "qwen3-8b", "qwen3-moe-tiny", "qwen3-30b-a3b"};
+  return {"tiny", "100m", "qwen3-1.7b", "qwen3-4b", "qwen3-8b", "qwen3-moe-tiny", "qwen3-30b-a3b"};
 }
 
 absl::StatusOr<ModelConfig> PresetConfig(std::string_view name) {
   if (name == "tiny") return TinyConfig();
   if (name == "100m") return Config100M();
   if (name == "qwen3-1.7b") return Qwen3_1_7BConfig();
+  if (name == "qwen3-4b") return Qwen3_4BConfig();
   if (name == "qwen3-8b") return Qwen3_8BConfig();
   if (name == "qwen3-moe-tiny") return TinyMoeConfig();
   if (name == "qwen3-30b-a3b") return Qwen3_30B_A3BConfig();

@@ -30,6 +30,10 @@ ModelConfig Config100M();
 // bfloat16.
 ModelConfig Qwen3_1_7BConfig();
 
+// The shapes of Qwen/Qwen3-4B (4.02B parameters, tied embeddings),
+// bfloat16.
+ModelConfig Qwen3_4BConfig();
+
 // The shapes of Qwen/Qwen3-8B (8.19B parameters), bfloat16.
 ModelConfig Qwen3_8BConfig();
 

@@ -56,6 +56,36 @@ constexpr char kQwen3_8B[] = R"({
   "vocab_size": 151936
 })";
 
+// Qwen/Qwen3-4B's config.json.
+constexpr char kQwen3_4B[] = R"({
+  "architectures": ["Qwen3ForCausalLM"],
+  "attention_bias": false,
+  "attention_dropout": 0.0,
+  "bos_token_id": 151643,
+  "eos_token_id": 151645,
+  "head_dim": 128,
+  "hidden_act": "silu",
+  "hidden_size": 2560,
+  "initializer_range": 0.02,
+  "intermediate_size": 9728,
+  "max_position_embeddings": 40960,
+  "max_window_layers": 36,
+  "model_type": "qwen3",
+  "num_attention_heads": 32,
+  "num_hidden_layers": 36,
+  "num_key_value_heads": 8,
+  "rms_norm_eps": 1e-06,
+  "rope_scaling": null,
+  "rope_theta": 1000000,
+  "sliding_window": null,
+  "tie_word_embeddings": true,
+  "torch_dtype": "bfloat16",
+  "transformers_version": "4.51.0",
+  "use_cache": true,
+  "use_sliding_window": false,
+  "vocab_size": 151936
+})";
+
 using testing::kQwen3_1_7B;
 
 std::string ReadAll(const std::string& path) {
@@ -90,7 +120,7 @@ TEST(PresetTest, Names) {
   auto bad = PresetConfig("qwen3-72b");
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(bad.status().message()),
-              HasSubstr("tiny, 100m, qwen3-1.7b, qwen3-8b"));
+              HasSubstr("tiny, 100m, qwen3-1.7b, qwen3-4b, qwen3-8b"));
 }
 
 TEST(PresetTest, Tiny) {
@@ -123,6 +153,8 @@ TEST(PresetTest, About100M) {
 TEST(PresetTest, QwenPresetsMatchTheRealConfigs) {
   EXPECT_EQ(Qwen3_1_7BConfig(), *ModelConfig::FromJson(kQwen3_1_7B));
   EXPECT_EQ(Qwen3_8BConfig(), *ModelConfig::FromJson(kQwen3_8B));
+  EXPECT_EQ(Qwen3_4BConfig(), *ModelConfig::FromJson(kQwen3_4B));
+  EXPECT_EQ(Qwen3_4BConfig().NumParameters(), 4022468096);  // "4.0B"
   EXPECT_EQ(Qwen3_8BConfig().NumParameters(), 8190735360);  // "8.2B"
   EXPECT_EQ(Qwen3_1_7BConfig().NumParameters(), 1720574976);
 }
