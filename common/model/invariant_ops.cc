@@ -1,9 +1,12 @@
 // InvariantOps: LibTorch adapters over kernels/. Values always come from the
 // invariant kernels. When an input requires grad (training), the matmuls are
-// autograd functions with LibTorch backward; the other ops build the
-// reference graph (reference_ops.h) and overwrite its output values with the
-// kernel's, so the forward bits are the kernel's and the backward is the
-// reference op's derivative.
+// autograd functions with LibTorch backward; the other ops return the
+// kernel's value as the output of a node that saves the op's inputs only and
+// whose backward recomputes the reference op (reference_ops.h) from them
+// (recomputed_backward.h; attention blockwise,
+// blockwise_attention_backward.h). So the forward bits are the kernel's, the
+// forward runs each op once, and the backward is the reference op's
+// derivative.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -11,8 +14,10 @@
 #include <utility>
 #include <vector>
 
+#include "common/model/blockwise_attention_backward.h"
 #include "common/model/kernel_stream.h"
 #include "common/model/op_error.h"
+#include "common/model/recomputed_backward.h"
 #include "common/model/reference_ops.h"
 #include "common/model/torch_ops.h"
 #include "kernels/activation.h"
@@ -57,14 +62,6 @@ bool NeedsGrad(std::initializer_list<const torch::Tensor*> ts) {
     if (t->defined() && t->requires_grad()) return true;
   }
   return false;
-}
-
-// Replaces the values of `ref` (an autograd graph output whose producing op
-// does not save its own result) by `value`, keeping its graph.
-torch::Tensor OverrideValue(torch::Tensor ref, const torch::Tensor& value) {
-  torch::NoGradGuard no_grad;
-  ref.detach().copy_(value);
-  return ref;
 }
 
 // On the GPU a bf16-valued activation is handed to the GEMM as bf16 (an exact
@@ -343,7 +340,12 @@ class InvariantOps : public Ops {
     a.eps = static_cast<float>(eps);
     Check(kernels::RmsNorm(a, ContextOf(x)));
     if (NeedsGrad({&x_in, &w_in})) {
-      return OverrideValue(reference::RmsNorm(x_in, w_in, eps), y);
+      return WithRecomputedBackward(
+          std::move(y), {x_in, w_in},
+          [eps](const std::vector<torch::Tensor>& in) {
+            return std::vector<torch::Tensor>{reference::RmsNorm(in[0], in[1], eps)};
+          },
+          "InvariantRmsNormBackward");
     }
     return y;
   }
@@ -367,7 +369,13 @@ class InvariantOps : public Ops {
     a.attention_factor = rope.attention_factor;
     Check(kernels::ApplyRope(a, ContextOf(y)));
     if (NeedsGrad({&x_in})) {
-      return OverrideValue(reference::Rope(x_in, positions, heads, head_dim, rope), y);
+      return WithRecomputedBackward(
+          std::move(y), {x_in},
+          [positions, heads, head_dim, rope](const std::vector<torch::Tensor>& in) {
+            return std::vector<torch::Tensor>{
+                reference::Rope(in[0], positions, heads, head_dim, rope)};
+          },
+          "InvariantRopeBackward");
     }
     return y;
   }
@@ -386,7 +394,12 @@ class InvariantOps : public Ops {
     a.n = gate.size(1);
     Check(kernels::SiluMul(a, ContextOf(y)));
     if (NeedsGrad({&gate_in, &up_in})) {
-      return OverrideValue(reference::SiluMul(gate_in, up_in), y);
+      return WithRecomputedBackward(
+          std::move(y), {gate_in, up_in},
+          [](const std::vector<torch::Tensor>& in) {
+            return std::vector<torch::Tensor>{reference::SiluMul(in[0], in[1])};
+          },
+          "InvariantSiluMulBackward");
     }
     return y;
   }
@@ -425,9 +438,10 @@ class InvariantOps : public Ops {
     a.scale = reference::AttentionScale(head_dim);
     Check(kernels::PrefillAttention(a, ContextOf(q)));
     if (NeedsGrad({&q_in, &k_in, &v_in})) {
-      auto pos = torch::arange(q.size(0), torch::TensorOptions().dtype(torch::kLong).device(q.device()));
-      return OverrideValue(
-          reference::Attention(q_in, k_in, v_in, pos, q_heads, kv_heads, head_dim), y);
+      // Saves q, k, v only; the backward recomputes the reference attention
+      // per block of query rows.
+      return WithBlockwiseAttentionBackward(std::move(y), q_in, k_in, v_in, q_heads, kv_heads,
+                                            head_dim);
     }
     return y;
   }
@@ -491,7 +505,12 @@ class InvariantOps : public Ops {
     a.target_logprobs = out.data_ptr<float>();
     Check(kernels::LogSoftmax(a, ContextOf(logits)));
     if (NeedsGrad({&logits_in})) {
-      return OverrideValue(reference::TargetLogprobs(logits_in, targets.to(torch::kLong)), out);
+      return WithRecomputedBackward(
+          std::move(out), {logits_in},
+          [targets = targets.to(torch::kLong)](const std::vector<torch::Tensor>& in) {
+            return std::vector<torch::Tensor>{reference::TargetLogprobs(in[0], targets)};
+          },
+          "InvariantTargetLogprobsBackward");
     }
     return out;
   }
@@ -527,7 +546,12 @@ class InvariantOps : public Ops {
     Check(kernels::RouteTopK(a, ContextOf(logits)));
     auto ids64 = ids.to(torch::kLong);
     if (NeedsGrad({&logits_in})) {
-      weights = OverrideValue(reference::RoutingWeights(logits_in, ids64, normalize), weights);
+      weights = WithRecomputedBackward(
+          std::move(weights), {logits_in},
+          [ids64, normalize](const std::vector<torch::Tensor>& in) {
+            return std::vector<torch::Tensor>{reference::RoutingWeights(in[0], ids64, normalize)};
+          },
+          "InvariantRoutingWeightsBackward");
     }
     return {weights, ids64};
   }

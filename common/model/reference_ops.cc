@@ -41,9 +41,14 @@ torch::Tensor SiluMul(const torch::Tensor& gate, const torch::Tensor& up) {
   return torch::silu(gate) * up;
 }
 
-torch::Tensor Attention(const torch::Tensor& q, const torch::Tensor& k,
-                        const torch::Tensor& v, const torch::Tensor& q_positions,
-                        int64_t q_heads, int64_t kv_heads, int64_t head_dim) {
+namespace {
+
+// Causal attention of queries at q_positions (int64 [nq], on q's device)
+// against keys 0..nk-1: the one formulation behind Attention and
+// AttentionRows.
+torch::Tensor CausalAttention(const torch::Tensor& q, const torch::Tensor& k,
+                              const torch::Tensor& v, const torch::Tensor& q_positions,
+                              int64_t q_heads, int64_t kv_heads, int64_t head_dim) {
   const int64_t nq = q.size(0), nk = k.size(0);
   auto qh = q.view({nq, q_heads, head_dim}).transpose(0, 1);   // [Hq, nq, D]
   auto kh = k.view({nk, kv_heads, head_dim}).transpose(0, 1);  // [Hkv, nk, D]
@@ -54,10 +59,26 @@ torch::Tensor Attention(const torch::Tensor& q, const torch::Tensor& k,
   }
   auto scores = torch::matmul(qh, kh.transpose(1, 2)) * AttentionScale(head_dim);
   auto key_pos = torch::arange(nk, torch::TensorOptions().dtype(torch::kLong).device(q.device()));
-  auto mask = key_pos.unsqueeze(0) > q_positions.to(torch::kLong).unsqueeze(1);  // [nq, nk]
+  auto mask = key_pos.unsqueeze(0) > q_positions.unsqueeze(1);  // [nq, nk]
   scores = scores.masked_fill(mask.unsqueeze(0), -std::numeric_limits<float>::infinity());
   auto probs = torch::softmax(scores, -1);
   return torch::matmul(probs, vh).transpose(0, 1).reshape({nq, q_heads * head_dim});
+}
+
+}  // namespace
+
+torch::Tensor Attention(const torch::Tensor& q, const torch::Tensor& k,
+                        const torch::Tensor& v, const torch::Tensor& q_positions,
+                        int64_t q_heads, int64_t kv_heads, int64_t head_dim) {
+  return CausalAttention(q, k, v, q_positions.to(torch::kLong), q_heads, kv_heads, head_dim);
+}
+
+torch::Tensor AttentionRows(const torch::Tensor& q, const torch::Tensor& k,
+                            const torch::Tensor& v, int64_t first_row, int64_t q_heads,
+                            int64_t kv_heads, int64_t head_dim) {
+  auto pos = torch::arange(first_row, first_row + q.size(0),
+                           torch::TensorOptions().dtype(torch::kLong).device(q.device()));
+  return CausalAttention(q, k, v, pos, q_heads, kv_heads, head_dim);
 }
 
 torch::Tensor TargetLogprobs(const torch::Tensor& logits, const torch::Tensor& targets) {

@@ -1,6 +1,6 @@
 // Ordinary LibTorch formulations of the transformer ops. They are the
-// standard-mode implementation, and the differentiable graph whose values the
-// invariant ops overwrite when training (see invariant_ops.cc).
+// standard-mode implementation, and the graph the invariant ops' backward
+// recomputes from their saved inputs when training (recomputed_backward.h).
 #ifndef LOCKSTEP_COMMON_MODEL_REFERENCE_OPS_H_
 #define LOCKSTEP_COMMON_MODEL_REFERENCE_OPS_H_
 
@@ -22,6 +22,15 @@ torch::Tensor SiluMul(const torch::Tensor& gate, const torch::Tensor& up);
 torch::Tensor Attention(const torch::Tensor& q, const torch::Tensor& k,
                         const torch::Tensor& v, const torch::Tensor& q_positions,
                         int64_t q_heads, int64_t kv_heads, int64_t head_dim);
+// Rows [first_row, first_row + nq) of the causal attention of one sequence:
+// q [nq, Hq*D] holds those query rows, k/v [nk, Hkv*D] the sequence's first
+// nk keys (nk >= first_row + nq suffices; keys past a row are masked). Query
+// i sees keys 0..first_row+i. Attention's formulation (the same ops), so a
+// block of rows is a slice of the whole: the blockwise attention backward
+// (blockwise_attention_backward.h) recomputes it per block.
+torch::Tensor AttentionRows(const torch::Tensor& q, const torch::Tensor& k,
+                            const torch::Tensor& v, int64_t first_row, int64_t q_heads,
+                            int64_t kv_heads, int64_t head_dim);
 torch::Tensor TargetLogprobs(const torch::Tensor& logits,
                              const torch::Tensor& targets);
 // The routing weights [T, k] of the experts `ids` (int64 [T, k]) under

@@ -1,0 +1,54 @@
+// The training backward of causal prefill attention without its [heads, T,
+// T] matrices (issue 17 §2): the forward keeps q, k, v only, and the
+// backward recomputes reference::AttentionRows one block of query rows at a
+// time — for rows [q0, q1) the scores against keys [0, q1) only (causal) —
+// back-propagates that block's output gradient, writes the block's dQ and
+// accumulates dK, dV over the blocks. FlashAttention-2's memory behaviour
+// with LibTorch ops: transient memory O(heads × block × T) in the backward,
+// nothing of size T² kept between forward and backward.
+//
+// dQ of a row is the full reference's up to the summation over the keys a
+// row cannot see (exact zeros, but a shorter BLAS reduction); dK and dV sum
+// the blocks' contributions block by block, a different summation order
+// than one [T, T] matmul: equal to the full reference's within fp32
+// rounding, not bitwise.
+#ifndef LOCKSTEP_COMMON_MODEL_BLOCKWISE_ATTENTION_BACKWARD_H_
+#define LOCKSTEP_COMMON_MODEL_BLOCKWISE_ATTENTION_BACKWARD_H_
+
+#include <cstdint>
+#include <vector>
+
+#include <torch/torch.h>
+
+namespace lockstep::common {
+
+// Query rows per recomputed block: the backward's transient scores and
+// probabilities are [q_heads, kAttentionBackwardBlockRows, <= T] fp32.
+inline constexpr int64_t kAttentionBackwardBlockRows = 256;
+
+// Returns `value` (the causal attention of one whole sequence, q [T, Hq*D],
+// k/v [T, Hkv*D] float32, computed elsewhere: the invariant kernel; its
+// bits are returned unchanged) differentiable in q, k, v with the blockwise
+// backward (BlockwiseAttentionGradient). Saves q, k, v only. Without grad
+// mode or an input requiring grad, returns `value`.
+torch::Tensor WithBlockwiseAttentionBackward(torch::Tensor value, const torch::Tensor& q,
+                                             const torch::Tensor& k, const torch::Tensor& v,
+                                             int64_t q_heads, int64_t kv_heads, int64_t head_dim,
+                                             int64_t block_rows = kAttentionBackwardBlockRows);
+
+// The gradients {dQ [T, Hq*D], dK, dV [T, Hkv*D]} of reference::Attention
+// (causal, positions 0..T-1) at q, k, v for the output gradient grad_out
+// [T, Hq*D], computed `block_rows` query rows at a time; undefined for an
+// input whose `wanted` entry is false. q_heads a multiple of kv_heads
+// (grouped-query attention).
+std::vector<torch::Tensor> BlockwiseAttentionGradient(const torch::Tensor& q,
+                                                      const torch::Tensor& k,
+                                                      const torch::Tensor& v,
+                                                      const std::vector<bool>& wanted,
+                                                      const torch::Tensor& grad_out,
+                                                      int64_t q_heads, int64_t kv_heads,
+                                                      int64_t head_dim, int64_t block_rows);
+
+}  // namespace lockstep::common
+
+#endif  // LOCKSTEP_COMMON_MODEL_BLOCKWISE_ATTENTION_BACKWARD_H_
