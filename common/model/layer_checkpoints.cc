@@ -14,7 +14,7 @@ LayerCheckpoints::Forward(const ModelConfig& config, RankWeights weights, Kernel
   c->weights_ = std::move(weights);
   c->ops_ = CreateOps(mode, config.dtype == kernels::DType::kBF16);
   c->input_ = std::move(input);
-  torch::Tensor logits;
+  torch::Tensor hidden;
   try {
     torch::Tensor h, pending;
     {
@@ -30,12 +30,12 @@ LayerCheckpoints::Forward(const ModelConfig& config, RankWeights weights, Kernel
     }
     c->top_h_ = h.detach().requires_grad_(true);
     if (pending.defined()) c->top_pending_ = pending.detach().requires_grad_(true);
-    logits = DecoderHead(c->config_, c->weights_, *c->ops_, c->input_, nullptr, c->top_h_,
-                         c->top_pending_);
+    hidden = FinalNormRows(c->config_, c->weights_, *c->ops_, c->input_, c->top_h_,
+                           c->top_pending_);
   } catch (const std::exception& e) {
     return StatusFromException(e, "checkpointed training forward failed");
   }
-  return std::make_pair(std::move(logits), std::move(c));
+  return std::make_pair(std::move(hidden), std::move(c));
 }
 
 absl::Status LayerCheckpoints::Backward() {

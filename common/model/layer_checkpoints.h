@@ -5,7 +5,8 @@
 // it, top to bottom. The recomputation runs the same ops on the same values,
 // so it reproduces the forward's bits, and the gradients are the ones the
 // plain forward's backward computes. Memory then holds one layer's
-// activations (its attention scores included) instead of every layer's.
+// activations instead of every layer's (and no layer keeps [heads, T, T]
+// attention scores: blockwise_attention_backward.h).
 #ifndef LOCKSTEP_COMMON_MODEL_LAYER_CHECKPOINTS_H_
 #define LOCKSTEP_COMMON_MODEL_LAYER_CHECKPOINTS_H_
 
@@ -26,8 +27,10 @@ namespace lockstep::common {
 class LayerCheckpoints {
  public:
   // The full-sequence forward of `input` (seq_lens mode, one rank) with the
-  // layers checkpointed. Returns logits [R, V] that are differentiable with
-  // respect to the final norm and lm_head only; after the loss's backward,
+  // layers checkpointed, up to the final norm: returns the normed logit rows
+  // [R, H] (rank_forward.h's FinalNormRows; lm_head is the caller's, e.g.
+  // the learner's row-chunked head) that are differentiable with respect to
+  // the final norm only; after the loss's backward,
   // Backward() carries the gradient on through the layers and the
   // embedding into the weights' .grad. INTERNAL on LibTorch errors.
   static absl::StatusOr<std::pair<torch::Tensor, std::shared_ptr<LayerCheckpoints>>> Forward(

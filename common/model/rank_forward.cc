@@ -211,22 +211,21 @@ std::pair<torch::Tensor, torch::Tensor> DecoderLayer(const ModelConfig& config,
   return {std::move(h), SwiGluMlp(config, lw.mlp, ops, x, comm)};
 }
 
-torch::Tensor DecoderHead(const ModelConfig& config, const RankWeights& weights, Ops& ops,
-                          const ForwardInput& input, Communicator* comm, const torch::Tensor& h,
-                          torch::Tensor pending) {
+torch::Tensor FinalNormRows(const ModelConfig& config, const RankWeights& weights, Ops& ops,
+                            const ForwardInput& input, const torch::Tensor& h,
+                            torch::Tensor pending) {
   const bool bf16 = config.dtype == kernels::DType::kBF16;
-  if (input.logit_rows.numel() == 0) {
-    // A step that only fills the KV cache (e.g. a prefill chunk that samples
-    // nothing): no head, no collective (every rank sees the same batch).
-    return torch::empty({0, config.vocab_size}, h.options());
-  }
   // The last residual add and the final norm are row-wise: they run on the
   // logit rows only.
   auto last = h.index_select(0, input.logit_rows);
   if (pending.defined()) pending = pending.index_select(0, input.logit_rows);
-  auto x = ops.AddRmsNorm(std::move(last), std::move(pending), weights.final_norm,
-                          config.rms_norm_eps, bf16)
-               .second;
+  return ops.AddRmsNorm(std::move(last), std::move(pending), weights.final_norm,
+                        config.rms_norm_eps, bf16)
+      .second;
+}
+
+torch::Tensor LmHead(const RankWeights& weights, Ops& ops, Communicator* comm,
+                     const torch::Tensor& x) {
   // The logits stay fp32 (the GEMM's accumulator) where transformers rounds
   // them to bf16: the logprobs are computed from them, and that rounding
   // alone costs up to half a bf16 ulp of the logit (0.016 nats at |logit|
@@ -239,8 +238,25 @@ torch::Tensor DecoderHead(const ModelConfig& config, const RankWeights& weights,
   return gathered.permute({1, 0, 2}).reshape({local.size(0), tp * local.size(1)}).contiguous();
 }
 
-torch::Tensor RankForward(const ModelConfig& config, const RankWeights& weights,
-                          Ops& ops, const ForwardInput& input, Communicator* comm) {
+torch::Tensor DecoderHead(const ModelConfig& config, const RankWeights& weights, Ops& ops,
+                          const ForwardInput& input, Communicator* comm, const torch::Tensor& h,
+                          torch::Tensor pending) {
+  if (input.logit_rows.numel() == 0) {
+    // A step that only fills the KV cache (e.g. a prefill chunk that samples
+    // nothing): no head, no collective (every rank sees the same batch).
+    return torch::empty({0, config.vocab_size}, h.options());
+  }
+  return LmHead(weights, ops, comm,
+                FinalNormRows(config, weights, ops, input, h, std::move(pending)));
+}
+
+namespace {
+
+// The embedding and the decoder layers: the last layer's (h, pending).
+std::pair<torch::Tensor, torch::Tensor> DecoderLayers(const ModelConfig& config,
+                                                      const RankWeights& weights, Ops& ops,
+                                                      const ForwardInput& input,
+                                                      Communicator* comm) {
   // Every activation is rounded to bf16 (bf16 models) at the same points as
   // ever: after the embedding, each norm, projection, QK-norm, RoPE,
   // attention, residual add and SwiGLU; the fused steps of Ops
@@ -252,7 +268,21 @@ torch::Tensor RankForward(const ModelConfig& config, const RankWeights& weights,
     std::tie(h, pending) =
         DecoderLayer(config, weights, layer, ops, input, comm, std::move(h), std::move(pending));
   }
+  return {std::move(h), std::move(pending)};
+}
+
+}  // namespace
+
+torch::Tensor RankForward(const ModelConfig& config, const RankWeights& weights,
+                          Ops& ops, const ForwardInput& input, Communicator* comm) {
+  auto [h, pending] = DecoderLayers(config, weights, ops, input, comm);
   return DecoderHead(config, weights, ops, input, comm, h, std::move(pending));
+}
+
+torch::Tensor RankForwardToFinalNorm(const ModelConfig& config, const RankWeights& weights,
+                                     Ops& ops, const ForwardInput& input, Communicator* comm) {
+  auto [h, pending] = DecoderLayers(config, weights, ops, input, comm);
+  return FinalNormRows(config, weights, ops, input, h, std::move(pending));
 }
 
 }  // namespace lockstep::common

@@ -124,11 +124,27 @@ std::pair<torch::Tensor, torch::Tensor> DecoderLayer(const ModelConfig& config,
 torch::Tensor DecoderHead(const ModelConfig& config, const RankWeights& weights, Ops& ops,
                           const ForwardInput& input, Communicator* comm, const torch::Tensor& h,
                           torch::Tensor pending);
+// DecoderHead in two steps: FinalNormRows, the last residual add and the
+// final norm of the logit rows (the normed rows [R, H] lm_head reads, a
+// Linear input), then LmHead, the logits [R, V] of such rows (float32, the
+// vocabulary shards all-gathered). Both are row-wise: a subset of the rows
+// gets the bits it gets among all of them.
+torch::Tensor FinalNormRows(const ModelConfig& config, const RankWeights& weights, Ops& ops,
+                            const ForwardInput& input, const torch::Tensor& h,
+                            torch::Tensor pending);
+torch::Tensor LmHead(const RankWeights& weights, Ops& ops, Communicator* comm,
+                     const torch::Tensor& x);
 
 // Runs the decoder on one rank and returns logits [R, V] (float32, full
 // vocabulary on every rank: the vocabulary shards are all-gathered).
 torch::Tensor RankForward(const ModelConfig& config, const RankWeights& weights,
                           Ops& ops, const ForwardInput& input, Communicator* comm);
+
+// RankForward without lm_head: the final-normed logit rows [R, H]
+// (FinalNormRows), for a head that runs on chunks of rows (the learner's,
+// sequence_logprobs.h).
+torch::Tensor RankForwardToFinalNorm(const ModelConfig& config, const RankWeights& weights,
+                                     Ops& ops, const ForwardInput& input, Communicator* comm);
 
 }  // namespace lockstep::common
 

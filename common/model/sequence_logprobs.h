@@ -57,12 +57,25 @@ struct SequenceScores {
   std::shared_ptr<LayerCheckpoints> checkpoint;
 };
 
+// Rows per chunk of the learner's head (ScoreOptions::head_chunk_rows): a
+// chunk's transient logits and softmax are [kHeadChunkRows, vocab] fp32.
+inline constexpr int64_t kHeadChunkRows = 256;
+
 struct ScoreOptions {
   bool entropy = false;            // fill SequenceScores::entropy
   bool checkpoint_layers = false;  // activation checkpointing (one rank)
   // Fill SequenceScores::routing (mixture-of-experts models; not with
   // checkpoint_layers, whose forward keeps no graph: INVALID_ARGUMENT).
   bool routing = false;
+  // The head (lm_head, then the raw and sampled logprobs and the entropy of
+  // each row) runs on chunks of at most this many rows of one sequence,
+  // without keeping a chunk's logits: the backward recomputes them
+  // (recomputed_backward.h), so no [rows, vocab] tensor lives from the
+  // forward to the backward. Chunks split rows, never the vocabulary: each
+  // row's reductions are the ones the kernels compute on the full row, so
+  // the values are bit-identical to an unchunked head's (and the rollout's).
+  // 0: one chunk per sequence whose logits stay in the graph.
+  int64_t head_chunk_rows = kHeadChunkRows;
 };
 
 // SequenceLogprobs plus, for every sequence whose `sampling` entry is not

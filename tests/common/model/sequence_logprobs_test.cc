@@ -2,6 +2,8 @@
 #include "common/model/sequence_logprobs.h"
 
 #include <cstdlib>
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <random>
@@ -11,6 +13,8 @@
 #include <gtest/gtest.h>
 
 #include "common/model/model.h"
+#include "common/sampling/sampling_spec.h"
+#include "tests/common/model/cpu_allocation_counter.h"
 #include "tests/common/model/model_fixture.h"
 #include "tests/common/model/paged_decode.h"
 
@@ -123,6 +127,131 @@ TEST(TorchModelTest, GradientsMatchStandardModeClosely) {
   for (auto& [name, g] : grads[0]) {
     EXPECT_TRUE(torch::allclose(g, grads[1][name], 1e-3, 1e-5)) << name;
   }
+}
+
+// The row-chunked head (ScoreOptions::head_chunk_rows): chunks of 3 rows
+// (several per sequence, boundaries inside sequences) give the raw, sampled
+// and entropy values of the unchunked head bit for bit, and the weight
+// gradients of a loss over all three equal within fp32 rounding (the chunks'
+// lm_head gradients are summed chunk by chunk). Both dtypes, with and
+// without checkpointed layers.
+TEST(TorchModelTest, ChunkedHeadKeepsTheValuesBitwise) {
+  SamplingSpec warm;
+  warm.params.temperature = 0.7f;
+  warm.repetition_penalty = 1.2f;
+  warm.presence_penalty = 0.3f;
+  warm.logit_bias = {{3, 2.0f}, {17, -1.5f}};
+  SamplingSpec plain;
+  plain.params.temperature = 1.0f;
+  for (kernels::DType dtype : {kernels::DType::kF32, kernels::DType::kBF16}) {
+    for (bool checkpoint : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "dtype " << static_cast<int>(dtype) << " checkpoint "
+                                        << checkpoint);
+      ModelConfig config = TinyConfig();
+      config.dtype = dtype;
+      const TensorMap tensors = testing::RandomTensors(config, 5);
+      const std::vector<std::vector<int32_t>> seqs = {Tokens(30, 1), Tokens(12, 2), Tokens(9, 3),
+                                                      Tokens(4, 4)};
+      const std::vector<int64_t> prefix = {5, 1, 3, 4};
+      const std::vector<const SamplingSpec*> sampling = {&warm, nullptr, &plain, &warm};
+      std::vector<torch::Tensor> values[2];
+      std::map<std::string, torch::Tensor> grads[2];
+      for (int chunked = 0; chunked < 2; ++chunked) {
+        TorchWeights master = ToTorch(tensors);
+        TorchWeights compute;
+        for (auto& [name, t] : master) {
+          t = t.to(torch::kFloat).set_requires_grad(true);
+          compute[name] = dtype == kernels::DType::kBF16 ? t.to(torch::kBFloat16) : t * 1.0f;
+        }
+        ScoreOptions options;
+        options.entropy = true;
+        options.checkpoint_layers = checkpoint;
+        options.head_chunk_rows = chunked ? 3 : 0;
+        auto scores =
+            ScoreSequences(config, compute, KernelMode::kInvariant, seqs, prefix, sampling, options);
+        ASSERT_TRUE(scores.ok()) << scores.status();
+        torch::Tensor loss = torch::zeros({});
+        for (size_t s = 0; s < seqs.size(); ++s) {
+          values[chunked].push_back(scores->raw[s].detach());
+          values[chunked].push_back(scores->entropy[s].detach());
+          loss = loss - scores->raw[s].sum() - 0.1 * scores->entropy[s].sum();
+          if (sampling[s] != nullptr) {
+            values[chunked].push_back(scores->sampled[s].detach());
+            loss = loss - 0.5 * scores->sampled[s].sum();
+          }
+        }
+        loss.backward();
+        if (scores->checkpoint != nullptr) {
+          ASSERT_TRUE(scores->checkpoint->Backward().ok());
+        }
+        for (auto& [name, t] : master) grads[chunked][name] = t.grad().clone();
+      }
+      ASSERT_EQ(values[0].size(), values[1].size());
+      for (size_t i = 0; i < values[0].size(); ++i) {
+        const auto& a = values[0][i];
+        const auto& b = values[1][i];
+        ASSERT_TRUE(a.sizes().equals(b.sizes())) << i;
+        EXPECT_EQ(0, std::memcmp(a.contiguous().data_ptr<float>(),
+                                 b.contiguous().data_ptr<float>(), a.numel() * 4))
+            << "output " << i;
+      }
+      // fp32 weights: fp32 rounding of the summation order. bf16 compute
+      // weights: their gradients are rounded to bf16 (LinearFn), so an fp32
+      // difference may flip one rounding: at most one bf16 step apart.
+      double worst = 0.0;
+      for (const auto& [name, g] : grads[0]) {
+        const auto& c = grads[1][name];
+        const double scale = g.abs().max().item<double>();
+        const double rel = (c - g).abs().max().item<double>() / scale;
+        worst = std::max(worst, rel);
+        if (dtype == kernels::DType::kF32) {
+          EXPECT_LT(rel, 1e-5) << name;
+        } else {
+          auto bound = torch::max(g.abs(), c.abs()) * (1.0 / 128) + 1e-6 * scale;
+          EXPECT_TRUE(((c - g).abs() <= bound).all().item<bool>()) << name << " " << rel;
+        }
+      }
+      std::printf("chunked head, dtype %d checkpoint %d: worst gradient relative difference %g\n",
+                  static_cast<int>(dtype), static_cast<int>(checkpoint), worst);
+    }
+  }
+}
+
+// The chunked head keeps no [rows, vocab] tensor between the forward and the
+// backward; the unchunked one keeps the logits (at least one such tensor).
+// A 600-token sequence, vocabulary 16384: the logits are 37.4 MiB.
+TEST(TorchModelTest, ChunkedHeadKeepsNoLogits) {
+  ModelConfig config = TinyConfig();
+  config.vocab_size = 16384;
+  config.max_position_embeddings = 1024;
+  const TensorMap tensors = testing::RandomTensors(config, 6);
+  std::mt19937_64 rng(7);
+  std::vector<std::vector<int32_t>> seqs(1, std::vector<int32_t>(600));
+  for (auto& t : seqs[0]) t = static_cast<int32_t>(rng() % config.vocab_size);
+  SamplingSpec spec;
+  spec.params.temperature = 0.9f;
+  const int64_t logits_bytes = int64_t{599} * config.vocab_size * 4;
+  int64_t kept[2];
+  for (int chunked = 0; chunked < 2; ++chunked) {
+    TorchWeights w = ToTorch(tensors);
+    for (auto& [name, t] : w) t.set_requires_grad(true);
+    testing::CountCpuAllocations count;
+    const int64_t before = count.counter().current();
+    ScoreOptions options;
+    options.entropy = true;
+    options.head_chunk_rows = chunked ? kHeadChunkRows : 0;
+    auto scores = ScoreSequences(config, w, KernelMode::kInvariant, seqs, {1}, {&spec}, options);
+    ASSERT_TRUE(scores.ok()) << scores.status();
+    kept[chunked] = count.counter().current() - before;
+    auto loss = -(scores->raw[0].sum() + scores->sampled[0].sum() + scores->entropy[0].sum());
+    loss.backward();
+    EXPECT_GT(w["lm_head.weight"].grad().abs().sum().item<float>(), 0.0f);
+  }
+  std::printf("head of 599 rows x vocab 16384 (logits %.1f MiB): kept between forward and "
+              "backward %.1f MiB unchunked, %.1f MiB chunked\n",
+              logits_bytes / 1048576.0, kept[0] / 1048576.0, kept[1] / 1048576.0);
+  EXPECT_GE(kept[0], logits_bytes);
+  EXPECT_LT(kept[1], logits_bytes / 2);
 }
 
 TEST(TorchModelTest, BadInputs) {
