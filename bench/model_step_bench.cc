@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "bench/flag_value.h"
 #include "absl/strings/str_split.h"
 #include "common/formats/model_generator.h"
 #include "common/model/cuda_check.h"
@@ -285,11 +286,7 @@ int Run(const Flags& f) {
 int main(int argc, char** argv) {
   Flags f;
   for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&](const char* name) -> const char* {
-      const std::string prefix = std::string("--") + name + "=";
-      return a.rfind(prefix, 0) == 0 ? argv[i] + prefix.size() : nullptr;
-    };
+    auto value = [&](const char* name) { return lockstep::bench::FlagValue(argv[i], name); };
     if (const char* v = value("config")) {
       f.config = v;
     } else if (const char* v = value("batch")) {
