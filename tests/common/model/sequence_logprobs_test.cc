@@ -254,6 +254,54 @@ TEST(TorchModelTest, ChunkedHeadKeepsNoLogits) {
   EXPECT_LT(kept[1], logits_bytes / 2);
 }
 
+// The whole training forward of one 4096-token sequence (one layer, 2 query
+// heads of 64 on one KV head) keeps less than one [heads, T, T] fp32 score
+// matrix (128 MiB) between forward and backward, and its backward peaks
+// below it: no op keeps its reference graph, attention recomputes by blocks
+// of rows and the head by chunks of rows.
+TEST(TorchModelTest, LongSequenceTrainingMemory) {
+  ModelConfig config = TinyConfig();
+  config.model_type = "llama";
+  config.qk_norm = false;
+  config.hidden_size = 128;
+  config.num_attention_heads = 2;
+  config.num_key_value_heads = 1;
+  config.head_dim = 64;
+  config.intermediate_size = 256;
+  config.vocab_size = 256;
+  config.num_hidden_layers = 1;
+  config.max_position_embeddings = 4096;
+  const int64_t T = 4096;
+  const int64_t score_matrix = config.num_attention_heads * T * T * 4;
+  const TensorMap tensors = testing::RandomTensors(config, 8);
+  std::mt19937_64 rng(9);
+  std::vector<std::vector<int32_t>> seqs(1, std::vector<int32_t>(T));
+  for (auto& t : seqs[0]) t = static_cast<int32_t>(rng() % config.vocab_size);
+  TorchWeights w = ToTorch(tensors);
+  for (auto& [name, t] : w) t.set_requires_grad(true);
+  testing::CountCpuAllocations count;
+  auto& c = count.counter();
+  const int64_t before = c.current();
+  c.ResetPeak();
+  ScoreOptions options;
+  options.entropy = true;
+  auto scores = ScoreSequences(config, w, KernelMode::kInvariant, seqs, {1}, {}, options);
+  ASSERT_TRUE(scores.ok()) << scores.status();
+  const int64_t kept = c.current() - before;
+  const int64_t forward_peak = c.peak() - before;
+  c.ResetPeak();
+  const int64_t before_backward = c.current();
+  (-(scores->raw[0].sum() + scores->entropy[0].sum())).backward();
+  const int64_t backward_peak = c.peak() - before_backward;
+  std::printf("training forward of T=%lld (1 layer, 2:1 heads of 64): kept %.1f MiB, forward "
+              "peak %.1f MiB, backward peak %.1f MiB; one score matrix %.1f MiB\n",
+              static_cast<long long>(T), kept / 1048576.0, forward_peak / 1048576.0,
+              backward_peak / 1048576.0, score_matrix / 1048576.0);
+  EXPECT_LT(kept, score_matrix / 2);
+  EXPECT_LT(backward_peak, score_matrix);
+  for (auto& [name, t] : w) EXPECT_TRUE(t.grad().defined()) << name;
+}
+
 TEST(TorchModelTest, BadInputs) {
   const ModelConfig config = TinyConfig();
   TorchWeights w = ToTorch(testing::RandomTensors(config, 3));
