@@ -8,7 +8,9 @@
 # shape. Peak GPU memory of both: nvidia-smi's memory.used sampled every
 # 100 ms (the same measure for both: the process's whole footprint); the
 # peer also reports PyTorch's allocated / reserved peaks. For the device tool:
-#   SHAPES="qwen3-1.7b:8x4096 qwen3-4b:8x4096 qwen3-1.7b:8x16384" bash scripts/gpu_train_bench.sh
+#   SHAPES="qwen3-1.7b:8x4096 qwen3-4b:8x4096 qwen3-1.7b:8x16384:0" bash scripts/gpu_train_bench.sh
+# (preset:SEQSxLEN[:WARMUP], WARMUP untimed steps before the timed ones,
+# default $WARMUP or 1)
 # Knobs: OURS_TIMEOUT=120 PEER_TIMEOUT=90 (seconds per run), WARMUP=1 STEPS=1,
 # OURS_ARGS / PEER_ARGS (extra flags), SKIP_PEER=1.
 source scripts/gpu_env.sh
@@ -17,7 +19,7 @@ stamp configure
 gpu_configure
 stamp build
 cmake --build build-gpu -j16 --target lockstep_make_model >> "$OUT/build.log" 2>&1
-presets=$(for s in $SHAPES; do echo "${s%%:*}"; done | awk '!seen[$0]++')
+presets=$(for s in $SHAPES; do echo "${s%%:*}"; done | awk '!seen[$0]++')  # in first-use order
 ( for p in $presets; do
     g0=$(date +%s); "$(bin lockstep_make_model)" --preset "$p" --seed 1 --out "$WORK/$p" \
       >> "$OUT/generate.log" 2>&1
@@ -38,7 +40,7 @@ with_peak() {
   echo "rc=$rc peak memory.used $(sort -n "$WORK/mem.txt" | tail -1) MiB" | tee -a "$log" "$OUT/summary.txt"
 }
 for s in $SHAPES; do
-  p=${s%%:*} shape=${s##*:}; seqs=${shape%%x*} len=${shape##*x}
+  IFS=: read -r p shape warm <<< "$s"; seqs=${shape%%x*} len=${shape##*x} warm=${warm:-${WARMUP:-1}}
   # Each checkpoint is used as soon as it is written (the next one is
   # written meanwhile).
   while [ ! -f "$WORK/$p.done" ]; do sleep 1; done
@@ -46,14 +48,14 @@ for s in $SHAPES; do
   stamp "ours $p $seqs x $len"
   echo "== ours $p $seqs x $len" >> "$OUT/train.log"
   with_peak "$OUT/train.log" timeout "${OURS_TIMEOUT:-120}" "$(bin train_step_bench)" \
-    --model_dir="$WORK/$p" --seqs="$seqs" --seq_len="$len" --warmup="${WARMUP:-1}" \
+    --model_dir="$WORK/$p" --seqs="$seqs" --seq_len="$len" --warmup="$warm" \
     --steps="${STEPS:-1}" ${OURS_ARGS:-}
   grep -A2 "^| mode" "$OUT/train.log" | tail -1 | tee -a "$OUT/summary.txt"
   if [ "${SKIP_PEER:-0}" != 1 ]; then
     stamp "peer $p $seqs x $len"
     echo "== peer $p $seqs x $len" >> "$OUT/train.log"
     with_peak "$OUT/train.log" timeout "${PEER_TIMEOUT:-90}" python3 bench/hf_peer_train.py \
-      --model "$WORK/$p" --seqs "$seqs" --seq_len "$len" --warmup "${WARMUP:-1}" \
+      --model "$WORK/$p" --seqs "$seqs" --seq_len "$len" --warmup "$warm" \
       --steps "${STEPS:-1}" ${PEER_ARGS:-}
     grep -A2 "^| peer" "$OUT/train.log" | tail -1 | tee -a "$OUT/summary.txt"
   fi
