@@ -12,7 +12,8 @@
 # (preset:SEQSxLEN[:WARMUP], WARMUP untimed steps before the timed ones,
 # default $WARMUP or 1)
 # Knobs: OURS_TIMEOUT=120 PEER_TIMEOUT=90 (seconds per run), WARMUP=1 STEPS=1,
-# OURS_ARGS / PEER_ARGS (extra flags), SKIP_PEER=1.
+# OURS_ARGS / PEER_ARGS (extra flags), SKIP_PEER=1, TESTS="common_model_cuda_test ..."
+# (built with the bench, run after it; TEST_TIMEOUT=120).
 source scripts/gpu_env.sh
 SHAPES=${SHAPES:-qwen3-1.7b:8x4096}
 stamp configure
@@ -26,7 +27,7 @@ presets=$(for s in $SHAPES; do echo "${s%%:*}"; done | awk '!seen[$0]++')  # in 
     echo "generate $p: rc=$? $(( $(date +%s) - g0 )) s" >> "$OUT/generate.log"
     touch "$WORK/$p.done"
   done ) &
-cmake --build build-gpu -j16 --target train_step_bench >> "$OUT/build.log" 2>&1 \
+cmake --build build-gpu -j16 --target train_step_bench ${TESTS:-} >> "$OUT/build.log" 2>&1 \
   || { stamp "BUILD FAILED"; grep -m20 -B2 -A8 "error" "$OUT/build.log"; exit 1; }
 stamp built
 # Runs "$@" with nvidia-smi sampling; prints the peak memory.used (MiB).
@@ -59,5 +60,14 @@ for s in $SHAPES; do
       --steps "${STEPS:-1}" ${PEER_ARGS:-}
     grep -A2 "^| peer" "$OUT/train.log" | tail -1 | tee -a "$OUT/summary.txt"
   fi
+done
+# Then the cuda tests named in TESTS (e.g. the learner-vs-rollout bitwise ones).
+for t in ${TESTS:-}; do
+  tb=$(find build-gpu/tests -name "$t" -type f | head -1)
+  [ -z "$tb" ] && { stamp "$t NOT BUILT"; continue; }
+  stamp "run $t"
+  timeout "${TEST_TIMEOUT:-120}" "$tb" > "$OUT/$t.log" 2>&1
+  echo "$t rc=$?" | tee -a "$OUT/summary.txt"
+  grep -E "PASSED|FAILED|SKIPPED|Failure|OK \]" "$OUT/$t.log" | head -12 | tee -a "$OUT/summary.txt"
 done
 stamp done
