@@ -199,22 +199,13 @@ namespace {
 // raw logprobs.
 struct HeadRows {
   std::vector<int32_t> target_ids;     // the scored tokens
-  const SamplingSpec* spec = nullptr;  // null: no sampled logprobs
+  // Null: no sampled logprobs. A copy: the backward may run after the
+  // caller's spec is gone.
+  std::shared_ptr<const SamplingSpec> spec;
   RowAdjustments adj;                  // the rows' adjustments (spec->adjusts())
   bool entropy = false;
   float temperature = 1.0f;  // the entropy's
 };
-
-// Rows [c0, c1) of `all`.
-HeadRows RowsOf(const HeadRows& all, int64_t c0, int64_t c1) {
-  HeadRows c;
-  c.target_ids.assign(all.target_ids.begin() + c0, all.target_ids.begin() + c1);
-  c.spec = all.spec;
-  c.adj = SliceRows(all.adj, c0, c1);
-  c.entropy = all.entropy;
-  c.temperature = all.temperature;
-  return c;
-}
 
 // One scored sequence: rows [first, first + n) of the head's rows.
 struct HeadSequence {
@@ -488,7 +479,7 @@ absl::StatusOr<SequenceScores> ScoreSequences(
       h.first = k;
       h.n = n;
       h.rows.target_ids.assign(completion.begin(), completion.end());
-      h.rows.spec = spec;
+      if (spec != nullptr) h.rows.spec = std::make_shared<const SamplingSpec>(*spec);
       if (spec != nullptr && spec->adjusts()) {
         h.rows.adj = CompletionAdjustments(*spec, config.eos_token_ids,
                                            seq.subspan(0, prefix_lens[s]), completion);
