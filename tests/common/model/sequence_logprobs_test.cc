@@ -167,8 +167,8 @@ TEST(TorchModelTest, ChunkedHeadKeepsTheValuesBitwise) {
         options.entropy = true;
         options.checkpoint_layers = checkpoint;
         options.head_chunk_rows = chunked ? 3 : 0;
-        auto scores =
-            ScoreSequences(config, compute, KernelMode::kInvariant, seqs, prefix, sampling, options);
+        auto scores = ScoreSequences(config, compute, KernelMode::kInvariant, seqs, prefix,
+                                     sampling, options);
         ASSERT_TRUE(scores.ok()) << scores.status();
         torch::Tensor loss = torch::zeros({});
         for (size_t s = 0; s < seqs.size(); ++s) {
