@@ -15,7 +15,9 @@
 //              12 × layers × q_heads × head_dim × Σ seq_len² / 2 (causal
 //              attention, forward + backward); activation recomputation is
 //              not counted (PaLM's convention)
-// Peak GPU memory is sampled outside (nvidia-smi), the same way for the peer.
+// Each step's line also gives StepResult's phases (forward, backward,
+// optimizer, snapshot). Peak GPU memory is sampled outside (nvidia-smi), the
+// same way for the peer.
 //   train_step_bench --model_dir=DIR [--device=cuda] [--mode=invariant]
 //       [--seqs=8] [--seq_len=4096] [--prompt_len=64] [--group=8]
 //       [--micro_batch_size=1] [--checkpoint_layers=1] [--warmup=1]
@@ -121,7 +123,11 @@ int main(int argc, char** argv) {
     const double dt =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (!r.ok()) return Fail(std::string(r.status().ToString()));
-    std::printf("step %d: %.3f s loss %.6f grad_norm %.4f\n", s, dt, r->loss, r->grad_norm);
+    std::printf(
+        "step %d: %.3f s (forward %.3f, backward %.3f, optimizer %.3f, snapshot %.3f) loss %.6f "
+        "grad_norm %.4f\n",
+        s, dt, r->forward_seconds, r->backward_seconds, r->optimizer_seconds, r->snapshot_seconds,
+        r->loss, r->grad_norm);
     std::fflush(stdout);
     if (s >= f.warmup) times.push_back(dt);
   }

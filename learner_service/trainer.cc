@@ -20,6 +20,7 @@
 #include <cstring>
 
 #include <nlohmann/json.hpp>
+#include <torch/cuda.h>
 #include <torch/torch.h>
 
 #include "absl/status/status.h"
@@ -681,6 +682,18 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
     return mask;
   };
 
+  // Phase clock: the seconds since the last mark, after the device's queue
+  // drained (CUDA), added to *phase.
+  const bool on_gpu = m.device.is_cuda();
+  auto last = std::chrono::steady_clock::now();
+  auto mark = [&](double* phase) {
+    if (on_gpu) torch::cuda::synchronize();
+    const auto now = std::chrono::steady_clock::now();
+    *phase += std::chrono::duration<double>(now - last).count();
+    last = now;
+  };
+  double unattributed = 0.0;
+
   double policy_sum = 0.0;
   double kl_sum = 0.0;  // sum over trained tokens of the per-token KL
   double entropy_sum = 0.0;
@@ -689,9 +702,11 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
   int64_t clipped = 0;
   try {
     std::vector<torch::Tensor> reference;  // [trajectory] logprobs, kl_coef > 0
+    mark(&unattributed);
     if (o.kl_coef > 0) {
       LOCKSTEP_ASSIGN_OR_RETURN(reference, m.ReferenceLogprobs(batch));
     }
+    mark(&result.reference_seconds);
     if (o.kl_coef > 0 && o.kl_in_reward) {
       // The penalty goes into the rewards (the rollout's logprobs as the
       // policy: the distribution that produced the tokens), then the
@@ -733,6 +748,7 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
       std::vector<float> token_weight;
       const double scale = token_scale(i);
       for (float mk : mask_of(t)) token_weight.push_back(static_cast<float>(mk * scale));
+      mark(&unattributed);
       TorchWeights weights = m.ComputeCopy(/*detached=*/false);
       common::ScoreOptions score_options;
       score_options.entropy = o.entropy_coef > 0;
@@ -792,11 +808,13 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
         aux_sum += lb.detach().item<double>();
         loss = loss + lb * (o.router_aux_loss_coef / static_cast<double>(batch.size()));
       }
+      mark(&result.forward_seconds);
       loss.backward();
       if (scores->checkpoint != nullptr) {
         absl::Status back = scores->checkpoint->Backward();
         if (!back.ok()) return fail(back);
       }
+      mark(&result.backward_seconds);
       // p.grad is this trajectory's gradient alone (it was undefined before
       // the backward); move it into the sum.
       for (size_t k = 0; k < m.master.size(); ++k) {
@@ -813,6 +831,7 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
     for (size_t k = 0; k < m.master.size(); ++k) {
       m.master[k].mutable_grad() = std::move(grad_sum[k]);
     }
+    mark(&unattributed);
     std::vector<torch::Tensor> grads_present;
     for (const torch::Tensor& p : m.master) {
       if (p.grad().defined()) grads_present.push_back(p);
@@ -833,6 +852,7 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
     }
     m.optimizer->step();
     m.optimizer->zero_grad();
+    mark(&result.optimizer_seconds);
   } catch (const c10::Error& e) {
     m.optimizer->zero_grad();
     return TorchError("training step", e);
@@ -842,6 +862,7 @@ absl::StatusOr<StepResult> Trainer::Step(const std::vector<Trajectory>& batch) {
   ++m.step;
   ++m.version;
   absl::Status snap = m.RefreshSnapshot();
+  mark(&result.snapshot_seconds);
   result.step = m.step;
   result.weight_version = m.version;
   result.policy_loss = policy_sum;

@@ -188,6 +188,18 @@ struct StepResult {
   MismatchStats mismatch;          // raw logprobs
   MismatchStats sampled_mismatch;  // sampled-distribution logprobs
   double seconds = 0.0;  // wall time of the step
+  // Where `seconds` went (on the GPU each phase ends with a device
+  // synchronisation, so a phase holds its own kernels): the reference
+  // policy's no-grad forward (kl_coef > 0); the training forwards (each with
+  // the compute copy it differentiates through) and the loss terms; the backward passes (with activation checkpointing, the
+  // layers' recomputation); gradient clipping and AdamW; the refresh of the
+  // compute copy and its snapshot. The rest (validation, advantages, the
+  // per-trajectory gradient sums) is seconds minus these.
+  double reference_seconds = 0.0;
+  double forward_seconds = 0.0;
+  double backward_seconds = 0.0;
+  double optimizer_seconds = 0.0;
+  double snapshot_seconds = 0.0;
 };
 
 class Trainer {

@@ -228,6 +228,24 @@ TEST_F(TrainerTest, StepUpdatesWeightsAndSnapshotIsMasterCast) {
   EXPECT_EQ(r2->mismatch.tokens_mismatched, 0);
 }
 
+TEST_F(TrainerTest, StepReportsWhereItsTimeWent) {
+  TrainerOptions o;
+  o.model_dir = *bf16_dir_;
+  o.kl_coef = 0.1;  // a reference forward too
+  auto trainer = Make(o);
+  auto model = ModelOf(*trainer, KernelMode::kInvariant);
+  auto r = trainer->Step(MakeBatch(*model, 9, 4, 4, 0));
+  ASSERT_TRUE(r.ok()) << r.status();
+  const double phases[] = {r->reference_seconds, r->forward_seconds, r->backward_seconds,
+                           r->optimizer_seconds, r->snapshot_seconds};
+  double sum = 0.0;
+  for (double p : phases) {
+    EXPECT_GT(p, 0.0);
+    sum += p;
+  }
+  EXPECT_LE(sum, r->seconds);
+}
+
 TEST_F(TrainerTest, StaleTokensAreCountedNotCompared) {
   auto trainer = Make();
   auto v0 = ModelOf(*trainer, KernelMode::kInvariant);
