@@ -24,6 +24,9 @@ Methods:
                   device counter (cumulative_length, advanced in place, so it
                   is graph-safe) and takes positions from position_ids; the
                   counters are restored after the warm-up and the capture.
+                  --waves W runs W batches of B fresh prompts one after the
+                  other through the same cache and graph (an RL batch larger
+                  than one static cache); times and tokens are summed.
   static_compile  model.generate with a static KV cache and model.forward
                   wrapped in torch.compile(mode="reduce-overhead", fullgraph=True,
                   dynamic=False) (CUDA graphs; retried with fullgraph=False if
