@@ -9,7 +9,9 @@
 // for the push that includes the receiving server's threads).
 //  - BM_WeightPush: the compute copy streamed as an UpdateWeights call over
 //    loopback gRPC into a receiver that stages and CRC-checks it exactly as a
-//    rollout does (common::WeightStager); counter MB/s.
+//    rollout does (common::WeightStager); counter MB/s. Arguments: chunk
+//    KiB and parallel streams (PushOptions::streams; parts assembled by
+//    common::WeightAssembly as the rollout does).
 // Models: LOCKSTEP_BENCH_PRESET (default "100m"; "tiny" for a quick run).
 //   learner_bench --benchmark_filter=TrainStep
 #include <chrono>
@@ -19,6 +21,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 
@@ -29,6 +32,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/formats/model_generator.h"
+#include "common/wire/weight_assembly.h"
 #include "common/wire/weight_stream.h"
 #include "learner_service/trainer.h"
 #include "learner_service/weight_push.h"
@@ -140,20 +144,56 @@ BENCHMARK_CAPTURE(BM_TrainStep, standard, common::KernelMode::kStandard)
     ->Iterations(3);
 
 // Receives UpdateWeights like a rollout (stage + verify), then discards.
+// Parts of a parallel update (stream_count > 1) are assembled as the
+// rollout does (common::WeightAssembly): every part answers once all are in.
 class Receiver final : public v1::RolloutService::Service {
  public:
-  explicit Receiver(common::ModelConfig config) : config_(std::move(config)) {}
-  grpc::Status UpdateWeights(grpc::ServerContext*,
+  explicit Receiver(common::ModelConfig config)
+      : config_(std::move(config)), assembly_(common::WeightAssembly::Options{}) {}
+  grpc::Status UpdateWeights(grpc::ServerContext* ctx,
                              grpc::ServerReader<v1::WeightUpdate>* reader,
                              v1::UpdateWeightsResponse* resp) override {
     common::WeightStager stager(config_);
     v1::WeightUpdate m;
     absl::Status s;
+    std::optional<common::WeightAssembly::Part> part;
     while (reader->Read(&m)) {
-      if (s.ok()) s = stager.Add(m);
+      if (!s.ok()) continue;
+      s = stager.Add(m);
+      if (s.ok() && !part.has_value() && stager.has_header() && stager.stream_count() > 1) {
+        absl::StatusOr<common::WeightAssembly::Part> joined =
+            assembly_.Join(stager.header(), [](const v1::WeightUpdateHeader& h) {
+              return absl::StatusOr<common::AssemblyCommit>(
+                  [v = h.target_version()](common::TensorMap,
+                                           const common::AssembledWeights& info) {
+                    v1::UpdateWeightsResponse r;
+                    r.set_weight_version(v);
+                    r.set_bytes(info.bytes);
+                    return absl::StatusOr<v1::UpdateWeightsResponse>(r);
+                  });
+            });
+        if (joined.ok()) part = *joined;
+        s = joined.status();
+      }
     }
-    if (s.ok()) s = stager.Finish().status();
-    if (!s.ok()) return grpc::Status(grpc::StatusCode::ABORTED, std::string(s.message()));
+    absl::StatusOr<common::TensorMap> tensors = s.ok() ? stager.Finish() : s;
+    if (part.has_value()) {
+      if (!tensors.ok()) {
+        assembly_.Abandon(*part, tensors.status());
+        return grpc::Status(grpc::StatusCode::ABORTED, std::string(tensors.status().message()));
+      }
+      absl::StatusOr<v1::UpdateWeightsResponse> r = assembly_.Deposit(
+          *part, *std::move(tensors), stager.bytes_received(), 0,
+          [ctx] { return ctx->IsCancelled(); }, absl::InfiniteFuture());
+      if (!r.ok()) {
+        return grpc::Status(grpc::StatusCode::ABORTED, std::string(r.status().message()));
+      }
+      *resp = *r;
+      return grpc::Status::OK;
+    }
+    if (!tensors.ok()) {
+      return grpc::Status(grpc::StatusCode::ABORTED, std::string(tensors.status().message()));
+    }
     resp->set_weight_version(stager.target_version());
     resp->set_bytes(stager.bytes_received());
     return grpc::Status::OK;
@@ -161,6 +201,7 @@ class Receiver final : public v1::RolloutService::Service {
 
  private:
   common::ModelConfig config_;
+  common::WeightAssembly assembly_;
 };
 
 void BM_WeightPush(benchmark::State& state) {
@@ -185,6 +226,7 @@ void BM_WeightPush(benchmark::State& state) {
   }
   PushOptions po;
   po.chunk_bytes = static_cast<size_t>(state.range(0)) << 10;
+  po.streams = static_cast<int>(state.range(1));
   const auto weights = (*trainer)->compute_weights();
   uint64_t version = 1;
   double bytes = 0;
@@ -196,15 +238,17 @@ void BM_WeightPush(benchmark::State& state) {
     }
     bytes += static_cast<double>(r.bytes);
   }
-  state.SetLabel(absl::StrCat(Preset(), " chunk ", state.range(0), " KiB"));
+  state.SetLabel(absl::StrCat(Preset(), " chunk ", state.range(0), " KiB, ", state.range(1),
+                              " streams"));
   state.counters["MB/s"] =
       benchmark::Counter(bytes / 1e6, benchmark::Counter::kIsRate);
   server->Shutdown();
 }
 BENCHMARK(BM_WeightPush)
-    ->Arg(1024)
-    ->Arg(4096)
-    ->ArgName("chunk_KiB")
+    ->Args({1024, 1})
+    ->Args({4096, 1})
+    ->Args({4096, 4})
+    ->ArgNames({"chunk_KiB", "streams"})
     ->Unit(benchmark::kMillisecond)
     ->MeasureProcessCPUTime()
     ->UseRealTime()

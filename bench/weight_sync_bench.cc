@@ -17,13 +17,17 @@
 // values at every version). Exit status 1 when any comparison fails.
 //
 //   weight_sync_bench --rollout=127.0.0.1:PORT --model_dir=DIR
-//                     [--chunk_mib=1,4] [--repeats=2]
+//                     [--chunk_mib=1,4] [--streams=1] [--repeats=2]
+// --streams=1,4: each stream push also as that many concurrent UpdateWeights
+// parts (WeightUpdateHeader.stream_count; the plan, with every CRC, computed
+// once per push and timed with it), one thread each on the one channel.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -92,6 +96,7 @@ int Fail(const absl::Status& s, const char* what) {
 int main(int argc, char** argv) {
   std::string rollout, model_dir;
   std::vector<int> chunk_mib = {1, 4};
+  std::vector<int> streams = {1};
   int repeats = 2;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -110,6 +115,18 @@ int main(int argc, char** argv) {
       for (absl::string_view s : absl::StrSplit(v, ',')) {
         int c = 0;
         if (absl::SimpleAtoi(s, &c) && c >= 1 && c <= 4) chunk_mib.push_back(c);
+      }
+    } else if (const char* v = value("streams")) {
+      streams.clear();
+      for (absl::string_view s : absl::StrSplit(v, ',')) {
+        int n = 0;
+        if (!absl::SimpleAtoi(s, &n) || n < 1 ||
+            n > static_cast<int>(lockstep::common::kMaxWeightStreams)) {
+          std::fprintf(stderr, "--streams takes values in [1, %u]\n",
+                       lockstep::common::kMaxWeightStreams);
+          return 2;
+        }
+        streams.push_back(n);
       }
     } else {
       std::fprintf(stderr, "unknown flag %s\n", argv[i]);
@@ -174,22 +191,43 @@ int main(int argc, char** argv) {
 
   std::printf("\n| path | chunk | seconds | GB/s | receive s | verify s | build s | swap s |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
   for (int chunk : chunk_mib) {
-    for (int r = 0; r < repeats; ++r) {
-      lockstep::common::WeightStreamOptions so;
-      so.chunk_bytes = static_cast<size_t>(chunk) << 20;
-      so.source = "weight_sync_bench stream";
-      const uint64_t target = ++version;
-      const auto t0 = Clock::now();
-      auto resp = client.UpdateWeights(
-          [&](const lockstep::client::WeightSink& sink) {
+    for (int n : streams) {
+      for (int r = 0; r < repeats; ++r) {
+        lockstep::common::WeightStreamOptions so;
+        so.chunk_bytes = static_cast<size_t>(chunk) << 20;
+        so.source = "weight_sync_bench stream";
+        const uint64_t target = ++version;
+        const auto t0 = Clock::now();
+        absl::StatusOr<v1::UpdateWeightsResponse> resp;
+        if (n == 1) {
+          resp = client.UpdateWeights([&](const lockstep::client::WeightSink& sink) {
             return lockstep::common::StreamWeights(wire, target, sink, so);
           });
-      const double s = Since(t0);
-      if (!resp.ok()) return Fail(resp.status(), "stream push");
-      std::printf("| stream | %d MiB | %.3f | %.2f | %.3f | %.3f | %.3f | %.4f |\n", chunk, s,
-                  bytes / s / 1e9, resp->receive_seconds(), resp->verify_seconds(),
-                  resp->build_seconds(), resp->swap_seconds());
-      check.Expect(resp->path() == v1::WEIGHT_PATH_STREAM, "stream push reports WEIGHT_PATH_STREAM");
+        } else {
+          auto plan = lockstep::common::PlanWeightStream(wire, target, so);
+          if (!plan.ok()) return Fail(plan.status(), "plan");
+          std::vector<absl::StatusOr<v1::UpdateWeightsResponse>> parts(n);
+          std::vector<std::thread> threads;
+          for (int p = 0; p < n; ++p) {
+            threads.emplace_back([&, p] {
+              parts[p] = client.UpdateWeights([&, p](const lockstep::client::WeightSink& sink) {
+                return lockstep::common::StreamWeightPart(wire, *plan, p, n, sink);
+              });
+            });
+          }
+          for (std::thread& t : threads) t.join();
+          resp = parts[0];
+          for (const auto& part : parts) {
+            if (!part.ok()) resp = part.status();
+          }
+        }
+        const double s = Since(t0);
+        if (!resp.ok()) return Fail(resp.status(), "stream push");
+        std::printf("| stream x%d | %d MiB | %.3f | %.2f | %.3f | %.3f | %.3f | %.4f |\n", n, chunk,
+                    s, bytes / s / 1e9, resp->receive_seconds(), resp->verify_seconds(),
+                    resp->build_seconds(), resp->swap_seconds());
+        check.Expect(resp->path() == v1::WEIGHT_PATH_STREAM, "stream push reports WEIGHT_PATH_STREAM");
+      }
     }
   }
   same("after stream updates");

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/wire/weight_stream.h"
 #include "sdk/cpp/connection.h"
 
@@ -52,10 +53,127 @@ absl::StatusOr<WeightPathChoice> ParseWeightPathChoice(const std::string& name) 
       absl::StrCat("weight path must be auto, stream or shared_memory, got '", name, "'"));
 }
 
+absl::Status CheckPushStreams(int streams) {
+  if (streams < 1 || streams > static_cast<int>(common::kMaxWeightStreams)) {
+    return absl::InvalidArgumentError(absl::StrCat("push streams must be in [1, ",
+                                                   common::kMaxWeightStreams, "], got ", streams));
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+// PushWeights over options.streams concurrent parts: the set is one try;
+// UNAVAILABLE from any part tries the whole set again.
+PushResult PushWeightParts(client::RolloutClient& client, const common::TensorMap& tensors,
+                           uint64_t version, const std::string& source,
+                           const PushOptions& options) {
+  PushResult result;
+  result.path = v1::WEIGHT_PATH_STREAM;
+  result.endpoint = client.connection().options().target;
+  const auto start = std::chrono::steady_clock::now();
+  const uint32_t n = static_cast<uint32_t>(options.streams);
+  common::WeightStreamOptions stream_options;
+  if (options.chunk_bytes > 0) stream_options.chunk_bytes = options.chunk_bytes;
+  stream_options.source = source;
+  const std::vector<common::WireTensor> wire = common::ToWireTensors(tensors);
+  // The header and every chunk CRC once, shared by the parts and the tries.
+  absl::StatusOr<common::WeightStreamPlan> plan =
+      common::PlanWeightStream(wire, version, stream_options);
+  auto finish = [&] {
+    result.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return result;
+  };
+  if (!plan.ok()) {
+    result.status = plan.status();
+    return finish();
+  }
+  const int max_attempts = std::max(1, options.retry.max_attempts);
+  const absl::Time window_end = options.retry_window > absl::ZeroDuration()
+                                    ? absl::Now() + options.retry_window
+                                    : absl::InfinitePast();
+  absl::Duration backoff = options.retry.initial_backoff;
+  for (;;) {
+    ++result.attempts;
+    absl::Status attempt = absl::OkStatus();
+    bool retryable = false;
+    if (options.check) {
+      absl::Status checked = options.check(client);
+      if (absl::IsUnavailable(checked)) {
+        attempt = absl::AbortedError(checked.message());
+        retryable = true;
+      } else if (!checked.ok()) {
+        result.status = checked;
+        return finish();
+      }
+    }
+    std::vector<absl::StatusOr<v1::UpdateWeightsResponse>> parts(n);
+    if (attempt.ok()) {
+      client::CallOptions call;
+      call.attempt_timeout = options.attempt_timeout;
+      call.timeout = options.attempt_timeout;
+      call.max_attempts = 1;  // the set retries as a whole, below
+      std::vector<std::thread> threads;
+      threads.reserve(n);
+      for (uint32_t p = 0; p < n; ++p) {
+        threads.emplace_back([&, p] {
+          parts[p] = client.UpdateWeights(
+              [&, p](const client::WeightSink& sink) {
+                return common::StreamWeightPart(wire, *plan, p, n, sink);
+              },
+              call);
+        });
+      }
+      for (std::thread& t : threads) t.join();
+      // The part that failed first names the cause; the others' ABORTED
+      // ("part k failed") follow from it.
+      for (const auto& r : parts) {
+        if (r.ok()) continue;
+        if (absl::IsUnavailable(r.status())) retryable = true;
+        if (attempt.ok() || (absl::IsAborted(attempt) && !absl::IsAborted(r.status()))) {
+          attempt = r.status();
+        }
+      }
+    }
+    if (attempt.ok()) {
+      result.status = absl::OkStatus();
+      result.bytes = parts[0]->bytes();
+      result.rollout_version = parts[0]->weight_version();
+      return finish();
+    }
+    const bool more = retryable && result.attempts < max_attempts &&
+                      (options.retry_window <= absl::ZeroDuration() ||
+                       absl::Now() + backoff < window_end);
+    if (!more) {
+      result.status = absl::Status(
+          attempt.code(), absl::StrCat("push of version ", version, " to ", result.endpoint, " in ",
+                                       n, " streams (attempt ", result.attempts,
+                                       "): ", attempt.message()));
+      return finish();
+    }
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * options.retry.backoff_multiplier, options.retry.max_backoff);
+  }
+}
+
+}  // namespace
+
 PushResult PushWeights(client::RolloutClient& client,
                        const common::TensorMap& tensors, uint64_t version,
                        const std::string& source, const PushOptions& options,
                        const common::SharedWeightsFile* shared) {
+  if (shared == nullptr && options.streams > 1) {
+    absl::Status streams = CheckPushStreams(options.streams);
+    if (!streams.ok()) {
+      PushResult bad;
+      bad.endpoint = client.connection().options().target;
+      bad.status = streams;
+      bad.path = v1::WEIGHT_PATH_STREAM;
+      return bad;
+    }
+    return PushWeightParts(client, tensors, version, source, options);
+  }
   if (shared != nullptr && options.path == WeightPathChoice::kAuto) {
     PushOptions only_shared = options;
     only_shared.path = WeightPathChoice::kSharedMemory;

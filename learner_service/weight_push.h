@@ -55,6 +55,13 @@ struct PushOptions {
   // Payload bytes per chunk (0: common::kDefaultWeightChunkBytes).
   size_t chunk_bytes = 0;
   WeightPathChoice path = WeightPathChoice::kAuto;
+  // Parallel UpdateWeights calls ("parts", WeightUpdateHeader.stream_count)
+  // one stream push is split into, in [1, common::kMaxWeightStreams]
+  // (--push_streams). 1: the single stream. Above 1 the parts run
+  // concurrently on the client's channel (one thread each), the CRCs
+  // computed once for all of them; when any part fails with UNAVAILABLE the
+  // whole set is tried again as `retry` says. Shared-memory pushes ignore it.
+  int streams = 1;
   // When set, run at the start of every attempt, before any tensor is sent
   // (the learner re-checks there that the rollout still computes as it
   // does: one restarted with another config must be refused, not pushed
@@ -100,6 +107,9 @@ PushResult PushWeights(client::RolloutClient& client,
                        const common::TensorMap& tensors, uint64_t version,
                        const std::string& source, const PushOptions& options,
                        const common::SharedWeightsFile* shared = nullptr);
+
+// INVALID_ARGUMENT unless 1 <= streams <= common::kMaxWeightStreams.
+absl::Status CheckPushStreams(int streams);
 
 // Pushes to every client in parallel (one thread each); results in the
 // clients' order. Chooses each client's path as options.path says (one

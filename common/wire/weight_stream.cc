@@ -275,6 +275,62 @@ absl::Status StreamWeights(
   return absl::OkStatus();
 }
 
+absl::StatusOr<WeightStreamPlan> PlanWeightStream(absl::Span<const WireTensor> tensors,
+                                                  uint64_t target_version,
+                                                  const WeightStreamOptions& options) {
+  if (options.chunk_bytes < 1 || options.chunk_bytes > kMaxWeightChunkBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunk_bytes ", options.chunk_bytes, " outside [1, ",
+                     kMaxWeightChunkBytes, "]"));
+  }
+  for (const WireTensor& t : tensors) {
+    LOCKSTEP_RETURN_IF_ERROR(CheckWireTensor(t));
+  }
+  WeightStreamPlan plan;
+  plan.chunk_bytes = options.chunk_bytes;
+  std::vector<uint32_t> tensor_crcs;
+  ChunkCrcs(tensors, options.chunk_bytes, &plan.chunk_crcs, &tensor_crcs);
+  plan.header = HeaderWithCrcs(tensors, tensor_crcs, target_version, options.source);
+  return plan;
+}
+
+absl::Status StreamWeightPart(absl::Span<const WireTensor> tensors, const WeightStreamPlan& plan,
+                              uint32_t stream_index, uint32_t stream_count,
+                              const std::function<absl::Status(const v1::WeightUpdate&)>& sink) {
+  if (stream_count > kMaxWeightStreams || stream_index >= std::max<uint32_t>(stream_count, 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("weight stream part ", stream_index, " of ", stream_count,
+                     ": parts are 0..count-1, count <= ", kMaxWeightStreams));
+  }
+  if (tensors.size() != plan.chunk_crcs.size() ||
+      static_cast<int>(tensors.size()) != plan.header.tensors_size()) {
+    return absl::InvalidArgumentError("weight stream part: the tensors are not the plan's");
+  }
+  v1::WeightUpdate message;
+  *message.mutable_header() = plan.header;
+  if (stream_count > 1) {
+    message.mutable_header()->set_stream_index(stream_index);
+    message.mutable_header()->set_stream_count(stream_count);
+  }
+  LOCKSTEP_RETURN_IF_ERROR(sink(message));
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (!TensorInPart(i, stream_index, stream_count)) continue;
+    const WireTensor& t = tensors[i];
+    size_t k = 0;
+    for (size_t off = 0; off < t.nbytes; off += plan.chunk_bytes, ++k) {
+      const size_t n = std::min(plan.chunk_bytes, t.nbytes - off);
+      message.Clear();
+      v1::TensorChunk* chunk = message.mutable_chunk();
+      chunk->set_name(t.name);
+      chunk->set_offset(off);
+      chunk->set_data(t.data + off, n);
+      chunk->set_crc32c(plan.chunk_crcs[i][k]);
+      LOCKSTEP_RETURN_IF_ERROR(sink(message));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<v1::WeightUpdateHeader> MakeWeightUpdateHeader(
     const TensorMap& tensors, uint64_t target_version,
     const std::string& source) {
@@ -341,6 +397,20 @@ absl::Status WeightStager::AddHeader(const v1::WeightUpdateHeader& header) {
     return Fail(absl::InvalidArgumentError(absl::StrCat(
         "weight update target_version ", header.target_version(), " is above the largest version ",
         kMaxWeightVersion, " (it would leave no room for later updates)")));
+  }
+  if (header.stream_count() > kMaxWeightStreams) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "weight update stream_count ", header.stream_count(), " is above the limit of ",
+        kMaxWeightStreams, " parallel streams")));
+  }
+  if (header.stream_index() >= std::max<uint32_t>(header.stream_count(), 1)) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("weight update stream_index ", header.stream_index(),
+                     " is not below its stream_count ", header.stream_count())));
+  }
+  if (header.has_shared() && header.stream_count() > 1) {
+    return Fail(absl::InvalidArgumentError(
+        "a shared-memory weight update travels as one stream (stream_count must be 0 or 1)"));
   }
   std::map<std::string, const v1::TensorManifestEntry*> manifest;
   for (const v1::TensorManifestEntry& e : header.tensors()) {
@@ -432,7 +502,15 @@ absl::Status WeightStager::AddHeader(const v1::WeightUpdateHeader& header) {
       end = offset + e->total_bytes();
     }
   }
+  // A part stages only its tensors (by manifest index); chunks of the others
+  // are refused in AddChunk.
+  for (int i = 0; i < header.tensors_size(); ++i) {
+    if (!TensorInPart(i, header.stream_index(), header.stream_count())) {
+      other_parts_.insert(header.tensors(i).name());
+    }
+  }
   for (const auto& [name, e] : manifest) {
+    if (other_parts_.count(name)) continue;
     Staged& s = staged_[name];
     s.tensor.dtype = *FromProtoDType(e->dtype());
     s.tensor.shape.assign(e->shape().begin(), e->shape().end());
@@ -456,6 +534,11 @@ absl::Status WeightStager::AddChunk(const v1::TensorChunk& chunk) {
         "a shared-memory weight update carries no chunks (its header names the buffer)"));
   }
   auto it = staged_.find(chunk.name());
+  if (it == staged_.end() && other_parts_.count(chunk.name())) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "weight chunk names tensor '", chunk.name(), "' of another part than this stream's ",
+        header_.stream_index(), " of ", header_.stream_count())));
+  }
   if (it == staged_.end()) {
     return Fail(absl::InvalidArgumentError(absl::StrCat(
         "weight chunk names tensor '", chunk.name(), "' not in the manifest")));

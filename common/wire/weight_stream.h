@@ -12,10 +12,12 @@
 #ifndef LOCKSTEP_COMMON_WIRE_WEIGHT_STREAM_H_
 #define LOCKSTEP_COMMON_WIRE_WEIGHT_STREAM_H_
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -37,6 +39,16 @@ inline constexpr size_t kMaxWeightChunkBytes = size_t{4} << 20;
 // The largest weight version a stream may announce (2^62, the learner's
 // limit too): a version near 2^64 would leave no room for later updates.
 inline constexpr uint64_t kMaxWeightVersion = uint64_t{1} << 62;
+// The most parallel streams ("parts", WeightUpdateHeader.stream_count) one
+// weight update may travel as.
+inline constexpr uint32_t kMaxWeightStreams = 16;
+
+// Whether manifest tensor `index` travels in part `stream_index` of
+// `stream_count` (index % stream_count == stream_index; stream_count 0 or 1:
+// the single stream carries every tensor).
+inline bool TensorInPart(size_t index, uint32_t stream_index, uint32_t stream_count) {
+  return stream_count <= 1 || index % stream_count == stream_index;
+}
 
 // kernels::DType <-> lockstep.v1.DType. FromProtoDType: INVALID_ARGUMENT for
 // DTYPE_UNSPECIFIED or unknown values.
@@ -97,6 +109,34 @@ absl::Status StreamWeights(
     const std::function<absl::Status(const v1::WeightUpdate&)>& sink,
     const WeightStreamOptions& options = {});
 
+// A stream's header and every chunk's CRC-32C, computed once (one pass over
+// the bytes) so that the parts of a parallel update (StreamWeightPart) share
+// them instead of each checksumming every tensor again.
+struct WeightStreamPlan {
+  v1::WeightUpdateHeader header;  // stream_index/stream_count unset
+  size_t chunk_bytes = kDefaultWeightChunkBytes;
+  std::vector<std::vector<uint32_t>> chunk_crcs;  // [tensor][chunk]
+};
+
+// The plan of a stream carrying `tensors` as `target_version` (chunking and
+// source from `options`; its stream_index/stream_count are ignored).
+// INVALID_ARGUMENT for a bad chunk_bytes or a tensor that fails
+// CheckWireTensor.
+absl::StatusOr<WeightStreamPlan> PlanWeightStream(absl::Span<const WireTensor> tensors,
+                                                  uint64_t target_version,
+                                                  const WeightStreamOptions& options = {});
+
+// Emits part `stream_index` of `stream_count` of the planned stream to
+// `sink`: the plan's header with stream_index/stream_count set (left unset
+// when stream_count <= 1), then the chunks of the tensors with
+// TensorInPart(i, stream_index, stream_count), in order. `tensors` must be
+// the ones planned. Stops at and returns the first error of `sink`;
+// INVALID_ARGUMENT for stream_count above kMaxWeightStreams, stream_index >=
+// max(stream_count, 1) or tensors other than the plan's count.
+absl::Status StreamWeightPart(absl::Span<const WireTensor> tensors, const WeightStreamPlan& plan,
+                              uint32_t stream_index, uint32_t stream_count,
+                              const std::function<absl::Status(const v1::WeightUpdate&)>& sink);
+
 // The TensorMap forms of the above, for senders that hold their weights in
 // one (the learner, tests): ToWireTensors(tensors), then the same stream.
 //
@@ -133,6 +173,10 @@ absl::StatusOr<std::vector<v1::WeightUpdate>> SplitWeights(
 //                     (WeightUpdateHeader.shared): a path outside
 //                     /dev/shm/lockstep-weights-*, tensors outside the
 //                     buffer or overlapping, any chunk;
+//                     parts (WeightUpdateHeader.stream_count > 1): a
+//                     stream_count above kMaxWeightStreams, a stream_index
+//                     >= max(stream_count, 1), a shared buffer with
+//                     stream_count > 1, a chunk of a tensor of another part;
 //   FAILED_PRECONDITION  a shared buffer this process cannot read (another
 //                     host, missing, wrong size: send the stream instead);
 //   ABORTED           the manifest does not match the model (tensor names not
@@ -140,6 +184,10 @@ absl::StatusOr<std::vector<v1::WeightUpdate>> SplitWeights(
 //                     missing, a shape or dtype different from the config's),
 //                     a chunk or whole-tensor CRC-32C mismatch, or Finish()
 //                     before every byte of every tensor arrived.
+// A part of a parallel update (stream_count > 1) is checked against the
+// model in full (its manifest is the whole one) but stages, and Finish
+// returns, only the tensors of its part; the union of every part's Finish is
+// what the single stream's would be.
 // Not thread-safe; one stager per stream.
 class WeightStager {
  public:
@@ -157,6 +205,10 @@ class WeightStager {
   // The header's target version (0 before the header).
   uint64_t target_version() const { return header_.target_version(); }
   const v1::WeightUpdateHeader& header() const { return header_; }
+  // The header's part: index in [0, stream_count()), count >= 1 (1 for a
+  // single stream).
+  uint32_t stream_index() const { return header_.stream_index(); }
+  uint32_t stream_count() const { return std::max<uint32_t>(header_.stream_count(), 1); }
   // Tensor payload bytes accepted so far.
   uint64_t bytes_received() const { return bytes_received_; }
   // Total bytes the manifest announces.
@@ -188,6 +240,8 @@ class WeightStager {
   absl::Status error_;
   v1::WeightUpdateHeader header_;
   std::map<std::string, Staged> staged_;
+  // Manifest tensors that travel in the other parts (empty for one stream).
+  std::set<std::string> other_parts_;
   uint64_t bytes_received_ = 0;
   uint64_t bytes_expected_ = 0;
 };

@@ -133,6 +133,9 @@ ABSL_FLAG(std::string, weight_path, "auto",
 ABSL_FLAG(int64_t, push_chunk_bytes, int64_t{4} << 20,
           "Payload bytes per chunk of a streamed push, 1..4194304 (the rollout's "
           "--max_message_bytes must hold one)");
+ABSL_FLAG(int, push_streams, 1,
+          "Parallel UpdateWeights calls a streamed push is split into, 1..16 (the tensors "
+          "round-robin over them; 1: one stream)");
 ABSL_FLAG(bool, colocate, false,
           "--drive: the rollouts share the learner's GPU: every step they generate, sleep "
           "(KV cache and weights released) while the learner trains, get the new weights "
@@ -365,6 +368,13 @@ int main(int argc, char** argv) {
           "--push_chunk_bytes must be in [1, ", lockstep::common::kMaxWeightChunkBytes, "]")));
     }
     options.push.chunk_bytes = static_cast<size_t>(chunk);
+    const int streams = absl::GetFlag(FLAGS_push_streams);
+    if (!lockstep::learner::CheckPushStreams(streams).ok()) {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("--push_streams must be in [1, ", lockstep::common::kMaxWeightStreams,
+                       "], got ", streams)));
+    }
+    options.push.streams = streams;
   }
   options.adopt_newer_rollouts = absl::GetFlag(FLAGS_resume);
   if (absl::GetFlag(FLAGS_resume) && absl::GetFlag(FLAGS_checkpoint_dir).empty()) {

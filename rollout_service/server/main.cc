@@ -61,6 +61,9 @@ ABSL_FLAG(double, drain_announce_seconds, 2.0,
           "On SIGTERM, seconds health answers NOT_SERVING before shutdown");
 ABSL_FLAG(double, drain_grace_seconds, 30.0,
           "On SIGTERM, time in-flight requests get to finish");
+ABSL_FLAG(double, weight_assembly_timeout_s, 60.0,
+          "Seconds the parts of a parallel weight update (stream_count > 1) may take to all "
+          "arrive after the first; past it every part fails with ABORTED. In (0, 3600]");
 ABSL_FLAG(int, num_threads, 0,
           "CPU kernel threads (0: LOCKSTEP_NUM_THREADS or all cores)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain (enables TLS)");
@@ -174,6 +177,12 @@ int main(int argc, char** argv) {
   }
   server_options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   server_options.device_name = device;
+  const double assembly_timeout = absl::GetFlag(FLAGS_weight_assembly_timeout_s);
+  if (!(assembly_timeout > 0.0 && assembly_timeout <= 3600.0)) {
+    return Fail(absl::StrCat("--weight_assembly_timeout_s must be in (0, 3600], got ",
+                             assembly_timeout));
+  }
+  server_options.weight_assembly_timeout = absl::Seconds(assembly_timeout);
   server_options.security.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   server_options.security.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   server_options.security.tls_ca_file = absl::GetFlag(FLAGS_tls_ca);

@@ -21,6 +21,7 @@
 #include "common/status/status_macros.h"
 #include "common/wire/grpc_status.h"
 #include "common/wire/shared_weights.h"
+#include "common/wire/weight_assembly.h"
 #include "common/wire/weight_stream.h"
 #include "kernels/build_id.h"
 
@@ -218,8 +219,11 @@ void AppendTop(const TopList& top, v1::TopLogprobs* out) {
 
 class RolloutGrpcServiceImpl final : public RolloutGrpcService {
  public:
-  RolloutGrpcServiceImpl(Engine* engine, RolloutMetrics* metrics)
-      : engine_(engine), metrics_(metrics) {}
+  RolloutGrpcServiceImpl(Engine* engine, RolloutMetrics* metrics,
+                         absl::Duration weight_assembly_timeout)
+      : engine_(engine),
+        metrics_(metrics),
+        assembly_(common::WeightAssembly::Options{weight_assembly_timeout}) {}
 
   void SetDraining() override { draining_.store(true); }
 
@@ -504,12 +508,19 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
                                grpc::ServerReader<v1::WeightUpdate>* reader,
                                v1::UpdateWeightsResponse* resp) {
     LOCKSTEP_RETURN_IF_ERROR(CheckCall(ctx));
+    // The first message tells a part of a parallel update (its own path)
+    // from a single stream (everything below, as before).
+    v1::WeightUpdate message;
+    bool pending = reader->Read(&message);
+    if (pending && message.has_header() && message.header().stream_count() > 1) {
+      return DoUpdateWeightsPart(ctx, reader, message, resp);
+    }
     LOCKSTEP_ASSIGN_OR_RETURN(std::unique_ptr<WeightUpdate> update,
                               engine_->BeginWeightUpdate());
     common::WeightStager stager(engine_->config());
-    v1::WeightUpdate message;
     absl::Time start = absl::InfinitePast();
-    while (reader->Read(&message)) {
+    while (pending || reader->Read(&message)) {
+      pending = false;
       const bool was_header = stager.has_header();
       LOCKSTEP_RETURN_IF_ERROR(stager.Add(message));
       if (!was_header && stager.has_header()) {
@@ -550,6 +561,96 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
                  resp->receive_seconds(), resp->verify_seconds(), resp->build_seconds(),
                  resp->swap_seconds(), stager.header().source().c_str());
     return absl::OkStatus();
+  }
+
+  // One part of a parallel update: stages its tensors, deposits them in the
+  // assembly and returns the set's outcome (the part that completes the set
+  // builds and swaps on its thread).
+  absl::Status DoUpdateWeightsPart(grpc::ServerContext* ctx,
+                                   grpc::ServerReader<v1::WeightUpdate>* reader,
+                                   const v1::WeightUpdate& first, v1::UpdateWeightsResponse* resp) {
+    common::WeightStager stager(engine_->config());
+    LOCKSTEP_RETURN_IF_ERROR(stager.Add(first));
+    LOCKSTEP_ASSIGN_OR_RETURN(
+        common::WeightAssembly::Part part,
+        assembly_.Join(stager.header(), [this](const v1::WeightUpdateHeader& header)
+                                            -> absl::StatusOr<common::AssemblyCommit> {
+          LOCKSTEP_ASSIGN_OR_RETURN(std::unique_ptr<WeightUpdate> update,
+                                    engine_->BeginWeightUpdate());
+          LOCKSTEP_RETURN_IF_ERROR(update->CheckVersion(header.target_version()));
+          std::shared_ptr<WeightUpdate> slot(std::move(update));
+          return common::AssemblyCommit(
+              [this, slot, header](common::TensorMap tensors,
+                                   const common::AssembledWeights& info) {
+                return CommitAssembled(*slot, header, std::move(tensors), info);
+              });
+        }));
+    v1::WeightUpdate message;
+    absl::Status received = absl::OkStatus();
+    while (reader->Read(&message)) {
+      received = stager.Add(message);
+      if (!received.ok()) break;
+      if (part.set_failed()) break;  // the outcome is known: stop staging
+    }
+    if (received.ok() && ctx->IsCancelled()) {
+      received = absl::CancelledError("the client cancelled");
+    }
+    if (!received.ok()) {
+      assembly_.Abandon(part, received);
+      return received;
+    }
+    const absl::Time verify_start = absl::Now();
+    absl::StatusOr<common::TensorMap> tensors =
+        part.set_failed() ? absl::StatusOr<common::TensorMap>(common::TensorMap())
+                          : stager.Finish();
+    if (!tensors.ok()) {
+      assembly_.Abandon(part, tensors.status());
+      return tensors.status();
+    }
+    LOCKSTEP_ASSIGN_OR_RETURN(
+        *resp, assembly_.Deposit(part, *std::move(tensors), stager.bytes_received(),
+                                 absl::ToDoubleSeconds(absl::Now() - verify_start),
+                                 [ctx] { return ctx->IsCancelled(); },
+                                 ToAbslDeadline(ctx->deadline())));
+    return absl::OkStatus();
+  }
+
+  // Builds and swaps a complete parallel update (the single stream's steps
+  // after its stager's Finish).
+  absl::StatusOr<v1::UpdateWeightsResponse> CommitAssembled(WeightUpdate& update,
+                                                            const v1::WeightUpdateHeader& header,
+                                                            common::TensorMap tensors,
+                                                            const common::AssembledWeights& info) {
+    const absl::Time verified = absl::Now();
+    const uint64_t tensor_count = tensors.size();
+    LOCKSTEP_ASSIGN_OR_RETURN(SwapResult swap,
+                              update.Commit(std::move(tensors), header.target_version()));
+    const absl::Duration total = absl::Now() - info.start;
+    v1::UpdateWeightsResponse resp;
+    resp.set_receive_seconds(absl::ToDoubleSeconds(info.received - info.start));
+    resp.set_verify_seconds(info.verify_seconds);
+    resp.set_build_seconds(absl::ToDoubleSeconds(absl::Now() - verified - swap.pause));
+    metrics_->weight_update().Observe(absl::ToDoubleSeconds(total));
+    resp.set_weight_version(swap.version);
+    resp.set_previous_version(swap.previous_version);
+    resp.set_tensors(tensor_count);
+    resp.set_bytes(info.bytes);
+    resp.set_duration_seconds(absl::ToDoubleSeconds(total));
+    resp.set_swap_seconds(absl::ToDoubleSeconds(swap.pause));
+    resp.set_preempted_sequences(swap.preempted);
+    resp.set_path(v1::WEIGHT_PATH_STREAM);
+    metrics_->RecordWeightPath("stream");
+    std::fprintf(stderr,
+                 "rollout: weights v%llu -> v%llu (%llu tensors, %llu bytes in %d streams, "
+                 "%.3f s: receive %.3f, verify %.3f, build %.3f, swap %.3f; source '%s')\n",
+                 static_cast<unsigned long long>(swap.previous_version),
+                 static_cast<unsigned long long>(swap.version),
+                 static_cast<unsigned long long>(tensor_count),
+                 static_cast<unsigned long long>(info.bytes),
+                 static_cast<int>(header.stream_count()),
+                 absl::ToDoubleSeconds(total), resp.receive_seconds(), resp.verify_seconds(),
+                 resp.build_seconds(), resp.swap_seconds(), header.source().c_str());
+    return resp;
   }
 
   absl::Status DoGetLoad(grpc::ServerContext* ctx, v1::RolloutLoad* resp) {
@@ -708,14 +809,17 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
 
   Engine* const engine_;
   RolloutMetrics* const metrics_;
+  // Parts of parallel weight updates in assembly.
+  common::WeightAssembly assembly_;
   std::atomic<bool> draining_{false};
   absl::Mutex calls_mu_;
   std::vector<Call*> calls_ ABSL_GUARDED_BY(calls_mu_);
 };
 
 std::unique_ptr<RolloutGrpcService> MakeRolloutGrpcService(Engine* engine,
-                                                           RolloutMetrics* metrics) {
-  return std::make_unique<RolloutGrpcServiceImpl>(engine, metrics);
+                                                           RolloutMetrics* metrics,
+                                                           absl::Duration weight_assembly_timeout) {
+  return std::make_unique<RolloutGrpcServiceImpl>(engine, metrics, weight_assembly_timeout);
 }
 
 }  // namespace lockstep::rollout

@@ -8,6 +8,8 @@
 
 #include <memory>
 
+#include "absl/time/time.h"
+
 #include "lockstep/v1/rollout.grpc.pb.h"
 #include "rollout_service/engine.h"
 #include "rollout_service/server/rollout_metrics.h"
@@ -23,9 +25,13 @@ class RolloutGrpcService : public v1::RolloutService::Service {
   virtual void SetDraining() = 0;
 };
 
-// The service over `engine` and `metrics` (both outlive it).
-std::unique_ptr<RolloutGrpcService> MakeRolloutGrpcService(Engine* engine,
-                                                           RolloutMetrics* metrics);
+// The service over `engine` and `metrics` (both outlive it). A parallel
+// weight update (WeightUpdateHeader.stream_count > 1) whose parts do not all
+// arrive within `weight_assembly_timeout` after the first fails with ABORTED
+// (common/wire/weight_assembly.h).
+std::unique_ptr<RolloutGrpcService> MakeRolloutGrpcService(
+    Engine* engine, RolloutMetrics* metrics,
+    absl::Duration weight_assembly_timeout = absl::Seconds(60));
 
 }  // namespace lockstep::rollout
 

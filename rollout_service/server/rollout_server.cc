@@ -30,7 +30,8 @@ absl::StatusOr<std::unique_ptr<RolloutServer>> RolloutServer::Start(
   LOCKSTEP_ASSIGN_OR_RETURN(s->engine_,
                             Engine::Create(std::move(model), engine_options, s->metrics_.get()));
   s->metrics_->SetWeightVersion(s->engine_->weight_version());
-  s->service_ = MakeRolloutGrpcService(s->engine_.get(), s->metrics_.get());
+  s->service_ = MakeRolloutGrpcService(s->engine_.get(), s->metrics_.get(),
+                                       options.weight_assembly_timeout);
 
   common::ServerHostOptions host;
   host.host = options.host;

@@ -39,6 +39,9 @@ struct ServerOptions {
   common::ServerSecurityOptions security;
   // Labels of lockstep_build_info.
   std::string device_name = "cpu";
+  // How long the parts of a parallel weight update (stream_count > 1) may
+  // take to all arrive after the first (ABORTED for every part past it).
+  absl::Duration weight_assembly_timeout = absl::Seconds(60);
 };
 
 class RolloutServer {
