@@ -11,7 +11,8 @@
 //    loopback gRPC into a receiver that stages and CRC-checks it exactly as a
 //    rollout does (common::WeightStager); counter MB/s. Arguments: chunk
 //    KiB and parallel streams (PushOptions::streams; parts assembled by
-//    common::WeightAssembly as the rollout does).
+//    common::WeightAssembly as the rollout does). BM_WeightPushChannels:
+//    the same parts over one channel or one channel per part.
 // Models: LOCKSTEP_BENCH_PRESET (default "100m"; "tiny" for a quick run).
 //   learner_bench --benchmark_filter=TrainStep
 #include <chrono>
@@ -24,6 +25,8 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include <benchmark/benchmark.h>
 #include <grpcpp/security/server_credentials.h>
@@ -249,6 +252,76 @@ BENCHMARK(BM_WeightPush)
     ->Args({4096, 1})
     ->Args({4096, 4})
     ->ArgNames({"chunk_KiB", "streams"})
+    ->Unit(benchmark::kMillisecond)
+    ->MeasureProcessCPUTime()
+    ->UseRealTime()
+    ->MinTime(2.0);
+
+// The parts of BM_WeightPush/streams sent directly (PlanWeightStream +
+// StreamWeightPart, one thread each) over one channel (separate = 0) or one
+// channel per part (separate = 1): which transport the parts want.
+void BM_WeightPushChannels(benchmark::State& state) {
+  TrainerOptions o;
+  o.model_dir = ModelDir();
+  auto trainer = Trainer::Create(o);
+  if (!trainer.ok()) {
+    state.SkipWithError(std::string(trainer.status().message()).c_str());
+    return;
+  }
+  Receiver receiver((*trainer)->config());
+  int port = 0;
+  grpc::ServerBuilder b;
+  b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  b.SetMaxReceiveMessageSize(16 << 20);
+  b.RegisterService(&receiver);
+  std::unique_ptr<grpc::Server> server = b.BuildAndStart();
+  const int n = static_cast<int>(state.range(0));
+  const bool separate = state.range(1) != 0;
+  std::vector<std::shared_ptr<client::RolloutClient>> clients;
+  for (int p = 0; p < (separate ? n : 1); ++p) {
+    auto client = ConnectRollout(absl::StrCat("127.0.0.1:", port));
+    if (!client.ok()) {
+      state.SkipWithError(std::string(client.status().message()).c_str());
+      return;
+    }
+    clients.push_back(*client);
+  }
+  const auto weights = (*trainer)->compute_weights();
+  const std::vector<common::WireTensor> wire = common::ToWireTensors(*weights);
+  common::WeightStreamOptions so;
+  so.chunk_bytes = size_t{4} << 20;
+  uint64_t version = 1;
+  double bytes = 0;
+  for (auto _ : state) {
+    auto plan = common::PlanWeightStream(wire, version++, so);
+    std::vector<absl::StatusOr<v1::UpdateWeightsResponse>> parts(n);
+    std::vector<std::thread> threads;
+    for (int p = 0; p < n; ++p) {
+      threads.emplace_back([&, p] {
+        client::RolloutClient& c = *clients[separate ? p : 0];
+        parts[p] = c.UpdateWeights([&, p](const client::WeightSink& sink) {
+          return common::StreamWeightPart(wire, *plan, p, n, sink);
+        });
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    for (const auto& r : parts) {
+      if (!r.ok()) {
+        state.SkipWithError(std::string(r.status().message()).c_str());
+        return;
+      }
+    }
+    bytes += static_cast<double>(parts[0]->bytes());
+  }
+  state.SetLabel(absl::StrCat(Preset(), " chunk 4096 KiB, ", n, " streams on ",
+                              separate ? n : 1, " channel(s)"));
+  state.counters["MB/s"] = benchmark::Counter(bytes / 1e6, benchmark::Counter::kIsRate);
+  server->Shutdown();
+}
+BENCHMARK(BM_WeightPushChannels)
+    ->Args({4, 0})
+    ->Args({4, 1})
+    ->ArgNames({"streams", "separate"})
     ->Unit(benchmark::kMillisecond)
     ->MeasureProcessCPUTime()
     ->UseRealTime()
