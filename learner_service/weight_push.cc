@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <random>
 #include <thread>
 #include <utility>
 
@@ -94,8 +95,15 @@ PushResult PushWeightParts(client::RolloutClient& client, const common::TensorMa
                                     ? absl::Now() + options.retry_window
                                     : absl::InfinitePast();
   absl::Duration backoff = options.retry.initial_backoff;
+  // Each try's set_id: a straggler part of a failed try is then refused by
+  // the rollout instead of opening a set the retry would collide with.
+  std::mt19937_64 ids(std::random_device{}());
   for (;;) {
     ++result.attempts;
+    common::WeightStreamPlan try_plan = *plan;
+    do {
+      try_plan.header.set_set_id(ids());
+    } while (try_plan.header.set_id() == 0);
     absl::Status attempt = absl::OkStatus();
     bool retryable = false;
     if (options.check) {
@@ -120,7 +128,7 @@ PushResult PushWeightParts(client::RolloutClient& client, const common::TensorMa
         threads.emplace_back([&, p] {
           parts[p] = client.UpdateWeights(
               [&, p](const client::WeightSink& sink) {
-                return common::StreamWeightPart(wire, *plan, p, n, sink);
+                return common::StreamWeightPart(wire, try_plan, p, n, sink);
               },
               call);
         });

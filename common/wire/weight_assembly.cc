@@ -15,6 +15,7 @@ class WeightAssembly::Set {
  public:
   uint64_t version = 0;
   uint32_t fingerprint = 0;
+  bool has_set_id = false;  // the sender named the try (remembered if it fails)
   uint32_t count = 0;
   absl::Time start;
   absl::Time expires;
@@ -63,6 +64,10 @@ void WeightAssembly::FailLocked(Set* set, absl::Status status) {
   set->tensors.clear();  // the partial data goes now, not with the last part
   set->commit = nullptr;  // releases what begin claimed
   set->failed.store(true, std::memory_order_release);
+  if (set->has_set_id) {
+    failed_.emplace_back(set->version, set->fingerprint);
+    if (failed_.size() > kFailedSetsKept) failed_.pop_front();
+  }
   if (live_.get() == set) live_.reset();
   cv_.SignalAll();
 }
@@ -107,11 +112,19 @@ absl::StatusOr<WeightAssembly::Part> WeightAssembly::Join(const v1::WeightUpdate
     set->joined[index] = true;
     return Part{live_, index};
   }
+  if (header.set_id() != 0 &&
+      std::find(failed_.begin(), failed_.end(),
+                std::make_pair(header.target_version(), fingerprint)) != failed_.end()) {
+    return absl::AbortedError(absl::StrCat("weight update v", header.target_version(),
+                                           ": part ", index, " of ", count,
+                                           " belongs to a try that failed already"));
+  }
   absl::StatusOr<AssemblyCommit> commit = begin(header);
   if (!commit.ok()) return commit.status();
   auto set = std::make_shared<Set>();
   set->version = header.target_version();
   set->fingerprint = fingerprint;
+  set->has_set_id = header.set_id() != 0;
   set->count = count;
   set->start = now;
   set->expires = now + options_.timeout;

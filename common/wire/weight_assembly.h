@@ -5,18 +5,22 @@
 //
 // Sets are keyed by target_version and a fingerprint of the header (CRC-32C
 // of the serialized header without stream_index/stream_count: the manifest
-// with its CRCs and the source). At most one set assembles at a time (a
+// with its CRCs, the source and the try's set_id). At most one set assembles at a time (a
 // rollout installs one update at a time). A set fails (ABORTED for every
 // part, the deposited tensors freed, the commit never run) when a part
 // fails or is cancelled, when a part with the same version but another
 // manifest arrives, or when it does not complete within the timeout after
-// its first part joined; a fresh set for the same version may follow.
+// its first part joined; a fresh set for the same version may follow. A
+// part of a failed set that carried a set_id is ABORTED when it joins late
+// (it does not start a new set).
 #ifndef LOCKSTEP_COMMON_WIRE_WEIGHT_ASSEMBLY_H_
 #define LOCKSTEP_COMMON_WIRE_WEIGHT_ASSEMBLY_H_
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
+#include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -74,7 +78,8 @@ class WeightAssembly {
   // none assembles. INVALID_ARGUMENT for a part index already in the set,
   // or for a header of the same version whose manifest, source or
   // stream_count differ from the set's (the set then fails: ABORTED);
-  // ABORTED while another version's set assembles; `begin`'s error.
+  // ABORTED while another version's set assembles or when the part's set
+  // (nonzero set_id) failed already; `begin`'s error.
   absl::StatusOr<Part> Join(const v1::WeightUpdateHeader& header, const AssemblyBegin& begin);
 
   // Deposits the part's verified tensors (its WeightStager's Finish) and
@@ -97,6 +102,11 @@ class WeightAssembly {
  private:
   // Fails `set` unless it is committing or done; frees its tensors.
   void FailLocked(Set* set, absl::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // The keys (version, fingerprint) of the last kFailedSetsKept sets that
+  // failed and carried a set_id: a late part of one of them is refused.
+  static constexpr size_t kFailedSetsKept = 16;
+  std::deque<std::pair<uint64_t, uint32_t>> failed_ ABSL_GUARDED_BY(mu_);
 
   const Options options_;
   mutable absl::Mutex mu_;

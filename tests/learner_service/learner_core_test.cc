@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <random>
 
 #include <grpcpp/security/server_credentials.h>
@@ -28,8 +29,10 @@
 #include "absl/strings/str_format.h"
 #include "common/formats/model_generator.h"
 #include "common/model/model.h"
+#include "common/wire/weight_assembly.h"
 #include "common/wire/weight_stream.h"
 #include "kernels/build_id.h"
+#include "learner_service/weight_push.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "lockstep/v1/rollout.grpc.pb.h"
@@ -253,6 +256,114 @@ TEST_F(LearnerCoreTest, RetriesUnavailableThenSucceeds) {
   ASSERT_EQ(r->pushes.size(), 1u);
   EXPECT_TRUE(r->pushes[0].status.ok()) << r->pushes[0].status;
   EXPECT_EQ(r->pushes[0].attempts, 3);
+}
+
+// Receives a weight update sent as parallel parts and assembles it
+// (common::WeightAssembly, as the rollout does); the first `fail_next`
+// parts to finish their stream are answered UNAVAILABLE, which fails
+// their whole set.
+class PartsRollout final : public v1::RolloutService::Service {
+ public:
+  explicit PartsRollout(common::ModelConfig config)
+      : config_(std::move(config)), assembly_(common::WeightAssembly::Options{}) {}
+
+  grpc::Status UpdateWeights(grpc::ServerContext* ctx,
+                             grpc::ServerReader<v1::WeightUpdate>* reader,
+                             v1::UpdateWeightsResponse* resp) override {
+    common::WeightStager stager(config_);
+    std::optional<common::WeightAssembly::Part> part;
+    absl::Status s;
+    v1::WeightUpdate m;
+    while (reader->Read(&m)) {
+      if (s.ok()) s = stager.Add(m);
+      if (s.ok() && !part && stager.has_header() && stager.stream_count() > 1) {
+        absl::StatusOr<common::WeightAssembly::Part> joined =
+            assembly_.Join(stager.header(), [this](const v1::WeightUpdateHeader& h) {
+              return absl::StatusOr<common::AssemblyCommit>(Commit(h.target_version()));
+            });
+        if (joined.ok()) part = *joined;
+        s = joined.status();
+      }
+    }
+    if (!part) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "expected a part");
+    if (fail_next.fetch_sub(1) > 0) {
+      assembly_.Abandon(*part, absl::UnavailableError("fake: try again"));
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "fake: try again");
+    }
+    absl::StatusOr<common::TensorMap> tensors = s.ok() ? stager.Finish() : s;
+    if (!tensors.ok()) {
+      assembly_.Abandon(*part, tensors.status());
+      return grpc::Status(grpc::StatusCode::ABORTED, std::string(tensors.status().message()));
+    }
+    absl::StatusOr<v1::UpdateWeightsResponse> r =
+        assembly_.Deposit(*part, *std::move(tensors), stager.bytes_received(), 0,
+                          [ctx] { return ctx->IsCancelled(); }, absl::InfiniteFuture());
+    if (!r.ok()) return grpc::Status(grpc::StatusCode::ABORTED, std::string(r.status().message()));
+    *resp = *r;
+    return grpc::Status::OK;
+  }
+
+  std::atomic<int> fail_next{0};
+  std::mutex mu;
+  common::TensorMap installed;  // guarded by mu: the last complete set
+  int commits = 0;              // guarded by mu
+
+ private:
+  common::AssemblyCommit Commit(uint64_t version) {
+    return [this, version](common::TensorMap tensors, const common::AssembledWeights& info) {
+      std::lock_guard<std::mutex> lock(mu);
+      installed = std::move(tensors);
+      ++commits;
+      v1::UpdateWeightsResponse r;
+      r.set_weight_version(version);
+      r.set_bytes(info.bytes);
+      return absl::StatusOr<v1::UpdateWeightsResponse>(r);
+    };
+  }
+
+  common::ModelConfig config_;
+  common::WeightAssembly assembly_;
+};
+
+TEST_F(LearnerCoreTest, ParallelPartsRetryAsAWholeSetAfterUnavailable) {
+  auto learner = Make();
+  PartsRollout service(learner->config());
+  int port = 0;
+  grpc::ServerBuilder b;
+  b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  b.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = b.BuildAndStart();
+  auto client = ConnectRollout(absl::StrCat("127.0.0.1:", port));
+  ASSERT_TRUE(client.ok()) << client.status();
+  service.fail_next = 1;  // one part of the first set: the set fails
+  PushOptions o;
+  o.streams = 4;
+  o.retry.initial_backoff = absl::Milliseconds(10);
+  const common::TensorMap& weights = *learner->Weights().second;
+  PushResult r = PushWeights(**client, weights, 7, "test", o);
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.attempts, 2);
+  EXPECT_EQ(r.rollout_version, 7u);
+  // A straggler part of the failed try is refused at once (set_id), so the
+  // retry never waits for the assembly's 60 s timeout.
+  EXPECT_LT(r.seconds, 30.0);
+  {
+    std::lock_guard<std::mutex> lock(service.mu);
+    EXPECT_EQ(service.commits, 1);  // the failed set never committed
+    ASSERT_EQ(service.installed.size(), weights.size());
+    for (const auto& [name, t] : weights) {
+      EXPECT_EQ(service.installed.at(name).data, t.data) << name;
+    }
+  }
+  // Retries exhausted: the set's error is reported, nothing is committed.
+  service.fail_next = 1 << 20;
+  o.retry.max_attempts = 2;
+  PushResult failed = PushWeights(**client, weights, 8, "test", o);
+  EXPECT_EQ(failed.status.code(), absl::StatusCode::kUnavailable) << failed.status;
+  EXPECT_EQ(failed.attempts, 2);
+  std::lock_guard<std::mutex> lock(service.mu);
+  EXPECT_EQ(service.commits, 1);
+  server->Shutdown();
 }
 
 TEST_F(LearnerCoreTest, RolloutDownDuringPushIsReportedAndStepIsWhole) {

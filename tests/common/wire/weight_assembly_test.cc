@@ -223,6 +223,47 @@ TEST_F(WeightPartsTest, MissingPartTimesOutThenAFreshSetWorks) {
   EXPECT_EQ(rec.commits.load(), 1);
 }
 
+TEST_F(WeightPartsTest, LatePartOfAFailedTryIsRefusedAndTheNextTryWorks) {
+  WeightAssembly assembly({absl::Seconds(10)});
+  Recorder rec;
+  v1::WeightUpdateHeader h = plan_.header;
+  h.set_stream_count(2);
+  h.set_set_id(41);
+  auto p0 = assembly.Join(h, rec.Begin());
+  ASSERT_TRUE(p0.ok());
+  assembly.Abandon(*p0, absl::UnavailableError("stream broke"));
+  // The try's other part arrives after its set failed: refused at once
+  // (no new set waits for a part that will never come).
+  h.set_stream_index(1);
+  EXPECT_EQ(assembly.Join(h, rec.Begin()).status().code(), absl::StatusCode::kAborted);
+  EXPECT_FALSE(assembly.assembling());
+  // The next try (another set_id) assembles and commits.
+  h.set_set_id(42);
+  std::vector<std::thread> threads;
+  for (uint32_t p = 0; p < 2; ++p) {
+    h.set_stream_index(p);
+    auto q = assembly.Join(h, rec.Begin());
+    ASSERT_TRUE(q.ok()) << q.status();
+    threads.emplace_back([&assembly, q] {
+      auto done = assembly.Deposit(*q, {}, 0, 0, kNever, absl::InfiniteFuture());
+      EXPECT_TRUE(done.ok()) << done.status();
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(rec.commits.load(), 1);
+  // Without a set_id (an older sender) a late part still opens a set.
+  h.set_set_id(0);
+  h.set_target_version(10);
+  h.set_stream_index(0);
+  auto old0 = assembly.Join(h, rec.Begin());
+  ASSERT_TRUE(old0.ok());
+  assembly.Abandon(*old0, absl::UnavailableError("stream broke"));
+  h.set_stream_index(1);
+  auto old1 = assembly.Join(h, rec.Begin());
+  EXPECT_TRUE(old1.ok()) << old1.status();
+  EXPECT_TRUE(assembly.assembling());
+}
+
 TEST_F(WeightPartsTest, MismatchDuplicateCancelAndDeadline) {
   WeightAssembly assembly({absl::Seconds(10)});
   Recorder rec;
