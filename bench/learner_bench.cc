@@ -207,6 +207,22 @@ class Receiver final : public v1::RolloutService::Service {
   common::WeightAssembly assembly_;
 };
 
+// A Receiver on a loopback port, shut down with the object.
+struct ReceiverServer {
+  explicit ReceiverServer(common::ModelConfig config) : receiver(std::move(config)) {
+    grpc::ServerBuilder b;
+    b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    b.SetMaxReceiveMessageSize(16 << 20);
+    b.RegisterService(&receiver);
+    server = b.BuildAndStart();
+  }
+  ~ReceiverServer() { server->Shutdown(); }
+
+  Receiver receiver;
+  int port = 0;
+  std::unique_ptr<grpc::Server> server;
+};
+
 void BM_WeightPush(benchmark::State& state) {
   TrainerOptions o;
   o.model_dir = ModelDir();
@@ -215,13 +231,8 @@ void BM_WeightPush(benchmark::State& state) {
     state.SkipWithError(std::string(trainer.status().message()).c_str());
     return;
   }
-  Receiver receiver((*trainer)->config());
-  int port = 0;
-  grpc::ServerBuilder b;
-  b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  b.SetMaxReceiveMessageSize(16 << 20);
-  b.RegisterService(&receiver);
-  std::unique_ptr<grpc::Server> server = b.BuildAndStart();
+  ReceiverServer receiving((*trainer)->config());
+  const int port = receiving.port;
   auto client = ConnectRollout(absl::StrCat("127.0.0.1:", port));
   if (!client.ok()) {
     state.SkipWithError(std::string(client.status().message()).c_str());
@@ -245,7 +256,6 @@ void BM_WeightPush(benchmark::State& state) {
                               " streams"));
   state.counters["MB/s"] =
       benchmark::Counter(bytes / 1e6, benchmark::Counter::kIsRate);
-  server->Shutdown();
 }
 BENCHMARK(BM_WeightPush)
     ->Args({1024, 1})
@@ -268,13 +278,8 @@ void BM_WeightPushChannels(benchmark::State& state) {
     state.SkipWithError(std::string(trainer.status().message()).c_str());
     return;
   }
-  Receiver receiver((*trainer)->config());
-  int port = 0;
-  grpc::ServerBuilder b;
-  b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  b.SetMaxReceiveMessageSize(16 << 20);
-  b.RegisterService(&receiver);
-  std::unique_ptr<grpc::Server> server = b.BuildAndStart();
+  ReceiverServer receiving((*trainer)->config());
+  const int port = receiving.port;
   const int n = static_cast<int>(state.range(0));
   const bool separate = state.range(1) != 0;
   std::vector<std::shared_ptr<client::RolloutClient>> clients;
@@ -316,7 +321,6 @@ void BM_WeightPushChannels(benchmark::State& state) {
   state.SetLabel(absl::StrCat(Preset(), " chunk 4096 KiB, ", n, " streams on ",
                               separate ? n : 1, " channel(s)"));
   state.counters["MB/s"] = benchmark::Counter(bytes / 1e6, benchmark::Counter::kIsRate);
-  server->Shutdown();
 }
 BENCHMARK(BM_WeightPushChannels)
     ->Args({4, 0})

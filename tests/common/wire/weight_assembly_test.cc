@@ -165,6 +165,26 @@ struct Recorder {
 
 const auto kNever = [] { return false; };
 
+// Joins every part of `h`'s set (h.stream_count() of them) and deposits
+// each (no tensors) on its own thread; every part's call must succeed.
+void DepositEveryPart(WeightAssembly& assembly, Recorder& rec, v1::WeightUpdateHeader h) {
+  std::vector<WeightAssembly::Part> parts;
+  for (uint32_t p = 0; p < h.stream_count(); ++p) {
+    h.set_stream_index(p);
+    auto q = assembly.Join(h, rec.Begin());
+    EXPECT_TRUE(q.ok()) << q.status();
+    if (q.ok()) parts.push_back(*q);
+  }
+  std::vector<std::thread> threads;
+  for (const WeightAssembly::Part& q : parts) {
+    threads.emplace_back([&assembly, q] {
+      auto done = assembly.Deposit(q, {}, 0, 0, kNever, absl::InfiniteFuture());
+      EXPECT_TRUE(done.ok()) << done.status();
+    });
+  }
+  for (auto& t : threads) t.join();
+}
+
 TEST_F(WeightPartsTest, AssemblyCommitsOnceAndAnswersEveryPart) {
   WeightAssembly assembly({absl::Seconds(10)});
   Recorder rec;
@@ -209,17 +229,7 @@ TEST_F(WeightPartsTest, MissingPartTimesOutThenAFreshSetWorks) {
   EXPECT_LT(absl::Now() - t0, absl::Seconds(2));
   EXPECT_FALSE(assembly.assembling());
   // The retry: both parts.
-  std::vector<std::thread> threads;
-  for (uint32_t p = 0; p < 2; ++p) {
-    h.set_stream_index(p);
-    auto q = assembly.Join(h, rec.Begin());
-    ASSERT_TRUE(q.ok()) << q.status();
-    threads.emplace_back([&assembly, q] {
-      auto done = assembly.Deposit(*q, {}, 0, 0, kNever, absl::InfiniteFuture());
-      EXPECT_TRUE(done.ok()) << done.status();
-    });
-  }
-  for (auto& t : threads) t.join();
+  DepositEveryPart(assembly, rec, h);
   EXPECT_EQ(rec.commits.load(), 1);
 }
 
@@ -239,17 +249,7 @@ TEST_F(WeightPartsTest, LatePartOfAFailedTryIsRefusedAndTheNextTryWorks) {
   EXPECT_FALSE(assembly.assembling());
   // The next try (another set_id) assembles and commits.
   h.set_set_id(42);
-  std::vector<std::thread> threads;
-  for (uint32_t p = 0; p < 2; ++p) {
-    h.set_stream_index(p);
-    auto q = assembly.Join(h, rec.Begin());
-    ASSERT_TRUE(q.ok()) << q.status();
-    threads.emplace_back([&assembly, q] {
-      auto done = assembly.Deposit(*q, {}, 0, 0, kNever, absl::InfiniteFuture());
-      EXPECT_TRUE(done.ok()) << done.status();
-    });
-  }
-  for (auto& t : threads) t.join();
+  DepositEveryPart(assembly, rec, h);
   EXPECT_EQ(rec.commits.load(), 1);
   // Without a set_id (an older sender) a late part still opens a set.
   h.set_set_id(0);
