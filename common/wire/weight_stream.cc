@@ -241,38 +241,12 @@ absl::Status StreamWeights(
     absl::Span<const WireTensor> tensors, uint64_t target_version,
     const std::function<absl::Status(const v1::WeightUpdate&)>& sink,
     const WeightStreamOptions& options) {
-  if (options.chunk_bytes < 1 || options.chunk_bytes > kMaxWeightChunkBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("chunk_bytes ", options.chunk_bytes, " outside [1, ",
-                     kMaxWeightChunkBytes, "]"));
-  }
-  for (const WireTensor& t : tensors) {
-    LOCKSTEP_RETURN_IF_ERROR(CheckWireTensor(t));
-  }
-  // Every byte is checksummed once: the chunks' CRCs, and the tensors' CRCs
-  // in the header combined from them.
-  std::vector<std::vector<uint32_t>> chunk_crcs;
-  std::vector<uint32_t> tensor_crcs;
-  ChunkCrcs(tensors, options.chunk_bytes, &chunk_crcs, &tensor_crcs);
-  v1::WeightUpdate message;
-  *message.mutable_header() =
-      HeaderWithCrcs(tensors, tensor_crcs, target_version, options.source);
-  LOCKSTEP_RETURN_IF_ERROR(sink(message));
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const WireTensor& t = tensors[i];
-    size_t k = 0;
-    for (size_t off = 0; off < t.nbytes; off += options.chunk_bytes, ++k) {
-      const size_t n = std::min(options.chunk_bytes, t.nbytes - off);
-      message.Clear();
-      v1::TensorChunk* chunk = message.mutable_chunk();
-      chunk->set_name(t.name);
-      chunk->set_offset(off);
-      chunk->set_data(t.data + off, n);
-      chunk->set_crc32c(chunk_crcs[i][k]);
-      LOCKSTEP_RETURN_IF_ERROR(sink(message));
-    }
-  }
-  return absl::OkStatus();
+  // The single stream is the one part of a one-part plan (every byte
+  // checksummed once: the chunks' CRCs, and the tensors' CRCs in the header
+  // combined from them).
+  LOCKSTEP_ASSIGN_OR_RETURN(WeightStreamPlan plan,
+                            PlanWeightStream(tensors, target_version, options));
+  return StreamWeightPart(tensors, plan, 0, 1, sink);
 }
 
 absl::StatusOr<WeightStreamPlan> PlanWeightStream(absl::Span<const WireTensor> tensors,
