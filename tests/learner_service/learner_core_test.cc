@@ -285,7 +285,10 @@ class PartsRollout final : public v1::RolloutService::Service {
         s = joined.status();
       }
     }
-    if (!part) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "expected a part");
+    if (!part) {  // the join's error (a late part of a failed try: ABORTED), as the rollout
+      if (s.ok()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "expected a part");
+      return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+    }
     if (fail_next.fetch_sub(1) > 0) {
       assembly_.Abandon(*part, absl::UnavailableError("fake: try again"));
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "fake: try again");
