@@ -21,7 +21,7 @@
 //   train_step_bench --model_dir=DIR [--device=cuda] [--mode=invariant]
 //       [--seqs=8] [--seq_len=4096] [--prompt_len=64] [--group=8]
 //       [--micro_batch_size=1] [--checkpoint_layers=1] [--warmup=1]
-//       [--steps=1] [--peak_tflops=780]
+//       [--steps=1] [--peak_tflops=780] [--allow_tf32=1]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -46,6 +46,7 @@ struct Flags {
   int seqs = 8, seq_len = 4096, prompt_len = 64, group = 8, micro_batch_size = 1;
   int warmup = 1, steps = 1;
   bool checkpoint_layers = true;
+  bool allow_tf32 = true;
   double peak_tflops = 780.0;
 };
 
@@ -91,6 +92,7 @@ int main(int argc, char** argv) {
     else if (auto v = value("group")) f.group = std::atoi(v);
     else if (auto v = value("micro_batch_size")) f.micro_batch_size = std::atoi(v);
     else if (auto v = value("checkpoint_layers")) f.checkpoint_layers = std::atoi(v) != 0;
+    else if (auto v = value("allow_tf32")) f.allow_tf32 = std::atoi(v) != 0;
     else if (auto v = value("warmup")) f.warmup = std::atoi(v);
     else if (auto v = value("steps")) f.steps = std::atoi(v);
     else if (auto v = value("peak_tflops")) f.peak_tflops = std::atof(v);
@@ -111,6 +113,7 @@ int main(int argc, char** argv) {
                                  : lockstep::common::KernelMode::kStandard;
   o.micro_batch_size = f.micro_batch_size;
   o.checkpoint_layers = f.checkpoint_layers;
+  o.allow_tf32 = f.allow_tf32;
   o.learning_rate = 1e-6;
   auto trainer = Trainer::Create(o);
   if (!trainer.ok()) return Fail(std::string(trainer.status().ToString()));
@@ -142,10 +145,12 @@ int main(int argc, char** argv) {
   const double attn = 12.0 * c.num_hidden_layers * c.num_attention_heads * c.head_dim *
                       static_cast<double>(f.seqs) * f.seq_len * f.seq_len / 2.0;
   const double flops = 6.0 * linear * tokens + attn;
-  std::printf("| mode | seqs x len | checkpoint_layers | step s | tokens/s | model TFLOP/step | MFU |\n");
-  std::printf("|---|---|---|---:|---:|---:|---:|\n");
-  std::printf("| %s | %d x %d | %d | %.3f | %.0f | %.1f | %.3f |\n", f.mode.c_str(), f.seqs,
-              f.seq_len, f.checkpoint_layers ? 1 : 0, step_s, tokens / step_s, flops / 1e12,
+  std::printf(
+      "| mode | seqs x len | checkpoint_layers | allow_tf32 | step s | tokens/s | model TFLOP/step "
+      "| MFU |\n");
+  std::printf("|---|---|---|---|---:|---:|---:|---:|\n");
+  std::printf("| %s | %d x %d | %d | %d | %.3f | %.0f | %.1f | %.3f |\n", f.mode.c_str(), f.seqs,
+              f.seq_len, f.checkpoint_layers ? 1 : 0, f.allow_tf32 ? 1 : 0, step_s, tokens / step_s, flops / 1e12,
               flops / step_s / (f.peak_tflops * 1e12));
   return 0;
 }

@@ -472,6 +472,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
     // it must be set before the first cuBLAS handle exists.
     setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8", /*overwrite=*/0);
     impl->device = torch::Device(torch::kCUDA, 0);
+    at::globalContext().setAllowTF32CuBLAS(options.allow_tf32);
   }
   if (options.num_threads > 0) kernels::SetNumThreads(options.num_threads);
   if (options.torch_threads > 0) torch::set_num_threads(options.torch_threads);

@@ -128,6 +128,16 @@ struct TrainerOptions {
   // each layer's input and recompute the layer in the backward; the same
   // bits, one layer's activations in memory instead of all.
   bool checkpoint_layers = false;
+  // CUDA only, process-wide: LibTorch's float32 matmuls may run on the TF32
+  // tensor cores (at::globalContext().setAllowTF32CuBLAS). They are the
+  // backward's GEMMs (LinearFn's dX = dY·W and dW = dYᵀ·X, the recomputed
+  // attention blocks) and the standard-mode training forward; the invariant
+  // forward is the project's kernels and never changes. The operands the
+  // forward stored (bf16 weights, bf16-rounded activations, q, k, v) are
+  // exact in TF32, so only the gradients' own mantissas are cut to 10 bits
+  // (autocast's bf16 backward keeps 7); cuBLAS stays deterministic.
+  // false: full fp32 SIMT GEMMs (~67 TFLOP/s on an H200 instead of ~400+).
+  bool allow_tf32 = true;
   // CPU threads of the invariant kernels (process-wide; 0: their default,
   // LOCKSTEP_NUM_THREADS or all cores). Thread counts never change their
   // bits.

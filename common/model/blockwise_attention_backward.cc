@@ -1,6 +1,7 @@
 #include "common/model/blockwise_attention_backward.h"
 
 #include <algorithm>
+#include <limits>
 #include <utility>
 
 #include "common/model/recomputed_backward.h"
@@ -41,19 +42,53 @@ std::vector<torch::Tensor> BlockwiseAttentionGradient(const torch::Tensor& q,
   torch::Tensor dk = wanted[1] ? acc(k) : torch::Tensor();
   torch::Tensor dv = wanted[2] ? acc(v) : torch::Tensor();
   if (!wanted[0] && !wanted[1] && !wanted[2]) return {dq, dk, dv};
+  torch::NoGradGuard no_grad;
+  const int64_t group = q_heads / kv_heads, D = head_dim;
+  const float scale = reference::AttentionScale(head_dim);
+  // [L, Hkv*D] -> [Hkv, L, D] (a view): the keys or values of rows [0, L).
+  const auto by_kv_head = [&](const torch::Tensor& t, int64_t length) {
+    return t.narrow(0, 0, length).view({length, kv_heads, D}).permute({1, 0, 2});
+  };
+  // Query-side rows [q0, q0 + n) of a [T, Hq*D] tensor -> [Hkv, group*n, D]
+  // (query head h = kv_head * group + j, as reference::Attention's
+  // repeat_interleave pairs them), and back.
+  const auto by_group = [&](const torch::Tensor& t, int64_t q0, int64_t n) {
+    return t.narrow(0, q0, n).view({n, kv_heads, group, D}).permute({1, 2, 0, 3})
+        .reshape({kv_heads, group * n, D});
+  };
+  const auto from_group = [&](const torch::Tensor& t, int64_t n) {
+    return t.view({kv_heads, group, n, D}).permute({2, 0, 1, 3}).reshape({n, q_heads * D});
+  };
   for (int64_t q0 = 0; q0 < rows; q0 += block_rows) {
-    const int64_t q1 = std::min(rows, q0 + block_rows);
-    // Rows [q0, q1) see keys [0, q1) only.
-    const ReferenceForward block = [=](const std::vector<torch::Tensor>& in) {
-      return std::vector<torch::Tensor>{
-          reference::AttentionRows(in[0], in[1], in[2], q0, q_heads, kv_heads, head_dim)};
-    };
-    std::vector<torch::Tensor> g = RecomputeGradient(
-        block, {q.narrow(0, q0, q1 - q0), k.narrow(0, 0, q1), v.narrow(0, 0, q1)}, wanted,
-        {grad_out.narrow(0, q0, q1 - q0)});
-    if (g[0].defined()) dq.narrow(0, q0, q1 - q0).copy_(g[0]);
-    if (g[1].defined()) dk.narrow(0, 0, q1).add_(g[1]);
-    if (g[2].defined()) dv.narrow(0, 0, q1).add_(g[2]);
+    const int64_t q1 = std::min(rows, q0 + block_rows), n = q1 - q0;
+    // Rows [q0, q1) see keys [0, q1): S = scale * Q Kᵀ with the causal
+    // triangle of the last n keys masked, P = softmax(S).
+    const torch::Tensor qb = by_group(q, q0, n);
+    const torch::Tensor kb = by_kv_head(k, q1), vb = by_kv_head(v, q1);
+    const torch::Tensor gb = by_group(grad_out, q0, n);
+    torch::Tensor s = torch::matmul(qb, kb.transpose(1, 2));  // [Hkv, group*n, q1]
+    s.mul_(scale);
+    const torch::Tensor above = torch::ones({n, n}, q.options().dtype(torch::kBool)).triu(1);
+    s.view({kv_heads, group, n, q1}).narrow(3, q0, n).masked_fill_(
+        above, -std::numeric_limits<float>::infinity());
+    const torch::Tensor p = torch::softmax(s, -1);
+    s = torch::Tensor();
+    if (wanted[2]) {
+      dv.narrow(0, 0, q1).add_(torch::matmul(p.transpose(1, 2), gb).permute({1, 0, 2})
+                                   .reshape({q1, kv_heads * D}));
+    }
+    if (!wanted[0] && !wanted[1]) continue;
+    // dS = scale * P ∘ (dP - rowsum(P ∘ dP)), dP = dO Vᵀ (softmax's
+    // backward, in place).
+    torch::Tensor ds = torch::matmul(gb, vb.transpose(1, 2));  // dP
+    ds.mul_(p);
+    const torch::Tensor row = ds.sum(-1, /*keepdim=*/true);
+    ds.addcmul_(p, row.expand_as(p), -1.0).mul_(scale);
+    if (wanted[0]) dq.narrow(0, q0, n).copy_(from_group(torch::matmul(ds, kb), n));
+    if (wanted[1]) {
+      dk.narrow(0, 0, q1).add_(torch::matmul(ds.transpose(1, 2), qb).permute({1, 0, 2})
+                                   .reshape({q1, kv_heads * D}));
+    }
   }
   return {dq, dk, dv};
 }

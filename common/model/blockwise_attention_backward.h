@@ -1,17 +1,20 @@
 // The training backward of causal prefill attention without its [heads, T,
 // T] matrices (issue 17 §2): the forward keeps q, k, v only, and the
-// backward recomputes reference::AttentionRows one block of query rows at a
-// time — for rows [q0, q1) the scores against keys [0, q1) only (causal) —
-// back-propagates that block's output gradient, writes the block's dQ and
-// accumulates dK, dV over the blocks. FlashAttention-2's memory behaviour
-// with LibTorch ops: transient memory O(heads × block × T) in the backward,
-// nothing of size T² kept between forward and backward.
+// backward recomputes one block of query rows at a time — for rows [q0, q1)
+// the scores against keys [0, q1) only (causal) — and applies attention's
+// gradient formulas to it, as FlashAttention-2's backward does: S = scale ·
+// Q Kᵀ (masked), P = softmax(S), dV += Pᵀ dO, dP = dO Vᵀ, dS = scale · P ∘
+// (dP − rowsum(P ∘ dP)), dQ = dS K, dK += dSᵀ Q. The query heads that share
+// a KV head are one batch of the GEMMs (no repeated K or V), the block's
+// tensors are updated in place, and no autograd graph is built. Transient
+// memory O(heads × block × T) in the backward, nothing of size T² kept
+// between forward and backward. The GEMMs are LibTorch's (cuBLAS on CUDA:
+// deterministic, TF32 where the learner allows it).
 //
-// dQ of a row is the full reference's up to the summation over the keys a
-// row cannot see (exact zeros, but a shorter BLAS reduction); dK and dV sum
-// the blocks' contributions block by block, a different summation order
-// than one [T, T] matmul: equal to the full reference's within fp32
-// rounding, not bitwise.
+// The values are the reference attention's gradients (reference::Attention
+// back-propagated by autograd) up to fp32 rounding: the same formulas in a
+// different association (the scale folded into dS, dK and dV summed block
+// by block), not bitwise.
 #ifndef LOCKSTEP_COMMON_MODEL_BLOCKWISE_ATTENTION_BACKWARD_H_
 #define LOCKSTEP_COMMON_MODEL_BLOCKWISE_ATTENTION_BACKWARD_H_
 

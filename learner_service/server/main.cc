@@ -156,6 +156,9 @@ ABSL_FLAG(bool, resume, false,
 ABSL_FLAG(int, num_threads, 0,
           "CPU threads of the invariant kernels (0: LOCKSTEP_NUM_THREADS or "
           "all cores)");
+ABSL_FLAG(bool, allow_tf32, true,
+          "--device=cuda: LibTorch's fp32 matmuls (the backward's GEMMs) may "
+          "use TF32 tensor cores; the invariant forward is unaffected");
 ABSL_FLAG(int, torch_threads, 0,
           "LibTorch intra-op threads (0: LibTorch's default)");
 ABSL_FLAG(double, drain_announce_seconds, 2.0,
@@ -382,6 +385,7 @@ int main(int argc, char** argv) {
   }
   t.num_threads = absl::GetFlag(FLAGS_num_threads);
   t.torch_threads = absl::GetFlag(FLAGS_torch_threads);
+  t.allow_tf32 = absl::GetFlag(FLAGS_allow_tf32);
   if (const std::string f = absl::GetFlag(FLAGS_rollout_auth_token_file);
       !f.empty()) {
     absl::StatusOr<std::string> token =

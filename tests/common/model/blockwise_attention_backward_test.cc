@@ -1,6 +1,6 @@
 // The blockwise attention backward (blockwise_attention_backward.h): the
 // invariant PrefillAttention's training value is the kernel's, its gradients
-// match the full reference attention's (dQ to 1e-6, dK/dV to fp32 rounding)
+// match the full reference attention's autograd (dQ to 1e-6, dK/dV to 1e-5)
 // and a float64 attention's, for MHA and GQA 4:1, lengths that blocks do and
 // do not divide; and the memory between forward and backward, and in the
 // backward, stays far below one [heads, T, T] fp32 matrix.
@@ -90,10 +90,6 @@ TEST(BlockwiseAttentionBackwardTest, MatchesFullAndDoublePrecisionReference) {
         EXPECT_LT(RelativeError(bw.dk, f64.dk), 1e-4);
         EXPECT_LT(RelativeError(bw.dv, f64.dv), 1e-4);
         EXPECT_LT(RelativeError(ref.dk, f64.dk), 1e-4);
-        if (T <= block) {
-          // One block: the full reference's ops on the same rows and keys.
-          EXPECT_TRUE(torch::equal(bw.dq, ref.dq));
-        }
       }
     }
   }
