@@ -9,8 +9,10 @@
 # 100 ms (the same measure for both: the process's whole footprint); the
 # peer also reports PyTorch's allocated / reserved peaks. For the device tool:
 #   SHAPES="qwen3-1.7b:8x4096 qwen3-4b:8x4096 qwen3-1.7b:8x16384:0" bash scripts/gpu_train_bench.sh
-# (preset:SEQSxLEN[:WARMUP], WARMUP untimed steps before the timed ones,
-# default $WARMUP or 1)
+# (preset:SEQSxLEN[:WARMUP[:FLAGS]], WARMUP untimed steps before the timed
+# ones, default $WARMUP or 1; FLAGS: extra train_step_bench flags joined by
+# commas, e.g. qwen3-1.7b:8x4096:1:--allow_tf32=0 — such an entry runs ours
+# only, as a variant of the same shape's peer row)
 # Knobs: OURS_TIMEOUT=120 PEER_TIMEOUT=90 (seconds per run), WARMUP=1 STEPS=1,
 # OURS_ARGS / PEER_ARGS (extra flags), SKIP_PEER=1, TESTS="common_model_cuda_test ..."
 # (built with the bench, run after it; TEST_TIMEOUT=120).
@@ -41,18 +43,20 @@ with_peak() {
   echo "rc=$rc peak memory.used $(sort -n "$WORK/mem.txt" | tail -1) MiB" | tee -a "$log" "$OUT/summary.txt"
 }
 for s in $SHAPES; do
-  IFS=: read -r p shape warm <<< "$s"; seqs=${shape%%x*} len=${shape##*x} warm=${warm:-${WARMUP:-1}}
+  IFS=: read -r p shape warm flags <<< "$s"; seqs=${shape%%x*} len=${shape##*x} warm=${warm:-${WARMUP:-1}}
+  flags=${flags//,/ }
   # Each checkpoint is used as soon as it is written (the next one is
   # written meanwhile).
   while [ ! -f "$WORK/$p.done" ]; do sleep 1; done
   grep "generate $p:" "$OUT/generate.log" | tee -a "$OUT/summary.txt"
-  stamp "ours $p $seqs x $len"
-  echo "== ours $p $seqs x $len" >> "$OUT/train.log"
+  stamp "ours $p $seqs x $len $flags"
+  echo "== ours $p $seqs x $len $flags" >> "$OUT/train.log"
   with_peak "$OUT/train.log" timeout "${OURS_TIMEOUT:-120}" "$(bin train_step_bench)" \
     --model_dir="$WORK/$p" --seqs="$seqs" --seq_len="$len" --warmup="$warm" \
-    --steps="${STEPS:-1}" ${OURS_ARGS:-}
+    --steps="${STEPS:-1}" ${OURS_ARGS:-} $flags
+  grep "^step " "$OUT/train.log" | tail -2 | tee -a "$OUT/summary.txt"
   grep -A2 "^| mode" "$OUT/train.log" | tail -1 | tee -a "$OUT/summary.txt"
-  if [ "${SKIP_PEER:-0}" != 1 ]; then
+  if [ "${SKIP_PEER:-0}" != 1 ] && [ -z "$flags" ]; then
     stamp "peer $p $seqs x $len"
     echo "== peer $p $seqs x $len" >> "$OUT/train.log"
     with_peak "$OUT/train.log" timeout "${PEER_TIMEOUT:-90}" python3 bench/hf_peer_train.py \
