@@ -21,15 +21,21 @@
 //   train_step_bench --model_dir=DIR [--device=cuda] [--mode=invariant]
 //       [--seqs=8] [--seq_len=4096] [--prompt_len=64] [--group=8]
 //       [--micro_batch_size=1] [--checkpoint_layers=1] [--warmup=1]
-//       [--steps=1] [--peak_tflops=780] [--allow_tf32=1]
+//       [--steps=1] [--peak_tflops=780] [--allow_tf32=1] [--profile=TRACE.json]
+// --profile: the last timed step runs under LibTorch's Kineto profiler (CPU
+// ops and CUDA kernels) and its Chrome trace is written to the file;
+// bench/trace_summary.py sums it by kernel.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
+
+#include <torch/csrc/autograd/profiler_kineto.h>
 
 #include "absl/strings/str_cat.h"
 #include "bench/flag_value.h"
@@ -42,7 +48,7 @@ using lockstep::learner::TrainerOptions;
 using lockstep::learner::Trajectory;
 
 struct Flags {
-  std::string model_dir, device = "cuda", mode = "invariant";
+  std::string model_dir, device = "cuda", mode = "invariant", profile;
   int seqs = 8, seq_len = 4096, prompt_len = 64, group = 8, micro_batch_size = 1;
   int warmup = 1, steps = 1;
   bool checkpoint_layers = true;
@@ -92,6 +98,7 @@ int main(int argc, char** argv) {
     else if (auto v = value("group")) f.group = std::atoi(v);
     else if (auto v = value("micro_batch_size")) f.micro_batch_size = std::atoi(v);
     else if (auto v = value("checkpoint_layers")) f.checkpoint_layers = std::atoi(v) != 0;
+    else if (auto v = value("profile")) f.profile = v;
     else if (auto v = value("allow_tf32")) f.allow_tf32 = std::atoi(v) != 0;
     else if (auto v = value("warmup")) f.warmup = std::atoi(v);
     else if (auto v = value("steps")) f.steps = std::atoi(v);
@@ -120,11 +127,31 @@ int main(int argc, char** argv) {
   const auto& c = (*trainer)->config();
   const std::vector<Trajectory> batch = Batch(c.vocab_size, f);
   std::vector<double> times;
+  namespace prof = torch::profiler::impl;
+  const prof::ProfilerConfig profiler_config(prof::ProfilerState::KINETO);
+  const std::set<prof::ActivityType> activities = {prof::ActivityType::CPU,
+                                                   prof::ActivityType::CUDA};
   for (int s = 0; s < f.warmup + f.steps; ++s) {
+    const bool profiled = !f.profile.empty() && s == f.warmup + f.steps - 1;
+    if (profiled) {
+      try {
+        torch::autograd::profiler::prepareProfiler(profiler_config, activities);
+        torch::autograd::profiler::enableProfiler(profiler_config, activities);
+      } catch (const c10::Error& e) {
+        return Fail(absl::StrCat("--profile: ", e.what_without_backtrace()));
+      }
+    }
     const auto t0 = std::chrono::steady_clock::now();
     auto r = (*trainer)->Step(batch);
     const double dt =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (profiled) {
+      try {
+        torch::autograd::profiler::disableProfiler()->save(f.profile);
+      } catch (const c10::Error& e) {
+        return Fail(absl::StrCat("--profile: ", e.what_without_backtrace()));
+      }
+    }
     if (!r.ok()) return Fail(std::string(r.status().ToString()));
     std::printf(
         "step %d: %.3f s (forward %.3f, backward %.3f, optimizer %.3f, snapshot %.3f) loss %.6f "

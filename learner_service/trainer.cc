@@ -328,7 +328,10 @@ struct Trainer::Impl {
   std::vector<torch::Tensor> master;  // fp32, requires grad, per name
   std::unique_ptr<torch::optim::AdamW> optimizer;
   TorchWeights reference;  // compute copy of version 0 (kl_coef > 0 only)
-  std::shared_ptr<const TensorMap> snapshot;
+  // The current snapshot (handed out as const) and the one before it,
+  // kept for reuse (RefreshSnapshot).
+  std::shared_ptr<TensorMap> snapshot;
+  std::shared_ptr<TensorMap> spare;
   // Atomic: read without the caller's lock by Validate/Status while a step
   // runs.
   std::atomic<int64_t> step{0};
@@ -346,16 +349,41 @@ struct Trainer::Impl {
     return w;
   }
 
-  // Host copy of the detached compute weights: what a push sends.
+  // Host copy of the detached compute weights: what a push sends. Written
+  // into the previous step's snapshot (`spare`) when no push holds it any
+  // more, so a step copies each tensor once, device to host, into memory
+  // that is already mapped (a fresh 3.4 GB map costs more in page faults
+  // than the copy); otherwise into a new map. The current snapshot is never
+  // written: on failure it stays what pushes send. Host memory: two copies
+  // of the compute weights.
   absl::Status RefreshSnapshot() {
+    std::shared_ptr<TensorMap> target =
+        spare != nullptr && spare.use_count() == 1 ? std::move(spare)
+                                                   : std::make_shared<TensorMap>();
+    spare = nullptr;
     try {
       torch::NoGradGuard no_grad;
       TorchWeights w = ComputeCopy(/*detached=*/true);
-      for (auto& [name, t] : w) t = t.to(torch::kCPU).contiguous().clone();
-      snapshot = std::make_shared<const TensorMap>(common::FromTorch(w));
+      if (target->size() != w.size()) target->clear();
+      for (auto& [name, t] : w) {
+        torch::Tensor c = t.detach();
+        if (c.scalar_type() != torch::kBFloat16 && c.scalar_type() != torch::kFloat) {
+          c = c.to(torch::kFloat);
+        }
+        common::HostTensor& h = (*target)[name];
+        h.dtype = c.scalar_type() == torch::kBFloat16 ? kernels::DType::kBF16
+                                                      : kernels::DType::kF32;
+        h.shape = c.sizes().vec();
+        const size_t bytes = static_cast<size_t>(c.numel()) * c.element_size();
+        if (h.data.size() != bytes) h.data.resize(bytes);
+        torch::from_blob(h.data.data(), c.sizes(), c.options().device(torch::kCPU)).copy_(c);
+      }
     } catch (const c10::Error& e) {
+      spare = std::move(target);
       return TorchError("snapshot of the compute weights", e);
     }
+    spare = std::move(snapshot);
+    snapshot = std::move(target);
     return absl::OkStatus();
   }
 
