@@ -40,6 +40,7 @@ def main():
     by_class = collections.defaultdict(float)
     by_cat = collections.defaultdict(float)
     runtime = collections.defaultdict(lambda: [0.0, 0])
+    cpu_ops = collections.defaultdict(lambda: [0.0, 0])
     first, last = None, None
     for e in events:
         if e.get("ph") != "X":
@@ -55,6 +56,9 @@ def main():
             ts = float(e["ts"])
             first = ts if first is None else min(first, ts)
             last = ts + dur if last is None else max(last, ts + dur)
+        elif cat == "cpu_op":
+            cpu_ops[e.get("name", "?")][0] += dur
+            cpu_ops[e.get("name", "?")][1] += 1
         elif cat == "cuda_runtime":
             runtime[e.get("name", "?")][0] += dur
             runtime[e.get("name", "?")][1] += 1
@@ -71,6 +75,10 @@ def main():
     print("\n| CUDA runtime call (top 8) | host s | calls |\n|---|---:|---:|")
     for k, (d, n) in sorted(runtime.items(), key=lambda kv: -kv[1][0])[:8]:
         print(f"| {k} | {d / 1e6:.3f} | {n} |")
+    print("\n| CPU op (top 25 by calls; nested ops counted in each) | calls | host s |"
+          "\n|---|---:|---:|")
+    for k, (d, n) in sorted(cpu_ops.items(), key=lambda kv: -kv[1][1])[:25]:
+        print(f"| {k[:90]} | {n} | {d / 1e6:.3f} |")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/cuda.h>
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
@@ -506,6 +507,13 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
   if (options.torch_threads > 0) torch::set_num_threads(options.torch_threads);
   try {
     at::globalContext().setDeterministicAlgorithms(true, /*warn_only=*/false);
+#if TORCH_VERSION_MAJOR >= 2
+    // LibTorch >= 2.1 then also fills every new tensor from torch::empty with
+    // NaN (a debugging aid): on the GPU that was ~60k fill kernels per
+    // training step (one per kernel output and autograd buffer). Every op
+    // here writes its outputs before they are read, so the fill buys nothing.
+    at::globalContext().setDeterministicFillUninitializedMemory(false);
+#endif
     TorchWeights host = common::ToTorch(loaded.second);
     for (auto& [name, t] : host) {
       impl->names.push_back(name);

@@ -9,11 +9,19 @@
 
 namespace lockstep::common {
 
+int64_t AttentionBackwardBlockRows(int64_t q_heads, int64_t rows, const torch::Device& device) {
+  if (!device.is_cuda()) return kAttentionBackwardBlockRows;
+  const int64_t per_row = std::max<int64_t>(1, q_heads * rows * 4);
+  const int64_t fit = kAttentionBackwardBlockBytesCuda / per_row;
+  return std::max<int64_t>(1, fit / kAttentionBackwardBlockRows) * kAttentionBackwardBlockRows;
+}
+
 torch::Tensor WithBlockwiseAttentionBackward(torch::Tensor value, const torch::Tensor& q,
                                              const torch::Tensor& k, const torch::Tensor& v,
                                              int64_t q_heads, int64_t kv_heads, int64_t head_dim,
                                              int64_t block_rows) {
-  TORCH_CHECK(block_rows > 0, "attention backward block of ", block_rows, " rows");
+  TORCH_CHECK(block_rows >= 0, "attention backward block of ", block_rows, " rows");
+  if (block_rows == 0) block_rows = AttentionBackwardBlockRows(q_heads, q.size(0), q.device());
   RecomputedGradient gradient = [=](const std::vector<torch::Tensor>& in,
                                     const std::vector<bool>& wanted,
                                     const std::vector<torch::Tensor>& grads) {

@@ -25,19 +25,32 @@
 
 namespace lockstep::common {
 
-// Query rows per recomputed block: the backward's transient scores and
-// probabilities are [q_heads, kAttentionBackwardBlockRows, <= T] fp32.
+// Query rows per recomputed block on the CPU: the backward's transient
+// scores and probabilities are [q_heads, kAttentionBackwardBlockRows, <= T]
+// fp32.
 inline constexpr int64_t kAttentionBackwardBlockRows = 256;
+// On CUDA the blocks are as tall as fit this many bytes per
+// [q_heads, block, T] fp32 tensor (a few live at once): each block costs
+// ~20 kernel launches whatever its height, and launches, not bytes, bound
+// the backward at 4k tokens on an H200.
+inline constexpr int64_t kAttentionBackwardBlockBytesCuda = int64_t{1} << 30;
+
+// The block height for `rows` query rows of `q_heads` heads on `device`:
+// kAttentionBackwardBlockRows on the CPU; on CUDA the largest multiple of it
+// whose [q_heads, block, rows] fp32 tensor fits
+// kAttentionBackwardBlockBytesCuda (at least kAttentionBackwardBlockRows).
+int64_t AttentionBackwardBlockRows(int64_t q_heads, int64_t rows, const torch::Device& device);
 
 // Returns `value` (the causal attention of one whole sequence, q [T, Hq*D],
 // k/v [T, Hkv*D] float32, computed elsewhere: the invariant kernel; its
 // bits are returned unchanged) differentiable in q, k, v with the blockwise
-// backward (BlockwiseAttentionGradient). Saves q, k, v only. Without grad
-// mode or an input requiring grad, returns `value`.
+// backward (BlockwiseAttentionGradient) in blocks of `block_rows` (0:
+// AttentionBackwardBlockRows). Saves q, k, v only. Without grad mode or an
+// input requiring grad, returns `value`.
 torch::Tensor WithBlockwiseAttentionBackward(torch::Tensor value, const torch::Tensor& q,
                                              const torch::Tensor& k, const torch::Tensor& v,
                                              int64_t q_heads, int64_t kv_heads, int64_t head_dim,
-                                             int64_t block_rows = kAttentionBackwardBlockRows);
+                                             int64_t block_rows = 0);
 
 // The gradients {dQ [T, Hq*D], dK, dV [T, Hkv*D]} of reference::Attention
 // (causal, positions 0..T-1) at q, k, v for the output gradient grad_out
