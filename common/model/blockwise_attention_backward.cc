@@ -69,13 +69,13 @@ std::vector<torch::Tensor> BlockwiseAttentionGradient(const torch::Tensor& q,
   };
   for (int64_t q0 = 0; q0 < rows; q0 += block_rows) {
     const int64_t q1 = std::min(rows, q0 + block_rows), n = q1 - q0;
-    // Rows [q0, q1) see keys [0, q1): S = scale * Q Kᵀ with the causal
-    // triangle of the last n keys masked, P = softmax(S).
+    // Rows [q0, q1) see keys [0, q1): S = (scale Q) Kᵀ with the causal
+    // triangle of the last n keys masked, P = softmax(S). The scale goes on
+    // the [n, D] operands and results, never on a [n, q1] tensor.
     const torch::Tensor qb = by_group(q, q0, n);
     const torch::Tensor kb = by_kv_head(k, q1), vb = by_kv_head(v, q1);
     const torch::Tensor gb = by_group(grad_out, q0, n);
-    torch::Tensor s = torch::matmul(qb, kb.transpose(1, 2));  // [Hkv, group*n, q1]
-    s.mul_(scale);
+    torch::Tensor s = torch::matmul(qb * scale, kb.transpose(1, 2));  // [Hkv, group*n, q1]
     const torch::Tensor above = torch::ones({n, n}, q.options().dtype(torch::kBool)).triu(1);
     s.view({kv_heads, group, n, q1}).narrow(3, q0, n).masked_fill_(
         above, -std::numeric_limits<float>::infinity());
@@ -86,16 +86,16 @@ std::vector<torch::Tensor> BlockwiseAttentionGradient(const torch::Tensor& q,
                                    .reshape({q1, kv_heads * D}));
     }
     if (!wanted[0] && !wanted[1]) continue;
-    // dS = scale * P ∘ (dP - rowsum(P ∘ dP)), dP = dO Vᵀ (softmax's
-    // backward, in place).
+    // Softmax's backward in place: dS/scale = P ∘ (dP − rowsum(dO ∘ O)),
+    // dP = dO Vᵀ, O = P V (rowsum(P ∘ dP) = rowsum(dO ∘ O): the row term
+    // from [n, D] tensors).
+    const torch::Tensor row = (gb * torch::matmul(p, vb)).sum(-1, /*keepdim=*/true);
     torch::Tensor ds = torch::matmul(gb, vb.transpose(1, 2));  // dP
-    ds.mul_(p);
-    const torch::Tensor row = ds.sum(-1, /*keepdim=*/true);
-    ds.addcmul_(p, row.expand_as(p), -1.0).mul_(scale);
-    if (wanted[0]) dq.narrow(0, q0, n).copy_(from_group(torch::matmul(ds, kb), n));
+    ds.sub_(row).mul_(p);
+    if (wanted[0]) dq.narrow(0, q0, n).copy_(from_group(torch::matmul(ds, kb).mul_(scale), n));
     if (wanted[1]) {
-      dk.narrow(0, 0, q1).add_(torch::matmul(ds.transpose(1, 2), qb).permute({1, 0, 2})
-                                   .reshape({q1, kv_heads * D}));
+      dk.narrow(0, 0, q1).add_(torch::matmul(ds.transpose(1, 2), qb).mul_(scale)
+                                   .permute({1, 0, 2}).reshape({q1, kv_heads * D}));
     }
   }
   return {dq, dk, dv};

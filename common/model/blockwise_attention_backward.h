@@ -2,9 +2,9 @@
 // T] matrices (issue 17 §2): the forward keeps q, k, v only, and the
 // backward recomputes one block of query rows at a time — for rows [q0, q1)
 // the scores against keys [0, q1) only (causal) — and applies attention's
-// gradient formulas to it, as FlashAttention-2's backward does: S = scale ·
-// Q Kᵀ (masked), P = softmax(S), dV += Pᵀ dO, dP = dO Vᵀ, dS = scale · P ∘
-// (dP − rowsum(P ∘ dP)), dQ = dS K, dK += dSᵀ Q. The query heads that share
+// gradient formulas to it, as FlashAttention-2's backward does: S = (scale
+// Q) Kᵀ (masked), P = softmax(S), dV += Pᵀ dO, dP = dO Vᵀ, dS = P ∘ (dP −
+// rowsum(dO ∘ P V)), dQ = scale · dS K, dK += scale · dSᵀ Q. The query heads that share
 // a KV head are one batch of the GEMMs (no repeated K or V), the block's
 // tensors are updated in place, and no autograd graph is built. Transient
 // memory O(heads × block × T) in the backward, nothing of size T² kept
@@ -13,8 +13,8 @@
 //
 // The values are the reference attention's gradients (reference::Attention
 // back-propagated by autograd) up to fp32 rounding: the same formulas in a
-// different association (the scale folded into dS, dK and dV summed block
-// by block), not bitwise.
+// different association (the scale on Q and on dQ, dK; the softmax row term
+// from O; dK and dV summed block by block), not bitwise.
 #ifndef LOCKSTEP_COMMON_MODEL_BLOCKWISE_ATTENTION_BACKWARD_H_
 #define LOCKSTEP_COMMON_MODEL_BLOCKWISE_ATTENTION_BACKWARD_H_
 

@@ -24,12 +24,13 @@ torch::Tensor Rope(const torch::Tensor& x, const torch::Tensor& positions,
                    int64_t heads, int64_t head_dim, const RopeTable& rope) {
   const int64_t half = head_dim / 2;
   // Angles, cos, sin and the attention factor in double, rounded once to
-  // float, like the kernel.
-  auto inv_freq = rope.inv_freq.to(torch::kCPU);
-  auto ang = positions.to(torch::kDouble).cpu().unsqueeze(1) * inv_freq.unsqueeze(0);
+  // float, like the kernel; on x's device (no host round trip: in the
+  // training backward this runs twice per layer).
+  auto inv_freq = rope.inv_freq.to(x.device(), torch::kDouble);
+  auto ang = positions.to(x.device(), torch::kDouble).unsqueeze(1) * inv_freq.unsqueeze(0);
   const double m = rope.attention_factor;
-  auto cos = (torch::cos(ang) * m).to(torch::kFloat).to(x.device()).unsqueeze(1);
-  auto sin = (torch::sin(ang) * m).to(torch::kFloat).to(x.device()).unsqueeze(1);
+  auto cos = (torch::cos(ang) * m).to(torch::kFloat).unsqueeze(1);
+  auto sin = (torch::sin(ang) * m).to(torch::kFloat).unsqueeze(1);
   auto xv = x.view({x.size(0), heads, head_dim});
   auto a = xv.narrow(2, 0, half);
   auto b = xv.narrow(2, half, half);
