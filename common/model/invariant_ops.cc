@@ -136,21 +136,39 @@ torch::Tensor RawTreePartial(const torch::Tensor& x_in, const torch::Tensor& w_i
 }
 
 // y = x·wᵀ with invariant forward (plain or TP=1 tree order) and the usual
-// matmul gradients.
+// matmul gradients: dX = dY·W in fp32 (TF32 tensor cores on CUDA where the
+// learner allows them), dW = dYᵀ·X in W's dtype. For a bf16 W and bf16 X on
+// CUDA, dW is one bf16 tensor-core GEMM (fp32 accumulation, dY rounded to
+// bf16 as autocast's backward does) instead of converting X to fp32 for a
+// TF32 GEMM whose result is rounded to bf16 anyway; on the CPU both stay
+// fp32.
 struct LinearFn : public torch::autograd::Function<LinearFn> {
   static torch::Tensor forward(AutogradContext* ctx, torch::Tensor x,
                                torch::Tensor w, bool tree, bool bf16_activations) {
-    ctx->save_for_backward({x, w});
-    return tree ? RawTreePartial(x, w, nullptr, 0, 1, bf16_activations)
-                : RawMatmul(x, w, nullptr, bf16_activations);
+    // Keeps X as the GEMM reads it (bf16 on CUDA for a bf16 model: half the
+    // bytes of the fp32 activation, the same values).
+    // X itself stays a saved variable (version-checked) when the GEMM
+    // reads it as it is.
+    torch::Tensor xg = GemmInput(x.detach(), w, bf16_activations);
+    if (xg.scalar_type() != x.scalar_type()) {
+      ctx->saved_data["x"] = xg;
+      ctx->save_for_backward({w});
+    } else {
+      ctx->save_for_backward({w, x});
+    }
+    return tree ? RawTreePartial(xg, w, nullptr, 0, 1, bf16_activations)
+                : RawMatmul(xg, w, nullptr, bf16_activations);
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
-    auto saved = ctx->get_saved_variables();
-    const auto& x = saved[0];
-    const auto& w = saved[1];
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor& w = saved[0];
+    const torch::Tensor x = saved.size() > 1 ? saved[1] : ctx->saved_data["x"].toTensor();
     auto g = grads[0];
     auto gx = g.mm(w.to(torch::kFloat));
-    auto gw = g.t().mm(x.to(torch::kFloat)).to(w.scalar_type());
+    const bool bf16_dw = g.is_cuda() && w.scalar_type() == torch::kBFloat16 &&
+                         x.scalar_type() == torch::kBFloat16;
+    auto gw = bf16_dw ? g.to(torch::kBFloat16).t().mm(x)
+                      : g.t().mm(x.to(torch::kFloat)).to(w.scalar_type());
     return {gx, gw, torch::Tensor(), torch::Tensor()};
   }
 };
