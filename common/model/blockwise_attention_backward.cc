@@ -11,9 +11,15 @@ namespace lockstep::common {
 
 int64_t AttentionBackwardBlockRows(int64_t q_heads, int64_t rows, const torch::Device& device) {
   if (!device.is_cuda()) return kAttentionBackwardBlockRows;
+  const int64_t step = kAttentionBackwardBlockRows;
   const int64_t per_row = std::max<int64_t>(1, q_heads * rows * 4);
-  const int64_t fit = kAttentionBackwardBlockBytesCuda / per_row;
-  return std::max<int64_t>(1, fit / kAttentionBackwardBlockRows) * kAttentionBackwardBlockRows;
+  const int64_t fit = std::max<int64_t>(1, kAttentionBackwardBlockBytesCuda / per_row / step);
+  // At least kAttentionBackwardMinBlocks blocks where the rows allow: block
+  // i only computes keys [0, q1), so k blocks cover (k + 1) / 2k of the
+  // [T, T] square instead of all of it.
+  const int64_t quarter = (rows + kAttentionBackwardMinBlocks * step - 1) /
+                          (kAttentionBackwardMinBlocks * step);
+  return std::min(fit, std::max<int64_t>(1, quarter)) * step;
 }
 
 torch::Tensor WithBlockwiseAttentionBackward(torch::Tensor value, const torch::Tensor& q,

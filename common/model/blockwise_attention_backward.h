@@ -35,10 +35,16 @@ inline constexpr int64_t kAttentionBackwardBlockRows = 256;
 // the backward at 4k tokens on an H200.
 inline constexpr int64_t kAttentionBackwardBlockBytesCuda = int64_t{1} << 30;
 
+// ... but at least this many blocks where the rows allow it: the blocks'
+// causal staircase skips the keys a block cannot see (4 blocks compute 5/8
+// of the [T, T] square).
+inline constexpr int64_t kAttentionBackwardMinBlocks = 4;
+
 // The block height for `rows` query rows of `q_heads` heads on `device`:
 // kAttentionBackwardBlockRows on the CPU; on CUDA the largest multiple of it
 // whose [q_heads, block, rows] fp32 tensor fits
-// kAttentionBackwardBlockBytesCuda (at least kAttentionBackwardBlockRows).
+// kAttentionBackwardBlockBytesCuda, capped at the multiple that still makes
+// kAttentionBackwardMinBlocks blocks (at least kAttentionBackwardBlockRows).
 int64_t AttentionBackwardBlockRows(int64_t q_heads, int64_t rows, const torch::Device& device);
 
 // Returns `value` (the causal attention of one whole sequence, q [T, Hq*D],

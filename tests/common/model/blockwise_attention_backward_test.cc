@@ -96,15 +96,17 @@ TEST(BlockwiseAttentionBackwardTest, MatchesFullAndDoublePrecisionReference) {
 }
 
 // The block heights: 256 rows on the CPU; on CUDA as many 256-row steps as
-// fit 1 GiB per [q_heads, block, T] fp32 tensor, at least one.
+// fit 1 GiB per [q_heads, block, T] fp32 tensor, at most a quarter of the
+// rows (rounded up to 256), at least 256.
 TEST(BlockwiseAttentionBackwardTest, BlockHeightsByDevice) {
   const torch::Device cpu(torch::kCPU), cuda(torch::kCUDA, 0);
   EXPECT_EQ(AttentionBackwardBlockRows(16, 4096, cpu), 256);
-  EXPECT_EQ(AttentionBackwardBlockRows(16, 4096, cuda), 4096);
-  EXPECT_EQ(AttentionBackwardBlockRows(16, 16384, cuda), 1024);
+  EXPECT_EQ(AttentionBackwardBlockRows(16, 4096, cuda), 1024);   // a quarter
+  EXPECT_EQ(AttentionBackwardBlockRows(16, 16384, cuda), 1024);  // 1 GiB
   EXPECT_EQ(AttentionBackwardBlockRows(32, 16384, cuda), 512);
   EXPECT_EQ(AttentionBackwardBlockRows(64, 1 << 20, cuda), 256);
-  EXPECT_EQ(AttentionBackwardBlockRows(8, 1, cuda), (int64_t{1} << 30) / 32 / 256 * 256);
+  EXPECT_EQ(AttentionBackwardBlockRows(8, 1000, cuda), 256);
+  EXPECT_EQ(AttentionBackwardBlockRows(8, 1, cuda), 256);
 }
 
 // Through the op set: with grad, PrefillAttention's value is the kernel's
