@@ -228,6 +228,49 @@ TEST_F(TrainerTest, StepUpdatesWeightsAndSnapshotIsMasterCast) {
   EXPECT_EQ(r2->mismatch.tokens_mismatched, 0);
 }
 
+// The snapshot is written into the previous step's buffers only when no
+// one holds them: a snapshot a push still holds keeps its bytes through
+// later steps, a released one is reused, and every snapshot is the master
+// cast of its own step.
+TEST_F(TrainerTest, HeldSnapshotsKeepTheirBytesAcrossSteps) {
+  TrainerOptions o;
+  o.model_dir = *bf16_dir_;
+  o.learning_rate = 1e-2;
+  auto trainer = Make(o);
+  auto model = ModelOf(*trainer, KernelMode::kInvariant);
+  const auto batch = MakeBatch(*model, 7, 4, 4, 0);
+  const auto is_master_cast = [&](const common::TensorMap& w) {
+    const common::TensorMap master = trainer->MasterWeights();
+    for (const auto& [name, t] : w) {
+      const common::HostTensor& m = master.at(name);
+      const uint16_t* got = reinterpret_cast<const uint16_t*>(t.data.data());
+      for (int64_t i = 0; i < m.numel(); ++i) {
+        if (got[i] != kernels::F32ToBF16(m.f32()[i])) return false;
+      }
+    }
+    return true;
+  };
+  std::shared_ptr<const common::TensorMap> held = trainer->compute_weights();
+  const common::TensorMap held_copy = *held;
+  const void* held_bytes = held->begin()->second.data.data();
+  std::vector<const void*> seen;
+  for (int step = 0; step < 4; ++step) {
+    auto r = trainer->Step(batch);
+    ASSERT_TRUE(r.ok()) << r.status();
+    auto now = trainer->compute_weights();
+    EXPECT_TRUE(is_master_cast(*now)) << "step " << step;
+    EXPECT_NE(now->begin()->second.data.data(), held_bytes) << "wrote into a held snapshot";
+    seen.push_back(now->begin()->second.data.data());
+  }
+  EXPECT_TRUE(SameTensors(*held, held_copy));  // untouched by four steps
+  EXPECT_FALSE(SameTensors(*held, *trainer->compute_weights()));
+  // Released snapshots are reused: steps 2 and 3 wrote into the buffers of
+  // steps 0 and 1 (two alternating host copies).
+  EXPECT_EQ(seen[2], seen[0]);
+  EXPECT_EQ(seen[3], seen[1]);
+  EXPECT_NE(seen[0], seen[1]);
+}
+
 TEST_F(TrainerTest, StepReportsWhereItsTimeWent) {
   TrainerOptions o;
   o.model_dir = *bf16_dir_;
