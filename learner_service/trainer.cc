@@ -507,7 +507,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
   if (options.torch_threads > 0) torch::set_num_threads(options.torch_threads);
   try {
     at::globalContext().setDeterministicAlgorithms(true, /*warn_only=*/false);
-#if TORCH_VERSION_MAJOR >= 2
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
     // LibTorch >= 2.1 then also fills every new tensor from torch::empty with
     // NaN (a debugging aid): on the GPU that was ~60k fill kernels per
     // training step (one per kernel output and autograd buffer). Every op

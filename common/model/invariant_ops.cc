@@ -145,10 +145,9 @@ torch::Tensor RawTreePartial(const torch::Tensor& x_in, const torch::Tensor& w_i
 struct LinearFn : public torch::autograd::Function<LinearFn> {
   static torch::Tensor forward(AutogradContext* ctx, torch::Tensor x,
                                torch::Tensor w, bool tree, bool bf16_activations) {
-    // Keeps X as the GEMM reads it (bf16 on CUDA for a bf16 model: half the
-    // bytes of the fp32 activation, the same values).
-    // X itself stays a saved variable (version-checked) when the GEMM
-    // reads it as it is.
+    // Keeps X as the GEMM reads it: bf16 on CUDA for a bf16 model (half the
+    // bytes of the fp32 activation, the same values), else X itself as a
+    // saved variable (version-checked).
     torch::Tensor xg = GemmInput(x.detach(), w, bf16_activations);
     if (xg.scalar_type() != x.scalar_type()) {
       ctx->saved_data["x"] = xg;
