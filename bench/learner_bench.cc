@@ -22,7 +22,6 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -156,37 +155,21 @@ class Receiver final : public v1::RolloutService::Service {
   grpc::Status UpdateWeights(grpc::ServerContext* ctx,
                              grpc::ServerReader<v1::WeightUpdate>* reader,
                              v1::UpdateWeightsResponse* resp) override {
-    common::WeightStager stager(config_);
     v1::WeightUpdate m;
-    absl::Status s;
-    std::optional<common::WeightAssembly::Part> part;
-    while (reader->Read(&m)) {
-      if (!s.ok()) continue;
-      s = stager.Add(m);
-      if (s.ok() && !part.has_value() && stager.has_header() && stager.stream_count() > 1) {
-        absl::StatusOr<common::WeightAssembly::Part> joined =
-            assembly_.Join(stager.header(), [](const v1::WeightUpdateHeader& h) {
-              return absl::StatusOr<common::AssemblyCommit>(
-                  [v = h.target_version()](common::TensorMap,
-                                           const common::AssembledWeights& info) {
-                    v1::UpdateWeightsResponse r;
-                    r.set_weight_version(v);
-                    r.set_bytes(info.bytes);
-                    return absl::StatusOr<v1::UpdateWeightsResponse>(r);
-                  });
-            });
-        if (joined.ok()) part = *joined;
-        s = joined.status();
-      }
-    }
-    absl::StatusOr<common::TensorMap> tensors = s.ok() ? stager.Finish() : s;
-    if (part.has_value()) {
-      if (!tensors.ok()) {
-        assembly_.Abandon(*part, tensors.status());
-        return grpc::Status(grpc::StatusCode::ABORTED, std::string(tensors.status().message()));
-      }
-      absl::StatusOr<v1::UpdateWeightsResponse> r = assembly_.Deposit(
-          *part, *std::move(tensors), stager.bytes_received(), 0,
+    bool pending = reader->Read(&m);
+    if (pending && m.has_header() && m.header().stream_count() > 1) {
+      absl::StatusOr<v1::UpdateWeightsResponse> r = assembly_.ReceivePart(
+          config_, m,
+          [reader](v1::WeightUpdate* next) -> absl::StatusOr<bool> { return reader->Read(next); },
+          [](const v1::WeightUpdateHeader& h) {
+            return absl::StatusOr<common::AssemblyCommit>(
+                [v = h.target_version()](common::TensorMap, const common::AssembledWeights& info) {
+                  v1::UpdateWeightsResponse r;
+                  r.set_weight_version(v);
+                  r.set_bytes(info.bytes);
+                  return absl::StatusOr<v1::UpdateWeightsResponse>(r);
+                });
+          },
           [ctx] { return ctx->IsCancelled(); }, absl::InfiniteFuture());
       if (!r.ok()) {
         return grpc::Status(grpc::StatusCode::ABORTED, std::string(r.status().message()));
@@ -194,6 +177,13 @@ class Receiver final : public v1::RolloutService::Service {
       *resp = *r;
       return grpc::Status::OK;
     }
+    common::WeightStager stager(config_);
+    absl::Status s;
+    while (pending || reader->Read(&m)) {
+      pending = false;
+      if (s.ok()) s = stager.Add(m);
+    }
+    absl::StatusOr<common::TensorMap> tensors = s.ok() ? stager.Finish() : s;
     if (!tensors.ok()) {
       return grpc::Status(grpc::StatusCode::ABORTED, std::string(tensors.status().message()));
     }

@@ -7,7 +7,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/status/status_macros.h"
 #include "common/wire/crc32c.h"
+#include "common/wire/weight_stream.h"
 
 namespace lockstep::common {
 
@@ -219,6 +221,41 @@ absl::StatusOr<v1::UpdateWeightsResponse> WeightAssembly::Deposit(
     if (!set->committing) wait = std::min(wait, set->expires - t);
     cv_.WaitWithTimeout(&mu_, std::max(wait, absl::Milliseconds(1)));
   }
+}
+
+absl::StatusOr<v1::UpdateWeightsResponse> WeightAssembly::ReceivePart(
+    const ModelConfig& config, const v1::WeightUpdate& first, const PartReader& read,
+    const AssemblyBegin& begin, const std::function<bool()>& cancelled, absl::Time deadline) {
+  WeightStager stager(config);
+  LOCKSTEP_RETURN_IF_ERROR(stager.Add(first));
+  LOCKSTEP_ASSIGN_OR_RETURN(const Part part, Join(stager.header(), begin));
+  v1::WeightUpdate message;
+  absl::Status received = absl::OkStatus();
+  for (;;) {
+    absl::StatusOr<bool> more = read(&message);
+    if (!more.ok()) {
+      received = more.status();
+      break;
+    }
+    if (!*more) break;
+    received = stager.Add(message);
+    if (!received.ok()) break;
+    if (part.set_failed()) break;  // the outcome is known: stop staging
+  }
+  if (received.ok() && cancelled()) received = absl::CancelledError("the client cancelled");
+  if (!received.ok()) {
+    Abandon(part, received);
+    return received;
+  }
+  const absl::Time verify_start = absl::Now();
+  absl::StatusOr<TensorMap> tensors =
+      part.set_failed() ? absl::StatusOr<TensorMap>(TensorMap()) : stager.Finish();
+  if (!tensors.ok()) {
+    Abandon(part, tensors.status());
+    return tensors.status();
+  }
+  return Deposit(part, *std::move(tensors), stager.bytes_received(),
+                 absl::ToDoubleSeconds(absl::Now() - verify_start), cancelled, deadline);
 }
 
 }  // namespace lockstep::common

@@ -28,6 +28,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/formats/host_tensor.h"
+#include "common/formats/model_config.h"
 #include "lockstep/v1/common.pb.h"
 
 namespace lockstep::common {
@@ -67,6 +68,10 @@ class WeightAssembly {
     // Whether the set failed already (a receiving part may stop early).
     bool set_failed() const;
   };
+  // Reads the next message of a part's stream into `message`: true when it
+  // read one, false at the end of the stream, an error when the stream
+  // broke.
+  using PartReader = std::function<absl::StatusOr<bool>(v1::WeightUpdate* message)>;
 
   explicit WeightAssembly(Options options);
   WeightAssembly(const WeightAssembly&) = delete;
@@ -95,6 +100,24 @@ class WeightAssembly {
   // The part failed before depositing (its stream broke, was malformed or
   // cancelled): the set fails with ABORTED naming the part and `why`.
   void Abandon(const Part& part, const absl::Status& why);
+
+  // Receives one part, the whole of a receiver's call for it: stages
+  // `first` (the part's header message, stream_count > 1) and the messages
+  // `read` returns with a WeightStager over `config`, joins the part's set
+  // (Join, with `begin`) and deposits its tensors (Deposit, with the time
+  // Finish took, `cancelled` and `deadline`); returns the set's outcome.
+  // The stager's error on `first` and Join's error are returned as they are
+  // (no set joined). Reading stops at a bad message, a broken stream or once
+  // the set failed (its outcome is known; the rest is neither staged nor
+  // verified, and Deposit returns the set's error). A bad message, a broken
+  // stream, `cancelled()` at the stream's end (CANCELLED) and Finish's error
+  // abandon the part (Abandon: the set fails) and are returned.
+  absl::StatusOr<v1::UpdateWeightsResponse> ReceivePart(const ModelConfig& config,
+                                                        const v1::WeightUpdate& first,
+                                                        const PartReader& read,
+                                                        const AssemblyBegin& begin,
+                                                        const std::function<bool()>& cancelled,
+                                                        absl::Time deadline);
 
   // Whether a set is assembling (tests).
   bool assembling() const;

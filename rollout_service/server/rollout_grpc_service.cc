@@ -531,35 +531,13 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
     if (ctx->IsCancelled()) return absl::CancelledError("the client cancelled");
     const absl::Time received = absl::Now();
     LOCKSTEP_ASSIGN_OR_RETURN(common::TensorMap tensors, stager.Finish());
-    const absl::Time verified = absl::Now();
-    const uint64_t tensor_count = tensors.size();
-    LOCKSTEP_ASSIGN_OR_RETURN(SwapResult swap,
-                              update->Commit(std::move(tensors), stager.target_version()));
-    const absl::Duration total = absl::Now() - start;
-    resp->set_receive_seconds(absl::ToDoubleSeconds(received - start));
-    resp->set_verify_seconds(absl::ToDoubleSeconds(verified - received));
-    resp->set_build_seconds(absl::ToDoubleSeconds(absl::Now() - verified - swap.pause));
-    metrics_->weight_update().Observe(absl::ToDoubleSeconds(total));
-    resp->set_weight_version(swap.version);
-    resp->set_previous_version(swap.previous_version);
-    resp->set_tensors(tensor_count);
-    resp->set_bytes(stager.bytes_received());
-    resp->set_duration_seconds(absl::ToDoubleSeconds(total));
-    resp->set_swap_seconds(absl::ToDoubleSeconds(swap.pause));
-    resp->set_preempted_sequences(swap.preempted);
-    resp->set_path(stager.path());
-    const bool shared = stager.path() == v1::WEIGHT_PATH_SHARED_MEMORY;
-    metrics_->RecordWeightPath(shared ? "shared_memory" : "stream");
-    std::fprintf(stderr,
-                 "rollout: weights v%llu -> v%llu (%llu tensors, %llu bytes%s, "
-                 "%.3f s: receive %.3f, verify %.3f, build %.3f, swap %.3f; source '%s')\n",
-                 static_cast<unsigned long long>(swap.previous_version),
-                 static_cast<unsigned long long>(swap.version),
-                 static_cast<unsigned long long>(tensor_count),
-                 static_cast<unsigned long long>(stager.bytes_received()),
-                 shared ? " via shared memory" : "", absl::ToDoubleSeconds(total),
-                 resp->receive_seconds(), resp->verify_seconds(), resp->build_seconds(),
-                 resp->swap_seconds(), stager.header().source().c_str());
+    common::AssembledWeights info;
+    info.start = start;
+    info.received = received;
+    info.verify_seconds = absl::ToDoubleSeconds(absl::Now() - received);
+    info.bytes = stager.bytes_received();
+    LOCKSTEP_ASSIGN_OR_RETURN(*resp,
+                              CommitWeights(*update, stager.header(), std::move(tensors), info));
     return absl::OkStatus();
   }
 
@@ -569,58 +547,37 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
   absl::Status DoUpdateWeightsPart(grpc::ServerContext* ctx,
                                    grpc::ServerReader<v1::WeightUpdate>* reader,
                                    const v1::WeightUpdate& first, v1::UpdateWeightsResponse* resp) {
-    common::WeightStager stager(engine_->config());
-    LOCKSTEP_RETURN_IF_ERROR(stager.Add(first));
     LOCKSTEP_ASSIGN_OR_RETURN(
-        common::WeightAssembly::Part part,
-        assembly_.Join(stager.header(), [this](const v1::WeightUpdateHeader& header)
-                                            -> absl::StatusOr<common::AssemblyCommit> {
-          LOCKSTEP_ASSIGN_OR_RETURN(std::unique_ptr<WeightUpdate> update,
-                                    engine_->BeginWeightUpdate());
-          LOCKSTEP_RETURN_IF_ERROR(update->CheckVersion(header.target_version()));
-          std::shared_ptr<WeightUpdate> slot(std::move(update));
-          return common::AssemblyCommit(
-              [this, slot, header](common::TensorMap tensors,
-                                   const common::AssembledWeights& info) {
-                return CommitAssembled(*slot, header, std::move(tensors), info);
-              });
-        }));
-    v1::WeightUpdate message;
-    absl::Status received = absl::OkStatus();
-    while (reader->Read(&message)) {
-      received = stager.Add(message);
-      if (!received.ok()) break;
-      if (part.set_failed()) break;  // the outcome is known: stop staging
-    }
-    if (received.ok() && ctx->IsCancelled()) {
-      received = absl::CancelledError("the client cancelled");
-    }
-    if (!received.ok()) {
-      assembly_.Abandon(part, received);
-      return received;
-    }
-    const absl::Time verify_start = absl::Now();
-    absl::StatusOr<common::TensorMap> tensors =
-        part.set_failed() ? absl::StatusOr<common::TensorMap>(common::TensorMap())
-                          : stager.Finish();
-    if (!tensors.ok()) {
-      assembly_.Abandon(part, tensors.status());
-      return tensors.status();
-    }
-    LOCKSTEP_ASSIGN_OR_RETURN(
-        *resp, assembly_.Deposit(part, *std::move(tensors), stager.bytes_received(),
-                                 absl::ToDoubleSeconds(absl::Now() - verify_start),
-                                 [ctx] { return ctx->IsCancelled(); },
-                                 ToAbslDeadline(ctx->deadline())));
+        *resp,
+        assembly_.ReceivePart(
+            engine_->config(), first,
+            [reader](v1::WeightUpdate* message) -> absl::StatusOr<bool> {
+              return reader->Read(message);
+            },
+            [this](const v1::WeightUpdateHeader& header)
+                -> absl::StatusOr<common::AssemblyCommit> {
+              LOCKSTEP_ASSIGN_OR_RETURN(std::unique_ptr<WeightUpdate> update,
+                                        engine_->BeginWeightUpdate());
+              LOCKSTEP_RETURN_IF_ERROR(update->CheckVersion(header.target_version()));
+              std::shared_ptr<WeightUpdate> slot(std::move(update));
+              return common::AssemblyCommit(
+                  [this, slot, header](common::TensorMap tensors,
+                                       const common::AssembledWeights& info) {
+                    return CommitWeights(*slot, header, std::move(tensors), info);
+                  });
+            },
+            [ctx] { return ctx->IsCancelled(); }, ToAbslDeadline(ctx->deadline())));
     return absl::OkStatus();
   }
 
-  // Builds and swaps a complete parallel update (the single stream's steps
-  // after its stager's Finish).
-  absl::StatusOr<v1::UpdateWeightsResponse> CommitAssembled(WeightUpdate& update,
-                                                            const v1::WeightUpdateHeader& header,
-                                                            common::TensorMap tensors,
-                                                            const common::AssembledWeights& info) {
+  // Builds and swaps verified weights (a single stream's after its stager's
+  // Finish, or a complete parallel set's), records the update's metrics and
+  // log line and returns its response. `header` is the update's (for a set,
+  // a part's); `info` holds its timings and bytes.
+  absl::StatusOr<v1::UpdateWeightsResponse> CommitWeights(WeightUpdate& update,
+                                                          const v1::WeightUpdateHeader& header,
+                                                          common::TensorMap tensors,
+                                                          const common::AssembledWeights& info) {
     const absl::Time verified = absl::Now();
     const uint64_t tensor_count = tensors.size();
     LOCKSTEP_ASSIGN_OR_RETURN(SwapResult swap,
@@ -638,16 +595,22 @@ class RolloutGrpcServiceImpl final : public RolloutGrpcService {
     resp.set_duration_seconds(absl::ToDoubleSeconds(total));
     resp.set_swap_seconds(absl::ToDoubleSeconds(swap.pause));
     resp.set_preempted_sequences(swap.preempted);
-    resp.set_path(v1::WEIGHT_PATH_STREAM);
-    metrics_->RecordWeightPath("stream");
+    // A shared-memory update is one stream (the stager refuses parts).
+    const bool shared = header.has_shared();
+    resp.set_path(shared ? v1::WEIGHT_PATH_SHARED_MEMORY : v1::WEIGHT_PATH_STREAM);
+    metrics_->RecordWeightPath(shared ? "shared_memory" : "stream");
+    const std::string how =
+        shared ? " via shared memory"
+        : header.stream_count() > 1
+            ? absl::StrCat(" in ", static_cast<int>(header.stream_count()), " streams")
+            : "";
     std::fprintf(stderr,
-                 "rollout: weights v%llu -> v%llu (%llu tensors, %llu bytes in %d streams, "
+                 "rollout: weights v%llu -> v%llu (%llu tensors, %llu bytes%s, "
                  "%.3f s: receive %.3f, verify %.3f, build %.3f, swap %.3f; source '%s')\n",
                  static_cast<unsigned long long>(swap.previous_version),
                  static_cast<unsigned long long>(swap.version),
                  static_cast<unsigned long long>(tensor_count),
-                 static_cast<unsigned long long>(info.bytes),
-                 static_cast<int>(header.stream_count()),
+                 static_cast<unsigned long long>(info.bytes), how.c_str(),
                  absl::ToDoubleSeconds(total), resp.receive_seconds(), resp.verify_seconds(),
                  resp.build_seconds(), resp.swap_seconds(), header.source().c_str());
     return resp;

@@ -29,6 +29,7 @@
 #include "absl/strings/str_format.h"
 #include "common/formats/model_generator.h"
 #include "common/model/model.h"
+#include "common/wire/grpc_status.h"
 #include "common/wire/weight_assembly.h"
 #include "common/wire/weight_stream.h"
 #include "kernels/build_id.h"
@@ -270,38 +271,23 @@ class PartsRollout final : public v1::RolloutService::Service {
   grpc::Status UpdateWeights(grpc::ServerContext* ctx,
                              grpc::ServerReader<v1::WeightUpdate>* reader,
                              v1::UpdateWeightsResponse* resp) override {
-    common::WeightStager stager(config_);
-    std::optional<common::WeightAssembly::Part> part;
-    absl::Status s;
-    v1::WeightUpdate m;
-    while (reader->Read(&m)) {
-      if (s.ok()) s = stager.Add(m);
-      if (s.ok() && !part && stager.has_header() && stager.stream_count() > 1) {
-        absl::StatusOr<common::WeightAssembly::Part> joined =
-            assembly_.Join(stager.header(), [this](const v1::WeightUpdateHeader& h) {
-              return absl::StatusOr<common::AssemblyCommit>(Commit(h.target_version()));
-            });
-        if (joined.ok()) part = *joined;
-        s = joined.status();
-      }
+    v1::WeightUpdate first;
+    if (!reader->Read(&first) || !first.has_header() || first.header().stream_count() <= 1) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "expected a part");
     }
-    if (!part) {  // the join's error (a late part of a failed try: ABORTED), as the rollout
-      if (s.ok()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "expected a part");
-      return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-    }
-    if (fail_next.fetch_sub(1) > 0) {
-      assembly_.Abandon(*part, absl::UnavailableError("fake: try again"));
-      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "fake: try again");
-    }
-    absl::StatusOr<common::TensorMap> tensors = s.ok() ? stager.Finish() : s;
-    if (!tensors.ok()) {
-      assembly_.Abandon(*part, tensors.status());
-      return grpc::Status(grpc::StatusCode::ABORTED, std::string(tensors.status().message()));
-    }
-    absl::StatusOr<v1::UpdateWeightsResponse> r =
-        assembly_.Deposit(*part, *std::move(tensors), stager.bytes_received(), 0,
-                          [ctx] { return ctx->IsCancelled(); }, absl::InfiniteFuture());
-    if (!r.ok()) return grpc::Status(grpc::StatusCode::ABORTED, std::string(r.status().message()));
+    absl::StatusOr<v1::UpdateWeightsResponse> r = assembly_.ReceivePart(
+        config_, first,
+        [this, reader](v1::WeightUpdate* m) -> absl::StatusOr<bool> {
+          if (reader->Read(m)) return true;
+          // The stream's end: the injected failure abandons the part.
+          if (fail_next.fetch_sub(1) > 0) return absl::UnavailableError("fake: try again");
+          return false;
+        },
+        [this](const v1::WeightUpdateHeader& h) {
+          return absl::StatusOr<common::AssemblyCommit>(Commit(h.target_version()));
+        },
+        [ctx] { return ctx->IsCancelled(); }, absl::InfiniteFuture());
+    if (!r.ok()) return common::ToGrpcStatus(r.status());
     *resp = *r;
     return grpc::Status::OK;
   }

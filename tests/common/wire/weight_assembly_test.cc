@@ -2,10 +2,12 @@
 // (PlanWeightStream, StreamWeightPart, WeightStager in part mode): the
 // parts' union is the single stream, the header is computed once, and the
 // assembly commits once, fails sets on a timeout, a mismatched manifest, a
-// duplicate or abandoned part, and takes a fresh set afterwards.
+// duplicate or abandoned part, and takes a fresh set afterwards; ReceivePart
+// abandons a broken, bad or cancelled part and stops one whose set failed.
 #include "common/wire/weight_assembly.h"
 
 #include <atomic>
+#include <memory>
 #include <random>
 #include <thread>
 
@@ -165,6 +167,21 @@ struct Recorder {
 
 const auto kNever = [] { return false; };
 
+// Reads `msgs` after their first (the header, ReceivePart's `first`), then
+// ends the stream, or breaks it with `broken` when that is not OK.
+WeightAssembly::PartReader Reader(const std::vector<v1::WeightUpdate>& msgs,
+                                  absl::Status broken = absl::OkStatus()) {
+  auto next = std::make_shared<size_t>(1);
+  return [&msgs, next, broken](v1::WeightUpdate* m) -> absl::StatusOr<bool> {
+    if (*next == msgs.size()) {
+      if (!broken.ok()) return broken;
+      return false;
+    }
+    *m = msgs[(*next)++];
+    return true;
+  };
+}
+
 // Joins every part of `h`'s set (h.stream_count() of them) and deposits
 // each (no tensors) on its own thread; every part's call must succeed.
 void DepositEveryPart(WeightAssembly& assembly, Recorder& rec, v1::WeightUpdateHeader h) {
@@ -189,19 +206,14 @@ TEST_F(WeightPartsTest, AssemblyCommitsOnceAndAnswersEveryPart) {
   WeightAssembly assembly({absl::Seconds(10)});
   Recorder rec;
   const uint32_t n = 4;
+  std::vector<std::vector<v1::WeightUpdate>> msgs;
+  for (uint32_t p = 0; p < n; ++p) msgs.push_back(Part(wire_, plan_, p, n));
   std::vector<absl::StatusOr<v1::UpdateWeightsResponse>> out(n);
   std::vector<std::thread> threads;
   for (uint32_t p = 0; p < n; ++p) {
     threads.emplace_back([&, p] {
-      auto msgs = Part(wire_, plan_, p, n);
-      WeightStager stager(config_);
-      for (const auto& m : msgs) ASSERT_TRUE(stager.Add(m).ok());
-      auto part = assembly.Join(stager.header(), rec.Begin());
-      ASSERT_TRUE(part.ok()) << part.status();
-      auto t = stager.Finish();
-      ASSERT_TRUE(t.ok());
-      out[p] = assembly.Deposit(*part, *std::move(t), stager.bytes_received(), 0, kNever,
-                                absl::InfiniteFuture());
+      out[p] = assembly.ReceivePart(config_, msgs[p][0], Reader(msgs[p]), rec.Begin(), kNever,
+                                    absl::InfiniteFuture());
     });
   }
   for (auto& t : threads) t.join();
@@ -214,6 +226,56 @@ TEST_F(WeightPartsTest, AssemblyCommitsOnceAndAnswersEveryPart) {
     EXPECT_EQ(r->tensors(), tensors_.size());
   }
   EXPECT_FALSE(assembly.assembling());
+}
+
+TEST_F(WeightPartsTest, ReceivePartAbandonsABrokenOrBadPart) {
+  WeightAssembly assembly({absl::Seconds(10)});
+  Recorder rec;
+  auto p0 = Part(wire_, plan_, 0, 2);
+  auto p1 = Part(wire_, plan_, 1, 2);
+  // A broken stream: its error, the set fails.
+  auto r = assembly.ReceivePart(config_, p0[0], Reader(p0, absl::UnavailableError("broke")),
+                                rec.Begin(), kNever, absl::InfiniteFuture());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+  EXPECT_FALSE(assembly.assembling());
+  // A bad message (another part's chunk): the stager's error, the set fails.
+  std::vector<v1::WeightUpdate> bad = p0;
+  bad.push_back(p1[1]);
+  r = assembly.ReceivePart(config_, bad[0], Reader(bad), rec.Begin(), kNever,
+                           absl::InfiniteFuture());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  EXPECT_FALSE(assembly.assembling());
+  // Cancelled at the stream's end: CANCELLED, the set fails.
+  r = assembly.ReceivePart(config_, p0[0], Reader(p0), rec.Begin(), [] { return true; },
+                           absl::InfiniteFuture());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled) << r.status();
+  EXPECT_FALSE(assembly.assembling());
+  // A part of a set that failed meanwhile stops reading: ABORTED.
+  size_t read = 0;
+  r = assembly.ReceivePart(
+      config_, p0[0],
+      [&](v1::WeightUpdate* m) -> absl::StatusOr<bool> {
+        if (read == 0) {
+          // The other part joins with another manifest: the set fails.
+          v1::WeightUpdateHeader other = p1[0].header();
+          other.mutable_tensors(0)->set_crc32c(other.tensors(0).crc32c() ^ 1);
+          EXPECT_FALSE(assembly.Join(other, rec.Begin()).ok());
+        }
+        if (++read == p0.size()) return false;
+        *m = p0[read];
+        return true;
+      },
+      rec.Begin(), kNever, absl::InfiniteFuture());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kAborted) << r.status();
+  EXPECT_EQ(read, 1u);
+  // A bad header: the stager's error, no set joined.
+  v1::WeightUpdate bad_header = p0[0];
+  bad_header.mutable_header()->set_stream_index(2);
+  r = assembly.ReceivePart(config_, bad_header, Reader(p0), rec.Begin(), kNever,
+                           absl::InfiniteFuture());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  EXPECT_FALSE(assembly.assembling());
+  EXPECT_EQ(rec.commits.load(), 0);
 }
 
 TEST_F(WeightPartsTest, MissingPartTimesOutThenAFreshSetWorks) {
